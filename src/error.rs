@@ -1,0 +1,50 @@
+//! The top-level error and the exit codes of the `orch` command, in one place.
+
+use crate::pipeline::ConfigError;
+
+/// Exit codes of `orch`. Stable: scripts depend on them.
+pub mod exit {
+    /// The pipeline passed (or the command did what it was asked).
+    pub const SUCCESS: u8 = 0;
+    /// A step failed.
+    pub const FAILED: u8 = 1;
+    /// The pipeline file or the command line is invalid.
+    pub const INVALID: u8 = 2;
+    /// Infrastructure: Docker unreachable, an image missing, git unreadable, I/O.
+    pub const INFRA: u8 = 3;
+    /// Interrupted (Ctrl-C or SIGTERM); the run was cancelled and cleaned up.
+    pub const INTERRUPTED: u8 = 130;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Plan(#[from] crate::plan::PlanError),
+    #[error(transparent)]
+    Git(#[from] crate::git::GitError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Backend(#[from] crate::exec::BackendError),
+}
+
+impl Error {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config(_) | Error::Plan(_) | Error::Usage(_) => exit::INVALID,
+            Error::Git(_) | Error::Io { .. } | Error::Backend(_) => exit::INFRA,
+        }
+    }
+
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io { context: context.into(), source }
+    }
+}

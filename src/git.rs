@@ -1,0 +1,132 @@
+//! Facts about a local checkout, read with git2: branch, commit, changed files and the files
+//! a workspace copy takes. Used by `orch plan` and `orch ci`; no network.
+
+use std::path::{Path, PathBuf};
+
+use git2::{DiffOptions, Repository, StatusOptions};
+
+#[derive(Debug, thiserror::Error)]
+#[error("git: {message}")]
+pub struct GitError {
+    pub message: String,
+}
+
+impl From<git2::Error> for GitError {
+    fn from(e: git2::Error) -> Self {
+        GitError { message: e.message().to_string() }
+    }
+}
+
+/// What `orch ci` and `orch plan` learn from the checkout they run in.
+#[derive(Debug, Clone, Default)]
+pub struct Checkout {
+    /// The work tree's root.
+    pub root: PathBuf,
+    pub branch: Option<String>,
+    /// `HEAD`'s commit (empty in a repository with no commits).
+    pub commit: String,
+    /// Files that differ from the base (see [`changed_files`]), relative to the root.
+    pub changed: Vec<String>,
+    /// Whether the directory is a git work tree at all.
+    pub is_git: bool,
+}
+
+/// Reads the checkout containing `dir`. A directory outside any repository is fine: it has
+/// no branch, no commit, and its changed files are unknown.
+pub fn inspect(dir: &Path) -> Result<Checkout, GitError> {
+    let repo = match Repository::discover(dir) {
+        Ok(r) => r,
+        Err(_) => {
+            return Ok(Checkout { root: dir.to_path_buf(), ..Checkout::default() });
+        }
+    };
+    let root = repo
+        .workdir()
+        .ok_or_else(|| GitError { message: "the repository is bare: run orch in a work tree".into() })?
+        .to_path_buf();
+    let head = repo.head().ok();
+    let branch = head.as_ref().filter(|h| h.is_branch()).and_then(|h| h.shorthand().ok().map(str::to_string));
+    let commit = head.as_ref().and_then(|h| h.target()).map(|o| o.to_string()).unwrap_or_default();
+    let changed = changed_files(&repo, branch.as_deref())?;
+    Ok(Checkout { root, branch, commit, changed, is_git: true })
+}
+
+/// The files a push of this branch would change: against the merge base with the default
+/// branch (`origin/HEAD`, `main` or `master`) on another branch, or against `HEAD^` on the
+/// default branch itself; uncommitted changes and untracked files count too.
+fn changed_files(repo: &Repository, branch: Option<&str>) -> Result<Vec<String>, GitError> {
+    let Ok(head) = repo.head().and_then(|h| h.peel_to_commit()) else {
+        return Ok(Vec::new());
+    };
+    let default = ["refs/remotes/origin/HEAD", "refs/heads/main", "refs/heads/master"]
+        .iter()
+        .find_map(|r| repo.find_reference(r).ok().and_then(|r| r.resolve().ok()).and_then(|r| r.target()));
+    let on_default = matches!(branch, Some("main" | "master")) || default == Some(head.id());
+    let base = match default {
+        Some(d) if !on_default => repo.merge_base(d, head.id()).ok(),
+        _ => head.parent_id(0).ok(),
+    };
+    let base_tree = match base {
+        Some(b) => Some(repo.find_commit(b)?.tree()?),
+        None => None,
+    };
+    let mut opts = DiffOptions::new();
+    opts.include_untracked(true).recurse_untracked_dirs(true);
+    let diff = repo.diff_tree_to_workdir_with_index(base_tree.as_ref(), Some(&mut opts))?;
+    let mut files: Vec<String> = diff
+        .deltas()
+        .filter_map(|d| d.new_file().path().or_else(|| d.old_file().path()).map(|p| p.to_string_lossy().into_owned()))
+        .collect();
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+/// The files of the work tree that a copy into the workspace takes: tracked files and
+/// untracked ones that are not ignored (what `git status` shows), relative to the root.
+/// Outside a repository: every file, minus `.git` and orch's own `.orch` directory.
+pub fn workspace_files(root: &Path) -> Result<Vec<PathBuf>, GitError> {
+    let Ok(repo) = Repository::open(root) else {
+        let mut out = Vec::new();
+        walk(root, Path::new(""), &mut out)
+            .map_err(|e| GitError { message: format!("cannot list {}: {e}", root.display()) })?;
+        return Ok(out);
+    };
+    let mut files = Vec::new();
+    let index = repo.index()?;
+    for e in index.iter() {
+        let p = PathBuf::from(String::from_utf8_lossy(&e.path).into_owned());
+        files.push(p);
+    }
+    let mut opts = StatusOptions::new();
+    opts.include_untracked(true).recurse_untracked_dirs(true).include_ignored(false);
+    for s in repo.statuses(Some(&mut opts))?.iter() {
+        if s.status().is_wt_new() {
+            if let Ok(p) = s.path() {
+                files.push(PathBuf::from(p));
+            }
+        }
+    }
+    files.sort();
+    files.dedup();
+    // A file deleted in the work tree but still in the index is not copied.
+    files.retain(|f| root.join(f).symlink_metadata().is_ok());
+    Ok(files)
+}
+
+fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(root.join(rel))? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if rel.as_os_str().is_empty() && (name == ".git" || name == ".orch") {
+            continue;
+        }
+        let path = rel.join(&name);
+        if entry.file_type()?.is_dir() {
+            walk(root, &path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,11 @@
+//! orch: a CI/CD pipeline runner. See `docs/ARCHITECTURE.md` for the map.
+//!
+//! Data flows one way: [`pipeline`] (the `.orch.yml` language) -> [`plan`] (what runs, for
+//! an event) -> the scheduler and a backend that runs steps -> events -> reporters.
+
+pub mod error;
+pub mod exec;
+pub mod git;
+pub mod pipeline;
+pub mod plan;
+pub mod sched;

@@ -1,0 +1,219 @@
+//! Problems found in a pipeline file, each pointing at the place in the source.
+
+use std::fmt::Write as _;
+
+use super::yaml::{self, Pos, Seg};
+
+/// One problem in a pipeline file. Diagnostics are collected, never thrown: a file with
+/// five mistakes reports five.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Diagnostic {
+    pub message: String,
+    /// Where in the document: the path of the node the problem is about.
+    pub path: Vec<Seg>,
+    /// Point at the key of the node rather than at its value.
+    pub at_key: bool,
+    /// A known position (syntax errors come with one).
+    pub pos: Option<Pos>,
+    pub help: Option<String>,
+    /// For a duplicate key: which occurrence of the last key of `path` (0 = first).
+    pub occurrence: usize,
+}
+
+impl Diagnostic {
+    pub fn new(path: &[Seg], message: impl Into<String>) -> Self {
+        Diagnostic { message: message.into(), path: path.to_vec(), at_key: false, pos: None, help: None, occurrence: 0 }
+    }
+
+    /// The problem is the key itself (unknown or duplicate key).
+    pub fn at_key(mut self) -> Self {
+        self.at_key = true;
+        self
+    }
+
+    pub fn help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+
+    /// `steps.build.needs[0]`: the path as a user reads it.
+    pub fn path_string(&self) -> String {
+        let mut s = String::new();
+        for seg in &self.path {
+            match seg {
+                Seg::Key(k) => {
+                    if !s.is_empty() {
+                        s.push('.');
+                    }
+                    s.push_str(k);
+                }
+                Seg::Index(_) => {
+                    let _ = write!(s, "{seg}");
+                }
+            }
+        }
+        s
+    }
+
+    /// Resolves the position in `src`, walking up the path until a node is found.
+    pub fn position(&self, src: &str) -> Option<Pos> {
+        if self.pos.is_some() {
+            return self.pos;
+        }
+        let mut path = self.path.as_slice();
+        let mut key = self.at_key;
+        let mut nth = self.occurrence;
+        loop {
+            if let Some(p) = yaml::locate_nth(src, path, key, nth) {
+                return Some(p);
+            }
+            let (_, parent) = path.split_last()?;
+            path = parent;
+            key = true;
+            nth = 0;
+        }
+    }
+
+    /// Renders the diagnostic as a person reads it: message, `file:line:column`, the source
+    /// line with a caret under the problem, and a hint.
+    pub fn render(&self, file: &str, src: &str) -> String {
+        let mut out = format!("error: {}\n", self.message);
+        let pos = self.position(src);
+        match pos {
+            Some(p) => {
+                let line_text = src.lines().nth(p.line - 1).unwrap_or("");
+                let num = p.line.to_string();
+                let pad = " ".repeat(num.len());
+                let _ = writeln!(out, "{pad}--> {file}:{}:{}", p.line, p.column);
+                let _ = writeln!(out, "{pad} |");
+                let _ = writeln!(out, "{num} | {line_text}");
+                let col = p.column.saturating_sub(1);
+                let width = token_width(line_text, col);
+                // Keep tabs in the gutter so the caret lines up in a terminal.
+                let lead: String = line_text.chars().take(col).map(|c| if c == '\t' { '\t' } else { ' ' }).collect();
+                let _ = writeln!(out, "{pad} | {lead}{}", "^".repeat(width));
+            }
+            None => {
+                let _ = writeln!(out, " --> {file}");
+            }
+        }
+        if !self.path.is_empty() {
+            let pad = pos.map_or(1, |p| p.line.to_string().len());
+            let _ = writeln!(out, "{} = at: {}", " ".repeat(pad), self.path_string());
+        }
+        if let Some(h) = &self.help {
+            let pad = pos.map_or(1, |p| p.line.to_string().len());
+            let _ = writeln!(out, "{} = help: {h}", " ".repeat(pad));
+        }
+        out
+    }
+}
+
+/// How many columns the token starting at `col` spans: a quoted scalar up to its closing
+/// quote, a plain one up to `: `, ` #`, a flow indicator or the end of the line.
+fn token_width(line: &str, col: usize) -> usize {
+    let rest: Vec<char> = line.chars().skip(col).collect();
+    let Some(&first) = rest.first() else {
+        return 1;
+    };
+    if first == '"' || first == '\'' {
+        let mut i = 1;
+        while i < rest.len() {
+            if rest[i] == '\\' && first == '"' {
+                i += 2;
+                continue;
+            }
+            if rest[i] == first {
+                return i + 1;
+            }
+            i += 1;
+        }
+        return rest.len();
+    }
+    if first == '[' || first == '{' || first == '-' || first == '|' || first == '>' {
+        return 1;
+    }
+    let mut end = 0;
+    while end < rest.len() {
+        let c = rest[end];
+        let next = rest.get(end + 1).copied();
+        if (c == ':' && matches!(next, None | Some(' ')))
+            || (c == ' ' && next == Some('#'))
+            || c == ','
+            || c == ']'
+            || c == '}'
+        {
+            break;
+        }
+        end += 1;
+    }
+    // Trailing spaces are not part of the token.
+    while end > 1 && rest[end - 1] == ' ' {
+        end -= 1;
+    }
+    end.max(1)
+}
+
+/// Renders every diagnostic and a closing count line.
+pub fn render_all(diags: &[Diagnostic], file: &str, src: &str) -> String {
+    let mut out = String::new();
+    for d in diags {
+        out.push_str(&d.render(file, src));
+        out.push('\n');
+    }
+    let n = diags.len();
+    let _ = writeln!(out, "{file}: {n} problem{} found", if n == 1 { "" } else { "s" });
+    out
+}
+
+/// The closest of `candidates` to `word`, when it is close enough to be a likely typo.
+pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (levenshtein(word, c), c))
+        .filter(|(d, c)| *d <= (c.len().max(word.len()) / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Edit distance where swapping two neighbouring letters counts as one edit.
+fn levenshtein(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(did_you_mean("imgae", ["image", "env", "needs"]), Some("image"));
+        assert_eq!(did_you_mean("zzzzzz", ["image", "env"]), None);
+        assert_eq!(did_you_mean("comands", ["commands"]), Some("commands"));
+    }
+
+    #[test]
+    fn widths() {
+        assert_eq!(token_width("    imgae: busybox", 4), 5);
+        assert_eq!(token_width("  needs: [a, \"b c\"]", 13), 5);
+        assert_eq!(token_width("  timeout: 10 minutes # long", 11), 10);
+    }
+}

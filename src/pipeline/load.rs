@@ -1,0 +1,1121 @@
+//! Turns a YAML [`Node`] tree into a checked [`Pipeline`], collecting every problem with the
+//! path of the node it is about. Shape checks (types, unknown keys) and meaning checks
+//! (unknown stages and needs, cycles, variables, globs) both land here, so `orch validate`
+//! reports them all in one go.
+
+use std::collections::{HashMap, HashSet};
+
+use indexmap::IndexMap;
+
+use super::diag::{Diagnostic, did_you_mean};
+use super::interp;
+use super::model::*;
+use super::yaml::{Node, Seg};
+
+const TOP_KEYS: &[&str] = &["on", "env", "stages", "defaults", "services", "steps"];
+const STEP_KEYS: &[&str] = &[
+    "stage",
+    "image",
+    "commands",
+    "env",
+    "workdir",
+    "needs",
+    "when",
+    "timeout",
+    "retry",
+    "allow_failure",
+    "secrets",
+    "services",
+    "cache",
+    "artifacts",
+    "matrix",
+];
+const WHEN_KEYS: &[&str] = &["branch", "tag", "event", "paths", "status"];
+const ON_KEYS: &[&str] = &["push", "pull_request", "manual"];
+const PUSH_KEYS: &[&str] = &["branches", "tags", "paths"];
+const PR_KEYS: &[&str] = &["branches", "paths"];
+const DEFAULTS_KEYS: &[&str] = &["image", "timeout", "retry", "workdir"];
+const RETRY_KEYS: &[&str] = &["count", "on_exit_codes"];
+const SERVICE_KEYS: &[&str] = &["image", "env", "command", "ports", "ready"];
+const READY_KEYS: &[&str] = &["command", "tcp", "timeout"];
+const CACHE_KEYS: &[&str] = &["key", "paths"];
+const ARTIFACT_KEYS: &[&str] = &["paths", "optional"];
+const PATTERN_KEYS: &[&str] = &["include", "exclude"];
+const MAX_RETRIES: i64 = 10;
+
+/// Loads a pipeline from its parsed document. `Err` holds every problem found.
+pub fn load(doc: &Node) -> Result<Pipeline, Vec<Diagnostic>> {
+    let mut l = Loader::default();
+    let pipeline = l.pipeline(doc);
+    if l.diags.is_empty() {
+        if let Some(p) = pipeline {
+            l.check(&p);
+            if l.diags.is_empty() {
+                return Ok(p);
+            }
+        }
+    }
+    Err(l.diags)
+}
+
+fn child(path: &[Seg], key: &str) -> Vec<Seg> {
+    let mut p = path.to_vec();
+    p.push(Seg::Key(key.to_string()));
+    p
+}
+
+fn index(path: &[Seg], i: usize) -> Vec<Seg> {
+    let mut p = path.to_vec();
+    p.push(Seg::Index(i));
+    p
+}
+
+#[derive(Default)]
+struct Loader {
+    diags: Vec<Diagnostic>,
+    /// Steps whose `stage` was written (the others got the default).
+    explicit_stage: HashSet<String>,
+}
+
+impl Loader {
+    fn err(&mut self, path: &[Seg], msg: impl Into<String>) {
+        self.diags.push(Diagnostic::new(path, msg));
+    }
+
+    fn err_help(&mut self, path: &[Seg], msg: impl Into<String>, help: impl Into<String>) {
+        self.diags.push(Diagnostic::new(path, msg).help(help));
+    }
+
+    fn wrong_type(&mut self, path: &[Seg], node: &Node, expected: &str) {
+        let what = path_name(path);
+        self.err(path, format!("{what} must be {expected}, found {}", node.kind()));
+    }
+
+    /// The entries of a mapping, reporting unknown and duplicate keys. `None` (and a
+    /// diagnostic) when `node` is no mapping.
+    fn map<'n>(
+        &mut self,
+        node: &'n Node,
+        path: &[Seg],
+        known: Option<&[&str]>,
+        what: &str,
+    ) -> Option<&'n [(String, Node)]> {
+        let Node::Map(entries) = node else {
+            if matches!(node, Node::Null) {
+                return Some(&[]);
+            }
+            self.wrong_type(path, node, "a mapping");
+            return None;
+        };
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (k, _) in entries {
+            let count = seen.entry(k.as_str()).or_insert(0);
+            if *count > 0 {
+                let mut d = Diagnostic::new(&child(path, k), format!("duplicate key `{k}` in {what}")).at_key();
+                d.occurrence = *count;
+                self.diags.push(d.help("each key may appear once"));
+            }
+            *count += 1;
+            if let Some(known) = known {
+                if !known.contains(&k.as_str()) {
+                    let mut d = Diagnostic::new(&child(path, k), format!("unknown key `{k}` in {what}")).at_key();
+                    d.help = Some(match did_you_mean(k, known.iter().copied()) {
+                        Some(s) => format!("did you mean `{s}`?"),
+                        None => format!("expected one of: {}", known.join(", ")),
+                    });
+                    self.diags.push(d);
+                }
+            }
+        }
+        Some(entries)
+    }
+
+    fn string(&mut self, node: &Node, path: &[Seg]) -> Option<String> {
+        match node {
+            Node::Str(s) => Some(s.clone()),
+            _ => {
+                self.wrong_type(path, node, "a string");
+                None
+            }
+        }
+    }
+
+    /// Strings, numbers and booleans, as text (env values and matrix values).
+    fn scalar(&mut self, node: &Node, path: &[Seg]) -> Option<String> {
+        match node {
+            Node::Str(s) => Some(s.clone()),
+            Node::Int(i) => Some(i.to_string()),
+            Node::Float(f) => Some(f.to_string()),
+            Node::Bool(b) => Some(b.to_string()),
+            _ => {
+                self.wrong_type(path, node, "a string, number or boolean");
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, node: &Node, path: &[Seg]) -> Option<bool> {
+        match node {
+            Node::Bool(b) => Some(*b),
+            _ => {
+                self.wrong_type(path, node, "true or false");
+                None
+            }
+        }
+    }
+
+    /// A list of strings; a single string is a list of one.
+    fn strings(&mut self, node: &Node, path: &[Seg]) -> Option<Vec<String>> {
+        match node {
+            Node::Str(s) => Some(vec![s.clone()]),
+            Node::Seq(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                let mut ok = true;
+                for (i, item) in items.iter().enumerate() {
+                    match item {
+                        Node::Str(s) => out.push(s.clone()),
+                        other => {
+                            ok = false;
+                            self.wrong_type(&index(path, i), other, "a string");
+                        }
+                    }
+                }
+                ok.then_some(out)
+            }
+            _ => {
+                self.wrong_type(path, node, "a list of strings");
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, node: &Node, path: &[Seg]) -> Option<std::time::Duration> {
+        let text = match node {
+            Node::Str(s) => s.clone(),
+            Node::Int(i) if *i > 0 => i.to_string(),
+            _ => {
+                self.wrong_type(path, node, "a duration such as `90s`, `10m` or `1h30m`");
+                return None;
+            }
+        };
+        match parse_duration(&text) {
+            Some(d) if !d.is_zero() => Some(d),
+            Some(_) => {
+                self.err(path, "a duration must be longer than zero");
+                None
+            }
+            None => {
+                self.err_help(
+                    path,
+                    format!("`{text}` is not a duration"),
+                    "write a number with a unit: `500ms`, `90s`, `10m`, `1h30m`",
+                );
+                None
+            }
+        }
+    }
+
+    fn env(&mut self, node: &Node, path: &[Seg]) -> IndexMap<String, String> {
+        let mut out = IndexMap::new();
+        let Some(entries) = self.map(node, path, None, "env") else {
+            return out;
+        };
+        for (k, v) in entries {
+            let p = child(path, k);
+            if !interp::is_identifier(k) {
+                self.diags.push(
+                    Diagnostic::new(&p, format!("`{k}` is not a valid environment variable name"))
+                        .at_key()
+                        .help("use letters, digits and `_`, not starting with a digit"),
+                );
+                continue;
+            }
+            if let Some(s) = self.scalar(v, &p) {
+                out.insert(k.clone(), s);
+            }
+        }
+        out
+    }
+
+    fn patterns(&mut self, node: &Node, path: &[Seg]) -> Option<Patterns> {
+        let pats = match node {
+            Node::Map(_) => {
+                let entries = self.map(node, path, Some(PATTERN_KEYS), "a pattern list")?;
+                let mut p = Patterns::default();
+                for (k, v) in entries {
+                    let vp = child(path, k);
+                    match k.as_str() {
+                        "include" => p.include = self.strings(v, &vp)?,
+                        "exclude" => p.exclude = self.strings(v, &vp)?,
+                        _ => {}
+                    }
+                }
+                p
+            }
+            _ => Patterns { include: self.strings(node, path)?, exclude: Vec::new() },
+        };
+        let mut ok = true;
+        for (list, key) in [(&pats.include, "include"), (&pats.exclude, "exclude")] {
+            for (i, g) in list.iter().enumerate() {
+                if let Err(e) = globset::Glob::new(g) {
+                    ok = false;
+                    let mut p = path.to_vec();
+                    if matches!(node, Node::Map(_)) {
+                        p.push(Seg::Key(key.into()));
+                    }
+                    if matches!(node, Node::Map(_) | Node::Seq(_)) || list.len() > 1 {
+                        p.push(Seg::Index(i));
+                    }
+                    self.err(&p, format!("`{g}` is not a valid glob: {}", glob_reason(&e)));
+                }
+            }
+        }
+        ok.then_some(pats)
+    }
+
+    fn pipeline(&mut self, doc: &Node) -> Option<Pipeline> {
+        let root: &[Seg] = &[];
+        if matches!(doc, Node::Null) {
+            self.err(root, "the pipeline file is empty");
+            return None;
+        }
+        let entries = self.map(doc, root, Some(TOP_KEYS), "the pipeline")?;
+        let mut p = Pipeline {
+            on: None,
+            env: IndexMap::new(),
+            stages: DEFAULT_STAGES.iter().map(|s| s.to_string()).collect(),
+            defaults: Defaults::default(),
+            services: IndexMap::new(),
+            steps: IndexMap::new(),
+        };
+        let mut saw_steps = false;
+        for (k, v) in entries {
+            let path = child(root, k);
+            match k.as_str() {
+                "on" => p.on = self.triggers(v, &path),
+                "env" => p.env = self.env(v, &path),
+                "stages" => {
+                    if let Some(stages) = self.strings(v, &path) {
+                        let mut seen = HashSet::new();
+                        for (i, s) in stages.iter().enumerate() {
+                            if !seen.insert(s) {
+                                self.err(&index(&path, i), format!("stage `{s}` is listed twice"));
+                            }
+                        }
+                        if stages.is_empty() {
+                            self.err(&path, "`stages` is empty");
+                        }
+                        p.stages = stages;
+                    }
+                }
+                "defaults" => p.defaults = self.defaults(v, &path),
+                "services" => p.services = self.services(v, &path),
+                "steps" => {
+                    saw_steps = true;
+                    p.steps = self.steps(v, &path);
+                }
+                _ => {}
+            }
+        }
+        if !saw_steps {
+            self.err_help(root, "the pipeline has no `steps`", "add a `steps:` mapping of step names to steps");
+        }
+        Some(p)
+    }
+
+    fn triggers(&mut self, node: &Node, path: &[Seg]) -> Option<Triggers> {
+        let entries = self.map(node, path, Some(ON_KEYS), "`on`")?;
+        let mut t = Triggers { manual: true, ..Triggers::default() };
+        for (k, v) in entries {
+            let p = child(path, k);
+            match k.as_str() {
+                "push" => {
+                    let mut push = PushTrigger::default();
+                    for (pk, pv) in self.map(v, &p, Some(PUSH_KEYS), "`on.push`").unwrap_or(&[]) {
+                        let pp = child(&p, pk);
+                        match pk.as_str() {
+                            "branches" => push.branches = self.patterns(pv, &pp),
+                            "tags" => push.tags = self.patterns(pv, &pp),
+                            "paths" => push.paths = self.patterns(pv, &pp),
+                            _ => {}
+                        }
+                    }
+                    t.push = Some(push);
+                }
+                "pull_request" => {
+                    let mut pr = PullRequestTrigger::default();
+                    for (pk, pv) in self.map(v, &p, Some(PR_KEYS), "`on.pull_request`").unwrap_or(&[]) {
+                        let pp = child(&p, pk);
+                        match pk.as_str() {
+                            "branches" => pr.branches = self.patterns(pv, &pp),
+                            "paths" => pr.paths = self.patterns(pv, &pp),
+                            _ => {}
+                        }
+                    }
+                    t.pull_request = Some(pr);
+                }
+                "manual" => t.manual = self.boolean(v, &p).unwrap_or(true),
+                _ => {}
+            }
+        }
+        Some(t)
+    }
+
+    fn defaults(&mut self, node: &Node, path: &[Seg]) -> Defaults {
+        let mut d = Defaults::default();
+        for (k, v) in self.map(node, path, Some(DEFAULTS_KEYS), "`defaults`").unwrap_or(&[]) {
+            let p = child(path, k);
+            match k.as_str() {
+                "image" => d.image = self.string(v, &p),
+                "timeout" => d.timeout = self.duration(v, &p),
+                "retry" => d.retry = self.retry(v, &p),
+                "workdir" => d.workdir = self.string(v, &p),
+                _ => {}
+            }
+        }
+        d
+    }
+
+    fn retry(&mut self, node: &Node, path: &[Seg]) -> Option<Retry> {
+        let mut r = Retry { count: 0, on_exit_codes: Vec::new() };
+        let count_node = match node {
+            Node::Int(_) => Some((node, path.to_vec())),
+            Node::Map(_) => {
+                let entries = self.map(node, path, Some(RETRY_KEYS), "`retry`")?;
+                let mut count = None;
+                for (k, v) in entries {
+                    let p = child(path, k);
+                    match k.as_str() {
+                        "count" => count = Some((v, p)),
+                        "on_exit_codes" => match v {
+                            Node::Seq(items) => {
+                                for (i, it) in items.iter().enumerate() {
+                                    match it {
+                                        Node::Int(c) if (1..=255).contains(c) => r.on_exit_codes.push(*c),
+                                        _ => {
+                                            self.err(&index(&p, i), "an exit code must be a whole number from 1 to 255")
+                                        }
+                                    }
+                                }
+                            }
+                            other => self.wrong_type(&p, other, "a list of exit codes"),
+                        },
+                        _ => {}
+                    }
+                }
+                if count.is_none() {
+                    self.err(path, "`retry` needs a `count`");
+                }
+                count
+            }
+            other => {
+                self.wrong_type(path, other, "a number of retries or a mapping with `count`");
+                None
+            }
+        };
+        let (n, p) = count_node?;
+        match n {
+            Node::Int(c) if (0..=MAX_RETRIES).contains(c) => {
+                r.count = *c as u32;
+                Some(r)
+            }
+            Node::Int(_) => {
+                self.err(&p, format!("`retry` count must be from 0 to {MAX_RETRIES}"));
+                None
+            }
+            other => {
+                self.wrong_type(&p, other, "a whole number");
+                None
+            }
+        }
+    }
+
+    fn services(&mut self, node: &Node, path: &[Seg]) -> IndexMap<String, Service> {
+        let mut out = IndexMap::new();
+        for (name, v) in self.map(node, path, None, "`services`").unwrap_or(&[]) {
+            let p = child(path, name);
+            if !is_hostname(name) {
+                self.diags.push(
+                    Diagnostic::new(&p, format!("service name `{name}` is not a valid host name"))
+                        .at_key()
+                        .help("steps reach a service by its name: use lowercase letters, digits and `-`"),
+                );
+            }
+            if let Some(s) = self.service(v, &p) {
+                out.insert(name.clone(), s);
+            }
+        }
+        out
+    }
+
+    fn service(&mut self, node: &Node, path: &[Seg]) -> Option<Service> {
+        let entries = self.map(node, path, Some(SERVICE_KEYS), "a service")?;
+        let mut s =
+            Service { image: String::new(), env: IndexMap::new(), command: None, ports: Vec::new(), ready: None };
+        let mut image = None;
+        for (k, v) in entries {
+            let p = child(path, k);
+            match k.as_str() {
+                "image" => image = self.string(v, &p),
+                "env" => s.env = self.env(v, &p),
+                "command" => {
+                    s.command = match v {
+                        Node::Str(c) => Some(vec!["/bin/sh".into(), "-c".into(), c.clone()]),
+                        _ => self.strings(v, &p),
+                    }
+                }
+                "ports" => {
+                    if let Node::Seq(items) = v {
+                        for (i, it) in items.iter().enumerate() {
+                            match port(it) {
+                                Some(n) => s.ports.push(n),
+                                None => self.err(&index(&p, i), "a port must be a number from 1 to 65535"),
+                            }
+                        }
+                    } else {
+                        self.wrong_type(&p, v, "a list of ports");
+                    }
+                }
+                "ready" => s.ready = self.ready(v, &p),
+                _ => {}
+            }
+        }
+        match image {
+            Some(i) => s.image = i,
+            None => {
+                if !entries.iter().any(|(k, _)| k == "image") {
+                    self.err(path, "a service needs an `image`");
+                }
+                return None;
+            }
+        }
+        Some(s)
+    }
+
+    fn ready(&mut self, node: &Node, path: &[Seg]) -> Option<Ready> {
+        let mut r = Ready { command: None, tcp: None, timeout: DEFAULT_READY_TIMEOUT };
+        match node {
+            Node::Str(c) => r.command = Some(c.clone()),
+            Node::Map(_) => {
+                for (k, v) in self.map(node, path, Some(READY_KEYS), "`ready`")? {
+                    let p = child(path, k);
+                    match k.as_str() {
+                        "command" => r.command = self.string(v, &p),
+                        "tcp" => match port(v) {
+                            Some(n) => r.tcp = Some(n),
+                            None => self.err(&p, "`tcp` must be a port number from 1 to 65535"),
+                        },
+                        "timeout" => r.timeout = self.duration(v, &p)?,
+                        _ => {}
+                    }
+                }
+                if r.command.is_none() && r.tcp.is_none() {
+                    self.err(path, "`ready` needs a `command` or a `tcp` port");
+                    return None;
+                }
+            }
+            other => {
+                self.wrong_type(path, other, "a command or a mapping with `command`/`tcp`");
+                return None;
+            }
+        }
+        Some(r)
+    }
+
+    fn steps(&mut self, node: &Node, path: &[Seg]) -> IndexMap<String, Step> {
+        let mut out = IndexMap::new();
+        let Some(entries) = self.map(node, path, None, "`steps`") else {
+            return out;
+        };
+        if entries.is_empty() {
+            self.err(path, "`steps` is empty: a pipeline needs at least one step");
+        }
+        for (name, v) in entries {
+            let p = child(path, name);
+            if !is_step_name(name) {
+                self.diags.push(
+                    Diagnostic::new(&p, format!("step name `{name}` is not allowed"))
+                        .at_key()
+                        .help("use letters, digits, `-`, `_` and `.`, starting with a letter or digit"),
+                );
+            }
+            if let Node::Map(m) = v {
+                if m.iter().any(|(k, _)| k == "stage") {
+                    self.explicit_stage.insert(name.clone());
+                }
+            }
+            if let Some(step) = self.step(v, &p) {
+                if !out.contains_key(name) {
+                    out.insert(name.clone(), step);
+                }
+            }
+        }
+        out
+    }
+
+    fn step(&mut self, node: &Node, path: &[Seg]) -> Option<Step> {
+        let entries = self.map(node, path, Some(STEP_KEYS), "a step")?;
+        let mut s = Step {
+            stage: DEFAULT_STAGE.to_string(),
+            image: None,
+            commands: Vec::new(),
+            env: IndexMap::new(),
+            workdir: None,
+            needs: None,
+            when: When::default(),
+            timeout: None,
+            retry: None,
+            allow_failure: false,
+            secrets: Vec::new(),
+            services: IndexMap::new(),
+            cache: Vec::new(),
+            artifacts: None,
+            matrix: None,
+        };
+        for (k, v) in entries {
+            let p = child(path, k);
+            match k.as_str() {
+                "stage" => {
+                    if let Some(st) = self.string(v, &p) {
+                        s.stage = st;
+                    }
+                }
+                "image" => s.image = self.string(v, &p),
+                "commands" => s.commands = self.commands(v, &p),
+                "env" => s.env = self.env(v, &p),
+                "workdir" => s.workdir = self.string(v, &p),
+                "needs" => {
+                    s.needs = match v {
+                        Node::Null => Some(Vec::new()),
+                        _ => self.strings(v, &p),
+                    }
+                }
+                "when" => s.when = self.when(v, &p),
+                "timeout" => s.timeout = self.duration(v, &p),
+                "retry" => s.retry = self.retry(v, &p),
+                "allow_failure" => s.allow_failure = self.boolean(v, &p).unwrap_or(false),
+                "secrets" => {
+                    s.secrets = self.strings(v, &p).unwrap_or_default();
+                    for (i, name) in s.secrets.iter().enumerate() {
+                        if !interp::is_identifier(name) {
+                            let ip = if matches!(v, Node::Seq(_)) { index(&p, i) } else { p.clone() };
+                            self.err_help(
+                                &ip,
+                                format!("secret name `{name}` is not a valid identifier"),
+                                "a secret becomes an environment variable: use letters, digits and `_`, not starting with a digit",
+                            );
+                        }
+                    }
+                }
+                "services" => s.services = self.services(v, &p),
+                "cache" => s.cache = self.caches(v, &p),
+                "artifacts" => s.artifacts = self.artifacts(v, &p),
+                "matrix" => s.matrix = self.matrix(v, &p),
+                _ => {}
+            }
+        }
+        Some(s)
+    }
+
+    fn commands(&mut self, node: &Node, path: &[Seg]) -> Vec<String> {
+        match node {
+            Node::Str(s) => vec![s.clone()],
+            Node::Seq(items) => {
+                let mut out = Vec::new();
+                for (i, it) in items.iter().enumerate() {
+                    match it {
+                        Node::Str(s) => out.push(s.clone()),
+                        Node::Int(_) | Node::Float(_) | Node::Bool(_) => out.push(match it {
+                            Node::Int(n) => n.to_string(),
+                            Node::Float(f) => f.to_string(),
+                            Node::Bool(b) => b.to_string(),
+                            _ => unreachable!("matched scalars above"),
+                        }),
+                        Node::Map(m) => {
+                            let hint = m
+                                .first()
+                                .map(|(k, _)| {
+                                    format!(
+                                        "YAML read `{k}: ...` as a mapping: quote the whole command, e.g. '{k}: ...'"
+                                    )
+                                })
+                                .unwrap_or_default();
+                            self.err_help(&index(path, i), "a command must be a string, found a mapping", hint);
+                        }
+                        other => self.wrong_type(&index(path, i), other, "a string"),
+                    }
+                }
+                out
+            }
+            other => {
+                self.wrong_type(path, other, "a list of commands");
+                Vec::new()
+            }
+        }
+    }
+
+    fn when(&mut self, node: &Node, path: &[Seg]) -> When {
+        let mut w = When::default();
+        for (k, v) in self.map(node, path, Some(WHEN_KEYS), "`when`").unwrap_or(&[]) {
+            let p = child(path, k);
+            match k.as_str() {
+                "branch" => w.branch = self.patterns(v, &p),
+                "tag" => w.tag = self.patterns(v, &p),
+                "paths" => w.paths = self.patterns(v, &p),
+                "event" => {
+                    let Some(names) = self.strings(v, &p) else { continue };
+                    let mut events = Vec::new();
+                    for (i, n) in names.iter().enumerate() {
+                        let ip = if matches!(v, Node::Seq(_)) { index(&p, i) } else { p.clone() };
+                        match Event::parse(n) {
+                            Some(e) => events.push(e),
+                            None => {
+                                let all = Event::ALL.map(Event::as_str);
+                                let help = match did_you_mean(n, all) {
+                                    Some(s) => format!("did you mean `{s}`?"),
+                                    None => format!("expected one of: {}", all.join(", ")),
+                                };
+                                self.err_help(&ip, format!("unknown event `{n}`"), help);
+                            }
+                        }
+                    }
+                    w.event = Some(events);
+                }
+                "status" => {
+                    let Some(names) = self.strings(v, &p) else { continue };
+                    let mut cond = StatusCond { on_success: false, on_failure: false };
+                    for (i, n) in names.iter().enumerate() {
+                        let ip = if matches!(v, Node::Seq(_)) { index(&p, i) } else { p.clone() };
+                        match n.as_str() {
+                            "success" => cond.on_success = true,
+                            "failure" => cond.on_failure = true,
+                            "always" => {
+                                cond.on_success = true;
+                                cond.on_failure = true;
+                            }
+                            _ => {
+                                let help = match did_you_mean(n, ["success", "failure", "always"]) {
+                                    Some(s) => format!("did you mean `{s}`?"),
+                                    None => "expected success, failure or always".to_string(),
+                                };
+                                self.err_help(&ip, format!("unknown status `{n}`"), help);
+                            }
+                        }
+                    }
+                    if names.is_empty() {
+                        self.err(&p, "`status` is empty: the step could never run");
+                    } else {
+                        w.status = cond;
+                    }
+                }
+                _ => {}
+            }
+        }
+        w
+    }
+
+    fn caches(&mut self, node: &Node, path: &[Seg]) -> Vec<Cache> {
+        match node {
+            Node::Map(_) => self.cache(node, path).into_iter().collect(),
+            Node::Seq(items) => {
+                items.iter().enumerate().filter_map(|(i, it)| self.cache(it, &index(path, i))).collect()
+            }
+            other => {
+                self.wrong_type(path, other, "a mapping with `key` and `paths` (or a list of them)");
+                Vec::new()
+            }
+        }
+    }
+
+    fn cache(&mut self, node: &Node, path: &[Seg]) -> Option<Cache> {
+        let entries = self.map(node, path, Some(CACHE_KEYS), "a cache")?;
+        let mut key = None;
+        let mut paths = None;
+        for (k, v) in entries {
+            let p = child(path, k);
+            match k.as_str() {
+                "key" => key = self.string(v, &p),
+                "paths" => paths = self.strings(v, &p),
+                _ => {}
+            }
+        }
+        if !entries.iter().any(|(k, _)| k == "key") {
+            self.err(path, "a cache needs a `key`");
+        }
+        if !entries.iter().any(|(k, _)| k == "paths") {
+            self.err(path, "a cache needs `paths`");
+        }
+        let paths = paths?;
+        if paths.is_empty() {
+            self.err(&child(path, "paths"), "a cache needs at least one path");
+        }
+        Some(Cache { key: key?, paths })
+    }
+
+    fn artifacts(&mut self, node: &Node, path: &[Seg]) -> Option<Artifacts> {
+        let a = match node {
+            Node::Map(_) => {
+                let entries = self.map(node, path, Some(ARTIFACT_KEYS), "`artifacts`")?;
+                let mut a = Artifacts { paths: Vec::new(), optional: false };
+                for (k, v) in entries {
+                    let p = child(path, k);
+                    match k.as_str() {
+                        "paths" => a.paths = self.strings(v, &p)?,
+                        "optional" => a.optional = self.boolean(v, &p).unwrap_or(false),
+                        _ => {}
+                    }
+                }
+                a
+            }
+            _ => Artifacts { paths: self.strings(node, path)?, optional: false },
+        };
+        for (i, g) in a.paths.iter().enumerate() {
+            let p = if matches!(node, Node::Map(_)) { index(&child(path, "paths"), i) } else { index(path, i) };
+            if g.starts_with('/') || g.starts_with('~') || g.split('/').any(|c| c == "..") {
+                self.err_help(
+                    &p,
+                    format!("artifact path `{g}` leaves the workspace"),
+                    "artifacts are paths relative to the workspace, without `..`",
+                );
+            } else if let Err(e) = globset::Glob::new(g) {
+                self.err(&p, format!("`{g}` is not a valid glob: {}", glob_reason(&e)));
+            }
+        }
+        Some(a)
+    }
+
+    fn matrix(&mut self, node: &Node, path: &[Seg]) -> Option<Matrix> {
+        let entries = self.map(node, path, None, "`matrix`")?;
+        let mut m = Matrix { axes: IndexMap::new(), include: Vec::new(), exclude: Vec::new() };
+        let combos = |l: &mut Loader, v: &Node, p: &[Seg]| -> Vec<IndexMap<String, String>> {
+            let Node::Seq(items) = v else {
+                l.wrong_type(p, v, "a list of mappings from axis to value");
+                return Vec::new();
+            };
+            let mut out = Vec::new();
+            for (i, it) in items.iter().enumerate() {
+                let ip = index(p, i);
+                let mut c = IndexMap::new();
+                for (k, val) in l.map(it, &ip, None, "a matrix combination").unwrap_or(&[]) {
+                    if let Some(s) = l.scalar(val, &child(&ip, k)) {
+                        c.insert(k.clone(), s);
+                    }
+                }
+                out.push(c);
+            }
+            out
+        };
+        for (k, v) in entries {
+            let p = child(path, k);
+            match k.as_str() {
+                "include" => m.include = combos(self, v, &p),
+                "exclude" => m.exclude = combos(self, v, &p),
+                axis => {
+                    if !interp::is_identifier(axis) {
+                        self.diags.push(
+                            Diagnostic::new(&p, format!("matrix axis `{axis}` is not a valid variable name"))
+                                .at_key()
+                                .help("each axis becomes an environment variable: use letters, digits and `_`"),
+                        );
+                        continue;
+                    }
+                    let Node::Seq(items) = v else {
+                        self.wrong_type(&p, v, "a list of values");
+                        continue;
+                    };
+                    if items.is_empty() {
+                        self.err(&p, format!("matrix axis `{axis}` has no values"));
+                    }
+                    let values: Vec<String> =
+                        items.iter().enumerate().filter_map(|(i, it)| self.scalar(it, &index(&p, i))).collect();
+                    m.axes.insert(axis.to_string(), values);
+                }
+            }
+        }
+        for (i, ex) in m.exclude.iter().enumerate() {
+            for k in ex.keys() {
+                if !m.axes.contains_key(k) {
+                    let help = did_you_mean(k, m.axes.keys().map(String::as_str))
+                        .map(|s| format!("did you mean `{s}`?"))
+                        .unwrap_or_else(|| "`exclude` can only name axes of the matrix".into());
+                    let p = child(&index(&child(path, "exclude"), i), k);
+                    self.diags.push(
+                        Diagnostic::new(&p, format!("`exclude` names `{k}`, which is not a matrix axis"))
+                            .at_key()
+                            .help(help),
+                    );
+                }
+            }
+        }
+        for (i, inc) in m.include.iter().enumerate() {
+            for k in inc.keys() {
+                if !interp::is_identifier(k) {
+                    let p = child(&index(&child(path, "include"), i), k);
+                    self.diags
+                        .push(Diagnostic::new(&p, format!("matrix axis `{k}` is not a valid variable name")).at_key());
+                }
+            }
+        }
+        if m.axes.is_empty() && m.include.is_empty() {
+            self.err(path, "the matrix has no axes");
+            return None;
+        }
+        Some(m)
+    }
+
+    /// Checks that need the whole pipeline: stages, needs, cycles, images, variables.
+    fn check(&mut self, p: &Pipeline) {
+        let steps_path = [Seg::Key("steps".into())];
+        let stage_index: HashMap<&str, usize> = p.stages.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect();
+        for (name, step) in &p.steps {
+            let sp = child(&steps_path, name);
+            if !stage_index.contains_key(step.stage.as_str()) {
+                let declared = p.stages.join(", ");
+                let explicit = self.explicit_stage.contains(name);
+                let (path, msg) = if explicit {
+                    (child(&sp, "stage"), format!("step `{name}` is in stage `{}`, which is not declared", step.stage))
+                } else {
+                    (sp.clone(), format!("step `{name}` names no stage and the default stage `test` is not declared"))
+                };
+                let help = match did_you_mean(&step.stage, p.stages.iter().map(String::as_str)) {
+                    Some(s) if explicit => format!("did you mean `{s}`? (stages: {declared})"),
+                    _ => format!("declared stages: {declared}"),
+                };
+                self.err_help(&path, msg, help);
+            }
+            if step.image.is_none() && p.defaults.image.is_none() {
+                self.err_help(
+                    &sp,
+                    format!("step `{name}` has no `image`"),
+                    "set `image:` on the step or `defaults.image` for the pipeline",
+                );
+            }
+            if step.commands.is_empty() {
+                self.err(&sp, format!("step `{name}` has no `commands`"));
+            }
+            if let Some(needs) = &step.needs {
+                let mut seen = HashSet::new();
+                for (i, need) in needs.iter().enumerate() {
+                    let np = index(&child(&sp, "needs"), i);
+                    if !seen.insert(need) {
+                        self.err(&np, format!("`{need}` is listed twice in `needs`"));
+                    } else if need == name {
+                        self.err(&np, format!("step `{name}` needs itself"));
+                    } else if let Some(dep) = p.steps.get(need) {
+                        let (Some(a), Some(b)) =
+                            (stage_index.get(dep.stage.as_str()), stage_index.get(step.stage.as_str()))
+                        else {
+                            continue;
+                        };
+                        if a > b {
+                            self.err_help(
+                                &np,
+                                format!(
+                                    "step `{name}` (stage `{}`) needs `{need}`, which is in the later stage `{}`",
+                                    step.stage, dep.stage
+                                ),
+                                "a step can only need steps of its own or an earlier stage",
+                            );
+                        }
+                    } else {
+                        let help = did_you_mean(need, p.steps.keys().map(String::as_str))
+                            .map(|s| format!("did you mean `{s}`?"))
+                            .unwrap_or_else(|| {
+                                format!("steps are: {}", p.steps.keys().cloned().collect::<Vec<_>>().join(", "))
+                            });
+                        self.err_help(&np, format!("step `{name}` needs `{need}`, which is not a step"), help);
+                    }
+                }
+            }
+            self.check_vars(p, name, step, &sp);
+        }
+        for (name, svc) in &p.services {
+            let sp = child(&[Seg::Key("services".into())], name);
+            self.check_service_vars(p, None, svc, &sp);
+        }
+        if let Some(cycle) = find_cycle(p) {
+            let first = &cycle[0];
+            let second = &cycle[1];
+            let needs = p.steps[first.as_str()].needs.as_deref().unwrap_or(&[]);
+            let i = needs.iter().position(|n| n == second).unwrap_or(0);
+            let path = index(&child(&child(&steps_path, first), "needs"), i);
+            self.err_help(
+                &path,
+                format!("`needs` has a cycle: {}", cycle.join(" -> ")),
+                "remove one of these needs to break the cycle",
+            );
+        }
+    }
+
+    /// Every `${VAR}` in interpolated fields must name a known variable.
+    fn check_vars(&mut self, p: &Pipeline, name: &str, step: &Step, sp: &[Seg]) {
+        let matrix_keys: Vec<&str> = step
+            .matrix
+            .iter()
+            .flat_map(|m| m.axes.keys().chain(m.include.iter().flat_map(|c| c.keys())))
+            .map(String::as_str)
+            .collect();
+        let known = |v: &str, step_env: bool| {
+            interp::is_builtin(v)
+                || matrix_keys.contains(&v)
+                || p.env.contains_key(v)
+                || (step_env && step.env.contains_key(v))
+        };
+        let mut fields: Vec<(Vec<Seg>, &str, bool)> = Vec::new();
+        if let Some(img) = &step.image {
+            fields.push((child(sp, "image"), img, true));
+        }
+        if let Some(w) = &step.workdir {
+            fields.push((child(sp, "workdir"), w, true));
+        }
+        for (k, v) in &step.env {
+            fields.push((child(&child(sp, "env"), k), v, false));
+        }
+        for (i, c) in step.cache.iter().enumerate() {
+            let cp = if step.cache.len() == 1 { child(sp, "cache") } else { index(&child(sp, "cache"), i) };
+            fields.push((child(&cp, "key"), &c.key, true));
+        }
+        for (path, text, step_env) in fields {
+            let is_cache_key = path.last() == Some(&Seg::Key("key".into()));
+            match interp::references(text) {
+                Err(e) => self.err_help(&path, e.to_string(), "write `$$` for a literal `$`"),
+                Ok(vars) => {
+                    for v in vars {
+                        if v.starts_with("hash:") && is_cache_key {
+                            continue;
+                        }
+                        if !known(v, step_env) {
+                            let all: Vec<&str> = interp::BUILTINS
+                                .iter()
+                                .map(|(n, _)| *n)
+                                .chain(matrix_keys.iter().copied())
+                                .chain(p.env.keys().map(String::as_str))
+                                .collect();
+                            let help = match did_you_mean(v, all) {
+                                Some(s) => format!("did you mean `${{{s}}}`? (write `$${{{v}}}` to keep it literal)"),
+                                None => format!("define it in `env`, or write `$${{{v}}}` to keep it literal"),
+                            };
+                            self.err_help(&path, format!("step `{name}` uses unknown variable `${{{v}}}`"), help);
+                        }
+                    }
+                }
+            }
+        }
+        for (svc_name, svc) in &step.services {
+            let svc_path = child(&child(sp, "services"), svc_name);
+            self.check_service_vars(p, Some(step), svc, &svc_path);
+        }
+    }
+
+    fn check_service_vars(&mut self, p: &Pipeline, step: Option<&Step>, svc: &Service, sp: &[Seg]) {
+        let mut fields = vec![(child(sp, "image"), svc.image.as_str())];
+        for (k, v) in &svc.env {
+            fields.push((child(&child(sp, "env"), k), v.as_str()));
+        }
+        for (path, text) in fields {
+            match interp::references(text) {
+                Err(e) => self.err_help(&path, e.to_string(), "write `$$` for a literal `$`"),
+                Ok(vars) => {
+                    for v in vars {
+                        let known = interp::is_builtin(v)
+                            || p.env.contains_key(v)
+                            || step.is_some_and(|s| {
+                                s.env.contains_key(v) || s.matrix.as_ref().is_some_and(|m| m.axes.contains_key(v))
+                            });
+                        if !known {
+                            self.err_help(
+                                &path,
+                                format!("service uses unknown variable `${{{v}}}`"),
+                                format!("define it in `env`, or write `$${{{v}}}` to keep it literal"),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn path_name(path: &[Seg]) -> String {
+    match path.last() {
+        Some(Seg::Key(k)) => format!("`{k}`"),
+        Some(Seg::Index(_)) => "each item".to_string(),
+        None => "the pipeline".to_string(),
+    }
+}
+
+fn port(n: &Node) -> Option<u16> {
+    match n {
+        Node::Int(i) if (1..=65535).contains(i) => Some(*i as u16),
+        _ => None,
+    }
+}
+
+fn is_step_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn is_hostname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn glob_reason(e: &globset::Error) -> String {
+    e.kind().to_string()
+}
+
+/// A cycle in the explicit `needs`, as the list of steps around it, first step repeated at
+/// the end. Implicit stage order cannot form a cycle.
+fn find_cycle(p: &Pipeline) -> Option<Vec<String>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Active,
+        Done,
+    }
+    let names: Vec<&str> = p.steps.keys().map(String::as_str).collect();
+    let mut mark: HashMap<&str, Mark> = names.iter().map(|n| (*n, Mark::New)).collect();
+    fn visit<'a>(
+        n: &'a str,
+        p: &'a Pipeline,
+        mark: &mut HashMap<&'a str, Mark>,
+        stack: &mut Vec<&'a str>,
+    ) -> Option<Vec<String>> {
+        mark.insert(n, Mark::Active);
+        stack.push(n);
+        for dep in p.steps[n].needs.as_deref().unwrap_or(&[]) {
+            let d = dep.as_str();
+            match mark.get(d).copied() {
+                Some(Mark::Active) => {
+                    let start = stack.iter().position(|s| *s == d).unwrap_or(0);
+                    let mut cycle: Vec<String> = stack[start..].iter().map(|s| s.to_string()).collect();
+                    cycle.push(d.to_string());
+                    return Some(cycle);
+                }
+                Some(Mark::New) => {
+                    if let Some(c) = visit(d, p, mark, stack) {
+                        return Some(c);
+                    }
+                }
+                _ => {}
+            }
+        }
+        stack.pop();
+        mark.insert(n, Mark::Done);
+        None
+    }
+    for n in names {
+        if mark[n] == Mark::New {
+            let mut stack = Vec::new();
+            if let Some(c) = visit(n, p, &mut mark, &mut stack) {
+                return Some(c);
+            }
+        }
+    }
+    None
+}

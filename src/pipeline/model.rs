@@ -1,0 +1,323 @@
+//! The pipeline as written in `.orch.yml`, after loading and checking: plain data, no
+//! behaviour beyond small helpers. The loader (`load.rs`) builds it; the planner reads it.
+
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::Serialize;
+
+/// A whole `.orch.yml`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Pipeline {
+    /// `on:` triggers; `None` means every event starts the pipeline.
+    pub on: Option<Triggers>,
+    pub env: IndexMap<String, String>,
+    pub stages: Vec<String>,
+    pub defaults: Defaults,
+    /// Services every step gets (a step's own services are added to these).
+    pub services: IndexMap<String, Service>,
+    pub steps: IndexMap<String, Step>,
+}
+
+/// The stages a pipeline has when it declares none.
+pub const DEFAULT_STAGES: [&str; 3] = ["build", "test", "deploy"];
+/// The stage of a step that names none (as in GitLab CI).
+pub const DEFAULT_STAGE: &str = "test";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Defaults {
+    pub image: Option<String>,
+    #[serde(serialize_with = "ser_opt_duration")]
+    pub timeout: Option<Duration>,
+    pub retry: Option<Retry>,
+    pub workdir: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Triggers {
+    pub push: Option<PushTrigger>,
+    pub pull_request: Option<PullRequestTrigger>,
+    /// `manual: false` refuses manual runs; they are allowed by default.
+    pub manual: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PushTrigger {
+    pub branches: Option<Patterns>,
+    pub tags: Option<Patterns>,
+    pub paths: Option<Patterns>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PullRequestTrigger {
+    /// Globs on the pull request's base branch.
+    pub branches: Option<Patterns>,
+    pub paths: Option<Patterns>,
+}
+
+/// Glob patterns with optional exclusions: `[main, "release/*"]` or
+/// `{include: [...], exclude: [...]}`. Checked to compile when loaded.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Patterns {
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Step {
+    pub stage: String,
+    pub image: Option<String>,
+    pub commands: Vec<String>,
+    pub env: IndexMap<String, String>,
+    pub workdir: Option<String>,
+    /// `None`: follow stage order. `Some(vec![])`: start at once.
+    pub needs: Option<Vec<String>>,
+    pub when: When,
+    #[serde(serialize_with = "ser_opt_duration")]
+    pub timeout: Option<Duration>,
+    pub retry: Option<Retry>,
+    pub allow_failure: bool,
+    pub secrets: Vec<String>,
+    pub services: IndexMap<String, Service>,
+    pub cache: Vec<Cache>,
+    pub artifacts: Option<Artifacts>,
+    pub matrix: Option<Matrix>,
+}
+
+/// When a step runs. Every clause that is set must hold.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct When {
+    pub branch: Option<Patterns>,
+    pub tag: Option<Patterns>,
+    pub event: Option<Vec<Event>>,
+    pub paths: Option<Patterns>,
+    pub status: StatusCond,
+}
+
+/// The outcome of the steps a step needs that lets it run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct StatusCond {
+    /// Run when everything it needs passed (the default).
+    pub on_success: bool,
+    /// Run when something it needs failed.
+    pub on_failure: bool,
+}
+
+impl Default for StatusCond {
+    fn default() -> Self {
+        StatusCond { on_success: true, on_failure: false }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    Push,
+    PullRequest,
+    Tag,
+    Manual,
+}
+
+impl Event {
+    pub const ALL: [Event; 4] = [Event::Push, Event::PullRequest, Event::Tag, Event::Manual];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Push => "push",
+            Event::PullRequest => "pull_request",
+            Event::Tag => "tag",
+            Event::Manual => "manual",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Event> {
+        Event::ALL.into_iter().find(|e| e.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Retry {
+    /// Extra attempts after the first.
+    pub count: u32,
+    /// Exit codes that are retried; empty means any failure.
+    pub on_exit_codes: Vec<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Service {
+    pub image: String,
+    pub env: IndexMap<String, String>,
+    /// Overrides the image's command (run by the image's entrypoint).
+    pub command: Option<Vec<String>>,
+    pub ports: Vec<u16>,
+    pub ready: Option<Ready>,
+}
+
+/// How orch knows a service is up: a command that succeeds inside it, or a TCP port that
+/// accepts connections.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Ready {
+    pub command: Option<String>,
+    pub tcp: Option<u16>,
+    #[serde(serialize_with = "ser_duration")]
+    pub timeout: Duration,
+}
+
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Cache {
+    /// May use `${VAR}` and `${hash:FILE}`.
+    pub key: String,
+    pub paths: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Artifacts {
+    pub paths: Vec<String>,
+    /// A pattern that matches nothing is a warning instead of an error.
+    pub optional: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Matrix {
+    pub axes: IndexMap<String, Vec<String>>,
+    pub include: Vec<IndexMap<String, String>>,
+    pub exclude: Vec<IndexMap<String, String>>,
+}
+
+impl Matrix {
+    /// Every combination of the axes, minus `exclude`, plus `include`, in a stable order.
+    pub fn expand(&self) -> Vec<IndexMap<String, String>> {
+        let mut combos: Vec<IndexMap<String, String>> = vec![IndexMap::new()];
+        for (axis, values) in &self.axes {
+            let mut next = Vec::with_capacity(combos.len() * values.len());
+            for combo in &combos {
+                for v in values {
+                    let mut c = combo.clone();
+                    c.insert(axis.clone(), v.clone());
+                    next.push(c);
+                }
+            }
+            combos = next;
+        }
+        if self.axes.is_empty() {
+            combos.clear();
+        }
+        combos.retain(|c| !self.exclude.iter().any(|ex| ex.iter().all(|(k, v)| c.get(k) == Some(v))));
+        for inc in &self.include {
+            if !combos.contains(inc) {
+                combos.push(inc.clone());
+            }
+        }
+        combos
+    }
+}
+
+/// Parses `90s`, `10m`, `1h30m`, `500ms`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    if let Ok(secs) = s.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        total += match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.checked_mul(60)?),
+            "h" => Duration::from_secs(n.checked_mul(3600)?),
+            _ => return None,
+        };
+    }
+    Some(total)
+}
+
+/// `1h2m3s` style, the inverse of [`parse_duration`] for whole seconds.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 != 0 {
+        return format!("{ms}ms");
+    }
+    let s = d.as_secs();
+    let (h, m, s) = (s / 3600, s / 60 % 60, s % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(*d))
+}
+
+fn ser_opt_duration<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => ser_duration(d, s),
+        None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10 minutes"), None);
+        assert_eq!(parse_duration("m"), None);
+        assert_eq!(parse_duration("5d"), None);
+        assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+    }
+
+    #[test]
+    fn matrix_expansion() {
+        let axes: IndexMap<String, Vec<String>> = [
+            ("os".to_string(), vec!["linux".to_string(), "mac".to_string()]),
+            ("v".to_string(), vec!["1".to_string(), "2".to_string()]),
+        ]
+        .into_iter()
+        .collect();
+        let m = Matrix {
+            axes,
+            include: vec![
+                [("os".to_string(), "bsd".to_string()), ("v".to_string(), "9".to_string())].into_iter().collect(),
+            ],
+            exclude: vec![
+                [("os".to_string(), "mac".to_string()), ("v".to_string(), "1".to_string())].into_iter().collect(),
+            ],
+        };
+        let names: Vec<String> = m.expand().iter().map(|c| c.values().cloned().collect::<Vec<_>>().join("-")).collect();
+        assert_eq!(names, ["linux-1", "linux-2", "mac-2", "bsd-9"]);
+    }
+}

@@ -1,0 +1,413 @@
+//! The only module that touches the YAML parser.
+//!
+//! serde_yaml is archived upstream; keeping it behind this small surface (a position-free
+//! [`Node`] tree plus [`locate`]) means a move to another parser changes this file alone.
+
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+/// A parsed YAML document, reduced to what a pipeline file may contain.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Node {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Seq(Vec<Node>),
+    /// Keys in source order; non-string scalar keys are turned into their text.
+    Map(Vec<(String, Node)>),
+}
+
+impl Node {
+    /// What the node is, as a user would name it in an error message.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Node::Null => "null",
+            Node::Bool(_) => "a boolean",
+            Node::Int(_) => "an integer",
+            Node::Float(_) => "a number",
+            Node::Str(_) => "a string",
+            Node::Seq(_) => "a list",
+            Node::Map(_) => "a mapping",
+        }
+    }
+}
+
+/// One step of a path from the document root to a node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+impl fmt::Display for Seg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Seg::Key(k) => write!(f, "{k}"),
+            Seg::Index(i) => write!(f, "[{i}]"),
+        }
+    }
+}
+
+/// A position in the source: 1-based line and column, and the byte offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pos {
+    pub line: usize,
+    pub column: usize,
+    pub offset: usize,
+}
+
+/// A YAML syntax error (or a document that is not one tree of mappings, lists and scalars).
+#[derive(Debug, Clone)]
+pub struct SyntaxError {
+    pub message: String,
+    pub pos: Option<Pos>,
+}
+
+/// Parses one YAML document. Aliases are resolved and merge keys (`<<`) applied; duplicate
+/// keys are kept (in order) so that the loader can point at the second one.
+pub fn parse(src: &str) -> Result<Node, SyntaxError> {
+    if src.trim().is_empty() {
+        return Ok(Node::Null);
+    }
+    let de = serde_yaml::Deserializer::from_str(src);
+    let node = NodeSeed
+        .deserialize(de)
+        .map_err(|e| SyntaxError { pos: e.location().map(pos_of), message: strip_location(&e.to_string()) })?;
+    Ok(merge_keys(node))
+}
+
+fn pos_of(l: serde_yaml::Location) -> Pos {
+    Pos { line: l.line(), column: l.column(), offset: l.index() }
+}
+
+/// serde_yaml appends " at line L column C" to messages; we render positions ourselves.
+fn strip_location(msg: &str) -> String {
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+/// Applies YAML merge keys: `<<: *base` (or a list of them) adds the base's entries that
+/// the mapping does not set itself.
+fn merge_keys(node: Node) -> Node {
+    match node {
+        Node::Seq(items) => Node::Seq(items.into_iter().map(merge_keys).collect()),
+        Node::Map(entries) => {
+            let mut own = Vec::with_capacity(entries.len());
+            let mut bases = Vec::new();
+            for (k, v) in entries {
+                let v = merge_keys(v);
+                if k == "<<" {
+                    match v {
+                        Node::Map(m) => bases.push(m),
+                        Node::Seq(s) => bases.extend(s.into_iter().filter_map(|n| match n {
+                            Node::Map(m) => Some(m),
+                            _ => None,
+                        })),
+                        _ => {}
+                    }
+                } else {
+                    own.push((k, v));
+                }
+            }
+            for base in bases {
+                for (k, v) in base {
+                    if !own.iter().any(|(o, _)| *o == k) {
+                        own.push((k, v));
+                    }
+                }
+            }
+            Node::Map(own)
+        }
+        other => other,
+    }
+}
+
+struct NodeSeed;
+
+impl<'de> DeserializeSeed<'de> for NodeSeed {
+    type Value = Node;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Node, D::Error> {
+        d.deserialize_any(NodeVisitor)
+    }
+}
+
+struct NodeVisitor;
+
+impl<'de> Visitor<'de> for NodeVisitor {
+    type Value = Node;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a YAML node")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Node, E> {
+        Ok(Node::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Node, E> {
+        Ok(Node::Int(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Node, E> {
+        Ok(i64::try_from(v).map_or(Node::Float(v as f64), Node::Int))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Node, E> {
+        Ok(Node::Float(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Node, E> {
+        Ok(Node::Str(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Node, E> {
+        Ok(Node::Str(v))
+    }
+    fn visit_unit<E>(self) -> Result<Node, E> {
+        Ok(Node::Null)
+    }
+    fn visit_none<E>(self) -> Result<Node, E> {
+        Ok(Node::Null)
+    }
+    fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Node, D::Error> {
+        d.deserialize_any(NodeVisitor)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+        let mut items = Vec::new();
+        while let Some(n) = seq.next_element_seed(NodeSeed)? {
+            items.push(n);
+        }
+        Ok(Node::Seq(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(k) = map.next_key_seed(NodeSeed)? {
+            let key = match k {
+                Node::Str(s) => s,
+                Node::Null => "null".into(),
+                Node::Bool(b) => b.to_string(),
+                Node::Int(i) => i.to_string(),
+                Node::Float(f) => f.to_string(),
+                Node::Seq(_) | Node::Map(_) => {
+                    return Err(de::Error::custom("a key must be a plain value, not a list or mapping"));
+                }
+            };
+            let v = map.next_value_seed(NodeSeed)?;
+            entries.push((key, v));
+        }
+        Ok(Node::Map(entries))
+    }
+    fn visit_enum<A: de::EnumAccess<'de>>(self, _data: A) -> Result<Node, A::Error> {
+        Err(de::Error::custom("YAML tags (`!name`) are not supported in pipeline files"))
+    }
+}
+
+/// Where the node at `path` starts in `src` (or, with `key`, where its key starts).
+///
+/// serde_yaml keeps no positions in its values, but it stamps an error raised while a node
+/// is being deserialized with that node's position. So we walk to the node with a
+/// deserializer seed and fail on purpose there. One parse per lookup: diagnostics are few.
+pub fn locate(src: &str, path: &[Seg], key: bool) -> Option<Pos> {
+    locate_nth(src, path, key, 0)
+}
+
+/// Like [`locate`], but the last key of `path` is matched at its `nth` occurrence (0-based)
+/// in its mapping: how a duplicate key is found.
+pub fn locate_nth(src: &str, path: &[Seg], key: bool, nth: usize) -> Option<Pos> {
+    let de = serde_yaml::Deserializer::from_str(src);
+    let seed = Nav { path, key, nth };
+    match seed.deserialize(de) {
+        Err(e) if e.to_string().contains(MARKER) => e.location().map(pos_of),
+        _ => None,
+    }
+}
+
+const MARKER: &str = "\u{1}orch-locate";
+
+struct Nav<'a> {
+    path: &'a [Seg],
+    key: bool,
+    nth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for Nav<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+macro_rules! found_scalar {
+    ($($name:ident: $ty:ty),*) => {$(
+        fn $name<E: de::Error>(self, _v: $ty) -> Result<(), E> {
+            Err(E::custom(MARKER))
+        }
+    )*};
+}
+
+impl<'de> Visitor<'de> for Nav<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any node")
+    }
+    found_scalar!(visit_bool: bool, visit_i64: i64, visit_u64: u64, visit_f64: f64, visit_str: &str);
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Err(E::custom(MARKER))
+    }
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        Err(E::custom(MARKER))
+    }
+    fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let Some((first, rest)) = self.path.split_first() else {
+            return Err(de::Error::custom(MARKER));
+        };
+        let Seg::Index(want) = first else {
+            return Ok(());
+        };
+        let mut i = 0;
+        loop {
+            if i == *want {
+                seq.next_element_seed(Nav { path: rest, key: self.key, nth: self.nth })?;
+                return Ok(());
+            }
+            if seq.next_element::<IgnoredAny>()?.is_none() {
+                return Ok(());
+            }
+            i += 1;
+        }
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let Some((first, rest)) = self.path.split_first() else {
+            return Err(de::Error::custom(MARKER));
+        };
+        let Seg::Key(want) = first else {
+            return Ok(());
+        };
+        let last = rest.is_empty();
+        let mut skip = if last { self.nth } else { 0 };
+        while let Some(hit) = map.next_key_seed(KeySeed { want, fail: last && self.key && skip == 0 })? {
+            if hit && skip == 0 {
+                map.next_value_seed(Nav { path: rest, key: self.key, nth: self.nth })?;
+                return Ok(());
+            }
+            if hit {
+                skip -= 1;
+            }
+            map.next_value::<IgnoredAny>()?;
+        }
+        Ok(())
+    }
+}
+
+struct KeySeed<'a> {
+    want: &'a str,
+    fail: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = bool;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl KeySeed<'_> {
+    fn check<E: de::Error>(&self, text: &str) -> Result<bool, E> {
+        let hit = text == self.want;
+        if hit && self.fail { Err(E::custom(MARKER)) } else { Ok(hit) }
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = bool;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
+        self.check(v)
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<bool, E> {
+        self.check(&v.to_string())
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<bool, E> {
+        self.check(&v.to_string())
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<bool, E> {
+        self.check(&v.to_string())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<bool, E> {
+        self.check(&v.to_string())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<bool, E> {
+        self.check("null")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(false)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(s: &str) -> Seg {
+        Seg::Key(s.into())
+    }
+
+    const SRC: &str = "steps:\n  build:\n    image: busybox\n    needs: [a, \"b\"]\n    commands:\n      - echo hi\n";
+
+    #[test]
+    fn parses_in_order() {
+        let n = parse("b: 1\na: [x, 2]\n").unwrap();
+        assert_eq!(
+            n,
+            Node::Map(vec![
+                ("b".into(), Node::Int(1)),
+                ("a".into(), Node::Seq(vec![Node::Str("x".into()), Node::Int(2)])),
+            ])
+        );
+    }
+
+    #[test]
+    fn locates_keys_values_and_items() {
+        let p = locate(SRC, &[k("steps"), k("build"), k("image")], false).unwrap();
+        assert_eq!((p.line, p.column), (3, 12));
+        let p = locate(SRC, &[k("steps"), k("build"), k("image")], true).unwrap();
+        assert_eq!((p.line, p.column), (3, 5));
+        let p = locate(SRC, &[k("steps"), k("build"), k("needs"), Seg::Index(1)], false).unwrap();
+        assert_eq!((p.line, p.column), (4, 16));
+        let p = locate(SRC, &[k("steps"), k("build"), k("commands")], false).unwrap();
+        assert_eq!(p.line, 6);
+        assert!(locate(SRC, &[k("steps"), k("nope")], false).is_none());
+    }
+
+    #[test]
+    fn syntax_error_has_position() {
+        let e = parse("a: [1, 2\nb: 3\n").unwrap_err();
+        assert!(e.pos.is_some(), "{e:?}");
+    }
+
+    #[test]
+    fn duplicate_keys_are_kept_and_located() {
+        let src = "steps:\n  a: {}\n  b: {}\n  a: {}\n";
+        let Node::Map(top) = parse(src).unwrap() else { panic!() };
+        let Node::Map(steps) = &top[0].1 else { panic!() };
+        assert_eq!(steps.len(), 3);
+        let p = locate_nth(src, &[k("steps"), k("a")], true, 1).unwrap();
+        assert_eq!((p.line, p.column), (4, 3));
+    }
+
+    #[test]
+    fn merge_keys_apply() {
+        let n = parse("base: &b {x: 1}\nc:\n  <<: *b\n  y: 2\n").unwrap();
+        let Node::Map(m) = n else { panic!() };
+        let Node::Map(c) = &m[1].1 else { panic!() };
+        assert_eq!(c.len(), 2);
+    }
+}

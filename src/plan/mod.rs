@@ -1,0 +1,488 @@
+//! The plan: which steps run for an event, in what order, with what settings; and which are
+//! skipped, and why. A pure function of (pipeline, context): no I/O, no clock, no Docker.
+//! `orch plan` prints it; `orch ci` and the server execute it.
+
+pub mod render;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use globset::{Glob, GlobSetBuilder};
+use indexmap::IndexMap;
+use serde::Serialize;
+
+use crate::pipeline::interp;
+use crate::pipeline::{Event, Patterns, Pipeline, Retry, Service, StatusCond, Step, When};
+
+/// Where every step's workspace is mounted in its container.
+pub const WORKSPACE: &str = "/workspace";
+
+/// What triggered a run: the facts `when` and `on` are judged against.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Context {
+    pub event: Option<Event>,
+    /// The branch pushed, or a pull request's head branch.
+    pub branch: Option<String>,
+    /// A pull request's base branch.
+    pub base_branch: Option<String>,
+    pub tag: Option<String>,
+    pub commit: String,
+    pub pr: Option<u64>,
+    pub repo: String,
+    pub run_id: String,
+    /// Files changed by the event; `None` when unknown (path conditions then hold).
+    pub changed: Option<Vec<String>>,
+}
+
+impl Context {
+    pub fn event(&self) -> Event {
+        self.event.unwrap_or(Event::Manual)
+    }
+
+    /// The branch `when.branch` and `on.*.branches` look at: a pull request's base branch
+    /// (as in Woodpecker and Drone), else the pushed branch.
+    pub fn target_branch(&self) -> Option<&str> {
+        match self.event() {
+            Event::PullRequest => self.base_branch.as_deref(),
+            Event::Tag => None,
+            _ => self.branch.as_deref(),
+        }
+    }
+
+    /// The built-in variables, as every step sees them.
+    pub fn builtins(&self) -> IndexMap<String, String> {
+        let short: String = self.commit.chars().take(8).collect();
+        let vals = [
+            ("CI", "true".to_string()),
+            ("ORCH", "true".to_string()),
+            ("ORCH_EVENT", self.event().as_str().to_string()),
+            ("ORCH_BRANCH", self.branch.clone().unwrap_or_default()),
+            ("ORCH_BASE_BRANCH", self.base_branch.clone().unwrap_or_default()),
+            ("ORCH_TAG", self.tag.clone().unwrap_or_default()),
+            ("ORCH_COMMIT", self.commit.clone()),
+            ("ORCH_COMMIT_SHORT", short),
+            ("ORCH_PR", self.pr.map(|n| n.to_string()).unwrap_or_default()),
+            ("ORCH_REPO", self.repo.clone()),
+            ("ORCH_RUN_ID", self.run_id.clone()),
+            ("ORCH_WORKSPACE", WORKSPACE.to_string()),
+        ];
+        vals.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    }
+}
+
+/// Which steps to run when only some are wanted (`orch ci --step`).
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// Step names (a matrix step's base name selects all its variants).
+    pub steps: Vec<String>,
+}
+
+/// The resolved plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    pub context: Context,
+    pub stages: Vec<String>,
+    /// `None` when the pipeline's `on:` triggers accept the event; else why not.
+    pub not_triggered: Option<String>,
+    /// Steps that run, in dependency order (a step comes after everything it needs).
+    pub steps: Vec<PlannedStep>,
+    pub skipped: Vec<SkippedStep>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlannedStep {
+    /// Unique name; a matrix variant is `base[axis=value,...]`.
+    pub name: String,
+    /// The step's key in the file.
+    pub step: String,
+    pub stage: String,
+    /// Parallel group: 0 for steps that need nothing, else one more than the highest group
+    /// among its needs.
+    pub group: usize,
+    pub image: String,
+    pub commands: Vec<String>,
+    /// Every variable the step's container gets (secrets are added at run time).
+    pub env: IndexMap<String, String>,
+    pub workdir: String,
+    /// Steps this one waits for (names of planned steps).
+    pub needs: Vec<String>,
+    pub status: StatusCond,
+    #[serde(rename = "timeout_secs", serialize_with = "ser_secs")]
+    pub timeout: Option<Duration>,
+    pub retry: Retry,
+    pub allow_failure: bool,
+    pub secrets: Vec<String>,
+    pub services: IndexMap<String, Service>,
+    pub cache: Vec<crate::pipeline::Cache>,
+    pub artifacts: Option<crate::pipeline::Artifacts>,
+    pub matrix: IndexMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SkippedStep {
+    pub name: String,
+    pub step: String,
+    pub stage: String,
+    pub reason: String,
+}
+
+fn ser_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_f64(d.as_secs_f64()),
+        None => s.serialize_none(),
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PlanError {
+    #[error("no step is named `{name}`{}", hint.as_ref().map(|h| format!(" (did you mean `{h}`?)")).unwrap_or_default())]
+    UnknownStep { name: String, hint: Option<String> },
+    #[error("step `{step}`: {message}")]
+    Interpolation { step: String, message: String },
+}
+
+/// Plans `pipeline` for `ctx`.
+pub fn plan(pipeline: &Pipeline, ctx: &Context, selection: &Selection) -> Result<Plan, PlanError> {
+    let not_triggered = check_triggers(pipeline, ctx).err();
+    let stage_idx: HashMap<&str, usize> = pipeline.stages.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect();
+
+    // 1. Matrix expansion: instances in stage order, then file order.
+    struct Inst<'a> {
+        name: String,
+        base: &'a str,
+        step: &'a Step,
+        stage: usize,
+        matrix: IndexMap<String, String>,
+    }
+    let mut insts: Vec<Inst> = Vec::new();
+    for (base, step) in &pipeline.steps {
+        let combos = step.matrix.as_ref().map(|m| m.expand()).unwrap_or_default();
+        let stage = stage_idx.get(step.stage.as_str()).copied().unwrap_or(0);
+        if combos.is_empty() {
+            insts.push(Inst { name: base.clone(), base, step, stage, matrix: IndexMap::new() });
+        }
+        for combo in combos {
+            let label: Vec<String> = combo.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            insts.push(Inst { name: format!("{base}[{}]", label.join(",")), base, step, stage, matrix: combo });
+        }
+    }
+    insts.sort_by_key(|i| i.stage);
+    let by_base: HashMap<&str, Vec<usize>> = insts.iter().enumerate().fold(HashMap::new(), |mut m, (i, inst)| {
+        m.entry(inst.base).or_default().push(i);
+        m
+    });
+
+    // 2. Plan-time conditions.
+    let mut skip: Vec<Option<String>> = insts
+        .iter()
+        .map(|i| match &not_triggered {
+            Some(why) => Some(format!("pipeline not triggered: {why}")),
+            None => check_when(&i.step.when, ctx).err(),
+        })
+        .collect();
+
+    // 3. Explicit needs; a skipped need skips the steps that wait for its success.
+    let explicit: Vec<Option<Vec<usize>>> = insts
+        .iter()
+        .map(|i| {
+            i.step
+                .needs
+                .as_ref()
+                .map(|needs| needs.iter().flat_map(|n| by_base.get(n.as_str()).cloned().unwrap_or_default()).collect())
+        })
+        .collect();
+    loop {
+        let mut changed = false;
+        for i in 0..insts.len() {
+            if skip[i].is_some() || insts[i].step.when.status.on_failure {
+                continue;
+            }
+            if let Some(deps) = &explicit[i] {
+                if let Some(&d) = deps.iter().find(|&&d| skip[d].is_some()) {
+                    skip[i] = Some(format!("needs `{}`, which is skipped", insts[d].name));
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+
+    // 4. Dependencies of the steps that remain: explicit needs, or the nearest earlier stage
+    //    that has steps left.
+    let active_in_stage = |s: usize, skip: &[Option<String>]| -> Vec<usize> {
+        (0..insts.len()).filter(|&i| insts[i].stage == s && skip[i].is_none()).collect()
+    };
+    let mut deps: Vec<Vec<usize>> = vec![Vec::new(); insts.len()];
+    for i in 0..insts.len() {
+        deps[i] = match &explicit[i] {
+            Some(d) => d.iter().copied().filter(|&d| skip[d].is_none()).collect(),
+            None => {
+                (0..insts[i].stage).rev().map(|s| active_in_stage(s, &skip)).find(|v| !v.is_empty()).unwrap_or_default()
+            }
+        };
+    }
+
+    // 5. Selection: the named steps and everything they need.
+    if !selection.steps.is_empty() {
+        let mut wanted: Vec<usize> = Vec::new();
+        for name in &selection.steps {
+            let hits: Vec<usize> =
+                (0..insts.len()).filter(|&i| insts[i].base == name || insts[i].name == *name).collect();
+            if hits.is_empty() {
+                let names = insts.iter().map(|i| i.name.as_str()).chain(insts.iter().map(|i| i.base));
+                return Err(PlanError::UnknownStep {
+                    name: name.clone(),
+                    hint: crate::pipeline::diag::did_you_mean(name, names).map(str::to_string),
+                });
+            }
+            wanted.extend(hits);
+        }
+        let mut keep: HashSet<usize> = HashSet::new();
+        while let Some(i) = wanted.pop() {
+            if keep.insert(i) {
+                wanted.extend(deps[i].iter().copied());
+            }
+        }
+        for (i, s) in skip.iter_mut().enumerate() {
+            if s.is_none() && !keep.contains(&i) {
+                *s = Some("not selected (--step)".to_string());
+            }
+        }
+    }
+
+    // 6. Groups and order.
+    let mut group: Vec<Option<usize>> = vec![None; insts.len()];
+    fn group_of(i: usize, deps: &[Vec<usize>], group: &mut Vec<Option<usize>>) -> usize {
+        if let Some(g) = group[i] {
+            return g;
+        }
+        let g = deps[i].iter().map(|&d| group_of(d, deps, group) + 1).max().unwrap_or(0);
+        group[i] = Some(g);
+        g
+    }
+    let mut order: Vec<usize> = (0..insts.len()).filter(|&i| skip[i].is_none()).collect();
+    for &i in &order {
+        group_of(i, &deps, &mut group);
+    }
+    order.sort_by_key(|&i| (group[i], insts[i].stage, i));
+
+    let builtins = ctx.builtins();
+    let mut steps = Vec::with_capacity(order.len());
+    for &i in &order {
+        let inst = &insts[i];
+        steps.push(resolve(
+            pipeline,
+            inst.step,
+            &inst.name,
+            inst.base,
+            &pipeline.stages[inst.stage],
+            &inst.matrix,
+            &builtins,
+            group[i].unwrap_or(0),
+            deps[i].iter().map(|&d| insts[d].name.clone()).collect(),
+        )?);
+    }
+    let skipped = (0..insts.len())
+        .filter_map(|i| {
+            skip[i].clone().map(|reason| SkippedStep {
+                name: insts[i].name.clone(),
+                step: insts[i].base.to_string(),
+                stage: pipeline.stages[insts[i].stage].clone(),
+                reason,
+            })
+        })
+        .collect();
+    Ok(Plan { context: ctx.clone(), stages: pipeline.stages.clone(), not_triggered, steps, skipped })
+}
+
+/// Fills in defaults and interpolates the fields that take `${VAR}`.
+#[allow(clippy::too_many_arguments)]
+fn resolve(
+    p: &Pipeline,
+    step: &Step,
+    name: &str,
+    base: &str,
+    stage: &str,
+    matrix: &IndexMap<String, String>,
+    builtins: &IndexMap<String, String>,
+    group: usize,
+    needs: Vec<String>,
+) -> Result<PlannedStep, PlanError> {
+    let err = |message: String| PlanError::Interpolation { step: name.to_string(), message };
+    let mut vars = builtins.clone();
+    vars.insert("ORCH_STEP".into(), name.to_string());
+    vars.insert("ORCH_STAGE".into(), stage.to_string());
+    vars.extend(matrix.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let expand = |s: &str, vars: &IndexMap<String, String>| interp::expand(s, |v| vars.get(v).cloned());
+    for (k, v) in &p.env {
+        let val = expand(v, &vars).map_err(err)?;
+        vars.insert(k.clone(), val);
+    }
+    for (k, v) in &step.env {
+        let val = expand(v, &vars).map_err(err)?;
+        vars.insert(k.clone(), val);
+    }
+    let image = step.image.as_ref().or(p.defaults.image.as_ref()).cloned().unwrap_or_default();
+    let image = expand(&image, &vars).map_err(err)?;
+    let workdir = match step.workdir.as_ref().or(p.defaults.workdir.as_ref()) {
+        Some(w) => {
+            let w = expand(w, &vars).map_err(err)?;
+            if w.starts_with('/') { w } else { format!("{WORKSPACE}/{w}") }
+        }
+        None => WORKSPACE.to_string(),
+    };
+    let mut services = IndexMap::new();
+    for (n, svc) in p.services.iter().chain(step.services.iter()) {
+        let mut svc = svc.clone();
+        svc.image = expand(&svc.image, &vars).map_err(err)?;
+        for v in svc.env.values_mut() {
+            *v = expand(v, &vars).map_err(err)?;
+        }
+        services.insert(n.clone(), svc);
+    }
+    // Cache keys keep `${hash:FILE}`: the file is only there at run time.
+    let mut cache = step.cache.clone();
+    for c in &mut cache {
+        c.key = interp::expand(&c.key, |v| {
+            if v.starts_with("hash:") { Some(format!("${{{v}}}")) } else { vars.get(v).cloned() }
+        })
+        .map_err(err)?;
+    }
+    Ok(PlannedStep {
+        name: name.to_string(),
+        step: base.to_string(),
+        stage: stage.to_string(),
+        group,
+        image,
+        commands: step.commands.clone(),
+        env: vars,
+        workdir,
+        needs,
+        status: step.when.status,
+        timeout: step.timeout.or(p.defaults.timeout),
+        retry: step
+            .retry
+            .clone()
+            .or_else(|| p.defaults.retry.clone())
+            .unwrap_or(Retry { count: 0, on_exit_codes: Vec::new() }),
+        allow_failure: step.allow_failure,
+        secrets: step.secrets.clone(),
+        services,
+        cache,
+        artifacts: step.artifacts.clone(),
+        matrix: matrix.clone(),
+    })
+}
+
+/// Does `value` match the patterns? (Some include matches and no exclude does.)
+pub fn matches(p: &Patterns, value: &str) -> bool {
+    let set = |globs: &[String]| {
+        let mut b = GlobSetBuilder::new();
+        for g in globs {
+            // Patterns were checked when the file was loaded.
+            if let Ok(g) = Glob::new(g) {
+                b.add(g);
+            }
+        }
+        b.build().unwrap_or_else(|_| globset::GlobSet::empty())
+    };
+    let inc = p.include.is_empty() || set(&p.include).is_match(value);
+    inc && !set(&p.exclude).is_match(value)
+}
+
+fn describe(p: &Patterns) -> String {
+    let mut s = p.include.iter().map(|g| format!("`{g}`")).collect::<Vec<_>>().join(", ");
+    if !p.exclude.is_empty() {
+        s.push_str(&format!(
+            " (excluding {})",
+            p.exclude.iter().map(|g| format!("`{g}`")).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    s
+}
+
+fn check_paths(p: &Patterns, ctx: &Context, what: &str) -> Result<(), String> {
+    match &ctx.changed {
+        None => Ok(()),
+        Some(files) if files.iter().any(|f| matches(p, f)) => Ok(()),
+        Some(files) => Err(format!("{what}: none of the {} changed file(s) match {}", files.len(), describe(p))),
+    }
+}
+
+/// Whether the plan-time clauses of a `when` hold for `ctx`; `Err` says which one failed.
+pub fn check_when(w: &When, ctx: &Context) -> Result<(), String> {
+    let ev = ctx.event();
+    if let Some(events) = &w.event {
+        if !events.contains(&ev) {
+            let list = events.iter().map(|e| e.as_str()).collect::<Vec<_>>().join(", ");
+            return Err(format!("when.event: `{ev}` is not one of {list}"));
+        }
+    }
+    if let Some(b) = &w.branch {
+        match ctx.target_branch() {
+            Some(branch) if matches(b, branch) => {}
+            Some(branch) => return Err(format!("when.branch: `{branch}` does not match {}", describe(b))),
+            None => return Err(format!("when.branch: a `{ev}` event has no branch")),
+        }
+    }
+    if let Some(t) = &w.tag {
+        match (&ctx.tag, ev) {
+            (Some(tag), Event::Tag) if matches(t, tag) => {}
+            (Some(tag), Event::Tag) => return Err(format!("when.tag: `{tag}` does not match {}", describe(t))),
+            _ => return Err(format!("when.tag: a `{ev}` event has no tag")),
+        }
+    }
+    if let Some(p) = &w.paths {
+        check_paths(p, ctx, "when.paths")?;
+    }
+    Ok(())
+}
+
+/// Whether the pipeline's `on:` triggers accept the event; `Err` says why not.
+pub fn check_triggers(p: &Pipeline, ctx: &Context) -> Result<(), String> {
+    let Some(on) = &p.on else { return Ok(()) };
+    match ctx.event() {
+        Event::Manual => {
+            if on.manual {
+                Ok(())
+            } else {
+                Err("`on.manual` is false".into())
+            }
+        }
+        Event::Push => {
+            let push = on.push.as_ref().ok_or("`on` has no `push`")?;
+            let branch = ctx.branch.as_deref().unwrap_or("");
+            match (&push.branches, &push.tags) {
+                (Some(b), _) if !matches(b, branch) => {
+                    return Err(format!("on.push.branches: `{branch}` does not match {}", describe(b)));
+                }
+                (None, Some(_)) => return Err("on.push lists only `tags`, and this is a branch push".into()),
+                _ => {}
+            }
+            push.paths.as_ref().map_or(Ok(()), |pp| check_paths(pp, ctx, "on.push.paths"))
+        }
+        Event::Tag => {
+            let push = on.push.as_ref().ok_or("`on` has no `push`")?;
+            let tag = ctx.tag.as_deref().unwrap_or("");
+            match (&push.tags, &push.branches) {
+                (Some(t), _) if !matches(t, tag) => {
+                    Err(format!("on.push.tags: `{tag}` does not match {}", describe(t)))
+                }
+                (None, Some(_)) => Err("on.push lists only `branches`, and this is a tag".into()),
+                _ => Ok(()),
+            }
+        }
+        Event::PullRequest => {
+            let pr = on.pull_request.as_ref().ok_or("`on` has no `pull_request`")?;
+            let base = ctx.base_branch.as_deref().unwrap_or("");
+            if let Some(b) = &pr.branches {
+                if !matches(b, base) {
+                    return Err(format!("on.pull_request.branches: base `{base}` does not match {}", describe(b)));
+                }
+            }
+            pr.paths.as_ref().map_or(Ok(()), |pp| check_paths(pp, ctx, "on.pull_request.paths"))
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! What happens during a run, as a stream of events: the only interface between the
+//! scheduler and whoever shows or stores a run (terminal, JSON lines, later the server).
+//! The JSON form of these events is `orch ci --json`'s documented, stable schema.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::exec::Stream;
+use crate::plan::SkippedStep;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum RunEvent {
+    RunStarted {
+        run_id: String,
+        steps: Vec<StepInfo>,
+        skipped: Vec<SkippedStep>,
+        jobs: usize,
+    },
+    /// An attempt of a step started (its container is running).
+    StepStarted {
+        step: String,
+        attempt: u32,
+        attempts: u32,
+    },
+    /// One line of a step's output, secrets masked.
+    StepLog {
+        step: String,
+        stream: Stream,
+        line: String,
+    },
+    /// An attempt failed with a retryable exit code; another follows.
+    StepRetrying {
+        step: String,
+        attempt: u32,
+        exit_code: i64,
+    },
+    StepFinished(StepSummary),
+    /// Something that concerns the whole run (e.g. a cleanup problem).
+    RunMessage {
+        level: Level,
+        message: String,
+    },
+    RunFinished {
+        status: RunStatus,
+        #[serde(serialize_with = "secs")]
+        duration: Duration,
+        steps: Vec<StepSummary>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Info,
+    Warning,
+    Error,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StepInfo {
+    pub name: String,
+    pub stage: String,
+    pub needs: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Passed,
+    Failed,
+    TimedOut,
+    Cancelled,
+    /// The step could not run: missing image, daemon gone, ...
+    Error,
+    Skipped,
+}
+
+impl StepStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Passed => "passed",
+            StepStatus::Failed => "failed",
+            StepStatus::TimedOut => "timed out",
+            StepStatus::Cancelled => "cancelled",
+            StepStatus::Error => "error",
+            StepStatus::Skipped => "skipped",
+        }
+    }
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StepSummary {
+    pub step: String,
+    pub status: StepStatus,
+    pub exit_code: Option<i64>,
+    /// Attempts made (0 for a skipped step).
+    pub attempts: u32,
+    /// The step failed but `allow_failure` let the run go on.
+    pub allowed_failure: bool,
+    /// Why it was skipped, or what went wrong.
+    pub message: Option<String>,
+    /// When the step started, from the start of the run.
+    #[serde(serialize_with = "secs")]
+    pub started: Duration,
+    #[serde(serialize_with = "secs")]
+    pub duration: Duration,
+    /// Whether steps that need this one see it as failed.
+    #[serde(skip)]
+    pub blocks_dependents: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Success,
+    Failure,
+    Cancelled,
+    /// Infrastructure: the run could not be carried out.
+    Error,
+}
+
+impl RunStatus {
+    pub fn exit_code(self) -> u8 {
+        use crate::error::exit;
+        match self {
+            RunStatus::Success => exit::SUCCESS,
+            RunStatus::Failure => exit::FAILED,
+            RunStatus::Cancelled => exit::INTERRUPTED,
+            RunStatus::Error => exit::INFRA,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Success => "success",
+            RunStatus::Failure => "failure",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::Error => "error",
+        }
+    }
+}
+
+fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((d.as_secs_f64() * 1000.0).round() / 1000.0)
+}
