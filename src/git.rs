@@ -82,21 +82,25 @@ fn changed_files(repo: &Repository, branch: Option<&str>) -> Result<Vec<String>,
     Ok(files)
 }
 
-/// The files of the work tree that a copy into the workspace takes: tracked files and
-/// untracked ones that are not ignored (what `git status` shows), relative to the root.
-/// Outside a repository: every file, minus `.git` and orch's own `.orch` directory.
-pub fn workspace_files(root: &Path) -> Result<Vec<PathBuf>, GitError> {
-    let Ok(repo) = Repository::open(root) else {
+/// The files under `dir` that a copy into the workspace takes, relative to `dir`: tracked
+/// files and untracked ones that are not ignored (what `git status` shows). Outside a
+/// repository: every file, minus `.git` and orch's own `.orch` directory.
+pub fn workspace_files(dir: &Path) -> Result<Vec<PathBuf>, GitError> {
+    let dir = dir.canonicalize().map_err(|e| GitError { message: format!("cannot open {}: {e}", dir.display()) })?;
+    let repo = Repository::discover(&dir).ok().filter(|r| r.workdir().is_some());
+    let Some(repo) = repo else {
         let mut out = Vec::new();
-        walk(root, Path::new(""), &mut out)
-            .map_err(|e| GitError { message: format!("cannot list {}: {e}", root.display()) })?;
+        walk(&dir, Path::new(""), &mut out)
+            .map_err(|e| GitError { message: format!("cannot list {}: {e}", dir.display()) })?;
         return Ok(out);
     };
+    let workdir = repo.workdir().map(Path::to_path_buf).unwrap_or_default();
+    let workdir = workdir.canonicalize().unwrap_or(workdir);
+    let prefix = dir.strip_prefix(&workdir).map(Path::to_path_buf).unwrap_or_default();
     let mut files = Vec::new();
     let index = repo.index()?;
     for e in index.iter() {
-        let p = PathBuf::from(String::from_utf8_lossy(&e.path).into_owned());
-        files.push(p);
+        files.push(PathBuf::from(String::from_utf8_lossy(&e.path).into_owned()));
     }
     let mut opts = StatusOptions::new();
     opts.include_untracked(true).recurse_untracked_dirs(true).include_ignored(false);
@@ -107,10 +111,13 @@ pub fn workspace_files(root: &Path) -> Result<Vec<PathBuf>, GitError> {
             }
         }
     }
+    let mut files: Vec<PathBuf> =
+        files.into_iter().filter_map(|f| f.strip_prefix(&prefix).ok().map(Path::to_path_buf)).collect();
     files.sort();
     files.dedup();
-    // A file deleted in the work tree but still in the index is not copied.
-    files.retain(|f| root.join(f).symlink_metadata().is_ok());
+    // A file deleted in the work tree but still in the index is not copied; neither is
+    // orch's own run directory.
+    files.retain(|f| !f.starts_with(".orch") && dir.join(f).symlink_metadata().is_ok());
     Ok(files)
 }
 

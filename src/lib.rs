@@ -3,9 +3,12 @@
 //! Data flows one way: [`pipeline`] (the `.orch.yml` language) -> [`plan`] (what runs, for
 //! an event) -> the scheduler and a backend that runs steps -> events -> reporters.
 
+pub mod ci;
+pub mod cli;
 pub mod error;
 pub mod exec;
 pub mod git;
 pub mod pipeline;
 pub mod plan;
+pub mod report;
 pub mod sched;

@@ -1,1 +1,20 @@
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = orch::cli::Cli::parse();
+    // Diagnostics for developers (ORCH_LOG=debug); what users see goes through reporters.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ORCH_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(orch::error::exit::INFRA);
+        }
+    };
+    ExitCode::from(runtime.block_on(orch::cli::run(cli)))
+}

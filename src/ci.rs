@@ -1,0 +1,328 @@
+//! `orch plan`, `orch ci` and `orch gc`: glue between the checkout, the planner, the
+//! scheduler with the Docker backend, and the reporters.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::cli::{CiArgs, EventArgs, PlanArgs, PlanFormat};
+use crate::error::{Error, exit};
+use crate::exec::Workspace;
+use crate::exec::docker::DockerBackend;
+use crate::git::{self, Checkout};
+use crate::pipeline::{self, Event, interp};
+use crate::plan::{self, Context, Plan, Selection, render};
+use crate::report::{self, Mode, ReportOptions};
+use crate::sched::{self, Cancel, Level, RunEvent, RunOptions};
+
+/// The event context: flags first, then what the checkout says.
+pub fn context(ev: &EventArgs, co: &Checkout, run_id: &str) -> Context {
+    let event = ev.event.unwrap_or(if ev.tag.is_some() { Event::Tag } else { Event::Push });
+    let branch = match event {
+        Event::Tag => ev.branch.clone(),
+        _ => ev.branch.clone().or_else(|| co.branch.clone()),
+    };
+    let base_branch = match event {
+        Event::PullRequest => Some(ev.base_branch.clone().unwrap_or_else(|| "main".into())),
+        _ => ev.base_branch.clone(),
+    };
+    let changed = if !ev.changed.is_empty() {
+        Some(ev.changed.clone())
+    } else if co.is_git {
+        Some(co.changed.clone())
+    } else {
+        None
+    };
+    let repo = co.root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Context {
+        event: Some(event),
+        branch,
+        base_branch,
+        tag: ev.tag.clone(),
+        commit: ev.commit.clone().unwrap_or_else(|| co.commit.clone()),
+        pr: ev.pr,
+        repo,
+        run_id: run_id.to_string(),
+        changed,
+    }
+}
+
+pub fn plan_command(args: PlanArgs) -> Result<u8, Error> {
+    let pipeline = pipeline::load_file(&args.file)?;
+    let dir = args.file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let co = git::inspect(dir)?;
+    let ctx = context(&args.event, &co, "plan");
+    let plan = plan::plan(&pipeline, &ctx, &Selection { steps: args.steps })?;
+    let out = match args.format {
+        PlanFormat::Text => render::text(&plan),
+        PlanFormat::Json => render::json(&plan) + "\n",
+        PlanFormat::Dot => render::dot(&plan),
+        PlanFormat::Mermaid => render::mermaid(&plan),
+    };
+    print!("{out}");
+    Ok(exit::SUCCESS)
+}
+
+/// A run id that sorts by time and is unique enough on one machine: `YYYYMMDD-HHMMSS-xxxx`.
+pub fn new_run_id() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = now.as_secs();
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    let salt = (now.subsec_nanos() ^ std::process::id().wrapping_mul(2_654_435_761)) & 0xffff;
+    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}-{salt:04x}", rem / 3600, rem / 60 % 60, rem % 60)
+}
+
+/// Days since 1970-01-01 to a (year, month, day) date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// Parses a dotenv file: `NAME=value` lines, `#` comments, optional `export `, values
+/// optionally in single or double quotes.
+pub fn parse_dotenv(text: &str) -> Result<HashMap<String, String>, String> {
+    let mut out = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((k, v)) = line.split_once('=') else {
+            return Err(format!("line {}: expected NAME=value", i + 1));
+        };
+        let k = k.trim();
+        if !interp::is_identifier(k) {
+            return Err(format!("line {}: `{k}` is not a valid name", i + 1));
+        }
+        let v = v.trim();
+        let v = if v.len() >= 2
+            && ((v.starts_with('"') && v.ends_with('"')) || (v.starts_with('\'') && v.ends_with('\'')))
+        {
+            &v[1..v.len() - 1]
+        } else {
+            v
+        };
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+/// The secret values the planned steps name: from the file, else the environment. Every
+/// missing one is an error naming the step.
+fn collect_secrets(plan: &Plan, file: Option<&Path>) -> Result<HashMap<String, String>, Error> {
+    let from_file = match file {
+        Some(f) => {
+            let text = std::fs::read_to_string(f).map_err(|e| Error::io(format!("cannot read {}", f.display()), e))?;
+            parse_dotenv(&text).map_err(|e| Error::Usage(format!("{}: {e}", f.display())))?
+        }
+        None => HashMap::new(),
+    };
+    let mut secrets = HashMap::new();
+    let mut missing = Vec::new();
+    for step in &plan.steps {
+        for name in &step.secrets {
+            match from_file.get(name).cloned().or_else(|| std::env::var(name).ok()) {
+                Some(v) => {
+                    secrets.insert(name.clone(), v);
+                }
+                None => missing.push(format!("`{name}` (step `{}`)", step.name)),
+            }
+        }
+    }
+    if !missing.is_empty() {
+        return Err(Error::Usage(format!(
+            "missing secret{} {}: set {} in the environment or pass --secret-file",
+            if missing.len() == 1 { "" } else { "s" },
+            missing.join(", "),
+            if missing.len() == 1 { "it" } else { "them" }
+        )));
+    }
+    Ok(secrets)
+}
+
+pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
+    let cwd = std::env::current_dir().map_err(|e| Error::io("cannot read the current directory", e))?;
+    let dir = match &args.dir {
+        Some(d) => cwd.join(d),
+        None => cwd.clone(),
+    };
+    let co = git::inspect(&dir)?;
+    // The project is the directory holding the pipeline: the one given, else the checkout's
+    // root. Only its files go into the workspace.
+    let root =
+        if args.file.is_some() || dir.join(".orch.yml").exists() || !co.is_git { dir.clone() } else { co.root.clone() };
+    let file = match &args.file {
+        Some(f) => dir.join(f),
+        None => root.join(".orch.yml"),
+    };
+    let pipeline = pipeline::load_file(&file)?;
+    let run_id = new_run_id();
+    let ctx = context(&args.event, &co, &run_id);
+    let mut plan = plan::plan(&pipeline, &ctx, &Selection { steps: args.steps.clone() })?;
+    for kv in &args.env {
+        let (k, v) = kv.split_once('=').ok_or_else(|| Error::Usage(format!("--env takes NAME=VALUE, got `{kv}`")))?;
+        for s in &mut plan.steps {
+            s.env.insert(k.to_string(), v.to_string());
+        }
+    }
+    let secrets = collect_secrets(&plan, args.secret_file.as_deref())?;
+
+    let run_dir = root.join(".orch").join("runs").join(&run_id);
+    let log_dir = run_dir.join("logs");
+    std::fs::create_dir_all(&log_dir).map_err(|e| Error::io(format!("cannot create {}", log_dir.display()), e))?;
+    let _ = std::fs::write(run_dir.join("plan.json"), render::json(&plan));
+
+    let mode = if args.json {
+        Mode::Json
+    } else if args.no_progress || !std::io::stdout().is_terminal() || std::env::var_os("CI").is_some() {
+        Mode::Plain
+    } else {
+        Mode::Progress
+    };
+    let (tx, rx) = mpsc::channel::<RunEvent>(1024);
+    let reporter = tokio::spawn(report::run(ReportOptions { mode, log_dir: Some(relative_to(&log_dir, &cwd)) }, rx));
+
+    let backend = match DockerBackend::connect().await {
+        Ok(b) => Arc::new(b),
+        Err(e) => {
+            drop(tx);
+            let _ = reporter.await;
+            return Err(e.into());
+        }
+    };
+    if let Ok(report) = backend.gc(true).await {
+        if !report.runs.is_empty() {
+            let _ = tx
+                .send(RunEvent::RunMessage {
+                    level: Level::Info,
+                    message: format!(
+                        "removed {} container(s), {} network(s), {} volume(s) left by {} killed run(s)",
+                        report.containers,
+                        report.networks,
+                        report.volumes,
+                        report.runs.len()
+                    ),
+                })
+                .await;
+        }
+    }
+    let workspace = if args.bind {
+        Workspace::Bind(root.clone())
+    } else {
+        Workspace::Copy { files: git::workspace_files(&root)?, root: root.clone() }
+    };
+
+    let cancel = Cancel::default();
+    let signals = tokio::spawn(watch_signals(cancel.clone(), tx.clone()));
+    let result = sched::execute(
+        backend,
+        &plan,
+        RunOptions {
+            run_id: run_id.clone(),
+            jobs: args.jobs,
+            secrets,
+            log_dir: Some(log_dir),
+            workspace,
+            grace: Duration::from_secs(args.grace),
+        },
+        tx,
+        cancel,
+    )
+    .await;
+    signals.abort();
+    let _ = reporter.await;
+    let _ = std::fs::write(
+        run_dir.join("result.json"),
+        serde_json::to_string_pretty(&serde_json::json!({
+            "run_id": run_id,
+            "status": result.status,
+            "duration": result.duration.as_secs_f64(),
+            "steps": result.steps,
+        }))
+        .unwrap_or_default(),
+    );
+    Ok(result.status.exit_code())
+}
+
+fn relative_to(p: &Path, base: &Path) -> PathBuf {
+    p.strip_prefix(base).map(Path::to_path_buf).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// First SIGINT/SIGTERM: stop the steps gracefully. Second: kill them now.
+async fn watch_signals(cancel: Cancel, events: mpsc::Sender<RunEvent>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        return;
+    };
+    let next = async |int: &mut tokio::signal::unix::Signal, term: &mut tokio::signal::unix::Signal| {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    };
+    next(&mut int, &mut term).await;
+    cancel.graceful.cancel();
+    let _ = events
+        .send(RunEvent::RunMessage {
+            level: Level::Warning,
+            message: "interrupted: stopping the steps and cleaning up (press Ctrl-C again to kill them now)".into(),
+        })
+        .await;
+    next(&mut int, &mut term).await;
+    cancel.kill.cancel();
+    let _ = events.send(RunEvent::RunMessage { level: Level::Warning, message: "killing the steps".into() }).await;
+}
+
+pub async fn gc_command(all: bool) -> Result<u8, Error> {
+    let backend = DockerBackend::connect().await?;
+    let r = backend.gc(!all).await?;
+    if r.runs.is_empty() {
+        println!("nothing to remove");
+    } else {
+        println!(
+            "removed {} container(s), {} network(s), {} volume(s) of {} run(s): {}",
+            r.containers,
+            r.networks,
+            r.volumes,
+            r.runs.len(),
+            r.runs.join(", ")
+        );
+    }
+    Ok(exit::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dotenv() {
+        let m = parse_dotenv("# c\nA=1\nexport B=\"two words\"\nC='x=y'\n\n").unwrap();
+        assert_eq!(m["A"], "1");
+        assert_eq!(m["B"], "two words");
+        assert_eq!(m["C"], "x=y");
+        assert!(parse_dotenv("nope").is_err());
+        assert!(parse_dotenv("1A=x").is_err());
+    }
+
+    #[test]
+    fn run_ids_are_dated() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_418), (2025, 11, 26));
+        let id = new_run_id();
+        assert_eq!(id.len(), "20261126-142233-ab12".len(), "{id}");
+    }
+}

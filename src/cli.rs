@@ -1,0 +1,173 @@
+//! The command line: clap definitions and dispatch. No logic lives here beyond turning
+//! arguments into calls.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::error::{Error, exit};
+use crate::pipeline::Event;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "orch",
+    version,
+    about = "Run CI/CD pipelines from .orch.yml in Docker, locally and from GitHub webhooks"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a pipeline file and report every problem with its line and column.
+    Validate {
+        /// The pipeline file.
+        #[arg(default_value = ".orch.yml")]
+        file: PathBuf,
+    },
+    /// Show which steps run for an event, in what order, and why the others are skipped.
+    Plan(PlanArgs),
+    /// Run the pipeline of the current checkout in Docker.
+    Ci(CiArgs),
+    /// Remove containers, networks and volumes left behind by orch runs that were killed.
+    Gc {
+        /// Also remove what belongs to runs of orch processes that are still alive.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// The event a pipeline is planned for. Unset fields come from the git checkout.
+#[derive(Debug, Args, Clone)]
+pub struct EventArgs {
+    /// The event: push, pull_request, tag or manual [default: push, or tag with --tag].
+    #[arg(long, value_parser = parse_event)]
+    pub event: Option<Event>,
+    /// The branch pushed (a pull request's head branch) [default: the checkout's branch].
+    #[arg(long)]
+    pub branch: Option<String>,
+    /// A pull request's base branch [default: main].
+    #[arg(long)]
+    pub base_branch: Option<String>,
+    /// The tag, for a tag event.
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// A pull request number.
+    #[arg(long)]
+    pub pr: Option<u64>,
+    /// The commit SHA [default: the checkout's HEAD].
+    #[arg(long)]
+    pub commit: Option<String>,
+    /// A changed file, for `paths` conditions (repeat it) [default: from git].
+    #[arg(long = "changed", value_name = "PATH")]
+    pub changed: Vec<String>,
+}
+
+fn parse_event(s: &str) -> Result<Event, String> {
+    Event::parse(s).ok_or_else(|| format!("unknown event `{s}` (expected push, pull_request, tag or manual)"))
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PlanFormat {
+    Text,
+    Json,
+    Dot,
+    Mermaid,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The pipeline file.
+    #[arg(default_value = ".orch.yml")]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub event: EventArgs,
+    /// Plan only these steps and what they need (repeat it).
+    #[arg(long = "step", value_name = "NAME")]
+    pub steps: Vec<String>,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: PlanFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct CiArgs {
+    /// The pipeline file [default: .orch.yml in the checkout's root].
+    #[arg(short, long)]
+    pub file: Option<PathBuf>,
+    /// Run in this directory instead of the current one.
+    #[arg(short = 'C', long = "dir", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Run only these steps and what they need (repeat it).
+    #[arg(long = "step", value_name = "NAME")]
+    pub steps: Vec<String>,
+    #[command(flatten)]
+    pub event: EventArgs,
+    /// Steps running at once. A step waiting on its container costs orch nothing, so this
+    /// is about the machine's capacity for containers, not orch's CPU count.
+    #[arg(short, long, default_value_t = 8)]
+    pub jobs: usize,
+    /// Secrets in dotenv format (NAME=value per line); the environment is used too.
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
+    /// Set a variable for every step (repeat it): NAME=value.
+    #[arg(short, long = "env", value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// Mount the working tree itself as the workspace: fast, but steps write into it.
+    #[arg(long)]
+    pub bind: bool,
+    /// Print one JSON event per line instead of the human output.
+    #[arg(long, conflicts_with = "no_progress")]
+    pub json: bool,
+    /// Plain output even on a terminal: no spinners, no colours.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Seconds a cancelled step gets to stop before it is killed.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub grace: u64,
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub async fn run(cli: Cli) -> u8 {
+    let result = match cli.command {
+        Command::Validate { file } => validate(&file),
+        Command::Plan(args) => crate::ci::plan_command(args),
+        Command::Ci(args) => crate::ci::ci_command(args).await,
+        Command::Gc { all } => crate::ci::gc_command(all).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            report_error(&e);
+            e.exit_code()
+        }
+    }
+}
+
+fn validate(file: &std::path::Path) -> Result<u8, Error> {
+    let p = crate::pipeline::load_file(file)?;
+    println!(
+        "{}: valid ({} step{}, stages: {})",
+        file.display(),
+        p.steps.len(),
+        if p.steps.len() == 1 { "" } else { "s" },
+        p.stages.join(", ")
+    );
+    Ok(exit::SUCCESS)
+}
+
+/// Prints an error for a person on stderr; "error:" in red on a terminal.
+pub fn report_error(e: &Error) {
+    use std::io::IsTerminal;
+    let text = match e {
+        // Diagnostics carry their own "error:" lines.
+        Error::Config(crate::pipeline::ConfigError::Invalid { rendered, .. }) => rendered.clone(),
+        other => format!("error: {other}\n"),
+    };
+    if std::io::stderr().is_terminal() {
+        eprint!("{}", text.replace("error:", "\x1b[1;31merror\x1b[0m\x1b[1m:\x1b[0m"));
+    } else {
+        eprint!("{text}");
+    }
+}
