@@ -36,6 +36,16 @@ impl Diagnostic {
         self
     }
 
+    /// A problem with the file as a whole (it is empty, it lacks `steps`): rendered with the
+    /// file name only, since no line of it is to blame.
+    pub fn whole_file(message: impl Into<String>) -> Self {
+        Diagnostic::new(&[], message).at_key()
+    }
+
+    fn is_whole_file(&self) -> bool {
+        self.path.is_empty() && self.at_key && self.pos.is_none()
+    }
+
     /// `steps.build.needs[0]`: the path as a user reads it.
     pub fn path_string(&self) -> String {
         let mut s = String::new();
@@ -45,7 +55,12 @@ impl Diagnostic {
                     if !s.is_empty() {
                         s.push('.');
                     }
-                    s.push_str(k);
+                    // Quote keys that would not read back as one path segment.
+                    if !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-')) {
+                        s.push_str(k);
+                    } else {
+                        let _ = write!(s, "{k:?}");
+                    }
                 }
                 Seg::Index(_) => {
                     let _ = write!(s, "{seg}");
@@ -57,7 +72,7 @@ impl Diagnostic {
 
     /// Resolves the position in `src`, walking up the path until a node is found.
     pub fn position(&self, src: &str) -> Option<Pos> {
-        if self.pos.is_some() {
+        if self.pos.is_some() || self.is_whole_file() {
             return self.pos;
         }
         let mut path = self.path.as_slice();
@@ -82,12 +97,19 @@ impl Diagnostic {
         match pos {
             Some(p) => {
                 let line_text = src.lines().nth(p.line - 1).unwrap_or("");
+                // An empty value (`key:` or a bare `-`) is placed just past the end of its
+                // line: point at the last character there instead of at nothing.
+                let len = line_text.chars().count();
+                let col = if p.column > len {
+                    line_text.trim_end().chars().count().saturating_sub(1)
+                } else {
+                    p.column.saturating_sub(1)
+                };
                 let num = p.line.to_string();
                 let pad = " ".repeat(num.len());
-                let _ = writeln!(out, "{pad}--> {file}:{}:{}", p.line, p.column);
+                let _ = writeln!(out, "{pad}--> {file}:{}:{}", p.line, col + 1);
                 let _ = writeln!(out, "{pad} |");
                 let _ = writeln!(out, "{num} | {line_text}");
-                let col = p.column.saturating_sub(1);
                 let width = token_width(line_text, col);
                 // Keep tabs in the gutter so the caret lines up in a terminal.
                 let lead: String = line_text.chars().take(col).map(|c| if c == '\t' { '\t' } else { ' ' }).collect();
@@ -130,7 +152,7 @@ fn token_width(line: &str, col: usize) -> usize {
         }
         return rest.len();
     }
-    if first == '[' || first == '{' || first == '-' || first == '|' || first == '>' {
+    if matches!(first, '[' | '{' | '-' | '|' | '>' | ':' | ' ' | '\t') {
         return 1;
     }
     let mut end = 0;
@@ -152,6 +174,17 @@ fn token_width(line: &str, col: usize) -> usize {
         end -= 1;
     }
     end.max(1)
+}
+
+/// Puts diagnostics in document order (the loader finds some problems only after reading
+/// a whole section); problems with the whole file come last. The sort is stable.
+pub fn sort_by_position(diags: &mut [Diagnostic], src: &str) {
+    let mut keyed: Vec<(Option<usize>, Diagnostic)> =
+        diags.iter().map(|d| (d.position(src).map(|p| p.offset), d.clone())).collect();
+    keyed.sort_by_key(|(off, _)| off.unwrap_or(usize::MAX));
+    for (slot, (_, d)) in diags.iter_mut().zip(keyed) {
+        *slot = d;
+    }
 }
 
 /// Renders every diagnostic and a closing count line.

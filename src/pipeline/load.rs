@@ -46,13 +46,12 @@ const MAX_RETRIES: i64 = 10;
 /// Loads a pipeline from its parsed document. `Err` holds every problem found.
 pub fn load(doc: &Node) -> Result<Pipeline, Vec<Diagnostic>> {
     let mut l = Loader::default();
-    let pipeline = l.pipeline(doc);
-    if l.diags.is_empty() {
-        if let Some(p) = pipeline {
-            l.check(&p);
-            if l.diags.is_empty() {
-                return Ok(p);
-            }
+    // Whole-pipeline checks run even when some parts failed to load, so that one run
+    // reports every problem; they skip what a shape error already explains.
+    if let Some(p) = l.pipeline(doc) {
+        l.check(&p);
+        if l.diags.is_empty() {
+            return Ok(p);
         }
     }
     Err(l.diags)
@@ -75,6 +74,12 @@ struct Loader {
     diags: Vec<Diagnostic>,
     /// Steps whose `stage` was written (the others got the default).
     explicit_stage: HashSet<String>,
+    /// Every key under `steps`, including steps that failed to load.
+    step_names: HashSet<String>,
+    /// `stages` was written but could not be read: stage checks would be guesses.
+    stages_broken: bool,
+    /// Variables (env keys, matrix axes) that are defined but whose value could not be read.
+    broken_vars: HashSet<String>,
 }
 
 impl Loader {
@@ -192,7 +197,7 @@ impl Loader {
     fn duration(&mut self, node: &Node, path: &[Seg]) -> Option<std::time::Duration> {
         let text = match node {
             Node::Str(s) => s.clone(),
-            Node::Int(i) if *i > 0 => i.to_string(),
+            Node::Int(i) => i.to_string(),
             _ => {
                 self.wrong_type(path, node, "a duration such as `90s`, `10m` or `1h30m`");
                 return None;
@@ -230,8 +235,13 @@ impl Loader {
                 );
                 continue;
             }
-            if let Some(s) = self.scalar(v, &p) {
-                out.insert(k.clone(), s);
+            match self.scalar(v, &p) {
+                Some(s) => {
+                    out.insert(k.clone(), s);
+                }
+                None => {
+                    self.broken_vars.insert(k.clone());
+                }
             }
         }
         out
@@ -276,7 +286,10 @@ impl Loader {
     fn pipeline(&mut self, doc: &Node) -> Option<Pipeline> {
         let root: &[Seg] = &[];
         if matches!(doc, Node::Null) {
-            self.err(root, "the pipeline file is empty");
+            self.diags.push(
+                Diagnostic::whole_file("the pipeline file is empty")
+                    .help("a pipeline is a mapping with at least `steps:`, each step with `image` and `commands`"),
+            );
             return None;
         }
         let entries = self.map(doc, root, Some(TOP_KEYS), "the pipeline")?;
@@ -295,7 +308,9 @@ impl Loader {
                 "on" => p.on = self.triggers(v, &path),
                 "env" => p.env = self.env(v, &path),
                 "stages" => {
+                    self.stages_broken = true;
                     if let Some(stages) = self.strings(v, &path) {
+                        self.stages_broken = false;
                         let mut seen = HashSet::new();
                         for (i, s) in stages.iter().enumerate() {
                             if !seen.insert(s) {
@@ -318,7 +333,10 @@ impl Loader {
             }
         }
         if !saw_steps {
-            self.err_help(root, "the pipeline has no `steps`", "add a `steps:` mapping of step names to steps");
+            self.diags.push(
+                Diagnostic::whole_file("the pipeline has no `steps`")
+                    .help("add a `steps:` mapping of step names to steps"),
+            );
         }
         Some(p)
     }
@@ -392,9 +410,13 @@ impl Loader {
                                 for (i, it) in items.iter().enumerate() {
                                     match it {
                                         Node::Int(c) if (1..=255).contains(c) => r.on_exit_codes.push(*c),
-                                        _ => {
-                                            self.err(&index(&p, i), "an exit code must be a whole number from 1 to 255")
-                                        }
+                                        other => self.err(
+                                            &index(&p, i),
+                                            format!(
+                                                "an exit code must be a whole number from 1 to 255, found {}",
+                                                found(other)
+                                            ),
+                                        ),
                                     }
                                 }
                             }
@@ -404,7 +426,11 @@ impl Loader {
                     }
                 }
                 if count.is_none() {
-                    self.err(path, "`retry` needs a `count`");
+                    self.diags.push(
+                        Diagnostic::new(path, "`retry` needs a `count`")
+                            .at_key()
+                            .help("write `retry: {count: 2}`, or just `retry: 2`"),
+                    );
                 }
                 count
             }
@@ -419,8 +445,8 @@ impl Loader {
                 r.count = *c as u32;
                 Some(r)
             }
-            Node::Int(_) => {
-                self.err(&p, format!("`retry` count must be from 0 to {MAX_RETRIES}"));
+            Node::Int(c) => {
+                self.err(&p, format!("`retry` count must be from 0 to {MAX_RETRIES}, found {c}"));
                 None
             }
             other => {
@@ -469,7 +495,10 @@ impl Loader {
                         for (i, it) in items.iter().enumerate() {
                             match port(it) {
                                 Some(n) => s.ports.push(n),
-                                None => self.err(&index(&p, i), "a port must be a number from 1 to 65535"),
+                                None => self.err(
+                                    &index(&p, i),
+                                    format!("a port must be a number from 1 to 65535, found {}", found(it)),
+                                ),
                             }
                         }
                     } else {
@@ -484,7 +513,7 @@ impl Loader {
             Some(i) => s.image = i,
             None => {
                 if !entries.iter().any(|(k, _)| k == "image") {
-                    self.err(path, "a service needs an `image`");
+                    self.diags.push(Diagnostic::new(path, "a service needs an `image`").at_key());
                 }
                 return None;
             }
@@ -497,20 +526,31 @@ impl Loader {
         match node {
             Node::Str(c) => r.command = Some(c.clone()),
             Node::Map(_) => {
-                for (k, v) in self.map(node, path, Some(READY_KEYS), "`ready`")? {
+                let entries = self.map(node, path, Some(READY_KEYS), "`ready`")?;
+                for (k, v) in entries {
                     let p = child(path, k);
                     match k.as_str() {
                         "command" => r.command = self.string(v, &p),
                         "tcp" => match port(v) {
                             Some(n) => r.tcp = Some(n),
-                            None => self.err(&p, "`tcp` must be a port number from 1 to 65535"),
+                            None => self.err(
+                                &p,
+                                format!("`tcp` must be a port number from 1 to 65535, found {}", found(v)),
+                            ),
                         },
                         "timeout" => r.timeout = self.duration(v, &p)?,
                         _ => {}
                     }
                 }
+                // A `command` or `tcp` that is there but wrong has been reported already.
+                if !entries.iter().any(|(k, _)| k == "command" || k == "tcp") {
+                    self.diags.push(
+                        Diagnostic::new(path, "`ready` needs a `command` or a `tcp` port")
+                            .at_key()
+                            .help("e.g. `ready: {tcp: 5432}` or `ready: pg_isready -h localhost`"),
+                    );
+                }
                 if r.command.is_none() && r.tcp.is_none() {
-                    self.err(path, "`ready` needs a `command` or a `tcp` port");
                     return None;
                 }
             }
@@ -532,6 +572,7 @@ impl Loader {
         }
         for (name, v) in entries {
             let p = child(path, name);
+            self.step_names.insert(name.clone());
             if !is_step_name(name) {
                 self.diags.push(
                     Diagnostic::new(&p, format!("step name `{name}` is not allowed"))
@@ -740,10 +781,16 @@ impl Loader {
             }
         }
         if !entries.iter().any(|(k, _)| k == "key") {
-            self.err(path, "a cache needs a `key`");
+            self.diags.push(
+                Diagnostic::new(path, "a cache needs a `key`")
+                    .at_key()
+                    .help("e.g. `key: deps-${hash:package-lock.json}`"),
+            );
         }
         if !entries.iter().any(|(k, _)| k == "paths") {
-            self.err(path, "a cache needs `paths`");
+            self.diags.push(
+                Diagnostic::new(path, "a cache needs `paths`").at_key().help("the directories to keep, e.g. `paths: [target/]`"),
+            );
         }
         let paths = paths?;
         if paths.is_empty() {
@@ -787,6 +834,7 @@ impl Loader {
     fn matrix(&mut self, node: &Node, path: &[Seg]) -> Option<Matrix> {
         let entries = self.map(node, path, None, "`matrix`")?;
         let mut m = Matrix { axes: IndexMap::new(), include: Vec::new(), exclude: Vec::new() };
+        let mut wrote_axis = false;
         let combos = |l: &mut Loader, v: &Node, p: &[Seg]| -> Vec<IndexMap<String, String>> {
             let Node::Seq(items) = v else {
                 l.wrong_type(p, v, "a list of mappings from axis to value");
@@ -811,6 +859,7 @@ impl Loader {
                 "include" => m.include = combos(self, v, &p),
                 "exclude" => m.exclude = combos(self, v, &p),
                 axis => {
+                    wrote_axis = true;
                     if !interp::is_identifier(axis) {
                         self.diags.push(
                             Diagnostic::new(&p, format!("matrix axis `{axis}` is not a valid variable name"))
@@ -857,7 +906,13 @@ impl Loader {
             }
         }
         if m.axes.is_empty() && m.include.is_empty() {
-            self.err(path, "the matrix has no axes");
+            if !wrote_axis {
+                self.diags.push(
+                    Diagnostic::new(path, "the matrix has no axes")
+                        .at_key()
+                        .help("add an axis with its values, e.g. `matrix: {version: [18, 20]}`"),
+                );
+            }
             return None;
         }
         Some(m)
@@ -1039,8 +1094,22 @@ impl Loader {
 fn path_name(path: &[Seg]) -> String {
     match path.last() {
         Some(Seg::Key(k)) => format!("`{k}`"),
-        Some(Seg::Index(_)) => "each item".to_string(),
+        Some(Seg::Index(_)) => match path.iter().rev().find_map(|s| match s {
+            Seg::Key(k) => Some(k),
+            Seg::Index(_) => None,
+        }) {
+            Some(k) => format!("each item of `{k}`"),
+            None => "each item".to_string(),
+        },
         None => "the pipeline".to_string(),
+    }
+}
+
+/// A value as an error message quotes it: `256`, or what kind of thing it is.
+fn found(n: &Node) -> String {
+    match n {
+        Node::Int(i) => i.to_string(),
+        other => other.kind().to_string(),
     }
 }
 

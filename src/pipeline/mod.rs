@@ -33,11 +33,15 @@ pub fn parse_str(file: &str, src: &str) -> Result<Pipeline, ConfigError> {
     let diags = match yaml::parse(src) {
         Ok(doc) => match load::load(&doc) {
             Ok(p) => return Ok(p),
-            Err(d) => d,
+            Err(mut d) => {
+                diag::sort_by_position(&mut d, src);
+                d
+            }
         },
         Err(e) => {
             let mut d = Diagnostic::new(&[], format!("invalid YAML: {}", e.message));
             d.pos = e.pos;
+            d.help = e.help;
             vec![d]
         }
     };

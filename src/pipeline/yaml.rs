@@ -64,6 +64,8 @@ pub struct Pos {
 pub struct SyntaxError {
     pub message: String,
     pub pos: Option<Pos>,
+    /// What a person can do about it, when the parser's words alone are cryptic.
+    pub help: Option<String>,
 }
 
 /// Parses one YAML document. Aliases are resolved and merge keys (`<<`) applied; duplicate
@@ -73,9 +75,7 @@ pub fn parse(src: &str) -> Result<Node, SyntaxError> {
         return Ok(Node::Null);
     }
     let de = serde_yaml::Deserializer::from_str(src);
-    let node = NodeSeed
-        .deserialize(de)
-        .map_err(|e| SyntaxError { pos: e.location().map(pos_of), message: strip_location(&e.to_string()) })?;
+    let node = NodeSeed.deserialize(de).map_err(|e| syntax_error(&e.to_string(), e.location().map(pos_of), src))?;
     Ok(merge_keys(node))
 }
 
@@ -83,12 +83,73 @@ fn pos_of(l: serde_yaml::Location) -> Pos {
     Pos { line: l.line(), column: l.column(), offset: l.index() }
 }
 
-/// serde_yaml appends " at line L column C" to messages; we render positions ourselves.
-fn strip_location(msg: &str) -> String {
-    match msg.find(" at line ") {
-        Some(i) => msg[..i].to_string(),
-        None => msg.to_string(),
+/// Splits `"<text> at line L column C"` into the text and the 1-based position.
+fn split_mark(s: &str) -> (&str, Option<(usize, usize)>) {
+    let Some(i) = s.rfind(" at line ") else { return (s, None) };
+    let mark = s[i + " at line ".len()..].split_once(" column ").and_then(|(l, c)| Some((l.parse().ok()?, c.parse().ok()?)));
+    match mark {
+        Some(m) => (&s[..i], Some(m)),
+        None => (s, None),
     }
+}
+
+/// The byte offset of a 1-based line and column in `src`.
+fn offset_of(src: &str, line: usize, column: usize) -> usize {
+    let start: usize = src.split_inclusive('\n').take(line.saturating_sub(1)).map(str::len).sum();
+    let text = src[start..].split('\n').next().unwrap_or("");
+    start + text.char_indices().nth(column.saturating_sub(1)).map_or(text.len(), |(i, _)| i)
+}
+
+/// Turns serde_yaml's message into ours. libyaml's errors read `PROBLEM at line L column C,
+/// while CONTEXT at line L2 column C2`; for a collection or quoted string that is never
+/// closed, the useful place is where it was opened (the context), not where the parser
+/// gave up (often the next line).
+fn syntax_error(msg: &str, pos: Option<Pos>, src: &str) -> SyntaxError {
+    let (problem, context) = match msg.split_once(", while ") {
+        Some((p, c)) => (p, Some(c)),
+        None => (msg, None),
+    };
+    let (problem, _) = split_mark(problem);
+    let context = context.map(split_mark);
+    let here = |p: Option<Pos>| p.map(|p| format!("line {}, column {}", p.line, p.column)).unwrap_or_default();
+    if let Some((what, Some((line, column)))) = context {
+        let opened = Some(Pos { line, column, offset: offset_of(src, line, column) });
+        let unclosed = |thing: &str, close: &str| SyntaxError {
+            message: format!("this {thing} is never closed with `{close}`"),
+            pos: opened,
+            help: Some(format!(
+                "YAML looked for `,` or `{close}` and found something else at {}; add the missing `{close}`",
+                here(pos)
+            )),
+        };
+        match what {
+            "parsing a flow sequence" => return unclosed("list", "]"),
+            "parsing a flow mapping" => return unclosed("mapping", "}"),
+            "scanning a quoted scalar" => {
+                return SyntaxError {
+                    message: "this quoted string is never closed".into(),
+                    pos: opened,
+                    help: Some(format!("{problem} at {} before the closing quote", here(pos))),
+                };
+            }
+            _ => {}
+        }
+    }
+    let line_text = pos.and_then(|p| src.lines().nth(p.line - 1)).unwrap_or("");
+    let help = if line_text.trim_start_matches(' ').starts_with('\t') {
+        Some("YAML does not allow tabs for indentation: indent with spaces".to_string())
+    } else if problem == "mapping values are not allowed in this context" {
+        Some("a `key:` here is not allowed: check this line's indentation against the lines above, and quote values that contain `: `".to_string())
+    } else if problem.starts_with("did not find expected '-' indicator") || problem == "did not find expected key" {
+        Some("check the indentation of this line against the lines above".to_string())
+    } else {
+        None
+    };
+    let message = match context {
+        Some((what, _)) => format!("{problem} (while {what})"),
+        None => problem.to_string(),
+    };
+    SyntaxError { message, pos, help }
 }
 
 /// Applies YAML merge keys: `<<: *base` (or a list of them) adds the base's entries that

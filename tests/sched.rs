@@ -1,0 +1,316 @@
+//! The scheduler against the scripted fake backend: ordering, skips, statuses, retries,
+//! timeouts, cancellation and cleanup, without Docker.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use orch::exec::Workspace;
+use orch::exec::fake::{FakeAttempt, FakeBackend};
+use orch::plan::{Context, Selection, plan};
+use orch::sched::{Cancel, RunEvent, RunOptions, RunStatus, StepStatus, StepSummary, execute};
+use tokio::sync::mpsc;
+
+struct Outcome {
+    status: RunStatus,
+    steps: Vec<StepSummary>,
+    events: Vec<RunEvent>,
+    calls: Vec<String>,
+    max_running: usize,
+}
+
+impl Outcome {
+    fn step(&self, name: &str) -> &StepSummary {
+        self.steps.iter().find(|s| s.step == name).unwrap_or_else(|| panic!("no step {name}"))
+    }
+}
+
+async fn run_with(yaml: &str, backend: FakeBackend, jobs: usize, cancel: Cancel) -> Outcome {
+    let p = orch::pipeline::parse_str("t.yml", yaml).unwrap_or_else(|e| panic!("{e}"));
+    let ctx = Context { event: Some(orch::pipeline::Event::Push), branch: Some("main".into()), ..Default::default() };
+    let plan = plan(&p, &ctx, &Selection::default()).unwrap();
+    let backend = Arc::new(backend);
+    let (tx, mut rx) = mpsc::channel(10_000);
+    let collector = tokio::spawn(async move {
+        let mut v = Vec::new();
+        while let Some(e) = rx.recv().await {
+            v.push(e);
+        }
+        v
+    });
+    let opts = RunOptions {
+        run_id: "r1".into(),
+        jobs,
+        secrets: [("TOKEN".to_string(), "hunter2".to_string())].into_iter().collect(),
+        log_dir: None,
+        workspace: Workspace::Empty,
+        grace: Duration::from_secs(1),
+    };
+    let result = execute(backend.clone(), &plan, opts, tx, cancel).await;
+    let events = collector.await.unwrap();
+    Outcome {
+        status: result.status,
+        steps: result.steps,
+        events,
+        calls: backend.calls(),
+        max_running: backend.max_running.load(Ordering::SeqCst),
+    }
+}
+
+async fn run(yaml: &str, backend: FakeBackend) -> Outcome {
+    run_with(yaml, backend, 8, Cancel::default()).await
+}
+
+const CHAIN: &str = "
+defaults: { image: img }
+steps:
+  a: { stage: build, commands: [x] }
+  b: { stage: test, commands: [x] }
+  c: { stage: test, commands: [x], needs: [] }
+  d: { stage: deploy, commands: [x] }
+";
+
+#[tokio::test]
+async fn all_pass_in_order_and_cleanup_runs() {
+    let o = run(CHAIN, FakeBackend::new()).await;
+    assert_eq!(o.status, RunStatus::Success);
+    assert!(o.steps.iter().all(|s| s.status == StepStatus::Passed));
+    let pos = |s: &str| o.calls.iter().position(|c| c == s).unwrap();
+    assert!(pos("remove a#1") < pos("start b#1"));
+    assert!(pos("remove b#1") < pos("start d#1"));
+    assert_eq!(o.calls.last().unwrap(), "destroy r1");
+    assert_eq!(o.calls.first().unwrap(), "prepare r1");
+}
+
+#[tokio::test]
+async fn failure_skips_dependents_but_not_independent_steps() {
+    let b = FakeBackend::new().script("a", vec![FakeAttempt::exit(2)]);
+    let o = run(CHAIN, b).await;
+    assert_eq!(o.status, RunStatus::Failure);
+    assert_eq!(o.step("a").status, StepStatus::Failed);
+    assert_eq!(o.step("a").exit_code, Some(2));
+    assert_eq!(o.step("b").status, StepStatus::Skipped);
+    assert!(o.step("b").message.as_deref().unwrap().contains("`a`"));
+    // d waits for the test stage; b was skipped because of a failure, so d is skipped too.
+    assert_eq!(o.step("d").status, StepStatus::Skipped);
+    assert_eq!(o.step("c").status, StepStatus::Passed);
+    assert_eq!(o.calls.last().unwrap(), "destroy r1");
+}
+
+#[tokio::test]
+async fn allow_failure_lets_the_run_pass() {
+    let yaml = "
+defaults: { image: img }
+steps:
+  a: { stage: build, commands: [x], allow_failure: true }
+  b: { stage: test, commands: [x] }
+";
+    let o = run(yaml, FakeBackend::new().script("a", vec![FakeAttempt::exit(1)])).await;
+    assert_eq!(o.status, RunStatus::Success);
+    assert!(o.step("a").allowed_failure);
+    assert_eq!(o.step("b").status, StepStatus::Passed);
+}
+
+const STATUS: &str = "
+defaults: { image: img }
+steps:
+  a: { stage: build, commands: [x] }
+  on_fail: { stage: test, commands: [x], when: { status: [failure] } }
+  always: { stage: test, commands: [x], when: { status: always } }
+  normal: { stage: test, commands: [x] }
+";
+
+#[tokio::test]
+async fn status_conditions_when_everything_passes() {
+    let o = run(STATUS, FakeBackend::new()).await;
+    assert_eq!(o.step("on_fail").status, StepStatus::Skipped);
+    assert_eq!(o.step("always").status, StepStatus::Passed);
+    assert_eq!(o.step("normal").status, StepStatus::Passed);
+    assert_eq!(o.status, RunStatus::Success);
+}
+
+#[tokio::test]
+async fn status_conditions_when_something_fails() {
+    let o = run(STATUS, FakeBackend::new().script("a", vec![FakeAttempt::exit(1)])).await;
+    assert_eq!(o.step("on_fail").status, StepStatus::Passed);
+    assert_eq!(o.step("always").status, StepStatus::Passed);
+    assert_eq!(o.step("normal").status, StepStatus::Skipped);
+    assert_eq!(o.status, RunStatus::Failure);
+}
+
+#[tokio::test]
+async fn jobs_limit_bounds_parallelism() {
+    let yaml = "
+defaults: { image: img }
+steps:
+  a: { commands: [x] }
+  b: { commands: [x] }
+  c: { commands: [x] }
+  d: { commands: [x] }
+  e: { commands: [x] }
+";
+    let slow = || vec![FakeAttempt::exit(0).delay(Duration::from_millis(50))];
+    let mk = || {
+        FakeBackend::new()
+            .script("a", slow())
+            .script("b", slow())
+            .script("c", slow())
+            .script("d", slow())
+            .script("e", slow())
+    };
+    let o = run_with(yaml, mk(), 2, Cancel::default()).await;
+    assert_eq!(o.max_running, 2);
+    let o = run_with(yaml, mk(), 8, Cancel::default()).await;
+    assert_eq!(o.max_running, 5);
+}
+
+#[tokio::test]
+async fn retries_on_listed_exit_codes_only() {
+    let yaml = "
+defaults: { image: img }
+steps:
+  flaky: { commands: [x], retry: { count: 2, on_exit_codes: [137] } }
+  broken: { commands: [x], retry: { count: 2, on_exit_codes: [137] } }
+";
+    let b = FakeBackend::new()
+        .script("flaky", vec![FakeAttempt::exit(137), FakeAttempt::exit(0)])
+        .script("broken", vec![FakeAttempt::exit(1)]);
+    let o = run(yaml, b).await;
+    assert_eq!(o.step("flaky").status, StepStatus::Passed);
+    assert_eq!(o.step("flaky").attempts, 2);
+    assert_eq!(o.step("broken").status, StepStatus::Failed);
+    assert_eq!(o.step("broken").attempts, 1);
+    let retries = o.events.iter().filter(|e| matches!(e, RunEvent::StepRetrying { .. })).count();
+    assert_eq!(retries, 1);
+}
+
+#[tokio::test]
+async fn retry_count_is_a_limit() {
+    let yaml = "
+defaults: { image: img }
+steps:
+  flaky: { commands: [x], retry: 2 }
+";
+    let o = run(yaml, FakeBackend::new().script("flaky", vec![FakeAttempt::exit(1)])).await;
+    assert_eq!(o.step("flaky").attempts, 3);
+    assert_eq!(o.step("flaky").status, StepStatus::Failed);
+}
+
+#[tokio::test]
+async fn timeout_stops_the_step() {
+    let yaml = "
+defaults: { image: img }
+steps:
+  slow: { commands: [x], timeout: 100ms }
+";
+    let b = FakeBackend::new().script("slow", vec![FakeAttempt::exit(0).delay(Duration::from_secs(30))]);
+    let t = std::time::Instant::now();
+    let o = run(yaml, b).await;
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert_eq!(o.step("slow").status, StepStatus::TimedOut);
+    assert!(o.calls.contains(&"stop slow#1 grace=0".to_string()));
+    assert!(o.calls.contains(&"remove slow#1".to_string()));
+    assert_eq!(o.status, RunStatus::Failure);
+}
+
+#[tokio::test]
+async fn cancel_stops_running_steps_and_skips_the_rest() {
+    let b = FakeBackend::new().script("a", vec![FakeAttempt::exit(0).delay(Duration::from_secs(30))]);
+    let cancel = Cancel::default();
+    let c2 = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        c2.graceful.cancel();
+    });
+    let o = run_with(CHAIN, b, 8, cancel).await;
+    assert_eq!(o.status, RunStatus::Cancelled);
+    assert_eq!(o.step("a").status, StepStatus::Cancelled);
+    assert_eq!(o.step("b").status, StepStatus::Skipped);
+    assert!(o.calls.iter().any(|c| c.starts_with("stop a#1 grace=1")));
+    assert!(o.calls.contains(&"remove a#1".to_string()));
+    assert_eq!(o.calls.last().unwrap(), "destroy r1");
+}
+
+#[tokio::test]
+async fn start_errors_are_step_errors() {
+    let b = FakeBackend::new().script("a", vec![FakeAttempt { start_error: Some("no such image".into()), ..Default::default() }]);
+    let o = run(CHAIN, b).await;
+    assert_eq!(o.step("a").status, StepStatus::Error);
+    assert_eq!(o.status, RunStatus::Error);
+    assert!(o.step("a").message.as_deref().unwrap().contains("no such image"));
+}
+
+#[tokio::test]
+async fn secrets_only_for_steps_that_name_them_and_masked() {
+    let yaml = "
+defaults: { image: img }
+steps:
+  with: { commands: [x], secrets: [TOKEN] }
+  without: { commands: [x] }
+";
+    let b = FakeBackend::new().script("with", vec![FakeAttempt::exit(0).out("the token is hunter2\n")]);
+    let backend_envs = {
+        let o = run(yaml, b).await;
+        let lines: Vec<&str> = o
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                RunEvent::StepLog { line, .. } => Some(line.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(lines, ["the token is ***"]);
+        o
+    };
+    assert_eq!(backend_envs.status, RunStatus::Success);
+}
+
+#[tokio::test]
+async fn secret_env_reaches_only_the_naming_step() {
+    let yaml = "
+defaults: { image: img }
+steps:
+  with: { commands: [x], secrets: [TOKEN] }
+  without: { commands: [x] }
+";
+    let p = orch::pipeline::parse_str("t.yml", yaml).unwrap();
+    let plan = plan(&p, &Context::default(), &Selection::default()).unwrap();
+    let backend = Arc::new(FakeBackend::new());
+    let (tx, mut rx) = mpsc::channel(100);
+    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let opts = RunOptions {
+        run_id: "r2".into(),
+        jobs: 2,
+        secrets: [("TOKEN".to_string(), "hunter2".to_string())].into_iter().collect(),
+        log_dir: None,
+        workspace: Workspace::Empty,
+        grace: Duration::from_secs(1),
+    };
+    execute(backend.clone(), &plan, opts, tx, Cancel::default()).await;
+    let envs = backend.envs.lock().unwrap();
+    assert!(envs["with#1"].contains(&("TOKEN".to_string(), "hunter2".to_string())));
+    assert!(!envs["without#1"].iter().any(|(k, _)| k == "TOKEN"));
+    assert!(envs["with#1"].contains(&("ORCH_STEP".to_string(), "with".to_string())));
+}
+
+#[tokio::test]
+async fn output_lines_are_events_in_order() {
+    let yaml = "
+defaults: { image: img }
+steps:
+  a: { commands: [x] }
+";
+    let b = FakeBackend::new().script("a", vec![FakeAttempt::exit(0).out("one\ntw").out("o\nthree")]);
+    let o = run(yaml, b).await;
+    let lines: Vec<&str> = o
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            RunEvent::StepLog { line, .. } => Some(line.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(lines, ["one", "two", "three"]);
+    assert!(matches!(o.events.first(), Some(RunEvent::RunStarted { .. })));
+    assert!(matches!(o.events.last(), Some(RunEvent::RunFinished { status: RunStatus::Success, .. })));
+}
