@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use crate::cache::{self, CacheStore};
 use crate::cli::{CiArgs, EventArgs, PlanArgs, PlanFormat};
 use crate::error::{Error, exit};
 use crate::exec::Workspace;
@@ -17,7 +18,7 @@ use crate::git::{self, Checkout};
 use crate::pipeline::{self, Event, interp};
 use crate::plan::{self, Context, Plan, Selection, render};
 use crate::report::{self, Mode, ReportOptions};
-use crate::sched::{self, Cancel, Level, RunEvent, RunOptions};
+use crate::sched::{self, CacheSettings, Cancel, Level, RunEvent, RunOptions};
 
 /// The event context: flags first, then what the checkout says.
 pub fn context(ev: &EventArgs, co: &Checkout, run_id: &str) -> Context {
@@ -237,6 +238,12 @@ pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
             log_dir: Some(log_dir),
             workspace,
             grace: Duration::from_secs(args.grace),
+            cache: (!args.no_cache).then(|| CacheSettings {
+                store: Arc::new(cache_store(args.cache_dir.clone())),
+                scopes: sched::cache_scopes(&ctx, "main"),
+            }),
+            source_root: Some(root.clone()),
+            artifact_dir: Some(run_dir.join("artifacts")),
         },
         tx,
         cancel,
@@ -284,6 +291,71 @@ async fn watch_signals(cancel: Cancel, events: mpsc::Sender<RunEvent>) {
     next(&mut int, &mut term).await;
     cancel.kill.cancel();
     let _ = events.send(RunEvent::RunMessage { level: Level::Warning, message: "killing the steps".into() }).await;
+}
+
+/// The cache store: `--cache-dir`, else the default location; `ORCH_CACHE_MAX` (bytes, or
+/// with a K/M/G suffix) sets its size limit.
+pub fn cache_store(dir: Option<PathBuf>) -> CacheStore {
+    let max = std::env::var("ORCH_CACHE_MAX").ok().and_then(|v| parse_size(&v)).unwrap_or(cache::DEFAULT_MAX_BYTES);
+    CacheStore::new(dir.unwrap_or_else(cache::default_dir), max)
+}
+
+/// `500M`, `5G`, `1024`: a size in bytes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last()? {
+        'k' | 'K' => (&s[..s.len() - 1], 1u64 << 10),
+        'm' | 'M' => (&s[..s.len() - 1], 1 << 20),
+        'g' | 'G' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.trim().parse::<u64>().ok()?.checked_mul(mult)
+}
+
+pub fn cache_command(cmd: crate::cli::CacheCommand, dir: Option<PathBuf>) -> Result<u8, Error> {
+    let store = cache_store(dir);
+    match cmd {
+        crate::cli::CacheCommand::Ls => {
+            let entries = store.list();
+            if entries.is_empty() {
+                println!("no caches in {}", store.root().display());
+            }
+            let total: u64 = entries.iter().map(|(m, _, _)| m.size).sum();
+            for (meta, used, _) in &entries {
+                println!(
+                    "{:<24} {:<40} {:>10}  last used {}",
+                    meta.scope,
+                    meta.key,
+                    crate::report::console::bytes(meta.size),
+                    ago(*used)
+                );
+            }
+            if !entries.is_empty() {
+                println!(
+                    "{} entries, {} in {}",
+                    entries.len(),
+                    crate::report::console::bytes(total),
+                    store.root().display()
+                );
+            }
+        }
+        crate::cli::CacheCommand::Clear { prefix } => {
+            let n = store.clear(prefix.as_deref()).map_err(|e| Error::Usage(e.to_string()))?;
+            println!("removed {n} cache entr{}", if n == 1 { "y" } else { "ies" });
+        }
+    }
+    Ok(exit::SUCCESS)
+}
+
+fn ago(epoch: u64) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let s = now.saturating_sub(epoch);
+    match s {
+        0..60 => format!("{s}s ago"),
+        60..3600 => format!("{}m ago", s / 60),
+        3600..86400 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86400),
+    }
 }
 
 pub async fn gc_command(all: bool) -> Result<u8, Error> {

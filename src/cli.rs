@@ -31,12 +31,28 @@ pub enum Command {
     Plan(PlanArgs),
     /// Run the pipeline of the current checkout in Docker.
     Ci(CiArgs),
+    /// List or clear the step caches kept on this machine.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+        /// The cache directory [default: $ORCH_CACHE_DIR, else ~/.cache/orch].
+        #[arg(long, global = true, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
+    },
     /// Remove containers, networks and volumes left behind by orch runs that were killed.
     Gc {
         /// Also remove what belongs to runs of orch processes that are still alive.
         #[arg(long)]
         all: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// List cache entries, most recently used first.
+    Ls,
+    /// Remove cache entries (all, or those whose key starts with PREFIX).
+    Clear { prefix: Option<String> },
 }
 
 /// The event a pipeline is planned for. Unset fields come from the git checkout.
@@ -123,6 +139,12 @@ pub struct CiArgs {
     /// Plain output even on a terminal: no spinners, no colours.
     #[arg(long)]
     pub no_progress: bool,
+    /// Neither restore nor save caches.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// The cache directory [default: $ORCH_CACHE_DIR, else ~/.cache/orch].
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
     /// Seconds a cancelled step gets to stop before it is killed.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub grace: u64,
@@ -135,6 +157,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Plan(args) => crate::ci::plan_command(args),
         Command::Ci(args) => crate::ci::ci_command(args).await,
         Command::Gc { all } => crate::ci::gc_command(all).await,
+        Command::Cache { command, cache_dir } => crate::ci::cache_command(command, cache_dir),
     };
     match result {
         Ok(code) => code,

@@ -3,6 +3,7 @@
 //! Data flows one way: [`pipeline`] (the `.orch.yml` language) -> [`plan`] (what runs, for
 //! an event) -> the scheduler and a backend that runs steps -> events -> reporters.
 
+pub mod cache;
 pub mod ci;
 pub mod cli;
 pub mod error;

@@ -10,11 +10,15 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
-use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, VolumeCreateRequest};
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HostConfig, HostConfigLogConfig, Mount, MountType, NetworkCreateRequest,
+    NetworkingConfig, VolumeCreateRequest,
+};
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptions, KillContainerOptions, ListContainersOptions, ListNetworksOptions,
-    ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions, StartContainerOptions, StopContainerOptions,
-    UploadToContainerOptions, WaitContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, DownloadFromContainerOptions, KillContainerOptions,
+    ListContainersOptions, ListNetworksOptions, ListVolumesOptions, LogsOptions, RemoveContainerOptions,
+    RemoveVolumeOptions, StartContainerOptions, StopContainerOptions, UploadToContainerOptions, WaitContainerOptions,
 };
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -339,26 +343,211 @@ fn create_error(e: DockerError, image: &str) -> BackendError {
     }
 }
 
-impl Backend for DockerBackend {
-    async fn prepare(&self, run: &RunSpec) -> Result<(), BackendError> {
-        if matches!(run.workspace, Workspace::Bind(_)) {
-            return Ok(());
-        }
+impl DockerBackend {
+    /// Creates the step's private network, starts its services on it and waits until each
+    /// is ready. On error, what was started is removed before returning.
+    async fn start_services(&self, step: &StepSpec, handle: &mut StepHandle) -> Result<(), BackendError> {
+        let net = format!("orch-{}-{}-{}", step.run_id, sanitize(&step.step), step.attempt);
         self.docker
-            .create_volume(VolumeCreateRequest {
-                name: Some(volume_name(&run.run_id)),
-                labels: Some(self.labels(&run.run_id, None)),
+            .create_network(NetworkCreateRequest {
+                name: net.clone(),
+                driver: Some("bridge".into()),
+                labels: Some(self.labels(&step.run_id, Some(&step.step))),
                 ..Default::default()
             })
             .await
             .map_err(api)?;
-        if let Workspace::Copy { root, files } = &run.workspace {
-            self.copy_in(run, root, files).await?;
+        handle.network = Some(net.clone());
+        for svc in &step.services {
+            let name = format!("orch-{}-{}-{}-{}", step.run_id, sanitize(&step.step), step.attempt, svc.name);
+            let body = ContainerCreateBody {
+                image: Some(svc.image.clone()),
+                cmd: svc.command.clone(),
+                env: Some(svc.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+                labels: Some(self.labels(&step.run_id, Some(&step.step))),
+                host_config: Some(HostConfig {
+                    network_mode: Some(net.clone()),
+                    init: Some(true),
+                    ..Default::default()
+                }),
+                networking_config: Some(NetworkingConfig {
+                    endpoints_config: Some(HashMap::from([(
+                        net.clone(),
+                        EndpointSettings { aliases: Some(vec![svc.name.clone()]), ..Default::default() },
+                    )])),
+                }),
+                ..Default::default()
+            };
+            let created = self
+                .docker
+                .create_container(Some(CreateContainerOptions { name: Some(name), ..Default::default() }), body)
+                .await
+                .map_err(|e| create_error(e, &svc.image))?;
+            handle.services.push(created.id.clone());
+            self.docker.start_container(&created.id, None::<StartContainerOptions>).await.map_err(|e| {
+                BackendError::ServiceNotReady {
+                    service: svc.name.clone(),
+                    reason: format!("could not start: {e}"),
+                    logs: String::new(),
+                }
+            })?;
+        }
+        for (svc, id) in step.services.iter().zip(handle.services.clone()) {
+            self.wait_ready(svc, &id, &net).await?;
         }
         Ok(())
     }
 
-    async fn start(&self, step: &StepSpec, logs: mpsc::Sender<LogChunk>) -> Result<StepHandle, BackendError> {
+    async fn wait_ready(&self, svc: &ServiceSpec, id: &str, net: &str) -> Result<(), BackendError> {
+        let timeout = svc.ready.as_ref().map_or(crate::pipeline::DEFAULT_READY_TIMEOUT, |r| r.timeout);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let state = self.docker.inspect_container(id, None).await.map_err(api)?;
+            let running = state.state.as_ref().and_then(|s| s.running).unwrap_or(false);
+            if !running {
+                let code = state.state.and_then(|s| s.exit_code).unwrap_or(-1);
+                return Err(BackendError::ServiceNotReady {
+                    service: svc.name.clone(),
+                    reason: format!("exited with code {code} before it was ready"),
+                    logs: self.tail_logs(id, 20).await,
+                });
+            }
+            let ready = match &svc.ready {
+                None => true,
+                Some(r) => {
+                    let mut ok = true;
+                    if let Some(cmd) = &r.command {
+                        ok &= self.exec_ok(id, cmd).await;
+                    }
+                    if let (true, Some(port)) = (ok, r.tcp) {
+                        let ip = state
+                            .network_settings
+                            .and_then(|n| n.networks)
+                            .and_then(|n| n.get(net).and_then(|e| e.ip_address.clone()))
+                            .unwrap_or_default();
+                        ok &= matches!(
+                            tokio::time::timeout(
+                                Duration::from_secs(1),
+                                tokio::net::TcpStream::connect((ip.as_str(), port))
+                            )
+                            .await,
+                            Ok(Ok(_))
+                        );
+                    }
+                    ok
+                }
+            };
+            if ready {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(BackendError::ServiceNotReady {
+                    service: svc.name.clone(),
+                    reason: format!("was not ready after {}", crate::pipeline::format_duration(timeout)),
+                    logs: self.tail_logs(id, 20).await,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Runs `sh -c cmd` in a running container; true when it exits 0.
+    async fn exec_ok(&self, id: &str, cmd: &str) -> bool {
+        let Ok(exec) = self
+            .docker
+            .create_exec(
+                id,
+                CreateExecOptions {
+                    cmd: Some(vec!["/bin/sh".to_string(), "-c".to_string(), cmd.to_string()]),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+        else {
+            return false;
+        };
+        if let Ok(StartExecResults::Attached { mut output, .. }) = self.docker.start_exec(&exec.id, None).await {
+            while output.next().await.is_some() {}
+        }
+        matches!(self.docker.inspect_exec(&exec.id).await, Ok(i) if i.exit_code == Some(0))
+    }
+
+    async fn tail_logs(&self, id: &str, lines: usize) -> String {
+        let mut stream = self
+            .docker
+            .logs(id, Some(LogsOptions { stdout: true, stderr: true, tail: lines.to_string(), ..Default::default() }));
+        let mut out = Vec::new();
+        while let Some(Ok(chunk)) = stream.next().await {
+            out.extend_from_slice(chunk.as_ref());
+        }
+        String::from_utf8_lossy(&out).trim_end().to_string()
+    }
+
+    /// Unpacks cached tars into a created (not yet started) container.
+    async fn restore(&self, id: &str, restores: &[Restore]) -> Result<(), BackendError> {
+        for r in restores {
+            let (tx, rx) = mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(16);
+            let tar_file = r.tar.clone();
+            let path = r.path.clone();
+            let writer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                let mut b = tar::Builder::new(ChannelWriter { tx, buf: Vec::with_capacity(CHUNK) });
+                // Parent directories first, so the archive unpacks in a fresh container.
+                let parent = Path::new(&path).parent().unwrap_or(Path::new("/")).to_path_buf();
+                let mut dir = PathBuf::new();
+                for c in parent.components().skip(1) {
+                    dir.push(c);
+                    let mut h = tar::Header::new_gnu();
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_mode(0o755);
+                    h.set_size(0);
+                    b.append_data(&mut h, &dir, std::io::empty())?;
+                }
+                let prefix = parent.strip_prefix("/").unwrap_or(&parent).to_path_buf();
+                let mut src = tar::Archive::new(std::fs::File::open(&tar_file)?);
+                for entry in src.entries()? {
+                    let mut entry = entry?;
+                    let mut h = entry.header().clone();
+                    let name = prefix.join(entry.path()?);
+                    if let Some(link) = entry.link_name()? {
+                        let link = link.into_owned();
+                        b.append_link(&mut h, &name, link)?;
+                    } else {
+                        b.append_data(&mut h, &name, &mut entry)?;
+                    }
+                }
+                let mut w = b.into_inner()?;
+                w.flush()
+            });
+            let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|i| (i, rx)) });
+            let up = self
+                .docker
+                .upload_to_container(
+                    id,
+                    Some(UploadToContainerOptions { path: "/".into(), ..Default::default() }),
+                    bollard::body_try_stream(stream),
+                )
+                .await;
+            match writer.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(BackendError::Cache(format!("cannot read {}: {e}", r.tar.display()))),
+                Err(e) => return Err(BackendError::Cache(e.to_string())),
+            }
+            up.map_err(|e| BackendError::Cache(format!("restoring {}: {}", r.path, api(e))))?;
+        }
+        Ok(())
+    }
+
+    async fn start_inner(
+        &self,
+        step: &StepSpec,
+        logs: mpsc::Sender<LogChunk>,
+        handle: &mut StepHandle,
+    ) -> Result<(), BackendError> {
+        if !step.services.is_empty() {
+            self.start_services(step, handle).await?;
+        }
         let name = format!("orch-{}-{}-{}", step.run_id, sanitize(&step.step), step.attempt);
         let env: Vec<String> = step.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let workspace = match &step.bind {
@@ -381,6 +570,7 @@ impl Backend for DockerBackend {
                 // A tiny init as PID 1 forwards SIGTERM to the shell and reaps zombies, so
                 // a graceful stop is graceful.
                 init: Some(true),
+                network_mode: handle.network.clone(),
                 ..Default::default()
             }),
             ..Default::default()
@@ -390,8 +580,9 @@ impl Backend for DockerBackend {
             .create_container(Some(CreateContainerOptions { name: Some(name), ..Default::default() }), body)
             .await
             .map_err(|e| create_error(e, &step.image))?;
+        handle.id = created.id.clone();
         let id = created.id;
-        let handle_on_err = |e: BackendError| (e, StepHandle { id: id.clone(), pump: None });
+        self.restore(&id, &step.restore).await?;
         let attached = self
             .docker
             .attach_container(
@@ -405,17 +596,9 @@ impl Backend for DockerBackend {
                 }),
             )
             .await
-            .map_err(api);
-        let attached = match attached {
-            Ok(a) => a,
-            Err(e) => {
-                let (e, h) = handle_on_err(e);
-                let _ = self.remove(&h).await;
-                return Err(e);
-            }
-        };
+            .map_err(api)?;
         let mut output = attached.output;
-        let pump = tokio::spawn(async move {
+        handle.pump = Some(tokio::spawn(async move {
             let mut receiver_gone = false;
             while let Some(item) = output.next().await {
                 let (stream, data) = match item {
@@ -429,18 +612,76 @@ impl Backend for DockerBackend {
                     receiver_gone = true;
                 }
             }
-        });
+        }));
         if let Err(e) = self.docker.start_container(&id, None::<StartContainerOptions>).await {
-            pump.abort();
-            let h = StepHandle { id: id.clone(), pump: None };
-            let _ = self.remove(&h).await;
             let msg = e.to_string();
             if msg.contains("/bin/sh") && (msg.contains("no such file") || msg.contains("not found")) {
                 return Err(BackendError::NoShell { image: step.image.clone() });
             }
             return Err(api(e));
         }
-        Ok(StepHandle { id, pump: Some(pump) })
+        Ok(())
+    }
+
+    async fn cleanup_handle(&self, handle: &StepHandle) -> Result<(), BackendError> {
+        let mut result = if handle.id.is_empty() {
+            Ok(())
+        } else {
+            gone_is_ok(
+                self.docker
+                    .remove_container(
+                        &handle.id,
+                        Some(RemoveContainerOptions { force: true, v: true, ..Default::default() }),
+                    )
+                    .await,
+            )
+        };
+        for id in &handle.services {
+            let r = gone_is_ok(
+                self.docker
+                    .remove_container(id, Some(RemoveContainerOptions { force: true, v: true, ..Default::default() }))
+                    .await,
+            );
+            result = result.and(r);
+        }
+        if let Some(net) = &handle.network {
+            result = result.and(gone_is_ok(self.docker.remove_network(net).await));
+        }
+        result
+    }
+}
+
+impl Backend for DockerBackend {
+    async fn prepare(&self, run: &RunSpec) -> Result<(), BackendError> {
+        if matches!(run.workspace, Workspace::Bind(_)) {
+            return Ok(());
+        }
+        self.docker
+            .create_volume(VolumeCreateRequest {
+                name: Some(volume_name(&run.run_id)),
+                labels: Some(self.labels(&run.run_id, None)),
+                ..Default::default()
+            })
+            .await
+            .map_err(api)?;
+        if let Workspace::Copy { root, files } = &run.workspace {
+            self.copy_in(run, root, files).await?;
+        }
+        Ok(())
+    }
+
+    async fn start(&self, step: &StepSpec, logs: mpsc::Sender<LogChunk>) -> Result<StepHandle, BackendError> {
+        let mut handle = StepHandle { id: String::new(), services: Vec::new(), network: None, pump: None };
+        match self.start_inner(step, logs, &mut handle).await {
+            Ok(()) => Ok(handle),
+            Err(e) => {
+                if let Some(p) = handle.pump.take() {
+                    p.abort();
+                }
+                let _ = self.cleanup_handle(&handle).await;
+                Err(e)
+            }
+        }
     }
 
     async fn wait(&self, handle: &mut StepHandle) -> Result<ExitInfo, BackendError> {
@@ -481,17 +722,96 @@ impl Backend for DockerBackend {
     }
 
     async fn remove(&self, handle: &StepHandle) -> Result<(), BackendError> {
-        gone_is_ok(
-            self.docker
-                .remove_container(
-                    &handle.id,
-                    Some(RemoveContainerOptions { force: true, v: true, ..Default::default() }),
-                )
-                .await,
-        )
+        self.cleanup_handle(handle).await
     }
 
     async fn destroy(&self, run_id: &str) -> Result<(), BackendError> {
         self.destroy_counted(run_id).await.map(|_| ())
+    }
+
+    async fn export(&self, handle: &StepHandle, path: &str, dest: &Path) -> Result<bool, BackendError> {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = self
+            .docker
+            .download_from_container(&handle.id, Some(DownloadFromContainerOptions { path: path.to_string() }));
+        let mut file = None;
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(bytes) => {
+                    if file.is_none() {
+                        file =
+                            Some(tokio::fs::File::create(dest).await.map_err(|e| BackendError::Cache(e.to_string()))?);
+                    }
+                    if let Some(f) = file.as_mut() {
+                        f.write_all(&bytes).await.map_err(|e| BackendError::Cache(e.to_string()))?;
+                    }
+                }
+                Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => return Ok(false),
+                Err(e) => return Err(BackendError::Cache(format!("saving {path}: {}", api(e)))),
+            }
+        }
+        match file {
+            Some(mut f) => {
+                f.flush().await.map_err(|e| BackendError::Cache(e.to_string()))?;
+                f.sync_all().await.map_err(|e| BackendError::Cache(e.to_string()))?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn collect(
+        &self,
+        handle: &StepHandle,
+        patterns: &[String],
+        optional: bool,
+        dest: &Path,
+    ) -> Result<Vec<ArtifactFile>, BackendError> {
+        let matchers: Vec<globset::GlobMatcher> =
+            patterns.iter().map(|p| artifact_matcher(p)).collect::<Result<_, _>>().map_err(BackendError::Artifacts)?;
+        let mut matched = vec![false; patterns.len()];
+        let mut files = Vec::new();
+        // One download per distinct directory the patterns start from.
+        let mut prefixes: Vec<String> = patterns.iter().map(|p| literal_prefix(p)).collect();
+        prefixes.sort();
+        prefixes.dedup();
+        let prefixes: Vec<String> = prefixes
+            .iter()
+            .filter(|p| !prefixes.iter().any(|q| q != *p && (q.is_empty() || p.starts_with(&format!("{q}/")))))
+            .cloned()
+            .collect();
+        for prefix in prefixes {
+            let container = if prefix.is_empty() { WORKSPACE.to_string() } else { format!("{WORKSPACE}/{prefix}") };
+            let tmp = tempfile::NamedTempFile::new().map_err(|e| BackendError::Artifacts(e.to_string()))?;
+            if !self.export(handle, &container, tmp.path()).await.map_err(|e| BackendError::Artifacts(e.to_string()))? {
+                continue;
+            }
+            // Docker names the entries after the last component of the path it was given.
+            let rebase = Path::new(&prefix).parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+            let rebase = if prefix.is_empty() { String::new() } else { rebase };
+            let dest = dest.to_path_buf();
+            let matchers = matchers.clone();
+            let mut m = matched.clone();
+            let (got, m) = tokio::task::spawn_blocking(move || {
+                let f = std::fs::File::open(tmp.path()).map_err(|e| e.to_string())?;
+                // A whole-workspace download starts with the `workspace/` directory itself.
+                let strip = if prefix.is_empty() { "workspace" } else { "" };
+                let got = extract_matching(std::io::BufReader::new(f), &rebase, &matchers, &dest, &mut m, strip)?;
+                Ok::<_, String>((got, m))
+            })
+            .await
+            .map_err(|e| BackendError::Artifacts(e.to_string()))?
+            .map_err(BackendError::Artifacts)?;
+            matched = m.iter().zip(&matched).map(|(a, b)| *a || *b).collect();
+            files.extend(got);
+        }
+        let unmatched: Vec<&String> = patterns.iter().zip(&matched).filter(|(_, m)| !**m).map(|(p, _)| p).collect();
+        if !unmatched.is_empty() && !optional {
+            return Err(BackendError::Artifacts(format!(
+                "{} matched nothing in the workspace (mark the artifacts `optional: true` to allow that)",
+                unmatched.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        Ok(files)
     }
 }

@@ -74,6 +74,9 @@ impl Backend for FakeBackend {
     async fn start(&self, step: &StepSpec, logs: mpsc::Sender<LogChunk>) -> Result<StepHandle, BackendError> {
         let id = format!("{}#{}", step.step, step.attempt);
         self.record(format!("start {id}"));
+        for r in &step.restore {
+            self.record(format!("restore {id} {}", r.path));
+        }
         self.envs.lock().expect("test lock").insert(id.clone(), step.env.clone());
         let attempt = {
             let scripts = self.scripts.lock().expect("test lock");
@@ -98,7 +101,7 @@ impl Backend for FakeBackend {
                 _ = rx.wait_for(|v| v.is_some()) => {}
             }
         });
-        Ok(StepHandle { id, pump: Some(pump) })
+        Ok(StepHandle { id, services: Vec::new(), network: None, pump: Some(pump) })
     }
 
     async fn wait(&self, handle: &mut StepHandle) -> Result<ExitInfo, BackendError> {
@@ -133,5 +136,48 @@ impl Backend for FakeBackend {
     async fn destroy(&self, run_id: &str) -> Result<(), BackendError> {
         self.record(format!("destroy {run_id}"));
         Ok(())
+    }
+
+    /// Writes a tar holding one file named after the path.
+    async fn export(&self, handle: &StepHandle, path: &str, dest: &Path) -> Result<bool, BackendError> {
+        self.record(format!("export {} {path}", handle.id));
+        let name = Path::new(path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut b = tar::Builder::new(Vec::new());
+        let data = format!("cached {path}");
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, format!("{name}/file"), data.as_bytes())
+            .map_err(|e| BackendError::Cache(e.to_string()))?;
+        let bytes = b.into_inner().map_err(|e| BackendError::Cache(e.to_string()))?;
+        std::fs::write(dest, bytes).map_err(|e| BackendError::Cache(e.to_string()))?;
+        Ok(true)
+    }
+
+    /// Every pattern "matches" one file of 1 byte, except patterns containing `missing`.
+    async fn collect(
+        &self,
+        handle: &StepHandle,
+        patterns: &[String],
+        optional: bool,
+        dest: &Path,
+    ) -> Result<Vec<ArtifactFile>, BackendError> {
+        self.record(format!("collect {} {}", handle.id, patterns.join(",")));
+        let mut out = Vec::new();
+        for p in patterns {
+            if p.contains("missing") {
+                if optional {
+                    continue;
+                }
+                return Err(BackendError::Artifacts(format!("`{p}` matched nothing")));
+            }
+            let f = dest.join(p);
+            if let Some(parent) = f.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| BackendError::Artifacts(e.to_string()))?;
+            }
+            std::fs::write(&f, "x").map_err(|e| BackendError::Artifacts(e.to_string()))?;
+            out.push(ArtifactFile { path: p.clone(), size: 1 });
+        }
+        Ok(out)
     }
 }

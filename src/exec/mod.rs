@@ -16,7 +16,7 @@ pub mod docker;
 pub mod fake;
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -64,12 +64,47 @@ pub struct StepSpec {
     pub workdir: String,
     /// The directory bound as the workspace (`--bind`); `None`: the run's volume.
     pub bind: Option<PathBuf>,
+    /// Sidecars started (and ready) before the step, reachable by name.
+    pub services: Vec<ServiceSpec>,
+    /// Cached paths put in place before the step starts.
+    pub restore: Vec<Restore>,
+}
+
+/// A sidecar container of a step.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    /// Host name the step reaches it by.
+    pub name: String,
+    pub image: String,
+    pub env: Vec<(String, String)>,
+    pub command: Option<Vec<String>>,
+    pub ready: Option<crate::pipeline::Ready>,
+}
+
+/// A tar file (as [`Backend::export`] wrote it) to unpack at `path`'s parent, recreating
+/// `path` in the container.
+#[derive(Debug, Clone)]
+pub struct Restore {
+    pub tar: PathBuf,
+    /// Absolute path in the container.
+    pub path: String,
+}
+
+/// A file collected as an artifact.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ArtifactFile {
+    /// Relative to the workspace.
+    pub path: String,
+    pub size: u64,
 }
 
 /// A started step attempt.
 #[derive(Debug)]
 pub struct StepHandle {
     pub id: String,
+    /// Service containers and the network they share with the step.
+    pub services: Vec<String>,
+    pub network: Option<String>,
     /// Finishes when the step's output stream has ended.
     pub(crate) pump: Option<tokio::task::JoinHandle<()>>,
 }
@@ -107,6 +142,12 @@ pub enum BackendError {
     Api(String),
     #[error("workspace: {0}")]
     Workspace(String),
+    #[error("service `{service}` {reason}{}", if logs.is_empty() { String::new() } else { format!("; its last output:\n{logs}") })]
+    ServiceNotReady { service: String, reason: String, logs: String },
+    #[error("artifacts: {0}")]
+    Artifacts(String),
+    #[error("cache: {0}")]
+    Cache(String),
 }
 
 /// What runs steps. See the module docs for the contract.
@@ -121,6 +162,152 @@ pub trait Backend: Send + Sync + 'static {
     fn stop(&self, handle: &StepHandle, grace: Duration) -> impl Future<Output = Result<(), BackendError>> + Send;
     fn remove(&self, handle: &StepHandle) -> impl Future<Output = Result<(), BackendError>> + Send;
     fn destroy(&self, run_id: &str) -> impl Future<Output = Result<(), BackendError>> + Send;
+    /// Writes the tar of `path` (absolute, in the stopped step container) to `dest`.
+    /// `Ok(false)` when the path does not exist.
+    fn export(
+        &self,
+        handle: &StepHandle,
+        path: &str,
+        dest: &Path,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send;
+    /// Copies the workspace files matching `patterns` (globs relative to the workspace) out
+    /// of the stopped step container into `dest`, keeping their relative paths. A pattern
+    /// that matches nothing is an error unless `optional`; a symlink leading out of the
+    /// workspace is refused.
+    fn collect(
+        &self,
+        handle: &StepHandle,
+        patterns: &[String],
+        optional: bool,
+        dest: &Path,
+    ) -> impl Future<Output = Result<Vec<ArtifactFile>, BackendError>> + Send;
+}
+
+/// The absolute container path of a cache path: relative paths are in the workspace, `~`
+/// is root's home.
+pub fn container_path(p: &str) -> String {
+    let p = p.trim_end_matches('/');
+    if let Some(rest) = p.strip_prefix("~/") {
+        format!("/root/{rest}")
+    } else if p == "~" {
+        "/root".to_string()
+    } else if p.starts_with('/') {
+        p.to_string()
+    } else {
+        format!("{}/{}", crate::plan::WORKSPACE, p.trim_start_matches("./"))
+    }
+}
+
+/// The directory a glob's matches all live under: its components before the first one with
+/// a glob character.
+pub fn literal_prefix(pattern: &str) -> String {
+    let mut parts = Vec::new();
+    for c in pattern.trim_end_matches('/').split('/') {
+        if c.contains(['*', '?', '[', '{']) {
+            break;
+        }
+        parts.push(c);
+    }
+    parts.join("/")
+}
+
+/// Unpacks the entries of `tar` (paths relative to the workspace after `rebase`) that match
+/// one of `patterns` (or lie under a matching directory) into `dest`. Returns the files and
+/// which patterns matched something.
+pub fn extract_matching(
+    tar: impl std::io::Read,
+    rebase: &str,
+    patterns: &[globset::GlobMatcher],
+    dest: &Path,
+    matched: &mut [bool],
+    strip: &str,
+) -> Result<Vec<ArtifactFile>, String> {
+    let mut archive = tar::Archive::new(tar);
+    let mut files = Vec::new();
+    for entry in archive.entries().map_err(|e| e.to_string())? {
+        let mut entry = entry.map_err(|e| e.to_string())?;
+        let raw = entry.path().map_err(|e| e.to_string())?.to_string_lossy().into_owned();
+        let raw = if strip.is_empty() {
+            raw
+        } else {
+            match raw.strip_prefix(strip) {
+                Some(r) => r.trim_start_matches('/').to_string(),
+                None => continue,
+            }
+        };
+        if raw.is_empty() {
+            continue;
+        }
+        let rel = if rebase.is_empty() { raw.clone() } else { format!("{rebase}/{raw}") };
+        let rel = rel.trim_end_matches('/').to_string();
+        let mut hit = false;
+        for (i, m) in patterns.iter().enumerate() {
+            let mut p = Path::new(&rel);
+            loop {
+                if m.is_match(p) {
+                    matched[i] = true;
+                    hit = true;
+                    break;
+                }
+                match p.parent() {
+                    Some(parent) if !parent.as_os_str().is_empty() => p = parent,
+                    _ => break,
+                }
+            }
+        }
+        if !hit {
+            continue;
+        }
+        let kind = entry.header().entry_type();
+        if kind.is_symlink() || kind.is_hard_link() {
+            let target = entry.link_name().map_err(|e| e.to_string())?.map(|t| t.to_string_lossy().into_owned());
+            let target = target.unwrap_or_default();
+            let base = Path::new(&rel).parent().unwrap_or(Path::new(""));
+            if target.starts_with('/') || escapes(&base.join(&target)) {
+                return Err(format!("`{rel}` is a link to `{target}`, outside the workspace: refused"));
+            }
+        }
+        if kind.is_dir() {
+            continue;
+        }
+        if escapes(Path::new(&rel)) {
+            return Err(format!("`{rel}` leaves the workspace: refused"));
+        }
+        let size = entry.header().size().unwrap_or(0);
+        let out = dest.join(&rel);
+        if let Some(parent) = out.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        }
+        entry.unpack(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+        files.push(ArtifactFile { path: rel, size });
+    }
+    Ok(files)
+}
+
+/// Whether a relative path climbs above its root with `..`.
+fn escapes(p: &Path) -> bool {
+    let mut depth: i32 = 0;
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => depth -= 1,
+            std::path::Component::Normal(_) => depth += 1,
+            std::path::Component::RootDir | std::path::Component::Prefix(_) => return true,
+            std::path::Component::CurDir => {}
+        }
+        if depth < 0 {
+            return true;
+        }
+    }
+    false
+}
+
+/// A glob matcher for an artifact pattern: `*` stays within one directory, `**` crosses.
+pub fn artifact_matcher(pattern: &str) -> Result<globset::GlobMatcher, String> {
+    globset::GlobBuilder::new(pattern.trim_end_matches('/'))
+        .literal_separator(true)
+        .build()
+        .map(|g| g.compile_matcher())
+        .map_err(|e| format!("`{pattern}`: {e}"))
 }
 
 /// The shell script for a step: each command echoed (`+ cmd`) and run in order; the first

@@ -150,6 +150,33 @@ impl Console {
                 self.line(&l);
                 self.flush();
             }
+            RunEvent::CacheRestored { step, key, hit, fallback, size } => {
+                let l = if *hit {
+                    let from = if *fallback { " from the default branch" } else { "" };
+                    format!("⇣ {step}: cache `{key}` restored{from} ({})", bytes(*size))
+                } else {
+                    format!("⇣ {step}: cache `{key}` not found")
+                };
+                let l = self.paint(DIM, &l);
+                self.line(&l);
+            }
+            RunEvent::CacheSaved { step, key, size } => {
+                let l = self.paint(DIM, &format!("⇡ {step}: cache `{key}` saved ({})", bytes(*size)));
+                self.line(&l);
+            }
+            RunEvent::ArtifactsCollected { step, files, .. } => {
+                let total: u64 = files.iter().map(|f| f.size).sum();
+                let l = self.paint(
+                    DIM,
+                    &format!(
+                        "⇡ {step}: {} artifact file{} kept ({})",
+                        files.len(),
+                        if files.len() == 1 { "" } else { "s" },
+                        bytes(total)
+                    ),
+                );
+                self.line(&l);
+            }
             RunEvent::RunMessage { level, message } => {
                 let (code, word) = match level {
                     Level::Info => (DIM, "note"),
@@ -238,6 +265,19 @@ impl Console {
         if steps.iter().any(|s| s.allowed_failure) {
             out.push_str("; * allowed to fail");
         }
+        let with_artifacts: Vec<&StepSummary> = steps.iter().filter(|s| !s.artifacts.is_empty()).collect();
+        if !with_artifacts.is_empty() {
+            out.push_str("\nartifacts:");
+            for s in with_artifacts {
+                for f in &s.artifacts {
+                    out.push_str(&format!("\n  {}/{}  {}", crate::exec::sanitize(&s.step), f.path, bytes(f.size)));
+                }
+            }
+            if let Some(d) = &self.log_dir {
+                let dir = d.parent().map(|p| p.join("artifacts")).unwrap_or_default();
+                out.push_str(&format!("\n  in {}", dir.display()));
+            }
+        }
         if let Some(d) = &self.log_dir {
             out.push_str(&format!("\nlogs: {}", d.display()));
         }
@@ -250,6 +290,18 @@ impl Console {
             let _ = m.clear();
         }
     }
+}
+
+/// `12.3 MB`, `456 B`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < UNITS.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }
 
 fn terminal_width() -> Option<usize> {

@@ -37,6 +37,26 @@ pub enum RunEvent {
         exit_code: i64,
     },
     StepFinished(StepSummary),
+    /// A cache lookup before a step: `hit` false is a miss.
+    CacheRestored {
+        step: String,
+        key: String,
+        hit: bool,
+        fallback: bool,
+        size: u64,
+    },
+    /// A cache entry written after a step passed.
+    CacheSaved {
+        step: String,
+        key: String,
+        size: u64,
+    },
+    /// Files kept from a step that passed.
+    ArtifactsCollected {
+        step: String,
+        dir: String,
+        files: Vec<crate::exec::ArtifactFile>,
+    },
     /// Something that concerns the whole run (e.g. a cleanup problem).
     RunMessage {
         level: Level,
@@ -107,6 +127,9 @@ pub struct StepSummary {
     pub started: Duration,
     #[serde(serialize_with = "secs")]
     pub duration: Duration,
+    /// Artifacts kept from the step.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<crate::exec::ArtifactFile>,
     /// Whether steps that need this one see it as failed.
     #[serde(skip)]
     pub blocks_dependents: bool,

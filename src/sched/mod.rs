@@ -19,7 +19,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::exec::{Backend, BackendError, LogChunk, RunSpec, StepHandle, StepSpec, Workspace, sanitize, script};
+use crate::cache::{CacheStore, CachedPath};
+use crate::exec::{
+    Backend, BackendError, LogChunk, Restore, RunSpec, ServiceSpec, StepHandle, StepSpec, Workspace, container_path,
+    sanitize, script,
+};
 use crate::plan::{Plan, PlannedStep};
 pub use events::*;
 use logs::{Masker, StepLines};
@@ -47,6 +51,34 @@ pub struct RunOptions {
     pub log_dir: Option<PathBuf>,
     pub workspace: Workspace,
     pub grace: Duration,
+    /// The cache store and the scopes this run reads (the first is the one it writes).
+    pub cache: Option<CacheSettings>,
+    /// The source tree on the host, for `${hash:FILE}` in cache keys.
+    pub source_root: Option<PathBuf>,
+    /// Where artifacts are kept (`<dir>/<step>/...`); `None`: artifacts are not collected.
+    pub artifact_dir: Option<PathBuf>,
+}
+
+#[derive(Clone)]
+pub struct CacheSettings {
+    pub store: Arc<CacheStore>,
+    /// Read in order; the first is written. See `cache_scopes`.
+    pub scopes: Vec<String>,
+}
+
+/// The scopes a run's caches live in: its own (the branch, pull request or tag), then the
+/// default branch's, which every run may read but only default-branch runs write.
+pub fn cache_scopes(ctx: &crate::plan::Context, default_branch: &str) -> Vec<String> {
+    use crate::pipeline::Event;
+    let own = match (ctx.event(), &ctx.pr, &ctx.tag, &ctx.branch) {
+        (Event::PullRequest, Some(n), _, _) => format!("pr:{n}"),
+        (Event::PullRequest, None, _, b) => format!("pr:{}", b.as_deref().unwrap_or("")),
+        (Event::Tag, _, Some(t), _) => format!("tag:{t}"),
+        (_, _, _, Some(b)) => format!("branch:{b}"),
+        _ => "detached".to_string(),
+    };
+    let default = format!("branch:{default_branch}");
+    if own == default { vec![own] } else { vec![own, default] }
 }
 
 /// The outcome of a run.
@@ -113,6 +145,7 @@ pub async fn execute<B: Backend>(
                         message: Some("the run could not start".into()),
                         started: Duration::ZERO,
                         duration: Duration::ZERO,
+                        artifacts: Vec::new(),
                         blocks_dependents: true,
                     });
                 }
@@ -222,6 +255,7 @@ async fn run_steps<B: Backend>(
                         message: Some(reason),
                         started: run_start.elapsed(),
                         duration: Duration::ZERO,
+                        artifacts: Vec::new(),
                         // A step skipped because something failed passes the failure on.
                         blocks_dependents: !done.iter().all(|s| !s.blocks_dependents) || cancel.graceful.is_cancelled(),
                     };
@@ -248,6 +282,9 @@ async fn run_steps<B: Backend>(
                         _ => None,
                     },
                     grace: opts.grace,
+                    cache: opts.cache.clone(),
+                    source_root: opts.source_root.clone(),
+                    artifact_dir: opts.artifact_dir.clone(),
                     events: events.clone(),
                     cancel: cancel.clone(),
                     run_start,
@@ -278,6 +315,7 @@ async fn run_steps<B: Backend>(
                     message: Some(format!("internal error: the step's task failed: {e}")),
                     started: Duration::ZERO,
                     duration: Duration::ZERO,
+                    artifacts: Vec::new(),
                     blocks_dependents: true,
                 };
                 let _ = events.send(RunEvent::StepFinished(s.clone())).await;
@@ -302,6 +340,7 @@ async fn run_steps<B: Backend>(
                 message: Some("never became ready".into()),
                 started: Duration::ZERO,
                 duration: Duration::ZERO,
+                artifacts: Vec::new(),
                 blocks_dependents: true,
             },
         })
@@ -317,9 +356,20 @@ struct Unit<B> {
     log_dir: Option<PathBuf>,
     bind: Option<PathBuf>,
     grace: Duration,
+    cache: Option<CacheSettings>,
+    source_root: Option<PathBuf>,
+    artifact_dir: Option<PathBuf>,
     events: mpsc::Sender<RunEvent>,
     cancel: Cancel,
     run_start: Instant,
+}
+
+/// A cache of the step, resolved: its key and the container paths it holds.
+struct StepCache {
+    key: String,
+    paths: Vec<String>,
+    /// An entry with exactly this key exists in the run's own scope.
+    have: bool,
 }
 
 enum Ended {
@@ -348,59 +398,85 @@ impl<B: Backend> Unit<B> {
             message: None,
             started,
             duration: Duration::ZERO,
+            artifacts: Vec::new(),
             blocks_dependents: true,
         };
-        if !missing.is_empty() {
-            summary.message = Some(format!(
+        let prepared = if missing.is_empty() {
+            self.caches().await
+        } else {
+            Err(format!(
                 "secret {} is not set",
                 missing.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
-            ));
-        } else {
-            for attempt in 1..=attempts {
-                summary.attempts = attempt;
-                let _ =
-                    self.events.send(RunEvent::StepStarted { step: self.step.name.clone(), attempt, attempts }).await;
-                let ended = self.attempt(attempt, &env, &masker).await;
-                match ended {
-                    Ended::Exit(0, _) => {
-                        summary.status = StepStatus::Passed;
-                        summary.exit_code = Some(0);
-                    }
-                    Ended::Exit(code, oom) => {
-                        summary.status = StepStatus::Failed;
-                        summary.exit_code = Some(code);
-                        summary.message = Some(if oom {
-                            format!("killed: out of memory (exit code {code})")
-                        } else {
-                            format!("exit code {code}")
-                        });
-                        let retryable =
-                            self.step.retry.on_exit_codes.is_empty() || self.step.retry.on_exit_codes.contains(&code);
-                        if attempt < attempts && retryable && !self.cancel.graceful.is_cancelled() {
-                            let _ = self
-                                .events
-                                .send(RunEvent::StepRetrying { step: self.step.name.clone(), attempt, exit_code: code })
-                                .await;
-                            continue;
+            ))
+        };
+        match prepared {
+            Err(m) => summary.message = Some(m),
+            Ok((caches, restore)) => {
+                for attempt in 1..=attempts {
+                    summary.attempts = attempt;
+                    let _ = self
+                        .events
+                        .send(RunEvent::StepStarted { step: self.step.name.clone(), attempt, attempts })
+                        .await;
+                    let (ended, handle) = self.attempt(attempt, &env, &masker, &restore).await;
+                    match ended {
+                        Ended::Exit(0, _) => {
+                            summary.status = StepStatus::Passed;
+                            summary.exit_code = Some(0);
+                            if let Some(h) = &handle {
+                                if let Err(m) = self.after_success(h, &caches, &mut summary).await {
+                                    summary.status = StepStatus::Failed;
+                                    summary.message = Some(m);
+                                }
+                            }
+                        }
+                        Ended::Exit(code, oom) => {
+                            summary.status = StepStatus::Failed;
+                            summary.exit_code = Some(code);
+                            summary.message = Some(if oom {
+                                format!("killed: out of memory (exit code {code})")
+                            } else {
+                                format!("exit code {code}")
+                            });
+                        }
+                        Ended::TimedOut => {
+                            summary.status = StepStatus::TimedOut;
+                            summary.message = self
+                                .step
+                                .timeout
+                                .map(|t| format!("timed out after {}", crate::pipeline::format_duration(t)));
+                        }
+                        Ended::Cancelled => {
+                            summary.status = StepStatus::Cancelled;
+                            summary.message = Some("cancelled".into());
+                        }
+                        Ended::Error(ref m) => {
+                            summary.status = StepStatus::Error;
+                            summary.message = Some(m.clone());
                         }
                     }
-                    Ended::TimedOut => {
-                        summary.status = StepStatus::TimedOut;
-                        summary.message = self
-                            .step
-                            .timeout
-                            .map(|t| format!("timed out after {}", crate::pipeline::format_duration(t)));
+                    if let Some(h) = handle {
+                        let _ = self.backend.remove(&h).await;
                     }
-                    Ended::Cancelled => {
-                        summary.status = StepStatus::Cancelled;
-                        summary.message = Some("cancelled".into());
+                    let retryable = match ended {
+                        Ended::Exit(code, _) if code != 0 => {
+                            self.step.retry.on_exit_codes.is_empty() || self.step.retry.on_exit_codes.contains(&code)
+                        }
+                        _ => false,
+                    };
+                    if retryable && attempt < attempts && !self.cancel.graceful.is_cancelled() {
+                        let _ = self
+                            .events
+                            .send(RunEvent::StepRetrying {
+                                step: self.step.name.clone(),
+                                attempt,
+                                exit_code: summary.exit_code.unwrap_or(-1),
+                            })
+                            .await;
+                        continue;
                     }
-                    Ended::Error(m) => {
-                        summary.status = StepStatus::Error;
-                        summary.message = Some(m);
-                    }
+                    break;
                 }
-                break;
             }
         }
         summary.duration = t0.elapsed();
@@ -411,8 +487,105 @@ impl<B: Backend> Unit<B> {
         summary
     }
 
-    /// One attempt: start, stream logs, wait with the timeout and cancellation, remove.
-    async fn attempt(&self, attempt: u32, env: &[(String, String)], masker: &Masker) -> Ended {
+    /// Resolves the step's cache keys and finds what to restore.
+    async fn caches(&self) -> Result<(Vec<StepCache>, Vec<Restore>), String> {
+        let Some(settings) = &self.cache else { return Ok((Vec::new(), Vec::new())) };
+        let mut caches = Vec::new();
+        let mut restore = Vec::new();
+        for c in &self.step.cache {
+            let key = crate::cache::resolve_key(&c.key, self.source_root.as_deref()).map_err(|e| e.to_string())?;
+            let paths: Vec<String> = c.paths.iter().map(|p| container_path(p)).collect();
+            let found = settings.store.lookup(&settings.scopes, &key);
+            let _ = self
+                .events
+                .send(RunEvent::CacheRestored {
+                    step: self.step.name.clone(),
+                    key: key.clone(),
+                    hit: found.is_some(),
+                    fallback: found.as_ref().is_some_and(|e| e.fallback),
+                    size: found.as_ref().map_or(0, |e| e.meta.size),
+                })
+                .await;
+            if let Some(entry) = &found {
+                for p in &entry.meta.paths {
+                    restore.push(Restore { tar: entry.dir.join(&p.tar), path: p.path.clone() });
+                }
+            }
+            let have = found.is_some_and(|e| !e.fallback);
+            caches.push(StepCache { key, paths, have });
+        }
+        Ok((caches, restore))
+    }
+
+    /// After a step passed: save its caches (new keys only) and keep its artifacts.
+    async fn after_success(
+        &self,
+        h: &StepHandle,
+        caches: &[StepCache],
+        summary: &mut StepSummary,
+    ) -> Result<(), String> {
+        if let Some(settings) = &self.cache {
+            let scope = &settings.scopes[0];
+            for c in caches.iter().filter(|c| !c.have && !settings.store.contains(scope, &c.key)) {
+                let tmp = settings.store.begin().map_err(|e| e.to_string())?;
+                let mut saved = Vec::new();
+                for (i, path) in c.paths.iter().enumerate() {
+                    let tar = format!("{i}.tar");
+                    if self.backend.export(h, path, &tmp.path().join(&tar)).await.map_err(|e| e.to_string())? {
+                        saved.push(CachedPath { path: path.clone(), tar });
+                    }
+                }
+                if saved.is_empty() {
+                    let _ = self
+                        .events
+                        .send(RunEvent::RunMessage {
+                            level: Level::Warning,
+                            message: format!(
+                                "step `{}`: cache `{}` not saved: none of its paths exist after the step",
+                                self.step.name, c.key
+                            ),
+                        })
+                        .await;
+                    continue;
+                }
+                let store = settings.store.clone();
+                let (scope, key) = (scope.clone(), c.key.clone());
+                let size = tokio::task::spawn_blocking(move || store.commit(tmp, &scope, &key, saved))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                let _ = self
+                    .events
+                    .send(RunEvent::CacheSaved { step: self.step.name.clone(), key: c.key.clone(), size })
+                    .await;
+            }
+        }
+        if let (Some(art), Some(dir)) = (&self.step.artifacts, &self.artifact_dir) {
+            let dest = dir.join(sanitize(&self.step.name));
+            std::fs::create_dir_all(&dest).map_err(|e| format!("artifacts: {}: {e}", dest.display()))?;
+            let files = self.backend.collect(h, &art.paths, art.optional, &dest).await.map_err(|e| e.to_string())?;
+            let _ = self
+                .events
+                .send(RunEvent::ArtifactsCollected {
+                    step: self.step.name.clone(),
+                    dir: dest.display().to_string(),
+                    files: files.clone(),
+                })
+                .await;
+            summary.artifacts = files;
+        }
+        Ok(())
+    }
+
+    /// One attempt: start, stream logs, wait with the timeout and cancellation. The
+    /// container is returned (stopped) for the caller to save from and remove.
+    async fn attempt(
+        &self,
+        attempt: u32,
+        env: &[(String, String)],
+        masker: &Masker,
+        restore: &[Restore],
+    ) -> (Ended, Option<StepHandle>) {
         let spec = StepSpec {
             run_id: self.run_id.clone(),
             step: self.step.name.clone(),
@@ -422,6 +595,19 @@ impl<B: Backend> Unit<B> {
             env: env.to_vec(),
             workdir: self.step.workdir.clone(),
             bind: self.bind.clone(),
+            services: self
+                .step
+                .services
+                .iter()
+                .map(|(name, s)| ServiceSpec {
+                    name: name.clone(),
+                    image: s.image.clone(),
+                    env: s.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    command: s.command.clone(),
+                    ready: s.ready.clone(),
+                })
+                .collect(),
+            restore: restore.to_vec(),
         };
         let (tx, rx) = mpsc::channel::<LogChunk>(64);
         let log_task = tokio::spawn(pump_logs(
@@ -432,11 +618,18 @@ impl<B: Backend> Unit<B> {
             self.step.name.clone(),
             self.events.clone(),
         ));
-        let mut handle: StepHandle = match self.backend.start(&spec, tx).await {
+        let started = tokio::select! {
+            r = self.backend.start(&spec, tx) => r,
+            _ = self.cancel.graceful.cancelled() => Err(BackendError::Api("cancelled while starting".into())),
+        };
+        let mut handle: StepHandle = match started {
             Ok(h) => h,
             Err(e) => {
                 let _ = log_task.await;
-                return Ended::Error(e.to_string());
+                if self.cancel.graceful.is_cancelled() {
+                    return (Ended::Cancelled, None);
+                }
+                return (Ended::Error(e.to_string()), None);
             }
         };
         let deadline = self.step.timeout.map(|t| tokio::time::Instant::now() + t);
@@ -467,10 +660,8 @@ impl<B: Backend> Unit<B> {
             // Drain what the stopped container still had to say (bounded: it is stopped).
             let _ = tokio::time::timeout(Duration::from_secs(10), self.backend.wait(&mut handle)).await;
         }
-        let _ = self.backend.remove(&handle).await;
-        drop(handle);
         let _ = log_task.await;
-        ended
+        (ended, Some(handle))
     }
 }
 

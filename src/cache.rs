@@ -1,0 +1,352 @@
+//! The cache store: directories of tar files on the host, one per (scope, key).
+//!
+//! - An entry is written to a temporary directory and renamed into place, so a reader sees
+//!   a whole entry or none; two runs saving the same key at once both write whole entries
+//!   and the last rename wins.
+//! - Entries are immutable: a key that exists is not saved again (as in GitHub Actions).
+//! - Scopes keep pull requests from poisoning the default branch: a run reads its own scope
+//!   first, then the default branch's, and writes only its own.
+//! - The store has a size limit; after a save, least recently used entries are evicted.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cache store {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cache key `{key}`: {message}")]
+    Key { key: String, message: String },
+}
+
+fn io(path: &Path, source: std::io::Error) -> CacheError {
+    CacheError::Io { path: path.display().to_string(), source }
+}
+
+/// One path of a cache entry: which container path it holds, and its tar file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CachedPath {
+    /// Absolute path in the container, e.g. `/workspace/target` or `/root/.cargo/registry`.
+    pub path: String,
+    /// File name of the tar within the entry directory.
+    pub tar: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Meta {
+    pub scope: String,
+    pub key: String,
+    pub paths: Vec<CachedPath>,
+    pub size: u64,
+    /// Seconds since the Unix epoch.
+    pub created: u64,
+}
+
+/// An entry found by [`CacheStore::lookup`].
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub dir: PathBuf,
+    pub meta: Meta,
+    /// Found in a scope other than the run's own (read-only fallback).
+    pub fallback: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheStore {
+    root: PathBuf,
+    max_bytes: u64,
+}
+
+/// The default size limit of a store.
+pub const DEFAULT_MAX_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// A file-system-safe, collision-free name for a scope or key.
+fn slot(s: &str) -> String {
+    let readable: String = s
+        .chars()
+        .take(40)
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
+        .collect();
+    let digest = Sha256::digest(s.as_bytes());
+    format!("{readable}-{}", hex(&digest[..8]))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl CacheStore {
+    pub fn new(root: impl Into<PathBuf>, max_bytes: u64) -> Self {
+        CacheStore { root: root.into(), max_bytes }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn entry_dir(&self, scope: &str, key: &str) -> PathBuf {
+        self.root.join(slot(scope)).join(slot(key))
+    }
+
+    /// The first entry for `key` in `scopes` (the run's own scope first).
+    pub fn lookup(&self, scopes: &[String], key: &str) -> Option<Entry> {
+        for (i, scope) in scopes.iter().enumerate() {
+            let dir = self.entry_dir(scope, key);
+            let Ok(text) = std::fs::read_to_string(dir.join("meta.json")) else { continue };
+            let Ok(meta) = serde_json::from_str::<Meta>(&text) else { continue };
+            // Mark it used, for LRU eviction.
+            let _ = std::fs::write(dir.join("used"), now().to_string());
+            return Some(Entry { dir, meta, fallback: i > 0 });
+        }
+        None
+    }
+
+    /// Whether `scope` already has `key` (entries are immutable: no need to save again).
+    pub fn contains(&self, scope: &str, key: &str) -> bool {
+        self.entry_dir(scope, key).join("meta.json").exists()
+    }
+
+    /// A temporary directory to write a new entry's tar files into.
+    pub fn begin(&self) -> Result<tempfile::TempDir, CacheError> {
+        let tmp = self.root.join("tmp");
+        std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+        tempfile::Builder::new().prefix("entry-").tempdir_in(&tmp).map_err(|e| io(&tmp, e))
+    }
+
+    /// Publishes a written entry atomically, then evicts old entries over the size limit.
+    /// Returns the entry's size.
+    pub fn commit(
+        &self,
+        tmp: tempfile::TempDir,
+        scope: &str,
+        key: &str,
+        paths: Vec<CachedPath>,
+    ) -> Result<u64, CacheError> {
+        let mut size = 0;
+        for p in &paths {
+            let f = tmp.path().join(&p.tar);
+            size += std::fs::metadata(&f).map_err(|e| io(&f, e))?.len();
+        }
+        let meta = Meta { scope: scope.to_string(), key: key.to_string(), paths, size, created: now() };
+        let meta_file = tmp.path().join("meta.json");
+        let text = serde_json::to_string_pretty(&meta).unwrap_or_default();
+        std::fs::write(&meta_file, text).map_err(|e| io(&meta_file, e))?;
+        std::fs::write(tmp.path().join("used"), now().to_string()).map_err(|e| io(tmp.path(), e))?;
+        let dest = self.entry_dir(scope, key);
+        let parent = dest.parent().unwrap_or(&self.root).to_path_buf();
+        std::fs::create_dir_all(&parent).map_err(|e| io(&parent, e))?;
+        let tmp_path = tmp.keep();
+        if let Err(e) = std::fs::rename(&tmp_path, &dest) {
+            let _ = std::fs::remove_dir_all(&tmp_path);
+            // Another run published the same key first: its entry is as good as ours.
+            if dest.join("meta.json").exists() {
+                return Ok(size);
+            }
+            return Err(io(&dest, e));
+        }
+        self.evict()?;
+        Ok(size)
+    }
+
+    /// Every entry, most recently used first.
+    pub fn list(&self) -> Vec<(Meta, u64, PathBuf)> {
+        let mut out = Vec::new();
+        let Ok(scopes) = std::fs::read_dir(&self.root) else { return out };
+        for scope in scopes.flatten() {
+            if scope.file_name() == "tmp" {
+                continue;
+            }
+            let Ok(keys) = std::fs::read_dir(scope.path()) else { continue };
+            for key in keys.flatten() {
+                let dir = key.path();
+                let Ok(text) = std::fs::read_to_string(dir.join("meta.json")) else { continue };
+                let Ok(meta) = serde_json::from_str::<Meta>(&text) else { continue };
+                let used =
+                    std::fs::read_to_string(dir.join("used")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+                out.push((meta, used, dir));
+            }
+        }
+        out.sort_by_key(|(_, used, _)| std::cmp::Reverse(*used));
+        out
+    }
+
+    /// Removes least recently used entries until the store fits its limit.
+    pub fn evict(&self) -> Result<Vec<Meta>, CacheError> {
+        let entries = self.list();
+        let mut total: u64 = entries.iter().map(|(m, _, _)| m.size).sum();
+        let mut evicted = Vec::new();
+        for (meta, _, dir) in entries.into_iter().rev() {
+            if total <= self.max_bytes {
+                break;
+            }
+            std::fs::remove_dir_all(&dir).map_err(|e| io(&dir, e))?;
+            total = total.saturating_sub(meta.size);
+            evicted.push(meta);
+        }
+        Ok(evicted)
+    }
+
+    /// Removes every entry (or those whose key starts with `prefix`). Returns how many.
+    pub fn clear(&self, prefix: Option<&str>) -> Result<usize, CacheError> {
+        let mut n = 0;
+        for (meta, _, dir) in self.list() {
+            if prefix.is_none_or(|p| meta.key.starts_with(p)) {
+                std::fs::remove_dir_all(&dir).map_err(|e| io(&dir, e))?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Resolves `${hash:PATTERN}` in a cache key: the SHA-256 (first 16 hex digits) of the files
+/// under `root` matching the glob, in path order. A pattern matching nothing is an error.
+pub fn resolve_key(key: &str, root: Option<&Path>) -> Result<String, CacheError> {
+    crate::pipeline::interp::expand(key, |var| {
+        let pattern = var.strip_prefix("hash:")?;
+        let root = root?;
+        hash_files(root, pattern).ok().flatten()
+    })
+    .map_err(|message| CacheError::Key {
+        key: key.to_string(),
+        message: if message.contains("hash:") {
+            format!("{message}: no file in the work tree matches it")
+        } else {
+            message
+        },
+    })
+}
+
+fn hash_files(root: &Path, pattern: &str) -> std::io::Result<Option<String>> {
+    let matcher = match globset::Glob::new(pattern) {
+        Ok(g) => g.compile_matcher(),
+        Err(_) => return Ok(None),
+    };
+    let mut files = Vec::new();
+    collect(root, Path::new(""), &matcher, &mut files)?;
+    if files.is_empty() {
+        return Ok(None);
+    }
+    files.sort();
+    let mut h = Sha256::new();
+    for f in files {
+        h.update(f.to_string_lossy().as_bytes());
+        h.update([0]);
+        h.update(std::fs::read(root.join(&f))?);
+    }
+    Ok(Some(hex(&h.finalize()[..8])))
+}
+
+fn collect(root: &Path, rel: &Path, m: &globset::GlobMatcher, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(root.join(rel))? {
+        let e = e?;
+        let name = e.file_name();
+        if name == ".git" || name == ".orch" || name == "target" || name == "node_modules" {
+            continue;
+        }
+        let p = rel.join(&name);
+        let ft = e.file_type()?;
+        if ft.is_dir() {
+            collect(root, &p, m, out)?;
+        } else if ft.is_file() && m.is_match(&p) {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// Where orch keeps caches by default: `$ORCH_CACHE_DIR`, else `$XDG_CACHE_HOME/orch`, else
+/// `~/.cache/orch`.
+pub fn default_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("ORCH_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("orch");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    home.join(".cache").join("orch")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_entry(store: &CacheStore, scope: &str, key: &str, bytes: usize) -> u64 {
+        let tmp = store.begin().unwrap();
+        std::fs::write(tmp.path().join("0.tar"), vec![0u8; bytes]).unwrap();
+        store.commit(tmp, scope, key, vec![CachedPath { path: "/workspace/x".into(), tar: "0.tar".into() }]).unwrap()
+    }
+
+    #[test]
+    fn save_lookup_scopes_and_fallback() {
+        let d = tempfile::tempdir().unwrap();
+        let store = CacheStore::new(d.path(), 1 << 30);
+        write_entry(&store, "branch:main", "k1", 10);
+        let scopes = vec!["pr:7".to_string(), "branch:main".to_string()];
+        let e = store.lookup(&scopes, "k1").unwrap();
+        assert!(e.fallback);
+        assert_eq!(e.meta.size, 10);
+        assert!(store.lookup(&scopes, "k2").is_none());
+        // A PR writes only to its own scope: main does not see it.
+        write_entry(&store, "pr:7", "k2", 10);
+        assert!(store.lookup(&["branch:main".to_string()], "k2").is_none());
+        assert!(!store.lookup(&scopes, "k2").unwrap().fallback);
+    }
+
+    #[test]
+    fn lru_eviction_keeps_the_store_under_its_limit() {
+        let d = tempfile::tempdir().unwrap();
+        let store = CacheStore::new(d.path(), 250);
+        write_entry(&store, "s", "old", 100);
+        std::fs::write(store.entry_dir("s", "old").join("used"), "1").unwrap();
+        write_entry(&store, "s", "mid", 100);
+        std::fs::write(store.entry_dir("s", "mid").join("used"), "2").unwrap();
+        write_entry(&store, "s", "new", 100);
+        let keys: Vec<String> = store.list().into_iter().map(|(m, _, _)| m.key).collect();
+        assert_eq!(keys, ["new", "mid"]);
+    }
+
+    #[test]
+    fn concurrent_commits_of_one_key_leave_one_whole_entry() {
+        let d = tempfile::tempdir().unwrap();
+        let store = CacheStore::new(d.path(), 1 << 30);
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let store = store.clone();
+                std::thread::spawn(move || write_entry(&store, "s", "same", 1000 + i))
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let list = store.list();
+        assert_eq!(list.len(), 1);
+        let (meta, _, dir) = &list[0];
+        assert_eq!(std::fs::metadata(dir.join("0.tar")).unwrap().len(), meta.size);
+        assert!(std::fs::read_dir(d.path().join("tmp")).unwrap().next().is_none(), "temp entries left");
+    }
+
+    #[test]
+    fn key_hashes_files() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("Cargo.lock"), "a").unwrap();
+        let k1 = resolve_key("cargo-${hash:Cargo.lock}", Some(d.path())).unwrap();
+        assert!(k1.starts_with("cargo-") && k1.len() == "cargo-".len() + 16, "{k1}");
+        std::fs::write(d.path().join("Cargo.lock"), "b").unwrap();
+        let k2 = resolve_key("cargo-${hash:Cargo.lock}", Some(d.path())).unwrap();
+        assert_ne!(k1, k2);
+        let e = resolve_key("x-${hash:nope.lock}", Some(d.path())).unwrap_err();
+        assert!(e.to_string().contains("nope.lock"), "{e}");
+    }
+}
