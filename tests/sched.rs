@@ -45,6 +45,9 @@ async fn run_with(yaml: &str, backend: FakeBackend, jobs: usize, cancel: Cancel)
         log_dir: None,
         workspace: Workspace::Empty,
         grace: Duration::from_secs(1),
+        cache: None,
+        source_root: None,
+        artifact_dir: None,
     };
     let result = execute(backend.clone(), &plan, opts, tx, cancel).await;
     let events = collector.await.unwrap();
@@ -233,7 +236,8 @@ async fn cancel_stops_running_steps_and_skips_the_rest() {
 
 #[tokio::test]
 async fn start_errors_are_step_errors() {
-    let b = FakeBackend::new().script("a", vec![FakeAttempt { start_error: Some("no such image".into()), ..Default::default() }]);
+    let b = FakeBackend::new()
+        .script("a", vec![FakeAttempt { start_error: Some("no such image".into()), ..Default::default() }]);
     let o = run(CHAIN, b).await;
     assert_eq!(o.step("a").status, StepStatus::Error);
     assert_eq!(o.status, RunStatus::Error);
@@ -285,6 +289,9 @@ steps:
         log_dir: None,
         workspace: Workspace::Empty,
         grace: Duration::from_secs(1),
+        cache: None,
+        source_root: None,
+        artifact_dir: None,
     };
     execute(backend.clone(), &plan, opts, tx, Cancel::default()).await;
     let envs = backend.envs.lock().unwrap();
@@ -313,4 +320,113 @@ steps:
     assert_eq!(lines, ["one", "two", "three"]);
     assert!(matches!(o.events.first(), Some(RunEvent::RunStarted { .. })));
     assert!(matches!(o.events.last(), Some(RunEvent::RunFinished { status: RunStatus::Success, .. })));
+}
+
+#[tokio::test]
+async fn a_passing_always_step_does_not_hide_an_earlier_failure() {
+    let yaml = "
+defaults: { image: img }
+steps:
+  build: { stage: build, commands: [x] }
+  cleanup: { stage: test, commands: [x], when: { status: always } }
+  deploy: { stage: deploy, commands: [x] }
+  notify: { stage: deploy, commands: [x], when: { status: [failure] } }
+";
+    let o = run(yaml, FakeBackend::new().script("build", vec![FakeAttempt::exit(1)])).await;
+    assert_eq!(o.step("cleanup").status, StepStatus::Passed);
+    assert_eq!(o.step("deploy").status, StepStatus::Skipped);
+    assert!(o.step("deploy").message.as_deref().unwrap().contains("`build`"), "{:?}", o.step("deploy").message);
+    assert_eq!(o.step("notify").status, StepStatus::Passed);
+}
+
+async fn run_cached(yaml: &str, store: &std::path::Path, backend: FakeBackend, scopes: &[&str]) -> Outcome {
+    let p = orch::pipeline::parse_str("t.yml", yaml).unwrap();
+    let plan = plan(&p, &Context::default(), &Selection::default()).unwrap();
+    let backend = Arc::new(backend);
+    let (tx, mut rx) = mpsc::channel(1000);
+    let collector = tokio::spawn(async move {
+        let mut v = Vec::new();
+        while let Some(e) = rx.recv().await {
+            v.push(e);
+        }
+        v
+    });
+    let artifacts = tempfile::tempdir().unwrap();
+    let opts = RunOptions {
+        run_id: "rc".into(),
+        jobs: 2,
+        secrets: Default::default(),
+        log_dir: None,
+        workspace: Workspace::Empty,
+        grace: Duration::from_secs(1),
+        cache: Some(orch::sched::CacheSettings {
+            store: Arc::new(orch::cache::CacheStore::new(store, 1 << 30)),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        }),
+        source_root: None,
+        artifact_dir: Some(artifacts.path().to_path_buf()),
+    };
+    let result = execute(backend.clone(), &plan, opts, tx, Cancel::default()).await;
+    Outcome {
+        status: result.status,
+        steps: result.steps,
+        events: collector.await.unwrap(),
+        calls: backend.calls(),
+        max_running: 0,
+    }
+}
+
+const CACHED: &str = "
+defaults: { image: img }
+steps:
+  build:
+    commands: [x]
+    cache: { key: deps-v1, paths: [deps, ~/.tool] }
+    artifacts: [dist/app]
+";
+
+#[tokio::test]
+async fn cache_is_saved_once_then_restored() {
+    let store = tempfile::tempdir().unwrap();
+    let o = run_cached(CACHED, store.path(), FakeBackend::new(), &["branch:main"]).await;
+    assert_eq!(o.status, RunStatus::Success);
+    assert!(o.calls.contains(&"export build#1 /workspace/deps".to_string()), "{:?}", o.calls);
+    assert!(o.calls.contains(&"export build#1 /root/.tool".to_string()));
+    assert!(o.events.iter().any(|e| matches!(e, RunEvent::CacheSaved { key, .. } if key == "deps-v1")));
+    assert!(o.events.iter().any(|e| matches!(e, RunEvent::CacheRestored { hit: false, .. })));
+    assert_eq!(o.step("build").artifacts.len(), 1);
+
+    let o = run_cached(CACHED, store.path(), FakeBackend::new(), &["branch:main"]).await;
+    assert!(o.calls.contains(&"restore build#1 /workspace/deps".to_string()), "{:?}", o.calls);
+    assert!(!o.calls.iter().any(|c| c.starts_with("export")), "an existing key is not saved again: {:?}", o.calls);
+    assert!(o.events.iter().any(|e| matches!(e, RunEvent::CacheRestored { hit: true, fallback: false, .. })));
+}
+
+#[tokio::test]
+async fn a_pull_request_reads_the_default_branch_cache_but_writes_its_own() {
+    let store = tempfile::tempdir().unwrap();
+    run_cached(CACHED, store.path(), FakeBackend::new(), &["branch:main"]).await;
+    let o = run_cached(CACHED, store.path(), FakeBackend::new(), &["pr:7", "branch:main"]).await;
+    assert!(o.events.iter().any(|e| matches!(e, RunEvent::CacheRestored { hit: true, fallback: true, .. })));
+    // A fallback hit is saved into the PR's own scope; main's entry is untouched.
+    assert!(o.calls.iter().any(|c| c.starts_with("export")));
+    let s = orch::cache::CacheStore::new(store.path(), 1 << 30);
+    let scopes: Vec<String> = s.list().into_iter().map(|(m, _, _)| m.scope).collect();
+    assert_eq!(scopes.len(), 2, "{scopes:?}");
+}
+
+#[tokio::test]
+async fn unmatched_artifacts_fail_the_step_unless_optional() {
+    let store = tempfile::tempdir().unwrap();
+    let yaml = "
+defaults: { image: img }
+steps:
+  a: { commands: [x], artifacts: [missing/*.zip] }
+  b: { commands: [x], artifacts: { paths: [missing/*.zip], optional: true } }
+";
+    let o = run_cached(yaml, store.path(), FakeBackend::new(), &["branch:main"]).await;
+    assert_eq!(o.step("a").status, StepStatus::Failed);
+    assert!(o.step("a").message.as_deref().unwrap().contains("missing/*.zip"));
+    assert_eq!(o.step("b").status, StepStatus::Passed);
+    assert!(o.calls.contains(&"remove a#1".to_string()));
 }

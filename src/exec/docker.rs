@@ -255,8 +255,18 @@ impl DockerBackend {
     /// Streams the files into the volume through a created (never started) container.
     async fn copy_in(&self, run: &RunSpec, root: &Path, files: &[PathBuf]) -> Result<(), BackendError> {
         let name = format!("orch-{}-init", run.run_id);
+        let mut image = None;
+        for i in &run.images {
+            if self.has_image(i).await? {
+                image = Some(i.clone());
+                break;
+            }
+        }
+        let Some(image) = image else {
+            return Err(BackendError::ImageMissing { image: run.images.join("`, `") });
+        };
         let body = ContainerCreateBody {
-            image: Some(run.helper_image.clone()),
+            image: Some(image.clone()),
             labels: Some(self.labels(&run.run_id, None)),
             host_config: Some(HostConfig {
                 mounts: Some(vec![self.workspace_mount(&run.run_id, &run.workspace)]),
@@ -267,7 +277,7 @@ impl DockerBackend {
         self.docker
             .create_container(Some(CreateContainerOptions { name: Some(name.clone()), ..Default::default() }), body)
             .await
-            .map_err(|e| create_error(e, &run.helper_image))?;
+            .map_err(|e| create_error(e, &image))?;
         let (tx, rx) = mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(16);
         let root = root.to_path_buf();
         let files = files.to_vec();

@@ -35,8 +35,8 @@ pub const LABEL_HOST: &str = "orch.host";
 pub struct RunSpec {
     pub run_id: String,
     pub workspace: Workspace,
-    /// An image that exists locally, used to populate the workspace.
-    pub helper_image: String,
+    /// The run's images: the first that exists locally is used to fill the workspace.
+    pub images: Vec<String>,
 }
 
 /// Where the workspace's initial content comes from.

@@ -117,7 +117,11 @@ pub async fn execute<B: Backend>(
             .prepare(&RunSpec {
                 run_id: opts.run_id.clone(),
                 workspace: opts.workspace.clone(),
-                helper_image: plan.steps[0].image.clone(),
+                images: {
+                    let mut images: Vec<String> = plan.steps.iter().map(|s| s.image.clone()).collect();
+                    images.dedup();
+                    images
+                },
             })
             .await;
         match prepared {
@@ -126,13 +130,7 @@ pub async fn execute<B: Backend>(
                 status = overall(&summaries, cancel.graceful.is_cancelled());
             }
             Err(e) => {
-                let msg = match e {
-                    BackendError::ImageMissing { image } => format!(
-                        "cannot prepare the workspace: image `{image}` (of step `{}`) is not available locally; orch does not pull images: build it first (see runners/images)",
-                        plan.steps[0].name
-                    ),
-                    e => format!("cannot prepare the workspace: {e}"),
-                };
+                let msg = format!("cannot prepare the workspace: {e}");
                 let _ = events.send(RunEvent::RunMessage { level: Level::Error, message: msg.clone() }).await;
                 status = RunStatus::Error;
                 for s in &plan.steps {
@@ -208,6 +206,7 @@ async fn run_steps<B: Backend>(
     let index: HashMap<&str, usize> = plan.steps.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
     let deps: Vec<Vec<usize>> =
         plan.steps.iter().map(|s| s.needs.iter().filter_map(|d| index.get(d.as_str()).copied()).collect()).collect();
+    let ancestors = ancestors(&deps);
     let mut state: Vec<State> = (0..n).map(|_| State::Pending).collect();
     let mut tasks: JoinSet<(usize, StepSummary)> = JoinSet::new();
     let mut task_index: HashMap<tokio::task::Id, usize> = HashMap::new();
@@ -222,20 +221,24 @@ async fn run_steps<B: Backend>(
                 if !matches!(state[i], State::Pending) {
                     continue;
                 }
-                let done: Option<Vec<&StepSummary>> = deps[i]
-                    .iter()
-                    .map(|&d| match &state[d] {
-                        State::Done(s) => Some(s),
-                        _ => None,
-                    })
-                    .collect();
-                let Some(done) = done else { continue };
+                if deps[i].iter().any(|&d| !matches!(state[d], State::Done(_))) {
+                    continue;
+                }
                 let step = &plan.steps[i];
                 let skip = if cancel.graceful.is_cancelled() {
                     Some("the run was cancelled".to_string())
                 } else {
-                    let failed: Vec<&str> =
-                        done.iter().filter(|s| s.blocks_dependents).map(|s| s.step.as_str()).collect();
+                    // Failure is judged over everything upstream, not just direct needs: a
+                    // cleanup step that passed does not hide the failure before it.
+                    let failed: Vec<&str> = ancestors[i]
+                        .iter()
+                        .filter_map(|&a| match &state[a] {
+                            State::Done(s) if s.blocks_dependents && s.status != StepStatus::Skipped => {
+                                Some(s.step.as_str())
+                            }
+                            _ => None,
+                        })
+                        .collect();
                     match (failed.is_empty(), step.status.on_success, step.status.on_failure) {
                         (true, true, _) | (false, _, true) => None,
                         (true, false, _) => Some("runs only on failure, and nothing it needs failed".to_string()),
@@ -256,8 +259,7 @@ async fn run_steps<B: Backend>(
                         started: run_start.elapsed(),
                         duration: Duration::ZERO,
                         artifacts: Vec::new(),
-                        // A step skipped because something failed passes the failure on.
-                        blocks_dependents: !done.iter().all(|s| !s.blocks_dependents) || cancel.graceful.is_cancelled(),
+                        blocks_dependents: false,
                     };
                     let _ = events.send(RunEvent::StepFinished(summary.clone())).await;
                     state[i] = State::Done(summary);
@@ -345,6 +347,24 @@ async fn run_steps<B: Backend>(
             },
         })
         .collect()
+}
+
+/// Every step's transitive needs, in plan order.
+fn ancestors(deps: &[Vec<usize>]) -> Vec<Vec<usize>> {
+    let mut out: Vec<Vec<usize>> = Vec::with_capacity(deps.len());
+    // Plan order is a topological order: a step's needs come before it.
+    for d in deps {
+        let mut set: Vec<usize> = d.clone();
+        for &x in d {
+            if let Some(a) = out.get(x) {
+                set.extend(a.iter().copied());
+            }
+        }
+        set.sort_unstable();
+        set.dedup();
+        out.push(set);
+    }
+    out
 }
 
 /// One step, from its first attempt to its last, on its own task.
