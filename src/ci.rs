@@ -204,21 +204,21 @@ pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
             return Err(e.into());
         }
     };
-    if let Ok(report) = backend.gc(true).await {
-        if !report.runs.is_empty() {
-            let _ = tx
-                .send(RunEvent::RunMessage {
-                    level: Level::Info,
-                    message: format!(
-                        "removed {} container(s), {} network(s), {} volume(s) left by {} killed run(s)",
-                        report.containers,
-                        report.networks,
-                        report.volumes,
-                        report.runs.len()
-                    ),
-                })
-                .await;
-        }
+    if let Ok(report) = backend.gc(true).await
+        && !report.runs.is_empty()
+    {
+        let _ = tx
+            .send(RunEvent::RunMessage {
+                level: Level::Info,
+                message: format!(
+                    "removed {} container(s), {} network(s), {} volume(s) left by {} killed run(s)",
+                    report.containers,
+                    report.networks,
+                    report.volumes,
+                    report.runs.len()
+                ),
+            })
+            .await;
     }
     let workspace = if args.bind {
         Workspace::Bind(root.clone())

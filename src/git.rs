@@ -105,10 +105,10 @@ pub fn workspace_files(dir: &Path) -> Result<Vec<PathBuf>, GitError> {
     let mut opts = StatusOptions::new();
     opts.include_untracked(true).recurse_untracked_dirs(true).include_ignored(false);
     for s in repo.statuses(Some(&mut opts))?.iter() {
-        if s.status().is_wt_new() {
-            if let Ok(p) = s.path() {
-                files.push(PathBuf::from(p));
-            }
+        if s.status().is_wt_new()
+            && let Ok(p) = s.path()
+        {
+            files.push(PathBuf::from(p));
         }
     }
     let mut files: Vec<PathBuf> =

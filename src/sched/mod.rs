@@ -443,11 +443,11 @@ impl<B: Backend> Unit<B> {
                         Ended::Exit(0, _) => {
                             summary.status = StepStatus::Passed;
                             summary.exit_code = Some(0);
-                            if let Some(h) = &handle {
-                                if let Err(m) = self.after_success(h, &caches, &mut summary).await {
-                                    summary.status = StepStatus::Failed;
-                                    summary.message = Some(m);
-                                }
+                            if let Some(h) = &handle
+                                && let Err(m) = self.after_success(h, &caches, &mut summary).await
+                            {
+                                summary.status = StepStatus::Failed;
+                                summary.message = Some(m);
                             }
                         }
                         Ended::Exit(code, oom) => {
@@ -702,10 +702,10 @@ async fn pump_logs(
             .ok()
             .map(|f| BufWriter::with_capacity(64 * 1024, f))
     });
-    if attempt > 1 {
-        if let Some(f) = file.as_mut() {
-            let _ = writeln!(f, "--- attempt {attempt} ---");
-        }
+    if attempt > 1
+        && let Some(f) = file.as_mut()
+    {
+        let _ = writeln!(f, "--- attempt {attempt} ---");
     }
     let mut lines = StepLines::default();
     let mut pending: Vec<(crate::exec::Stream, Vec<u8>)> = Vec::new();
