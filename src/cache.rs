@@ -2,7 +2,7 @@
 //!
 //! - An entry is written to a temporary directory and renamed into place, so a reader sees
 //!   a whole entry or none; two runs saving the same key at once both write whole entries
-//!   and the last rename wins.
+//!   and the first rename wins (the other is dropped).
 //! - Entries are immutable: a key that exists is not saved again (as in GitHub Actions).
 //! - Scopes keep pull requests from poisoning the default branch: a run reads its own scope
 //!   first, then the default branch's, and writes only its own.
@@ -154,7 +154,7 @@ impl CacheStore {
             }
             return Err(io(&dest, e));
         }
-        self.evict()?;
+        self.evict_except(Some(&dest))?;
         Ok(size)
     }
 
@@ -182,12 +182,21 @@ impl CacheStore {
 
     /// Removes least recently used entries until the store fits its limit.
     pub fn evict(&self) -> Result<Vec<Meta>, CacheError> {
+        self.evict_except(None)
+    }
+
+    /// Like [`evict`](Self::evict), but never removes `keep` (the entry just written: a
+    /// save must not evict itself, even when it alone is over the limit).
+    fn evict_except(&self, keep: Option<&Path>) -> Result<Vec<Meta>, CacheError> {
         let entries = self.list();
         let mut total: u64 = entries.iter().map(|(m, _, _)| m.size).sum();
         let mut evicted = Vec::new();
         for (meta, _, dir) in entries.into_iter().rev() {
             if total <= self.max_bytes {
                 break;
+            }
+            if keep == Some(dir.as_path()) {
+                continue;
             }
             std::fs::remove_dir_all(&dir).map_err(|e| io(&dir, e))?;
             total = total.saturating_sub(meta.size);
@@ -202,6 +211,10 @@ impl CacheStore {
         for (meta, _, dir) in self.list() {
             if prefix.is_none_or(|p| meta.key.starts_with(p)) {
                 std::fs::remove_dir_all(&dir).map_err(|e| io(&dir, e))?;
+                // Drop the scope directory when it is left empty.
+                if let Some(scope) = dir.parent() {
+                    let _ = std::fs::remove_dir(scope);
+                }
                 n += 1;
             }
         }
@@ -251,14 +264,15 @@ fn collect(root: &Path, rel: &Path, m: &globset::GlobMatcher, out: &mut Vec<Path
     for e in std::fs::read_dir(root.join(rel))? {
         let e = e?;
         let name = e.file_name();
-        if name == ".git" || name == ".orch" || name == "target" || name == "node_modules" {
+        if rel.as_os_str().is_empty() && (name == ".git" || name == ".orch") {
             continue;
         }
         let p = rel.join(&name);
         let ft = e.file_type()?;
         if ft.is_dir() {
             collect(root, &p, m, out)?;
-        } else if ft.is_file() && m.is_match(&p) {
+        } else if m.is_match(&p) && std::fs::metadata(root.join(&p)).is_ok_and(|md| md.is_file()) {
+            // A symlink to a file counts, as the file it points to.
             out.push(p);
         }
     }
@@ -308,6 +322,10 @@ mod tests {
     fn lru_eviction_keeps_the_store_under_its_limit() {
         let d = tempfile::tempdir().unwrap();
         let store = CacheStore::new(d.path(), 250);
+        // An entry over the limit on its own is kept: a save never evicts itself.
+        let small = CacheStore::new(tempfile::tempdir().unwrap().keep(), 10);
+        write_entry(&small, "s", "big", 100);
+        assert_eq!(small.list().len(), 1);
         write_entry(&store, "s", "old", 100);
         std::fs::write(store.entry_dir("s", "old").join("used"), "1").unwrap();
         write_entry(&store, "s", "mid", 100);

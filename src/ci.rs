@@ -240,7 +240,7 @@ pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
             grace: Duration::from_secs(args.grace),
             cache: (!args.no_cache).then(|| CacheSettings {
                 store: Arc::new(cache_store(args.cache_dir.clone())),
-                scopes: sched::cache_scopes(&ctx, "main"),
+                scopes: sched::cache_scopes(&ctx, co.default_branch.as_deref().unwrap_or("main")),
             }),
             source_root: Some(root.clone()),
             artifact_dir: Some(run_dir.join("artifacts")),
@@ -296,17 +296,24 @@ async fn watch_signals(cancel: Cancel, events: mpsc::Sender<RunEvent>) {
 /// The cache store: `--cache-dir`, else the default location; `ORCH_CACHE_MAX` (bytes, or
 /// with a K/M/G suffix) sets its size limit.
 pub fn cache_store(dir: Option<PathBuf>) -> CacheStore {
-    let max = std::env::var("ORCH_CACHE_MAX").ok().and_then(|v| parse_size(&v)).unwrap_or(cache::DEFAULT_MAX_BYTES);
+    let max = match std::env::var("ORCH_CACHE_MAX") {
+        Ok(v) => parse_size(&v).unwrap_or_else(|| {
+            tracing::warn!("ORCH_CACHE_MAX={v} is not a size (e.g. 500M, 5G); using the default");
+            cache::DEFAULT_MAX_BYTES
+        }),
+        Err(_) => cache::DEFAULT_MAX_BYTES,
+    };
     CacheStore::new(dir.unwrap_or_else(cache::default_dir), max)
 }
 
-/// `500M`, `5G`, `1024`: a size in bytes.
+/// `500M`, `5G`, `5GB`, `1024`: a size in bytes (K, M, G are powers of 1024).
 pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
+    let s = s.trim().trim_end_matches(['b', 'B']).trim_end_matches('i');
     let (num, mult) = match s.chars().last()? {
         'k' | 'K' => (&s[..s.len() - 1], 1u64 << 10),
         'm' | 'M' => (&s[..s.len() - 1], 1 << 20),
         'g' | 'G' => (&s[..s.len() - 1], 1 << 30),
+        't' | 'T' => (&s[..s.len() - 1], 1 << 40),
         _ => (s, 1),
     };
     num.trim().parse::<u64>().ok()?.checked_mul(mult)
@@ -332,8 +339,9 @@ pub fn cache_command(cmd: crate::cli::CacheCommand, dir: Option<PathBuf>) -> Res
             }
             if !entries.is_empty() {
                 println!(
-                    "{} entries, {} in {}",
+                    "{} entr{}, {} in {}",
                     entries.len(),
+                    if entries.len() == 1 { "y" } else { "ies" },
                     crate::report::console::bytes(total),
                     store.root().display()
                 );
@@ -388,6 +396,15 @@ mod tests {
         assert_eq!(m["C"], "x=y");
         assert!(parse_dotenv("nope").is_err());
         assert!(parse_dotenv("1A=x").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("5G"), Some(5 << 30));
+        assert_eq!(parse_size("5GB"), Some(5 << 30));
+        assert_eq!(parse_size("500MiB"), Some(500 << 20));
+        assert_eq!(parse_size("1024"), Some(1024));
+        assert_eq!(parse_size("lots"), None);
     }
 
     #[test]

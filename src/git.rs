@@ -29,6 +29,8 @@ pub struct Checkout {
     pub changed: Vec<String>,
     /// Whether the directory is a git work tree at all.
     pub is_git: bool,
+    /// The default branch (`origin/HEAD`'s target, else `main` or `master` if present).
+    pub default_branch: Option<String>,
 }
 
 /// Reads the checkout containing `dir`. A directory outside any repository is fine: it has
@@ -48,7 +50,16 @@ pub fn inspect(dir: &Path) -> Result<Checkout, GitError> {
     let branch = head.as_ref().filter(|h| h.is_branch()).and_then(|h| h.shorthand().ok().map(str::to_string));
     let commit = head.as_ref().and_then(|h| h.target()).map(|o| o.to_string()).unwrap_or_default();
     let changed = changed_files(&repo, branch.as_deref())?;
-    Ok(Checkout { root, branch, commit, changed, is_git: true })
+    Ok(Checkout { root, branch, commit, changed, is_git: true, default_branch: default_branch(&repo) })
+}
+
+fn default_branch(repo: &Repository) -> Option<String> {
+    if let Ok(r) = repo.find_reference("refs/remotes/origin/HEAD")
+        && let Some(target) = r.symbolic_target().ok().flatten()
+    {
+        return target.strip_prefix("refs/remotes/origin/").map(str::to_string);
+    }
+    ["main", "master"].into_iter().find(|b| repo.find_reference(&format!("refs/heads/{b}")).is_ok()).map(str::to_string)
 }
 
 /// The files a push of this branch would change: against the merge base with the default
@@ -77,6 +88,8 @@ fn changed_files(repo: &Repository, branch: Option<&str>) -> Result<Vec<String>,
         .deltas()
         .filter_map(|d| d.new_file().path().or_else(|| d.old_file().path()).map(|p| p.to_string_lossy().into_owned()))
         .collect();
+    // orch's own run directory is not part of the change.
+    files.retain(|f| !f.starts_with(".orch/"));
     files.sort();
     files.dedup();
     Ok(files)

@@ -9,6 +9,7 @@
 
 use std::fmt::Write as _;
 use std::fs;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 fn cases_dir() -> PathBuf {
@@ -87,7 +88,8 @@ fn diagnostics_match_golden_files() {
                     if old.as_deref() != Some(actual.as_str()) {
                         fs::write(&out_path, &actual)
                             .unwrap_or_else(|e| panic!("cannot write {}: {e}", out_path.display()));
-                        println!("blessed {}", out_path.display());
+                        // Straight to stderr: libtest's capture only takes `print!`s.
+                        let _ = writeln!(std::io::stderr(), "blessed {}", out_path.display());
                     }
                     continue;
                 }

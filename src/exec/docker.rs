@@ -495,58 +495,86 @@ impl DockerBackend {
         String::from_utf8_lossy(&out).trim_end().to_string()
     }
 
-    /// Unpacks cached tars into a created (not yet started) container.
+    /// Unpacks cached tars into a created (not yet started) container. Each tar is uploaded
+    /// into the deepest existing ancestor of its path, so that directories the image already
+    /// has keep their owner and mode; only missing ones are created.
     async fn restore(&self, id: &str, restores: &[Restore]) -> Result<(), BackendError> {
         for r in restores {
-            let (tx, rx) = mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(16);
-            let tar_file = r.tar.clone();
-            let path = r.path.clone();
-            let writer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                let mut b = tar::Builder::new(ChannelWriter { tx, buf: Vec::with_capacity(CHUNK) });
-                // Parent directories first, so the archive unpacks in a fresh container.
-                let parent = Path::new(&path).parent().unwrap_or(Path::new("/")).to_path_buf();
-                let mut dir = PathBuf::new();
-                for c in parent.components().skip(1) {
-                    dir.push(c);
-                    let mut h = tar::Header::new_gnu();
-                    h.set_entry_type(tar::EntryType::Directory);
-                    h.set_mode(0o755);
-                    h.set_size(0);
-                    b.append_data(&mut h, &dir, std::io::empty())?;
+            let parent = Path::new(&r.path).parent().unwrap_or(Path::new("/")).to_path_buf();
+            let mut base = Some(parent.as_path());
+            loop {
+                let Some(at) = base else {
+                    return Err(BackendError::Cache(format!("restoring {}: no directory to unpack into", r.path)));
+                };
+                match self.upload_restore(id, &r.tar, at, &parent).await {
+                    Ok(()) => break,
+                    // The directory is not in the image: try one level up, creating it.
+                    Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => base = at.parent(),
+                    Err(e) => return Err(BackendError::Cache(format!("restoring {}: {}", r.path, api(e)))),
                 }
-                let prefix = parent.strip_prefix("/").unwrap_or(&parent).to_path_buf();
-                let mut src = tar::Archive::new(std::fs::File::open(&tar_file)?);
-                for entry in src.entries()? {
-                    let mut entry = entry?;
-                    let mut h = entry.header().clone();
-                    let name = prefix.join(entry.path()?);
-                    if let Some(link) = entry.link_name()? {
-                        let link = link.into_owned();
-                        b.append_link(&mut h, &name, link)?;
-                    } else {
-                        b.append_data(&mut h, &name, &mut entry)?;
-                    }
-                }
-                let mut w = b.into_inner()?;
-                w.flush()
-            });
-            let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|i| (i, rx)) });
-            let up = self
-                .docker
-                .upload_to_container(
-                    id,
-                    Some(UploadToContainerOptions { path: "/".into(), ..Default::default() }),
-                    bollard::body_try_stream(stream),
-                )
-                .await;
-            match writer.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(BackendError::Cache(format!("cannot read {}: {e}", r.tar.display()))),
-                Err(e) => return Err(BackendError::Cache(e.to_string())),
             }
-            up.map_err(|e| BackendError::Cache(format!("restoring {}: {}", r.path, api(e))))?;
         }
         Ok(())
+    }
+
+    /// Uploads `tar` (entries relative to `parent`) into `at`, an ancestor of `parent`,
+    /// with directory entries for the levels between them.
+    async fn upload_restore(&self, id: &str, tar_file: &Path, at: &Path, parent: &Path) -> Result<(), DockerError> {
+        let (tx, rx) = mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(16);
+        let tar_file = tar_file.to_path_buf();
+        let missing = parent.strip_prefix(at).map(Path::to_path_buf).unwrap_or_default();
+        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let mut b = tar::Builder::new(ChannelWriter { tx, buf: Vec::with_capacity(CHUNK) });
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let mut dir = PathBuf::new();
+            for c in missing.components() {
+                dir.push(c);
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                h.set_mtime(now);
+                h.set_size(0);
+                b.append_data(&mut h, &dir, std::io::empty())?;
+            }
+            let mut src = tar::Archive::new(std::io::BufReader::new(std::fs::File::open(&tar_file)?));
+            for entry in src.entries()? {
+                let mut entry = entry?;
+                let mut h = entry.header().clone();
+                let name = missing.join(entry.path()?);
+                let kind = h.entry_type();
+                match entry.link_name()? {
+                    // Hard link targets are archive paths: they move with the entries.
+                    Some(link) if kind.is_hard_link() => {
+                        let link = missing.join(link);
+                        b.append_link(&mut h, &name, link)?;
+                    }
+                    Some(link) => {
+                        let link = link.into_owned();
+                        b.append_link(&mut h, &name, link)?;
+                    }
+                    None => b.append_data(&mut h, &name, &mut entry)?,
+                }
+            }
+            let mut w = b.into_inner()?;
+            w.flush()
+        });
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|i| (i, rx)) });
+        let up = self
+            .docker
+            .upload_to_container(
+                id,
+                Some(UploadToContainerOptions { path: at.display().to_string(), ..Default::default() }),
+                bollard::body_try_stream(stream),
+            )
+            .await;
+        // If the upload was refused the writer sees a closed channel: its error is moot.
+        let written = writer.await;
+        up?;
+        match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(DockerError::IOError { err: e }),
+            Err(e) => Err(DockerError::IOError { err: std::io::Error::other(e.to_string()) }),
+        }
     }
 
     async fn start_inner(
@@ -776,7 +804,7 @@ impl Backend for DockerBackend {
         patterns: &[String],
         optional: bool,
         dest: &Path,
-    ) -> Result<Vec<ArtifactFile>, BackendError> {
+    ) -> Result<Collected, BackendError> {
         let matchers: Vec<globset::GlobMatcher> =
             patterns.iter().map(|p| artifact_matcher(p)).collect::<Result<_, _>>().map_err(BackendError::Artifacts)?;
         let mut matched = vec![false; patterns.len()];
@@ -815,13 +843,14 @@ impl Backend for DockerBackend {
             matched = m.iter().zip(&matched).map(|(a, b)| *a || *b).collect();
             files.extend(got);
         }
-        let unmatched: Vec<&String> = patterns.iter().zip(&matched).filter(|(_, m)| !**m).map(|(p, _)| p).collect();
+        let unmatched: Vec<String> =
+            patterns.iter().zip(&matched).filter(|(_, m)| !**m).map(|(p, _)| p.clone()).collect();
         if !unmatched.is_empty() && !optional {
             return Err(BackendError::Artifacts(format!(
                 "{} matched nothing in the workspace (mark the artifacts `optional: true` to allow that)",
                 unmatched.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", ")
             )));
         }
-        Ok(files)
+        Ok(Collected { files, unmatched })
     }
 }

@@ -161,12 +161,14 @@ impl Backend for FakeBackend {
         patterns: &[String],
         optional: bool,
         dest: &Path,
-    ) -> Result<Vec<ArtifactFile>, BackendError> {
+    ) -> Result<Collected, BackendError> {
         self.record(format!("collect {} {}", handle.id, patterns.join(",")));
         let mut out = Vec::new();
+        let mut unmatched = Vec::new();
         for p in patterns {
             if p.contains("missing") {
                 if optional {
+                    unmatched.push(p.clone());
                     continue;
                 }
                 return Err(BackendError::Artifacts(format!("`{p}` matched nothing")));
@@ -178,6 +180,6 @@ impl Backend for FakeBackend {
             std::fs::write(&f, "x").map_err(|e| BackendError::Artifacts(e.to_string()))?;
             out.push(ArtifactFile { path: p.clone(), size: 1 });
         }
-        Ok(out)
+        Ok(Collected { files: out, unmatched })
     }
 }

@@ -90,6 +90,13 @@ pub struct Restore {
     pub path: String,
 }
 
+/// What [`Backend::collect`] kept, and the (optional) patterns that matched nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Collected {
+    pub files: Vec<ArtifactFile>,
+    pub unmatched: Vec<String>,
+}
+
 /// A file collected as an artifact.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ArtifactFile {
@@ -180,7 +187,7 @@ pub trait Backend: Send + Sync + 'static {
         patterns: &[String],
         optional: bool,
         dest: &Path,
-    ) -> impl Future<Output = Result<Vec<ArtifactFile>, BackendError>> + Send;
+    ) -> impl Future<Output = Result<Collected, BackendError>> + Send;
 }
 
 /// The absolute container path of a cache path: relative paths are in the workspace, `~`
@@ -259,11 +266,40 @@ pub fn extract_matching(
             continue;
         }
         let kind = entry.header().entry_type();
-        if kind.is_symlink() || kind.is_hard_link() {
+        if kind.is_hard_link() {
+            // A hard link names another entry of the archive: copy that file if it was
+            // kept (unpacking the link itself would resolve it against orch's own cwd).
+            let target = entry.link_name().map_err(|e| e.to_string())?.map(|t| t.to_string_lossy().into_owned());
+            let target = target.unwrap_or_default();
+            let target_rel = if rebase.is_empty() { target.clone() } else { format!("{rebase}/{target}") };
+            let target_rel = match target_rel.strip_prefix(strip) {
+                Some(t) if !strip.is_empty() => t.trim_start_matches('/').to_string(),
+                _ => target_rel,
+            };
+            if escapes(Path::new(&target_rel)) || escapes(Path::new(&rel)) {
+                return Err(format!("`{rel}` is a link to `{target}`, outside the workspace: refused"));
+            }
+            let (from, to) = (dest.join(&target_rel), dest.join(&rel));
+            if from.is_file() {
+                if let Some(parent) = to.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+                }
+                let size = std::fs::copy(&from, &to).map_err(|e| format!("{}: {e}", to.display()))?;
+                files.push(ArtifactFile { path: rel, size });
+            }
+            continue;
+        }
+        if kind.is_symlink() {
             let target = entry.link_name().map_err(|e| e.to_string())?.map(|t| t.to_string_lossy().into_owned());
             let target = target.unwrap_or_default();
             let base = Path::new(&rel).parent().unwrap_or(Path::new(""));
-            if target.starts_with('/') || escapes(&base.join(&target)) {
+            let inside = match target.strip_prefix(crate::plan::WORKSPACE) {
+                Some(rest) if target.starts_with('/') => {
+                    rest.is_empty() || rest.starts_with('/') && !escapes(Path::new(rest.trim_start_matches('/')))
+                }
+                _ => !target.starts_with('/') && !escapes(&base.join(&target)),
+            };
+            if !inside {
                 return Err(format!("`{rel}` is a link to `{target}`, outside the workspace: refused"));
             }
         }

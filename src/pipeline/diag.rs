@@ -18,11 +18,22 @@ pub struct Diagnostic {
     pub help: Option<String>,
     /// For a duplicate key: which occurrence of the last key of `path` (0 = first).
     pub occurrence: usize,
+    /// The part of the node's text that is the problem (`${NOPE}` in `img:${NOPE}`): the
+    /// caret goes under it when it is found on the node's line.
+    pub focus: Option<String>,
 }
 
 impl Diagnostic {
     pub fn new(path: &[Seg], message: impl Into<String>) -> Self {
-        Diagnostic { message: message.into(), path: path.to_vec(), at_key: false, pos: None, help: None, occurrence: 0 }
+        Diagnostic {
+            message: message.into(),
+            path: path.to_vec(),
+            at_key: false,
+            pos: None,
+            help: None,
+            occurrence: 0,
+            focus: None,
+        }
     }
 
     /// The problem is the key itself (unknown or duplicate key).
@@ -33,6 +44,12 @@ impl Diagnostic {
 
     pub fn help(mut self, help: impl Into<String>) -> Self {
         self.help = Some(help.into());
+        self
+    }
+
+    /// Puts the caret under `text` within the node, rather than under the whole node.
+    pub fn focus(mut self, text: impl Into<String>) -> Self {
+        self.focus = Some(text.into());
         self
     }
 
@@ -70,7 +87,9 @@ impl Diagnostic {
         s
     }
 
-    /// Resolves the position in `src`, walking up the path until a node is found.
+    /// Resolves the position in `src`, walking up the path until a node is found. A node
+    /// that is not written where its path says came from a merge key (`<<: *base`): the
+    /// `<<` is then the place to show.
     pub fn position(&self, src: &str) -> Option<Pos> {
         if self.pos.is_some() || self.is_whole_file() {
             return self.pos;
@@ -83,6 +102,11 @@ impl Diagnostic {
                 return Some(p);
             }
             let (_, parent) = path.split_last()?;
+            let mut merge = parent.to_vec();
+            merge.push(Seg::Key("<<".into()));
+            if let Some(p) = yaml::locate(src, &merge, true) {
+                return Some(p);
+            }
             path = parent;
             key = true;
             nth = 0;
@@ -100,17 +124,25 @@ impl Diagnostic {
                 // An empty value (`key:` or a bare `-`) is placed just past the end of its
                 // line: point at the last character there instead of at nothing.
                 let len = line_text.chars().count();
-                let col = if p.column > len {
+                let mut col = if p.column > len {
                     line_text.trim_end().chars().count().saturating_sub(1)
                 } else {
                     p.column.saturating_sub(1)
                 };
+                let mut width = None;
+                if let Some(f) = self.focus.as_deref().filter(|f| !f.is_empty()) {
+                    let rest: String = line_text.chars().skip(col).collect();
+                    if let Some(i) = rest.find(f) {
+                        col += rest[..i].chars().count();
+                        width = Some(f.chars().count());
+                    }
+                }
                 let num = p.line.to_string();
                 let pad = " ".repeat(num.len());
                 let _ = writeln!(out, "{pad}--> {file}:{}:{}", p.line, col + 1);
                 let _ = writeln!(out, "{pad} |");
                 let _ = writeln!(out, "{num} | {line_text}");
-                let width = token_width(line_text, col);
+                let width = width.unwrap_or_else(|| token_width(line_text, col));
                 // Keep tabs in the gutter so the caret lines up in a terminal.
                 let lead: String = line_text.chars().take(col).map(|c| if c == '\t' { '\t' } else { ' ' }).collect();
                 let _ = writeln!(out, "{pad} | {lead}{}", "^".repeat(width));
@@ -152,7 +184,8 @@ fn token_width(line: &str, col: usize) -> usize {
         }
         return rest.len();
     }
-    if matches!(first, '[' | '{' | '-' | '|' | '>' | ':' | ' ' | '\t') {
+    let indicator = matches!(first, '-' | ':' | '?') && matches!(rest.get(1), None | Some(' '));
+    if indicator || matches!(first, '[' | '{' | '|' | '>' | ' ' | '\t') {
         return 1;
     }
     let mut end = 0;
@@ -200,10 +233,12 @@ pub fn render_all(diags: &[Diagnostic], file: &str, src: &str) -> String {
 }
 
 /// The closest of `candidates` to `word`, when it is close enough to be a likely typo.
+/// Case is ignored (`NODE` suggests `node`).
 pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let lower = word.to_lowercase();
     candidates
         .into_iter()
-        .map(|c| (levenshtein(word, c), c))
+        .map(|c| (levenshtein(&lower, &c.to_lowercase()), c))
         .filter(|(d, c)| *d <= (c.len().max(word.len()) / 3).max(1))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
@@ -217,8 +252,8 @@ fn levenshtein(a: &str, b: &str) -> usize {
     for (i, row) in d.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        d[0][j] = j;
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {
@@ -241,6 +276,7 @@ mod tests {
         assert_eq!(did_you_mean("imgae", ["image", "env", "needs"]), Some("image"));
         assert_eq!(did_you_mean("zzzzzz", ["image", "env"]), None);
         assert_eq!(did_you_mean("comands", ["commands"]), Some("commands"));
+        assert_eq!(did_you_mean("NODE", ["os", "node"]), Some("node"));
     }
 
     #[test]
@@ -248,5 +284,7 @@ mod tests {
         assert_eq!(token_width("    imgae: busybox", 4), 5);
         assert_eq!(token_width("  needs: [a, \"b c\"]", 13), 5);
         assert_eq!(token_width("  timeout: 10 minutes # long", 11), 10);
+        assert_eq!(token_width("  timeout: -5", 11), 2);
+        assert_eq!(token_width("  - make", 2), 1);
     }
 }

@@ -42,6 +42,26 @@ const CACHE_KEYS: &[&str] = &["key", "paths"];
 const ARTIFACT_KEYS: &[&str] = &["paths", "optional"];
 const PATTERN_KEYS: &[&str] = &["include", "exclude"];
 const MAX_RETRIES: i64 = 10;
+/// Keys other CI systems use for what orch calls differently: suggested when the unknown key
+/// is not a near-miss of a known one.
+const ALIASES: &[(&str, &str)] = &[
+    ("environment", "env"),
+    ("variables", "env"),
+    ("script", "commands"),
+    ("run", "commands"),
+    ("command", "commands"),
+    ("depends_on", "needs"),
+    ("dependencies", "needs"),
+    ("rules", "when"),
+    ("only", "when"),
+    ("if", "when"),
+    ("container", "image"),
+    ("retries", "retry"),
+    ("triggers", "on"),
+    ("branches", "branch"),
+    ("events", "event"),
+    ("ref", "branch"),
+];
 
 /// Loads a pipeline from its parsed document. `Err` holds every problem found.
 pub fn load(doc: &Node) -> Result<Pipeline, Vec<Diagnostic>> {
@@ -80,6 +100,11 @@ struct Loader {
     stages_broken: bool,
     /// Variables (env keys, matrix axes) that are defined but whose value could not be read.
     broken_vars: HashSet<String>,
+    /// Steps whose `cache` is written as a list (a one-item list included).
+    cache_lists: HashSet<String>,
+    /// Problems found in `defaults.image`/`defaults.workdir` (checked once per step that
+    /// uses them, reported once).
+    defaults_reported: HashSet<(Vec<Seg>, String)>,
 }
 
 impl Loader {
@@ -93,7 +118,12 @@ impl Loader {
 
     fn wrong_type(&mut self, path: &[Seg], node: &Node, expected: &str) {
         let what = path_name(path);
-        self.err(path, format!("{what} must be {expected}, found {}", node.kind()));
+        if matches!(node, Node::Null) {
+            // `key:` with nothing after it: the key is the thing to look at.
+            self.diags.push(Diagnostic::new(path, format!("{what} must be {expected}, found no value")).at_key());
+        } else {
+            self.err(path, format!("{what} must be {expected}, found {}", node.kind()));
+        }
     }
 
     /// The entries of a mapping, reporting unknown and duplicate keys. `None` (and a
@@ -121,15 +151,19 @@ impl Loader {
                 self.diags.push(d.help("each key may appear once"));
             }
             *count += 1;
-            if let Some(known) = known {
-                if !known.contains(&k.as_str()) {
-                    let mut d = Diagnostic::new(&child(path, k), format!("unknown key `{k}` in {what}")).at_key();
-                    d.help = Some(match did_you_mean(k, known.iter().copied()) {
-                        Some(s) => format!("did you mean `{s}`?"),
-                        None => format!("expected one of: {}", known.join(", ")),
-                    });
-                    self.diags.push(d);
-                }
+            if let Some(known) = known
+                && !known.contains(&k.as_str())
+            {
+                let mut d = Diagnostic::new(&child(path, k), format!("unknown key `{k}` in {what}")).at_key();
+                let alias = || ALIASES.iter().find(|(a, t)| a == k && known.contains(t)).map(|(_, t)| *t);
+                d.help = Some(match did_you_mean(k, known.iter().copied()).or_else(alias) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None if known == ON_KEYS && matches!(k.as_str(), "tag" | "tags") => {
+                        "tags are pushed: write `push: {tags: [\"v*\"]}`".to_string()
+                    }
+                    None => format!("expected one of: {}", known.join(", ")),
+                });
+                self.diags.push(d);
             }
         }
         Some(entries)
@@ -222,6 +256,13 @@ impl Loader {
 
     fn env(&mut self, node: &Node, path: &[Seg]) -> IndexMap<String, String> {
         let mut out = IndexMap::new();
+        if let Node::Seq(_) = node {
+            self.diags.push(
+                Diagnostic::new(path, format!("{} must be a mapping, found a list", path_name(path)))
+                    .help("write `NAME: value` pairs, not a list of `NAME=value`"),
+            );
+            return out;
+        }
         let Some(entries) = self.map(node, path, None, "env") else {
             return out;
         };
@@ -270,10 +311,15 @@ impl Loader {
                 if let Err(e) = globset::Glob::new(g) {
                     ok = false;
                     let mut p = path.to_vec();
-                    if matches!(node, Node::Map(_)) {
-                        p.push(Seg::Key(key.into()));
-                    }
-                    if matches!(node, Node::Map(_) | Node::Seq(_)) || list.len() > 1 {
+                    // The node the list was read from: a list, or a single string.
+                    let list_node = match node {
+                        Node::Map(m) => {
+                            p.push(Seg::Key(key.into()));
+                            m.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+                        }
+                        other => Some(other),
+                    };
+                    if matches!(list_node, Some(Node::Seq(_))) {
                         p.push(Seg::Index(i));
                     }
                     self.err(&p, format!("`{g}` is not a valid glob: {}", glob_reason(&e)));
@@ -289,6 +335,13 @@ impl Loader {
             self.diags.push(
                 Diagnostic::whole_file("the pipeline file is empty")
                     .help("a pipeline is a mapping with at least `steps:`, each step with `image` and `commands`"),
+            );
+            return None;
+        }
+        if !matches!(doc, Node::Map(_)) {
+            self.diags.push(
+                Diagnostic::new(root, format!("the pipeline must be a mapping, found {}", doc.kind()))
+                    .help("a pipeline file is a mapping of keys such as `stages:` and `steps:`"),
             );
             return None;
         }
@@ -318,7 +371,12 @@ impl Loader {
                             }
                         }
                         if stages.is_empty() {
-                            self.err(&path, "`stages` is empty");
+                            self.stages_broken = true;
+                            self.err_help(
+                                &path,
+                                "`stages` is empty",
+                                "list the stages in order, e.g. `stages: [build, test]`",
+                            );
                         }
                         p.stages = stages;
                     }
@@ -342,6 +400,13 @@ impl Loader {
     }
 
     fn triggers(&mut self, node: &Node, path: &[Seg]) -> Option<Triggers> {
+        if matches!(node, Node::Str(_) | Node::Seq(_)) {
+            self.diags.push(
+                Diagnostic::new(path, format!("`on` must be a mapping, found {}", node.kind()))
+                    .help("name each event as a key: `on: {push: {branches: [main]}, pull_request: {}}`"),
+            );
+            return None;
+        }
         let entries = self.map(node, path, Some(ON_KEYS), "`on`")?;
         let mut t = Triggers { manual: true, ..Triggers::default() };
         for (k, v) in entries {
@@ -425,7 +490,7 @@ impl Loader {
                         _ => {}
                     }
                 }
-                if count.is_none() {
+                if !has_key(entries, "count", RETRY_KEYS) {
                     self.diags.push(
                         Diagnostic::new(path, "`retry` needs a `count`")
                             .at_key()
@@ -475,6 +540,13 @@ impl Loader {
     }
 
     fn service(&mut self, node: &Node, path: &[Seg]) -> Option<Service> {
+        if !matches!(node, Node::Map(_) | Node::Null) {
+            self.diags.push(
+                Diagnostic::new(path, format!("service {} must be a mapping, found {}", path_name(path), node.kind()))
+                    .help("a service is a mapping with at least `image:`, e.g. `db: {image: postgres:16}`"),
+            );
+            return None;
+        }
         let entries = self.map(node, path, Some(SERVICE_KEYS), "a service")?;
         let mut s =
             Service { image: String::new(), env: IndexMap::new(), command: None, ports: Vec::new(), ready: None };
@@ -512,7 +584,7 @@ impl Loader {
         match image {
             Some(i) => s.image = i,
             None => {
-                if !entries.iter().any(|(k, _)| k == "image") {
+                if !has_key(entries, "image", SERVICE_KEYS) {
                     self.diags.push(Diagnostic::new(path, "a service needs an `image`").at_key());
                 }
                 return None;
@@ -533,10 +605,9 @@ impl Loader {
                         "command" => r.command = self.string(v, &p),
                         "tcp" => match port(v) {
                             Some(n) => r.tcp = Some(n),
-                            None => self.err(
-                                &p,
-                                format!("`tcp` must be a port number from 1 to 65535, found {}", found(v)),
-                            ),
+                            None => {
+                                self.err(&p, format!("`tcp` must be a port number from 1 to 65535, found {}", found(v)))
+                            }
                         },
                         "timeout" => r.timeout = self.duration(v, &p)?,
                         _ => {}
@@ -580,21 +651,28 @@ impl Loader {
                         .help("use letters, digits, `-`, `_` and `.`, starting with a letter or digit"),
                 );
             }
-            if let Node::Map(m) = v {
-                if m.iter().any(|(k, _)| k == "stage") {
-                    self.explicit_stage.insert(name.clone());
-                }
+            if let Node::Map(m) = v
+                && m.iter().any(|(k, _)| k == "stage")
+            {
+                self.explicit_stage.insert(name.clone());
             }
-            if let Some(step) = self.step(v, &p) {
-                if !out.contains_key(name) {
-                    out.insert(name.clone(), step);
-                }
+            if let Some(step) = self.step(v, &p)
+                && !out.contains_key(name)
+            {
+                out.insert(name.clone(), step);
             }
         }
         out
     }
 
     fn step(&mut self, node: &Node, path: &[Seg]) -> Option<Step> {
+        if !matches!(node, Node::Map(_) | Node::Null) {
+            self.diags.push(
+                Diagnostic::new(path, format!("step {} must be a mapping, found {}", path_name(path), node.kind()))
+                    .help("a step is a mapping with at least `image:` and `commands:`"),
+            );
+            return None;
+        }
         let entries = self.map(node, path, Some(STEP_KEYS), "a step")?;
         let mut s = Step {
             stage: DEFAULT_STAGE.to_string(),
@@ -649,7 +727,14 @@ impl Loader {
                     }
                 }
                 "services" => s.services = self.services(v, &p),
-                "cache" => s.cache = self.caches(v, &p),
+                "cache" => {
+                    if matches!(v, Node::Seq(_))
+                        && let Some(Seg::Key(name)) = path.last()
+                    {
+                        self.cache_lists.insert(name.clone());
+                    }
+                    s.cache = self.caches(v, &p);
+                }
                 "artifacts" => s.artifacts = self.artifacts(v, &p),
                 "matrix" => s.matrix = self.matrix(v, &p),
                 _ => {}
@@ -780,16 +865,18 @@ impl Loader {
                 _ => {}
             }
         }
-        if !entries.iter().any(|(k, _)| k == "key") {
+        if !has_key(entries, "key", CACHE_KEYS) {
             self.diags.push(
                 Diagnostic::new(path, "a cache needs a `key`")
                     .at_key()
                     .help("e.g. `key: deps-${hash:package-lock.json}`"),
             );
         }
-        if !entries.iter().any(|(k, _)| k == "paths") {
+        if !has_key(entries, "paths", CACHE_KEYS) {
             self.diags.push(
-                Diagnostic::new(path, "a cache needs `paths`").at_key().help("the directories to keep, e.g. `paths: [target/]`"),
+                Diagnostic::new(path, "a cache needs `paths`")
+                    .at_key()
+                    .help("the directories to keep, e.g. `paths: [target/]`"),
             );
         }
         let paths = paths?;
@@ -919,34 +1006,68 @@ impl Loader {
     }
 
     /// Checks that need the whole pipeline: stages, needs, cycles, images, variables.
+    ///
+    /// They also run when parts of the file failed to load; `shape` (the problems found so
+    /// far) tells them what to leave alone, so that one mistake is not reported twice.
     fn check(&mut self, p: &Pipeline) {
+        let shape: Vec<Vec<Seg>> = self.diags.iter().map(|d| d.path.clone()).collect();
+        // A problem was reported at `path` or inside it.
+        let reported = |path: &[Seg]| shape.iter().any(|d| d.starts_with(path));
+        // A problem was reported about `field` of the step at `sp`, or about a key that
+        // looks like a misspelling of it (`imgae`).
+        let field_reported = |sp: &[Seg], field: &str| {
+            shape.iter().any(|d| {
+                d.starts_with(sp)
+                    && matches!(d.get(sp.len()), Some(Seg::Key(k)) if k == field || did_you_mean(k, STEP_KEYS.iter().copied()) == Some(field))
+            })
+        };
         let steps_path = [Seg::Key("steps".into())];
         let stage_index: HashMap<&str, usize> = p.stages.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect();
         for (name, step) in &p.steps {
             let sp = child(&steps_path, name);
-            if !stage_index.contains_key(step.stage.as_str()) {
+            let explicit = self.explicit_stage.contains(name);
+            let stage_reported = self.stages_broken || (explicit && reported(&child(&sp, "stage")));
+            if !stage_reported && !stage_index.contains_key(step.stage.as_str()) {
                 let declared = p.stages.join(", ");
-                let explicit = self.explicit_stage.contains(name);
-                let (path, msg) = if explicit {
-                    (child(&sp, "stage"), format!("step `{name}` is in stage `{}`, which is not declared", step.stage))
+                let d = if explicit {
+                    let help = match did_you_mean(&step.stage, p.stages.iter().map(String::as_str)) {
+                        Some(s) => format!("did you mean `{s}`? (stages: {declared})"),
+                        None => format!("declared stages: {declared}"),
+                    };
+                    Diagnostic::new(
+                        &child(&sp, "stage"),
+                        format!("step `{name}` is in stage `{}`, which is not declared", step.stage),
+                    )
+                    .help(help)
                 } else {
-                    (sp.clone(), format!("step `{name}` names no stage and the default stage `test` is not declared"))
+                    Diagnostic::new(
+                        &sp,
+                        format!(
+                            "step `{name}` names no stage, and the default stage `{DEFAULT_STAGE}` is not declared"
+                        ),
+                    )
+                    .at_key()
+                    .help(format!("give the step a `stage:` (one of {declared}), or add `{DEFAULT_STAGE}` to `stages`"))
                 };
-                let help = match did_you_mean(&step.stage, p.stages.iter().map(String::as_str)) {
-                    Some(s) if explicit => format!("did you mean `{s}`? (stages: {declared})"),
-                    _ => format!("declared stages: {declared}"),
-                };
-                self.err_help(&path, msg, help);
+                self.diags.push(d);
             }
-            if step.image.is_none() && p.defaults.image.is_none() {
-                self.err_help(
-                    &sp,
-                    format!("step `{name}` has no `image`"),
-                    "set `image:` on the step or `defaults.image` for the pipeline",
+            if step.image.is_none()
+                && p.defaults.image.is_none()
+                && !field_reported(&sp, "image")
+                && !reported(&[Seg::Key("defaults".into())])
+            {
+                self.diags.push(
+                    Diagnostic::new(&sp, format!("step `{name}` has no `image`"))
+                        .at_key()
+                        .help("set `image:` on the step or `defaults.image` for the pipeline"),
                 );
             }
-            if step.commands.is_empty() {
-                self.err(&sp, format!("step `{name}` has no `commands`"));
+            if step.commands.is_empty() && !field_reported(&sp, "commands") {
+                self.diags.push(
+                    Diagnostic::new(&sp, format!("step `{name}` has no `commands`"))
+                        .at_key()
+                        .help("add `commands:` with the shell commands the step runs"),
+                );
             }
             if let Some(needs) = &step.needs {
                 let mut seen = HashSet::new();
@@ -955,7 +1076,11 @@ impl Loader {
                     if !seen.insert(need) {
                         self.err(&np, format!("`{need}` is listed twice in `needs`"));
                     } else if need == name {
-                        self.err(&np, format!("step `{name}` needs itself"));
+                        self.err_help(
+                            &np,
+                            format!("step `{name}` needs itself"),
+                            "a step cannot wait for itself: remove it from `needs`",
+                        );
                     } else if let Some(dep) = p.steps.get(need) {
                         let (Some(a), Some(b)) =
                             (stage_index.get(dep.stage.as_str()), stage_index.get(step.stage.as_str()))
@@ -972,8 +1097,9 @@ impl Loader {
                                 "a step can only need steps of its own or an earlier stage",
                             );
                         }
-                    } else {
-                        let help = did_you_mean(need, p.steps.keys().map(String::as_str))
+                    } else if !self.step_names.contains(need) {
+                        // (A step that is written but failed to load has been reported.)
+                        let help = did_you_mean(need, self.step_names.iter().map(String::as_str))
                             .map(|s| format!("did you mean `{s}`?"))
                             .unwrap_or_else(|| {
                                 format!("steps are: {}", p.steps.keys().cloned().collect::<Vec<_>>().join(", "))
@@ -982,27 +1108,120 @@ impl Loader {
                     }
                 }
             }
-            self.check_vars(p, name, step, &sp);
+            // A matrix or an axis that failed to load leaves the axes unknown: any variable
+            // may be one. (A bad `include` or `exclude` does not.)
+            let mp = child(&sp, "matrix");
+            let axes_uncertain = shape.iter().any(|d| {
+                d.starts_with(&mp)
+                    && match d.get(mp.len()) {
+                        None => true,
+                        Some(Seg::Key(k)) => k != "include" && k != "exclude",
+                        Some(Seg::Index(_)) => true,
+                    }
+            });
+            if !axes_uncertain {
+                self.check_vars(p, name, step, &sp);
+            }
         }
         for (name, svc) in &p.services {
             let sp = child(&[Seg::Key("services".into())], name);
             self.check_service_vars(p, None, svc, &sp);
         }
+        self.check_pipeline_env(p);
         if let Some(cycle) = find_cycle(p) {
             let first = &cycle[0];
             let second = &cycle[1];
             let needs = p.steps[first.as_str()].needs.as_deref().unwrap_or(&[]);
             let i = needs.iter().position(|n| n == second).unwrap_or(0);
             let path = index(&child(&child(&steps_path, first), "needs"), i);
+            let links: Vec<String> = cycle.windows(2).map(|w| format!("`{}` needs `{}`", w[0], w[1])).collect();
             self.err_help(
                 &path,
-                format!("`needs` has a cycle: {}", cycle.join(" -> ")),
-                "remove one of these needs to break the cycle",
+                format!("`needs` form a cycle: {}", links.join(", ")),
+                "no step of a cycle could ever start: remove one of these needs",
             );
         }
     }
 
-    /// Every `${VAR}` in interpolated fields must name a known variable.
+    /// Reports a reference to an unknown variable (unless it names one whose definition
+    /// failed to load, which has been reported).
+    fn unknown_var(&mut self, path: &[Seg], who: &str, v: &str, candidates: Vec<&str>) {
+        if self.broken_vars.contains(v) {
+            return;
+        }
+        if v.starts_with("hash:") {
+            self.diags.push(
+                Diagnostic::new(path, format!("{who} uses `${{{v}}}`, which only a cache `key` can use"))
+                    .help(
+                        "a file's hash is known when the step runs, for its cache; write `$${...}` to keep it literal",
+                    )
+                    .focus(format!("${{{v}}}")),
+            );
+            return;
+        }
+        let help = match did_you_mean(v, candidates) {
+            Some(s) => format!("did you mean `${{{s}}}`? (write `$${{{v}}}` to keep it literal)"),
+            None => format!("define it in `env`, or write `$${{{v}}}` to keep it literal"),
+        };
+        self.diags.push(
+            Diagnostic::new(path, format!("{who} uses unknown variable `${{{v}}}`"))
+                .help(help)
+                .focus(format!("${{{v}}}")),
+        );
+    }
+
+    fn interp_error(&mut self, path: &[Seg], e: &interp::InterpError) {
+        let (focus, help) = match e {
+            interp::InterpError::Unclosed => ("${".to_string(), "add the closing `}`, or write `$$` for a literal `$`"),
+            interp::InterpError::EmptyName => {
+                ("${}".to_string(), "name a variable, e.g. `${ORCH_BRANCH}`, or write `$$` for a literal `$`")
+            }
+            interp::InterpError::BadName(n) => (
+                format!("${{{n}}}"),
+                "a variable name has letters, digits and `_`; `${hash:FILE}` is for cache keys; `$$` is a literal `$`",
+            ),
+        };
+        self.diags.push(Diagnostic::new(path, e.to_string()).help(help).focus(focus));
+    }
+
+    /// The pipeline's `env` values are expanded in order, for every step, before the step's
+    /// own `env`: they may use built-ins and the pipeline variables above them.
+    fn check_pipeline_env(&mut self, p: &Pipeline) {
+        let env_path = [Seg::Key("env".into())];
+        for (i, (k, v)) in p.env.iter().enumerate() {
+            let path = child(&env_path, k);
+            match interp::references(v) {
+                Err(e) => self.interp_error(&path, &e),
+                Ok(vars) => {
+                    for var in vars {
+                        let earlier = p.env.keys().take(i).any(|e| e == var);
+                        if !interp::is_builtin(var) && !earlier {
+                            let candidates = interp::BUILTINS
+                                .iter()
+                                .map(|(n, _)| *n)
+                                .chain(p.env.keys().take(i).map(String::as_str));
+                            if p.env.contains_key(var) {
+                                self.diags.push(
+                                    Diagnostic::new(
+                                        &path,
+                                        format!("`env.{k}` uses `${{{var}}}`, which is defined further down"),
+                                    )
+                                    .help("variables are set in order: move it above the variables that use it")
+                                    .focus(format!("${{{var}}}")),
+                                );
+                            } else {
+                                self.unknown_var(&path, &format!("`env.{k}`"), var, candidates.collect());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every `${VAR}` in interpolated fields must name a known variable, as the planner will
+    /// see it: built-ins, the step's matrix values, the pipeline's `env`, and for fields
+    /// expanded after it the step's `env` (its values may use the ones above them).
     fn check_vars(&mut self, p: &Pipeline, name: &str, step: &Step, sp: &[Seg]) {
         let matrix_keys: Vec<&str> = step
             .matrix
@@ -1010,47 +1229,62 @@ impl Loader {
             .flat_map(|m| m.axes.keys().chain(m.include.iter().flat_map(|c| c.keys())))
             .map(String::as_str)
             .collect();
-        let known = |v: &str, step_env: bool| {
-            interp::is_builtin(v)
-                || matrix_keys.contains(&v)
-                || p.env.contains_key(v)
-                || (step_env && step.env.contains_key(v))
-        };
-        let mut fields: Vec<(Vec<Seg>, &str, bool)> = Vec::new();
-        if let Some(img) = &step.image {
-            fields.push((child(sp, "image"), img, true));
+        // `step_env`: how many of the step's env variables are set when the field is expanded.
+        let mut fields: Vec<(Vec<Seg>, &str, usize)> = Vec::new();
+        let all = step.env.len();
+        let defaults = [Seg::Key("defaults".into())];
+        match (&step.image, &p.defaults.image) {
+            (Some(img), _) => fields.push((child(sp, "image"), img, all)),
+            (None, Some(img)) => fields.push((child(&defaults, "image"), img, all)),
+            (None, None) => {}
         }
-        if let Some(w) = &step.workdir {
-            fields.push((child(sp, "workdir"), w, true));
+        match (&step.workdir, &p.defaults.workdir) {
+            (Some(w), _) => fields.push((child(sp, "workdir"), w, all)),
+            (None, Some(w)) => fields.push((child(&defaults, "workdir"), w, all)),
+            (None, None) => {}
         }
-        for (k, v) in &step.env {
-            fields.push((child(&child(sp, "env"), k), v, false));
+        for (i, (k, v)) in step.env.iter().enumerate() {
+            fields.push((child(&child(sp, "env"), k), v, i));
         }
         for (i, c) in step.cache.iter().enumerate() {
-            let cp = if step.cache.len() == 1 { child(sp, "cache") } else { index(&child(sp, "cache"), i) };
-            fields.push((child(&cp, "key"), &c.key, true));
+            let cp = if self.cache_lists.contains(name) { index(&child(sp, "cache"), i) } else { child(sp, "cache") };
+            fields.push((child(&cp, "key"), &c.key, all));
         }
         for (path, text, step_env) in fields {
             let is_cache_key = path.last() == Some(&Seg::Key("key".into()));
+            let from_defaults = path.first() == Some(&defaults[0]);
+            // `defaults.*` is checked for every step that uses it; each problem is told once.
+            let first_time =
+                |l: &mut Loader, what: String| !from_defaults || l.defaults_reported.insert((path.clone(), what));
+            let who = if from_defaults {
+                format!("`{}` (for step `{name}`)", path.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("."))
+            } else {
+                format!("step `{name}`")
+            };
             match interp::references(text) {
-                Err(e) => self.err_help(&path, e.to_string(), "write `$$` for a literal `$`"),
+                Err(e) => {
+                    if first_time(self, e.to_string()) {
+                        self.interp_error(&path, &e)
+                    }
+                }
                 Ok(vars) => {
                     for v in vars {
                         if v.starts_with("hash:") && is_cache_key {
                             continue;
                         }
-                        if !known(v, step_env) {
-                            let all: Vec<&str> = interp::BUILTINS
+                        let known = interp::is_builtin(v)
+                            || matrix_keys.contains(&v)
+                            || p.env.contains_key(v)
+                            || step.env.keys().take(step_env).any(|k| k == v);
+                        if !known && first_time(self, v.to_string()) {
+                            let candidates: Vec<&str> = interp::BUILTINS
                                 .iter()
                                 .map(|(n, _)| *n)
                                 .chain(matrix_keys.iter().copied())
                                 .chain(p.env.keys().map(String::as_str))
+                                .chain(step.env.keys().take(step_env).map(String::as_str))
                                 .collect();
-                            let help = match did_you_mean(v, all) {
-                                Some(s) => format!("did you mean `${{{s}}}`? (write `$${{{v}}}` to keep it literal)"),
-                                None => format!("define it in `env`, or write `$${{{v}}}` to keep it literal"),
-                            };
-                            self.err_help(&path, format!("step `{name}` uses unknown variable `${{{v}}}`"), help);
+                            self.unknown_var(&path, &who, v, candidates);
                         }
                     }
                 }
@@ -1063,26 +1297,38 @@ impl Loader {
     }
 
     fn check_service_vars(&mut self, p: &Pipeline, step: Option<&Step>, svc: &Service, sp: &[Seg]) {
+        let svc_name = match sp.last() {
+            Some(Seg::Key(k)) => k.as_str(),
+            _ => "",
+        };
         let mut fields = vec![(child(sp, "image"), svc.image.as_str())];
         for (k, v) in &svc.env {
             fields.push((child(&child(sp, "env"), k), v.as_str()));
         }
+        let matrix_keys: Vec<&str> = step
+            .and_then(|s| s.matrix.as_ref())
+            .iter()
+            .flat_map(|m| m.axes.keys().chain(m.include.iter().flat_map(|c| c.keys())))
+            .map(String::as_str)
+            .collect();
         for (path, text) in fields {
             match interp::references(text) {
-                Err(e) => self.err_help(&path, e.to_string(), "write `$$` for a literal `$`"),
+                Err(e) => self.interp_error(&path, &e),
                 Ok(vars) => {
                     for v in vars {
                         let known = interp::is_builtin(v)
                             || p.env.contains_key(v)
-                            || step.is_some_and(|s| {
-                                s.env.contains_key(v) || s.matrix.as_ref().is_some_and(|m| m.axes.contains_key(v))
-                            });
+                            || matrix_keys.contains(&v)
+                            || step.is_some_and(|s| s.env.contains_key(v));
                         if !known {
-                            self.err_help(
-                                &path,
-                                format!("service uses unknown variable `${{{v}}}`"),
-                                format!("define it in `env`, or write `$${{{v}}}` to keep it literal"),
-                            );
+                            let candidates: Vec<&str> = interp::BUILTINS
+                                .iter()
+                                .map(|(n, _)| *n)
+                                .chain(matrix_keys.iter().copied())
+                                .chain(p.env.keys().map(String::as_str))
+                                .chain(step.iter().flat_map(|s| s.env.keys().map(String::as_str)))
+                                .collect();
+                            self.unknown_var(&path, &format!("service `{svc_name}`"), v, candidates);
                         }
                     }
                 }
@@ -1103,6 +1349,14 @@ fn path_name(path: &[Seg]) -> String {
         },
         None => "the pipeline".to_string(),
     }
+}
+
+/// Whether `key` is written in a mapping, or misspelt in a way that has been reported as an
+/// unknown key with "did you mean `key`?" (then saying that it is missing would be noise).
+fn has_key(entries: &[(String, Node)], key: &str, known: &[&str]) -> bool {
+    entries
+        .iter()
+        .any(|(k, _)| k == key || (!known.contains(&k.as_str()) && did_you_mean(k, known.iter().copied()) == Some(key)))
 }
 
 /// A value as an error message quotes it: `256`, or what kind of thing it is.
@@ -1139,7 +1393,8 @@ fn glob_reason(e: &globset::Error) -> String {
 }
 
 /// A cycle in the explicit `needs`, as the list of steps around it, first step repeated at
-/// the end. Implicit stage order cannot form a cycle.
+/// the end. Implicit stage order cannot form a cycle; a step needing itself is reported on
+/// its own and is not looked at here.
 fn find_cycle(p: &Pipeline) -> Option<Vec<String>> {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
@@ -1159,6 +1414,9 @@ fn find_cycle(p: &Pipeline) -> Option<Vec<String>> {
         stack.push(n);
         for dep in p.steps[n].needs.as_deref().unwrap_or(&[]) {
             let d = dep.as_str();
+            if d == n {
+                continue; // reported as "needs itself"
+            }
             match mark.get(d).copied() {
                 Some(Mark::Active) => {
                     let start = stack.iter().position(|s| *s == d).unwrap_or(0);

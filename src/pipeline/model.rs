@@ -255,7 +255,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 /// `1h2m3s` style, the inverse of [`parse_duration`] for whole seconds.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
     }
     let s = d.as_secs();

@@ -86,7 +86,8 @@ fn pos_of(l: serde_yaml::Location) -> Pos {
 /// Splits `"<text> at line L column C"` into the text and the 1-based position.
 fn split_mark(s: &str) -> (&str, Option<(usize, usize)>) {
     let Some(i) = s.rfind(" at line ") else { return (s, None) };
-    let mark = s[i + " at line ".len()..].split_once(" column ").and_then(|(l, c)| Some((l.parse().ok()?, c.parse().ok()?)));
+    let mark =
+        s[i + " at line ".len()..].split_once(" column ").and_then(|(l, c)| Some((l.parse().ok()?, c.parse().ok()?)));
     match mark {
         Some(m) => (&s[..i], Some(m)),
         None => (s, None),
@@ -126,10 +127,16 @@ fn syntax_error(msg: &str, pos: Option<Pos>, src: &str) -> SyntaxError {
             "parsing a flow sequence" => return unclosed("list", "]"),
             "parsing a flow mapping" => return unclosed("mapping", "}"),
             "scanning a quoted scalar" => {
+                let quote = src.get(opened.map_or(0, |p| p.offset)..).and_then(|s| s.chars().next()).unwrap_or('"');
+                let help = if problem.contains("end of stream") {
+                    format!("the string runs on to the end of the file: add the closing `{quote}`")
+                } else {
+                    format!("{problem} at {}: add the closing `{quote}`", here(pos))
+                };
                 return SyntaxError {
                     message: "this quoted string is never closed".into(),
                     pos: opened,
-                    help: Some(format!("{problem} at {} before the closing quote", here(pos))),
+                    help: Some(help),
                 };
             }
             _ => {}
@@ -140,16 +147,15 @@ fn syntax_error(msg: &str, pos: Option<Pos>, src: &str) -> SyntaxError {
         Some("YAML does not allow tabs for indentation: indent with spaces".to_string())
     } else if problem == "mapping values are not allowed in this context" {
         Some("a `key:` here is not allowed: check this line's indentation against the lines above, and quote values that contain `: `".to_string())
+    } else if problem == "unknown anchor" {
+        Some("an alias `*name` refers to an anchor `&name` defined above it in the file".to_string())
     } else if problem.starts_with("did not find expected '-' indicator") || problem == "did not find expected key" {
         Some("check the indentation of this line against the lines above".to_string())
     } else {
         None
     };
-    let message = match context {
-        Some((what, _)) => format!("{problem} (while {what})"),
-        None => problem.to_string(),
-    };
-    SyntaxError { message, pos, help }
+    // libyaml's context ("while parsing a block mapping") tells a person nothing more.
+    SyntaxError { message: problem.to_string(), pos, help }
 }
 
 /// Applies YAML merge keys: `<<: *base` (or a list of them) adds the base's entries that
@@ -452,6 +458,18 @@ mod tests {
     fn syntax_error_has_position() {
         let e = parse("a: [1, 2\nb: 3\n").unwrap_err();
         assert!(e.pos.is_some(), "{e:?}");
+    }
+
+    #[test]
+    fn unclosed_collections_point_at_their_opening() {
+        let e = parse("a:\n  b: [1, 2\n  c: 3\n").unwrap_err();
+        let p = e.pos.unwrap();
+        assert_eq!((p.line, p.column, p.offset), (2, 6, 8), "{e:?}");
+        assert_eq!(e.message, "this list is never closed with `]`");
+        let e = parse("a: \"open\nb: 1\n").unwrap_err();
+        assert_eq!(e.pos.map(|p| (p.line, p.column)), Some((1, 4)), "{e:?}");
+        let e = parse("a:\n\tb: 1\n").unwrap_err();
+        assert!(e.help.unwrap().contains("tabs"));
     }
 
     #[test]

@@ -197,11 +197,11 @@ pub fn plan(pipeline: &Pipeline, ctx: &Context, selection: &Selection) -> Result
             if skip[i].is_some() || insts[i].step.when.status.on_failure {
                 continue;
             }
-            if let Some(deps) = &explicit[i] {
-                if let Some(&d) = deps.iter().find(|&&d| skip[d].is_some()) {
-                    skip[i] = Some(format!("needs `{}`, which is skipped", insts[d].name));
-                    changed = true;
-                }
+            if let Some(deps) = &explicit[i]
+                && let Some(&d) = deps.iter().find(|&&d| skip[d].is_some())
+            {
+                skip[i] = Some(format!("needs `{}`, which is skipped", insts[d].name));
+                changed = true;
             }
         }
         if !changed {
@@ -210,19 +210,45 @@ pub fn plan(pipeline: &Pipeline, ctx: &Context, selection: &Selection) -> Result
     }
 
     // 4. Dependencies of the steps that remain: explicit needs, or the nearest earlier stage
-    //    that has steps left.
+    //    that has steps left. A skipped need (only a `status: always/failure` step still has
+    //    one) is replaced by what it would have waited for, so such a step keeps its place
+    //    after them instead of starting at once.
     let active_in_stage = |s: usize, skip: &[Option<String>]| -> Vec<usize> {
         (0..insts.len()).filter(|&i| insts[i].stage == s && skip[i].is_none()).collect()
     };
-    let mut deps: Vec<Vec<usize>> = vec![Vec::new(); insts.len()];
-    for i in 0..insts.len() {
-        deps[i] = match &explicit[i] {
-            Some(d) => d.iter().copied().filter(|&d| skip[d].is_none()).collect(),
+    let raw: Vec<Vec<usize>> = (0..insts.len())
+        .map(|i| match &explicit[i] {
+            Some(d) => d.clone(),
             None => {
                 (0..insts[i].stage).rev().map(|s| active_in_stage(s, &skip)).find(|v| !v.is_empty()).unwrap_or_default()
             }
-        };
+        })
+        .collect();
+    // What step `i` waits for, looking through skipped steps (memoized: a skipped step
+    // shared by many paths is resolved once). `needs` has no cycles (checked when loading).
+    fn through_skipped(
+        i: usize,
+        raw: &[Vec<usize>],
+        skip: &[Option<String>],
+        memo: &mut Vec<Option<Vec<usize>>>,
+    ) -> Vec<usize> {
+        if let Some(done) = &memo[i] {
+            return done.clone();
+        }
+        let mut out: Vec<usize> = Vec::new();
+        for &d in &raw[i] {
+            let found = if skip[d].is_none() { vec![d] } else { through_skipped(d, raw, skip, memo) };
+            for f in found {
+                if !out.contains(&f) {
+                    out.push(f);
+                }
+            }
+        }
+        memo[i] = Some(out.clone());
+        out
     }
+    let mut memo = vec![None; insts.len()];
+    let deps: Vec<Vec<usize>> = (0..insts.len()).map(|i| through_skipped(i, &raw, &skip, &mut memo)).collect();
 
     // 5. Selection: the named steps and everything they need.
     if !selection.steps.is_empty() {
@@ -414,11 +440,11 @@ fn check_paths(p: &Patterns, ctx: &Context, what: &str) -> Result<(), String> {
 /// Whether the plan-time clauses of a `when` hold for `ctx`; `Err` says which one failed.
 pub fn check_when(w: &When, ctx: &Context) -> Result<(), String> {
     let ev = ctx.event();
-    if let Some(events) = &w.event {
-        if !events.contains(&ev) {
-            let list = events.iter().map(|e| e.as_str()).collect::<Vec<_>>().join(", ");
-            return Err(format!("when.event: `{ev}` is not one of {list}"));
-        }
+    if let Some(events) = &w.event
+        && !events.contains(&ev)
+    {
+        let list = events.iter().map(|e| e.as_str()).collect::<Vec<_>>().join(", ");
+        return Err(format!("when.event: `{ev}` is not one of {list}"));
     }
     if let Some(b) = &w.branch {
         match ctx.target_branch() {
@@ -477,10 +503,10 @@ pub fn check_triggers(p: &Pipeline, ctx: &Context) -> Result<(), String> {
         Event::PullRequest => {
             let pr = on.pull_request.as_ref().ok_or("`on` has no `pull_request`")?;
             let base = ctx.base_branch.as_deref().unwrap_or("");
-            if let Some(b) = &pr.branches {
-                if !matches(b, base) {
-                    return Err(format!("on.pull_request.branches: base `{base}` does not match {}", describe(b)));
-                }
+            if let Some(b) = &pr.branches
+                && !matches(b, base)
+            {
+                return Err(format!("on.pull_request.branches: base `{base}` does not match {}", describe(b)));
             }
             pr.paths.as_ref().map_or(Ok(()), |pp| check_paths(pp, ctx, "on.pull_request.paths"))
         }

@@ -107,7 +107,7 @@ pub async fn execute<B: Backend>(
                 .map(|s| StepInfo { name: s.name.clone(), stage: s.stage.clone(), needs: s.needs.clone() })
                 .collect(),
             skipped: plan.skipped.clone(),
-            jobs: opts.jobs,
+            jobs: opts.jobs.max(1),
         })
         .await;
     let mut summaries = Vec::new();
@@ -443,6 +443,7 @@ impl<B: Backend> Unit<B> {
                         Ended::Exit(0, _) => {
                             summary.status = StepStatus::Passed;
                             summary.exit_code = Some(0);
+                            summary.message = None;
                             if let Some(h) = &handle
                                 && let Err(m) = self.after_success(h, &caches, &mut summary).await
                             {
@@ -544,6 +545,36 @@ impl<B: Backend> Unit<B> {
         caches: &[StepCache],
         summary: &mut StepSummary,
     ) -> Result<(), String> {
+        // Artifacts first: a step whose artifacts cannot be kept fails, and saves no cache.
+        if let (Some(art), Some(dir)) = (&self.step.artifacts, &self.artifact_dir) {
+            let dest = dir.join(sanitize(&self.step.name));
+            std::fs::create_dir_all(&dest).map_err(|e| format!("artifacts: {}: {e}", dest.display()))?;
+            let collected =
+                self.backend.collect(h, &art.paths, art.optional, &dest).await.map_err(|e| e.to_string())?;
+            if !collected.unmatched.is_empty() {
+                let _ = self
+                    .events
+                    .send(RunEvent::RunMessage {
+                        level: Level::Warning,
+                        message: format!(
+                            "step `{}`: optional artifacts {} matched nothing",
+                            self.step.name,
+                            collected.unmatched.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", ")
+                        ),
+                    })
+                    .await;
+            }
+            let files = collected.files;
+            let _ = self
+                .events
+                .send(RunEvent::ArtifactsCollected {
+                    step: self.step.name.clone(),
+                    dir: dest.display().to_string(),
+                    files: files.clone(),
+                })
+                .await;
+            summary.artifacts = files;
+        }
         if let Some(settings) = &self.cache {
             let scope = &settings.scopes[0];
             for c in caches.iter().filter(|c| !c.have && !settings.store.contains(scope, &c.key)) {
@@ -579,20 +610,6 @@ impl<B: Backend> Unit<B> {
                     .send(RunEvent::CacheSaved { step: self.step.name.clone(), key: c.key.clone(), size })
                     .await;
             }
-        }
-        if let (Some(art), Some(dir)) = (&self.step.artifacts, &self.artifact_dir) {
-            let dest = dir.join(sanitize(&self.step.name));
-            std::fs::create_dir_all(&dest).map_err(|e| format!("artifacts: {}: {e}", dest.display()))?;
-            let files = self.backend.collect(h, &art.paths, art.optional, &dest).await.map_err(|e| e.to_string())?;
-            let _ = self
-                .events
-                .send(RunEvent::ArtifactsCollected {
-                    step: self.step.name.clone(),
-                    dir: dest.display().to_string(),
-                    files: files.clone(),
-                })
-                .await;
-            summary.artifacts = files;
         }
         Ok(())
     }
