@@ -199,9 +199,22 @@ pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
     let backend = match DockerBackend::connect().await {
         Ok(b) => Arc::new(b),
         Err(e) => {
+            // Tools reading --json get the failure as events too, and the run directory
+            // says what happened.
+            let message = e.to_string();
+            crate::cli::report_error(&Error::from(e));
+            let _ = tx.send(RunEvent::RunMessage { level: Level::Error, message }).await;
+            let _ = tx
+                .send(RunEvent::RunFinished {
+                    status: sched::RunStatus::Error,
+                    duration: Duration::ZERO,
+                    steps: Vec::new(),
+                })
+                .await;
             drop(tx);
             let _ = reporter.await;
-            return Err(e.into());
+            write_result(&run_dir, &run_id, sched::RunStatus::Error, Duration::ZERO, &[]);
+            return Ok(exit::INFRA);
         }
     };
     if let Ok(report) = backend.gc(true).await
@@ -251,17 +264,25 @@ pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
     .await;
     signals.abort();
     let _ = reporter.await;
-    let _ = std::fs::write(
-        run_dir.join("result.json"),
-        serde_json::to_string_pretty(&serde_json::json!({
-            "run_id": run_id,
-            "status": result.status,
-            "duration": result.duration.as_secs_f64(),
-            "steps": result.steps,
-        }))
-        .unwrap_or_default(),
-    );
+    write_result(&run_dir, &run_id, result.status, result.duration, &result.steps);
     Ok(result.status.exit_code())
+}
+
+fn write_result(
+    run_dir: &Path,
+    run_id: &str,
+    status: sched::RunStatus,
+    duration: Duration,
+    steps: &[sched::StepSummary],
+) {
+    let text = serde_json::to_string_pretty(&serde_json::json!({
+        "run_id": run_id,
+        "status": status,
+        "duration": duration.as_secs_f64(),
+        "steps": steps,
+    }))
+    .unwrap_or_default();
+    let _ = std::fs::write(run_dir.join("result.json"), text);
 }
 
 fn relative_to(p: &Path, base: &Path) -> PathBuf {

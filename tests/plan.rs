@@ -428,21 +428,25 @@ fn when_branch_globs_with_exclude() {
 const PATHS: &str = r#"
 defaults: { image: busybox }
 steps:
-  docs: { commands: [make docs], when: { paths: ["docs/**", "*.md"] } }
+  docs: { commands: [make docs], when: { paths: ["docs/**", "**/*.md"] } }
+  readme: { commands: [make readme], when: { paths: ["*.md"] } }
   code: { commands: [make], when: { paths: { include: ["src/**"], exclude: ["src/**/*.md"] } } }
 "#;
 
 #[test]
 fn when_paths() {
     let p = plan_for(PATHS, &with_changed(push("main"), &["docs/guide/intro.md"]));
-    assert_eq!(names(&p), ["docs"]);
+    assert_eq!(names(&p), ["docs"], "`*` stays within one directory: `*.md` is only the root's");
+    let p = plan_for(PATHS, &with_changed(push("main"), &["README.md"]));
+    assert_eq!(names(&p), ["docs", "readme"]);
+    let p = plan_for(PATHS, &with_changed(push("main"), &["docs/guide/intro.md"]));
     assert_eq!(
         reason(&p, "code"),
         "when.paths: none of the 1 changed file(s) match `src/**` (excluding `src/**/*.md`)"
     );
 
     let p = plan_for(PATHS, &with_changed(push("main"), &["src/lib/notes.md"]));
-    assert_eq!(names(&p), ["docs"], "`*.md` matches in any directory; the exclude drops `code`");
+    assert_eq!(names(&p), ["docs"], "`**/*.md` matches in any directory; the exclude drops `code`");
 
     let p = plan_for(PATHS, &with_changed(push("main"), &["src/main.rs", "Cargo.toml"]));
     assert_eq!(names(&p), ["code"]);
@@ -451,7 +455,7 @@ fn when_paths() {
     assert!(p.steps.is_empty(), "nothing changed: no path condition holds");
 
     let p = plan_for(PATHS, &push("main"));
-    assert_eq!(names(&p), ["docs", "code"], "changed files unknown: path conditions hold");
+    assert_eq!(names(&p), ["docs", "readme", "code"], "changed files unknown: path conditions hold");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -135,10 +135,14 @@ impl DockerBackend {
             }))
             .await
             .map_err(api)?;
+        // A run is live when its orch process is: on this host, when that pid exists; on
+        // another host sharing this daemon, always (only `--all` removes those).
         let live = |labels: &HashMap<String, String>| {
             only_stale
-                && labels.get(LABEL_HOST).is_some_and(|h| *h == self.host)
-                && labels.get(LABEL_PID).is_some_and(|p| pid_alive(p))
+                && match labels.get(LABEL_HOST) {
+                    Some(h) if *h != self.host => true,
+                    _ => labels.get(LABEL_PID).is_some_and(|p| pid_alive(p)),
+                }
         };
         let mut dead_runs = std::collections::BTreeSet::new();
         let mut live_runs = std::collections::HashSet::new();
@@ -229,8 +233,17 @@ impl DockerBackend {
             .map_err(api)?
             .volumes
             .unwrap_or_default();
-        for v in &volumes {
-            gone_is_ok(self.docker.remove_volume(&v.name, Some(RemoveVolumeOptions { force: true })).await)?;
+        // The workspace volume by name too: a volume created without labels (by a container
+        // create that raced the cleanup) must not survive it. "In use" is a failure here.
+        let mut names: Vec<String> = volumes.iter().map(|v| v.name.clone()).collect();
+        if !names.contains(&volume_name(run_id)) {
+            names.push(volume_name(run_id));
+        }
+        for name in &names {
+            match self.docker.remove_volume(name, Some(RemoveVolumeOptions { force: true })).await {
+                Ok(()) | Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {}
+                Err(e) => return Err(api(e)),
+            }
         }
         Ok((containers.len(), networks.len(), volumes.len()))
     }
@@ -403,7 +416,10 @@ impl DockerBackend {
             })?;
         }
         for (svc, id) in step.services.iter().zip(handle.services.clone()) {
-            self.wait_ready(svc, &id, &net).await?;
+            tokio::select! {
+                r = self.wait_ready(svc, &id, &net) => r?,
+                _ = step.cancel.cancelled() => return Err(BackendError::Cancelled),
+            }
         }
         Ok(())
     }

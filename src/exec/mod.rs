@@ -68,6 +68,10 @@ pub struct StepSpec {
     pub services: Vec<ServiceSpec>,
     /// Cached paths put in place before the step starts.
     pub restore: Vec<Restore>,
+    /// Cancelled when the run is stopped: `start` gives up waiting (for services) and
+    /// removes what it made. `start` is never dropped half-way, so nothing it creates
+    /// outlives the run's cleanup.
+    pub cancel: tokio_util::sync::CancellationToken,
 }
 
 /// A sidecar container of a step.
@@ -151,6 +155,8 @@ pub enum BackendError {
     Workspace(String),
     #[error("service `{service}` {reason}{}", if logs.is_empty() { String::new() } else { format!("; its last output:\n{logs}") })]
     ServiceNotReady { service: String, reason: String, logs: String },
+    #[error("cancelled while starting")]
+    Cancelled,
     #[error("artifacts: {0}")]
     Artifacts(String),
     #[error("cache: {0}")]

@@ -303,7 +303,14 @@ impl Loader {
                 }
                 p
             }
-            _ => Patterns { include: self.strings(node, path)?, exclude: Vec::new() },
+            _ => {
+                let include = self.strings(node, path)?;
+                if include.is_empty() {
+                    self.err_help(path, "an empty list matches nothing", "remove the key to match everything");
+                    return None;
+                }
+                Patterns { include, exclude: Vec::new() }
+            }
         };
         let mut ok = true;
         for (list, key) in [(&pats.include, "include"), (&pats.exclude, "exclude")] {
@@ -790,6 +797,14 @@ impl Loader {
                 "paths" => w.paths = self.patterns(v, &p),
                 "event" => {
                     let Some(names) = self.strings(v, &p) else { continue };
+                    if names.is_empty() {
+                        self.err_help(
+                            &p,
+                            "`event` is empty: the step could never run",
+                            "remove the key to run on every event",
+                        );
+                        continue;
+                    }
                     let mut events = Vec::new();
                     for (i, n) in names.iter().enumerate() {
                         let ip = if matches!(v, Node::Seq(_)) { index(&p, i) } else { p.clone() };
@@ -962,8 +977,16 @@ impl Loader {
                     if items.is_empty() {
                         self.err(&p, format!("matrix axis `{axis}` has no values"));
                     }
-                    let values: Vec<String> =
-                        items.iter().enumerate().filter_map(|(i, it)| self.scalar(it, &index(&p, i))).collect();
+                    let mut values: Vec<String> = Vec::with_capacity(items.len());
+                    for (i, it) in items.iter().enumerate() {
+                        let Some(v) = self.scalar(it, &index(&p, i)) else { continue };
+                        if values.contains(&v) {
+                            // Two variants would get the same name.
+                            self.err(&index(&p, i), format!("matrix axis `{axis}` lists `{v}` twice"));
+                            continue;
+                        }
+                        values.push(v);
+                    }
                     m.axes.insert(axis.to_string(), values);
                 }
             }

@@ -7,7 +7,7 @@ pub mod render;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use globset::{Glob, GlobSetBuilder};
+use globset::{GlobBuilder, GlobSetBuilder};
 use indexmap::IndexMap;
 use serde::Serialize;
 
@@ -340,6 +340,12 @@ fn resolve(
     let mut vars = builtins.clone();
     vars.insert("ORCH_STEP".into(), name.to_string());
     vars.insert("ORCH_STAGE".into(), stage.to_string());
+    // A key an `include` entry sets for some variants only is empty in the others.
+    if let Some(m) = &step.matrix {
+        for k in m.axes.keys().chain(m.include.iter().flat_map(|c| c.keys())) {
+            vars.insert(k.clone(), String::new());
+        }
+    }
     vars.extend(matrix.iter().map(|(k, v)| (k.clone(), v.clone())));
     let expand = |s: &str, vars: &IndexMap<String, String>| interp::expand(s, |v| vars.get(v).cloned());
     for (k, v) in &p.env {
@@ -350,6 +356,8 @@ fn resolve(
         let val = expand(v, &vars).map_err(err)?;
         vars.insert(k.clone(), val);
     }
+    // Matrix values win over `env` of the same name: they are what makes the variant.
+    vars.extend(matrix.iter().map(|(k, v)| (k.clone(), v.clone())));
     let image = step.image.as_ref().or(p.defaults.image.as_ref()).cloned().unwrap_or_default();
     let image = expand(&image, &vars).map_err(err)?;
     let workdir = match step.workdir.as_ref().or(p.defaults.workdir.as_ref()) {
@@ -368,13 +376,11 @@ fn resolve(
         }
         services.insert(n.clone(), svc);
     }
-    // Cache keys keep `${hash:FILE}`: the file is only there at run time.
+    // Cache keys keep `${hash:FILE}` (the file is only there at run time) and stay escaped:
+    // the key is expanded once more when the step runs.
     let mut cache = step.cache.clone();
     for c in &mut cache {
-        c.key = interp::expand(&c.key, |v| {
-            if v.starts_with("hash:") { Some(format!("${{{v}}}")) } else { vars.get(v).cloned() }
-        })
-        .map_err(err)?;
+        c.key = expand_keeping_escapes(&c.key, &vars).map_err(err)?;
     }
     Ok(PlannedStep {
         name: name.to_string(),
@@ -402,13 +408,33 @@ fn resolve(
     })
 }
 
+/// Expands `${VAR}` but writes literal dollars back as `$$` and keeps `${hash:...}`, for a
+/// string that is interpolated again later.
+fn expand_keeping_escapes(s: &str, vars: &IndexMap<String, String>) -> Result<String, String> {
+    let parts = interp::parse(s).map_err(|e| e.to_string())?;
+    let mut out = String::with_capacity(s.len());
+    for p in parts {
+        match p {
+            interp::Part::Lit(l) => out.push_str(&l.replace('$', "$$")),
+            interp::Part::Dollar => out.push_str("$$"),
+            interp::Part::Var(v) if v.starts_with("hash:") => out.push_str(&format!("${{{v}}}")),
+            interp::Part::Var(v) => match vars.get(v) {
+                Some(val) => out.push_str(&val.replace('$', "$$")),
+                None => return Err(format!("unknown variable `${{{v}}}`")),
+            },
+        }
+    }
+    Ok(out)
+}
+
 /// Does `value` match the patterns? (Some include matches and no exclude does.)
 pub fn matches(p: &Patterns, value: &str) -> bool {
     let set = |globs: &[String]| {
         let mut b = GlobSetBuilder::new();
         for g in globs {
-            // Patterns were checked when the file was loaded.
-            if let Ok(g) = Glob::new(g) {
+            // Patterns were checked when the file was loaded. `*` stays within one path
+            // segment (`release/*` is not `release/1/x`); `**` crosses segments.
+            if let Ok(g) = GlobBuilder::new(g).literal_separator(true).build() {
                 b.add(g);
             }
         }

@@ -21,8 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cache::{CacheStore, CachedPath};
 use crate::exec::{
-    Backend, BackendError, LogChunk, Restore, RunSpec, ServiceSpec, StepHandle, StepSpec, Workspace, container_path,
-    sanitize, script,
+    Backend, LogChunk, Restore, RunSpec, ServiceSpec, StepHandle, StepSpec, Workspace, container_path, sanitize, script,
 };
 use crate::plan::{Plan, PlannedStep};
 pub use events::*;
@@ -207,6 +206,7 @@ async fn run_steps<B: Backend>(
     let deps: Vec<Vec<usize>> =
         plan.steps.iter().map(|s| s.needs.iter().filter_map(|d| index.get(d.as_str()).copied()).collect()).collect();
     let ancestors = ancestors(&deps);
+    let all_secrets: Arc<Vec<String>> = Arc::new(opts.secrets.values().cloned().collect());
     let mut state: Vec<State> = (0..n).map(|_| State::Pending).collect();
     let mut tasks: JoinSet<(usize, StepSummary)> = JoinSet::new();
     let mut task_index: HashMap<tokio::task::Id, usize> = HashMap::new();
@@ -278,6 +278,7 @@ async fn run_steps<B: Backend>(
                         .iter()
                         .filter_map(|k| opts.secrets.get(k).map(|v| (k.clone(), v.clone())))
                         .collect(),
+                    all_secrets: all_secrets.clone(),
                     log_dir: opts.log_dir.clone(),
                     bind: match &opts.workspace {
                         Workspace::Bind(p) => Some(p.clone()),
@@ -373,6 +374,7 @@ struct Unit<B> {
     step: PlannedStep,
     run_id: String,
     secrets: Vec<(String, String)>,
+    all_secrets: Arc<Vec<String>>,
     log_dir: Option<PathBuf>,
     bind: Option<PathBuf>,
     grace: Duration,
@@ -406,7 +408,9 @@ impl<B: Backend> Unit<B> {
         let attempts = self.step.retry.count + 1;
         let mut env: Vec<(String, String)> = self.step.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         env.extend(self.secrets.iter().cloned());
-        let masker = Masker::new(self.secrets.iter().map(|(_, v)| v.as_str()));
+        // Every secret of the run is masked in every step's output, not only in the steps
+        // that name it: a value can travel through the workspace.
+        let masker = Masker::new(self.all_secrets.iter().map(String::as_str));
         let missing: Vec<&String> =
             self.step.secrets.iter().filter(|s| !self.secrets.iter().any(|(k, _)| k == *s)).collect();
         let mut summary = StepSummary {
@@ -645,6 +649,7 @@ impl<B: Backend> Unit<B> {
                 })
                 .collect(),
             restore: restore.to_vec(),
+            cancel: self.cancel.graceful.clone(),
         };
         let (tx, rx) = mpsc::channel::<LogChunk>(64);
         let log_task = tokio::spawn(pump_logs(
@@ -655,10 +660,9 @@ impl<B: Backend> Unit<B> {
             self.step.name.clone(),
             self.events.clone(),
         ));
-        let started = tokio::select! {
-            r = self.backend.start(&spec, tx) => r,
-            _ = self.cancel.graceful.cancelled() => Err(BackendError::Api("cancelled while starting".into())),
-        };
+        // Not raced against cancellation: a start dropped half-way would leave Docker
+        // objects created after the run's cleanup. The spec's token makes it return early.
+        let started = self.backend.start(&spec, tx).await;
         let mut handle: StepHandle = match started {
             Ok(h) => h,
             Err(e) => {
