@@ -241,7 +241,8 @@ pub fn resolve_key(key: &str, root: Option<&Path>) -> Result<String, CacheError>
 }
 
 fn hash_files(root: &Path, pattern: &str) -> std::io::Result<Option<String>> {
-    let matcher = match globset::Glob::new(pattern) {
+    // As in `when.paths`: `*` stays within one directory, `**` crosses.
+    let matcher = match globset::GlobBuilder::new(pattern).literal_separator(true).build() {
         Ok(g) => g.compile_matcher(),
         Err(_) => return Ok(None),
     };

@@ -79,7 +79,7 @@ pub fn new_run_id() -> String {
 }
 
 /// Days since 1970-01-01 to a (year, month, day) date (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -319,7 +319,7 @@ async fn watch_signals(cancel: Cancel, events: mpsc::Sender<RunEvent>) {
 pub fn cache_store(dir: Option<PathBuf>) -> CacheStore {
     let max = match std::env::var("ORCH_CACHE_MAX") {
         Ok(v) => parse_size(&v).unwrap_or_else(|| {
-            tracing::warn!("ORCH_CACHE_MAX={v} is not a size (e.g. 500M, 5G); using the default");
+            eprintln!("warning: ORCH_CACHE_MAX={v} is not a size (e.g. 500M, 5G); using the default");
             cache::DEFAULT_MAX_BYTES
         }),
         Err(_) => cache::DEFAULT_MAX_BYTES,

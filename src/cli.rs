@@ -31,11 +31,13 @@ pub enum Command {
     Plan(PlanArgs),
     /// Run the pipeline of the current checkout in Docker.
     Ci(CiArgs),
+    /// Run the server: GitHub webhooks in, runs in Docker, statuses or check runs out.
+    Serve(crate::server::config::ServeArgs),
     /// List or clear the step caches kept on this machine.
     Cache {
         #[command(subcommand)]
         command: CacheCommand,
-        /// The cache directory [default: $ORCH_CACHE_DIR, else ~/.cache/orch].
+        /// The cache directory [default: $ORCH_CACHE_DIR, else $XDG_CACHE_HOME/orch, else ~/.cache/orch].
         #[arg(long, global = true, value_name = "DIR")]
         cache_dir: Option<PathBuf>,
     },
@@ -142,7 +144,7 @@ pub struct CiArgs {
     /// Neither restore nor save caches.
     #[arg(long)]
     pub no_cache: bool,
-    /// The cache directory [default: $ORCH_CACHE_DIR, else ~/.cache/orch].
+    /// The cache directory [default: $ORCH_CACHE_DIR, else $XDG_CACHE_HOME/orch, else ~/.cache/orch].
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
     /// Seconds a cancelled step gets to stop before it is killed.
@@ -157,6 +159,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Plan(args) => crate::ci::plan_command(args),
         Command::Ci(args) => crate::ci::ci_command(args).await,
         Command::Gc { all } => crate::ci::gc_command(all).await,
+        Command::Serve(args) => serve(args).await,
         Command::Cache { command, cache_dir } => crate::ci::cache_command(command, cache_dir),
     };
     match result {
@@ -177,6 +180,25 @@ fn validate(file: &std::path::Path) -> Result<u8, Error> {
         if p.steps.len() == 1 { "" } else { "s" },
         p.stages.join(", ")
     );
+    Ok(exit::SUCCESS)
+}
+
+async fn serve(args: crate::server::config::ServeArgs) -> Result<u8, Error> {
+    let cfg = args.resolve().map_err(|e| Error::Usage(e.to_string()))?;
+    let shutdown = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+            (Ok(mut i), Ok(mut t)) => {
+                tokio::select! {
+                    _ = i.recv() => {}
+                    _ = t.recv() => {}
+                }
+            }
+            _ => std::future::pending::<()>().await,
+        }
+        tracing::info!("stopping: running runs are stopped and queued again");
+    };
+    crate::server::serve(cfg, shutdown).await.map_err(|e| Error::Usage(e.to_string()))?;
     Ok(exit::SUCCESS)
 }
 

@@ -4,12 +4,15 @@
 //! an event) -> the scheduler and a backend that runs steps -> events -> reporters.
 
 pub mod cache;
+pub mod checkout;
 pub mod ci;
 pub mod cli;
 pub mod error;
 pub mod exec;
 pub mod git;
+pub mod github;
 pub mod pipeline;
 pub mod plan;
 pub mod report;
 pub mod sched;
+pub mod server;

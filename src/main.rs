@@ -5,8 +5,10 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = orch::cli::Cli::parse();
     // Diagnostics for developers (ORCH_LOG=debug); what users see goes through reporters.
+    // The server's log is its user interface: info by default.
+    let default = if matches!(cli.command, orch::cli::Command::Serve(_)) { "info" } else { "warn" };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ORCH_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ORCH_LOG").unwrap_or_else(|_| default.into()))
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Runtime::new() {

@@ -1,0 +1,457 @@
+//! Reporting runs back to GitHub: commit statuses (personal access token) or check runs with
+//! a summary and annotations (GitHub App). One task sends the updates in order; a request
+//! GitHub answers with 5xx, 429 or not at all is retried with backoff; a run never fails
+//! and intake never waits because of reporting.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use octocrab::Octocrab;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+/// GitHub's limit on a status description.
+pub const MAX_DESCRIPTION: usize = 140;
+/// GitHub's limit on annotations per request.
+pub const MAX_ANNOTATIONS: usize = 50;
+const MAX_SUMMARY: usize = 65_535;
+const ATTEMPTS: u32 = 6;
+
+#[derive(Debug, Clone)]
+pub enum Auth {
+    None,
+    Token(String),
+    App { app_id: u64, key_pem: Vec<u8> },
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `https://api.github.com`, a GitHub Enterprise `https://host/api/v3`, or a test server.
+    pub api_url: String,
+    pub auth: Auth,
+    /// The server's public URL; statuses link to `<url>/runs/<id>`.
+    pub public_url: String,
+    /// Also post one status per step (`orch/<step>`), token mode.
+    pub step_statuses: bool,
+    /// The status context / check run name.
+    pub context: String,
+    /// First retry delay (doubles each time).
+    pub backoff: Duration,
+}
+
+/// Which run an update is about.
+#[derive(Debug, Clone)]
+pub struct RunRef {
+    pub id: i64,
+    /// owner/name
+    pub repo: String,
+    pub sha: String,
+    pub installation_id: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Annotation {
+    pub path: String,
+    pub start_line: u32,
+    pub end_line: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_column: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_column: Option<u32>,
+    /// notice, warning or failure
+    pub annotation_level: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+}
+
+/// The final state of a run as GitHub shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conclusion {
+    Success,
+    Failure,
+    Cancelled,
+    TimedOut,
+    Error,
+    Skipped,
+}
+
+impl Conclusion {
+    fn status_state(self) -> &'static str {
+        match self {
+            Conclusion::Success | Conclusion::Skipped => "success",
+            Conclusion::Failure | Conclusion::TimedOut => "failure",
+            // A cancelled run is not green: shown as an error, as other CI systems do.
+            Conclusion::Cancelled | Conclusion::Error => "error",
+        }
+    }
+
+    fn check_conclusion(self) -> &'static str {
+        match self {
+            Conclusion::Success => "success",
+            Conclusion::Failure | Conclusion::Error => "failure",
+            Conclusion::Cancelled => "cancelled",
+            Conclusion::TimedOut => "timed_out",
+            Conclusion::Skipped => "skipped",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Update {
+    Queued(RunRef),
+    Started(RunRef),
+    /// A step ended (token mode with step statuses).
+    Step {
+        run: RunRef,
+        step: String,
+        conclusion: Conclusion,
+        description: String,
+    },
+    Finished {
+        run: RunRef,
+        conclusion: Conclusion,
+        /// One line, for the status description (cut to 140 characters).
+        description: String,
+        /// Markdown, for the check run summary.
+        summary: String,
+        annotations: Vec<Annotation>,
+    },
+}
+
+/// A request GitHub did not accept in the end.
+#[derive(Debug, thiserror::Error)]
+#[error("GitHub: {0}")]
+pub struct ReportError(pub String);
+
+/// Cuts `s` to at most `max` characters, ending with `…` when cut.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+fn iso(t: std::time::SystemTime) -> String {
+    let secs = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (y, m, d) = crate::ci::civil_from_days((secs / 86_400) as i64);
+    let r = secs % 86_400;
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", r / 3600, r / 60 % 60, r % 60)
+}
+
+pub struct Reporter {
+    cfg: Config,
+    client: Option<Octocrab>,
+    /// Installation clients (App mode), by installation id.
+    installations: HashMap<u64, Octocrab>,
+    /// Check run ids (App mode), by run id.
+    check_runs: HashMap<i64, u64>,
+}
+
+impl Reporter {
+    pub fn new(cfg: Config) -> Result<Reporter, ReportError> {
+        let builder = || {
+            Octocrab::builder()
+                .base_uri(cfg.api_url.as_str())
+                .map_err(|e| ReportError(format!("bad GitHub URL `{}`: {e}", cfg.api_url)))
+                .map(|b| {
+                    b.add_retry_config(octocrab::service::middleware::retry::RetryConfig::None)
+                        .set_connect_timeout(Some(Duration::from_secs(10)))
+                        .set_read_timeout(Some(Duration::from_secs(30)))
+                })
+        };
+        let client = match &cfg.auth {
+            Auth::None => None,
+            Auth::Token(t) => {
+                Some(builder()?.personal_token(t.clone()).build().map_err(|e| ReportError(e.to_string()))?)
+            }
+            Auth::App { app_id, key_pem } => {
+                let key = octocrab::EncodingKey::from_rsa_pem(key_pem)
+                    .map_err(|e| ReportError(format!("the GitHub App key is not an RSA private key in PEM: {e}")))?;
+                Some(builder()?.app((*app_id).into(), key).build().map_err(|e| ReportError(e.to_string()))?)
+            }
+        };
+        Ok(Reporter { cfg, client, installations: HashMap::new(), check_runs: HashMap::new() })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.client.is_some()
+    }
+
+    fn is_app(&self) -> bool {
+        matches!(self.cfg.auth, Auth::App { .. })
+    }
+
+    fn target_url(&self, run: &RunRef) -> String {
+        format!("{}/runs/{}", self.cfg.public_url.trim_end_matches('/'), run.id)
+    }
+
+    /// The client that acts for `run`: the token client, or the App's installation client.
+    async fn client_for(&mut self, run: &RunRef) -> Result<Octocrab, ReportError> {
+        let Some(base) = &self.client else { return Err(ReportError("no GitHub credentials".into())) };
+        if !self.is_app() {
+            return Ok(base.clone());
+        }
+        let id = match run.installation_id {
+            Some(id) => id,
+            None => {
+                let inst: Value = self
+                    .with_retry(&format!("GET /repos/{}/installation", run.repo), || {
+                        base.get(format!("/repos/{}/installation", run.repo), None::<&()>)
+                    })
+                    .await?;
+                inst.get("id").and_then(Value::as_u64).ok_or_else(|| ReportError("no installation id".into()))?
+            }
+        };
+        if let Some(c) = self.installations.get(&id) {
+            return Ok(c.clone());
+        }
+        let c = base.installation(id.into()).map_err(|e| ReportError(e.to_string()))?;
+        self.installations.insert(id, c.clone());
+        Ok(c)
+    }
+
+    /// Sends one request, retrying transient failures with exponential backoff.
+    async fn with_retry<F, Fut>(&self, what: &str, mut f: F) -> Result<Value, ReportError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = octocrab::Result<Value>>,
+    {
+        let mut delay = self.cfg.backoff;
+        for attempt in 1..=ATTEMPTS {
+            match f().await {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    let (retry, msg) = classify(&e);
+                    if !retry || attempt == ATTEMPTS {
+                        tracing::warn!(request = what, attempt, "GitHub refused: {msg}");
+                        return Err(ReportError(format!("{what}: {msg}")));
+                    }
+                    tracing::info!(request = what, attempt, "GitHub failed ({msg}); retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+        Err(ReportError(format!("{what}: gave up")))
+    }
+
+    async fn status(&mut self, run: &RunRef, context: &str, state: &str, description: &str) -> Result<(), ReportError> {
+        let client = self.client_for(run).await?;
+        let body = json!({
+            "state": state,
+            "target_url": self.target_url(run),
+            "description": truncate(description, MAX_DESCRIPTION),
+            "context": context,
+        });
+        let route = format!("/repos/{}/statuses/{}", run.repo, run.sha);
+        self.with_retry(&format!("POST {route}"), || client.post(route.clone(), Some(&body))).await.map(|_| ())
+    }
+
+    /// Applies one update. Errors are returned for logging; nothing else depends on them.
+    pub async fn send(&mut self, u: &Update) -> Result<(), ReportError> {
+        if self.client.is_none() {
+            return Ok(());
+        }
+        let ctx = self.cfg.context.clone();
+        match u {
+            Update::Queued(run) if self.is_app() => {
+                let client = self.client_for(run).await?;
+                let body = json!({
+                    "name": ctx,
+                    "head_sha": run.sha,
+                    "status": "queued",
+                    "details_url": self.target_url(run),
+                    "external_id": run.id.to_string(),
+                });
+                let route = format!("/repos/{}/check-runs", run.repo);
+                let created =
+                    self.with_retry(&format!("POST {route}"), || client.post(route.clone(), Some(&body))).await?;
+                if let Some(id) = created.get("id").and_then(Value::as_u64) {
+                    self.check_runs.insert(run.id, id);
+                }
+                Ok(())
+            }
+            Update::Queued(run) => self.status(run, &ctx, "pending", "Queued").await,
+            Update::Started(run) if self.is_app() => {
+                let body = json!({ "status": "in_progress", "started_at": iso(std::time::SystemTime::now()) });
+                self.patch_check_run(run, body).await
+            }
+            Update::Started(run) => self.status(run, &ctx, "pending", "Running").await,
+            Update::Step { run, step, conclusion, description } => {
+                if self.is_app() || !self.cfg.step_statuses {
+                    return Ok(());
+                }
+                self.status(run, &format!("{ctx}/{step}"), conclusion.status_state(), description).await
+            }
+            Update::Finished { run, conclusion, description, summary, annotations } if self.is_app() => {
+                let title = truncate(description, 255);
+                let summary = truncate(summary, MAX_SUMMARY);
+                let mut chunks = annotations.chunks(MAX_ANNOTATIONS);
+                let first: Vec<&Annotation> = chunks.next().map(|c| c.iter().collect()).unwrap_or_default();
+                let body = json!({
+                    "status": "completed",
+                    "conclusion": conclusion.check_conclusion(),
+                    "completed_at": iso(std::time::SystemTime::now()),
+                    "output": { "title": title, "summary": summary, "annotations": first },
+                });
+                self.patch_check_run(run, body).await?;
+                // GitHub appends the annotations of each further update.
+                for chunk in chunks {
+                    let body = json!({ "output": { "title": title, "summary": summary, "annotations": chunk } });
+                    self.patch_check_run(run, body).await?;
+                }
+                Ok(())
+            }
+            Update::Finished { run, conclusion, description, .. } => {
+                self.status(run, &ctx, conclusion.status_state(), description).await
+            }
+        }
+    }
+
+    async fn patch_check_run(&mut self, run: &RunRef, body: Value) -> Result<(), ReportError> {
+        let client = self.client_for(run).await?;
+        let Some(id) = self.check_runs.get(&run.id).copied() else {
+            // The queued update never reached GitHub: create the check run now.
+            let mut create = body.clone();
+            create["name"] = json!(self.cfg.context);
+            create["head_sha"] = json!(run.sha);
+            create["details_url"] = json!(self.target_url(run));
+            create["external_id"] = json!(run.id.to_string());
+            let route = format!("/repos/{}/check-runs", run.repo);
+            let created =
+                self.with_retry(&format!("POST {route}"), || client.post(route.clone(), Some(&create))).await?;
+            if let Some(id) = created.get("id").and_then(Value::as_u64) {
+                self.check_runs.insert(run.id, id);
+            }
+            return Ok(());
+        };
+        let route = format!("/repos/{}/check-runs/{id}", run.repo);
+        self.with_retry(&format!("PATCH {route}"), || client.patch(route.clone(), Some(&body))).await.map(|_| ())
+    }
+}
+
+/// Whether an error is worth retrying, and what to say about it.
+fn classify(e: &octocrab::Error) -> (bool, String) {
+    match e {
+        octocrab::Error::GitHub { source, .. } => {
+            let code = source.status_code.as_u16();
+            (code >= 500 || code == 429 || code == 408, format!("HTTP {code}: {}", source.message))
+        }
+        // JSON that did not parse: the request itself went through.
+        octocrab::Error::Serde { .. } | octocrab::Error::Json { .. } => (false, e.to_string()),
+        other => (true, other.to_string()),
+    }
+}
+
+/// Starts the reporting task. Updates are applied in order; the channel is large, and a
+/// full channel drops the update (with a log line) rather than stall the caller.
+pub fn spawn(mut reporter: Reporter) -> ReportSender {
+    let (tx, mut rx) = mpsc::channel::<Update>(10_000);
+    tokio::spawn(async move {
+        while let Some(u) = rx.recv().await {
+            if let Err(e) = reporter.send(&u).await {
+                tracing::warn!("{e}");
+            }
+        }
+    });
+    ReportSender { tx }
+}
+
+#[derive(Clone)]
+pub struct ReportSender {
+    tx: mpsc::Sender<Update>,
+}
+
+impl ReportSender {
+    pub fn send(&self, u: Update) {
+        if self.tx.try_send(u).is_err() {
+            tracing::warn!("GitHub reporting is behind; an update was dropped");
+        }
+    }
+}
+
+/// Annotations from compiler-style lines in a failed step's log:
+/// `path:line:col: error: message`, `path:line: warning: message`.
+pub fn annotations_from_log(log: &str, limit: usize) -> Vec<Annotation> {
+    let mut out = Vec::new();
+    for line in log.lines() {
+        if out.len() >= limit {
+            break;
+        }
+        if let Some(a) = parse_annotation(line.trim())
+            && !out.contains(&a)
+        {
+            out.push(a);
+        }
+    }
+    out
+}
+
+fn parse_annotation(line: &str) -> Option<Annotation> {
+    let mut parts = line.splitn(5, ':');
+    let path = parts.next()?.trim();
+    if path.is_empty() || path.contains(' ') || path.starts_with('/') && path.starts_with("/workspace/") {
+        // Absolute container paths are made relative below.
+    }
+    let path = path.strip_prefix("/workspace/").unwrap_or(path);
+    if path.is_empty() || path.contains(char::is_whitespace) || path.starts_with('/') {
+        return None;
+    }
+    let line_no: u32 = parts.next()?.trim().parse().ok()?;
+    let rest: Vec<&str> = parts.collect();
+    let (col, level, msg) = match rest.as_slice() {
+        [c, l, m] if c.trim().parse::<u32>().is_ok() => (c.trim().parse().ok(), l.trim(), m.trim().to_string()),
+        [c, l] if c.trim().parse::<u32>().is_ok() => {
+            let (l, m) = l.trim().split_once(' ')?;
+            (c.trim().parse().ok(), l, m.to_string())
+        }
+        [l, m] => (None, l.trim(), m.trim().to_string()),
+        [l, m, more] => (None, l.trim(), format!("{}:{}", m.trim(), more)),
+        _ => return None,
+    };
+    let level = match level.to_ascii_lowercase().as_str() {
+        "error" | "fatal" | "fatal error" => "failure",
+        "warning" | "warn" => "warning",
+        "note" | "info" => "notice",
+        _ => return None,
+    };
+    if msg.is_empty() {
+        return None;
+    }
+    Some(Annotation {
+        path: path.to_string(),
+        start_line: line_no,
+        end_line: line_no,
+        start_column: col,
+        end_column: col,
+        annotation_level: level.to_string(),
+        message: truncate(&msg, 60_000),
+        title: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_compiler_lines() {
+        let log = "compiling\nsrc/main.rs:12:5: error: expected `;`\n/workspace/lib/a.c:3: warning: unused x\nnot: an: annotation\nsrc/main.rs:12:5: error: expected `;`\n";
+        let a = annotations_from_log(log, 50);
+        assert_eq!(a.len(), 2);
+        assert_eq!((a[0].path.as_str(), a[0].start_line, a[0].start_column), ("src/main.rs", 12, Some(5)));
+        assert_eq!(a[0].annotation_level, "failure");
+        assert_eq!(a[0].message, "expected `;`");
+        assert_eq!((a[1].path.as_str(), a[1].annotation_level.as_str()), ("lib/a.c", "warning"));
+    }
+
+    #[test]
+    fn descriptions_fit() {
+        let long = "x".repeat(500);
+        assert_eq!(truncate(&long, MAX_DESCRIPTION).chars().count(), MAX_DESCRIPTION);
+        assert_eq!(truncate("short", 140), "short");
+    }
+}

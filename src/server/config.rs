@@ -1,0 +1,313 @@
+//! `orch serve` settings: command line, then environment (`ORCH_*`), then a YAML config
+//! file, then defaults. Every setting has an environment variable, so the server runs from a
+//! service unit or a container without a file.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::pipeline::yaml::{self, Node};
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct ServeArgs {
+    /// A YAML file with any of these settings (keys as the long flags, `_` or `-`).
+    #[arg(long, env = "ORCH_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "ORCH_LISTEN")]
+    pub listen: Option<String>,
+    /// The secret GitHub signs deliveries with (X-Hub-Signature-256).
+    #[arg(long, env = "ORCH_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Accept unsigned deliveries when no secret is set. Only for trusted networks.
+    #[arg(long, env = "ORCH_INSECURE_NO_SIGNATURE")]
+    pub insecure_no_signature: bool,
+    /// Where the database, run logs, artifacts and caches live [default: /var/lib/orch as
+    /// root, else ~/.local/share/orch].
+    #[arg(long, env = "ORCH_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// GitHub's API [default: https://api.github.com; Enterprise: https://HOST/api/v3].
+    #[arg(long, env = "ORCH_GITHUB_URL")]
+    pub github_url: Option<String>,
+    /// A token for commit statuses (and cloning private repositories).
+    #[arg(long, env = "ORCH_GITHUB_TOKEN", hide_env_values = true)]
+    pub github_token: Option<String>,
+    /// A GitHub App's id (check runs instead of statuses).
+    #[arg(long, env = "ORCH_GITHUB_APP_ID")]
+    pub github_app_id: Option<u64>,
+    /// The GitHub App's private key: a PEM file's path, or the PEM itself.
+    #[arg(long, env = "ORCH_GITHUB_APP_KEY", hide_env_values = true)]
+    pub github_app_key: Option<String>,
+    /// The URL people reach this server at; statuses link to its run pages.
+    #[arg(long, env = "ORCH_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Runs at once [default: 2].
+    #[arg(long, env = "ORCH_CONCURRENCY")]
+    pub concurrency: Option<usize>,
+    /// Steps at once within a run [default: 8].
+    #[arg(long, env = "ORCH_JOBS")]
+    pub jobs: Option<usize>,
+    /// Repositories (owner/name) to build; others are ignored. Default: every repository
+    /// whose deliveries carry a valid signature.
+    #[arg(long = "allow-repo", env = "ORCH_ALLOW_REPOS", value_delimiter = ',')]
+    pub allow_repos: Vec<String>,
+    /// Commits of history to fetch [default: 1; 0 = all].
+    #[arg(long, env = "ORCH_CLONE_DEPTH")]
+    pub clone_depth: Option<i32>,
+    /// Clone URL rewrites `FROM=TO` (prefixes), e.g. to use a mirror.
+    #[arg(long = "clone-rewrite", env = "ORCH_CLONE_REWRITE", value_delimiter = ',')]
+    pub clone_rewrite: Vec<String>,
+    /// Also post one status per step (`orch/<step>`), with a token.
+    #[arg(long, env = "ORCH_STEP_STATUSES")]
+    pub step_statuses: Option<bool>,
+    /// Pipeline secrets (dotenv); pull requests from forks get none.
+    #[arg(long, env = "ORCH_SECRETS_FILE")]
+    pub secrets_file: Option<PathBuf>,
+    /// Cancel a branch's or pull request's older run when a newer one arrives [default: true].
+    #[arg(long, env = "ORCH_CANCEL_SUPERSEDED")]
+    pub cancel_superseded: Option<bool>,
+    /// Seconds before retrying a failed GitHub request (doubles each time) [default: 1].
+    #[arg(long, env = "ORCH_GITHUB_BACKOFF", hide = true)]
+    pub github_backoff_ms: Option<u64>,
+}
+
+/// Resolved settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: String,
+    pub webhook_secret: Option<String>,
+    pub data_dir: PathBuf,
+    pub github_url: String,
+    pub github_token: Option<String>,
+    pub github_app: Option<(u64, Vec<u8>)>,
+    pub public_url: String,
+    pub concurrency: usize,
+    pub jobs: usize,
+    pub allow_repos: Vec<String>,
+    pub clone_depth: i32,
+    pub clone_rewrite: Vec<(String, String)>,
+    pub step_statuses: bool,
+    pub secrets_file: Option<PathBuf>,
+    pub cancel_superseded: bool,
+    pub github_backoff: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {file}: {message}")]
+    File { file: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn default_data_dir() -> PathBuf {
+    let root = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false);
+    if root {
+        return PathBuf::from("/var/lib/orch");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/share/orch")
+}
+
+/// The file's settings as (key with `-` for `_`, text or list of texts).
+fn read_file(path: &PathBuf) -> Result<Vec<(String, Vec<String>)>, ConfigError> {
+    let file = path.display().to_string();
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ConfigError::File { file: file.clone(), message: e.to_string() })?;
+    let node = yaml::parse(&text).map_err(|e| ConfigError::File { file: file.clone(), message: e.message })?;
+    let Node::Map(entries) = node else {
+        return Err(ConfigError::File { file, message: "expected a mapping of settings".into() });
+    };
+    let scalar = |n: &Node| match n {
+        Node::Str(s) => Some(s.clone()),
+        Node::Int(i) => Some(i.to_string()),
+        Node::Bool(b) => Some(b.to_string()),
+        Node::Float(f) => Some(f.to_string()),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    for (k, v) in entries {
+        let values = match &v {
+            Node::Seq(items) => items.iter().filter_map(scalar).collect(),
+            other => match scalar(other) {
+                Some(s) => vec![s],
+                None => {
+                    return Err(ConfigError::File { file, message: format!("`{k}` must be a value or a list") });
+                }
+            },
+        };
+        out.push((k.replace('_', "-"), values));
+    }
+    Ok(out)
+}
+
+const KEYS: &[&str] = &[
+    "listen",
+    "webhook-secret",
+    "insecure-no-signature",
+    "data-dir",
+    "github-url",
+    "github-token",
+    "github-app-id",
+    "github-app-key",
+    "public-url",
+    "concurrency",
+    "jobs",
+    "allow-repos",
+    "clone-depth",
+    "clone-rewrite",
+    "step-statuses",
+    "secrets-file",
+    "cancel-superseded",
+];
+
+impl ServeArgs {
+    pub fn resolve(&self) -> Result<Config, ConfigError> {
+        let file = match &self.config {
+            Some(p) => read_file(p)?,
+            None => Vec::new(),
+        };
+        for (k, _) in &file {
+            if !KEYS.contains(&k.as_str()) {
+                let hint = crate::pipeline::diag::did_you_mean(k, KEYS.iter().copied())
+                    .map(|s| format!(" (did you mean `{s}`?)"))
+                    .unwrap_or_default();
+                return Err(ConfigError::Invalid(format!("unknown setting `{k}` in the config file{hint}")));
+            }
+        }
+        let f = |k: &str| file.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        let one = |k: &str| f(k).and_then(|v| v.into_iter().next());
+        let parse_num = |k: &str, v: Option<String>| -> Result<Option<i64>, ConfigError> {
+            v.map(|s| s.parse::<i64>().map_err(|_| ConfigError::Invalid(format!("`{k}` must be a number, got `{s}`"))))
+                .transpose()
+        };
+        let parse_bool = |k: &str, v: Option<String>| -> Result<Option<bool>, ConfigError> {
+            v.map(|s| match s.as_str() {
+                "true" | "1" | "yes" => Ok(true),
+                "false" | "0" | "no" => Ok(false),
+                _ => Err(ConfigError::Invalid(format!("`{k}` must be true or false, got `{s}`"))),
+            })
+            .transpose()
+        };
+        let listen = self.listen.clone().or_else(|| one("listen")).unwrap_or_else(|| "127.0.0.1:8080".into());
+        let webhook_secret = self.webhook_secret.clone().or_else(|| one("webhook-secret")).filter(|s| !s.is_empty());
+        let insecure = self.insecure_no_signature
+            || parse_bool("insecure-no-signature", one("insecure-no-signature"))?.unwrap_or(false);
+        if webhook_secret.is_none() && !insecure {
+            return Err(ConfigError::Invalid(
+                "no webhook secret: set ORCH_WEBHOOK_SECRET (or --webhook-secret), the secret of your GitHub webhook; \
+                 --insecure-no-signature accepts unsigned deliveries"
+                    .into(),
+            ));
+        }
+        let app_id = match self.github_app_id {
+            Some(id) => Some(id),
+            None => parse_num("github-app-id", one("github-app-id"))?.map(|n| n as u64),
+        };
+        let app_key = self.github_app_key.clone().or_else(|| one("github-app-key"));
+        let github_app = match (app_id, app_key) {
+            (Some(id), Some(key)) => {
+                let pem = if key.trim_start().starts_with("-----BEGIN") {
+                    key.into_bytes()
+                } else {
+                    std::fs::read(&key)
+                        .map_err(|e| ConfigError::Invalid(format!("cannot read the GitHub App key {key}: {e}")))?
+                };
+                Some((id, pem))
+            }
+            (None, None) => None,
+            _ => return Err(ConfigError::Invalid("a GitHub App needs both its id and its private key".into())),
+        };
+        let listen_url = format!("http://{listen}");
+        let rewrite = if self.clone_rewrite.is_empty() {
+            f("clone-rewrite").unwrap_or_default()
+        } else {
+            self.clone_rewrite.clone()
+        };
+        let clone_rewrite = rewrite
+            .iter()
+            .map(|r| {
+                r.split_once('=')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| ConfigError::Invalid(format!("a clone rewrite is FROM=TO, got `{r}`")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Config {
+            listen,
+            webhook_secret,
+            data_dir: self
+                .data_dir
+                .clone()
+                .or_else(|| one("data-dir").map(PathBuf::from))
+                .unwrap_or_else(default_data_dir),
+            github_url: self
+                .github_url
+                .clone()
+                .or_else(|| one("github-url"))
+                .unwrap_or_else(|| "https://api.github.com".into()),
+            github_token: self.github_token.clone().or_else(|| one("github-token")).filter(|s| !s.is_empty()),
+            github_app,
+            public_url: self.public_url.clone().or_else(|| one("public-url")).unwrap_or(listen_url),
+            concurrency: match self.concurrency {
+                Some(n) => n,
+                None => parse_num("concurrency", one("concurrency"))?.map_or(2, |n| n as usize),
+            }
+            .max(1),
+            jobs: match self.jobs {
+                Some(n) => n,
+                None => parse_num("jobs", one("jobs"))?.map_or(8, |n| n as usize),
+            }
+            .max(1),
+            allow_repos: if self.allow_repos.is_empty() {
+                f("allow-repos").unwrap_or_default()
+            } else {
+                self.allow_repos.clone()
+            },
+            clone_depth: match self.clone_depth {
+                Some(n) => n,
+                None => parse_num("clone-depth", one("clone-depth"))?.map_or(1, |n| n as i32),
+            },
+            clone_rewrite,
+            step_statuses: match self.step_statuses {
+                Some(b) => b,
+                None => parse_bool("step-statuses", one("step-statuses"))?.unwrap_or(false),
+            },
+            secrets_file: self.secrets_file.clone().or_else(|| one("secrets-file").map(PathBuf::from)),
+            cancel_superseded: match self.cancel_superseded {
+                Some(b) => b,
+                None => parse_bool("cancel-superseded", one("cancel-superseded"))?.unwrap_or(true),
+            },
+            github_backoff: Duration::from_millis(self.github_backoff_ms.unwrap_or(1000)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("orch.yml");
+        std::fs::write(&f, "listen: 0.0.0.0:9000\nwebhook_secret: s3\nallow-repos: [a/b, c/d]\nconcurrency: 4\n")
+            .unwrap();
+        let args = ServeArgs { config: Some(f.clone()), concurrency: Some(1), ..Default::default() };
+        let c = args.resolve().unwrap();
+        assert_eq!(c.listen, "0.0.0.0:9000");
+        assert_eq!(c.webhook_secret.as_deref(), Some("s3"));
+        assert_eq!(c.allow_repos, ["a/b", "c/d"]);
+        assert_eq!(c.concurrency, 1, "the flag wins over the file");
+        std::fs::write(&f, "listne: x\n").unwrap();
+        let e = ServeArgs { config: Some(f), ..Default::default() }.resolve().unwrap_err();
+        assert!(e.to_string().contains("did you mean `listen`"), "{e}");
+    }
+
+    #[test]
+    fn refuses_to_start_without_a_secret() {
+        let e = ServeArgs::default().resolve().unwrap_err();
+        assert!(e.to_string().contains("ORCH_WEBHOOK_SECRET"));
+        assert!(ServeArgs { insecure_no_signature: true, ..Default::default() }.resolve().is_ok());
+    }
+}

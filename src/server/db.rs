@@ -1,0 +1,505 @@
+//! The server's embedded database (SQLite): deliveries, runs and their steps.
+//!
+//! One writer thread owns the write connection and commits in groups: every write waits
+//! for the commit that contains it (so a delivery is on disk before its 2xx answer), and
+//! concurrent deliveries share one fsync. Reads use their own connection.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("database: the writer thread is gone")]
+    WriterGone,
+    #[error("database: {0}")]
+    Io(String),
+}
+
+type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
+type Job = Box<dyn FnOnce(&Transaction) -> Reply + Send>;
+
+/// Rows written per commit at most.
+const BATCH: usize = 512;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS deliveries (
+    id TEXT PRIMARY KEY,
+    event TEXT NOT NULL,
+    action TEXT,
+    repo TEXT,
+    received_at INTEGER NOT NULL,
+    headers TEXT NOT NULL,
+    body BLOB NOT NULL,
+    outcome TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    delivery_id TEXT,
+    repo TEXT NOT NULL,
+    clone_url TEXT NOT NULL,
+    event TEXT NOT NULL,
+    branch TEXT,
+    base_branch TEXT,
+    tag TEXT,
+    sha TEXT NOT NULL,
+    pr INTEGER,
+    fork INTEGER NOT NULL DEFAULT 0,
+    changed TEXT,
+    installation_id INTEGER,
+    author TEXT,
+    title TEXT,
+    status TEXT NOT NULL,
+    reason TEXT,
+    created_at INTEGER NOT NULL,
+    started_at INTEGER,
+    finished_at INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    check_run_id INTEGER,
+    concurrency_key TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_by_status ON runs(status, id);
+CREATE INDEX IF NOT EXISTS runs_by_key ON runs(concurrency_key, status);
+CREATE TABLE IF NOT EXISTS steps (
+    run_id INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    stage TEXT,
+    status TEXT NOT NULL,
+    exit_code INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    started REAL,
+    duration REAL,
+    message TEXT,
+    PRIMARY KEY (run_id, name)
+);
+";
+
+/// What a delivery asks to run, as stored.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct NewRun {
+    pub repo: String,
+    pub clone_url: String,
+    /// push, pull_request, tag or manual.
+    pub event: String,
+    pub branch: Option<String>,
+    pub base_branch: Option<String>,
+    pub tag: Option<String>,
+    pub sha: String,
+    pub pr: Option<u64>,
+    pub fork: bool,
+    /// Changed files, when the delivery lists them.
+    pub changed: Option<Vec<String>>,
+    pub installation_id: Option<u64>,
+    pub author: Option<String>,
+    pub title: Option<String>,
+    /// Runs with the same key supersede each other (a branch, or a pull request).
+    pub concurrency_key: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Run {
+    pub id: i64,
+    pub delivery_id: Option<String>,
+    #[serde(flatten)]
+    pub spec: NewRun,
+    pub status: String,
+    pub reason: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub attempts: i64,
+    pub check_run_id: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepRow {
+    pub name: String,
+    pub stage: Option<String>,
+    pub status: String,
+    pub exit_code: Option<i64>,
+    pub attempts: i64,
+    pub started: Option<f64>,
+    pub duration: Option<f64>,
+    pub message: Option<String>,
+}
+
+/// A webhook delivery as received.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// `X-GitHub-Delivery`: the key that makes a redelivery a no-op.
+    pub id: String,
+    pub event: String,
+    pub action: Option<String>,
+    /// The `X-GitHub-*` headers, as JSON.
+    pub headers: String,
+    pub body: Vec<u8>,
+    /// What orch made of it: queued, ignored: why, ping, cancel.
+    pub outcome: String,
+}
+
+/// What storing a delivery did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stored {
+    /// Seen before (same `X-GitHub-Delivery`): nothing new was done.
+    Duplicate,
+    /// Stored; `run` is the run it queued, `cancel` the running runs it supersedes.
+    New { run: Option<i64>, cancel: Vec<i64> },
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+#[derive(Clone)]
+pub struct Db {
+    writer: std::sync::mpsc::SyncSender<Job>,
+    reader: Arc<Mutex<Connection>>,
+}
+
+fn open(path: &Path) -> Result<Connection, DbError> {
+    let c = Connection::open(path)?;
+    c.busy_timeout(std::time::Duration::from_secs(10))?;
+    c.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: a commit is on disk when it returns; the group commit keeps this cheap.
+    c.pragma_update(None, "synchronous", "FULL")?;
+    Ok(c)
+}
+
+impl Db {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Db, DbError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| DbError::Io(format!("{}: {e}", dir.display())))?;
+        }
+        let mut w = open(path)?;
+        w.execute_batch(SCHEMA)?;
+        let reader = open(path)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(4096);
+        std::thread::Builder::new()
+            .name("orch-db-writer".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut jobs = vec![first];
+                    while jobs.len() < BATCH {
+                        match rx.try_recv() {
+                            Ok(j) => jobs.push(j),
+                            Err(_) => break,
+                        }
+                    }
+                    let t = match w.transaction() {
+                        Ok(t) => t,
+                        Err(e) => {
+                            tracing::error!("database: cannot begin a transaction: {e}");
+                            continue;
+                        }
+                    };
+                    let replies: Vec<Reply> = jobs.into_iter().map(|j| j(&t)).collect();
+                    let committed = t.commit().map_err(|e| e.to_string());
+                    for r in replies {
+                        r(committed.clone());
+                    }
+                }
+            })
+            .map_err(|e| DbError::Io(e.to_string()))?;
+        Ok(Db { writer: tx, reader: Arc::new(Mutex::new(reader)) })
+    }
+
+    /// Runs `f` in the next group commit; returns once that commit is durable.
+    pub async fn write<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Transaction) -> rusqlite::Result<R> + Send + 'static,
+    ) -> Result<R, DbError> {
+        let (tx, rx) = oneshot::channel::<Result<R, DbError>>();
+        let job: Job = Box::new(move |t| {
+            let r = f(t);
+            Box::new(move |committed| {
+                let out = match (r, committed) {
+                    (Ok(v), Ok(())) => Ok(v),
+                    (Err(e), _) => Err(DbError::Sql(e)),
+                    (Ok(_), Err(e)) => Err(DbError::Io(format!("commit failed: {e}"))),
+                };
+                let _ = tx.send(out);
+            })
+        });
+        let writer = self.writer.clone();
+        // The channel is bounded: a full queue waits off the async threads.
+        tokio::task::spawn_blocking(move || writer.send(job))
+            .await
+            .map_err(|_| DbError::WriterGone)?
+            .map_err(|_| DbError::WriterGone)?;
+        rx.await.map_err(|_| DbError::WriterGone)?
+    }
+
+    /// Runs a read on the read connection, off the async threads.
+    pub async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+    ) -> Result<R, DbError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let c = reader.lock().map_err(|_| DbError::Io("the read connection is poisoned".into()))?;
+            f(&c).map_err(DbError::Sql)
+        })
+        .await
+        .map_err(|_| DbError::WriterGone)?
+    }
+
+    /// Stores a delivery and queues its run, atomically: a delivery id seen before does
+    /// nothing. Queued runs it supersedes are cancelled here; running ones are returned for
+    /// the caller to stop.
+    pub async fn store_delivery(&self, d: Delivery, run: Option<NewRun>, supersede: bool) -> Result<Stored, DbError> {
+        self.write(move |t| {
+            let Delivery { id, event, action, headers, body, outcome } = d;
+            let repo = run.as_ref().map(|r| r.repo.clone());
+            let inserted = t.execute(
+                "INSERT OR IGNORE INTO deliveries (id, event, action, repo, received_at, headers, body, outcome)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![id, event, action, repo, now(), headers, body, outcome],
+            )?;
+            if inserted == 0 {
+                return Ok(Stored::Duplicate);
+            }
+            let Some(run) = run else { return Ok(Stored::New { run: None, cancel: Vec::new() }) };
+            let run_id = insert_run(t, Some(&id), &run)?;
+            let mut cancel = Vec::new();
+            if let (true, Some(key)) = (supersede, &run.concurrency_key) {
+                cancel = supersede_older(t, key, run_id)?;
+            }
+            Ok(Stored::New { run: Some(run_id), cancel })
+        })
+        .await
+    }
+
+    /// Queues a run that no delivery asked for (a re-run, a manual run).
+    pub async fn queue_run(&self, run: NewRun, supersede: bool) -> Result<(i64, Vec<i64>), DbError> {
+        self.write(move |t| {
+            let id = insert_run(t, None, &run)?;
+            let cancel = match (supersede, &run.concurrency_key) {
+                (true, Some(key)) => supersede_older(t, key, id)?,
+                _ => Vec::new(),
+            };
+            Ok((id, cancel))
+        })
+        .await
+    }
+
+    /// Takes the oldest queued run and marks it running.
+    pub async fn claim(&self) -> Result<Option<Run>, DbError> {
+        self.write(|t| {
+            let id: Option<i64> = t
+                .query_row("SELECT id FROM runs WHERE status = 'queued' ORDER BY id LIMIT 1", [], |r| r.get(0))
+                .optional()?;
+            let Some(id) = id else { return Ok(None) };
+            t.execute(
+                "UPDATE runs SET status = 'running', started_at = ?2, attempts = attempts + 1 WHERE id = ?1",
+                params![id, now()],
+            )?;
+            t.execute("DELETE FROM steps WHERE run_id = ?1", params![id])?;
+            get_run(t, id)
+        })
+        .await
+    }
+
+    pub async fn finish(&self, id: i64, status: &str, reason: Option<String>) -> Result<(), DbError> {
+        let status = status.to_string();
+        self.write(move |t| {
+            t.execute(
+                "UPDATE runs SET status = ?2, reason = ?3, finished_at = ?4 WHERE id = ?1",
+                params![id, status, reason, now()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Marks runs of a pull request (or any key) cancelled when queued; returns the running
+    /// ones for the caller to stop.
+    pub async fn cancel_key(&self, key: String, reason: String) -> Result<Vec<i64>, DbError> {
+        self.write(move |t| {
+            let running = ids(t, "SELECT id FROM runs WHERE concurrency_key = ?1 AND status = 'running'", &key)?;
+            t.execute(
+                "UPDATE runs SET status = 'cancelled', reason = ?2, finished_at = ?3
+                 WHERE concurrency_key = ?1 AND status = 'queued'",
+                params![key, reason, now()],
+            )?;
+            Ok(running)
+        })
+        .await
+    }
+
+    /// After a crash: runs that were running are queued again. Returns them.
+    pub async fn requeue_interrupted(&self) -> Result<Vec<i64>, DbError> {
+        self.write(|t| {
+            let interrupted = ids(t, "SELECT id FROM runs WHERE status = 'running' AND ?1 = ?1", "")?;
+            t.execute(
+                "UPDATE runs SET status = 'queued', reason = 'queued again: the server stopped while it ran'
+                 WHERE status = 'running'",
+                [],
+            )?;
+            Ok(interrupted)
+        })
+        .await
+    }
+
+    pub async fn set_check_run(&self, id: i64, check_run_id: i64) -> Result<(), DbError> {
+        self.write(move |t| {
+            t.execute("UPDATE runs SET check_run_id = ?2 WHERE id = ?1", params![id, check_run_id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn upsert_step(&self, run_id: i64, s: StepRow) -> Result<(), DbError> {
+        self.write(move |t| {
+            t.execute(
+                "INSERT INTO steps (run_id, name, stage, status, exit_code, attempts, started, duration, message)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (run_id, name) DO UPDATE SET stage = COALESCE(excluded.stage, stage),
+                   status = excluded.status, exit_code = excluded.exit_code, attempts = excluded.attempts,
+                   started = COALESCE(excluded.started, started), duration = excluded.duration,
+                   message = excluded.message",
+                params![run_id, s.name, s.stage, s.status, s.exit_code, s.attempts, s.started, s.duration, s.message],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn run(&self, id: i64) -> Result<Option<Run>, DbError> {
+        self.read(move |c| get_run(c, id)).await
+    }
+
+    pub async fn steps(&self, run_id: i64) -> Result<Vec<StepRow>, DbError> {
+        self.read(move |c| {
+            let mut st = c.prepare(
+                "SELECT name, stage, status, exit_code, attempts, started, duration, message
+                 FROM steps WHERE run_id = ?1 ORDER BY COALESCE(started, 1e18), name",
+            )?;
+            st.query_map(params![run_id], |r| {
+                Ok(StepRow {
+                    name: r.get(0)?,
+                    stage: r.get(1)?,
+                    status: r.get(2)?,
+                    exit_code: r.get(3)?,
+                    attempts: r.get(4)?,
+                    started: r.get(5)?,
+                    duration: r.get(6)?,
+                    message: r.get(7)?,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    /// Runs, newest first.
+    pub async fn runs(&self, limit: i64, before: Option<i64>) -> Result<Vec<Run>, DbError> {
+        self.read(move |c| {
+            let mut st =
+                c.prepare(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id < ?1 ORDER BY id DESC LIMIT ?2"))?;
+            st.query_map(params![before.unwrap_or(i64::MAX), limit], row_to_run)?.collect()
+        })
+        .await
+    }
+
+    pub async fn count_deliveries(&self) -> Result<i64, DbError> {
+        self.read(|c| c.query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0))).await
+    }
+
+    pub async fn count_runs(&self, status: &str) -> Result<i64, DbError> {
+        let status = status.to_string();
+        self.read(move |c| c.query_row("SELECT COUNT(*) FROM runs WHERE status = ?1", params![status], |r| r.get(0)))
+            .await
+    }
+}
+
+fn ids(c: &Connection, sql: &str, arg: &str) -> rusqlite::Result<Vec<i64>> {
+    let mut st = c.prepare(sql)?;
+    st.query_map(params![arg], |r| r.get(0))?.collect()
+}
+
+fn insert_run(t: &Transaction, delivery: Option<&str>, r: &NewRun) -> rusqlite::Result<i64> {
+    let changed = r.changed.as_ref().map(|c| serde_json::to_string(c).unwrap_or_default());
+    t.execute(
+        "INSERT INTO runs (delivery_id, repo, clone_url, event, branch, base_branch, tag, sha, pr, fork, changed,
+           installation_id, author, title, status, created_at, concurrency_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'queued', ?15, ?16)",
+        params![
+            delivery,
+            r.repo,
+            r.clone_url,
+            r.event,
+            r.branch,
+            r.base_branch,
+            r.tag,
+            r.sha,
+            r.pr.map(|n| n as i64),
+            r.fork,
+            changed,
+            r.installation_id.map(|n| n as i64),
+            r.author,
+            r.title,
+            now(),
+            r.concurrency_key,
+        ],
+    )?;
+    Ok(t.last_insert_rowid())
+}
+
+/// Cancels the queued runs with `key` older than `newer`; returns the running ones.
+fn supersede_older(t: &Transaction, key: &str, newer: i64) -> rusqlite::Result<Vec<i64>> {
+    let running: Vec<i64> = {
+        let mut st = t.prepare("SELECT id FROM runs WHERE concurrency_key = ?1 AND status = 'running' AND id < ?2")?;
+        st.query_map(params![key, newer], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?
+    };
+    t.execute(
+        "UPDATE runs SET status = 'cancelled', reason = ?3, finished_at = ?4
+         WHERE concurrency_key = ?1 AND status = 'queued' AND id < ?2",
+        params![key, newer, format!("superseded by run {newer}"), now()],
+    )?;
+    Ok(running)
+}
+
+const RUN_COLUMNS: &str = "id, delivery_id, repo, clone_url, event, branch, base_branch, tag, sha, pr, fork, changed,
+    installation_id, author, title, status, reason, created_at, started_at, finished_at, attempts, check_run_id,
+    concurrency_key";
+
+fn row_to_run(r: &rusqlite::Row) -> rusqlite::Result<Run> {
+    let changed: Option<String> = r.get(11)?;
+    Ok(Run {
+        id: r.get(0)?,
+        delivery_id: r.get(1)?,
+        spec: NewRun {
+            repo: r.get(2)?,
+            clone_url: r.get(3)?,
+            event: r.get(4)?,
+            branch: r.get(5)?,
+            base_branch: r.get(6)?,
+            tag: r.get(7)?,
+            sha: r.get(8)?,
+            pr: r.get::<_, Option<i64>>(9)?.map(|n| n as u64),
+            fork: r.get(10)?,
+            changed: changed.and_then(|c| serde_json::from_str(&c).ok()),
+            installation_id: r.get::<_, Option<i64>>(12)?.map(|n| n as u64),
+            author: r.get(13)?,
+            title: r.get(14)?,
+            concurrency_key: r.get(22)?,
+        },
+        status: r.get(15)?,
+        reason: r.get(16)?,
+        created_at: r.get(17)?,
+        started_at: r.get(18)?,
+        finished_at: r.get(19)?,
+        attempts: r.get(20)?,
+        check_run_id: r.get(21)?,
+    })
+}
+
+fn get_run(c: &Connection, id: i64) -> rusqlite::Result<Option<Run>> {
+    c.query_row(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"), params![id], row_to_run).optional()
+}

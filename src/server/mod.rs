@@ -1,0 +1,357 @@
+//! `orch serve`: GitHub webhooks in, one durable run per delivery, statuses or check runs
+//! out. The same planner and scheduler as `orch ci` run the pipelines.
+//!
+//! Flow: `webhook` verifies and stores a delivery with its run (one transaction, before the
+//! answer) -> `worker` claims queued runs from the database, fetches the commit, plans and
+//! executes -> events become step rows, log files and GitHub updates (`github`).
+
+pub mod config;
+pub mod db;
+pub mod webhook;
+pub mod worker;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::github::{self, ReportSender, RunRef, Update};
+use crate::sched::Cancel;
+use config::Config;
+use db::{Db, Stored};
+use webhook::Action;
+
+/// Counters for `/metrics` and the load benchmark.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub deliveries: AtomicU64,
+    pub rejected: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub runs_queued: AtomicU64,
+}
+
+pub struct AppState {
+    pub cfg: Config,
+    pub db: Db,
+    pub report: ReportSender,
+    /// Wakes the worker when a run is queued.
+    pub wake: Notify,
+    /// Running runs, to stop them (superseded, closed pull request, shutdown).
+    pub running: std::sync::Mutex<HashMap<i64, (Cancel, String)>>,
+    pub counters: Counters,
+    pub shutting_down: AtomicBool,
+}
+
+impl AppState {
+    /// Stops a running run, with the reason it will be marked with.
+    pub fn cancel_run(&self, id: i64, reason: &str) {
+        if let Ok(mut m) = self.running.lock()
+            && let Some((c, r)) = m.get_mut(&id)
+        {
+            *r = reason.to_string();
+            c.graceful.cancel();
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    GitHub(#[from] github::ReportError),
+}
+
+/// Builds the state: opens the database, re-queues runs a previous server left running,
+/// starts the GitHub reporter.
+pub async fn state(cfg: Config) -> Result<Arc<AppState>, ServeError> {
+    let db = Db::open(&cfg.data_dir.join("orch.db"))?;
+    let requeued = db.requeue_interrupted().await?;
+    if !requeued.is_empty() {
+        tracing::warn!(runs = ?requeued, "queued again: runs the previous server left running");
+    }
+    let auth = match (&cfg.github_app, &cfg.github_token) {
+        (Some((id, key)), _) => github::Auth::App { app_id: *id, key_pem: key.clone() },
+        (None, Some(t)) => github::Auth::Token(t.clone()),
+        (None, None) => github::Auth::None,
+    };
+    let reporter = github::Reporter::new(github::Config {
+        api_url: cfg.github_url.clone(),
+        auth,
+        public_url: cfg.public_url.clone(),
+        step_statuses: cfg.step_statuses,
+        context: "orch".into(),
+        backoff: cfg.github_backoff,
+    })?;
+    Ok(Arc::new(AppState {
+        report: github::spawn(reporter),
+        cfg,
+        db,
+        wake: Notify::new(),
+        running: std::sync::Mutex::new(HashMap::new()),
+        counters: Counters::default(),
+        shutting_down: AtomicBool::new(false),
+    }))
+}
+
+pub fn router(st: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/webhooks/github", post(receive).layer(DefaultBodyLimit::max(webhook::MAX_BODY)))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/api/runs", get(list_runs))
+        .route("/api/runs/{id}", get(get_run))
+        .route("/api/runs/{id}/logs/{step}", get(get_log))
+        .route("/runs/{id}", get(run_page))
+        .with_state(st)
+}
+
+/// Serves until `shutdown` resolves; then stops the running runs (they are queued again
+/// for the next start) and waits for them to clean up.
+pub async fn serve(
+    cfg: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .map_err(|source| ServeError::Listen { addr: cfg.listen.clone(), source })?;
+    serve_on(listener, cfg, shutdown).await
+}
+
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    cfg: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let st = state(cfg).await?;
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(worker::run(st.clone(), stop.clone()));
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(%addr, data_dir = %st.cfg.data_dir.display(), "orch serve listening");
+    let st2 = st.clone();
+    let stop2 = stop.clone();
+    axum::serve(listener, router(st.clone()))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            st2.shutting_down.store(true, Ordering::SeqCst);
+            stop2.cancel();
+        })
+        .await
+        .map_err(|source| ServeError::Listen { addr, source })?;
+    stop.cancel();
+    let ids: Vec<i64> = st.running.lock().map(|m| m.keys().copied().collect()).unwrap_or_default();
+    for id in ids {
+        st.cancel_run(id, "the server stopped");
+    }
+    let _ = worker.await;
+    Ok(())
+}
+
+fn reply(code: StatusCode, body: serde_json::Value) -> Response {
+    (code, [(header::CONTENT_TYPE, "application/json")], body.to_string() + "\n").into_response()
+}
+
+fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `POST /webhooks/github`.
+async fn receive(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let reject = |code: StatusCode, msg: &str| {
+        st.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(status = code.as_u16(), "delivery rejected: {msg}");
+        reply(code, json!({ "error": msg }))
+    };
+    if let Some(secret) = &st.cfg.webhook_secret
+        && !webhook::verify_signature(secret.as_bytes(), header_str(&headers, "x-hub-signature-256"), &body)
+    {
+        return reject(StatusCode::UNAUTHORIZED, "missing or wrong X-Hub-Signature-256");
+    }
+    let Some(event) = header_str(&headers, "x-github-event").map(str::to_string) else {
+        return reject(StatusCode::BAD_REQUEST, "missing X-GitHub-Event");
+    };
+    let Some(delivery) = header_str(&headers, "x-github-delivery").map(str::to_string) else {
+        return reject(StatusCode::BAD_REQUEST, "missing X-GitHub-Delivery");
+    };
+    let ctype = header_str(&headers, "content-type").unwrap_or("");
+    if !ctype.starts_with("application/json") {
+        return reject(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "content type must be application/json (set it in the webhook's settings)",
+        );
+    }
+    let payload: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return reject(StatusCode::BAD_REQUEST, &format!("the body is not JSON: {e}")),
+    };
+    st.counters.deliveries.fetch_add(1, Ordering::Relaxed);
+    let action_name = payload.get("action").and_then(|a| a.as_str()).map(str::to_string);
+    let mut action = webhook::classify(&event, &payload);
+    let repo = payload.pointer("/repository/full_name").and_then(|r| r.as_str()).unwrap_or("").to_string();
+    if !st.cfg.allow_repos.is_empty() && !st.cfg.allow_repos.contains(&repo) && !matches!(action, Action::Ping) {
+        action = Action::Ignore(format!("repository `{repo}` is not in the allow-list"));
+    }
+    let kept: serde_json::Map<String, serde_json::Value> = headers
+        .iter()
+        .filter(|(k, _)| {
+            k.as_str().starts_with("x-github") || k.as_str() == "user-agent" || k.as_str() == "content-type"
+        })
+        .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or(""))))
+        .collect();
+    let headers_json = serde_json::Value::Object(kept).to_string();
+    let (outcome, run) = match &action {
+        Action::Ping => ("ping".to_string(), None),
+        Action::Run(r) => ("queued".to_string(), Some((**r).clone())),
+        Action::CancelPullRequest { .. } => ("cancel".to_string(), None),
+        Action::Ignore(why) => (format!("ignored: {why}"), None),
+    };
+    let stored = st
+        .db
+        .store_delivery(
+            db::Delivery {
+                id: delivery.clone(),
+                event: event.clone(),
+                action: action_name,
+                headers: headers_json,
+                body: body.to_vec(),
+                outcome,
+            },
+            run,
+            st.cfg.cancel_superseded,
+        )
+        .await;
+    let stored = match stored {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(%delivery, "cannot store the delivery: {e}");
+            // 5xx: GitHub records the failure and the delivery can be redelivered.
+            return reply(StatusCode::SERVICE_UNAVAILABLE, json!({ "error": "cannot store the delivery" }));
+        }
+    };
+    let (run_id, cancel) = match stored {
+        Stored::Duplicate => {
+            st.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%delivery, "duplicate delivery: already stored");
+            return reply(StatusCode::OK, json!({ "status": "duplicate", "delivery": delivery }));
+        }
+        Stored::New { run, cancel } => (run, cancel),
+    };
+    for id in cancel {
+        st.cancel_run(id, &format!("superseded by run {}", run_id.unwrap_or_default()));
+    }
+    match action {
+        Action::Ping => reply(StatusCode::OK, json!({ "status": "pong", "delivery": delivery })),
+        Action::Ignore(why) => {
+            tracing::info!(%delivery, %event, "ignored: {why}");
+            reply(StatusCode::ACCEPTED, json!({ "status": "ignored", "reason": why, "delivery": delivery }))
+        }
+        Action::CancelPullRequest { repo, pr } => {
+            let key = format!("{repo}#pr:{pr}");
+            match st.db.cancel_key(key, format!("pull request #{pr} was closed")).await {
+                Ok(running) => {
+                    for id in running {
+                        st.cancel_run(id, &format!("pull request #{pr} was closed"));
+                    }
+                }
+                Err(e) => tracing::error!("cannot cancel the runs of #{pr}: {e}"),
+            }
+            reply(StatusCode::ACCEPTED, json!({ "status": "cancelled", "pull_request": pr, "delivery": delivery }))
+        }
+        Action::Run(r) => {
+            let id = run_id.unwrap_or_default();
+            st.counters.runs_queued.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%delivery, run = id, repo = %r.repo, sha = %r.sha, event = %r.event, "run queued");
+            st.report.send(Update::Queued(RunRef {
+                id,
+                repo: r.repo.clone(),
+                sha: r.sha.clone(),
+                installation_id: r.installation_id,
+            }));
+            st.wake.notify_one();
+            reply(StatusCode::ACCEPTED, json!({ "status": "queued", "run": id, "delivery": delivery }))
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ListQuery {
+    limit: Option<i64>,
+    before: Option<i64>,
+}
+
+async fn list_runs(State(st): State<Arc<AppState>>, Query(q): Query<ListQuery>) -> Response {
+    match st.db.runs(q.limit.unwrap_or(50).clamp(1, 500), q.before).await {
+        Ok(runs) => reply(StatusCode::OK, json!({ "runs": runs })),
+        Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": e.to_string() })),
+    }
+}
+
+async fn get_run(State(st): State<Arc<AppState>>, Path(id): Path<i64>) -> Response {
+    match (st.db.run(id).await, st.db.steps(id).await) {
+        (Ok(Some(run)), Ok(steps)) => reply(StatusCode::OK, json!({ "run": run, "steps": steps })),
+        (Ok(None), _) => reply(StatusCode::NOT_FOUND, json!({ "error": format!("no run {id}") })),
+        (Err(e), _) | (_, Err(e)) => reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": e.to_string() })),
+    }
+}
+
+async fn get_log(State(st): State<Arc<AppState>>, Path((id, step)): Path<(i64, String)>) -> Response {
+    let file = worker::run_dir(&st.cfg, id).join("logs").join(format!("{}.log", crate::exec::sanitize(&step)));
+    match tokio::fs::read(&file).await {
+        Ok(bytes) => (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response(),
+        Err(_) => reply(StatusCode::NOT_FOUND, json!({ "error": format!("no log for step `{step}` of run {id}") })),
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// The page a GitHub status links to.
+async fn run_page(State(st): State<Arc<AppState>>, Path(id): Path<i64>) -> Response {
+    let (Ok(Some(run)), Ok(steps)) = (st.db.run(id).await, st.db.steps(id).await) else {
+        return (StatusCode::NOT_FOUND, Html(format!("<h1>No run {id}</h1>"))).into_response();
+    };
+    let mut rows = String::new();
+    for s in &steps {
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td><a href=\"/api/runs/{id}/logs/{}\">log</a></td></tr>",
+            esc(&s.name),
+            esc(&s.status),
+            esc(&s.status),
+            esc(s.message.as_deref().unwrap_or("")),
+            esc(&s.name)
+        ));
+    }
+    let error = std::fs::read_to_string(worker::run_dir(&st.cfg, id).join("error.txt")).unwrap_or_default();
+    Html(format!(
+        "<!doctype html><meta charset=utf-8><meta name=viewport content=\"width=device-width\"><title>orch run {id}</title>\
+         <style>body{{font:15px system-ui;margin:2em}}td{{padding:.2em .8em}}.success,.passed{{color:#1a7f37}}\
+         .failure,.failed,.error,.timed_out{{color:#cf222e}}pre{{background:#f6f8fa;padding:1em;overflow:auto}}</style>\
+         <h1>Run {id}: <span class=\"{st}\">{st}</span></h1><p>{repo} · {ev} · {rf} · <code>{sha}</code></p><p>{reason}</p>\
+         <table><tr><th>step</th><th>status</th><th>note</th><th></th></tr>{rows}</table>{err}",
+        st = esc(&run.status),
+        repo = esc(&run.spec.repo),
+        ev = esc(&run.spec.event),
+        rf = esc(run.spec.branch.as_deref().or(run.spec.tag.as_deref()).unwrap_or("")),
+        sha = esc(&run.spec.sha),
+        reason = esc(run.reason.as_deref().unwrap_or("")),
+        err = if error.is_empty() { String::new() } else { format!("<pre>{}</pre>", esc(&error)) },
+    ))
+    .into_response()
+}

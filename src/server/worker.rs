@@ -1,0 +1,424 @@
+//! The worker: claims queued runs, fetches their commit, plans `.orch.yml` for the event and
+//! executes it with the same scheduler as `orch ci`, recording steps and reporting to GitHub.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::AppState;
+use super::config::Config;
+use super::db::{Run, StepRow};
+use crate::checkout::{self, FetchSpec};
+use crate::exec::Workspace;
+use crate::exec::docker::DockerBackend;
+use crate::github::{Annotation, Conclusion, RunRef, Update, annotations_from_log};
+use crate::pipeline::{self, Event};
+use crate::plan::{self, Context, Selection};
+use crate::sched::{self, CacheSettings, Cancel, RunEvent, RunOptions, RunStatus, StepStatus, StepSummary};
+
+pub fn run_dir(cfg: &Config, id: i64) -> PathBuf {
+    cfg.data_dir.join("runs").join(id.to_string())
+}
+
+/// Claims and executes runs until `stop`, at most `concurrency` at once.
+pub async fn run(st: Arc<AppState>, stop: CancellationToken) {
+    // Containers of runs a killed server left behind.
+    if let Ok(backend) = DockerBackend::connect().await {
+        match backend.gc(true).await {
+            Ok(r) if !r.runs.is_empty() => tracing::warn!(runs = ?r.runs, "removed what killed runs left in Docker"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("cleanup of stale runs failed: {e}"),
+        }
+    }
+    let slots = Arc::new(Semaphore::new(st.cfg.concurrency));
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = stop.cancelled() => break,
+        };
+        match st.db.claim().await {
+            Ok(Some(run)) => {
+                let st = st.clone();
+                tasks.spawn(async move {
+                    execute(st, run).await;
+                    drop(permit);
+                });
+            }
+            Ok(None) => {
+                drop(permit);
+                tokio::select! {
+                    _ = st.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = stop.cancelled() => break,
+                }
+            }
+            Err(e) => {
+                drop(permit);
+                tracing::error!("cannot claim a run: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+fn run_ref(run: &Run) -> RunRef {
+    RunRef {
+        id: run.id,
+        repo: run.spec.repo.clone(),
+        sha: run.spec.sha.clone(),
+        installation_id: run.spec.installation_id,
+    }
+}
+
+/// How a run ended, for the database and GitHub.
+struct Outcome {
+    status: &'static str,
+    conclusion: Conclusion,
+    reason: String,
+    summary: String,
+    annotations: Vec<Annotation>,
+}
+
+impl Outcome {
+    fn early(status: &'static str, conclusion: Conclusion, reason: String) -> Outcome {
+        Outcome { status, conclusion, summary: reason.clone(), reason, annotations: Vec::new() }
+    }
+}
+
+async fn execute(st: Arc<AppState>, run: Run) {
+    let cancel = Cancel::default();
+    if let Ok(mut m) = st.running.lock() {
+        m.insert(run.id, (cancel.clone(), "cancelled".into()));
+    }
+    let rr = run_ref(&run);
+    st.report.send(Update::Started(rr.clone()));
+    tracing::info!(run = run.id, repo = %run.spec.repo, sha = %run.spec.sha, "run started");
+    let dir = run_dir(&st.cfg, run.id);
+    let work = st.cfg.data_dir.join("work").join(run.id.to_string());
+    let _ = std::fs::remove_dir_all(&work);
+    let outcome = match prepare_and_run(&st, &run, &dir, &work, cancel.clone()).await {
+        Ok(o) | Err(o) => o,
+    };
+    let _ = std::fs::remove_dir_all(&work);
+    let reason_override = st.running.lock().ok().and_then(|mut m| m.remove(&run.id)).map(|(_, r)| r);
+    // A run stopped because the server is stopping runs again at the next start.
+    if outcome.status == "cancelled" && st.shutting_down.load(Ordering::SeqCst) {
+        let _ = st
+            .db
+            .write(move |t| {
+                t.execute(
+                    "UPDATE runs SET status = 'queued', reason = 'queued again: the server stopped while it ran' WHERE id = ?1",
+                    rusqlite::params![run.id],
+                )
+            })
+            .await;
+        tracing::info!(run = run.id, "run stopped with the server; it is queued again");
+        return;
+    }
+    let reason = if outcome.status == "cancelled" { reason_override.unwrap_or(outcome.reason) } else { outcome.reason };
+    if let Err(e) = st.db.finish(run.id, outcome.status, Some(reason.clone())).await {
+        tracing::error!(run = run.id, "cannot record the run's end: {e}");
+    }
+    tracing::info!(run = run.id, status = outcome.status, "run finished: {reason}");
+    st.report.send(Update::Finished {
+        run: rr,
+        conclusion: outcome.conclusion,
+        description: reason,
+        summary: outcome.summary,
+        annotations: outcome.annotations,
+    });
+}
+
+fn secrets_for(st: &AppState, run: &Run) -> std::collections::HashMap<String, String> {
+    // Code from a fork must not see the repository's secrets.
+    if run.spec.fork {
+        return Default::default();
+    }
+    let Some(file) = &st.cfg.secrets_file else { return Default::default() };
+    match std::fs::read_to_string(file).map_err(|e| e.to_string()).and_then(|t| crate::ci::parse_dotenv(&t)) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot read the secrets file {}: {e}", file.display());
+            Default::default()
+        }
+    }
+}
+
+async fn prepare_and_run(
+    st: &Arc<AppState>,
+    run: &Run,
+    dir: &std::path::Path,
+    work: &std::path::Path,
+    cancel: Cancel,
+) -> Result<Outcome, Outcome> {
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs)
+        .map_err(|e| Outcome::early("error", Conclusion::Error, format!("cannot create {}: {e}", logs.display())))?;
+    let write_error = |text: &str| {
+        let _ = std::fs::write(dir.join("error.txt"), text);
+    };
+
+    // 1. The commit.
+    let git_ref = match (run.spec.event.as_str(), &run.spec.pr, &run.spec.tag, &run.spec.branch) {
+        ("pull_request", Some(n), _, _) => format!("refs/pull/{n}/head"),
+        ("tag", _, Some(t), _) => format!("refs/tags/{t}"),
+        (_, _, _, Some(b)) => format!("refs/heads/{b}"),
+        _ => run.spec.sha.clone(),
+    };
+    let spec = FetchSpec {
+        url: checkout::rewrite_url(&run.spec.clone_url, &st.cfg.clone_rewrite),
+        git_ref,
+        sha: run.spec.sha.clone(),
+        depth: st.cfg.clone_depth,
+        token: st.cfg.github_token.clone(),
+    };
+    let w = work.to_path_buf();
+    let fetched = tokio::task::spawn_blocking(move || checkout::fetch(&w, &spec)).await;
+    match fetched {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            write_error(&e.to_string());
+            return Err(Outcome::early(
+                "error",
+                Conclusion::Error,
+                format!("could not fetch the commit: {}", e.message),
+            ));
+        }
+        Err(e) => return Err(Outcome::early("error", Conclusion::Error, format!("fetch task failed: {e}"))),
+    }
+
+    // 2. The pipeline, planned for the event.
+    let file = work.join(".orch.yml");
+    if !file.exists() {
+        return Err(Outcome::early(
+            "failure",
+            Conclusion::Failure,
+            format!("no .orch.yml in {} at {}", run.spec.repo, short(&run.spec.sha)),
+        ));
+    }
+    let pipeline = match pipeline::load_file(&file) {
+        Ok(p) => p,
+        Err(e) => {
+            let text = e.to_string().replace(&work.display().to_string(), "");
+            write_error(&text);
+            let n = match &e {
+                pipeline::ConfigError::Invalid { diagnostics, .. } => diagnostics.len(),
+                _ => 1,
+            };
+            return Err(Outcome {
+                status: "failure",
+                conclusion: Conclusion::Failure,
+                reason: format!("invalid .orch.yml: {n} problem{} (see the run page)", if n == 1 { "" } else { "s" }),
+                summary: format!("`.orch.yml` is invalid:\n\n```\n{}\n```", crate::github::truncate(&text, 60_000)),
+                annotations: Vec::new(),
+            });
+        }
+    };
+    let event = Event::parse(&run.spec.event).unwrap_or(Event::Push);
+    let ctx = Context {
+        event: Some(event),
+        branch: run.spec.branch.clone(),
+        base_branch: run.spec.base_branch.clone(),
+        tag: run.spec.tag.clone(),
+        commit: run.spec.sha.clone(),
+        pr: run.spec.pr,
+        repo: run.spec.repo.clone(),
+        run_id: run.id.to_string(),
+        changed: run.spec.changed.clone(),
+    };
+    let plan = plan::plan(&pipeline, &ctx, &Selection::default())
+        .map_err(|e| Outcome::early("failure", Conclusion::Failure, format!("cannot plan .orch.yml: {e}")))?;
+    let _ = std::fs::write(dir.join("plan.json"), plan::render::json(&plan));
+    if let Some(why) = &plan.not_triggered {
+        return Err(Outcome::early("skipped", Conclusion::Skipped, format!("not triggered: {why}")));
+    }
+    if plan.steps.is_empty() {
+        return Err(Outcome::early("skipped", Conclusion::Skipped, "no step runs for this event".into()));
+    }
+
+    // 3. Execute.
+    let backend = match DockerBackend::connect().await {
+        Ok(b) => Arc::new(b),
+        Err(e) => return Err(Outcome::early("error", Conclusion::Error, e.to_string())),
+    };
+    let files =
+        crate::git::workspace_files(work).map_err(|e| Outcome::early("error", Conclusion::Error, e.to_string()))?;
+    let (tx, mut rx) = mpsc::channel::<RunEvent>(1024);
+    let recorder = {
+        let st = st.clone();
+        let rr = run_ref(run);
+        let run_id = run.id;
+        tokio::spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                match ev {
+                    RunEvent::StepStarted { step, attempt, .. } => {
+                        let row = StepRow {
+                            name: step,
+                            stage: None,
+                            status: "running".into(),
+                            exit_code: None,
+                            attempts: attempt as i64,
+                            started: None,
+                            duration: None,
+                            message: None,
+                        };
+                        let _ = st.db.upsert_step(run_id, row).await;
+                    }
+                    RunEvent::StepFinished(s) => {
+                        let _ = st.db.upsert_step(run_id, step_row(&s)).await;
+                        st.report.send(Update::Step {
+                            run: rr.clone(),
+                            step: s.step.clone(),
+                            conclusion: step_conclusion(&s),
+                            description: step_line(&s),
+                        });
+                    }
+                    _ => {}
+                }
+            }
+        })
+    };
+    let cache = crate::cache::CacheStore::new(st.cfg.data_dir.join("cache"), crate::cache::DEFAULT_MAX_BYTES);
+    let result = sched::execute(
+        backend,
+        &plan,
+        RunOptions {
+            run_id: format!("s{}-{}", run.id, run.attempts),
+            jobs: st.cfg.jobs,
+            secrets: secrets_for(st, run),
+            log_dir: Some(logs.clone()),
+            workspace: Workspace::Copy { root: work.to_path_buf(), files },
+            grace: Duration::from_secs(10),
+            cache: Some(CacheSettings { store: Arc::new(cache), scopes: sched::cache_scopes(&ctx, "main") }),
+            source_root: Some(work.to_path_buf()),
+            artifact_dir: Some(dir.join("artifacts")),
+        },
+        tx,
+        cancel,
+    )
+    .await;
+    let _ = recorder.await;
+
+    let (status, conclusion) = match result.status {
+        RunStatus::Success => ("success", Conclusion::Success),
+        RunStatus::Failure => (
+            "failure",
+            if result.steps.iter().any(|s| s.status == StepStatus::TimedOut && !s.allowed_failure) {
+                Conclusion::TimedOut
+            } else {
+                Conclusion::Failure
+            },
+        ),
+        RunStatus::Cancelled => ("cancelled", Conclusion::Cancelled),
+        RunStatus::Error => ("error", Conclusion::Error),
+    };
+    let mut annotations = Vec::new();
+    for s in result.steps.iter().filter(|s| matches!(s.status, StepStatus::Failed | StepStatus::TimedOut)) {
+        let log = logs.join(format!("{}.log", crate::exec::sanitize(&s.step)));
+        if let Ok(text) = std::fs::read_to_string(&log) {
+            annotations.extend(annotations_from_log(&text, 1000));
+        }
+    }
+    Ok(Outcome {
+        status,
+        conclusion,
+        reason: describe(&result.steps, result.duration),
+        summary: summary(&result.steps, result.duration),
+        annotations,
+    })
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(8)]
+}
+
+fn step_row(s: &StepSummary) -> StepRow {
+    StepRow {
+        name: s.step.clone(),
+        stage: None,
+        status: match s.status {
+            StepStatus::Passed => "passed",
+            StepStatus::Failed => "failed",
+            StepStatus::TimedOut => "timed_out",
+            StepStatus::Cancelled => "cancelled",
+            StepStatus::Error => "error",
+            StepStatus::Skipped => "skipped",
+        }
+        .into(),
+        exit_code: s.exit_code,
+        attempts: s.attempts as i64,
+        started: Some(s.started.as_secs_f64()),
+        duration: Some(s.duration.as_secs_f64()),
+        message: s.message.clone(),
+    }
+}
+
+fn step_conclusion(s: &StepSummary) -> Conclusion {
+    match s.status {
+        StepStatus::Passed => Conclusion::Success,
+        StepStatus::Skipped => Conclusion::Skipped,
+        _ if s.allowed_failure => Conclusion::Success,
+        StepStatus::TimedOut => Conclusion::TimedOut,
+        StepStatus::Cancelled => Conclusion::Cancelled,
+        StepStatus::Failed => Conclusion::Failure,
+        StepStatus::Error => Conclusion::Error,
+    }
+}
+
+fn step_line(s: &StepSummary) -> String {
+    let d = crate::report::console::human(s.duration);
+    match (&s.status, &s.message) {
+        (StepStatus::Passed, _) => format!("passed in {d}"),
+        (StepStatus::Skipped, Some(m)) => format!("skipped: {m}"),
+        (st, Some(m)) => format!("{}: {m}", st.as_str()),
+        (st, None) => st.as_str().to_string(),
+    }
+}
+
+/// One line for a status description: `3 passed, 1 failed (unit) in 12.3s`.
+fn describe(steps: &[StepSummary], took: Duration) -> String {
+    let count = |st: StepStatus| steps.iter().filter(|s| s.status == st).count();
+    let mut parts = vec![format!("{} passed", count(StepStatus::Passed))];
+    for (st, word) in [
+        (StepStatus::Failed, "failed"),
+        (StepStatus::TimedOut, "timed out"),
+        (StepStatus::Error, "errored"),
+        (StepStatus::Cancelled, "cancelled"),
+        (StepStatus::Skipped, "skipped"),
+    ] {
+        let names: Vec<&str> = steps.iter().filter(|s| s.status == st).map(|s| s.step.as_str()).collect();
+        if !names.is_empty() {
+            if st == StepStatus::Skipped {
+                parts.push(format!("{} {word}", names.len()));
+            } else {
+                parts.push(format!("{} {word} ({})", names.len(), names.join(", ")));
+            }
+        }
+    }
+    format!("{} in {}", parts.join(", "), crate::report::console::human(took))
+}
+
+/// The check run summary: a Markdown table of steps.
+fn summary(steps: &[StepSummary], took: Duration) -> String {
+    let mut s = format!("{}\n\n| step | result | time | note |\n|---|---|---|---|\n", describe(steps, took));
+    for st in steps {
+        let icon = match st.status {
+            StepStatus::Passed => "✅",
+            StepStatus::Skipped => "⏭️",
+            _ if st.allowed_failure => "⚠️",
+            _ => "❌",
+        };
+        let time =
+            if st.status == StepStatus::Skipped { "-".into() } else { crate::report::console::human(st.duration) };
+        let note = st.message.clone().unwrap_or_default().replace('|', "\\|").replace('\n', " ");
+        s.push_str(&format!("| `{}` | {icon} {} | {time} | {note} |\n", st.step, st.status.as_str()));
+    }
+    s
+}
