@@ -305,6 +305,14 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_config_loads() {
+        let f = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/runners/server/orch.yml"));
+        let c = ServeArgs { config: Some(f), ..Default::default() }.resolve().unwrap();
+        assert_eq!(c.allow_repos, ["acme/hello", "acme/website"]);
+        assert!(c.step_statuses);
+    }
+
+    #[test]
     fn refuses_to_start_without_a_secret() {
         let e = ServeArgs::default().resolve().unwrap_err();
         assert!(e.to_string().contains("ORCH_WEBHOOK_SECRET"));
