@@ -4,6 +4,7 @@
 //! and intake never waits because of reporting.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use octocrab::Octocrab;
@@ -47,6 +48,8 @@ pub struct RunRef {
     pub repo: String,
     pub sha: String,
     pub installation_id: Option<u64>,
+    /// The run's check run (App mode), as recorded by a previous server process.
+    pub check_run_id: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -144,10 +147,14 @@ fn iso(t: std::time::SystemTime) -> String {
 pub struct Reporter {
     cfg: Config,
     client: Option<Octocrab>,
-    /// Installation clients (App mode), by installation id.
-    installations: HashMap<u64, Octocrab>,
+    /// Installation clients (App mode), by installation id. Shared, not cloned: a clone of an
+    /// installation client starts with an empty token cache and would mint a new token for
+    /// every request.
+    installations: HashMap<u64, Arc<Octocrab>>,
     /// Check run ids (App mode), by run id.
     check_runs: HashMap<i64, u64>,
+    /// Told each check run created (run id, check run id), to keep it across restarts.
+    on_check_run: Option<Box<dyn Fn(i64, u64) + Send + Sync>>,
 }
 
 impl Reporter {
@@ -173,7 +180,22 @@ impl Reporter {
                 Some(builder()?.app((*app_id).into(), key).build().map_err(|e| ReportError(e.to_string()))?)
             }
         };
-        Ok(Reporter { cfg, client, installations: HashMap::new(), check_runs: HashMap::new() })
+        Ok(Reporter { cfg, client, installations: HashMap::new(), check_runs: HashMap::new(), on_check_run: None })
+    }
+
+    /// Calls `f(run id, check run id)` for each check run created.
+    pub fn on_check_run(mut self, f: impl Fn(i64, u64) + Send + Sync + 'static) -> Reporter {
+        self.on_check_run = Some(Box::new(f));
+        self
+    }
+
+    fn created_check_run(&mut self, run: i64, created: &Value) {
+        if let Some(id) = created.get("id").and_then(Value::as_u64) {
+            self.check_runs.insert(run, id);
+            if let Some(f) = &self.on_check_run {
+                f(run, id);
+            }
+        }
     }
 
     pub fn enabled(&self) -> bool {
@@ -189,10 +211,10 @@ impl Reporter {
     }
 
     /// The client that acts for `run`: the token client, or the App's installation client.
-    async fn client_for(&mut self, run: &RunRef) -> Result<Octocrab, ReportError> {
+    async fn client_for(&mut self, run: &RunRef) -> Result<Arc<Octocrab>, ReportError> {
         let Some(base) = &self.client else { return Err(ReportError("no GitHub credentials".into())) };
         if !self.is_app() {
-            return Ok(base.clone());
+            return Ok(Arc::new(base.clone()));
         }
         let id = match run.installation_id {
             Some(id) => id,
@@ -208,7 +230,7 @@ impl Reporter {
         if let Some(c) = self.installations.get(&id) {
             return Ok(c.clone());
         }
-        let c = base.installation(id.into()).map_err(|e| ReportError(e.to_string()))?;
+        let c = Arc::new(base.installation(id.into()).map_err(|e| ReportError(e.to_string()))?);
         self.installations.insert(id, c.clone());
         Ok(c)
     }
@@ -269,9 +291,7 @@ impl Reporter {
                 let route = format!("/repos/{}/check-runs", run.repo);
                 let created =
                     self.with_retry(&format!("POST {route}"), || client.post(route.clone(), Some(&body))).await?;
-                if let Some(id) = created.get("id").and_then(Value::as_u64) {
-                    self.check_runs.insert(run.id, id);
-                }
+                self.created_check_run(run.id, &created);
                 Ok(())
             }
             Update::Queued(run) => self.status(run, &ctx, "pending", "Queued").await,
@@ -313,7 +333,7 @@ impl Reporter {
 
     async fn patch_check_run(&mut self, run: &RunRef, body: Value) -> Result<(), ReportError> {
         let client = self.client_for(run).await?;
-        let Some(id) = self.check_runs.get(&run.id).copied() else {
+        let Some(id) = self.check_runs.get(&run.id).copied().or(run.check_run_id) else {
             // The queued update never reached GitHub: create the check run now.
             let mut create = body.clone();
             create["name"] = json!(self.cfg.context);
@@ -323,9 +343,7 @@ impl Reporter {
             let route = format!("/repos/{}/check-runs", run.repo);
             let created =
                 self.with_retry(&format!("POST {route}"), || client.post(route.clone(), Some(&create))).await?;
-            if let Some(id) = created.get("id").and_then(Value::as_u64) {
-                self.check_runs.insert(run.id, id);
-            }
+            self.created_check_run(run.id, &created);
             return Ok(());
         };
         let route = format!("/repos/{}/check-runs/{id}", run.repo);

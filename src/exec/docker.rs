@@ -843,14 +843,14 @@ impl Backend for DockerBackend {
             // Docker names the entries after the last component of the path it was given.
             let rebase = Path::new(&prefix).parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
             let rebase = if prefix.is_empty() { String::new() } else { rebase };
-            let dest = dest.to_path_buf();
+            let into = dest.to_path_buf();
             let matchers = matchers.clone();
             let mut m = matched.clone();
-            let (got, m) = tokio::task::spawn_blocking(move || {
+            let ((got, links), m) = tokio::task::spawn_blocking(move || {
                 let f = std::fs::File::open(tmp.path()).map_err(|e| e.to_string())?;
                 // A whole-workspace download starts with the `workspace/` directory itself.
                 let strip = if prefix.is_empty() { "workspace" } else { "" };
-                let got = extract_matching(std::io::BufReader::new(f), &rebase, &matchers, &dest, &mut m, strip)?;
+                let got = extract_matching(std::io::BufReader::new(f), &rebase, &matchers, &into, &mut m, strip)?;
                 Ok::<_, String>((got, m))
             })
             .await
@@ -858,6 +858,26 @@ impl Backend for DockerBackend {
             .map_err(BackendError::Artifacts)?;
             matched = m.iter().zip(&matched).map(|(a, b)| *a || *b).collect();
             files.extend(got);
+            // A hard link whose other name was not collected: fetched alone, Docker sends
+            // it as a regular file.
+            for rel in links {
+                let one = tempfile::NamedTempFile::new().map_err(|e| BackendError::Artifacts(e.to_string()))?;
+                let path = format!("{WORKSPACE}/{rel}");
+                if !self.export(handle, &path, one.path()).await.map_err(|e| BackendError::Artifacts(e.to_string()))? {
+                    continue;
+                }
+                let parent = Path::new(&rel).parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+                let exact = artifact_matcher(&rel).map_err(BackendError::Artifacts)?;
+                let dest = dest.to_path_buf();
+                let (got, _) = tokio::task::spawn_blocking(move || {
+                    let f = std::fs::File::open(one.path()).map_err(|e| e.to_string())?;
+                    extract_matching(std::io::BufReader::new(f), &parent, &[exact], &dest, &mut [false], "")
+                })
+                .await
+                .map_err(|e| BackendError::Artifacts(e.to_string()))?
+                .map_err(BackendError::Artifacts)?;
+                files.extend(got);
+            }
         }
         let unmatched: Vec<String> =
             patterns.iter().zip(&matched).filter(|(_, m)| !**m).map(|(p, _)| p.clone()).collect();

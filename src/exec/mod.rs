@@ -225,8 +225,9 @@ pub fn literal_prefix(pattern: &str) -> String {
 }
 
 /// Unpacks the entries of `tar` (paths relative to the workspace after `rebase`) that match
-/// one of `patterns` (or lie under a matching directory) into `dest`. Returns the files and
-/// which patterns matched something.
+/// one of `patterns` (or lie under a matching directory) into `dest`. Returns the files, and
+/// the hard links whose target was not unpacked (the caller fetches those one by one);
+/// `matched` says which patterns matched something.
 pub fn extract_matching(
     tar: impl std::io::Read,
     rebase: &str,
@@ -234,9 +235,10 @@ pub fn extract_matching(
     dest: &Path,
     matched: &mut [bool],
     strip: &str,
-) -> Result<Vec<ArtifactFile>, String> {
+) -> Result<(Vec<ArtifactFile>, Vec<String>), String> {
     let mut archive = tar::Archive::new(tar);
     let mut files = Vec::new();
+    let mut unresolved = Vec::new();
     for entry in archive.entries().map_err(|e| e.to_string())? {
         let mut entry = entry.map_err(|e| e.to_string())?;
         let raw = entry.path().map_err(|e| e.to_string())?.to_string_lossy().into_owned();
@@ -292,6 +294,8 @@ pub fn extract_matching(
                 }
                 let size = std::fs::copy(&from, &to).map_err(|e| format!("{}: {e}", to.display()))?;
                 files.push(ArtifactFile { path: rel, size });
+            } else {
+                unresolved.push(rel);
             }
             continue;
         }
@@ -323,7 +327,7 @@ pub fn extract_matching(
         entry.unpack(&out).map_err(|e| format!("{}: {e}", out.display()))?;
         files.push(ArtifactFile { path: rel, size });
     }
-    Ok(files)
+    Ok((files, unresolved))
 }
 
 /// Whether a relative path climbs above its root with `..`.

@@ -549,12 +549,22 @@ impl<B: Backend> Unit<B> {
         caches: &[StepCache],
         summary: &mut StepSummary,
     ) -> Result<(), String> {
-        // Artifacts first: a step whose artifacts cannot be kept fails, and saves no cache.
+        // Artifacts first: a step whose artifacts cannot be kept fails, keeps none of them,
+        // and saves no cache. They are gathered in a staging directory, renamed when whole.
         if let (Some(art), Some(dir)) = (&self.step.artifacts, &self.artifact_dir) {
             let dest = dir.join(sanitize(&self.step.name));
-            std::fs::create_dir_all(&dest).map_err(|e| format!("artifacts: {}: {e}", dest.display()))?;
-            let collected =
-                self.backend.collect(h, &art.paths, art.optional, &dest).await.map_err(|e| e.to_string())?;
+            let staging = dir.join(format!(".{}.partial", sanitize(&self.step.name)));
+            let _ = std::fs::remove_dir_all(&staging);
+            std::fs::create_dir_all(&staging).map_err(|e| format!("artifacts: {}: {e}", staging.display()))?;
+            let collected = match self.backend.collect(h, &art.paths, art.optional, &staging).await {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&staging);
+                    return Err(e.to_string());
+                }
+            };
+            let _ = std::fs::remove_dir_all(&dest);
+            std::fs::rename(&staging, &dest).map_err(|e| format!("artifacts: {}: {e}", dest.display()))?;
             if !collected.unmatched.is_empty() {
                 let _ = self
                     .events
@@ -579,6 +589,21 @@ impl<B: Backend> Unit<B> {
                 .await;
             summary.artifacts = files;
         }
+        // A cache that cannot be saved costs the next run time, not this step its result.
+        if let Err(e) = self.save_caches(h, caches).await {
+            let _ = self
+                .events
+                .send(RunEvent::RunMessage {
+                    level: Level::Warning,
+                    message: format!("step `{}`: cache not saved: {e}", self.step.name),
+                })
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Saves the step's caches whose keys the run's scope does not have yet.
+    async fn save_caches(&self, h: &StepHandle, caches: &[StepCache]) -> Result<(), String> {
         if let Some(settings) = &self.cache {
             let scope = &settings.scopes[0];
             for c in caches.iter().filter(|c| !c.have && !settings.store.contains(scope, &c.key)) {

@@ -147,8 +147,9 @@ pub struct Delivery {
 pub enum Stored {
     /// Seen before (same `X-GitHub-Delivery`): nothing new was done.
     Duplicate,
-    /// Stored; `run` is the run it queued, `cancel` the running runs it supersedes.
-    New { run: Option<i64>, cancel: Vec<i64> },
+    /// Stored; `run` is the run it queued, `cancel` the running runs it supersedes (for the
+    /// caller to stop), `cancelled` the queued ones it cancelled (for the caller to report).
+    New { run: Option<i64>, cancel: Vec<i64>, cancelled: Vec<Run> },
 }
 
 pub fn now() -> i64 {
@@ -264,26 +265,29 @@ impl Db {
             if inserted == 0 {
                 return Ok(Stored::Duplicate);
             }
-            let Some(run) = run else { return Ok(Stored::New { run: None, cancel: Vec::new() }) };
+            let Some(run) = run else {
+                return Ok(Stored::New { run: None, cancel: Vec::new(), cancelled: Vec::new() });
+            };
             let run_id = insert_run(t, Some(&id), &run)?;
-            let mut cancel = Vec::new();
+            let (mut cancel, mut cancelled) = (Vec::new(), Vec::new());
             if let (true, Some(key)) = (supersede, &run.concurrency_key) {
-                cancel = supersede_older(t, key, run_id)?;
+                (cancel, cancelled) = supersede_older(t, key, run_id)?;
             }
-            Ok(Stored::New { run: Some(run_id), cancel })
+            Ok(Stored::New { run: Some(run_id), cancel, cancelled })
         })
         .await
     }
 
     /// Queues a run that no delivery asked for (a re-run, a manual run).
-    pub async fn queue_run(&self, run: NewRun, supersede: bool) -> Result<(i64, Vec<i64>), DbError> {
+    /// Returns its id, the running runs it supersedes and the queued ones it cancelled.
+    pub async fn queue_run(&self, run: NewRun, supersede: bool) -> Result<(i64, Vec<i64>, Vec<Run>), DbError> {
         self.write(move |t| {
             let id = insert_run(t, None, &run)?;
-            let cancel = match (supersede, &run.concurrency_key) {
+            let (cancel, cancelled) = match (supersede, &run.concurrency_key) {
                 (true, Some(key)) => supersede_older(t, key, id)?,
-                _ => Vec::new(),
+                _ => (Vec::new(), Vec::new()),
             };
-            Ok((id, cancel))
+            Ok((id, cancel, cancelled))
         })
         .await
     }
@@ -318,16 +322,17 @@ impl Db {
     }
 
     /// Marks runs of a pull request (or any key) cancelled when queued; returns the running
-    /// ones for the caller to stop.
-    pub async fn cancel_key(&self, key: String, reason: String) -> Result<Vec<i64>, DbError> {
+    /// ones for the caller to stop, and the queued ones it cancelled for the caller to report.
+    pub async fn cancel_key(&self, key: String, reason: String) -> Result<(Vec<i64>, Vec<Run>), DbError> {
         self.write(move |t| {
             let running = ids(t, "SELECT id FROM runs WHERE concurrency_key = ?1 AND status = 'running'", &key)?;
+            let queued = ids(t, "SELECT id FROM runs WHERE concurrency_key = ?1 AND status = 'queued'", &key)?;
             t.execute(
                 "UPDATE runs SET status = 'cancelled', reason = ?2, finished_at = ?3
                  WHERE concurrency_key = ?1 AND status = 'queued'",
                 params![key, reason, now()],
             )?;
-            Ok(running)
+            Ok((running, runs_by_id(t, &queued)?))
         })
         .await
     }
@@ -451,18 +456,24 @@ fn insert_run(t: &Transaction, delivery: Option<&str>, r: &NewRun) -> rusqlite::
     Ok(t.last_insert_rowid())
 }
 
-/// Cancels the queued runs with `key` older than `newer`; returns the running ones.
-fn supersede_older(t: &Transaction, key: &str, newer: i64) -> rusqlite::Result<Vec<i64>> {
-    let running: Vec<i64> = {
-        let mut st = t.prepare("SELECT id FROM runs WHERE concurrency_key = ?1 AND status = 'running' AND id < ?2")?;
-        st.query_map(params![key, newer], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?
+/// Cancels the queued runs with `key` older than `newer`; returns the running ones and the
+/// cancelled ones.
+fn supersede_older(t: &Transaction, key: &str, newer: i64) -> rusqlite::Result<(Vec<i64>, Vec<Run>)> {
+    let with_status = |status: &str| -> rusqlite::Result<Vec<i64>> {
+        let mut st = t.prepare("SELECT id FROM runs WHERE concurrency_key = ?1 AND status = ?3 AND id < ?2")?;
+        st.query_map(params![key, newer, status], |r| r.get(0))?.collect()
     };
+    let (running, queued) = (with_status("running")?, with_status("queued")?);
     t.execute(
         "UPDATE runs SET status = 'cancelled', reason = ?3, finished_at = ?4
          WHERE concurrency_key = ?1 AND status = 'queued' AND id < ?2",
         params![key, newer, format!("superseded by run {newer}"), now()],
     )?;
-    Ok(running)
+    Ok((running, runs_by_id(t, &queued)?))
+}
+
+fn runs_by_id(c: &Connection, ids: &[i64]) -> rusqlite::Result<Vec<Run>> {
+    ids.iter().filter_map(|&id| get_run(c, id).transpose()).collect()
 }
 
 const RUN_COLUMNS: &str = "id, delivery_id, repo, clone_url, event, branch, base_branch, tag, sha, pr, fork, changed,

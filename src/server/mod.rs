@@ -100,6 +100,16 @@ pub async fn state(cfg: Config) -> Result<Arc<AppState>, ServeError> {
         context: "orch".into(),
         backoff: cfg.github_backoff,
     })?;
+    // A run queued again after a restart updates the check run it has, not a new one.
+    let keep = db.clone();
+    let reporter = reporter.on_check_run(move |run, check_run| {
+        let db = keep.clone();
+        tokio::spawn(async move {
+            if let Err(e) = db.set_check_run(run, check_run as i64).await {
+                tracing::warn!(run, "cannot record the check run: {e}");
+            }
+        });
+    });
     Ok(Arc::new(AppState {
         report: github::spawn(reporter),
         cfg,
@@ -250,7 +260,10 @@ async fn receive(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Byte
             tracing::info!(%delivery, "duplicate delivery: already stored");
             return reply(StatusCode::OK, json!({ "status": "duplicate", "delivery": delivery }));
         }
-        Stored::New { run, cancel } => (run, cancel),
+        Stored::New { run, cancel, cancelled } => {
+            report_cancelled(&st, cancelled);
+            (run, cancel)
+        }
     };
     for id in cancel {
         st.cancel_run(id, &format!("superseded by run {}", run_id.unwrap_or_default()));
@@ -264,10 +277,11 @@ async fn receive(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Byte
         Action::CancelPullRequest { repo, pr } => {
             let key = format!("{repo}#pr:{pr}");
             match st.db.cancel_key(key, format!("pull request #{pr} was closed")).await {
-                Ok(running) => {
+                Ok((running, cancelled)) => {
                     for id in running {
                         st.cancel_run(id, &format!("pull request #{pr} was closed"));
                     }
+                    report_cancelled(&st, cancelled);
                 }
                 Err(e) => tracing::error!("cannot cancel the runs of #{pr}: {e}"),
             }
@@ -282,10 +296,27 @@ async fn receive(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Byte
                 repo: r.repo.clone(),
                 sha: r.sha.clone(),
                 installation_id: r.installation_id,
+                check_run_id: None,
             }));
             st.wake.notify_one();
             reply(StatusCode::ACCEPTED, json!({ "status": "queued", "run": id, "delivery": delivery }))
         }
+    }
+}
+
+/// Tells GitHub about queued runs that were cancelled before they started (superseded, or
+/// their pull request closed): their commits would show "Queued" for ever otherwise.
+fn report_cancelled(st: &AppState, runs: Vec<db::Run>) {
+    for run in runs {
+        let reason = run.reason.clone().unwrap_or_else(|| "cancelled".into());
+        tracing::info!(run = run.id, "cancelled before it started: {reason}");
+        st.report.send(Update::Finished {
+            run: worker::run_ref(&run),
+            conclusion: github::Conclusion::Cancelled,
+            summary: reason.clone(),
+            description: reason,
+            annotations: Vec::new(),
+        });
     }
 }
 

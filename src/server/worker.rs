@@ -24,6 +24,21 @@ pub fn run_dir(cfg: &Config, id: i64) -> PathBuf {
     cfg.data_dir.join("runs").join(id.to_string())
 }
 
+/// Eight hex digits naming this server by its data directory. Run ids restart at 1 in every
+/// data directory, so the Docker run id (container, volume and network names, the label
+/// cleanup goes by) carries this tag: two servers on one host never share a workspace volume
+/// or remove each other's containers.
+pub fn instance_tag(data_dir: &std::path::Path) -> String {
+    use sha2::Digest;
+    let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    hex::encode(&sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes())[..4])
+}
+
+/// The Docker run id of a run's attempt: `s<instance tag>-<run>-<attempt>`.
+pub fn docker_run_id(data_dir: &std::path::Path, run: i64, attempt: i64) -> String {
+    format!("s{}-{run}-{attempt}", instance_tag(data_dir))
+}
+
 /// Claims and executes runs until `stop`, at most `concurrency` at once.
 pub async fn run(st: Arc<AppState>, stop: CancellationToken) {
     // Containers of runs a killed server left behind.
@@ -68,12 +83,13 @@ pub async fn run(st: Arc<AppState>, stop: CancellationToken) {
     while tasks.join_next().await.is_some() {}
 }
 
-fn run_ref(run: &Run) -> RunRef {
+pub(crate) fn run_ref(run: &Run) -> RunRef {
     RunRef {
         id: run.id,
         repo: run.spec.repo.clone(),
         sha: run.spec.sha.clone(),
         installation_id: run.spec.installation_id,
+        check_run_id: run.check_run_id.map(|id| id as u64),
     }
 }
 
@@ -290,7 +306,7 @@ async fn prepare_and_run(
         backend,
         &plan,
         RunOptions {
-            run_id: format!("s{}-{}", run.id, run.attempts),
+            run_id: docker_run_id(&st.cfg.data_dir, run.id, run.attempts),
             jobs: st.cfg.jobs,
             secrets: secrets_for(st, run),
             log_dir: Some(logs.clone()),
