@@ -1,0 +1,810 @@
+//! End-to-end tests of `orch serve` with real parts: deliveries built from GitHub's example
+//! payloads and signed as GitHub signs them, a `git daemon` serving the repository on
+//! loopback, a fake GitHub REST API that checks every request body against GitHub's
+//! published request schemas (and answers 422 as GitHub would), Docker for the steps.
+//!
+//! Tests that run steps need `ORCH_DOCKER_TESTS=1` (and the local `busybox:latest` image);
+//! without it they return at once with a note. The intake tests and those whose runs end
+//! before any step (bad signatures, malformed bodies, a clone that fails, a missing or
+//! invalid `.orch.yml`) always run. Every test has its own temp dirs, ports, git daemon,
+//! fake GitHub and server, so they run in parallel; servers are stopped and their Docker
+//! objects removed even when a test fails. See `serve_support` for the parts.
+
+use std::time::{Duration, Instant};
+
+use orch::server::config::ServeArgs;
+use orch::server::webhook::sign;
+use serde_json::{Value, json};
+
+mod serve_support;
+
+use serve_support::*;
+
+const PIPELINE: &str = "\
+defaults:
+  image: busybox:latest
+  timeout: 2m
+steps:
+  build:
+    commands:
+      - sh ci/build.sh
+  test:
+    needs: [build]
+    commands:
+      - sh ci/test.sh
+";
+const BUILD_OK: &str = "echo building\necho built > out.txt\n";
+const TEST_OK: &str = "test \"$(cat out.txt)\" = built\necho tests passed\n";
+const TEST_FAILS: &str = "echo 'tests failed: 1 of 3'\nexit 3\n";
+
+/// The two-step project with these scripts.
+fn project<'a>(build: &'a str, test: &'a str) -> [(&'static str, &'a str); 3] {
+    [(".orch.yml", PIPELINE), ("ci/build.sh", build), ("ci/test.sh", test)]
+}
+
+fn statuses_states(statuses: &[Value]) -> Vec<&str> {
+    statuses.iter().map(|s| s["state"].as_str().unwrap_or("?")).collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Without Docker
+
+/// The fake's schema checks refuse what GitHub refuses, or the other tests prove nothing.
+#[test]
+fn the_fake_github_refuses_what_github_refuses() {
+    let spec = openapi();
+    let check = |op: &str, body: Value| schema::validate(spec, &spec[op]["requestBody"]["schema"], &body, true);
+    let sha = "6113728f27ae82c7b1a177c8d03f9e96e0adf246";
+    let ok = |op: &str, body: Value| {
+        let e = check(op, body.clone());
+        assert!(e.is_empty(), "{op} {body}: {e:?}");
+    };
+    let bad = |op: &str, body: Value, want: &str| {
+        let e = check(op, body.clone());
+        assert!(e.iter().any(|e| e.contains(want)), "{op} {body}: wanted an error with {want:?}, got {e:?}");
+    };
+    ok(
+        OP_STATUS,
+        json!({"state": "pending", "target_url": "http://x/runs/1", "description": "Queued", "context": "orch"}),
+    );
+    ok(OP_STATUS, json!({"state": "success", "target_url": null, "description": null}));
+    bad(OP_STATUS, json!({"state": "ok"}), "is not one of");
+    bad(OP_STATUS, json!({"description": "no state"}), "`state` is required");
+    bad(OP_STATUS, json!({"state": "success", "description": 5}), "expected string");
+    bad(OP_STATUS, json!({"state": "success", "target": "http://x"}), "not a property");
+    let long = json!({"state": "success", "description": "x".repeat(141)});
+    assert_eq!(github_rules(OP_STATUS, &long).len(), 1);
+
+    ok(
+        OP_CHECK_CREATE,
+        json!({"name": "orch", "head_sha": sha, "status": "queued", "details_url": "http://x", "external_id": "1"}),
+    );
+    bad(OP_CHECK_CREATE, json!({"name": "orch"}), "`head_sha` is required");
+    bad(OP_CHECK_CREATE, json!({"name": "orch", "head_sha": sha, "output": {"title": "t"}}), "`summary` is required");
+    bad(OP_CHECK_CREATE, json!({"name": "orch", "head_sha": sha, "conclusion": "great"}), "is not one of");
+    bad(OP_CHECK_CREATE, json!({"name": "orch", "head_sha": sha, "started_at": "yesterday"}), "not a date-time");
+    let annotation =
+        json!({"path": "a.rs", "start_line": 1, "end_line": 1, "annotation_level": "failure", "message": "m"});
+    let many = vec![annotation.clone(); 51];
+    bad(OP_CHECK_UPDATE, json!({"output": {"title": "t", "summary": "s", "annotations": many}}), "maxItems 50");
+    bad(
+        OP_CHECK_UPDATE,
+        json!({"output": {"summary": "s", "annotations": [{"path": "a.rs"}]}}),
+        "`message` is required",
+    );
+    ok(OP_CHECK_UPDATE, json!({"status": "in_progress", "started_at": "2026-11-26T10:00:00Z"}));
+    ok(OP_CHECK_UPDATE, json!({"output": {"title": "t", "summary": "s", "annotations": [annotation]}}));
+    ok(
+        OP_CHECK_UPDATE,
+        json!({"status": "completed", "conclusion": "failure", "completed_at": "2026-11-26T10:00:00Z",
+               "output": {"title": "t", "summary": "s"}}),
+    );
+    bad(OP_CHECK_UPDATE, json!({"status": "completed"}), "anyOf");
+    bad(OP_CHECK_UPDATE, json!({"status": "waiting"}), "anyOf");
+    ok(OP_ACCESS_TOKEN, json!({}));
+    bad(OP_ACCESS_TOKEN, json!({"repository_ids": ["hello"]}), "expected integer");
+
+    assert!(schema::is_date_time("2026-11-26T10:00:00Z") && schema::is_date_time("2026-11-26T10:00:00.5+01:00"));
+    assert!(!schema::is_date_time("2026-11-26 10:00:00") && !schema::is_date_time("1764151200"));
+    let (op, params) = match_operation("POST", &format!("/repos/acme/hello/statuses/{sha}")).unwrap();
+    assert_eq!((op.as_str(), params["sha"].as_str()), (OP_STATUS, sha));
+    assert_eq!(match_operation("PATCH", "/repos/a/b/check-runs/7").unwrap().0, OP_CHECK_UPDATE);
+    assert!(match_operation("DELETE", "/repos/a/b/check-runs/7").is_none());
+}
+
+#[test]
+fn bad_or_missing_signatures_are_refused_and_nothing_is_stored() {
+    let orch = Orch::start(base_args());
+    let body = serde_json::to_vec(&push_event("main", ZERO_SHA, &"a".repeat(40))).unwrap();
+    let good = sign(SECRET.as_bytes(), &body);
+    let mut tampered = body.clone();
+    let at = tampered.len() / 2;
+    tampered[at] ^= 1;
+    let cases: Vec<(&str, &[u8], Option<String>)> = vec![
+        ("signed with another secret", &body, Some(sign(b"another secret", &body))),
+        ("the signature of other bytes", &body, Some(sign(SECRET.as_bytes(), b"{}"))),
+        ("a body changed after signing", &tampered, Some(good.clone())),
+        ("not hex", &body, Some("sha256=zz".into())),
+        ("too short", &body, Some(good[..good.len() - 2].to_string())),
+        ("the legacy SHA-1 header value", &body, Some(format!("sha1={}", "0".repeat(40)))),
+        ("no sha256= prefix", &body, Some(good["sha256=".len()..].to_string())),
+        ("empty", &body, Some(String::new())),
+        ("missing", &body, None),
+    ];
+    for (what, bytes, sig) in &cases {
+        let r = orch.post_delivery("push", &new_guid(), bytes, sig.as_deref(), "application/json");
+        assert_eq!(r.status, 401, "{what}: {}", r.text());
+        assert!(r.json()["error"].as_str().unwrap().contains("X-Hub-Signature-256"), "{what}: {}", r.text());
+    }
+    assert!(orch.runs().is_empty());
+    assert_eq!(orch.count("SELECT COUNT(*) FROM deliveries"), 0, "a refused delivery was stored");
+    assert_eq!(orch.count("SELECT COUNT(*) FROM runs"), 0);
+
+    // The same bytes with the right signature are taken: the refusals were the signature's.
+    let r = orch.post_delivery("push", &new_guid(), &body, Some(&good), "application/json");
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(orch.count("SELECT COUNT(*) FROM deliveries"), 1);
+}
+
+#[test]
+fn malformed_oversized_and_non_json_deliveries_are_refused() {
+    let orch = Orch::start(base_args());
+    let post = |event: &str, body: &[u8], content_type: &str| {
+        orch.post_delivery(event, &new_guid(), body, Some(&sign(SECRET.as_bytes(), body)), content_type)
+    };
+
+    let r = post("push", b"{\"ref\": \"refs/heads/main\", \"after\": ", "application/json");
+    assert_eq!(r.status, 400, "malformed JSON: {}", r.text());
+
+    // GitHub sends up to 25 MB: that is taken; 26 MiB is refused without reading it all.
+    let padded = |size: usize| {
+        let mut b = b"{\"zen\":\"".to_vec();
+        b.resize(size - 16, b'a');
+        b.extend_from_slice(b"\",\"hook_id\":1}  ");
+        b
+    };
+    let r = post("ping", &padded(25_000_000), "application/json");
+    assert_eq!(r.status, 200, "a 25 MB delivery: {}", r.text());
+    let r = post("ping", &padded(26 << 20), "application/json");
+    assert_eq!(r.status, 413, "a 26 MiB delivery: {}", r.text());
+
+    // The webhook's other content type wraps the JSON in a form field.
+    let r = post("push", b"payload=%7B%22zen%22%3A%22x%22%7D", "application/x-www-form-urlencoded");
+    assert_eq!(r.status, 415, "form-encoded: {}", r.text());
+    let r = post("push", b"{}", "text/plain");
+    assert_eq!(r.status, 415, "text/plain: {}", r.text());
+
+    // Without X-GitHub-Event there is nothing to act on.
+    let body = b"{}";
+    let sig = sign(SECRET.as_bytes(), body);
+    let guid = new_guid();
+    let headers = [("Content-Type", "application/json"), ("X-GitHub-Delivery", &guid), ("X-Hub-Signature-256", &sig)];
+    let r = orch.request("POST", "/webhooks/github", &headers, body);
+    assert_eq!(r.status, 400, "no event header: {}", r.text());
+
+    assert!(orch.runs().is_empty());
+    assert_eq!(orch.count("SELECT COUNT(*) FROM deliveries"), 1, "only the 25 MB ping is stored");
+}
+
+#[test]
+fn ping_other_events_deletions_and_foreign_repositories_start_no_run() {
+    let orch = Orch::start(ServeArgs { allow_repos: vec![REPO.into()], ..base_args() });
+    let sha = "6113728f27ae82c7b1a177c8d03f9e96e0adf246";
+
+    let r = orch.deliver("ping", &retarget(fixture("ping.payload.json"))).response;
+    assert_eq!((r.status, &r.json()["status"]), (200, &json!("pong")), "{}", r.text());
+    // GitHub pings an organization hook when it is made: no repository, still 200.
+    let r = orch.deliver("ping", &fixture("ping.with-organization.payload.json")).response;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let ignored = |event: &str, payload: &Value, why: &str| {
+        let r = orch.deliver(event, payload).response;
+        assert!((200..300).contains(&r.status), "{event}: {}", r.text());
+        let j = r.json();
+        assert_eq!(j["status"], "ignored", "{event}: {j}");
+        assert!(j["reason"].as_str().unwrap().contains(why), "{event}: {j}");
+    };
+    ignored("issues", &push_event("main", ZERO_SHA, sha), "not one orch acts on");
+    ignored("check_run", &retarget(fixture("check_run.completed.payload.json")), "action `completed`");
+    ignored("push", &retarget(fixture("push.payload.json")), "deleted");
+    let mut foreign = push_event("main", ZERO_SHA, sha);
+    set_repository(&mut foreign["repository"], "someone/else");
+    ignored("push", &foreign, "allow-list");
+    let mut foreign_pr = pr_event("opened", 3, "feature", sha, "main", sha);
+    set_repository(&mut foreign_pr["repository"], "someone/else");
+    ignored("pull_request", &foreign_pr, "allow-list");
+
+    assert!(orch.runs().is_empty(), "{:#?}", orch.runs());
+    // Each was recorded as received.
+    assert_eq!(orch.count("SELECT COUNT(*) FROM deliveries"), 7);
+    assert_eq!(orch.count("SELECT COUNT(*) FROM deliveries WHERE outcome LIKE 'ignored:%'"), 5);
+}
+
+#[test]
+fn a_redelivery_gives_one_run() {
+    // No clone succeeds here (base_args sends clones to a closed port); the run's end is
+    // not the point.
+    let orch = Orch::start(base_args());
+    let payload = push_event("main", ZERO_SHA, &"b".repeat(40));
+    let guid = new_guid();
+    let first = orch.deliver_as("push", &guid, &payload);
+    let id = first.run_id();
+    for _ in 0..2 {
+        let again = orch.deliver_as("push", &guid, &payload).response;
+        assert_eq!((again.status, &again.json()["status"]), (200, &json!("duplicate")), "{}", again.text());
+    }
+    orch.wait_run_done(id);
+    let runs = orch.runs();
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    assert_eq!(runs[0]["delivery_id"], json!(guid));
+    assert_eq!(orch.count("SELECT COUNT(*) FROM deliveries"), 1);
+}
+
+#[test]
+fn a_clone_that_fails_gives_an_error_status() {
+    let git = GitServer::start();
+    let sha = git.commit(None, &project(BUILD_OK, TEST_OK), "first");
+    git.set_ref(&sha, "refs/heads/main");
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    // The rewrite sends the clone to a path the git server does not have.
+    let wrong = format!("https://github.com/=git://127.0.0.1:{}/nowhere/", git.port);
+    let orch = Orch::start(ServeArgs { clone_rewrite: vec![wrong], ..token_args(&gh, &git) });
+
+    let id = orch.deliver("push", &push_event("main", ZERO_SHA, &sha)).run_id();
+    let run = orch.wait_run_done(id);
+    assert_eq!(run["run"]["status"], "error", "{run:#}");
+    assert!(run["run"]["reason"].as_str().unwrap().starts_with("could not fetch the commit"), "{run:#}");
+    let statuses = gh.wait_final_status(&sha, "orch", id);
+    assert_eq!(statuses_states(&statuses), ["pending", "pending", "error"], "{statuses:#?}");
+    let last = &statuses[2]["description"];
+    assert!(last.as_str().unwrap().starts_with("could not fetch the commit"), "{last}");
+    // The run page (the status links to it) shows git's error.
+    let page = orch.get(&format!("/runs/{id}"));
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("nowhere/acme/hello.git"), "{}", page.text());
+    gh.assert_no_violations();
+}
+
+#[test]
+fn a_missing_or_invalid_orch_yml_gives_a_failure_status() {
+    let git = GitServer::start();
+    let missing = git.commit(None, &[("README.md", "no pipeline here\n")], "no pipeline");
+    git.set_ref(&missing, "refs/heads/nopipeline");
+    let invalid_yml = "steps:\n  build:\n    image: busybox:latest\n    comands: [true]\n    needs: [nosuchstep]\n";
+    let invalid = git.commit(None, &[(".orch.yml", invalid_yml)], "broken pipeline");
+    git.set_ref(&invalid, "refs/heads/invalid");
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let orch = Orch::start(token_args(&gh, &git));
+
+    let a = orch.deliver("push", &push_event("nopipeline", ZERO_SHA, &missing)).run_id();
+    let b = orch.deliver("push", &push_event("invalid", ZERO_SHA, &invalid)).run_id();
+    let (ra, rb) = (orch.wait_run_done(a), orch.wait_run_done(b));
+    assert_eq!(ra["run"]["status"], "failure", "{ra:#}");
+    assert_eq!(rb["run"]["status"], "failure", "{rb:#}");
+
+    let sa = gh.wait_final_status(&missing, "orch", a);
+    assert_eq!(statuses_states(&sa), ["pending", "pending", "failure"]);
+    assert_eq!(sa[2]["description"], format!("no .orch.yml in {REPO} at {}", &missing[..8]));
+    let sb = gh.wait_final_status(&invalid, "orch", b);
+    assert_eq!(statuses_states(&sb), ["pending", "pending", "failure"]);
+    let desc = sb[2]["description"].as_str().unwrap();
+    assert!(desc.starts_with("invalid .orch.yml: ") && desc.contains("see the run page"), "{desc}");
+    // The page lists the problems.
+    let page = orch.get(&format!("/runs/{b}")).text();
+    assert!(page.contains("comands") && page.contains("nosuchstep"), "{page}");
+    gh.assert_no_violations();
+}
+
+// ---------------------------------------------------------------------------------------
+// With Docker
+
+#[test]
+fn a_push_runs_once_and_reports_pending_then_success() {
+    require_docker!();
+    let git = GitServer::start();
+    let sha = git.commit(None, &project(BUILD_OK, TEST_OK), "first");
+    git.set_ref(&sha, "refs/heads/main");
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let orch = Orch::start(token_args(&gh, &git));
+
+    let posted = orch.deliver("push", &push_event("main", ZERO_SHA, &sha));
+    let id = posted.run_id();
+    let run = orch.wait_run_done(id);
+    assert_eq!(run["run"]["status"], "success", "{run:#}");
+    assert_eq!(run["run"]["sha"], json!(sha));
+    assert_eq!(run["run"]["delivery_id"], json!(posted.guid));
+    for step in ["build", "test"] {
+        assert_eq!(step_of(&run, step).map(|s| &s["status"]), Some(&json!("passed")), "{run:#}");
+    }
+    let runs = orch.runs();
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+
+    let statuses = gh.wait_final_status(&sha, "orch", id);
+    assert_eq!(statuses_states(&statuses), ["pending", "pending", "success"], "{statuses:#?}");
+    let target = orch.url(&format!("/runs/{id}"));
+    for s in &statuses {
+        assert_eq!(s["target_url"], json!(target), "{s}");
+    }
+    assert_eq!(statuses[0]["description"], "Queued");
+    assert_eq!(statuses[1]["description"], "Running");
+    assert!(statuses[2]["description"].as_str().unwrap().starts_with("2 passed in "), "{}", statuses[2]);
+    // Only the `orch` context (no per-step statuses by default), only on this commit.
+    assert_eq!(gh.requests().len(), 3, "{:#?}", gh.requests());
+    gh.assert_no_violations();
+
+    // The page the status links to, and the step logs.
+    let page = orch.get(&format!("/runs/{id}"));
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains(&format!("Run {id}")) && page.text().contains("success"), "{}", page.text());
+    let log = orch.get(&format!("/api/runs/{id}/logs/build")).text();
+    assert!(log.lines().any(|l| l == "building"), "{log}");
+    assert!(orch.leftovers().is_empty(), "{:?}", orch.leftovers());
+}
+
+#[test]
+fn a_failing_step_reports_failure_with_step_statuses() {
+    require_docker!();
+    let git = GitServer::start();
+    let sha = git.commit(None, &project(BUILD_OK, TEST_FAILS), "breaks the tests");
+    git.set_ref(&sha, "refs/heads/main");
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let orch = Orch::start(ServeArgs { step_statuses: Some(true), ..token_args(&gh, &git) });
+
+    let id = orch.deliver("push", &push_event("main", ZERO_SHA, &sha)).run_id();
+    let run = orch.wait_run_done(id);
+    assert_eq!(run["run"]["status"], "failure", "{run:#}");
+    assert_eq!(step_of(&run, "build").unwrap()["status"], "passed", "{run:#}");
+    let test = step_of(&run, "test").unwrap();
+    assert_eq!((&test["status"], &test["exit_code"]), (&json!("failed"), &json!(3)), "{run:#}");
+
+    let statuses = gh.wait_final_status(&sha, "orch", id);
+    assert_eq!(statuses_states(&statuses), ["pending", "pending", "failure"], "{statuses:#?}");
+    let desc = statuses[2]["description"].as_str().unwrap();
+    assert!(desc.starts_with("1 passed, 1 failed (test) in "), "{desc}");
+    let build = gh.statuses_of(&sha, "orch/build");
+    assert_eq!(statuses_states(&build), ["success"], "{build:#?}");
+    assert!(build[0]["description"].as_str().unwrap().starts_with("passed in "), "{build:#?}");
+    let test = gh.statuses_of(&sha, "orch/test");
+    assert_eq!(statuses_states(&test), ["failure"], "{test:#?}");
+    for s in build.iter().chain(&test) {
+        assert_eq!(s["target_url"], json!(orch.url(&format!("/runs/{id}"))));
+    }
+    // The step statuses come before the run's final one.
+    let order: Vec<String> = gh
+        .requests()
+        .iter()
+        .filter(|r| r.op == OP_STATUS)
+        .map(|r| format!("{}:{}", r.body["context"].as_str().unwrap(), r.body["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(order.last().map(String::as_str), Some("orch:failure"), "{order:?}");
+    let log = orch.get(&format!("/api/runs/{id}/logs/test")).text();
+    assert!(log.contains("tests failed: 1 of 3"), "{log}");
+    gh.assert_no_violations();
+    assert!(orch.leftovers().is_empty(), "{:?}", orch.leftovers());
+}
+
+#[test]
+fn a_newer_pull_request_push_cancels_the_older_run_and_closing_cancels_the_last() {
+    require_docker!();
+    const SLOW: &str = "echo slow build\nsleep 60\n";
+    let git = GitServer::start();
+    let base = git.commit(None, &project(BUILD_OK, TEST_OK), "base");
+    git.set_ref(&base, "refs/heads/main");
+    let slow = git.commit(Some(&base), &[("ci/build.sh", SLOW)], "slow");
+    git.set_ref(&slow, "refs/heads/feature");
+    git.set_ref(&slow, "refs/pull/7/head");
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let orch = Orch::start(token_args(&gh, &git));
+
+    let first = orch.deliver("pull_request", &pr_event("opened", 7, "feature", &slow, "main", &base)).run_id();
+    orch.wait_step_running(first, "build");
+
+    // A push to the pull request while its run is in the slow step.
+    let fast = git.commit(Some(&slow), &[("ci/build.sh", BUILD_OK)], "fast again");
+    git.set_ref(&fast, "refs/heads/feature");
+    git.set_ref(&fast, "refs/pull/7/head");
+    let mut sync = pr_event("synchronize", 7, "feature", &fast, "main", &base);
+    sync["before"] = json!(slow);
+    let pushed = Instant::now();
+    let second = orch.deliver("pull_request", &sync).run_id();
+    let r1 = orch.wait_run_done(first);
+    let took = pushed.elapsed();
+    assert_eq!(r1["run"]["status"], "cancelled", "{r1:#}");
+    assert_eq!(r1["run"]["reason"], format!("superseded by run {second}"), "{r1:#}");
+    assert!(took < Duration::from_secs(20), "the superseded run took {took:?} to stop");
+    let r2 = orch.wait_run_done(second);
+    assert_eq!(r2["run"]["status"], "success", "{r2:#}");
+    assert_eq!((&r2["run"]["pr"], &r2["run"]["sha"]), (&json!(7), &json!(fast)), "{r2:#}");
+
+    let s1 = gh.wait_final_status(&slow, "orch", first);
+    assert_eq!(statuses_states(&s1), ["pending", "pending", "error"], "{s1:#?}");
+    assert_eq!(s1[2]["description"], format!("superseded by run {second}"));
+    let s2 = gh.wait_final_status(&fast, "orch", second);
+    assert_eq!(statuses_states(&s2), ["pending", "pending", "success"], "{s2:#?}");
+
+    // Another slow push, then the pull request is closed: its run stops.
+    let slow2 = git.commit(Some(&fast), &[("ci/build.sh", SLOW)], "slow again");
+    git.set_ref(&slow2, "refs/pull/7/head");
+    let mut sync = pr_event("synchronize", 7, "feature", &slow2, "main", &base);
+    sync["before"] = json!(fast);
+    let third = orch.deliver("pull_request", &sync).run_id();
+    orch.wait_step_running(third, "build");
+    let closed = orch.deliver("pull_request", &pr_event("closed", 7, "feature", &slow2, "main", &base)).response;
+    assert_eq!((closed.status, &closed.json()["status"]), (202, &json!("cancelled")), "{}", closed.text());
+    let r3 = orch.wait_run_done(third);
+    assert_eq!(r3["run"]["status"], "cancelled", "{r3:#}");
+    assert_eq!(r3["run"]["reason"], "pull request #7 was closed", "{r3:#}");
+    let s3 = gh.wait_final_status(&slow2, "orch", third);
+    assert_eq!(statuses_states(&s3), ["pending", "pending", "error"], "{s3:#?}");
+
+    assert_eq!(orch.runs().len(), 3);
+    gh.assert_no_violations();
+    assert!(orch.leftovers().is_empty(), "{:?}", orch.leftovers());
+}
+
+#[test]
+fn pull_requests_from_forks_get_no_secrets() {
+    require_docker!();
+    const SECRETS_PIPELINE: &str = r#"
+defaults:
+  image: busybox:latest
+  timeout: 2m
+steps:
+  plain:
+    commands:
+      - 'if [ -n "${TOKEN:-}" ]; then echo "TOKEN is visible to a step that does not name it"; exit 1; fi'
+  deploy:
+    secrets: [TOKEN]
+    commands:
+      - test "$TOKEN" = s3cret-value-42
+      - echo "deploying with $TOKEN (${#TOKEN} characters)"
+"#;
+    let git = GitServer::start();
+    let base = git.commit(None, &[(".orch.yml", "steps: {}\n")], "base");
+    git.set_ref(&base, "refs/heads/main");
+    let head = git.commit(Some(&base), &[(".orch.yml", SECRETS_PIPELINE)], "deploy step");
+    git.set_ref(&head, "refs/pull/7/head");
+    git.set_ref(&head, "refs/pull/8/head");
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let secrets = temp_dir("orch-serve-secrets-");
+    let secrets_file = secrets.path().join("secrets.env");
+    std::fs::write(&secrets_file, "# repository secrets\nTOKEN=s3cret-value-42\n").unwrap();
+    let orch = Orch::start(ServeArgs { secrets_file: Some(secrets_file), ..token_args(&gh, &git) });
+
+    let own = orch.deliver("pull_request", &pr_event("opened", 7, "feature", &head, "main", &base)).run_id();
+    let fork_pr = from_fork(pr_event("opened", 8, "feature", &head, "main", &base), "mallory");
+    let fork = orch.deliver("pull_request", &fork_pr).run_id();
+    let (ro, rf) = (orch.wait_run_done(own), orch.wait_run_done(fork));
+
+    assert_eq!((&ro["run"]["fork"], &rf["run"]["fork"]), (&json!(false), &json!(true)));
+    assert_eq!(ro["run"]["status"], "success", "{ro:#}");
+    assert_eq!(step_of(&ro, "deploy").unwrap()["status"], "passed", "{ro:#}");
+    let log = orch.get(&format!("/api/runs/{own}/logs/deploy")).text();
+    assert!(log.contains("deploying with *** (15 characters)"), "the secret is masked in the log:\n{log}");
+    assert!(!log.contains("s3cret-value-42"), "{log}");
+
+    // The fork's code never gets the secret: the step that names it cannot start.
+    assert_eq!(step_of(&rf, "plain").unwrap()["status"], "passed", "{rf:#}");
+    let deploy = step_of(&rf, "deploy").unwrap();
+    assert_eq!(deploy["status"], "error", "{rf:#}");
+    assert_eq!(deploy["message"], "secret `TOKEN` is not set", "{rf:#}");
+    assert_ne!(rf["run"]["status"], "success", "{rf:#}");
+    let sf = gh.wait_final_status(&head, "orch", fork);
+    assert_ne!(sf.last().unwrap()["state"], "success", "{sf:#?}");
+    gh.assert_no_violations();
+    assert!(orch.leftovers().is_empty(), "{:?}", orch.leftovers());
+}
+
+/// A GitHub App key as GitHub hands it out (PKCS#1 PEM), and its public key.
+fn app_key(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (key, public) = (dir.join("app.pem"), dir.join("app.pub.pem"));
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).output().expect("openssl runs");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&["genrsa", "-traditional", "-out", key.to_str().unwrap(), "2048"]);
+    run(&["rsa", "-in", key.to_str().unwrap(), "-pubout", "-out", public.to_str().unwrap()]);
+    (key, public)
+}
+
+#[test]
+fn a_github_app_gets_check_runs_with_summary_and_chunked_annotations_and_rerequests_run_again() {
+    require_docker!();
+    const COMPILE: &str = "\
+echo compiling
+i=1
+while [ $i -le 60 ]; do
+  echo \"src/main.rs:$i:5: error: expected semicolon\"
+  i=$((i + 1))
+done
+echo \"src/main.rs:1:5: error: expected semicolon\"
+echo \"error: aborting due to 60 previous errors\"
+exit 1
+";
+    const APP_PIPELINE: &str = "\
+defaults:
+  image: busybox:latest
+steps:
+  compile:
+    commands:
+      - sh ci/compile.sh
+";
+    const APP_ID: u64 = 4242;
+    const INSTALLATION: u64 = 77;
+    let git = GitServer::start();
+    let sha = git.commit(None, &[(".orch.yml", APP_PIPELINE), ("ci/compile.sh", COMPILE)], "does not compile");
+    git.set_ref(&sha, "refs/heads/main");
+    let keys = temp_dir("orch-serve-app-");
+    let (key, public_key) = app_key(keys.path());
+    let gh = FakeGitHub::start(GhAuth::App { app_id: APP_ID, public_key, installation_id: INSTALLATION });
+    let orch = Orch::start(ServeArgs {
+        github_url: Some(gh.url.clone()),
+        github_app_id: Some(APP_ID),
+        github_app_key: Some(key.display().to_string()),
+        clone_rewrite: vec![git.rewrite()],
+        ..base_args()
+    });
+
+    // A delivery without `installation`: orch asks GitHub which installation has the repo.
+    let mut push = push_event("main", ZERO_SHA, &sha);
+    push.as_object_mut().unwrap().remove("installation");
+    let first = orch.deliver("push", &push).run_id();
+    let r1 = orch.wait_run_done(first);
+    assert_eq!(r1["run"]["status"], "failure", "{r1:#}");
+
+    let check_of = |run: i64| {
+        wait_for(Duration::from_secs(30), &format!("the completed check run of run {run}"), || {
+            let all = gh.check_runs();
+            let external_id = run.to_string();
+            let found = all.values().find(|c| c["external_id"] == external_id.as_str() && c["status"] == "completed");
+            found.cloned().ok_or_else(|| format!("{all:#?}"))
+        })
+    };
+    let c1 = check_of(first);
+    let id1 = c1["id"].as_u64().unwrap();
+    let patches = |id: u64| -> Vec<Value> {
+        let path = format!("/repos/{REPO}/check-runs/{id}");
+        gh.requests().into_iter().filter(|r| r.op == OP_CHECK_UPDATE && r.path == path).map(|r| r.body).collect()
+    };
+    // All annotations arrive (the last PATCH may still be on its way).
+    let annotations = |id: u64| -> Vec<Value> {
+        patches(id)
+            .iter()
+            .flat_map(|p| p.pointer("/output/annotations").and_then(Value::as_array).cloned())
+            .flatten()
+            .collect()
+    };
+    wait_for(Duration::from_secs(30), "60 annotations", || {
+        let n = annotations(id1).len();
+        if n >= 60 { Ok(()) } else { Err(format!("{n} so far")) }
+    });
+
+    let reqs = gh.requests();
+    let ops: Vec<&str> = reqs.iter().map(|r| r.op.as_str()).collect();
+    assert_eq!(&ops[..3], [OP_INSTALLATION, OP_ACCESS_TOKEN, OP_CHECK_CREATE], "{ops:#?}");
+    assert_eq!(reqs[1].path, format!("/app/installations/{INSTALLATION}/access_tokens"));
+    assert!(!ops.contains(&OP_STATUS), "an App reports with check runs only: {ops:#?}");
+    let created = &reqs[2].body;
+    assert_eq!(created["name"], "orch");
+    assert_eq!(created["head_sha"], json!(sha));
+    assert_eq!(created["status"], "queued");
+    assert_eq!(created["details_url"], json!(orch.url(&format!("/runs/{first}"))));
+
+    let p = patches(id1);
+    assert_eq!(p[0]["status"], "in_progress", "{p:#?}");
+    assert!(p[0]["started_at"].is_string());
+    assert_eq!((&p[1]["status"], &p[1]["conclusion"]), (&json!("completed"), &json!("failure")), "{:#}", p[1]);
+    let summary = p[1]["output"]["summary"].as_str().unwrap();
+    assert!(summary.contains("| step | result |") && summary.contains("| `compile` | ❌ failed |"), "{summary}");
+    assert!(p[1]["output"]["title"].as_str().unwrap().starts_with("0 passed, 1 failed (compile)"), "{:#}", p[1]);
+    let counts: Vec<usize> =
+        p[1..].iter().map(|b| b.pointer("/output/annotations").and_then(Value::as_array).map_or(0, Vec::len)).collect();
+    assert!(counts.len() >= 2 && counts.iter().all(|&n| n <= 50), "annotations per PATCH: {counts:?}");
+    let all = annotations(id1);
+    let mut lines: Vec<u64> = all.iter().map(|a| a["start_line"].as_u64().unwrap()).collect();
+    lines.sort();
+    assert_eq!(lines, (1..=60).collect::<Vec<u64>>(), "each error once, none lost");
+    for a in &all {
+        assert_eq!((&a["path"], &a["annotation_level"]), (&json!("src/main.rs"), &json!("failure")), "{a}");
+        assert_eq!((&a["message"], &a["start_column"]), (&json!("expected semicolon"), &json!(5)), "{a}");
+    }
+
+    // "Re-run" on GitHub: a new run of the commit, with a new check run.
+    let again = orch.deliver("check_run", &check_run_rerequested(&sha, "main", INSTALLATION)).run_id();
+    assert_ne!(again, first);
+    let r2 = orch.wait_run_done(again);
+    assert_eq!((&r2["run"]["status"], &r2["run"]["sha"]), (&json!("failure"), &json!(sha)), "{r2:#}");
+    let c2 = check_of(again);
+    assert_ne!(c2["id"], c1["id"]);
+    assert_eq!((&c2["head_sha"], &c2["conclusion"]), (&json!(sha), &json!("failure")));
+    // The installation token is reused.
+    let minted = gh.requests().iter().filter(|r| r.op == OP_ACCESS_TOKEN).count();
+    assert_eq!(minted, 1);
+    gh.assert_no_violations();
+    assert!(orch.leftovers().is_empty(), "{:?}", orch.leftovers());
+}
+
+#[test]
+fn github_failing_twice_is_retried_and_the_run_is_unaffected() {
+    require_docker!();
+    let git = GitServer::start();
+    let sha = git.commit(None, &project(BUILD_OK, TEST_OK), "first");
+    git.set_ref(&sha, "refs/heads/main");
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    gh.fail_next(OP_STATUS, 2, 500);
+    let orch = Orch::start(token_args(&gh, &git));
+
+    let id = orch.deliver("push", &push_event("main", ZERO_SHA, &sha)).run_id();
+    let run = orch.wait_run_done(id);
+    assert_eq!(run["run"]["status"], "success", "{run:#}");
+    let statuses = gh.wait_final_status(&sha, "orch", id);
+    assert_eq!(statuses_states(&statuses), ["pending", "pending", "success"], "{statuses:#?}");
+
+    let posts: Vec<Recorded> = gh.requests().into_iter().filter(|r| r.op == OP_STATUS).collect();
+    let codes: Vec<u16> = posts.iter().map(|r| r.status).collect();
+    assert_eq!(codes, [500, 500, 201, 201, 201], "{posts:#?}");
+    assert!(posts[0].body == posts[2].body && posts[1].body == posts[2].body, "a retry sends the same request");
+    gh.assert_no_violations();
+    assert!(orch.leftovers().is_empty(), "{:?}", orch.leftovers());
+}
+
+#[test]
+fn kill_9_and_restart_loses_no_delivery() {
+    require_docker!();
+    let git = GitServer::start();
+    let sha = git.commit(None, &project("echo building\nsleep 3\necho built > out.txt\n", TEST_OK), "first");
+    let branches = ["b1", "b2", "b3", "b4"];
+    for b in branches {
+        git.set_ref(&sha, &format!("refs/heads/{b}"));
+    }
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let dir = temp_dir("orch-serve-kill-");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let env = [
+        ("ORCH_GITHUB_URL", gh.url.clone()),
+        ("ORCH_GITHUB_TOKEN", TOKEN.to_string()),
+        ("ORCH_CLONE_REWRITE", git.rewrite()),
+        ("ORCH_CONCURRENCY", "1".to_string()),
+        ("ORCH_GITHUB_BACKOFF", "20".to_string()),
+    ];
+    let log = dir.path().join("orch.log");
+    let mut server = OrchProcess::spawn(&data, &env, &log);
+    let posted: Vec<Posted> = branches.iter().map(|b| server.deliver("push", &push_event(b, ZERO_SHA, &sha))).collect();
+    let ids: Vec<i64> = posted.iter().map(Posted::run_id).collect();
+
+    // Kill it while the first run is in its step and the others wait.
+    let pid = server.pid();
+    wait_for(Duration::from_secs(60), "the first run's step container", || {
+        if running_step_containers(pid, "build").is_empty() { Err(server.log_text()) } else { Ok(()) }
+    });
+    server.kill9();
+    let runs = server.runs_from_db();
+    let state: Vec<&str> = runs.iter().map(|r| r.1.as_str()).collect();
+    assert_eq!(state, ["running", "queued", "queued", "queued"], "{runs:#?}");
+    let left = docker_objects_of_pid(pid);
+    assert!(left.iter().any(|o| o.starts_with("container ")), "the killed server left no container: {left:?}");
+
+    let mut server = OrchProcess::spawn(&data, &env, &log);
+    for &id in &ids {
+        let run = server.wait_run_done(id);
+        assert_eq!(run["run"]["status"], "success", "{run:#}\n{}", server.log_text());
+    }
+    // Every delivery has exactly its one run, which ended; the interrupted one ran again.
+    let runs = server.runs();
+    assert_eq!(runs.len(), posted.len(), "{runs:#?}");
+    for (p, id) in posted.iter().zip(&ids) {
+        let mine: Vec<&Value> = runs.iter().filter(|r| r["delivery_id"] == json!(p.guid)).collect();
+        assert_eq!(mine.len(), 1, "delivery {}: {runs:#?}", p.guid);
+        assert_eq!(mine[0]["id"], json!(id));
+    }
+    let attempts: Vec<i64> = runs.iter().map(|r| r["attempts"].as_i64().unwrap()).collect();
+    assert_eq!(attempts, [2, 1, 1, 1], "{runs:#?}");
+    assert_eq!(server.count("SELECT COUNT(*) FROM deliveries"), 4);
+    for &id in &ids {
+        let s = gh.wait_final_status(&sha, "orch", id);
+        assert_eq!(s.last().unwrap()["state"], "success", "{s:#?}");
+    }
+    // What the killed server left in Docker is gone, and the runs left nothing.
+    assert!(docker_objects_of_pid(pid).is_empty(), "{:?}", docker_objects_of_pid(pid));
+    assert!(server.leftovers().is_empty(), "{:?}", server.leftovers());
+    server.terminate();
+    gh.assert_no_violations();
+}
+
+#[test]
+fn runs_cancelled_before_they_start_get_a_final_status() {
+    require_docker!();
+    let git = GitServer::start();
+    let base = git.commit(None, &project(BUILD_OK, TEST_OK), "base");
+    git.set_ref(&base, "refs/heads/main");
+    let busy = git.commit(Some(&base), &[("ci/build.sh", "echo busy\nsleep 5\necho built > out.txt\n")], "slow");
+    git.set_ref(&busy, "refs/heads/busy");
+    let m1 = git.commit(Some(&base), &[("README.md", "one\n")], "one");
+    let m2 = git.commit(Some(&m1), &[("README.md", "two\n")], "two");
+    git.set_ref(&m2, "refs/heads/main");
+    let p1 = git.commit(Some(&base), &[("README.md", "pr\n")], "pr");
+    git.set_ref(&p1, "refs/pull/9/head");
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let orch = Orch::start(ServeArgs { concurrency: Some(1), ..token_args(&gh, &git) });
+
+    // One run holds the only slot; the others wait behind it.
+    let running = orch.deliver("push", &push_event("busy", ZERO_SHA, &busy)).run_id();
+    orch.wait_step_running(running, "build");
+    let old = orch.deliver("push", &push_event("main", &base, &m1)).run_id();
+    let new = orch.deliver("push", &push_event("main", &m1, &m2)).run_id();
+    let pr = orch.deliver("pull_request", &pr_event("opened", 9, "topic", &p1, "main", &base)).run_id();
+    let closed = orch.deliver("pull_request", &pr_event("closed", 9, "topic", &p1, "main", &base)).response;
+    assert_eq!(closed.status, 202, "{}", closed.text());
+
+    let r_old = orch.run(old);
+    assert_eq!(r_old["run"]["status"], "cancelled", "{r_old:#}");
+    assert_eq!(r_old["run"]["reason"], format!("superseded by run {new}"));
+    let r_pr = orch.run(pr);
+    assert_eq!(
+        (&r_pr["run"]["status"], &r_pr["run"]["reason"]),
+        (&json!("cancelled"), &json!("pull request #9 was closed"))
+    );
+    // GitHub hears of it too, instead of showing "Queued" on those commits for ever.
+    let s_old = gh.wait_final_status(&m1, "orch", old);
+    assert_eq!(statuses_states(&s_old), ["pending", "error"], "{s_old:#?}");
+    assert_eq!(s_old[1]["description"], format!("superseded by run {new}"));
+    let s_pr = gh.wait_final_status(&p1, "orch", pr);
+    assert_eq!(statuses_states(&s_pr), ["pending", "error"], "{s_pr:#?}");
+    assert_eq!(s_pr[1]["description"], "pull request #9 was closed");
+
+    assert_eq!(orch.wait_run_done(running)["run"]["status"], "success");
+    assert_eq!(orch.wait_run_done(new)["run"]["status"], "success");
+    let s_new = gh.wait_final_status(&m2, "orch", new);
+    assert_eq!(statuses_states(&s_new), ["pending", "pending", "success"], "{s_new:#?}");
+    gh.assert_no_violations();
+}
+
+#[test]
+fn a_github_app_run_interrupted_by_a_restart_completes_its_own_check_run() {
+    require_docker!();
+    const APP_ID: u64 = 4243;
+    const INSTALLATION: u64 = 78;
+    let git = GitServer::start();
+    let sha = git.commit(None, &project("echo building\nsleep 4\necho built > out.txt\n", TEST_OK), "first");
+    git.set_ref(&sha, "refs/heads/main");
+    let keys = temp_dir("orch-serve-app-");
+    let (key, public_key) = app_key(keys.path());
+    let gh = FakeGitHub::start(GhAuth::App { app_id: APP_ID, public_key, installation_id: INSTALLATION });
+    let data = temp_dir("orch-serve-data-");
+    let args = || ServeArgs {
+        data_dir: Some(data.path().to_path_buf()),
+        github_url: Some(gh.url.clone()),
+        github_app_id: Some(APP_ID),
+        github_app_key: Some(key.display().to_string()),
+        clone_rewrite: vec![git.rewrite()],
+        ..base_args()
+    };
+    let mut push = push_event("main", ZERO_SHA, &sha);
+    push["installation"]["id"] = json!(INSTALLATION);
+
+    let mut orch = Orch::start(args());
+    let id = orch.deliver("push", &push).run_id();
+    orch.wait_step_running(id, "build");
+    wait_for(Duration::from_secs(30), "the check run in progress", || {
+        let c = gh.check_runs();
+        if c.values().any(|c| c["status"] == "in_progress") { Ok(()) } else { Err(format!("{c:#?}")) }
+    });
+    // Stopped as by SIGTERM while the run is in its step: it is queued again.
+    orch.stop();
+    drop(orch);
+
+    let orch = Orch::start(args());
+    let run = orch.wait_run_done(id);
+    assert_eq!((&run["run"]["status"], &run["run"]["attempts"]), (&json!("success"), &json!(2)), "{run:#}");
+    let mine = wait_for(Duration::from_secs(30), "the check run to complete", || {
+        let all = gh.check_runs();
+        let external_id = id.to_string();
+        let mine: Vec<Value> = all.values().filter(|c| c["external_id"] == external_id.as_str()).cloned().collect();
+        if mine.iter().any(|c| c["status"] == "completed") { Ok(mine) } else { Err(format!("{all:#?}")) }
+    });
+    assert_eq!(mine.len(), 1, "one check run per run, none left behind queued or in progress: {mine:#?}");
+    assert_eq!(mine[0]["conclusion"], "success", "{mine:#?}");
+    gh.assert_no_violations();
+    assert!(orch.leftovers().is_empty(), "{:?}", orch.leftovers());
+}
