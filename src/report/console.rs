@@ -241,27 +241,13 @@ impl Console {
             out.push_str(row.trim_end());
             out.push('\n');
         }
-        let count = |st: StepStatus| steps.iter().filter(|s| s.status == st).count();
-        let mut parts = vec![format!("{} passed", count(StepStatus::Passed))];
-        for (st, word) in [
-            (StepStatus::Failed, "failed"),
-            (StepStatus::TimedOut, "timed out"),
-            (StepStatus::Error, "errored"),
-            (StepStatus::Cancelled, "cancelled"),
-            (StepStatus::Skipped, "skipped"),
-        ] {
-            let n = count(st);
-            if n > 0 {
-                parts.push(format!("{n} {word}"));
-            }
-        }
         let code = match status {
             RunStatus::Success => GREEN,
             RunStatus::Cancelled => YELLOW,
             _ => RED,
         };
         let head = self.paint(&format!("{BOLD}{code}"), &format!("{} in {}", status.as_str(), human(duration)));
-        out.push_str(&format!("\n{head} ({})", parts.join(", ")));
+        out.push_str(&format!("\n{head} ({})", crate::sched::tally(steps, false)));
         if steps.iter().any(|s| s.allowed_failure) {
             out.push_str("; * allowed to fail");
         }

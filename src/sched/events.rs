@@ -166,6 +166,27 @@ impl RunStatus {
     }
 }
 
+/// `3 passed, 1 failed (unit), 2 skipped`: a run's steps in one line. With `names`, the
+/// steps that did not pass are named.
+pub fn tally(steps: &[StepSummary], names: bool) -> String {
+    let mut parts = vec![format!("{} passed", steps.iter().filter(|s| s.status == StepStatus::Passed).count())];
+    for (st, word) in [
+        (StepStatus::Failed, "failed"),
+        (StepStatus::TimedOut, "timed out"),
+        (StepStatus::Error, "errored"),
+        (StepStatus::Cancelled, "cancelled"),
+        (StepStatus::Skipped, "skipped"),
+    ] {
+        let which: Vec<&str> = steps.iter().filter(|s| s.status == st).map(|s| s.step.as_str()).collect();
+        match (which.len(), names && st != StepStatus::Skipped) {
+            (0, _) => {}
+            (n, true) => parts.push(format!("{n} {word} ({})", which.join(", "))),
+            (n, false) => parts.push(format!("{n} {word}")),
+        }
+    }
+    parts.join(", ")
+}
+
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64((d.as_secs_f64() * 1000.0).round() / 1000.0)
 }

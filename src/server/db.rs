@@ -61,7 +61,8 @@ CREATE TABLE IF NOT EXISTS runs (
     finished_at INTEGER,
     attempts INTEGER NOT NULL DEFAULT 0,
     check_run_id INTEGER,
-    concurrency_key TEXT
+    concurrency_key TEXT,
+    default_branch TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs(status, id);
 CREATE INDEX IF NOT EXISTS runs_by_key ON runs(concurrency_key, status);
@@ -99,6 +100,8 @@ pub struct NewRun {
     pub title: Option<String>,
     /// Runs with the same key supersede each other (a branch, or a pull request).
     pub concurrency_key: Option<String>,
+    /// The repository's default branch (its caches are the fallback of every run).
+    pub default_branch: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -227,12 +230,18 @@ impl Db {
                 let _ = tx.send(out);
             })
         });
-        let writer = self.writer.clone();
-        // The channel is bounded: a full queue waits off the async threads.
-        tokio::task::spawn_blocking(move || writer.send(job))
-            .await
-            .map_err(|_| DbError::WriterGone)?
-            .map_err(|_| DbError::WriterGone)?;
+        // The channel is bounded: only a full queue waits, and off the async threads.
+        match self.writer.try_send(job) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::TrySendError::Full(job)) => {
+                let writer = self.writer.clone();
+                tokio::task::spawn_blocking(move || writer.send(job))
+                    .await
+                    .map_err(|_| DbError::WriterGone)?
+                    .map_err(|_| DbError::WriterGone)?;
+            }
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return Err(DbError::WriterGone),
+        }
         rx.await.map_err(|_| DbError::WriterGone)?
     }
 
@@ -432,8 +441,8 @@ fn insert_run(t: &Transaction, delivery: Option<&str>, r: &NewRun) -> rusqlite::
     let changed = r.changed.as_ref().map(|c| serde_json::to_string(c).unwrap_or_default());
     t.execute(
         "INSERT INTO runs (delivery_id, repo, clone_url, event, branch, base_branch, tag, sha, pr, fork, changed,
-           installation_id, author, title, status, created_at, concurrency_key)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'queued', ?15, ?16)",
+           installation_id, author, title, status, created_at, concurrency_key, default_branch)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'queued', ?15, ?16, ?17)",
         params![
             delivery,
             r.repo,
@@ -451,6 +460,7 @@ fn insert_run(t: &Transaction, delivery: Option<&str>, r: &NewRun) -> rusqlite::
             r.title,
             now(),
             r.concurrency_key,
+            r.default_branch,
         ],
     )?;
     Ok(t.last_insert_rowid())
@@ -478,7 +488,7 @@ fn runs_by_id(c: &Connection, ids: &[i64]) -> rusqlite::Result<Vec<Run>> {
 
 const RUN_COLUMNS: &str = "id, delivery_id, repo, clone_url, event, branch, base_branch, tag, sha, pr, fork, changed,
     installation_id, author, title, status, reason, created_at, started_at, finished_at, attempts, check_run_id,
-    concurrency_key";
+    concurrency_key, default_branch";
 
 fn row_to_run(r: &rusqlite::Row) -> rusqlite::Result<Run> {
     let changed: Option<String> = r.get(11)?;
@@ -500,6 +510,7 @@ fn row_to_run(r: &rusqlite::Row) -> rusqlite::Result<Run> {
             author: r.get(13)?,
             title: r.get(14)?,
             concurrency_key: r.get(22)?,
+            default_branch: r.get(23)?,
         },
         status: r.get(15)?,
         reason: r.get(16)?,

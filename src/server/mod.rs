@@ -210,6 +210,28 @@ async fn receive(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Byte
         Ok(v) => v,
         Err(e) => return reject(StatusCode::BAD_REQUEST, &format!("the body is not JSON: {e}")),
     };
+    // From here on the work is not tied to the connection: a client that hangs up while its
+    // delivery is being committed must not skip what follows the commit (queuing, waking
+    // the worker, cancelling superseded runs).
+    let task = tokio::spawn(accept(st.clone(), event, delivery, payload, headers, body));
+    match task.await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("delivery task failed: {e}");
+            reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": "internal error" }))
+        }
+    }
+}
+
+/// Stores a verified delivery and acts on it.
+async fn accept(
+    st: Arc<AppState>,
+    event: String,
+    delivery: String,
+    payload: serde_json::Value,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     st.counters.deliveries.fetch_add(1, Ordering::Relaxed);
     let action_name = payload.get("action").and_then(|a| a.as_str()).map(str::to_string);
     let mut action = webhook::classify(&event, &payload);

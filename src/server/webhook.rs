@@ -66,6 +66,7 @@ pub fn classify(event: &str, payload: &Value) -> Action {
     let repo = s(payload, &["repository", "full_name"]).unwrap_or_default();
     let clone_url = s(payload, &["repository", "clone_url"]).unwrap_or_default();
     let installation_id = n(payload, &["installation", "id"]);
+    let default_branch = s(payload, &["repository", "default_branch"]);
     let action = s(payload, &["action"]).unwrap_or_default();
     match event {
         "ping" => Action::Ping,
@@ -100,6 +101,7 @@ pub fn classify(event: &str, payload: &Value) -> Action {
             });
             let head = payload.get("head_commit");
             Action::Run(Box::new(NewRun {
+                default_branch: default_branch.clone(),
                 concurrency_key: Some(match &branch {
                     Some(b) => format!("{repo}#branch:{b}"),
                     None => format!("{repo}#tag:{}", tag.as_deref().unwrap_or("")),
@@ -135,6 +137,7 @@ pub fn classify(event: &str, payload: &Value) -> Action {
                 return Action::Ignore("pull request without a head".into());
             };
             Action::Run(Box::new(NewRun {
+                default_branch: default_branch.clone(),
                 concurrency_key: Some(format!("{repo}#pr:{number}")),
                 clone_url: s(pr, &["base", "repo", "clone_url"]).unwrap_or(clone_url),
                 repo,
@@ -170,6 +173,7 @@ pub fn classify(event: &str, payload: &Value) -> Action {
                 Some(pr) => {
                     let number = n(pr, &["number"]).unwrap_or(0);
                     Action::Run(Box::new(NewRun {
+                        default_branch: default_branch.clone(),
                         concurrency_key: Some(format!("{repo}#pr:{number}")),
                         repo,
                         clone_url,
@@ -191,6 +195,7 @@ pub fn classify(event: &str, payload: &Value) -> Action {
                         return Action::Ignore(format!("{event} for a commit with no branch (a fork push)"));
                     };
                     Action::Run(Box::new(NewRun {
+                        default_branch: default_branch.clone(),
                         concurrency_key: Some(format!("{repo}#branch:{branch}")),
                         repo,
                         clone_url,

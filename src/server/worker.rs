@@ -312,7 +312,10 @@ async fn prepare_and_run(
             log_dir: Some(logs.clone()),
             workspace: Workspace::Copy { root: work.to_path_buf(), files },
             grace: Duration::from_secs(10),
-            cache: Some(CacheSettings { store: Arc::new(cache), scopes: sched::cache_scopes(&ctx, "main") }),
+            cache: Some(CacheSettings {
+                store: Arc::new(cache),
+                scopes: sched::cache_scopes(&ctx, run.spec.default_branch.as_deref().unwrap_or("main")),
+            }),
             source_root: Some(work.to_path_buf()),
             artifact_dir: Some(dir.join("artifacts")),
         },
@@ -400,25 +403,7 @@ fn step_line(s: &StepSummary) -> String {
 
 /// One line for a status description: `3 passed, 1 failed (unit) in 12.3s`.
 fn describe(steps: &[StepSummary], took: Duration) -> String {
-    let count = |st: StepStatus| steps.iter().filter(|s| s.status == st).count();
-    let mut parts = vec![format!("{} passed", count(StepStatus::Passed))];
-    for (st, word) in [
-        (StepStatus::Failed, "failed"),
-        (StepStatus::TimedOut, "timed out"),
-        (StepStatus::Error, "errored"),
-        (StepStatus::Cancelled, "cancelled"),
-        (StepStatus::Skipped, "skipped"),
-    ] {
-        let names: Vec<&str> = steps.iter().filter(|s| s.status == st).map(|s| s.step.as_str()).collect();
-        if !names.is_empty() {
-            if st == StepStatus::Skipped {
-                parts.push(format!("{} {word}", names.len()));
-            } else {
-                parts.push(format!("{} {word} ({})", names.len(), names.join(", ")));
-            }
-        }
-    }
-    format!("{} in {}", parts.join(", "), crate::report::console::human(took))
+    format!("{} in {}", sched::tally(steps, true), crate::report::console::human(took))
 }
 
 /// The check run summary: a Markdown table of steps.
