@@ -41,6 +41,22 @@ fn callbacks(token: Option<&str>) -> RemoteCallbacks<'_> {
     cb
 }
 
+/// The commit `branch` points to at `url` (as `git ls-remote`), with the token if the
+/// server asks for credentials.
+pub fn branch_head(url: &str, branch: &str, token: Option<&str>) -> Result<String, String> {
+    let mut remote = git2::Remote::create_detached(url).map_err(|e| e.message().to_string())?;
+    let conn = remote
+        .connect_auth(git2::Direction::Fetch, Some(callbacks(token)), None)
+        .map_err(|e| format!("cannot reach {url}: {}", e.message()))?;
+    let want = format!("refs/heads/{branch}");
+    let heads = conn.list().map_err(|e| e.message().to_string())?;
+    heads
+        .iter()
+        .find(|h| h.name() == want)
+        .map(|h| h.oid().to_string())
+        .ok_or_else(|| format!("no branch `{branch}` at {url}"))
+}
+
 /// Fetches `spec` into `dir` (created empty) and checks out its SHA, detached.
 pub fn fetch(dir: &Path, spec: &FetchSpec) -> Result<(), CheckoutError> {
     let err = |message: String| CheckoutError { what: format!("{} from {}", spec.git_ref, spec.url), message };

@@ -257,6 +257,7 @@ pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
             }),
             source_root: Some(root.clone()),
             artifact_dir: Some(run_dir.join("artifacts")),
+            reuse: Default::default(),
         },
         tx,
         cancel,

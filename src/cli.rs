@@ -41,6 +41,56 @@ pub enum Command {
         #[arg(long, global = true, value_name = "DIR")]
         cache_dir: Option<PathBuf>,
     },
+    /// List a server's runs (newest first).
+    Runs {
+        /// Only this repository (owner/name).
+        #[arg(long)]
+        repo: Option<String>,
+        /// Only this branch.
+        #[arg(long)]
+        branch: Option<String>,
+        /// Only runs with this status (queued, running, success, failure, error, cancelled, skipped).
+        #[arg(long)]
+        status: Option<String>,
+        /// How many runs.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: crate::client::ServerArgs,
+    },
+    /// Print a run's logs from a server: one step, or every step in order.
+    Logs {
+        /// The run's id.
+        run: i64,
+        /// The step [default: every step that ran, in the order they started].
+        step: Option<String>,
+        /// Keep printing as the logs grow, until the step (or the run) ends.
+        #[arg(short, long)]
+        follow: bool,
+        #[command(flatten)]
+        server: crate::client::ServerArgs,
+    },
+    /// Cancel a queued or running run on a server (needs the API token).
+    Cancel {
+        /// The run's id.
+        run: i64,
+        #[command(flatten)]
+        server: crate::client::ServerArgs,
+    },
+    /// Run a run again on a server (needs the API token).
+    Rerun {
+        /// The run's id.
+        run: i64,
+        /// Only the failed steps and what depends on them; the steps that passed keep
+        /// their results and artifacts.
+        #[arg(long)]
+        failed: bool,
+        #[command(flatten)]
+        server: crate::client::ServerArgs,
+    },
     /// Remove containers, networks and volumes left behind by orch runs that were killed.
     Gc {
         /// Also remove what belongs to runs of orch processes that are still alive.
@@ -161,6 +211,12 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Gc { all } => crate::ci::gc_command(all).await,
         Command::Serve(args) => serve(args).await,
         Command::Cache { command, cache_dir } => crate::ci::cache_command(command, cache_dir),
+        Command::Runs { repo, branch, status, limit, json, server } => {
+            crate::client::runs(&server, repo, branch, status, limit, json).await
+        }
+        Command::Logs { run, step, follow, server } => crate::client::logs(&server, run, step, follow).await,
+        Command::Cancel { run, server } => crate::client::cancel(&server, run).await,
+        Command::Rerun { run, failed, server } => crate::client::rerun(&server, run, failed).await,
     };
     match result {
         Ok(code) => code,

@@ -34,13 +34,16 @@ pub enum Error {
     },
     #[error(transparent)]
     Backend(#[from] crate::exec::BackendError),
+    /// An `orch serve` the CLI talked to refused or could not be reached.
+    #[error("{0}")]
+    Remote(String),
 }
 
 impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Config(_) | Error::Plan(_) | Error::Usage(_) => exit::INVALID,
-            Error::Git(_) | Error::Io { .. } | Error::Backend(_) => exit::INFRA,
+            Error::Git(_) | Error::Io { .. } | Error::Backend(_) | Error::Remote(_) => exit::INFRA,
         }
     }
 

@@ -144,6 +144,13 @@ fn iso(t: std::time::SystemTime) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", r / 3600, r / 60 % 60, r % 60)
 }
 
+/// GitHub requests made (every attempt), for `/metrics`.
+#[derive(Debug, Default)]
+pub struct RequestCounters {
+    pub ok: std::sync::atomic::AtomicU64,
+    pub error: std::sync::atomic::AtomicU64,
+}
+
 pub struct Reporter {
     cfg: Config,
     client: Option<Octocrab>,
@@ -155,6 +162,7 @@ pub struct Reporter {
     check_runs: HashMap<i64, u64>,
     /// Told each check run created (run id, check run id), to keep it across restarts.
     on_check_run: Option<Box<dyn Fn(i64, u64) + Send + Sync>>,
+    counters: Option<Arc<RequestCounters>>,
 }
 
 impl Reporter {
@@ -180,10 +188,23 @@ impl Reporter {
                 Some(builder()?.app((*app_id).into(), key).build().map_err(|e| ReportError(e.to_string()))?)
             }
         };
-        Ok(Reporter { cfg, client, installations: HashMap::new(), check_runs: HashMap::new(), on_check_run: None })
+        Ok(Reporter {
+            cfg,
+            client,
+            installations: HashMap::new(),
+            check_runs: HashMap::new(),
+            on_check_run: None,
+            counters: None,
+        })
     }
 
     /// Calls `f(run id, check run id)` for each check run created.
+    /// Counts every request attempt in `c`.
+    pub fn count_requests(mut self, c: Arc<RequestCounters>) -> Reporter {
+        self.counters = Some(c);
+        self
+    }
+
     pub fn on_check_run(mut self, f: impl Fn(i64, u64) + Send + Sync + 'static) -> Reporter {
         self.on_check_run = Some(Box::new(f));
         self
@@ -243,7 +264,12 @@ impl Reporter {
     {
         let mut delay = self.cfg.backoff;
         for attempt in 1..=ATTEMPTS {
-            match f().await {
+            let r = f().await;
+            if let Some(c) = &self.counters {
+                let which = if r.is_ok() { &c.ok } else { &c.error };
+                which.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            match r {
                 Ok(v) => return Ok(v),
                 Err(e) => {
                     let (retry, msg) = classify(&e);

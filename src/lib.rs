@@ -7,6 +7,7 @@ pub mod cache;
 pub mod checkout;
 pub mod ci;
 pub mod cli;
+pub mod client;
 pub mod error;
 pub mod exec;
 pub mod git;

@@ -26,6 +26,16 @@ impl Outcome {
 }
 
 async fn run_with(yaml: &str, backend: FakeBackend, jobs: usize, cancel: Cancel) -> Outcome {
+    run_reusing(yaml, backend, jobs, cancel, Default::default()).await
+}
+
+async fn run_reusing(
+    yaml: &str,
+    backend: FakeBackend,
+    jobs: usize,
+    cancel: Cancel,
+    reuse: std::collections::HashMap<String, StepSummary>,
+) -> Outcome {
     let p = orch::pipeline::parse_str("t.yml", yaml).unwrap_or_else(|e| panic!("{e}"));
     let ctx = Context { event: Some(orch::pipeline::Event::Push), branch: Some("main".into()), ..Default::default() };
     let plan = plan(&p, &ctx, &Selection::default()).unwrap();
@@ -48,6 +58,7 @@ async fn run_with(yaml: &str, backend: FakeBackend, jobs: usize, cancel: Cancel)
         cache: None,
         source_root: None,
         artifact_dir: None,
+        reuse,
     };
     let result = execute(backend.clone(), &plan, opts, tx, cancel).await;
     let events = collector.await.unwrap();
@@ -98,6 +109,44 @@ async fn failure_skips_dependents_but_not_independent_steps() {
     assert_eq!(o.step("d").status, StepStatus::Skipped);
     assert_eq!(o.step("c").status, StepStatus::Passed);
     assert_eq!(o.calls.last().unwrap(), "destroy r1");
+}
+
+/// A re-run of the failed steps: the kept steps are not started, they count as passed (with
+/// the message given) for what needs them, and the others run again.
+#[tokio::test]
+async fn reused_steps_are_passed_without_running() {
+    let kept = |name: &str| StepSummary {
+        step: name.into(),
+        status: StepStatus::Passed,
+        exit_code: Some(0),
+        attempts: 0,
+        allowed_failure: false,
+        message: Some("kept from run 7".into()),
+        started: Duration::ZERO,
+        duration: Duration::from_secs(3),
+        artifacts: Vec::new(),
+        blocks_dependents: false,
+    };
+    // `d` passed before too, but it needs `b`, which runs again: so does `d` (skipped here).
+    let reuse = ["a", "c", "d"].into_iter().map(|s| (s.to_string(), kept(s))).collect();
+    let b = FakeBackend::new().script("b", vec![FakeAttempt::exit(1)]);
+    let o = run_reusing(CHAIN, b, 8, Cancel::default(), reuse).await;
+    assert_eq!(o.status, RunStatus::Failure);
+    for s in ["a", "c"] {
+        assert_eq!(o.step(s).status, StepStatus::Passed);
+        assert_eq!(o.step(s).message.as_deref(), Some("kept from run 7"));
+        assert_eq!((o.step(s).attempts, o.step(s).duration), (0, Duration::ZERO));
+        assert!(!o.calls.iter().any(|c| c.starts_with(&format!("start {s}#"))), "{:?}", o.calls);
+        assert!(!o.events.iter().any(|e| matches!(e, RunEvent::StepStarted { step, .. } if step == s)));
+        assert!(
+            o.events
+                .iter()
+                .any(|e| matches!(e, RunEvent::StepFinished(f) if f.step == s && f.status == StepStatus::Passed))
+        );
+    }
+    assert!(o.calls.contains(&"start b#1".to_string()), "{:?}", o.calls);
+    assert_eq!(o.step("b").status, StepStatus::Failed);
+    assert_eq!(o.step("d").status, StepStatus::Skipped);
 }
 
 #[tokio::test]
@@ -292,6 +341,7 @@ steps:
         cache: None,
         source_root: None,
         artifact_dir: None,
+        reuse: Default::default(),
     };
     execute(backend.clone(), &plan, opts, tx, Cancel::default()).await;
     let envs = backend.envs.lock().unwrap();
@@ -365,6 +415,7 @@ async fn run_cached(yaml: &str, store: &std::path::Path, backend: FakeBackend, s
         }),
         source_root: None,
         artifact_dir: Some(artifacts.path().to_path_buf()),
+        reuse: Default::default(),
     };
     let result = execute(backend.clone(), &plan, opts, tx, Cancel::default()).await;
     Outcome {

@@ -56,6 +56,10 @@ pub struct RunOptions {
     pub source_root: Option<PathBuf>,
     /// Where artifacts are kept (`<dir>/<step>/...`); `None`: artifacts are not collected.
     pub artifact_dir: Option<PathBuf>,
+    /// Steps treated as already passed (a re-run of the failed steps keeps these): they are
+    /// not started, their `StepFinished` says `Passed` with the summary's message. A step
+    /// whose needs are not all kept runs (or is skipped) as usual.
+    pub reuse: HashMap<String, StepSummary>,
 }
 
 #[derive(Clone)]
@@ -208,6 +212,7 @@ async fn run_steps<B: Backend>(
     let ancestors = ancestors(&deps);
     let all_secrets: Arc<Vec<String>> = Arc::new(opts.secrets.values().cloned().collect());
     let mut state: Vec<State> = (0..n).map(|_| State::Pending).collect();
+    let mut reused = vec![false; n];
     let mut tasks: JoinSet<(usize, StepSummary)> = JoinSet::new();
     let mut task_index: HashMap<tokio::task::Id, usize> = HashMap::new();
     let mut running = 0;
@@ -260,6 +265,25 @@ async fn run_steps<B: Backend>(
                         duration: Duration::ZERO,
                         artifacts: Vec::new(),
                         blocks_dependents: false,
+                    };
+                    let _ = events.send(RunEvent::StepFinished(summary.clone())).await;
+                    state[i] = State::Done(summary);
+                    progressed = true;
+                    continue;
+                }
+                // Kept only when everything it needs was kept too: what depends on a step
+                // that runs again runs again.
+                if let Some(kept) = opts.reuse.get(&step.name).filter(|_| deps[i].iter().all(|&d| reused[d])) {
+                    reused[i] = true;
+                    let summary = StepSummary {
+                        step: step.name.clone(),
+                        status: StepStatus::Passed,
+                        attempts: 0,
+                        allowed_failure: false,
+                        started: run_start.elapsed(),
+                        duration: Duration::ZERO,
+                        blocks_dependents: false,
+                        ..kept.clone()
                     };
                     let _ = events.send(RunEvent::StepFinished(summary.clone())).await;
                     state[i] = State::Done(summary);

@@ -70,6 +70,19 @@ pub struct ServeArgs {
     /// Seconds before retrying a failed GitHub request (doubles each time) [default: 1].
     #[arg(long, env = "ORCH_GITHUB_BACKOFF", hide = true)]
     pub github_backoff_ms: Option<u64>,
+    /// The token the API's actions (cancel, re-run, manual runs) need, as
+    /// `Authorization: Bearer TOKEN`. Without one, the actions are refused.
+    #[arg(long, env = "ORCH_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Read endpoints (API, dashboard, logs, metrics) need the token too [default: false].
+    #[arg(long, env = "ORCH_API_PRIVATE")]
+    pub api_private: Option<bool>,
+    /// Days finished runs (and their logs and artifacts) are kept [default: 30; 0 = for ever].
+    #[arg(long, env = "ORCH_RETENTION_DAYS")]
+    pub retention_days: Option<u64>,
+    /// Finished runs kept at most, newest first [default: 0 = no limit].
+    #[arg(long, env = "ORCH_RETENTION_RUNS")]
+    pub retention_runs: Option<u64>,
 }
 
 /// Resolved settings.
@@ -91,6 +104,10 @@ pub struct Config {
     pub secrets_file: Option<PathBuf>,
     pub cancel_superseded: bool,
     pub github_backoff: Duration,
+    pub api_token: Option<String>,
+    pub api_private: bool,
+    pub retention_days: u64,
+    pub retention_runs: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +177,10 @@ const KEYS: &[&str] = &[
     "step-statuses",
     "secrets-file",
     "cancel-superseded",
+    "api-token",
+    "api-private",
+    "retention-days",
+    "retention-runs",
 ];
 
 impl ServeArgs {
@@ -279,6 +300,19 @@ impl ServeArgs {
                 None => parse_bool("cancel-superseded", one("cancel-superseded"))?.unwrap_or(true),
             },
             github_backoff: Duration::from_millis(self.github_backoff_ms.unwrap_or(1000)),
+            api_token: self.api_token.clone().or_else(|| one("api-token")).filter(|s| !s.is_empty()),
+            api_private: match self.api_private {
+                Some(b) => b,
+                None => parse_bool("api-private", one("api-private"))?.unwrap_or(false),
+            },
+            retention_days: match self.retention_days {
+                Some(n) => n,
+                None => parse_num("retention-days", one("retention-days"))?.map_or(30, |n| n.max(0) as u64),
+            },
+            retention_runs: match self.retention_runs {
+                Some(n) => n,
+                None => parse_num("retention-runs", one("retention-runs"))?.map_or(0, |n| n.max(0) as u64),
+            },
         })
     }
 }
@@ -310,6 +344,22 @@ mod tests {
         let c = ServeArgs { config: Some(f), ..Default::default() }.resolve().unwrap();
         assert_eq!(c.allow_repos, ["acme/hello", "acme/website"]);
         assert!(c.step_statuses);
+    }
+
+    #[test]
+    fn api_and_retention_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("orch.yml");
+        std::fs::write(
+            &f,
+            "webhook_secret: s\napi_token: t0k\napi_private: true\nretention_days: 7\nretention-runs: 100\n",
+        )
+        .unwrap();
+        let c = ServeArgs { config: Some(f), retention_days: Some(9), ..Default::default() }.resolve().unwrap();
+        assert_eq!((c.api_token.as_deref(), c.api_private), (Some("t0k"), true));
+        assert_eq!((c.retention_days, c.retention_runs), (9, 100), "the flag wins over the file");
+        let d = ServeArgs { insecure_no_signature: true, ..Default::default() }.resolve().unwrap();
+        assert_eq!((d.api_token, d.api_private, d.retention_days, d.retention_runs), (None, false, 30, 0));
     }
 
     #[test]

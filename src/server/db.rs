@@ -117,6 +117,10 @@ pub struct Run {
     pub finished_at: Option<i64>,
     pub attempts: i64,
     pub check_run_id: Option<i64>,
+    /// The run this one re-runs (`POST /api/runs/{id}/rerun`).
+    pub rerun_of: Option<i64>,
+    /// A re-run of the failed steps only: the passed steps of `rerun_of` are kept.
+    pub failed_only: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -129,6 +133,16 @@ pub struct StepRow {
     pub started: Option<f64>,
     pub duration: Option<f64>,
     pub message: Option<String>,
+}
+
+/// What `GET /api/runs` filters by.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub repo: Option<String>,
+    pub branch: Option<String>,
+    pub status: Option<String>,
+    pub limit: i64,
+    pub before: Option<i64>,
 }
 
 /// A webhook delivery as received.
@@ -182,6 +196,15 @@ impl Db {
         }
         let mut w = open(path)?;
         w.execute_batch(SCHEMA)?;
+        // Columns added after the first release: a database from before gets them here.
+        for (col, def) in [("rerun_of", "INTEGER"), ("failed_only", "INTEGER NOT NULL DEFAULT 0")] {
+            let has: bool =
+                w.prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = ?1")?.exists(params![col])?;
+            if !has {
+                w.execute_batch(&format!("ALTER TABLE runs ADD COLUMN {col} {def}"))?;
+            }
+        }
+        w.execute_batch("CREATE INDEX IF NOT EXISTS deliveries_by_time ON deliveries(received_at)")?;
         let reader = open(path)?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(4096);
         std::thread::Builder::new()
@@ -421,6 +444,111 @@ impl Db {
         .await
     }
 
+    /// Runs, newest first, filtered; `before` is the cursor (an id).
+    pub async fn runs_where(&self, f: RunFilter) -> Result<Vec<Run>, DbError> {
+        self.read(move |c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE id < ?1
+                   AND (?2 IS NULL OR repo = ?2) AND (?3 IS NULL OR branch = ?3) AND (?4 IS NULL OR status = ?4)
+                 ORDER BY id DESC LIMIT ?5"
+            ))?;
+            st.query_map(params![f.before.unwrap_or(i64::MAX), f.repo, f.branch, f.status, f.limit], row_to_run)?
+                .collect()
+        })
+        .await
+    }
+
+    /// Queues a re-run of `of` (`failed_only`: of its failed steps).
+    pub async fn queue_rerun(&self, run: NewRun, of: i64, failed_only: bool) -> Result<i64, DbError> {
+        self.write(move |t| {
+            let id = insert_run(t, None, &run)?;
+            t.execute("UPDATE runs SET rerun_of = ?2, failed_only = ?3 WHERE id = ?1", params![id, of, failed_only])?;
+            Ok(id)
+        })
+        .await
+    }
+
+    /// Cancels a queued run; false when it is not queued (any more).
+    pub async fn cancel_queued(&self, id: i64, reason: String) -> Result<bool, DbError> {
+        self.write(move |t| {
+            let n = t.execute(
+                "UPDATE runs SET status = 'cancelled', reason = ?2, finished_at = ?3 WHERE id = ?1 AND status = 'queued'",
+                params![id, reason, now()],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    /// Runs by status.
+    pub async fn status_counts(&self) -> Result<Vec<(String, i64)>, DbError> {
+        self.read(|c| {
+            let mut st = c.prepare("SELECT status, COUNT(*) FROM runs GROUP BY status ORDER BY status")?;
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
+        })
+        .await
+    }
+
+    /// Seconds each started run waited in the queue.
+    pub async fn queue_waits(&self) -> Result<Vec<f64>, DbError> {
+        self.read(|c| {
+            let mut st = c.prepare("SELECT started_at - created_at FROM runs WHERE started_at IS NOT NULL")?;
+            st.query_map([], |r| Ok(r.get::<_, i64>(0)?.max(0) as f64))?.collect()
+        })
+        .await
+    }
+
+    /// (status, seconds) of every step that ran to an end.
+    pub async fn step_durations(&self) -> Result<Vec<(String, f64)>, DbError> {
+        self.read(|c| {
+            let mut st = c.prepare(
+                "SELECT status, duration FROM steps WHERE duration IS NOT NULL AND status NOT IN ('running', 'skipped')",
+            )?;
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
+        })
+        .await
+    }
+
+    /// Deletes finished runs older than `max_age` seconds (0: no age limit) or beyond the
+    /// newest `max_runs` finished ones (0: no limit), with their steps, and deliveries older
+    /// than `delivery_age` seconds. Returns the deleted run ids (their directories are the
+    /// caller's to remove).
+    pub async fn prune(&self, max_age: i64, max_runs: i64, delivery_age: i64) -> Result<Vec<i64>, DbError> {
+        let now = now();
+        self.write(move |t| {
+            const DONE: &str = "status NOT IN ('queued', 'running')";
+            let mut doomed: Vec<i64> = Vec::new();
+            if max_age > 0 {
+                let mut st =
+                    t.prepare(&format!("SELECT id FROM runs WHERE {DONE} AND COALESCE(finished_at, created_at) < ?1"))?;
+                doomed.extend(
+                    st.query_map(params![now - max_age], |r| r.get::<_, i64>(0))?.collect::<Result<Vec<_>, _>>()?,
+                );
+            }
+            if max_runs > 0 {
+                let mut st =
+                    t.prepare(&format!("SELECT id FROM runs WHERE {DONE} ORDER BY id DESC LIMIT -1 OFFSET ?1"))?;
+                doomed.extend(st.query_map(params![max_runs], |r| r.get::<_, i64>(0))?.collect::<Result<Vec<_>, _>>()?);
+            }
+            doomed.sort_unstable();
+            doomed.dedup();
+            for id in &doomed {
+                t.execute("DELETE FROM steps WHERE run_id = ?1", params![id])?;
+                t.execute("DELETE FROM runs WHERE id = ?1", params![id])?;
+            }
+            if delivery_age > 0 {
+                t.execute("DELETE FROM deliveries WHERE received_at < ?1", params![now - delivery_age])?;
+            }
+            Ok(doomed)
+        })
+        .await
+    }
+
+    /// Whether the database answers a query.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        self.read(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))).await.map(|_| ())
+    }
+
     pub async fn count_deliveries(&self) -> Result<i64, DbError> {
         self.read(|c| c.query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0))).await
     }
@@ -488,7 +616,7 @@ fn runs_by_id(c: &Connection, ids: &[i64]) -> rusqlite::Result<Vec<Run>> {
 
 const RUN_COLUMNS: &str = "id, delivery_id, repo, clone_url, event, branch, base_branch, tag, sha, pr, fork, changed,
     installation_id, author, title, status, reason, created_at, started_at, finished_at, attempts, check_run_id,
-    concurrency_key, default_branch";
+    concurrency_key, default_branch, rerun_of, failed_only";
 
 fn row_to_run(r: &rusqlite::Row) -> rusqlite::Result<Run> {
     let changed: Option<String> = r.get(11)?;
@@ -519,9 +647,85 @@ fn row_to_run(r: &rusqlite::Row) -> rusqlite::Result<Run> {
         finished_at: r.get(19)?,
         attempts: r.get(20)?,
         check_run_id: r.get(21)?,
+        rerun_of: r.get(24)?,
+        failed_only: r.get(25)?,
     })
 }
 
 fn get_run(c: &Connection, id: i64) -> rusqlite::Result<Option<Run>> {
     c.query_row(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"), params![id], row_to_run).optional()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(branch: &str) -> NewRun {
+        NewRun {
+            repo: "o/r".into(),
+            clone_url: "u".into(),
+            event: "push".into(),
+            branch: Some(branch.into()),
+            sha: "s".into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn prune_by_age_and_count_keeps_unfinished_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("orch.db")).unwrap();
+        let mut run_ids = Vec::new();
+        for b in ["a", "b", "c", "d", "e"] {
+            run_ids.push(db.queue_run(spec(b), false).await.unwrap().0);
+        }
+        for &id in &run_ids[..4] {
+            db.finish(id, "success", None).await.unwrap();
+            db.upsert_step(
+                id,
+                StepRow {
+                    name: "s".into(),
+                    stage: None,
+                    status: "passed".into(),
+                    exit_code: Some(0),
+                    attempts: 1,
+                    started: Some(0.0),
+                    duration: Some(1.0),
+                    message: None,
+                },
+            )
+            .await
+            .unwrap();
+        }
+        let old = now() - 10 * 86_400;
+        db.write(move |t| t.execute("UPDATE runs SET finished_at = ?1, created_at = ?1 WHERE id = 2", params![old]))
+            .await
+            .unwrap();
+        for (id, at) in [("old", old), ("new", now())] {
+            let d = Delivery {
+                id: id.into(),
+                event: "ping".into(),
+                action: None,
+                headers: "{}".into(),
+                body: Vec::new(),
+                outcome: "ping".into(),
+            };
+            db.store_delivery(d, None, false).await.unwrap();
+            let id = id.to_string();
+            db.write(move |t| t.execute("UPDATE deliveries SET received_at = ?2 WHERE id = ?1", params![id, at]))
+                .await
+                .unwrap();
+        }
+        // 5 days: run 2 goes; at most 2 finished runs: run 1 goes too. Run 5 is queued: kept.
+        let gone = db.prune(5 * 86_400, 2, 3 * 86_400).await.unwrap();
+        assert_eq!(gone, [run_ids[0], run_ids[1]]);
+        let left: Vec<i64> = db.read(|c| ids(c, "SELECT id FROM runs WHERE ?1 = ?1 ORDER BY id", "")).await.unwrap();
+        assert_eq!(left, [run_ids[2], run_ids[3], run_ids[4]]);
+        let steps: i64 = db.read(|c| c.query_row("SELECT COUNT(*) FROM steps", [], |r| r.get(0))).await.unwrap();
+        assert_eq!(steps, 2);
+        assert_eq!(db.count_deliveries().await.unwrap(), 1);
+        // No limits: nothing more goes.
+        assert!(db.prune(0, 0, 0).await.unwrap().is_empty());
+        assert_eq!(db.status_counts().await.unwrap(), [("queued".to_string(), 1), ("success".to_string(), 2)]);
+    }
 }

@@ -5,7 +5,9 @@
 //! answer) -> `worker` claims queued runs from the database, fetches the commit, plans and
 //! executes -> events become step rows, log files and GitHub updates (`github`).
 
+pub mod api;
 pub mod config;
+pub mod dashboard;
 pub mod db;
 pub mod webhook;
 pub mod worker;
@@ -16,9 +18,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 use tokio::sync::Notify;
@@ -37,6 +39,10 @@ pub struct Counters {
     pub rejected: AtomicU64,
     pub duplicates: AtomicU64,
     pub runs_queued: AtomicU64,
+    /// Steps whose container is running now.
+    pub containers_running: std::sync::atomic::AtomicI64,
+    /// GitHub requests, counted by the reporter.
+    pub github: Arc<github::RequestCounters>,
 }
 
 pub struct AppState {
@@ -102,7 +108,8 @@ pub async fn state(cfg: Config) -> Result<Arc<AppState>, ServeError> {
     })?;
     // A run queued again after a restart updates the check run it has, not a new one.
     let keep = db.clone();
-    let reporter = reporter.on_check_run(move |run, check_run| {
+    let counters = Counters::default();
+    let reporter = reporter.count_requests(counters.github.clone()).on_check_run(move |run, check_run| {
         let db = keep.clone();
         tokio::spawn(async move {
             if let Err(e) = db.set_check_run(run, check_run as i64).await {
@@ -116,7 +123,7 @@ pub async fn state(cfg: Config) -> Result<Arc<AppState>, ServeError> {
         db,
         wake: Notify::new(),
         running: std::sync::Mutex::new(HashMap::new()),
-        counters: Counters::default(),
+        counters,
         shutting_down: AtomicBool::new(false),
     }))
 }
@@ -125,10 +132,8 @@ pub fn router(st: Arc<AppState>) -> Router {
     Router::new()
         .route("/webhooks/github", post(receive).layer(DefaultBodyLimit::max(webhook::MAX_BODY)))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/api/runs", get(list_runs))
-        .route("/api/runs/{id}", get(get_run))
-        .route("/api/runs/{id}/logs/{step}", get(get_log))
-        .route("/runs/{id}", get(run_page))
+        .merge(dashboard::routes())
+        .merge(api::routes())
         .with_state(st)
 }
 
@@ -152,6 +157,7 @@ pub async fn serve_on(
     let st = state(cfg).await?;
     let stop = CancellationToken::new();
     let worker = tokio::spawn(worker::run(st.clone(), stop.clone()));
+    let retention = tokio::spawn(worker::retention(st.clone(), stop.clone()));
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(%addr, data_dir = %st.cfg.data_dir.display(), "orch serve listening");
     let st2 = st.clone();
@@ -170,10 +176,11 @@ pub async fn serve_on(
         st.cancel_run(id, "the server stopped");
     }
     let _ = worker.await;
+    let _ = retention.await;
     Ok(())
 }
 
-fn reply(code: StatusCode, body: serde_json::Value) -> Response {
+pub(crate) fn reply(code: StatusCode, body: serde_json::Value) -> Response {
     (code, [(header::CONTENT_TYPE, "application/json")], body.to_string() + "\n").into_response()
 }
 
@@ -328,7 +335,7 @@ async fn accept(
 
 /// Tells GitHub about queued runs that were cancelled before they started (superseded, or
 /// their pull request closed): their commits would show "Queued" for ever otherwise.
-fn report_cancelled(st: &AppState, runs: Vec<db::Run>) {
+pub(crate) fn report_cancelled(st: &AppState, runs: Vec<db::Run>) {
     for run in runs {
         let reason = run.reason.clone().unwrap_or_else(|| "cancelled".into());
         tracing::info!(run = run.id, "cancelled before it started: {reason}");
@@ -340,71 +347,4 @@ fn report_cancelled(st: &AppState, runs: Vec<db::Run>) {
             annotations: Vec::new(),
         });
     }
-}
-
-#[derive(serde::Deserialize)]
-struct ListQuery {
-    limit: Option<i64>,
-    before: Option<i64>,
-}
-
-async fn list_runs(State(st): State<Arc<AppState>>, Query(q): Query<ListQuery>) -> Response {
-    match st.db.runs(q.limit.unwrap_or(50).clamp(1, 500), q.before).await {
-        Ok(runs) => reply(StatusCode::OK, json!({ "runs": runs })),
-        Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": e.to_string() })),
-    }
-}
-
-async fn get_run(State(st): State<Arc<AppState>>, Path(id): Path<i64>) -> Response {
-    match (st.db.run(id).await, st.db.steps(id).await) {
-        (Ok(Some(run)), Ok(steps)) => reply(StatusCode::OK, json!({ "run": run, "steps": steps })),
-        (Ok(None), _) => reply(StatusCode::NOT_FOUND, json!({ "error": format!("no run {id}") })),
-        (Err(e), _) | (_, Err(e)) => reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": e.to_string() })),
-    }
-}
-
-async fn get_log(State(st): State<Arc<AppState>>, Path((id, step)): Path<(i64, String)>) -> Response {
-    let file = worker::run_dir(&st.cfg, id).join("logs").join(format!("{}.log", crate::exec::sanitize(&step)));
-    match tokio::fs::read(&file).await {
-        Ok(bytes) => (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response(),
-        Err(_) => reply(StatusCode::NOT_FOUND, json!({ "error": format!("no log for step `{step}` of run {id}") })),
-    }
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
-
-/// The page a GitHub status links to.
-async fn run_page(State(st): State<Arc<AppState>>, Path(id): Path<i64>) -> Response {
-    let (Ok(Some(run)), Ok(steps)) = (st.db.run(id).await, st.db.steps(id).await) else {
-        return (StatusCode::NOT_FOUND, Html(format!("<h1>No run {id}</h1>"))).into_response();
-    };
-    let mut rows = String::new();
-    for s in &steps {
-        rows.push_str(&format!(
-            "<tr><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td><a href=\"/api/runs/{id}/logs/{}\">log</a></td></tr>",
-            esc(&s.name),
-            esc(&s.status),
-            esc(&s.status),
-            esc(s.message.as_deref().unwrap_or("")),
-            esc(&s.name)
-        ));
-    }
-    let error = std::fs::read_to_string(worker::run_dir(&st.cfg, id).join("error.txt")).unwrap_or_default();
-    Html(format!(
-        "<!doctype html><meta charset=utf-8><meta name=viewport content=\"width=device-width\"><title>orch run {id}</title>\
-         <style>body{{font:15px system-ui;margin:2em}}td{{padding:.2em .8em}}.success,.passed{{color:#1a7f37}}\
-         .failure,.failed,.error,.timed_out{{color:#cf222e}}pre{{background:#f6f8fa;padding:1em;overflow:auto}}</style>\
-         <h1>Run {id}: <span class=\"{st}\">{st}</span></h1><p>{repo} · {ev} · {rf} · <code>{sha}</code></p><p>{reason}</p>\
-         <table><tr><th>step</th><th>status</th><th>note</th><th></th></tr>{rows}</table>{err}",
-        st = esc(&run.status),
-        repo = esc(&run.spec.repo),
-        ev = esc(&run.spec.event),
-        rf = esc(run.spec.branch.as_deref().or(run.spec.tag.as_deref()).unwrap_or("")),
-        sha = esc(&run.spec.sha),
-        reason = esc(run.reason.as_deref().unwrap_or("")),
-        err = if error.is_empty() { String::new() } else { format!("<pre>{}</pre>", esc(&error)) },
-    ))
-    .into_response()
 }

@@ -266,15 +266,25 @@ async fn prepare_and_run(
     };
     let files =
         crate::git::workspace_files(work).map_err(|e| Outcome::early("error", Conclusion::Error, e.to_string()))?;
+    let reuse = match (run.rerun_of, run.failed_only) {
+        (Some(of), true) => kept_steps(st, of, dir).await,
+        _ => Default::default(),
+    };
+    let offered: Vec<String> = reuse.keys().cloned().collect();
     let (tx, mut rx) = mpsc::channel::<RunEvent>(1024);
     let recorder = {
         let st = st.clone();
         let rr = run_ref(run);
         let run_id = run.id;
         tokio::spawn(async move {
+            // Steps with a container up, for `orch_containers_running`.
+            let mut up = std::collections::HashSet::new();
             while let Some(ev) = rx.recv().await {
                 match ev {
                     RunEvent::StepStarted { step, attempt, .. } => {
+                        if up.insert(step.clone()) {
+                            st.counters.containers_running.fetch_add(1, Ordering::Relaxed);
+                        }
                         let row = StepRow {
                             name: step,
                             stage: None,
@@ -288,6 +298,9 @@ async fn prepare_and_run(
                         let _ = st.db.upsert_step(run_id, row).await;
                     }
                     RunEvent::StepFinished(s) => {
+                        if up.remove(&s.step) {
+                            st.counters.containers_running.fetch_sub(1, Ordering::Relaxed);
+                        }
                         let _ = st.db.upsert_step(run_id, step_row(&s)).await;
                         st.report.send(Update::Step {
                             run: rr.clone(),
@@ -299,6 +312,7 @@ async fn prepare_and_run(
                     _ => {}
                 }
             }
+            st.counters.containers_running.fetch_sub(up.len() as i64, Ordering::Relaxed);
         })
     };
     let cache = crate::cache::CacheStore::new(st.cfg.data_dir.join("cache"), crate::cache::DEFAULT_MAX_BYTES);
@@ -318,12 +332,21 @@ async fn prepare_and_run(
             }),
             source_root: Some(work.to_path_buf()),
             artifact_dir: Some(dir.join("artifacts")),
+            reuse,
         },
         tx,
         cancel,
     )
     .await;
     let _ = recorder.await;
+    // Artifacts copied for a step the scheduler did not keep (something it needs ran again)
+    // and that did not collect new ones are not this run's.
+    for s in result.steps.iter().filter(|s| offered.contains(&s.step)) {
+        let kept = s.status == StepStatus::Passed && s.attempts == 0;
+        if !kept && s.artifacts.is_empty() {
+            let _ = std::fs::remove_dir_all(dir.join("artifacts").join(crate::exec::sanitize(&s.step)));
+        }
+    }
 
     let (status, conclusion) = match result.status {
         RunStatus::Success => ("success", Conclusion::Success),
@@ -352,6 +375,90 @@ async fn prepare_and_run(
         summary: summary(&result.steps, result.duration),
         annotations,
     })
+}
+
+/// The steps of run `of` that passed, to keep in a re-run of its failed steps; their
+/// artifacts are copied into this run's directory first.
+async fn kept_steps(st: &AppState, of: i64, dir: &std::path::Path) -> std::collections::HashMap<String, StepSummary> {
+    let rows = match st.db.steps(of).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(run = of, "cannot read the steps to keep: {e}; every step runs");
+            return Default::default();
+        }
+    };
+    let old = run_dir(&st.cfg, of).join("artifacts");
+    let mut kept = std::collections::HashMap::new();
+    for r in rows.into_iter().filter(|r| r.status == "passed") {
+        let name = crate::exec::sanitize(&r.name);
+        let from = old.join(&name);
+        if from.is_dir()
+            && let Err(e) = copy_dir(&from, &dir.join("artifacts").join(&name))
+        {
+            tracing::warn!(run = of, step = %r.name, "cannot copy the artifacts: {e}; the step runs again");
+            continue;
+        }
+        kept.insert(
+            r.name.clone(),
+            StepSummary {
+                step: r.name,
+                status: StepStatus::Passed,
+                exit_code: r.exit_code,
+                attempts: 0,
+                allowed_failure: false,
+                message: Some(format!("kept from run {of}")),
+                started: Duration::ZERO,
+                duration: Duration::ZERO,
+                artifacts: Vec::new(),
+                blocks_dependents: false,
+            },
+        );
+    }
+    kept
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let ty = e.file_type()?;
+        let dest = to.join(e.file_name());
+        if ty.is_dir() {
+            copy_dir(&e.path(), &dest)?;
+        } else if ty.is_file() {
+            std::fs::copy(e.path(), &dest)?;
+        }
+    }
+    Ok(())
+}
+
+/// Prunes old runs at start and every hour until `stop` (settings `retention_days`,
+/// `retention_runs`).
+pub async fn retention(st: Arc<AppState>, stop: CancellationToken) {
+    loop {
+        prune(&st).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// One pass of retention: finished runs beyond the limits go, with their directories.
+pub async fn prune(st: &AppState) {
+    let days = st.cfg.retention_days as i64;
+    let pruned = st.db.prune(days * 86_400, st.cfg.retention_runs as i64, days.max(3) * 86_400).await;
+    match pruned {
+        Ok(ids) => {
+            for id in &ids {
+                let _ = tokio::fs::remove_dir_all(run_dir(&st.cfg, *id)).await;
+            }
+            if !ids.is_empty() {
+                tracing::info!(runs = ids.len(), "retention: removed old runs");
+            }
+        }
+        Err(e) => tracing::warn!("retention: {e}"),
+    }
 }
 
 fn short(sha: &str) -> &str {
