@@ -11,7 +11,8 @@ use crate::pipeline::Event;
 #[derive(Debug, Parser)]
 #[command(
     name = "orch",
-    version,
+    // The commit comes from build.rs ("unknown" when built outside a git checkout).
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("ORCH_GIT_COMMIT"), ")"),
     about = "Run CI/CD pipelines from .orch.yml in Docker, locally and from GitHub webhooks"
 )]
 pub struct Cli {
@@ -97,6 +98,44 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Write a .orch.yml for the project in the current directory, from a shipped template.
+    Init {
+        /// The template [default: the one that fits the project's files].
+        #[arg(long, short, value_name = "NAME")]
+        template: Option<String>,
+        /// List the templates (and those that fit this project), write nothing.
+        #[arg(long, conflicts_with_all = ["template", "force"])]
+        list: bool,
+        /// Replace an existing .orch.yml without asking.
+        #[arg(long, short)]
+        force: bool,
+    },
+    /// Check this machine for orch: Docker, the local images, disk space, the cache dir,
+    /// git and (when a config or a webhook secret is given) the server's config.
+    Doctor {
+        /// The cache directory [default: $ORCH_CACHE_DIR, else $XDG_CACHE_HOME/orch, else ~/.cache/orch].
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
+        /// The server's settings, checked as `orch serve` would resolve them.
+        #[command(flatten, next_help_heading = "Server settings (checked when --config or a webhook secret is given)")]
+        serve: crate::server::config::ServeArgs,
+    },
+    /// Print a shell completion script (bash, zsh, fish) on stdout.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+    /// Print the man page (roff) on stdout.
+    Man,
+}
+
+/// The shells `orch completions` writes for.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Debug, Subcommand)]
@@ -217,6 +256,10 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Logs { run, step, follow, server } => crate::client::logs(&server, run, step, follow).await,
         Command::Cancel { run, server } => crate::client::cancel(&server, run).await,
         Command::Rerun { run, failed, server } => crate::client::rerun(&server, run, failed).await,
+        Command::Init { template, list, force } => init(template.as_deref(), list, force),
+        Command::Doctor { cache_dir, serve } => Ok(crate::doctor::run(cache_dir, &serve).await),
+        Command::Completions { shell } => completions(shell),
+        Command::Man => man(),
     };
     match result {
         Ok(code) => code,
@@ -224,6 +267,43 @@ pub async fn run(cli: Cli) -> u8 {
             report_error(&e);
             e.exit_code()
         }
+    }
+}
+
+fn init(template: Option<&str>, list: bool, force: bool) -> Result<u8, Error> {
+    let dir = std::env::current_dir().map_err(|e| Error::io("cannot read the current directory", e))?;
+    crate::init::run(&dir, template, list, force)
+}
+
+/// Writes the completion script for `shell`, generated from these clap definitions.
+fn completions(shell: CompletionShell) -> Result<u8, Error> {
+    use clap::CommandFactory;
+    let shell = match shell {
+        CompletionShell::Bash => clap_complete::Shell::Bash,
+        CompletionShell::Zsh => clap_complete::Shell::Zsh,
+        CompletionShell::Fish => clap_complete::Shell::Fish,
+    };
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "orch", &mut out);
+    write_stdout(&out)
+}
+
+/// Writes the man page, generated from these clap definitions.
+fn man() -> Result<u8, Error> {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    clap_mangen::Man::new(Cli::command()).render(&mut out).map_err(|e| Error::io("cannot render the man page", e))?;
+    write_stdout(&out)
+}
+
+fn write_stdout(bytes: &[u8]) -> Result<u8, Error> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => Ok(exit::SUCCESS),
+        // `orch man | head`: a closed pipe is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(exit::SUCCESS),
+        Err(e) => Err(Error::io("cannot write to stdout", e)),
     }
 }
 
