@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::Docker;
@@ -30,6 +31,15 @@ pub struct DockerBackend {
     docker: Docker,
     pid: String,
     host: String,
+    /// Workspaces still to fill, by run: the first step container created fills it, the
+    /// others wait for that.
+    fills: std::sync::Mutex<HashMap<String, Arc<Fill>>>,
+}
+
+struct Fill {
+    root: PathBuf,
+    files: Vec<PathBuf>,
+    done: tokio::sync::OnceCell<Result<(), String>>,
 }
 
 fn api(e: DockerError) -> BackendError {
@@ -94,7 +104,12 @@ impl DockerBackend {
         let docker = Docker::connect_with_local_defaults().map_err(api)?;
         docker.ping().await.map_err(|e| BackendError::Unreachable { detail: e.to_string() })?;
         let docker = docker.negotiate_version().await.map_err(api)?;
-        Ok(DockerBackend { docker, pid: std::process::id().to_string(), host: hostname() })
+        Ok(DockerBackend {
+            docker,
+            pid: std::process::id().to_string(),
+            host: hostname(),
+            fills: std::sync::Mutex::new(HashMap::new()),
+        })
     }
 
     pub fn client(&self) -> &Docker {
@@ -266,31 +281,9 @@ impl DockerBackend {
     }
 
     /// Streams the files into the volume through a created (never started) container.
-    async fn copy_in(&self, run: &RunSpec, root: &Path, files: &[PathBuf]) -> Result<(), BackendError> {
-        let name = format!("orch-{}-init", run.run_id);
-        let mut image = None;
-        for i in &run.images {
-            if self.has_image(i).await? {
-                image = Some(i.clone());
-                break;
-            }
-        }
-        let Some(image) = image else {
-            return Err(BackendError::ImageMissing { image: run.images.join("`, `") });
-        };
-        let body = ContainerCreateBody {
-            image: Some(image.clone()),
-            labels: Some(self.labels(&run.run_id, None)),
-            host_config: Some(HostConfig {
-                mounts: Some(vec![self.workspace_mount(&run.run_id, &run.workspace)]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        self.docker
-            .create_container(Some(CreateContainerOptions { name: Some(name.clone()), ..Default::default() }), body)
-            .await
-            .map_err(|e| create_error(e, &image))?;
+    /// Streams the work tree's files into `container`'s workspace (a created, not yet
+    /// started step container: no helper container is needed).
+    async fn upload_files(&self, container: &str, root: &Path, files: &[PathBuf]) -> Result<(), BackendError> {
         let (tx, rx) = mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(16);
         let root = root.to_path_buf();
         let files = files.to_vec();
@@ -308,24 +301,17 @@ impl DockerBackend {
         let upload = self
             .docker
             .upload_to_container(
-                &name,
+                container,
                 Some(UploadToContainerOptions { path: WORKSPACE.to_string(), ..Default::default() }),
                 bollard::body_try_stream(stream),
             )
             .await;
-        let written = writer.await;
-        let removed = gone_is_ok(
-            self.docker
-                .remove_container(&name, Some(RemoveContainerOptions { force: true, ..Default::default() }))
-                .await,
-        );
-        match written {
+        match writer.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(BackendError::Workspace(format!("cannot read the work tree: {e}"))),
             Err(e) => return Err(BackendError::Workspace(format!("copy task failed: {e}"))),
         }
-        upload.map_err(|e| BackendError::Workspace(format!("upload failed: {}", api(e))))?;
-        removed
+        upload.map_err(|e| BackendError::Workspace(format!("upload failed: {}", api(e))))
     }
 }
 
@@ -636,6 +622,19 @@ impl DockerBackend {
             .map_err(|e| create_error(e, &step.image))?;
         handle.id = created.id.clone();
         let id = created.id;
+        // The first step container of the run fills the shared workspace before it starts.
+        let fill = self.fills.lock().ok().and_then(|f| f.get(&step.run_id).cloned());
+        if let Some(fill) = fill {
+            let filled = fill
+                .done
+                .get_or_init(|| async {
+                    self.upload_files(&id, &fill.root, &fill.files).await.map_err(|e| e.to_string())
+                })
+                .await;
+            if let Err(e) = filled {
+                return Err(BackendError::Workspace(e.trim_start_matches("workspace: ").to_string()));
+            }
+        }
         self.restore(&id, &step.restore).await?;
         let attached = self
             .docker
@@ -719,7 +718,10 @@ impl Backend for DockerBackend {
             .await
             .map_err(api)?;
         if let Workspace::Copy { root, files } = &run.workspace {
-            self.copy_in(run, root, files).await?;
+            let fill = Fill { root: root.clone(), files: files.clone(), done: tokio::sync::OnceCell::new() };
+            if let Ok(mut f) = self.fills.lock() {
+                f.insert(run.run_id.clone(), Arc::new(fill));
+            }
         }
         Ok(())
     }
@@ -780,6 +782,9 @@ impl Backend for DockerBackend {
     }
 
     async fn destroy(&self, run_id: &str) -> Result<(), BackendError> {
+        if let Ok(mut f) = self.fills.lock() {
+            f.remove(run_id);
+        }
         self.destroy_counted(run_id).await.map(|_| ())
     }
 

@@ -35,8 +35,6 @@ pub const LABEL_HOST: &str = "orch.host";
 pub struct RunSpec {
     pub run_id: String,
     pub workspace: Workspace,
-    /// The run's images: the first that exists locally is used to fill the workspace.
-    pub images: Vec<String>,
 }
 
 /// Where the workspace's initial content comes from.

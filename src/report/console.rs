@@ -25,6 +25,8 @@ pub struct Console {
     bars: HashMap<String, ProgressBar>,
     width: usize,
     colors: HashMap<String, &'static str>,
+    /// Each step's rendered line prefix (`name  |`).
+    prefixes: HashMap<String, String>,
     out: std::io::BufWriter<std::io::Stdout>,
     log_dir: Option<std::path::PathBuf>,
     total_width: usize,
@@ -51,6 +53,7 @@ impl Console {
             bars: HashMap::new(),
             width: 4,
             colors: HashMap::new(),
+            prefixes: HashMap::new(),
             out: std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()),
             log_dir,
             total_width,
@@ -130,8 +133,21 @@ impl Console {
                     let short: String = line.chars().take(max).collect();
                     bar.set_message(short);
                 }
-                let l = format!("{} {line}", self.prefix(step));
-                self.line(&l);
+                if self.multi.is_some() {
+                    let l = format!("{} {line}", self.prefix(step));
+                    self.line(&l);
+                } else {
+                    // The hot path of a step printing a lot: no formatting, one buffered write.
+                    if !self.prefixes.contains_key(step) {
+                        let p = self.prefix(step);
+                        self.prefixes.insert(step.clone(), p);
+                    }
+                    let p = &self.prefixes[step];
+                    let _ = self.out.write_all(p.as_bytes());
+                    let _ = self.out.write_all(b" ");
+                    let _ = self.out.write_all(line.as_bytes());
+                    let _ = self.out.write_all(b"\n");
+                }
             }
             RunEvent::StepRetrying { step, attempt, exit_code } => {
                 if let Some(bar) = self.bars.remove(step) {

@@ -116,17 +116,8 @@ pub async fn execute<B: Backend>(
     let mut summaries = Vec::new();
     let mut status = RunStatus::Success;
     if !plan.steps.is_empty() {
-        let prepared = backend
-            .prepare(&RunSpec {
-                run_id: opts.run_id.clone(),
-                workspace: opts.workspace.clone(),
-                images: {
-                    let mut images: Vec<String> = plan.steps.iter().map(|s| s.image.clone()).collect();
-                    images.dedup();
-                    images
-                },
-            })
-            .await;
+        let prepared =
+            backend.prepare(&RunSpec { run_id: opts.run_id.clone(), workspace: opts.workspace.clone() }).await;
         match prepared {
             Ok(()) => {
                 summaries = run_steps(&backend, plan, &opts, &events, &cancel, started).await;
@@ -785,7 +776,7 @@ async fn pump_logs(
             if let Some(f) = file.as_mut() {
                 let _ = logs::write_line(f, &line);
             }
-            let line = String::from_utf8_lossy(&line).into_owned();
+            let line = String::from_utf8(line).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
             let _ = events.send(RunEvent::StepLog { step: step.clone(), stream, line }).await;
         }
     }
@@ -796,7 +787,7 @@ async fn pump_logs(
         if let Some(f) = file.as_mut() {
             let _ = logs::write_line(f, &line);
         }
-        let line = String::from_utf8_lossy(&line).into_owned();
+        let line = String::from_utf8(line).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
         let _ = events.send(RunEvent::StepLog { step: step.clone(), stream, line }).await;
     }
     if let Some(f) = file.as_mut() {
