@@ -276,6 +276,9 @@ async fn prepare_and_run(
         let st = st.clone();
         let rr = run_ref(run);
         let run_id = run.id;
+        // Step start offsets, recorded when a step starts (the scheduler's own clock starts
+        // a moment later; the final row replaces this with its value).
+        let t0 = std::time::Instant::now();
         tokio::spawn(async move {
             // Steps with a container up, for `orch_containers_running`.
             let mut up = std::collections::HashSet::new();
@@ -291,7 +294,7 @@ async fn prepare_and_run(
                             status: "running".into(),
                             exit_code: None,
                             attempts: attempt as i64,
-                            started: None,
+                            started: Some(t0.elapsed().as_secs_f64()),
                             duration: None,
                             message: None,
                         };
