@@ -9,7 +9,6 @@
 //! - The store has a size limit; after a save, least recently used entries are evicted.
 
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
@@ -67,7 +66,7 @@ pub struct CacheStore {
 pub const DEFAULT_MAX_BYTES: u64 = 5 * 1024 * 1024 * 1024;
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    crate::clock::now_secs().max(0) as u64
 }
 
 /// A file-system-safe, collision-free name for a scope or key.

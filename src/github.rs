@@ -138,10 +138,9 @@ pub fn truncate(s: &str, max: usize) -> String {
 }
 
 fn iso(t: std::time::SystemTime) -> String {
-    let secs = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (y, m, d) = crate::ci::civil_from_days((secs / 86_400) as i64);
-    let r = secs % 86_400;
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", r / 3600, r / 60 % 60, r % 60)
+    let secs = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let (y, m, d, h, mi, s) = crate::clock::utc(secs);
+    format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
 }
 
 /// GitHub requests made (every attempt), for `/metrics`.
@@ -437,9 +436,7 @@ pub fn annotations_from_log(log: &str, limit: usize) -> Vec<Annotation> {
 fn parse_annotation(line: &str) -> Option<Annotation> {
     let mut parts = line.splitn(5, ':');
     let path = parts.next()?.trim();
-    if path.is_empty() || path.contains(' ') || path.starts_with('/') && path.starts_with("/workspace/") {
-        // Absolute container paths are made relative below.
-    }
+    // Absolute container paths become relative to the workspace.
     let path = path.strip_prefix("/workspace/").unwrap_or(path);
     if path.is_empty() || path.contains(char::is_whitespace) || path.starts_with('/') {
         return None;

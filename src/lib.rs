@@ -8,6 +8,7 @@ pub mod checkout;
 pub mod ci;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod doctor;
 pub mod error;
 pub mod exec;

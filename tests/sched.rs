@@ -29,17 +29,27 @@ async fn run_with(yaml: &str, backend: FakeBackend, jobs: usize, cancel: Cancel)
     run_reusing(yaml, backend, jobs, cancel, Default::default()).await
 }
 
-async fn run_reusing(
-    yaml: &str,
-    backend: FakeBackend,
-    jobs: usize,
-    cancel: Cancel,
-    reuse: std::collections::HashMap<String, StepSummary>,
-) -> Outcome {
+/// The options most tests run with: one secret, no cache, no artifacts.
+fn options() -> RunOptions {
+    RunOptions {
+        run_id: "r1".into(),
+        jobs: 8,
+        secrets: [("TOKEN".to_string(), "hunter2".to_string())].into_iter().collect(),
+        log_dir: None,
+        workspace: Workspace::Empty,
+        grace: Duration::from_secs(1),
+        cache: None,
+        source_root: None,
+        artifact_dir: None,
+        reuse: Default::default(),
+    }
+}
+
+/// Plans `yaml` for a push to main and executes it on `backend`.
+async fn execute_plan(yaml: &str, backend: Arc<FakeBackend>, opts: RunOptions, cancel: Cancel) -> Outcome {
     let p = orch::pipeline::parse_str("t.yml", yaml).unwrap_or_else(|e| panic!("{e}"));
     let ctx = Context { event: Some(orch::pipeline::Event::Push), branch: Some("main".into()), ..Default::default() };
     let plan = plan(&p, &ctx, &Selection::default()).unwrap();
-    let backend = Arc::new(backend);
     let (tx, mut rx) = mpsc::channel(10_000);
     let collector = tokio::spawn(async move {
         let mut v = Vec::new();
@@ -48,18 +58,6 @@ async fn run_reusing(
         }
         v
     });
-    let opts = RunOptions {
-        run_id: "r1".into(),
-        jobs,
-        secrets: [("TOKEN".to_string(), "hunter2".to_string())].into_iter().collect(),
-        log_dir: None,
-        workspace: Workspace::Empty,
-        grace: Duration::from_secs(1),
-        cache: None,
-        source_root: None,
-        artifact_dir: None,
-        reuse,
-    };
     let result = execute(backend.clone(), &plan, opts, tx, cancel).await;
     let events = collector.await.unwrap();
     Outcome {
@@ -69,6 +67,16 @@ async fn run_reusing(
         calls: backend.calls(),
         max_running: backend.max_running.load(Ordering::SeqCst),
     }
+}
+
+async fn run_reusing(
+    yaml: &str,
+    backend: FakeBackend,
+    jobs: usize,
+    cancel: Cancel,
+    reuse: std::collections::HashMap<String, StepSummary>,
+) -> Outcome {
+    execute_plan(yaml, Arc::new(backend), RunOptions { jobs, reuse, ..options() }, cancel).await
 }
 
 async fn run(yaml: &str, backend: FakeBackend) -> Outcome {
@@ -326,24 +334,8 @@ steps:
   with: { commands: [x], secrets: [TOKEN] }
   without: { commands: [x] }
 ";
-    let p = orch::pipeline::parse_str("t.yml", yaml).unwrap();
-    let plan = plan(&p, &Context::default(), &Selection::default()).unwrap();
     let backend = Arc::new(FakeBackend::new());
-    let (tx, mut rx) = mpsc::channel(100);
-    tokio::spawn(async move { while rx.recv().await.is_some() {} });
-    let opts = RunOptions {
-        run_id: "r2".into(),
-        jobs: 2,
-        secrets: [("TOKEN".to_string(), "hunter2".to_string())].into_iter().collect(),
-        log_dir: None,
-        workspace: Workspace::Empty,
-        grace: Duration::from_secs(1),
-        cache: None,
-        source_root: None,
-        artifact_dir: None,
-        reuse: Default::default(),
-    };
-    execute(backend.clone(), &plan, opts, tx, Cancel::default()).await;
+    execute_plan(yaml, backend.clone(), RunOptions { jobs: 2, ..options() }, Cancel::default()).await;
     let envs = backend.envs.lock().unwrap();
     assert!(envs["with#1"].contains(&("TOKEN".to_string(), "hunter2".to_string())));
     assert!(!envs["without#1"].iter().any(|(k, _)| k == "TOKEN"));
@@ -390,41 +382,19 @@ steps:
 }
 
 async fn run_cached(yaml: &str, store: &std::path::Path, backend: FakeBackend, scopes: &[&str]) -> Outcome {
-    let p = orch::pipeline::parse_str("t.yml", yaml).unwrap();
-    let plan = plan(&p, &Context::default(), &Selection::default()).unwrap();
-    let backend = Arc::new(backend);
-    let (tx, mut rx) = mpsc::channel(1000);
-    let collector = tokio::spawn(async move {
-        let mut v = Vec::new();
-        while let Some(e) = rx.recv().await {
-            v.push(e);
-        }
-        v
-    });
     let artifacts = tempfile::tempdir().unwrap();
     let opts = RunOptions {
         run_id: "rc".into(),
         jobs: 2,
         secrets: Default::default(),
-        log_dir: None,
-        workspace: Workspace::Empty,
-        grace: Duration::from_secs(1),
         cache: Some(orch::sched::CacheSettings {
             store: Arc::new(orch::cache::CacheStore::new(store, 1 << 30)),
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
         }),
-        source_root: None,
         artifact_dir: Some(artifacts.path().to_path_buf()),
-        reuse: Default::default(),
+        ..options()
     };
-    let result = execute(backend.clone(), &plan, opts, tx, Cancel::default()).await;
-    Outcome {
-        status: result.status,
-        steps: result.steps,
-        events: collector.await.unwrap(),
-        calls: backend.calls(),
-        max_running: 0,
-    }
+    execute_plan(yaml, Arc::new(backend), opts, Cancel::default()).await
 }
 
 const CACHED: &str = "

@@ -427,21 +427,37 @@ fn expand_keeping_escapes(s: &str, vars: &IndexMap<String, String>) -> Result<St
     Ok(out)
 }
 
+/// Patterns compiled once, to test many values (a push's changed files).
+pub struct Matcher {
+    include: Option<globset::GlobSet>,
+    exclude: globset::GlobSet,
+}
+
+impl Matcher {
+    pub fn new(p: &Patterns) -> Matcher {
+        let set = |globs: &[String]| {
+            let mut b = GlobSetBuilder::new();
+            for g in globs {
+                // Patterns were checked when the file was loaded. `*` stays within one path
+                // segment (`release/*` is not `release/1/x`); `**` crosses segments.
+                if let Ok(g) = GlobBuilder::new(g).literal_separator(true).build() {
+                    b.add(g);
+                }
+            }
+            b.build().unwrap_or_else(|_| globset::GlobSet::empty())
+        };
+        Matcher { include: (!p.include.is_empty()).then(|| set(&p.include)), exclude: set(&p.exclude) }
+    }
+
+    /// Some include matches (or there is none) and no exclude does.
+    pub fn is_match(&self, value: &str) -> bool {
+        self.include.as_ref().is_none_or(|i| i.is_match(value)) && !self.exclude.is_match(value)
+    }
+}
+
 /// Does `value` match the patterns? (Some include matches and no exclude does.)
 pub fn matches(p: &Patterns, value: &str) -> bool {
-    let set = |globs: &[String]| {
-        let mut b = GlobSetBuilder::new();
-        for g in globs {
-            // Patterns were checked when the file was loaded. `*` stays within one path
-            // segment (`release/*` is not `release/1/x`); `**` crosses segments.
-            if let Ok(g) = GlobBuilder::new(g).literal_separator(true).build() {
-                b.add(g);
-            }
-        }
-        b.build().unwrap_or_else(|_| globset::GlobSet::empty())
-    };
-    let inc = p.include.is_empty() || set(&p.include).is_match(value);
-    inc && !set(&p.exclude).is_match(value)
+    Matcher::new(p).is_match(value)
 }
 
 fn describe(p: &Patterns) -> String {
@@ -456,11 +472,12 @@ fn describe(p: &Patterns) -> String {
 }
 
 fn check_paths(p: &Patterns, ctx: &Context, what: &str) -> Result<(), String> {
-    match &ctx.changed {
-        None => Ok(()),
-        Some(files) if files.iter().any(|f| matches(p, f)) => Ok(()),
-        Some(files) => Err(format!("{what}: none of the {} changed file(s) match {}", files.len(), describe(p))),
+    let Some(files) = &ctx.changed else { return Ok(()) };
+    let m = Matcher::new(p);
+    if files.iter().any(|f| m.is_match(f)) {
+        return Ok(());
     }
+    Err(format!("{what}: none of the {} changed file(s) match {}", files.len(), describe(p)))
 }
 
 /// Whether the plan-time clauses of a `when` hold for `ctx`; `Err` says which one failed.

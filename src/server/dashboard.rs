@@ -111,9 +111,8 @@ fn pill(status: &str) -> String {
 
 /// `2026-11-26 15:04:05 UTC`
 fn absolute(epoch: i64) -> String {
-    let (y, m, d) = crate::ci::civil_from_days(epoch.div_euclid(86_400));
-    let rem = epoch.rem_euclid(86_400);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem / 60 % 60, rem % 60)
+    let (y, m, d, h, mi, s) = crate::clock::utc(epoch);
+    format!("{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
 }
 
 fn relative(epoch: i64, now: i64) -> String {

@@ -169,9 +169,7 @@ pub enum Stored {
     New { run: Option<i64>, cancel: Vec<i64>, cancelled: Vec<Run> },
 }
 
-pub fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
-}
+pub use crate::clock::now_secs as now;
 
 #[derive(Clone)]
 pub struct Db {
@@ -357,8 +355,8 @@ impl Db {
     /// ones for the caller to stop, and the queued ones it cancelled for the caller to report.
     pub async fn cancel_key(&self, key: String, reason: String) -> Result<(Vec<i64>, Vec<Run>), DbError> {
         self.write(move |t| {
-            let running = ids(t, "SELECT id FROM runs WHERE concurrency_key = ?1 AND status = 'running'", &key)?;
-            let queued = ids(t, "SELECT id FROM runs WHERE concurrency_key = ?1 AND status = 'queued'", &key)?;
+            let running = ids(t, "SELECT id FROM runs WHERE concurrency_key = ?1 AND status = 'running'", [&key])?;
+            let queued = ids(t, "SELECT id FROM runs WHERE concurrency_key = ?1 AND status = 'queued'", [&key])?;
             t.execute(
                 "UPDATE runs SET status = 'cancelled', reason = ?2, finished_at = ?3
                  WHERE concurrency_key = ?1 AND status = 'queued'",
@@ -372,7 +370,7 @@ impl Db {
     /// After a crash: runs that were running are queued again. Returns them.
     pub async fn requeue_interrupted(&self) -> Result<Vec<i64>, DbError> {
         self.write(|t| {
-            let interrupted = ids(t, "SELECT id FROM runs WHERE status = 'running' AND ?1 = ?1", "")?;
+            let interrupted = ids(t, "SELECT id FROM runs WHERE status = 'running'", [])?;
             t.execute(
                 "UPDATE runs SET status = 'queued', reason = 'queued again: the server stopped while it ran'
                  WHERE status = 'running'",
@@ -560,9 +558,9 @@ impl Db {
     }
 }
 
-fn ids(c: &Connection, sql: &str, arg: &str) -> rusqlite::Result<Vec<i64>> {
+fn ids(c: &Connection, sql: &str, args: impl rusqlite::Params) -> rusqlite::Result<Vec<i64>> {
     let mut st = c.prepare(sql)?;
-    st.query_map(params![arg], |r| r.get(0))?.collect()
+    st.query_map(args, |r| r.get(0))?.collect()
 }
 
 fn insert_run(t: &Transaction, delivery: Option<&str>, r: &NewRun) -> rusqlite::Result<i64> {
@@ -719,7 +717,7 @@ mod tests {
         // 5 days: run 2 goes; at most 2 finished runs: run 1 goes too. Run 5 is queued: kept.
         let gone = db.prune(5 * 86_400, 2, 3 * 86_400).await.unwrap();
         assert_eq!(gone, [run_ids[0], run_ids[1]]);
-        let left: Vec<i64> = db.read(|c| ids(c, "SELECT id FROM runs WHERE ?1 = ?1 ORDER BY id", "")).await.unwrap();
+        let left: Vec<i64> = db.read(|c| ids(c, "SELECT id FROM runs ORDER BY id", [])).await.unwrap();
         assert_eq!(left, [run_ids[2], run_ids[3], run_ids[4]]);
         let steps: i64 = db.read(|c| c.query_row("SELECT COUNT(*) FROM steps", [], |r| r.get(0))).await.unwrap();
         assert_eq!(steps, 2);
