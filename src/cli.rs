@@ -128,6 +128,9 @@ pub enum Command {
     },
     /// Print the man page (roff) on stdout.
     Man,
+    /// Print the JSON Schema of `.orch.yml`, for editors (the YAML language server) and
+    /// linters. The same schema is docs/orch.schema.json in orch's repository.
+    Schema,
 }
 
 /// The shells `orch completions` writes for.
@@ -260,6 +263,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Doctor { cache_dir, serve } => Ok(crate::doctor::run(cache_dir, &serve).await),
         Command::Completions { shell } => completions(shell),
         Command::Man => man(),
+        Command::Schema => schema(),
     };
     match result {
         Ok(code) => code,
@@ -294,6 +298,13 @@ fn man() -> Result<u8, Error> {
     let mut out = Vec::new();
     clap_mangen::Man::new(Cli::command()).render(&mut out).map_err(|e| Error::io("cannot render the man page", e))?;
     write_stdout(&out)
+}
+
+/// Writes the JSON Schema of a pipeline file, generated from the loader's own key tables.
+fn schema() -> Result<u8, Error> {
+    let mut out = crate::pipeline::spec::schema_text();
+    out.push('\n');
+    write_stdout(out.as_bytes())
 }
 
 fn write_stdout(bytes: &[u8]) -> Result<u8, Error> {

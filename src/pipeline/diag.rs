@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+pub use super::include::SourceFile;
 use super::yaml::{self, Pos, Seg};
 
 /// One problem in a pipeline file. Diagnostics are collected, never thrown: a file with
@@ -21,6 +22,9 @@ pub struct Diagnostic {
     /// The part of the node's text that is the problem (`${NOPE}` in `img:${NOPE}`): the
     /// caret goes under it when it is found on the node's line.
     pub focus: Option<String>,
+    /// Which file of the pipeline the problem is in: 0 is the main file, others are
+    /// included files (see [`SourceFile`]).
+    pub file: usize,
 }
 
 impl Diagnostic {
@@ -33,6 +37,7 @@ impl Diagnostic {
             help: None,
             occurrence: 0,
             focus: None,
+            file: 0,
         }
     }
 
@@ -209,26 +214,40 @@ fn token_width(line: &str, col: usize) -> usize {
     end.max(1)
 }
 
-/// Puts diagnostics in document order (the loader finds some problems only after reading
-/// a whole section); problems with the whole file come last. The sort is stable.
-pub fn sort_by_position(diags: &mut [Diagnostic], src: &str) {
-    let mut keyed: Vec<(Option<usize>, Diagnostic)> =
-        diags.iter().map(|d| (d.position(src).map(|p| p.offset), d.clone())).collect();
-    keyed.sort_by_key(|(off, _)| off.unwrap_or(usize::MAX));
+/// Puts diagnostics in document order, file by file (the main file first; the loader finds
+/// some problems only after reading a whole section); problems with a whole file come last
+/// in it. The sort is stable.
+pub fn sort_by_position(diags: &mut [Diagnostic], files: &[SourceFile]) {
+    let mut keyed: Vec<((usize, usize), Diagnostic)> = diags
+        .iter()
+        .map(|d| {
+            let src = files.get(d.file).map_or("", |f| f.text.as_str());
+            ((d.file, d.position(src).map_or(usize::MAX, |p| p.offset)), d.clone())
+        })
+        .collect();
+    keyed.sort_by_key(|(k, _)| *k);
     for (slot, (_, d)) in diags.iter_mut().zip(keyed) {
         *slot = d;
     }
 }
 
-/// Renders every diagnostic and a closing count line.
-pub fn render_all(diags: &[Diagnostic], file: &str, src: &str) -> String {
+/// Renders every diagnostic, each against its own file, and a closing count line named
+/// after the main file.
+pub fn render_all(diags: &[Diagnostic], files: &[SourceFile]) -> String {
     let mut out = String::new();
     for d in diags {
-        out.push_str(&d.render(file, src));
+        let (name, src) = files.get(d.file).map_or(("?", ""), |f| (f.name.as_str(), f.text.as_str()));
+        out.push_str(&d.render(name, src));
         out.push('\n');
     }
     let n = diags.len();
-    let _ = writeln!(out, "{file}: {n} problem{} found", if n == 1 { "" } else { "s" });
+    let main = files.first().map_or("?", |f| f.name.as_str());
+    let _ = write!(out, "{main}: {n} problem{} found", if n == 1 { "" } else { "s" });
+    let elsewhere = diags.iter().filter(|d| d.file != 0).count();
+    if elsewhere > 0 {
+        let _ = write!(out, " ({elsewhere} in included files)");
+    }
+    out.push('\n');
     out
 }
 

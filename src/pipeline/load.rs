@@ -10,38 +10,9 @@ use indexmap::IndexMap;
 use super::diag::{Diagnostic, did_you_mean};
 use super::interp;
 use super::model::*;
+use super::spec::{self, MAX_RETRIES, Names, Obj};
 use super::yaml::{Node, Seg};
 
-const TOP_KEYS: &[&str] = &["on", "env", "stages", "defaults", "services", "steps"];
-const STEP_KEYS: &[&str] = &[
-    "stage",
-    "image",
-    "commands",
-    "env",
-    "workdir",
-    "needs",
-    "when",
-    "timeout",
-    "retry",
-    "allow_failure",
-    "secrets",
-    "services",
-    "cache",
-    "artifacts",
-    "matrix",
-];
-const WHEN_KEYS: &[&str] = &["branch", "tag", "event", "paths", "status"];
-const ON_KEYS: &[&str] = &["push", "pull_request", "manual"];
-const PUSH_KEYS: &[&str] = &["branches", "tags", "paths"];
-const PR_KEYS: &[&str] = &["branches", "paths"];
-const DEFAULTS_KEYS: &[&str] = &["image", "timeout", "retry", "workdir"];
-const RETRY_KEYS: &[&str] = &["count", "on_exit_codes"];
-const SERVICE_KEYS: &[&str] = &["image", "env", "command", "ports", "ready"];
-const READY_KEYS: &[&str] = &["command", "tcp", "timeout"];
-const CACHE_KEYS: &[&str] = &["key", "paths"];
-const ARTIFACT_KEYS: &[&str] = &["paths", "optional"];
-const PATTERN_KEYS: &[&str] = &["include", "exclude"];
-const MAX_RETRIES: i64 = 10;
 /// Keys other CI systems use for what orch calls differently: suggested when the unknown key
 /// is not a near-miss of a known one.
 const ALIASES: &[(&str, &str)] = &[
@@ -132,7 +103,7 @@ impl Loader {
         &mut self,
         node: &'n Node,
         path: &[Seg],
-        known: Option<&[&str]>,
+        known: Option<&Obj>,
         what: &str,
     ) -> Option<&'n [(String, Node)]> {
         let Node::Map(entries) = node else {
@@ -152,16 +123,17 @@ impl Loader {
             }
             *count += 1;
             if let Some(known) = known
-                && !known.contains(&k.as_str())
+                && !known.has(k)
+                && !known.ignores(k)
             {
                 let mut d = Diagnostic::new(&child(path, k), format!("unknown key `{k}` in {what}")).at_key();
-                let alias = || ALIASES.iter().find(|(a, t)| a == k && known.contains(t)).map(|(_, t)| *t);
-                d.help = Some(match did_you_mean(k, known.iter().copied()).or_else(alias) {
+                let alias = || ALIASES.iter().find(|(a, t)| a == k && known.has(t)).map(|(_, t)| *t);
+                d.help = Some(match did_you_mean(k, known.keys()).or_else(alias) {
                     Some(s) => format!("did you mean `{s}`?"),
-                    None if known == ON_KEYS && matches!(k.as_str(), "tag" | "tags") => {
+                    None if known.has("pull_request") && matches!(k.as_str(), "tag" | "tags") => {
                         "tags are pushed: write `push: {tags: [\"v*\"]}`".to_string()
                     }
-                    None => format!("expected one of: {}", known.join(", ")),
+                    None => format!("expected one of: {}", known.keys().collect::<Vec<_>>().join(", ")),
                 });
                 self.diags.push(d);
             }
@@ -268,7 +240,7 @@ impl Loader {
         };
         for (k, v) in entries {
             let p = child(path, k);
-            if !interp::is_identifier(k) {
+            if !Names::Identifier.check(k) {
                 self.diags.push(
                     Diagnostic::new(&p, format!("`{k}` is not a valid environment variable name"))
                         .at_key()
@@ -291,7 +263,7 @@ impl Loader {
     fn patterns(&mut self, node: &Node, path: &[Seg]) -> Option<Patterns> {
         let pats = match node {
             Node::Map(_) => {
-                let entries = self.map(node, path, Some(PATTERN_KEYS), "a pattern list")?;
+                let entries = self.map(node, path, Some(&spec::PATTERN_MAP), "a pattern list")?;
                 let mut p = Patterns::default();
                 for (k, v) in entries {
                     let vp = child(path, k);
@@ -352,7 +324,7 @@ impl Loader {
             );
             return None;
         }
-        let entries = self.map(doc, root, Some(TOP_KEYS), "the pipeline")?;
+        let entries = self.map(doc, root, Some(&spec::PIPELINE), "the pipeline")?;
         let mut p = Pipeline {
             on: None,
             env: IndexMap::new(),
@@ -414,14 +386,14 @@ impl Loader {
             );
             return None;
         }
-        let entries = self.map(node, path, Some(ON_KEYS), "`on`")?;
+        let entries = self.map(node, path, Some(&spec::ON), "`on`")?;
         let mut t = Triggers { manual: true, ..Triggers::default() };
         for (k, v) in entries {
             let p = child(path, k);
             match k.as_str() {
                 "push" => {
                     let mut push = PushTrigger::default();
-                    for (pk, pv) in self.map(v, &p, Some(PUSH_KEYS), "`on.push`").unwrap_or(&[]) {
+                    for (pk, pv) in self.map(v, &p, Some(&spec::PUSH), "`on.push`").unwrap_or(&[]) {
                         let pp = child(&p, pk);
                         match pk.as_str() {
                             "branches" => push.branches = self.patterns(pv, &pp),
@@ -434,7 +406,7 @@ impl Loader {
                 }
                 "pull_request" => {
                     let mut pr = PullRequestTrigger::default();
-                    for (pk, pv) in self.map(v, &p, Some(PR_KEYS), "`on.pull_request`").unwrap_or(&[]) {
+                    for (pk, pv) in self.map(v, &p, Some(&spec::PULL_REQUEST), "`on.pull_request`").unwrap_or(&[]) {
                         let pp = child(&p, pk);
                         match pk.as_str() {
                             "branches" => pr.branches = self.patterns(pv, &pp),
@@ -453,7 +425,7 @@ impl Loader {
 
     fn defaults(&mut self, node: &Node, path: &[Seg]) -> Defaults {
         let mut d = Defaults::default();
-        for (k, v) in self.map(node, path, Some(DEFAULTS_KEYS), "`defaults`").unwrap_or(&[]) {
+        for (k, v) in self.map(node, path, Some(&spec::DEFAULTS), "`defaults`").unwrap_or(&[]) {
             let p = child(path, k);
             match k.as_str() {
                 "image" => d.image = self.string(v, &p),
@@ -471,7 +443,7 @@ impl Loader {
         let count_node = match node {
             Node::Int(_) => Some((node, path.to_vec())),
             Node::Map(_) => {
-                let entries = self.map(node, path, Some(RETRY_KEYS), "`retry`")?;
+                let entries = self.map(node, path, Some(&spec::RETRY_MAP), "`retry`")?;
                 let mut count = None;
                 for (k, v) in entries {
                     let p = child(path, k);
@@ -497,7 +469,7 @@ impl Loader {
                         _ => {}
                     }
                 }
-                if !has_key(entries, "count", RETRY_KEYS) {
+                if !has_key(entries, "count", &spec::RETRY_MAP) {
                     self.diags.push(
                         Diagnostic::new(path, "`retry` needs a `count`")
                             .at_key()
@@ -532,7 +504,7 @@ impl Loader {
         let mut out = IndexMap::new();
         for (name, v) in self.map(node, path, None, "`services`").unwrap_or(&[]) {
             let p = child(path, name);
-            if !is_hostname(name) {
+            if !Names::Host.check(name) {
                 self.diags.push(
                     Diagnostic::new(&p, format!("service name `{name}` is not a valid host name"))
                         .at_key()
@@ -554,7 +526,7 @@ impl Loader {
             );
             return None;
         }
-        let entries = self.map(node, path, Some(SERVICE_KEYS), "a service")?;
+        let entries = self.map(node, path, Some(&spec::SERVICE), "a service")?;
         let mut s =
             Service { image: String::new(), env: IndexMap::new(), command: None, ports: Vec::new(), ready: None };
         let mut image = None;
@@ -591,7 +563,7 @@ impl Loader {
         match image {
             Some(i) => s.image = i,
             None => {
-                if !has_key(entries, "image", SERVICE_KEYS) {
+                if !has_key(entries, "image", &spec::SERVICE) {
                     self.diags.push(Diagnostic::new(path, "a service needs an `image`").at_key());
                 }
                 return None;
@@ -605,7 +577,7 @@ impl Loader {
         match node {
             Node::Str(c) => r.command = Some(c.clone()),
             Node::Map(_) => {
-                let entries = self.map(node, path, Some(READY_KEYS), "`ready`")?;
+                let entries = self.map(node, path, Some(&spec::READY), "`ready`")?;
                 for (k, v) in entries {
                     let p = child(path, k);
                     match k.as_str() {
@@ -651,7 +623,7 @@ impl Loader {
         for (name, v) in entries {
             let p = child(path, name);
             self.step_names.insert(name.clone());
-            if !is_step_name(name) {
+            if !Names::Step.check(name) {
                 self.diags.push(
                     Diagnostic::new(&p, format!("step name `{name}` is not allowed"))
                         .at_key()
@@ -680,7 +652,7 @@ impl Loader {
             );
             return None;
         }
-        let entries = self.map(node, path, Some(STEP_KEYS), "a step")?;
+        let entries = self.map(node, path, Some(&spec::STEP), "a step")?;
         let mut s = Step {
             stage: DEFAULT_STAGE.to_string(),
             image: None,
@@ -789,7 +761,7 @@ impl Loader {
 
     fn when(&mut self, node: &Node, path: &[Seg]) -> When {
         let mut w = When::default();
-        for (k, v) in self.map(node, path, Some(WHEN_KEYS), "`when`").unwrap_or(&[]) {
+        for (k, v) in self.map(node, path, Some(&spec::WHEN), "`when`").unwrap_or(&[]) {
             let p = child(path, k);
             match k.as_str() {
                 "branch" => w.branch = self.patterns(v, &p),
@@ -869,7 +841,7 @@ impl Loader {
     }
 
     fn cache(&mut self, node: &Node, path: &[Seg]) -> Option<Cache> {
-        let entries = self.map(node, path, Some(CACHE_KEYS), "a cache")?;
+        let entries = self.map(node, path, Some(&spec::CACHE), "a cache")?;
         let mut key = None;
         let mut paths = None;
         for (k, v) in entries {
@@ -880,14 +852,14 @@ impl Loader {
                 _ => {}
             }
         }
-        if !has_key(entries, "key", CACHE_KEYS) {
+        if !has_key(entries, "key", &spec::CACHE) {
             self.diags.push(
                 Diagnostic::new(path, "a cache needs a `key`")
                     .at_key()
                     .help("e.g. `key: deps-${hash:package-lock.json}`"),
             );
         }
-        if !has_key(entries, "paths", CACHE_KEYS) {
+        if !has_key(entries, "paths", &spec::CACHE) {
             self.diags.push(
                 Diagnostic::new(path, "a cache needs `paths`")
                     .at_key()
@@ -904,7 +876,7 @@ impl Loader {
     fn artifacts(&mut self, node: &Node, path: &[Seg]) -> Option<Artifacts> {
         let a = match node {
             Node::Map(_) => {
-                let entries = self.map(node, path, Some(ARTIFACT_KEYS), "`artifacts`")?;
+                let entries = self.map(node, path, Some(&spec::ARTIFACTS), "`artifacts`")?;
                 let mut a = Artifacts { paths: Vec::new(), optional: false };
                 for (k, v) in entries {
                     let p = child(path, k);
@@ -1041,7 +1013,7 @@ impl Loader {
         let field_reported = |sp: &[Seg], field: &str| {
             shape.iter().any(|d| {
                 d.starts_with(sp)
-                    && matches!(d.get(sp.len()), Some(Seg::Key(k)) if k == field || did_you_mean(k, STEP_KEYS.iter().copied()) == Some(field))
+                    && matches!(d.get(sp.len()), Some(Seg::Key(k)) if k == field || did_you_mean(k, spec::STEP.keys()) == Some(field))
             })
         };
         let steps_path = [Seg::Key("steps".into())];
@@ -1376,10 +1348,8 @@ fn path_name(path: &[Seg]) -> String {
 
 /// Whether `key` is written in a mapping, or misspelt in a way that has been reported as an
 /// unknown key with "did you mean `key`?" (then saying that it is missing would be noise).
-fn has_key(entries: &[(String, Node)], key: &str, known: &[&str]) -> bool {
-    entries
-        .iter()
-        .any(|(k, _)| k == key || (!known.contains(&k.as_str()) && did_you_mean(k, known.iter().copied()) == Some(key)))
+fn has_key(entries: &[(String, Node)], key: &str, known: &Obj) -> bool {
+    entries.iter().any(|(k, _)| k == key || (!known.has(k) && did_you_mean(k, known.keys()) == Some(key)))
 }
 
 /// A value as an error message quotes it: `256`, or what kind of thing it is.
@@ -1395,20 +1365,6 @@ fn port(n: &Node) -> Option<u16> {
         Node::Int(i) if (1..=65535).contains(i) => Some(*i as u16),
         _ => None,
     }
-}
-
-fn is_step_name(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
-fn is_hostname(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 fn glob_reason(e: &globset::Error) -> String {

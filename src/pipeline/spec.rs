@@ -1,0 +1,536 @@
+//! The shape of `.orch.yml`, declared once: every key, what it holds and what it is for.
+//!
+//! The loader takes its key tables (unknown keys, suggestions) and its name rules from
+//! here, and `orch schema` turns the same tables into a JSON Schema for editors. Tests in
+//! `tests/schema.rs` hold the loader to the types declared here: for every key, a value of
+//! the declared type loads and values of other types are refused, by the loader and by the
+//! schema alike.
+
+use serde_json::{Map, Value, json};
+
+use super::templates::TEMPLATES;
+
+/// What a key holds.
+#[derive(Debug)]
+pub enum Ty {
+    Str,
+    Bool,
+    /// A string, number or boolean, used as text (env values, matrix values).
+    Scalar,
+    Int {
+        min: i64,
+        max: i64,
+    },
+    /// `90s`, `10m`, `1h30m`, `500ms`, or a number of seconds.
+    Duration,
+    /// A string, or a list of strings; `min` is the least number of items a list may have.
+    Strings {
+        min: usize,
+    },
+    /// Shell commands: one string, or a list whose items are strings (numbers and booleans
+    /// are taken as their text).
+    Commands,
+    /// One of these words.
+    Enum(&'static [&'static str]),
+    /// One or a list of these words.
+    Words(&'static [&'static str]),
+    /// The name of a shipped template.
+    Template,
+    List {
+        item: &'static Ty,
+        min: usize,
+    },
+    Obj(&'static Obj),
+    /// A mapping of names (checked by `names`) to values of one type.
+    Dict {
+        names: Names,
+        value: &'static Ty,
+        min: usize,
+        nullable: bool,
+    },
+    /// Any of these forms (a shorthand and the full mapping, say).
+    AnyOf(&'static [Ty]),
+    /// Nothing written after the key (`needs:`).
+    Null,
+    /// A type with a name, shared in the schema's `$defs`.
+    Def(&'static str, &'static Ty),
+}
+
+/// A mapping with fixed keys.
+#[derive(Debug)]
+pub struct Obj {
+    pub fields: &'static [Field],
+    /// `key:` with no value is read as an empty mapping.
+    pub nullable: bool,
+    /// Other keys are allowed (matrix axes), with names checked by `Names` and values of
+    /// this type.
+    pub extra: Option<(Names, &'static Ty)>,
+    /// At least one of these keys must be written.
+    pub needs_one: &'static [&'static str],
+    /// Keys starting with `x-` are allowed and ignored: a place for YAML anchors.
+    pub extensions: bool,
+}
+
+#[derive(Debug)]
+pub struct Field {
+    pub name: &'static str,
+    pub ty: &'static Ty,
+    pub required: bool,
+    pub doc: &'static str,
+}
+
+/// What a user-chosen name may look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Names {
+    /// Environment variables, matrix axes, secrets: `[A-Za-z_][A-Za-z0-9_]*`.
+    Identifier,
+    /// Step names: letters, digits, `-`, `_`, `.`, starting with a letter or digit.
+    Step,
+    /// Service names: they are host names on the step's network.
+    Host,
+}
+
+impl Names {
+    pub fn check(self, s: &str) -> bool {
+        match self {
+            Names::Identifier => super::interp::is_identifier(s),
+            Names::Step => {
+                let mut chars = s.chars();
+                matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+                    && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            }
+            Names::Host => {
+                !s.is_empty()
+                    && s.len() <= 63
+                    && !s.starts_with('-')
+                    && !s.ends_with('-')
+                    && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            }
+        }
+    }
+
+    /// The same rule as a regular expression, for the schema.
+    pub fn pattern(self) -> &'static str {
+        match self {
+            Names::Identifier => "^[A-Za-z_][A-Za-z0-9_]*$",
+            Names::Step => "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+            Names::Host => "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+        }
+    }
+}
+
+const fn field(name: &'static str, ty: &'static Ty, doc: &'static str) -> Field {
+    Field { name, ty, required: false, doc }
+}
+
+const fn required(name: &'static str, ty: &'static Ty, doc: &'static str) -> Field {
+    Field { name, ty, required: true, doc }
+}
+
+pub const MAX_RETRIES: i64 = 10;
+
+const STR: Ty = Ty::Str;
+const BOOL: Ty = Ty::Bool;
+const DURATION: Ty = Ty::Def("duration", &Ty::Duration);
+const STRINGS: Ty = Ty::Strings { min: 0 };
+const PORT: Ty = Ty::Int { min: 1, max: 65535 };
+const ENV: Ty = Ty::Def("env", &Ty::Dict { names: Names::Identifier, value: &Ty::Scalar, min: 0, nullable: true });
+const PATTERNS: Ty =
+    Ty::Def("patterns", &Ty::AnyOf(&[Ty::Str, Ty::List { item: &Ty::Str, min: 1 }, Ty::Obj(&PATTERN_MAP)]));
+
+pub const PATTERN_MAP: Obj = Obj {
+    fields: &[
+        field("include", &STRINGS, "Patterns that match."),
+        field("exclude", &STRINGS, "Patterns that, matching, win over `include`."),
+    ],
+    nullable: false,
+    extra: None,
+    needs_one: &[],
+    extensions: false,
+};
+const RETRY: Ty = Ty::Def("retry", &Ty::AnyOf(&[Ty::Int { min: 0, max: MAX_RETRIES }, Ty::Obj(&RETRY_MAP)]));
+
+pub const RETRY_MAP: Obj = Obj {
+    fields: &[
+        required("count", &Ty::Int { min: 0, max: MAX_RETRIES }, "How many times to run the step again."),
+        field(
+            "on_exit_codes",
+            &Ty::List { item: &Ty::Int { min: 1, max: 255 }, min: 0 },
+            "Retry only when the step exits with one of these codes.",
+        ),
+    ],
+    nullable: false,
+    extra: None,
+    needs_one: &[],
+    extensions: false,
+};
+
+pub const PUSH: Obj = Obj {
+    fields: &[
+        field("branches", &PATTERNS, "Branches whose pushes run the pipeline (globs)."),
+        field("tags", &PATTERNS, "Tags whose pushes run the pipeline (globs)."),
+        field("paths", &PATTERNS, "Run only when a changed file matches (globs)."),
+    ],
+    nullable: true,
+    extra: None,
+    needs_one: &[],
+    extensions: false,
+};
+
+pub const PULL_REQUEST: Obj = Obj {
+    fields: &[
+        field("branches", &PATTERNS, "Base branches of the pull requests that run the pipeline."),
+        field("paths", &PATTERNS, "Run only when a changed file matches (globs)."),
+    ],
+    nullable: true,
+    extra: None,
+    needs_one: &[],
+    extensions: false,
+};
+
+pub const ON: Obj = Obj {
+    fields: &[
+        field("push", &Ty::Obj(&PUSH), "Pushes of branches and tags."),
+        field("pull_request", &Ty::Obj(&PULL_REQUEST), "Pull requests opened, updated or reopened."),
+        field("manual", &BOOL, "Runs started by hand (API, dashboard). Default true."),
+    ],
+    nullable: true,
+    extra: None,
+    needs_one: &[],
+    extensions: false,
+};
+
+pub const DEFAULTS: Obj = Obj {
+    fields: &[
+        field("image", &STR, "The image of steps that name none."),
+        field("timeout", &DURATION, "The timeout of steps that set none."),
+        field("retry", &RETRY, "The retry of steps that set none."),
+        field("workdir", &STR, "The working directory of steps that set none."),
+    ],
+    nullable: true,
+    extra: None,
+    needs_one: &[],
+    extensions: false,
+};
+
+pub const READY: Obj = Obj {
+    fields: &[
+        field("command", &STR, "A shell command run in the service until it exits 0."),
+        field("tcp", &PORT, "A port that must accept connections."),
+        field("timeout", &DURATION, "How long to wait for readiness. Default 60s."),
+    ],
+    nullable: false,
+    extra: None,
+    needs_one: &["command", "tcp"],
+    extensions: false,
+};
+
+pub const SERVICE: Obj = Obj {
+    fields: &[
+        required("image", &STR, "The service's image (built or loaded locally: orch never pulls)."),
+        field("env", &ENV, "Environment variables of the service."),
+        field("command", &STRINGS, "The command to run instead of the image's (a string runs in `/bin/sh -c`)."),
+        field(
+            "ports",
+            &Ty::List { item: &PORT, min: 0 },
+            "Ports the service listens on (documentation; steps reach it by name).",
+        ),
+        field(
+            "ready",
+            &Ty::AnyOf(&[Ty::Str, Ty::Obj(&READY)]),
+            "When the service is ready: a command, or `{tcp: PORT}`. Steps start after it is.",
+        ),
+    ],
+    nullable: false,
+    extra: None,
+    needs_one: &[],
+    extensions: false,
+};
+
+const SERVICES: Ty =
+    Ty::Def("services", &Ty::Dict { names: Names::Host, value: &Ty::Obj(&SERVICE), min: 0, nullable: true });
+
+pub const EVENTS: &[&str] = &["push", "pull_request", "tag", "manual"];
+pub const STATUSES: &[&str] = &["success", "failure", "always"];
+
+pub const WHEN: Obj = Obj {
+    fields: &[
+        field("branch", &PATTERNS, "Run only on these branches (globs)."),
+        field("tag", &PATTERNS, "Run only for these tags (globs)."),
+        field("event", &Ty::Words(EVENTS), "Run only for these events."),
+        field("paths", &PATTERNS, "Run only when a changed file matches (globs)."),
+        field(
+            "status",
+            &Ty::Words(STATUSES),
+            "Run when the steps before it succeeded (`success`, the default), failed, or `always`.",
+        ),
+    ],
+    nullable: true,
+    extra: None,
+    needs_one: &[],
+    extensions: false,
+};
+
+pub const CACHE: Obj = Obj {
+    fields: &[
+        required("key", &STR, "The cache's key; `${hash:GLOB}` hashes files, e.g. `deps-${hash:Cargo.lock}`."),
+        required("paths", &Ty::Strings { min: 1 }, "Directories (in the workspace) to restore and save."),
+    ],
+    nullable: false,
+    extra: None,
+    needs_one: &[],
+    extensions: false,
+};
+
+pub const ARTIFACTS: Obj = Obj {
+    fields: &[
+        field("paths", &STRINGS, "Files (globs, in the workspace) handed to later steps and kept with the run."),
+        field("optional", &BOOL, "Do not fail the step when nothing matches."),
+    ],
+    nullable: false,
+    extra: None,
+    needs_one: &[],
+    extensions: false,
+};
+
+const COMBOS: Ty =
+    Ty::List { item: &Ty::Dict { names: Names::Identifier, value: &Ty::Scalar, min: 0, nullable: true }, min: 0 };
+
+pub const MATRIX: Obj = Obj {
+    fields: &[
+        field("include", &COMBOS, "Extra combinations, each a mapping from axis to value."),
+        field("exclude", &COMBOS, "Combinations (or partial ones) to leave out."),
+    ],
+    nullable: false,
+    extra: Some((Names::Identifier, &Ty::List { item: &Ty::Scalar, min: 1 })),
+    needs_one: &[],
+    extensions: false,
+};
+
+pub const STEP: Obj = Obj {
+    fields: &[
+        field("stage", &STR, "The stage the step belongs to. Default `test`."),
+        field("image", &STR, "The Docker image the step runs in (local: orch never pulls)."),
+        required("commands", &Ty::Commands, "Shell commands, run in order with `set -e`."),
+        field("env", &ENV, "Environment variables of the step."),
+        field("workdir", &STR, "The working directory, relative to the workspace."),
+        field(
+            "needs",
+            &Ty::AnyOf(&[Ty::Null, STRINGS]),
+            "Steps this one waits for, instead of the earlier stages; `[]` starts at once.",
+        ),
+        field("when", &Ty::Obj(&WHEN), "Conditions under which the step runs."),
+        field("timeout", &DURATION, "How long the step may run. Default 1h."),
+        field("retry", &RETRY, "Run the step again when it fails: a count, or `{count, on_exit_codes}`."),
+        field("allow_failure", &BOOL, "A failure of this step does not fail the pipeline."),
+        field("secrets", &STRINGS, "Secrets the step gets as environment variables (masked in logs)."),
+        field("services", &SERVICES, "Containers that run beside this step (e.g. a database)."),
+        field(
+            "cache",
+            &Ty::AnyOf(&[Ty::Obj(&CACHE), Ty::List { item: &Ty::Obj(&CACHE), min: 0 }]),
+            "Directories kept between runs under a key.",
+        ),
+        field(
+            "artifacts",
+            &Ty::AnyOf(&[STRINGS, Ty::Obj(&ARTIFACTS)]),
+            "Files kept with the run and handed to later steps.",
+        ),
+        field("matrix", &Ty::Obj(&MATRIX), "Runs the step once per combination of axis values."),
+    ],
+    nullable: false,
+    extra: None,
+    needs_one: &[],
+    extensions: false,
+};
+
+pub const INCLUDE_ITEM: Ty = Ty::AnyOf(&[
+    Ty::Str,
+    Ty::Obj(&Obj {
+        fields: &[required("local", &STR, "A file of this repository, relative to the including file.")],
+        nullable: false,
+        extra: None,
+        needs_one: &[],
+        extensions: false,
+    }),
+    Ty::Obj(&Obj {
+        fields: &[required("template", &Ty::Template, "A ready-made pipeline shipped with orch.")],
+        nullable: false,
+        extra: None,
+        needs_one: &[],
+        extensions: false,
+    }),
+]);
+
+pub const PIPELINE: Obj = Obj {
+    fields: &[
+        field(
+            "include",
+            &Ty::AnyOf(&[Ty::Null, Ty::List { item: &INCLUDE_ITEM, min: 0 }, INCLUDE_ITEM]),
+            "Files merged under this one: paths in this repository, or `{template: NAME}`.",
+        ),
+        field("on", &Ty::Obj(&ON), "Which pushes, pull requests and manual runs start the pipeline."),
+        field("env", &ENV, "Environment variables of every step."),
+        field("stages", &Ty::Strings { min: 1 }, "Stage names in order. Default [build, test, deploy]."),
+        field("defaults", &Ty::Obj(&DEFAULTS), "Settings for steps that set none."),
+        field("services", &SERVICES, "Services that every step gets."),
+        required(
+            "steps",
+            &Ty::Dict { names: Names::Step, value: &Ty::Def("step", &Ty::Obj(&STEP)), min: 1, nullable: false },
+            "The steps, by name.",
+        ),
+    ],
+    nullable: false,
+    extra: None,
+    needs_one: &[],
+    extensions: true,
+};
+
+impl Obj {
+    pub fn has(&self, key: &str) -> bool {
+        self.fields.iter().any(|f| f.name == key)
+    }
+
+    /// A key that is allowed here without being one of `fields`: an `x-` extension.
+    pub fn ignores(&self, key: &str) -> bool {
+        self.extensions && key.starts_with("x-")
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &'static str> + Clone + use<> {
+        let fields: &'static [Field] = self.fields;
+        fields.iter().map(|f| f.name)
+    }
+}
+
+/// The JSON Schema (draft 2020-12) of a pipeline file.
+pub fn json_schema() -> Value {
+    let mut defs = Map::new();
+    let root = obj_schema(&PIPELINE, &mut defs);
+    let Value::Object(mut out) = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "orch pipeline (.orch.yml)",
+        "description": "A pipeline for orch: stages of steps that run in Docker containers. Generated by `orch schema`.",
+    }) else {
+        unreachable!("a json! object literal is an object")
+    };
+    if let Value::Object(r) = root {
+        out.extend(r);
+    }
+    // The one rule across keys: a step needs an `image` unless `defaults.image` gives one.
+    out.insert(
+        "if".into(),
+        json!({ "properties": { "defaults": { "type": "object", "required": ["image"] } }, "required": ["defaults"] }),
+    );
+    out.insert(
+        "else".into(),
+        json!({ "properties": { "steps": { "additionalProperties": { "required": ["image"] } } } }),
+    );
+    out.insert("$defs".into(), Value::Object(defs));
+    Value::Object(out)
+}
+
+/// [`json_schema`] as the text `orch schema` prints and `docs/orch.schema.json` holds.
+pub fn schema_text() -> String {
+    // Serializing a `Value` cannot fail: its keys are strings.
+    serde_json::to_string_pretty(&json_schema()).expect("a JSON value serializes")
+}
+
+fn obj_schema(o: &Obj, defs: &mut Map<String, Value>) -> Value {
+    let mut props = Map::new();
+    for f in o.fields {
+        let mut s = schema(f.ty, defs);
+        if let Value::Object(m) = &mut s {
+            m.insert("description".into(), json!(f.doc));
+        }
+        props.insert(f.name.into(), s);
+    }
+    let req: Vec<&str> = o.fields.iter().filter(|f| f.required).map(|f| f.name).collect();
+    let mut s =
+        json!({ "type": if o.nullable { json!(["object", "null"]) } else { json!("object") }, "properties": props });
+    if !req.is_empty() {
+        s["required"] = json!(req);
+    }
+    if !o.needs_one.is_empty() {
+        s["anyOf"] = json!(o.needs_one.iter().map(|k| json!({ "required": [k] })).collect::<Vec<_>>());
+    }
+    if o.extensions {
+        s["patternProperties"] = json!({ "^x-": {} });
+    }
+    match o.extra {
+        None => s["additionalProperties"] = json!(false),
+        Some((names, ty)) => {
+            // Fixed keys are exempt from the name rule by being matched first.
+            s["additionalProperties"] = schema(ty, defs);
+            let fixed: Vec<&str> = o.fields.iter().map(|f| f.name).collect();
+            s["propertyNames"] = json!({ "anyOf": [{ "enum": fixed }, { "pattern": names.pattern() }] });
+        }
+    }
+    s
+}
+
+/// The schema of `ty`. Nullable mappings accept `null` in both the loader and the schema.
+pub fn schema(ty: &Ty, defs: &mut Map<String, Value>) -> Value {
+    match ty {
+        Ty::Str => json!({ "type": "string" }),
+        Ty::Bool => json!({ "type": "boolean" }),
+        Ty::Scalar => json!({ "type": ["string", "number", "boolean"] }),
+        Ty::Int { min, max } => json!({ "type": "integer", "minimum": min, "maximum": max }),
+        Ty::Duration => json!({
+            "anyOf": [
+                { "type": "string", "pattern": "^\\s*([0-9]+|([0-9]+(ms|s|m|h))+)\\s*$" },
+                { "type": "integer", "minimum": 1 }
+            ],
+            "examples": ["90s", "10m", "1h30m"]
+        }),
+        Ty::Strings { min } => json!({
+            "anyOf": [{ "type": "string" }, { "type": "array", "items": { "type": "string" }, "minItems": min }]
+        }),
+        Ty::Commands => json!({
+            "anyOf": [
+                { "type": "string" },
+                { "type": "array", "items": { "type": ["string", "number", "boolean"] }, "minItems": 1 }
+            ]
+        }),
+        Ty::Enum(words) => json!({ "enum": words }),
+        Ty::Words(words) => json!({
+            "anyOf": [{ "enum": words }, { "type": "array", "items": { "enum": words }, "minItems": 1 }]
+        }),
+        Ty::Template => json!({ "enum": TEMPLATES.iter().map(|t| t.name).collect::<Vec<_>>() }),
+        Ty::List { item, min } => json!({ "type": "array", "items": schema(item, defs), "minItems": min }),
+        Ty::Obj(o) => obj_schema(o, defs),
+        Ty::Dict { names, value, min, nullable } => json!({
+            "type": if *nullable { json!(["object", "null"]) } else { json!("object") },
+            "propertyNames": { "pattern": names.pattern() },
+            "additionalProperties": schema(value, defs),
+            "minProperties": min,
+        }),
+        Ty::AnyOf(tys) => json!({ "anyOf": tys.iter().map(|t| schema(t, defs)).collect::<Vec<_>>() }),
+        Ty::Null => json!({ "type": "null" }),
+        Ty::Def(name, inner) => {
+            if !defs.contains_key(*name) {
+                // Placeholder first: a definition that refers to itself ends here.
+                defs.insert((*name).into(), Value::Null);
+                let s = schema(inner, defs);
+                defs.insert((*name).into(), s);
+            }
+            json!({ "$ref": format!("#/$defs/{name}") })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_every_key() {
+        let s = json_schema();
+        let props = s["properties"].as_object().unwrap();
+        let mut want: Vec<&str> = PIPELINE.keys().collect();
+        want.sort_unstable();
+        assert_eq!(props.keys().map(String::as_str).collect::<Vec<_>>(), want);
+        let step = &s["$defs"]["step"]["properties"];
+        for k in STEP.keys() {
+            assert!(step.get(k).is_some(), "{k}");
+        }
+    }
+}
