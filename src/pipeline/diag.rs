@@ -41,6 +41,14 @@ impl Diagnostic {
         }
     }
 
+    /// A YAML syntax error, at the parser's position.
+    pub fn syntax(e: yaml::SyntaxError) -> Self {
+        let mut d = Diagnostic::new(&[], format!("invalid YAML: {}", e.message));
+        d.pos = e.pos;
+        d.help = e.help;
+        d
+    }
+
     /// The problem is the key itself (unknown or duplicate key).
     pub fn at_key(mut self) -> Self {
         self.at_key = true;

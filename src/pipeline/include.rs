@@ -159,10 +159,7 @@ impl Resolver<'_> {
         let doc = match yaml::parse(text) {
             Ok(doc) => doc,
             Err(e) => {
-                let mut d = Diagnostic::new(&[], format!("invalid YAML: {}", e.message));
-                d.pos = e.pos;
-                d.help = e.help;
-                self.err(idx, d);
+                self.err(idx, Diagnostic::syntax(e));
                 return;
             }
         };

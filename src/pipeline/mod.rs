@@ -54,12 +54,7 @@ pub fn load_file(path: &Path) -> Result<Pipeline, ConfigError> {
 fn load_source(main: SourceFile, disk: Option<&include::Disk>) -> Result<Pipeline, ConfigError> {
     let doc = match yaml::parse(&main.text) {
         Ok(doc) => doc,
-        Err(e) => {
-            let mut d = Diagnostic::new(&[], format!("invalid YAML: {}", e.message));
-            d.pos = e.pos;
-            d.help = e.help;
-            return Err(invalid(vec![d], &[main]));
-        }
+        Err(e) => return Err(invalid(vec![Diagnostic::syntax(e)], &[main])),
     };
     let resolved = include::resolve(main, doc, disk);
     let mut diags = match load::load(&resolved.doc) {
