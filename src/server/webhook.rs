@@ -156,10 +156,15 @@ pub fn classify(event: &str, payload: &Value) -> Action {
             }))
         }
         "check_suite" | "check_run" => {
-            let wanted = matches!(
-                (event, action.as_str()),
-                ("check_suite", "requested" | "rerequested") | ("check_run", "rerequested")
-            );
+            // GitHub sends an App `check_suite requested` for every push it also delivers
+            // as `push` (or `pull_request`): running both would build the commit twice.
+            // Only the "Re-run" buttons (`rerequested`) start runs from here.
+            if (event, action.as_str()) == ("check_suite", "requested") {
+                return Action::Ignore(
+                    "check_suite requested: the push or pull_request delivery of this commit starts its run".into(),
+                );
+            }
+            let wanted = matches!((event, action.as_str()), ("check_suite" | "check_run", "rerequested"));
             if !wanted {
                 return Action::Ignore(format!("{event} action `{action}`"));
             }
@@ -268,6 +273,11 @@ mod tests {
         assert!(matches!(classify("check_run", &p), Action::Run(_)));
         let p = fixture("check_run.completed.payload.json").unwrap();
         assert!(matches!(classify("check_run", &p), Action::Ignore(_)));
+        let p = fixture("check_suite.rerequested.payload.json").unwrap();
+        assert!(matches!(classify("check_suite", &p), Action::Run(_)));
+        // Its push delivery runs the commit: no second run.
+        let p = fixture("check_suite.requested.payload.json").unwrap();
+        assert!(matches!(classify("check_suite", &p), Action::Ignore(_)));
         let p = fixture("ping.payload.json").unwrap();
         assert_eq!(classify("ping", &p), Action::Ping);
         assert!(matches!(classify("issues", &p), Action::Ignore(_)));
