@@ -124,6 +124,12 @@ const INVALID: &[(&str, &str)] = &[
     ("misspelt step key", "steps: {a: {imgae: x, commands: [true]}}\n"),
     ("commands a mapping", "steps: {a: {image: x, commands: {run: true}}}\n"),
     ("empty commands", "steps: {a: {image: x, commands: []}}\n"),
+    ("no commands", "steps: {a: {image: x}}\n"),
+    (
+        "ready without command or tcp",
+        "services: {db: {image: x, ready: {timeout: 5s}}}\nsteps: {a: {image: x, commands: [true]}}\n",
+    ),
+    ("retry without count", "steps: {a: {image: x, commands: [true], retry: {on_exit_codes: [1]}}}\n"),
     ("timeout in words", "steps: {a: {image: x, commands: [true], timeout: 10 minutes}}\n"),
     ("retry too high", "steps: {a: {image: x, commands: [true], retry: 11}}\n"),
     ("unknown event", "steps: {a: {image: x, commands: [true], when: {event: merge}}}\n"),
@@ -146,6 +152,26 @@ fn a_default_image_makes_step_images_optional() {
     let src = "defaults: {image: busybox}\nsteps: {a: {commands: [true]}, b: {image: x, commands: [true]}}\n";
     orch::pipeline::parse_str("x.yml", src).unwrap();
     assert_eq!(validate_with_python(&[yaml_to_json(src)], &[]), vec![None]);
+}
+
+#[test]
+fn with_an_include_only_shape_is_checked() {
+    // Complete only once merged: the step changes a key of the template's `test`, and
+    // `steps` could come from the template alone.
+    let partial = "include: [{template: rust}]\nsteps:\n  test: {timeout: 45m}\n  extra: {commands: [true]}\n";
+    orch::pipeline::parse_str("x.yml", partial).unwrap();
+    let only = "include: {template: rust}\n";
+    orch::pipeline::parse_str("x.yml", only).unwrap();
+    // Shape still counts.
+    let wrong = "include: [{template: rust}]\nsteps:\n  test: {timeout: soon, comands: [true]}\n";
+    assert!(orch::pipeline::parse_str("x.yml", wrong).is_err());
+    let bad_item = "include: [{}]\nsteps: {a: {image: x, commands: [true]}}\n";
+    assert!(orch::pipeline::parse_str("x.yml", bad_item).is_err());
+    let results = validate_with_python(&[partial, only, wrong, bad_item].map(yaml_to_json), &[]);
+    assert_eq!(results[0], None);
+    assert_eq!(results[1], None);
+    assert!(results[2].is_some());
+    assert!(results[3].is_some(), "an include item names a file");
 }
 
 #[test]

@@ -402,9 +402,14 @@ impl Obj {
 }
 
 /// The JSON Schema (draft 2020-12) of a pipeline file.
+///
+/// Its body checks shape: keys, types, ranges, names. What must be written (`steps`, a
+/// step's `commands`, a service's `image`...) is checked only in a file without `include`:
+/// with one, any key may come from an included file, and a step that only changes the
+/// `timeout` of an included step is complete.
 pub fn json_schema() -> Value {
     let mut defs = Map::new();
-    let root = obj_schema(&PIPELINE, &mut defs);
+    let root = obj_schema(&PIPELINE, &mut defs, false);
     let Value::Object(mut out) = json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "orch pipeline (.orch.yml)",
@@ -415,17 +420,64 @@ pub fn json_schema() -> Value {
     if let Value::Object(r) = root {
         out.extend(r);
     }
+    let required = requirements(&Ty::Obj(&PIPELINE)).unwrap_or_else(|| json!({}));
     // The one rule across keys: a step needs an `image` unless `defaults.image` gives one.
-    out.insert(
-        "if".into(),
-        json!({ "properties": { "defaults": { "type": "object", "required": ["image"] } }, "required": ["defaults"] }),
-    );
-    out.insert(
-        "else".into(),
-        json!({ "properties": { "steps": { "additionalProperties": { "required": ["image"] } } } }),
-    );
+    let image = json!({
+        "if": { "properties": { "defaults": { "type": "object", "required": ["image"] } }, "required": ["defaults"] },
+        "else": { "properties": { "steps": { "additionalProperties": { "required": ["image"] } } } }
+    });
+    out.insert("if".into(), json!({ "required": ["include"] }));
+    out.insert("else".into(), json!({ "allOf": [required, image] }));
     out.insert("$defs".into(), Value::Object(defs));
     Value::Object(out)
+}
+
+/// The keys that must be written in `ty` and below it, as a schema of `required` (and
+/// `anyOf` of `required`) alone, or `None` when nothing is. `include` is left out: its
+/// items are checked in the body.
+fn requirements(ty: &Ty) -> Option<Value> {
+    match ty {
+        Ty::Obj(o) => {
+            let mut s = Map::new();
+            let req: Vec<&str> = o.fields.iter().filter(|f| f.required).map(|f| f.name).collect();
+            if !req.is_empty() {
+                s.insert("required".into(), json!(req));
+            }
+            if !o.needs_one.is_empty() {
+                s.insert(
+                    "anyOf".into(),
+                    json!(o.needs_one.iter().map(|k| json!({ "required": [k] })).collect::<Vec<_>>()),
+                );
+            }
+            let props: Map<String, Value> = o
+                .fields
+                .iter()
+                .filter(|f| f.name != "include")
+                .filter_map(|f| Some((f.name.to_string(), requirements(f.ty)?)))
+                .collect();
+            if !props.is_empty() {
+                s.insert("properties".into(), Value::Object(props));
+            }
+            (!s.is_empty()).then_some(Value::Object(s))
+        }
+        Ty::Dict { value, .. } => requirements(value).map(|r| json!({ "additionalProperties": r })),
+        Ty::List { item, .. } => requirements(item).map(|r| json!({ "items": r })),
+        // `required` and `properties` bind objects only and `items` arrays only, so the
+        // forms' requirements can sit side by side; two mapping forms cannot.
+        Ty::AnyOf(tys) => {
+            let mut s = Map::new();
+            for r in tys.iter().filter_map(requirements) {
+                let Value::Object(r) = r else { continue };
+                for (k, v) in r {
+                    assert!(!s.contains_key(&k), "two forms of one key both require `{k}`");
+                    s.insert(k, v);
+                }
+            }
+            (!s.is_empty()).then_some(Value::Object(s))
+        }
+        Ty::Def(_, inner) => requirements(inner),
+        _ => None,
+    }
 }
 
 /// [`json_schema`] as the text `orch schema` prints and `docs/orch.schema.json` holds.
@@ -434,10 +486,12 @@ pub fn schema_text() -> String {
     serde_json::to_string_pretty(&json_schema()).expect("a JSON value serializes")
 }
 
-fn obj_schema(o: &Obj, defs: &mut Map<String, Value>) -> Value {
+/// The schema of a mapping's shape; `required` adds what must be written (only for the
+/// items of `include`: see [`json_schema`]).
+fn obj_schema(o: &Obj, defs: &mut Map<String, Value>, required: bool) -> Value {
     let mut props = Map::new();
     for f in o.fields {
-        let mut s = schema(f.ty, defs);
+        let mut s = schema(f.ty, defs, required || f.name == "include");
         if let Value::Object(m) = &mut s {
             m.insert("description".into(), json!(f.doc));
         }
@@ -446,10 +500,10 @@ fn obj_schema(o: &Obj, defs: &mut Map<String, Value>) -> Value {
     let req: Vec<&str> = o.fields.iter().filter(|f| f.required).map(|f| f.name).collect();
     let mut s =
         json!({ "type": if o.nullable { json!(["object", "null"]) } else { json!("object") }, "properties": props });
-    if !req.is_empty() {
+    if required && !req.is_empty() {
         s["required"] = json!(req);
     }
-    if !o.needs_one.is_empty() {
+    if required && !o.needs_one.is_empty() {
         s["anyOf"] = json!(o.needs_one.iter().map(|k| json!({ "required": [k] })).collect::<Vec<_>>());
     }
     if o.extensions {
@@ -459,7 +513,7 @@ fn obj_schema(o: &Obj, defs: &mut Map<String, Value>) -> Value {
         None => s["additionalProperties"] = json!(false),
         Some((names, ty)) => {
             // Fixed keys are exempt from the name rule by being matched first.
-            s["additionalProperties"] = schema(ty, defs);
+            s["additionalProperties"] = schema(ty, defs, required);
             let fixed: Vec<&str> = o.fields.iter().map(|f| f.name).collect();
             s["propertyNames"] = json!({ "anyOf": [{ "enum": fixed }, { "pattern": names.pattern() }] });
         }
@@ -468,7 +522,7 @@ fn obj_schema(o: &Obj, defs: &mut Map<String, Value>) -> Value {
 }
 
 /// The schema of `ty`. Nullable mappings accept `null` in both the loader and the schema.
-pub fn schema(ty: &Ty, defs: &mut Map<String, Value>) -> Value {
+fn schema(ty: &Ty, defs: &mut Map<String, Value>, required: bool) -> Value {
     match ty {
         Ty::Str => json!({ "type": "string" }),
         Ty::Bool => json!({ "type": "boolean" }),
@@ -495,21 +549,23 @@ pub fn schema(ty: &Ty, defs: &mut Map<String, Value>) -> Value {
             "anyOf": [{ "enum": words }, { "type": "array", "items": { "enum": words }, "minItems": 1 }]
         }),
         Ty::Template => json!({ "enum": TEMPLATES.iter().map(|t| t.name).collect::<Vec<_>>() }),
-        Ty::List { item, min } => json!({ "type": "array", "items": schema(item, defs), "minItems": min }),
-        Ty::Obj(o) => obj_schema(o, defs),
+        Ty::List { item, min } => json!({ "type": "array", "items": schema(item, defs, required), "minItems": min }),
+        Ty::Obj(o) => obj_schema(o, defs, required),
         Ty::Dict { names, value, min, nullable } => json!({
             "type": if *nullable { json!(["object", "null"]) } else { json!("object") },
             "propertyNames": { "pattern": names.pattern() },
-            "additionalProperties": schema(value, defs),
+            "additionalProperties": schema(value, defs, required),
             "minProperties": min,
         }),
-        Ty::AnyOf(tys) => json!({ "anyOf": tys.iter().map(|t| schema(t, defs)).collect::<Vec<_>>() }),
+        Ty::AnyOf(tys) => json!({ "anyOf": tys.iter().map(|t| schema(t, defs, required)).collect::<Vec<_>>() }),
         Ty::Null => json!({ "type": "null" }),
         Ty::Def(name, inner) => {
             if !defs.contains_key(*name) {
                 // Placeholder first: a definition that refers to itself ends here.
                 defs.insert((*name).into(), Value::Null);
-                let s = schema(inner, defs);
+                // Definitions are shared, so they never carry requirements.
+                debug_assert!(!required, "no definition under `include`");
+                let s = schema(inner, defs, false);
                 defs.insert((*name).into(), s);
             }
             json!({ "$ref": format!("#/$defs/{name}") })
