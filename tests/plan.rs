@@ -641,6 +641,16 @@ steps:
 "#;
 
 #[test]
+fn numbers_keep_their_spelling_in_variants_and_env() {
+    let src = "env: {V: 1.0, W: 2.50}\nsteps:\n  t:\n    image: python:${py}\n    matrix: {py: [3.9, 3.10, 3.11]}\n    commands: [true]\n";
+    let p = plan_for(src, &push("main"));
+    assert_eq!(names(&p), ["t[py=3.9]", "t[py=3.10]", "t[py=3.11]"]);
+    let v = step(&p, "t[py=3.10]");
+    assert_eq!(v.image, "python:3.10");
+    assert_eq!((v.env["V"].as_str(), v.env["W"].as_str()), ("1.0", "2.50"));
+}
+
+#[test]
 fn matrix_expansion_with_include_and_exclude() {
     let p = plan_for(MATRIX, &push("main"));
     assert_eq!(

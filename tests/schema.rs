@@ -194,7 +194,7 @@ fn node_json(n: &orch::pipeline::yaml::Node) -> Value {
         Node::Null => Value::Null,
         Node::Bool(b) => json!(b),
         Node::Int(i) => json!(i),
-        Node::Float(f) => json!(f),
+        Node::Float(f, _) => json!(f),
         Node::Str(s) => json!(s),
         Node::Seq(items) => Value::Array(items.iter().map(node_json).collect()),
         Node::Map(entries) => Value::Object(entries.iter().map(|(k, v)| (k.clone(), node_json(v))).collect()),

@@ -156,7 +156,7 @@ impl Loader {
         match node {
             Node::Str(s) => Some(s.clone()),
             Node::Int(i) => Some(i.to_string()),
-            Node::Float(f) => Some(f.to_string()),
+            Node::Float(_, text) => Some(text.clone()),
             Node::Bool(b) => Some(b.to_string()),
             _ => {
                 self.wrong_type(path, node, "a string, number or boolean");
@@ -730,9 +730,9 @@ impl Loader {
                 for (i, it) in items.iter().enumerate() {
                     match it {
                         Node::Str(s) => out.push(s.clone()),
-                        Node::Int(_) | Node::Float(_) | Node::Bool(_) => out.push(match it {
+                        Node::Int(_) | Node::Float(..) | Node::Bool(_) => out.push(match it {
                             Node::Int(n) => n.to_string(),
-                            Node::Float(f) => f.to_string(),
+                            Node::Float(_, text) => text.clone(),
                             Node::Bool(b) => b.to_string(),
                             _ => unreachable!("matched scalars above"),
                         }),

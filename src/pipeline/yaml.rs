@@ -13,7 +13,9 @@ pub enum Node {
     Null,
     Bool(bool),
     Int(i64),
-    Float(f64),
+    /// A number with a fraction or exponent, and its text as written (`3.10` stays `3.10`
+    /// where the value is used as text, e.g. in `env` and matrix values).
+    Float(f64, String),
     Str(String),
     Seq(Vec<Node>),
     /// Keys in source order; non-string scalar keys are turned into their text.
@@ -27,7 +29,7 @@ impl Node {
             Node::Null => "null",
             Node::Bool(_) => "a boolean",
             Node::Int(_) => "an integer",
-            Node::Float(_) => "a number",
+            Node::Float(..) => "a number",
             Node::Str(_) => "a string",
             Node::Seq(_) => "a list",
             Node::Map(_) => "a mapping",
@@ -75,8 +77,51 @@ pub fn parse(src: &str) -> Result<Node, SyntaxError> {
         return Ok(Node::Null);
     }
     let de = serde_yaml::Deserializer::from_str(src);
-    let node = NodeSeed.deserialize(de).map_err(|e| syntax_error(&e.to_string(), e.location().map(pos_of), src))?;
+    let mut node = NodeSeed.deserialize(de).map_err(|e| syntax_error(&e.to_string(), e.location().map(pos_of), src))?;
+    spell_floats(&mut node, src, &mut Vec::new());
     Ok(merge_keys(node))
+}
+
+/// Gives each float the text it is written with. serde_yaml hands over only the value, so
+/// each float is located in the source (one parse each: floats are few); the text is kept
+/// when it reads back as the same value, which leaves aliases and `.inf` to the value's
+/// own spelling.
+fn spell_floats(node: &mut Node, src: &str, path: &mut Vec<Seg>) {
+    match node {
+        Node::Float(f, text) => {
+            let written = locate(src, path, false).and_then(|p| {
+                let mut rest = &src[p.offset..];
+                // An anchor (`&x 3.10`) comes before the number.
+                if let Some(anchored) = rest.strip_prefix('&') {
+                    rest = anchored.trim_start_matches(|c: char| !c.is_whitespace()).trim_start();
+                }
+                let end =
+                    rest.find(|c: char| c.is_whitespace() || matches!(c, ',' | ']' | '}' | '#')).unwrap_or(rest.len());
+                let token = &rest[..end];
+                (token.parse::<f64>().ok() == Some(*f)).then(|| token.to_string())
+            });
+            if let Some(t) = written {
+                *text = t;
+            }
+        }
+        Node::Seq(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                path.push(Seg::Index(i));
+                spell_floats(item, src, path);
+                path.pop();
+            }
+        }
+        Node::Map(entries) => {
+            // With a key written twice, the path finds the first: both get its text if it
+            // reads back as their value, and keep their own otherwise.
+            for (k, v) in entries.iter_mut() {
+                path.push(Seg::Key(k.clone()));
+                spell_floats(v, src, path);
+                path.pop();
+            }
+        }
+        _ => {}
+    }
 }
 
 fn pos_of(l: serde_yaml::Location) -> Pos {
@@ -217,10 +262,10 @@ impl<'de> Visitor<'de> for NodeVisitor {
         Ok(Node::Int(v))
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Node, E> {
-        Ok(i64::try_from(v).map_or(Node::Float(v as f64), Node::Int))
+        Ok(i64::try_from(v).map_or(Node::Float(v as f64, v.to_string()), Node::Int))
     }
     fn visit_f64<E>(self, v: f64) -> Result<Node, E> {
-        Ok(Node::Float(v))
+        Ok(Node::Float(v, v.to_string()))
     }
     fn visit_str<E>(self, v: &str) -> Result<Node, E> {
         Ok(Node::Str(v.to_string()))
@@ -252,7 +297,7 @@ impl<'de> Visitor<'de> for NodeVisitor {
                 Node::Null => "null".into(),
                 Node::Bool(b) => b.to_string(),
                 Node::Int(i) => i.to_string(),
-                Node::Float(f) => f.to_string(),
+                Node::Float(_, text) => text,
                 Node::Seq(_) | Node::Map(_) => {
                     return Err(de::Error::custom("a key must be a plain value, not a list or mapping"));
                 }
@@ -480,6 +525,27 @@ mod tests {
         assert_eq!(steps.len(), 3);
         let p = locate_nth(src, &[k("steps"), k("a")], true, 1).unwrap();
         assert_eq!((p.line, p.column), (4, 3));
+    }
+
+    #[test]
+    fn floats_keep_their_spelling() {
+        let n = parse("a: [3.10, 1.0, 2.50e1, .inf]\nb: &x 3.10\nc: *x\n").unwrap();
+        let Node::Map(m) = n else { panic!() };
+        let texts = |n: &Node| match n {
+            Node::Seq(items) => items
+                .iter()
+                .map(|i| match i {
+                    Node::Float(_, t) => t.clone(),
+                    other => panic!("{other:?}"),
+                })
+                .collect::<Vec<_>>(),
+            Node::Float(_, t) => vec![t.clone()],
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(texts(&m[0].1), ["3.10", "1.0", "2.50e1", "inf"]);
+        assert_eq!(texts(&m[1].1), ["3.10"]);
+        // An alias is replayed from its anchor, and found there.
+        assert_eq!(texts(&m[2].1), ["3.10"]);
     }
 
     #[test]

@@ -140,7 +140,7 @@ fn read_file(path: &PathBuf) -> Result<Vec<(String, Vec<String>)>, ConfigError> 
         Node::Str(s) => Some(s.clone()),
         Node::Int(i) => Some(i.to_string()),
         Node::Bool(b) => Some(b.to_string()),
-        Node::Float(f) => Some(f.to_string()),
+        Node::Float(_, text) => Some(text.clone()),
         _ => None,
     };
     let mut out = Vec::new();
