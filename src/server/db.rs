@@ -180,6 +180,8 @@ pub struct Db {
 fn open(path: &Path) -> Result<Connection, DbError> {
     let c = Connection::open(path)?;
     c.busy_timeout(std::time::Duration::from_secs(10))?;
+    // Before anything writes the file's header (WAL does): later, only a VACUUM changes it.
+    c.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
     c.pragma_update(None, "journal_mode", "WAL")?;
     // FULL: a commit is on disk when it returns; the group commit keeps this cheap.
     c.pragma_update(None, "synchronous", "FULL")?;
@@ -193,6 +195,14 @@ impl Db {
             std::fs::create_dir_all(dir).map_err(|e| DbError::Io(format!("{}: {e}", dir.display())))?;
         }
         let mut w = open(path)?;
+        // Pages freed by retention go back to the file system (`prune` runs an incremental
+        // vacuum): webhook bodies are up to 25 MB each. A database made before this setting
+        // existed is converted once, by a VACUUM.
+        let auto_vacuum: i64 = w.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+        if auto_vacuum != 2 {
+            tracing::info!("database: turning on incremental vacuum (once)");
+            w.execute_batch("VACUUM")?;
+        }
         w.execute_batch(SCHEMA)?;
         // Columns added after the first release: a database from before gets them here.
         for (col, def) in [("rerun_of", "INTEGER"), ("failed_only", "INTEGER NOT NULL DEFAULT 0")] {
@@ -534,8 +544,16 @@ impl Db {
                 t.execute("DELETE FROM steps WHERE run_id = ?1", params![id])?;
                 t.execute("DELETE FROM runs WHERE id = ?1", params![id])?;
             }
+            let mut deliveries = 0;
             if delivery_age > 0 {
-                t.execute("DELETE FROM deliveries WHERE received_at < ?1", params![now - delivery_age])?;
+                deliveries = t.execute("DELETE FROM deliveries WHERE received_at < ?1", params![now - delivery_age])?;
+            }
+            if !doomed.is_empty() || deliveries > 0 {
+                // Give the freed pages back: the file shrinks with what was removed. Each
+                // step of the pragma frees one page, so it is run to its end.
+                let mut st = t.prepare("PRAGMA incremental_vacuum")?;
+                let mut rows = st.query([])?;
+                while rows.next()?.is_some() {}
             }
             Ok(doomed)
         })
@@ -670,6 +688,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_database_from_before_incremental_vacuum_is_converted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orch.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);").unwrap();
+            let mode: i64 = c.query_row("PRAGMA auto_vacuum", [], |r| r.get(0)).unwrap();
+            assert_eq!(mode, 0);
+        }
+        let db = Db::open(&path).unwrap();
+        let mode: i64 = db.read(|c| c.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))).await.unwrap();
+        assert_eq!(mode, 2, "incremental");
+        let kept: i64 = db.read(|c| c.query_row("SELECT x FROM t", [], |r| r.get(0))).await.unwrap();
+        assert_eq!(kept, 1);
+    }
+
+    #[tokio::test]
     async fn prune_by_age_and_count_keeps_unfinished_runs() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("orch.db")).unwrap();
@@ -705,7 +740,8 @@ mod tests {
                 event: "ping".into(),
                 action: None,
                 headers: "{}".into(),
-                body: Vec::new(),
+                // A big body, as a push of many commits has: its pages must be given back.
+                body: if id == "old" { vec![b'x'; 4 << 20] } else { Vec::new() },
                 outcome: "ping".into(),
             };
             db.store_delivery(d, None, false).await.unwrap();
@@ -714,8 +750,14 @@ mod tests {
                 .await
                 .unwrap();
         }
+        let pages = || db.read(|c| c.query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0)));
+        let before = pages().await.unwrap();
         // 5 days: run 2 goes; at most 2 finished runs: run 1 goes too. Run 5 is queued: kept.
         let gone = db.prune(5 * 86_400, 2, 3 * 86_400).await.unwrap();
+        let after = pages().await.unwrap();
+        assert!(before - after > 900, "the 4 MB body's pages are given back: {before} -> {after}");
+        let free: i64 = db.read(|c| c.query_row("PRAGMA freelist_count", [], |r| r.get(0))).await.unwrap();
+        assert_eq!(free, 0);
         assert_eq!(gone, [run_ids[0], run_ids[1]]);
         let left: Vec<i64> = db.read(|c| ids(c, "SELECT id FROM runs ORDER BY id", [])).await.unwrap();
         assert_eq!(left, [run_ids[2], run_ids[3], run_ids[4]]);
