@@ -34,7 +34,8 @@ pub struct Config {
     pub public_url: String,
     /// Also post one status per step (`orch/<step>`), token mode.
     pub step_statuses: bool,
-    /// The status context / check run name.
+    /// The status context / check run name; each event gets its own: `orch (push)`,
+    /// `orch (pull_request)`, `orch (manual)`.
     pub context: String,
     /// First retry delay (doubles each time).
     pub backoff: Duration,
@@ -47,6 +48,8 @@ pub struct RunRef {
     /// owner/name
     pub repo: String,
     pub sha: String,
+    /// The run's event: `push`, `tag`, `pull_request` or `manual`.
+    pub event: String,
     pub installation_id: Option<u64>,
     /// The run's check run (App mode), as recorded by a previous server process.
     pub check_run_id: Option<u64>,
@@ -122,6 +125,23 @@ pub enum Update {
     },
 }
 
+impl Update {
+    pub fn run(&self) -> &RunRef {
+        match self {
+            Update::Queued(run) | Update::Started(run) => run,
+            Update::Step { run, .. } | Update::Finished { run, .. } => run,
+        }
+    }
+}
+
+/// The GitHub event a run's event comes from: a tag is pushed.
+fn github_event(event: &str) -> &str {
+    match event {
+        "tag" => "push",
+        other => other,
+    }
+}
+
 /// A request GitHub did not accept in the end.
 #[derive(Debug, thiserror::Error)]
 #[error("GitHub: {0}")]
@@ -157,6 +177,9 @@ pub struct Reporter {
     /// installation client starts with an empty token cache and would mint a new token for
     /// every request.
     installations: HashMap<u64, Arc<Octocrab>>,
+    /// Installation ids by repository, for runs whose delivery named none (manual runs and
+    /// re-runs): one lookup per repository, not one per report.
+    repo_installations: HashMap<String, u64>,
     /// Check run ids (App mode), by run id.
     check_runs: HashMap<i64, u64>,
     /// Told each check run created (run id, check run id), to keep it across restarts.
@@ -191,6 +214,7 @@ impl Reporter {
             cfg,
             client,
             installations: HashMap::new(),
+            repo_installations: HashMap::new(),
             check_runs: HashMap::new(),
             on_check_run: None,
             counters: None,
@@ -236,7 +260,7 @@ impl Reporter {
         if !self.is_app() {
             return Ok(Arc::new(base.clone()));
         }
-        let id = match run.installation_id {
+        let id = match run.installation_id.or_else(|| self.repo_installations.get(&run.repo).copied()) {
             Some(id) => id,
             None => {
                 let inst: Value = self
@@ -247,6 +271,7 @@ impl Reporter {
                 inst.get("id").and_then(Value::as_u64).ok_or_else(|| ReportError("no installation id".into()))?
             }
         };
+        self.repo_installations.insert(run.repo.clone(), id);
         if let Some(c) = self.installations.get(&id) {
             return Ok(c.clone());
         }
@@ -297,12 +322,20 @@ impl Reporter {
         self.with_retry(&format!("POST {route}"), || client.post(route.clone(), Some(&body))).await.map(|_| ())
     }
 
+    /// The status context or check run name of `run`'s event. A commit pushed to a branch
+    /// with an open pull request has a push run and a pull request run: one context for
+    /// both would show whichever reported last, and a push run that is not triggered (green)
+    /// could hide a failed pull request run.
+    fn context_of(&self, run: &RunRef) -> String {
+        format!("{} ({})", self.cfg.context, github_event(&run.event))
+    }
+
     /// Applies one update. Errors are returned for logging; nothing else depends on them.
     pub async fn send(&mut self, u: &Update) -> Result<(), ReportError> {
         if self.client.is_none() {
             return Ok(());
         }
-        let ctx = self.cfg.context.clone();
+        let ctx = self.context_of(u.run());
         match u {
             Update::Queued(run) if self.is_app() => {
                 let client = self.client_for(run).await?;
@@ -329,7 +362,8 @@ impl Reporter {
                 if self.is_app() || !self.cfg.step_statuses {
                     return Ok(());
                 }
-                self.status(run, &format!("{ctx}/{step}"), conclusion.status_state(), description).await
+                let step_ctx = format!("{}/{step} ({})", self.cfg.context, github_event(&run.event));
+                self.status(run, &step_ctx, conclusion.status_state(), description).await
             }
             Update::Finished { run, conclusion, description, summary, annotations } if self.is_app() => {
                 let title = truncate(description, 255);
@@ -361,7 +395,7 @@ impl Reporter {
         let Some(id) = self.check_runs.get(&run.id).copied().or(run.check_run_id) else {
             // The queued update never reached GitHub: create the check run now.
             let mut create = body.clone();
-            create["name"] = json!(self.cfg.context);
+            create["name"] = json!(self.context_of(run));
             create["head_sha"] = json!(run.sha);
             create["details_url"] = json!(self.target_url(run));
             create["external_id"] = json!(run.id.to_string());

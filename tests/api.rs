@@ -485,14 +485,14 @@ fn real_runs_logs_follow_artifacts_rerun_failed_cancel_manual_metrics_and_the_cl
         (&rq["run"]["status"], &rq["run"]["reason"]),
         (&json!("cancelled"), &json!("cancelled through the API"))
     );
-    assert_eq!(gh.wait_final_status(&waiting, "orch", q).last().unwrap()["state"], "error");
+    assert_eq!(gh.wait_final_status(&waiting, "orch (push)", q).last().unwrap()["state"], "error");
     let (code, out, err) = cli(&orch, &["cancel", &h.to_string()], true);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("cancelling"), "{out}");
     let rh = orch.wait_run_done(h);
     assert_eq!(rh["run"]["status"], "cancelled", "{rh:#}");
     assert_eq!(rh["run"]["reason"], "cancelled through the API");
-    assert!(gh.wait_final_status(&hang, "orch", h).last().unwrap()["state"] == "error");
+    assert!(gh.wait_final_status(&hang, "orch (push)", h).last().unwrap()["state"] == "error");
 
     // A manual run of a branch: its head is looked up.
     let m = post(&orch, "/api/runs", r#"{"repo": "acme/hello", "branch": "green"}"#);

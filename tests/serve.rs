@@ -254,7 +254,7 @@ fn a_clone_that_fails_gives_an_error_status() {
     let run = orch.wait_run_done(id);
     assert_eq!(run["run"]["status"], "error", "{run:#}");
     assert!(run["run"]["reason"].as_str().unwrap().starts_with("could not fetch the commit"), "{run:#}");
-    let statuses = gh.wait_final_status(&sha, "orch", id);
+    let statuses = gh.wait_final_status(&sha, "orch (push)", id);
     assert_eq!(statuses_states(&statuses), ["pending", "pending", "error"], "{statuses:#?}");
     let last = &statuses[2]["description"];
     assert!(last.as_str().unwrap().starts_with("could not fetch the commit"), "{last}");
@@ -282,10 +282,10 @@ fn a_missing_or_invalid_orch_yml_gives_a_failure_status() {
     assert_eq!(ra["run"]["status"], "failure", "{ra:#}");
     assert_eq!(rb["run"]["status"], "failure", "{rb:#}");
 
-    let sa = gh.wait_final_status(&missing, "orch", a);
+    let sa = gh.wait_final_status(&missing, "orch (push)", a);
     assert_eq!(statuses_states(&sa), ["pending", "pending", "failure"]);
     assert_eq!(sa[2]["description"], format!("no .orch.yml in {REPO} at {}", &missing[..8]));
-    let sb = gh.wait_final_status(&invalid, "orch", b);
+    let sb = gh.wait_final_status(&invalid, "orch (push)", b);
     assert_eq!(statuses_states(&sb), ["pending", "pending", "failure"]);
     let desc = sb[2]["description"].as_str().unwrap();
     assert!(desc.starts_with("invalid .orch.yml: ") && desc.contains("see the run page"), "{desc}");
@@ -319,7 +319,7 @@ fn a_push_runs_once_and_reports_pending_then_success() {
     let runs = orch.runs();
     assert_eq!(runs.len(), 1, "{runs:#?}");
 
-    let statuses = gh.wait_final_status(&sha, "orch", id);
+    let statuses = gh.wait_final_status(&sha, "orch (push)", id);
     assert_eq!(statuses_states(&statuses), ["pending", "pending", "success"], "{statuses:#?}");
     let target = orch.url(&format!("/runs/{id}"));
     for s in &statuses {
@@ -357,14 +357,14 @@ fn a_failing_step_reports_failure_with_step_statuses() {
     let test = step_of(&run, "test").unwrap();
     assert_eq!((&test["status"], &test["exit_code"]), (&json!("failed"), &json!(3)), "{run:#}");
 
-    let statuses = gh.wait_final_status(&sha, "orch", id);
+    let statuses = gh.wait_final_status(&sha, "orch (push)", id);
     assert_eq!(statuses_states(&statuses), ["pending", "pending", "failure"], "{statuses:#?}");
     let desc = statuses[2]["description"].as_str().unwrap();
     assert!(desc.starts_with("1 passed, 1 failed (test) in "), "{desc}");
-    let build = gh.statuses_of(&sha, "orch/build");
+    let build = gh.statuses_of(&sha, "orch/build (push)");
     assert_eq!(statuses_states(&build), ["success"], "{build:#?}");
     assert!(build[0]["description"].as_str().unwrap().starts_with("passed in "), "{build:#?}");
-    let test = gh.statuses_of(&sha, "orch/test");
+    let test = gh.statuses_of(&sha, "orch/test (push)");
     assert_eq!(statuses_states(&test), ["failure"], "{test:#?}");
     for s in build.iter().chain(&test) {
         assert_eq!(s["target_url"], json!(orch.url(&format!("/runs/{id}"))));
@@ -376,7 +376,7 @@ fn a_failing_step_reports_failure_with_step_statuses() {
         .filter(|r| r.op == OP_STATUS)
         .map(|r| format!("{}:{}", r.body["context"].as_str().unwrap(), r.body["state"].as_str().unwrap()))
         .collect();
-    assert_eq!(order.last().map(String::as_str), Some("orch:failure"), "{order:?}");
+    assert_eq!(order.last().map(String::as_str), Some("orch (push):failure"), "{order:?}");
     let log = orch.get(&format!("/api/runs/{id}/logs/test")).text();
     assert!(log.contains("tests failed: 1 of 3"), "{log}");
     gh.assert_no_violations();
@@ -416,10 +416,10 @@ fn a_newer_pull_request_push_cancels_the_older_run_and_closing_cancels_the_last(
     assert_eq!(r2["run"]["status"], "success", "{r2:#}");
     assert_eq!((&r2["run"]["pr"], &r2["run"]["sha"]), (&json!(7), &json!(fast)), "{r2:#}");
 
-    let s1 = gh.wait_final_status(&slow, "orch", first);
+    let s1 = gh.wait_final_status(&slow, "orch (pull_request)", first);
     assert_eq!(statuses_states(&s1), ["pending", "pending", "error"], "{s1:#?}");
     assert_eq!(s1[2]["description"], format!("superseded by run {second}"));
-    let s2 = gh.wait_final_status(&fast, "orch", second);
+    let s2 = gh.wait_final_status(&fast, "orch (pull_request)", second);
     assert_eq!(statuses_states(&s2), ["pending", "pending", "success"], "{s2:#?}");
 
     // Another slow push, then the pull request is closed: its run stops.
@@ -434,7 +434,7 @@ fn a_newer_pull_request_push_cancels_the_older_run_and_closing_cancels_the_last(
     let r3 = orch.wait_run_done(third);
     assert_eq!(r3["run"]["status"], "cancelled", "{r3:#}");
     assert_eq!(r3["run"]["reason"], "pull request #7 was closed", "{r3:#}");
-    let s3 = gh.wait_final_status(&slow2, "orch", third);
+    let s3 = gh.wait_final_status(&slow2, "orch (pull_request)", third);
     assert_eq!(statuses_states(&s3), ["pending", "pending", "error"], "{s3:#?}");
 
     assert_eq!(orch.runs().len(), 3);
@@ -489,7 +489,7 @@ steps:
     assert_eq!(deploy["status"], "error", "{rf:#}");
     assert_eq!(deploy["message"], "secret `TOKEN` is not set", "{rf:#}");
     assert_ne!(rf["run"]["status"], "success", "{rf:#}");
-    let sf = gh.wait_final_status(&head, "orch", fork);
+    let sf = gh.wait_final_status(&head, "orch (pull_request)", fork);
     assert_ne!(sf.last().unwrap()["state"], "success", "{sf:#?}");
     gh.assert_no_violations();
     assert!(orch.leftovers().is_empty(), "{:?}", orch.leftovers());
@@ -585,7 +585,7 @@ steps:
     assert_eq!(reqs[1].path, format!("/app/installations/{INSTALLATION}/access_tokens"));
     assert!(!ops.contains(&OP_STATUS), "an App reports with check runs only: {ops:#?}");
     let created = &reqs[2].body;
-    assert_eq!(created["name"], "orch");
+    assert_eq!(created["name"], "orch (push)");
     assert_eq!(created["head_sha"], json!(sha));
     assert_eq!(created["status"], "queued");
     assert_eq!(created["details_url"], json!(orch.url(&format!("/runs/{first}"))));
@@ -620,6 +620,12 @@ steps:
     // The installation token is reused.
     let minted = gh.requests().iter().filter(|r| r.op == OP_ACCESS_TOKEN).count();
     assert_eq!(minted, 1);
+    // Another delivery without `installation`: the repository's installation is known now.
+    let third = orch.deliver("push", &push).run_id();
+    orch.wait_run_done(third);
+    check_of(third);
+    let lookups = gh.requests().iter().filter(|r| r.op == OP_INSTALLATION).count();
+    assert_eq!(lookups, 1, "one installation lookup per repository");
     gh.assert_no_violations();
     assert!(orch.leftovers().is_empty(), "{:?}", orch.leftovers());
 }
@@ -637,7 +643,7 @@ fn github_failing_twice_is_retried_and_the_run_is_unaffected() {
     let id = orch.deliver("push", &push_event("main", ZERO_SHA, &sha)).run_id();
     let run = orch.wait_run_done(id);
     assert_eq!(run["run"]["status"], "success", "{run:#}");
-    let statuses = gh.wait_final_status(&sha, "orch", id);
+    let statuses = gh.wait_final_status(&sha, "orch (push)", id);
     assert_eq!(statuses_states(&statuses), ["pending", "pending", "success"], "{statuses:#?}");
 
     let posts: Vec<Recorded> = gh.requests().into_iter().filter(|r| r.op == OP_STATUS).collect();
@@ -702,13 +708,48 @@ fn kill_9_and_restart_loses_no_delivery() {
     assert_eq!(attempts, [2, 1, 1, 1], "{runs:#?}");
     assert_eq!(server.count("SELECT COUNT(*) FROM deliveries"), 4);
     for &id in &ids {
-        let s = gh.wait_final_status(&sha, "orch", id);
+        let s = gh.wait_final_status(&sha, "orch (push)", id);
         assert_eq!(s.last().unwrap()["state"], "success", "{s:#?}");
     }
     // What the killed server left in Docker is gone, and the runs left nothing.
     assert!(docker_objects_of_pid(pid).is_empty(), "{:?}", docker_objects_of_pid(pid));
     assert!(server.leftovers().is_empty(), "{:?}", server.leftovers());
     server.terminate();
+    gh.assert_no_violations();
+}
+
+#[test]
+fn a_push_run_that_is_not_triggered_cannot_hide_a_failed_pull_request_run() {
+    require_docker!();
+    let git = GitServer::start();
+    let pipeline = format!("on:\n  push: {{branches: [main]}}\n  pull_request: {{}}\n{PIPELINE}");
+    let files = [(".orch.yml", pipeline.as_str()), ("ci/build.sh", BUILD_OK), ("ci/test.sh", TEST_FAILS)];
+    let base = git.commit(None, &files, "base");
+    git.set_ref(&base, "refs/heads/main");
+    let head = git.commit(Some(&base), &[("README.md", "change\n")], "change");
+    git.set_ref(&head, "refs/heads/feature");
+    git.set_ref(&head, "refs/pull/5/head");
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    // One slot, the pull request first: its run fails before the push run (not triggered:
+    // `feature` is no `main`) reports; with one context the green would come last.
+    let orch = Orch::start(ServeArgs { concurrency: Some(1), ..token_args(&gh, &git) });
+    let pr = orch.deliver("pull_request", &pr_event("opened", 5, "feature", &head, "main", &base)).run_id();
+    let push = orch.deliver("push", &push_event("feature", &base, &head)).run_id();
+    assert_eq!(orch.wait_run_done(pr)["run"]["status"], "failure");
+    orch.wait_run_done(push);
+    let s_push = gh.wait_final_status(&head, "orch (push)", push);
+    assert_eq!(s_push.last().unwrap()["state"], "success", "{s_push:#?}");
+    assert!(s_push.last().unwrap()["description"].as_str().unwrap().contains("not triggered"), "{s_push:#?}");
+    let s_pr = gh.wait_final_status(&head, "orch (pull_request)", pr);
+    assert_eq!(s_pr.last().unwrap()["state"], "failure", "{s_pr:#?}");
+    // What GitHub shows for the commit: each context's latest status.
+    let contexts: std::collections::BTreeMap<String, String> = gh
+        .requests()
+        .iter()
+        .filter(|r| r.op == OP_STATUS && r.path.ends_with(&head))
+        .map(|r| (r.body["context"].as_str().unwrap().to_string(), r.body["state"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(contexts.get("orch (pull_request)").map(String::as_str), Some("failure"), "{contexts:?}");
     gh.assert_no_violations();
 }
 
@@ -746,16 +787,16 @@ fn runs_cancelled_before_they_start_get_a_final_status() {
         (&json!("cancelled"), &json!("pull request #9 was closed"))
     );
     // GitHub hears of it too, instead of showing "Queued" on those commits for ever.
-    let s_old = gh.wait_final_status(&m1, "orch", old);
+    let s_old = gh.wait_final_status(&m1, "orch (push)", old);
     assert_eq!(statuses_states(&s_old), ["pending", "error"], "{s_old:#?}");
     assert_eq!(s_old[1]["description"], format!("superseded by run {new}"));
-    let s_pr = gh.wait_final_status(&p1, "orch", pr);
+    let s_pr = gh.wait_final_status(&p1, "orch (pull_request)", pr);
     assert_eq!(statuses_states(&s_pr), ["pending", "error"], "{s_pr:#?}");
     assert_eq!(s_pr[1]["description"], "pull request #9 was closed");
 
     assert_eq!(orch.wait_run_done(running)["run"]["status"], "success");
     assert_eq!(orch.wait_run_done(new)["run"]["status"], "success");
-    let s_new = gh.wait_final_status(&m2, "orch", new);
+    let s_new = gh.wait_final_status(&m2, "orch (push)", new);
     assert_eq!(statuses_states(&s_new), ["pending", "pending", "success"], "{s_new:#?}");
     gh.assert_no_violations();
 }

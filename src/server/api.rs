@@ -25,7 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::db::{NewRun, Run, RunFilter};
 use super::{AppState, reply, worker};
-use crate::github::{RunRef, Update};
+use crate::github::Update;
 
 /// Run statuses, in the order `/metrics` lists them.
 pub const RUN_STATUSES: &[&str] = &["queued", "running", "success", "failure", "error", "cancelled", "skipped"];
@@ -453,13 +453,7 @@ async fn get_artifact(
 
 fn queued(st: &AppState, id: i64, r: &NewRun) {
     st.counters.runs_queued.fetch_add(1, Ordering::Relaxed);
-    st.report.send(Update::Queued(RunRef {
-        id,
-        repo: r.repo.clone(),
-        sha: r.sha.clone(),
-        installation_id: r.installation_id,
-        check_run_id: None,
-    }));
+    st.report.send(Update::Queued(super::worker::new_run_ref(id, r)));
     st.wake.notify_one();
 }
 

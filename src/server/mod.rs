@@ -26,7 +26,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::github::{self, ReportSender, RunRef, Update};
+use crate::github::{self, ReportSender, Update};
 use crate::sched::Cancel;
 use config::Config;
 use db::{Db, Stored};
@@ -320,13 +320,7 @@ async fn accept(
             let id = run_id.unwrap_or_default();
             st.counters.runs_queued.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%delivery, run = id, repo = %r.repo, sha = %r.sha, event = %r.event, "run queued");
-            st.report.send(Update::Queued(RunRef {
-                id,
-                repo: r.repo.clone(),
-                sha: r.sha.clone(),
-                installation_id: r.installation_id,
-                check_run_id: None,
-            }));
+            st.report.send(Update::Queued(worker::new_run_ref(id, &r)));
             st.wake.notify_one();
             reply(StatusCode::ACCEPTED, json!({ "status": "queued", "run": id, "delivery": delivery }))
         }

@@ -84,12 +84,18 @@ pub async fn run(st: Arc<AppState>, stop: CancellationToken) {
 }
 
 pub(crate) fn run_ref(run: &Run) -> RunRef {
+    RunRef { check_run_id: run.check_run_id.map(|id| id as u64), ..new_run_ref(run.id, &run.spec) }
+}
+
+/// The reference of a run just queued (it has no check run yet).
+pub(crate) fn new_run_ref(id: i64, r: &super::db::NewRun) -> RunRef {
     RunRef {
-        id: run.id,
-        repo: run.spec.repo.clone(),
-        sha: run.spec.sha.clone(),
-        installation_id: run.spec.installation_id,
-        check_run_id: run.check_run_id.map(|id| id as u64),
+        id,
+        repo: r.repo.clone(),
+        sha: r.sha.clone(),
+        event: r.event.clone(),
+        installation_id: r.installation_id,
+        check_run_id: None,
     }
 }
 
