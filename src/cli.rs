@@ -175,6 +175,24 @@ pub struct EventArgs {
     pub changed: Vec<String>,
 }
 
+/// Parses the command line. An `ORCH_*` variable that is set but empty counts as unset: a
+/// service's environment file lists every setting, most of them empty (`ORCH_ALLOW_REPOS=`
+/// would otherwise be an allow-list of one empty name, and hide the config file's).
+pub fn parse() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = ignore_empty_env(Cli::command()).get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+fn ignore_empty_env(cmd: clap::Command) -> clap::Command {
+    let cmd = cmd.mut_args(|a| {
+        let empty = a.get_env().and_then(std::env::var_os).is_some_and(|v| v.is_empty());
+        if empty { a.env(None) } else { a }
+    });
+    let subcommands: Vec<String> = cmd.get_subcommands().map(|s| s.get_name().to_string()).collect();
+    subcommands.into_iter().fold(cmd, |c, name| c.mut_subcommand(name, ignore_empty_env))
+}
+
 fn parse_event(s: &str) -> Result<Event, String> {
     Event::parse(s).ok_or_else(|| format!("unknown event `{s}` (expected push, pull_request, tag or manual)"))
 }

@@ -217,7 +217,15 @@ fn serve_config(args: &crate::server::config::ServeArgs) -> Vec<Check> {
     }
     match args.resolve() {
         Ok(cfg) => vec![
-            Check::ok("serve config", format!("resolves (listen {}, data dir {})", cfg.listen, cfg.data_dir.display())),
+            Check::ok(
+                "serve config",
+                format!(
+                    "resolves (listen {}, data dir {}, repositories: {})",
+                    cfg.listen,
+                    cfg.data_dir.display(),
+                    if cfg.allow_repos.is_empty() { "any signed".to_string() } else { cfg.allow_repos.join(", ") }
+                ),
+            ),
             disk_space("data dir", &cfg.data_dir),
         ],
         Err(e) => {

@@ -1,15 +1,15 @@
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = orch::cli::Cli::parse();
+    let cli = orch::cli::parse();
     // Diagnostics for developers (ORCH_LOG=debug); what users see goes through reporters.
     // The server's log is its user interface: info by default.
     let default = if matches!(cli.command, orch::cli::Command::Serve(_)) { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ORCH_LOG").unwrap_or_else(|_| default.into()))
         .with_writer(std::io::stderr)
+        // A file or the journal gets plain text, not colour codes.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -153,6 +153,41 @@ fn doctor_checks_the_server_config_when_one_is_given() {
 }
 
 #[test]
+fn empty_environment_variables_count_as_unset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("orch.yml");
+    let data = tmp.path().join("data");
+    std::fs::write(
+        &config,
+        format!("webhook_secret: s3cret\nallow_repo: [acme/hello]\nconcurrency: 3\ndata_dir: {}\n", data.display()),
+    )
+    .unwrap();
+    // As a service's environment file leaves them: set, and empty.
+    let empty = [("ORCH_WEBHOOK_SECRET", ""), ("ORCH_ALLOW_REPOS", ""), ("ORCH_CONCURRENCY", ""), ("ORCH_LISTEN", "")];
+    let mut env: Vec<(&str, &str)> = empty.to_vec();
+    env.push(("ORCH_CONFIG", config.to_str().unwrap()));
+    let (_, lines) = doctor(&tmp.path().join("cache"), Some("unix:///nonexistent/docker.sock"), &env);
+    let serve = line_for(&lines, "serve config");
+    assert!(serve.starts_with("ok"), "{lines:#?}");
+    assert!(serve.contains("listen 127.0.0.1:8080") && serve.contains("repositories: acme/hello"), "{serve}");
+
+    // The shipped environment file, as the systemd unit reads it, builds every repository.
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/runners/server/orch.env")).unwrap();
+    let data_s = data.to_str().unwrap();
+    let mut env: Vec<(&str, &str)> = shipped
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .filter(|(k, _)| *k != "ORCH_DATA_DIR")
+        .collect();
+    env.push(("ORCH_DATA_DIR", data_s));
+    assert!(env.iter().any(|(k, v)| *k == "ORCH_ALLOW_REPOS" && v.is_empty()), "{env:?}");
+    let (_, lines) = doctor(&tmp.path().join("cache"), Some("unix:///nonexistent/docker.sock"), &env);
+    let serve = line_for(&lines, "serve config");
+    assert!(serve.starts_with("ok") && serve.contains("repositories: any signed"), "{lines:#?}");
+}
+
+#[test]
 fn doctor_with_docker_passes() {
     if std::env::var("ORCH_DOCKER_TESTS").as_deref() != Ok("1") {
         eprintln!("skipped: Docker tests run only with ORCH_DOCKER_TESTS=1 (scripts/test sets it)");

@@ -154,7 +154,10 @@ fn read_file(path: &PathBuf) -> Result<Vec<(String, Vec<String>)>, ConfigError> 
                 }
             },
         };
-        out.push((k.replace('_', "-"), values));
+        let key = k.replace('_', "-");
+        // The flag is `--allow-repo` (given once per repository); the list is `allow_repos`.
+        let key = if key == "allow-repo" { "allow-repos".to_string() } else { key };
+        out.push((key, values));
     }
     Ok(out)
 }
@@ -280,11 +283,16 @@ impl ServeArgs {
                 None => parse_num("jobs", one("jobs"))?.map_or(8, |n| n as usize),
             }
             .max(1),
-            allow_repos: if self.allow_repos.is_empty() {
+            // Empty names (`a,,b`, a trailing comma) name no repository.
+            allow_repos: if self.allow_repos.iter().all(|r| r.trim().is_empty()) {
                 f("allow-repos").unwrap_or_default()
             } else {
                 self.allow_repos.clone()
-            },
+            }
+            .into_iter()
+            .map(|r| r.trim().to_string())
+            .filter(|r| !r.is_empty())
+            .collect(),
             clone_depth: match self.clone_depth {
                 Some(n) => n,
                 None => parse_num("clone-depth", one("clone-depth"))?.map_or(1, |n| n as i32),
