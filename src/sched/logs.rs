@@ -9,6 +9,10 @@ use crate::exec::Stream;
 pub const MAX_LINE: usize = 64 * 1024;
 pub const MASK: &str = "***";
 
+/// The shortest line of a multi-line secret that is masked: shorter ones (a lone `}` or an
+/// empty line) carry no secret and would mask ordinary output.
+pub const MIN_LINE: usize = 4;
+
 /// Replaces secret values with `***`.
 #[derive(Debug, Clone, Default)]
 pub struct Masker {
@@ -17,9 +21,22 @@ pub struct Masker {
 }
 
 impl Masker {
+    /// Output is masked line by line, so a secret of several lines (a private key) is
+    /// masked line by line too: each of its lines of [`MIN_LINE`] characters or more.
     pub fn new<'a>(values: impl IntoIterator<Item = &'a str>) -> Self {
-        let mut secrets: Vec<Vec<u8>> =
-            values.into_iter().filter(|v| !v.is_empty()).map(|v| v.as_bytes().to_vec()).collect();
+        let mut secrets: Vec<Vec<u8>> = values
+            .into_iter()
+            .flat_map(|v| {
+                let lines: Vec<&str> = v.lines().map(|l| l.trim_end_matches('\r')).collect();
+                if lines.len() > 1 {
+                    lines.into_iter().filter(|l| l.trim().len() >= MIN_LINE).collect()
+                } else {
+                    vec![v]
+                }
+            })
+            .filter(|v| !v.is_empty())
+            .map(|v| v.as_bytes().to_vec())
+            .collect();
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         secrets.dedup();
         Masker { secrets }
@@ -151,6 +168,16 @@ mod tests {
         assert!(!all.contains(secret), "secret leaked");
         assert!(all.ends_with(MASK));
         assert!(out.len() >= 2);
+    }
+
+    #[test]
+    fn multi_line_secrets_are_masked_line_by_line() {
+        let key = "-----BEGIN KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\r\nQyNTUxOQAAACCl\n}\n-----END KEY-----\n";
+        let out = lines(
+            &[b"key:\n-----BEGIN KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\nQyNTUxOQAAACCl\n}\n-----END KEY-----\n"],
+            &[key],
+        );
+        assert_eq!(out, ["key:", "***", "***", "***", "}", "***"]);
     }
 
     #[test]
