@@ -47,7 +47,13 @@ pub fn inspect(dir: &Path) -> Result<Checkout, GitError> {
         .ok_or_else(|| GitError { message: "the repository is bare: run orch in a work tree".into() })?
         .to_path_buf();
     let head = repo.head().ok();
-    let branch = head.as_ref().filter(|h| h.is_branch()).and_then(|h| h.shorthand().ok().map(str::to_string));
+    let branch = match &head {
+        Some(h) => h.is_branch().then(|| h.shorthand().ok().map(str::to_string)).flatten(),
+        // No commit yet: HEAD still names the branch the first commit will make.
+        None => repo.find_reference("HEAD").ok().and_then(|r| {
+            r.symbolic_target().ok().flatten().and_then(|t| t.strip_prefix("refs/heads/")).map(str::to_string)
+        }),
+    };
     let commit = head.as_ref().and_then(|h| h.target()).map(|o| o.to_string()).unwrap_or_default();
     let changed = changed_files(&repo, branch.as_deref())?;
     Ok(Checkout { root, branch, commit, changed, is_git: true, default_branch: default_branch(&repo) })
@@ -149,4 +155,18 @@ fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repository_without_commits_has_its_branch() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("git").args(["init", "-q", "-b", "trunk"]).current_dir(dir.path()).status();
+        assert!(ok.unwrap().success());
+        let c = inspect(dir.path()).unwrap();
+        assert_eq!((c.branch.as_deref(), c.commit.as_str(), c.is_git), (Some("trunk"), "", true));
+    }
 }

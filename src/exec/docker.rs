@@ -55,6 +55,23 @@ fn api(e: DockerError) -> BackendError {
     }
 }
 
+/// The system error under a failed request, if there is one: bollard and hyper wrap it in
+/// messages ("client error (Connect)") that hide whether the socket is missing or refuses.
+fn io_cause(e: &DockerError) -> Option<&std::io::Error> {
+    // Transparent: its `source()` is the I/O error's own source, not the I/O error.
+    if let DockerError::IOError { err } = e {
+        return Some(err);
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io);
+        }
+        cur = err.source();
+    }
+    None
+}
+
 /// 404 and 409 ("already gone", "removal in progress") are success for cleanup calls.
 fn gone_is_ok(r: Result<(), DockerError>) -> Result<(), BackendError> {
     match r {
@@ -102,7 +119,11 @@ impl DockerBackend {
     /// answers.
     pub async fn connect() -> Result<Self, BackendError> {
         let docker = Docker::connect_with_local_defaults().map_err(api)?;
-        docker.ping().await.map_err(|e| BackendError::Unreachable { detail: e.to_string() })?;
+        docker.ping().await.map_err(|e| match io_cause(&e).map(std::io::Error::kind) {
+            Some(std::io::ErrorKind::PermissionDenied) => BackendError::Denied,
+            Some(std::io::ErrorKind::NotFound) => BackendError::Unreachable { detail: "no socket".into() },
+            _ => BackendError::Unreachable { detail: e.to_string() },
+        })?;
         let docker = docker.negotiate_version().await.map_err(api)?;
         Ok(DockerBackend {
             docker,
@@ -893,5 +914,18 @@ impl Backend for DockerBackend {
             )));
         }
         Ok(Collected { files, unmatched })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_system_error_under_a_docker_error_is_found() {
+        let e = DockerError::IOError { err: std::io::Error::from(std::io::ErrorKind::PermissionDenied) };
+        assert_eq!(io_cause(&e).map(std::io::Error::kind), Some(std::io::ErrorKind::PermissionDenied));
+        let e = DockerError::RequestTimeoutError;
+        assert!(io_cause(&e).is_none());
     }
 }

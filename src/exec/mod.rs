@@ -143,6 +143,11 @@ pub struct ExitInfo {
 pub enum BackendError {
     #[error("cannot reach the Docker daemon ({detail}); is it running? (scripts/setup starts it)")]
     Unreachable { detail: String },
+    #[error(
+        "the Docker daemon's socket refuses this user (permission denied); add the user to the \
+         `docker` group and log in again, or run orch as root"
+    )]
+    Denied,
     #[error("image `{image}` is not available locally; orch does not pull images: build it first (see runners/images)")]
     ImageMissing { image: String },
     #[error("image `{image}` has no /bin/sh, which orch needs to run commands")]

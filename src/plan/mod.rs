@@ -522,34 +522,40 @@ pub fn check_triggers(p: &Pipeline, ctx: &Context) -> Result<(), String> {
         }
         Event::Push => {
             let push = on.push.as_ref().ok_or("`on` has no `push`")?;
-            let branch = ctx.branch.as_deref().unwrap_or("");
-            match (&push.branches, &push.tags) {
-                (Some(b), _) if !matches(b, branch) => {
+            match (&push.branches, &push.tags, ctx.branch.as_deref()) {
+                (Some(b), _, Some(branch)) if !matches(b, branch) => {
                     return Err(format!("on.push.branches: `{branch}` does not match {}", describe(b)));
                 }
-                (None, Some(_)) => return Err("on.push lists only `tags`, and this is a branch push".into()),
+                (Some(_), _, None) => {
+                    return Err("on.push.branches: this push has no branch (a detached HEAD? give --branch)".into());
+                }
+                (None, Some(_), _) => return Err("on.push lists only `tags`, and this is a branch push".into()),
                 _ => {}
             }
             push.paths.as_ref().map_or(Ok(()), |pp| check_paths(pp, ctx, "on.push.paths"))
         }
         Event::Tag => {
             let push = on.push.as_ref().ok_or("`on` has no `push`")?;
-            let tag = ctx.tag.as_deref().unwrap_or("");
-            match (&push.tags, &push.branches) {
-                (Some(t), _) if !matches(t, tag) => {
+            match (&push.tags, &push.branches, ctx.tag.as_deref()) {
+                (Some(t), _, Some(tag)) if !matches(t, tag) => {
                     Err(format!("on.push.tags: `{tag}` does not match {}", describe(t)))
                 }
-                (None, Some(_)) => Err("on.push lists only `branches`, and this is a tag".into()),
+                (Some(_), _, None) => Err("on.push.tags: this push has no tag".into()),
+                (None, Some(_), _) => Err("on.push lists only `branches`, and this is a tag".into()),
                 _ => Ok(()),
             }
         }
         Event::PullRequest => {
             let pr = on.pull_request.as_ref().ok_or("`on` has no `pull_request`")?;
-            let base = ctx.base_branch.as_deref().unwrap_or("");
-            if let Some(b) = &pr.branches
-                && !matches(b, base)
-            {
-                return Err(format!("on.pull_request.branches: base `{base}` does not match {}", describe(b)));
+            if let Some(b) = &pr.branches {
+                let Some(base) = ctx.base_branch.as_deref() else {
+                    return Err(
+                        "on.pull_request.branches: this pull request has no base branch (give --base-branch)".into()
+                    );
+                };
+                if !matches(b, base) {
+                    return Err(format!("on.pull_request.branches: base `{base}` does not match {}", describe(b)));
+                }
             }
             pr.paths.as_ref().map_or(Ok(()), |pp| check_paths(pp, ctx, "on.pull_request.paths"))
         }
