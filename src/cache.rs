@@ -65,6 +65,19 @@ pub struct CacheStore {
 /// The default size limit of a store.
 pub const DEFAULT_MAX_BYTES: u64 = 5 * 1024 * 1024 * 1024;
 
+/// `500M`, `5G`, `5GB`, `1024`: a size in bytes (K, M, G are powers of 1024).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim().trim_end_matches(['b', 'B']).trim_end_matches('i');
+    let (num, mult) = match s.chars().last()? {
+        'k' | 'K' => (&s[..s.len() - 1], 1u64 << 10),
+        'm' | 'M' => (&s[..s.len() - 1], 1 << 20),
+        'g' | 'G' => (&s[..s.len() - 1], 1 << 30),
+        't' | 'T' => (&s[..s.len() - 1], 1 << 40),
+        _ => (s, 1),
+    };
+    num.trim().parse::<u64>().ok()?.checked_mul(mult)
+}
+
 fn now() -> u64 {
     crate::clock::now_secs().max(0) as u64
 }
@@ -295,6 +308,15 @@ pub fn default_dir() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("5G"), Some(5 << 30));
+        assert_eq!(parse_size("5GB"), Some(5 << 30));
+        assert_eq!(parse_size("500MiB"), Some(500 << 20));
+        assert_eq!(parse_size("1024"), Some(1024));
+        assert_eq!(parse_size("lots"), None);
+    }
 
     fn write_entry(store: &CacheStore, scope: &str, key: &str, bytes: usize) -> u64 {
         let tmp = store.begin().unwrap();

@@ -350,26 +350,13 @@ async fn watch_signals(cancel: Cancel, events: mpsc::Sender<RunEvent>) {
 /// with a K/M/G suffix) sets its size limit.
 pub fn cache_store(dir: Option<PathBuf>) -> CacheStore {
     let max = match std::env::var("ORCH_CACHE_MAX") {
-        Ok(v) => parse_size(&v).unwrap_or_else(|| {
+        Ok(v) => cache::parse_size(&v).unwrap_or_else(|| {
             eprintln!("warning: ORCH_CACHE_MAX={v} is not a size (e.g. 500M, 5G); using the default");
             cache::DEFAULT_MAX_BYTES
         }),
         Err(_) => cache::DEFAULT_MAX_BYTES,
     };
     CacheStore::new(dir.unwrap_or_else(cache::default_dir), max)
-}
-
-/// `500M`, `5G`, `5GB`, `1024`: a size in bytes (K, M, G are powers of 1024).
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim().trim_end_matches(['b', 'B']).trim_end_matches('i');
-    let (num, mult) = match s.chars().last()? {
-        'k' | 'K' => (&s[..s.len() - 1], 1u64 << 10),
-        'm' | 'M' => (&s[..s.len() - 1], 1 << 20),
-        'g' | 'G' => (&s[..s.len() - 1], 1 << 30),
-        't' | 'T' => (&s[..s.len() - 1], 1 << 40),
-        _ => (s, 1),
-    };
-    num.trim().parse::<u64>().ok()?.checked_mul(mult)
 }
 
 pub fn cache_command(cmd: crate::cli::CacheCommand, dir: Option<PathBuf>) -> Result<u8, Error> {
@@ -460,15 +447,6 @@ mod tests {
         assert!(parse_dotenv("K=\"open\nmore\n").unwrap_err().contains("never closed"));
         assert!(parse_dotenv("K=\"a\" b\n").unwrap_err().contains("unexpected `b`"));
         assert!(parse_dotenv("1A=x").is_err());
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("5G"), Some(5 << 30));
-        assert_eq!(parse_size("5GB"), Some(5 << 30));
-        assert_eq!(parse_size("500MiB"), Some(500 << 20));
-        assert_eq!(parse_size("1024"), Some(1024));
-        assert_eq!(parse_size("lots"), None);
     }
 
     #[test]

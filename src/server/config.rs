@@ -83,6 +83,10 @@ pub struct ServeArgs {
     /// Finished runs kept at most, newest first [default: 0 = no limit].
     #[arg(long, env = "ORCH_RETENTION_RUNS")]
     pub retention_runs: Option<u64>,
+    /// The step caches' size limit (`500M`, `20G`), least recently used evicted first
+    /// [default: 5G].
+    #[arg(long, env = "ORCH_CACHE_MAX")]
+    pub cache_max: Option<String>,
 }
 
 /// Resolved settings.
@@ -108,6 +112,7 @@ pub struct Config {
     pub api_private: bool,
     pub retention_days: u64,
     pub retention_runs: u64,
+    pub cache_max: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -184,6 +189,7 @@ const KEYS: &[&str] = &[
     "api-private",
     "retention-days",
     "retention-runs",
+    "cache-max",
 ];
 
 impl ServeArgs {
@@ -321,6 +327,12 @@ impl ServeArgs {
                 Some(n) => n,
                 None => parse_num("retention-runs", one("retention-runs"))?.map_or(0, |n| n.max(0) as u64),
             },
+            cache_max: match self.cache_max.clone().or_else(|| one("cache-max")) {
+                Some(s) => crate::cache::parse_size(&s).ok_or_else(|| {
+                    ConfigError::Invalid(format!("`cache-max` must be a size such as 500M or 20G, got `{s}`"))
+                })?,
+                None => crate::cache::DEFAULT_MAX_BYTES,
+            },
         })
     }
 }
@@ -366,6 +378,10 @@ mod tests {
         let c = ServeArgs { config: Some(f), retention_days: Some(9), ..Default::default() }.resolve().unwrap();
         assert_eq!((c.api_token.as_deref(), c.api_private), (Some("t0k"), true));
         assert_eq!((c.retention_days, c.retention_runs), (9, 100), "the flag wins over the file");
+        let c = ServeArgs { cache_max: Some("20G".into()), webhook_secret: Some("s".into()), ..Default::default() };
+        assert_eq!(c.resolve().unwrap().cache_max, 20 << 30);
+        let c = ServeArgs { cache_max: Some("lots".into()), webhook_secret: Some("s".into()), ..Default::default() };
+        assert!(c.resolve().unwrap_err().to_string().contains("cache-max"));
         let d = ServeArgs { insecure_no_signature: true, ..Default::default() }.resolve().unwrap();
         assert_eq!((d.api_token, d.api_private, d.retention_days, d.retention_runs), (None, false, 30, 0));
     }

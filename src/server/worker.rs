@@ -324,7 +324,7 @@ async fn prepare_and_run(
             st.counters.containers_running.fetch_sub(up.len() as i64, Ordering::Relaxed);
         })
     };
-    let cache = crate::cache::CacheStore::new(st.cfg.data_dir.join("cache"), crate::cache::DEFAULT_MAX_BYTES);
+    let cache = crate::cache::CacheStore::new(st.cfg.data_dir.join("cache"), st.cfg.cache_max);
     let result = sched::execute(
         backend,
         &plan,
