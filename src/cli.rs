@@ -81,6 +81,19 @@ pub enum Command {
         #[command(flatten)]
         server: crate::client::ServerArgs,
     },
+    /// Start a run of a branch on a server, as the event `manual` (needs the API token).
+    Trigger {
+        /// The repository, owner/name.
+        repo: String,
+        /// The branch to run.
+        #[arg(long, short)]
+        branch: String,
+        /// The commit [default: the branch's head, asked of GitHub].
+        #[arg(long)]
+        sha: Option<String>,
+        #[command(flatten)]
+        server: crate::client::ServerArgs,
+    },
     /// Run a run again on a server (needs the API token).
     Rerun {
         /// The run's id.
@@ -277,6 +290,9 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Logs { run, step, follow, server } => crate::client::logs(&server, run, step, follow).await,
         Command::Cancel { run, server } => crate::client::cancel(&server, run).await,
         Command::Rerun { run, failed, server } => crate::client::rerun(&server, run, failed).await,
+        Command::Trigger { repo, branch, sha, server } => {
+            crate::client::trigger(&server, &repo, &branch, sha.as_deref()).await
+        }
         Command::Init { template, list, force } => init(template.as_deref(), list, force),
         Command::Doctor { cache_dir, serve } => Ok(crate::doctor::run(cache_dir, &serve).await),
         Command::Completions { shell } => completions(shell),

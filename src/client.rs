@@ -54,20 +54,28 @@ impl Api {
         method: Method,
         path: &str,
         accept: &str,
+        body: Option<&Value>,
     ) -> Result<axum::http::Response<axum::body::Body>, Error> {
         let url = format!("{}{path}", self.base);
         let mut req = Request::builder().method(method).uri(&url).header(header::ACCEPT, accept);
         if let Some(t) = &self.token {
             req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
-        let req = req.body(Full::new(Bytes::new())).map_err(|e| Error::Usage(format!("{url}: {e}")))?;
+        let bytes = match body {
+            Some(v) => {
+                req = req.header(header::CONTENT_TYPE, "application/json");
+                Bytes::from(v.to_string())
+            }
+            None => Bytes::new(),
+        };
+        let req = req.body(Full::new(bytes)).map_err(|e| Error::Usage(format!("{url}: {e}")))?;
         let resp = self.http.request(req).await.map_err(|e| remote(format!("cannot reach {}: {e}", self.base)))?;
         Ok(resp.map(axum::body::Body::new))
     }
 
     /// Sends a request; a non-2xx answer is an error with the server's message.
-    async fn call(&self, method: Method, path: &str) -> Result<Bytes, Error> {
-        let resp = self.send(method, path, "application/json").await?;
+    async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Bytes, Error> {
+        let resp = self.send(method, path, "application/json", body).await?;
         let status = resp.status();
         let body = resp.into_body().collect().await.map_err(|e| remote(format!("{path}: {e}")))?.to_bytes();
         if !status.is_success() {
@@ -81,13 +89,17 @@ impl Api {
     }
 
     async fn json(&self, method: Method, path: &str) -> Result<Value, Error> {
-        let body = self.call(method, path).await?;
+        self.json_with(method, path, None).await
+    }
+
+    async fn json_with(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, Error> {
+        let body = self.call(method, path, body).await?;
         serde_json::from_slice(&body).map_err(|e| remote(format!("{path}: not JSON: {e}")))
     }
 
     /// Streams a followed log (SSE) to `out` until `event: end`; returns the end's data.
     async fn follow(&self, path: &str, out: &mut impl Write) -> Result<String, Error> {
-        let resp = self.send(Method::GET, path, "text/event-stream").await?;
+        let resp = self.send(Method::GET, path, "text/event-stream", None).await?;
         if resp.status() != StatusCode::OK {
             let code = resp.status().as_u16();
             let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
@@ -220,7 +232,7 @@ pub async fn logs(args: &ServerArgs, run: i64, step: Option<String>, follow: boo
         if follow {
             api.follow(&format!("{}?follow=1", path(&step)), &mut out).await?;
         } else {
-            let body = api.call(Method::GET, &path(&step)).await?;
+            let body = api.call(Method::GET, &path(&step), None).await?;
             let _ = out.write_all(&body);
         }
         return Ok(exit::SUCCESS);
@@ -254,7 +266,7 @@ pub async fn logs(args: &ServerArgs, run: i64, step: Option<String>, follow: boo
                 let end = api.follow(&format!("{}?follow=1", path(&name)), &mut out).await?;
                 let _ = writeln!(out, "==> {name}: {end} <==");
             } else {
-                match api.call(Method::GET, &path(&name)).await {
+                match api.call(Method::GET, &path(&name), None).await {
                     Ok(body) => {
                         let _ = out.write_all(&body);
                     }
@@ -280,6 +292,17 @@ pub async fn logs(args: &ServerArgs, run: i64, step: Option<String>, follow: boo
 pub async fn cancel(args: &ServerArgs, run: i64) -> Result<u8, Error> {
     let v = Api::new(args)?.json(Method::POST, &format!("/api/runs/{run}/cancel")).await?;
     println!("run {run}: {}", text(&v, "status"));
+    Ok(exit::SUCCESS)
+}
+
+/// `orch trigger REPO --branch B [--sha S]`: a manual run.
+pub async fn trigger(args: &ServerArgs, repo: &str, branch: &str, sha: Option<&str>) -> Result<u8, Error> {
+    let mut body = serde_json::json!({ "repo": repo, "branch": branch });
+    if let Some(sha) = sha {
+        body["sha"] = sha.into();
+    }
+    let v = Api::new(args)?.json_with(Method::POST, "/api/runs", Some(&body)).await?;
+    println!("run {} queued ({repo} {branch}{})", v["run"], sha.map(|s| format!(" at {s}")).unwrap_or_default());
     Ok(exit::SUCCESS)
 }
 

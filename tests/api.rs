@@ -1,5 +1,5 @@
 //! The runs API, `/metrics`, `/readyz`, retention and the CLI commands that use the API
-//! (`orch runs`, `orch logs`, `orch cancel`, `orch rerun`), against `orch serve` with real
+//! (`orch runs`, `orch logs`, `orch cancel`, `orch rerun`, `orch trigger`), against `orch serve` with real
 //! parts (see `serve_support`). The tests whose runs execute steps need `ORCH_DOCKER_TESTS=1`.
 
 use std::process::Command;
@@ -268,6 +268,15 @@ fn reads_filters_pages_errors_auth_metrics_and_the_cli() {
     let (code, out, err) = cli(&orch, &["rerun", "1"], true);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&format!("run {} queued (re-run of 1)", rid + 1)), "{out}");
+    let sha = "ab".repeat(20);
+    let (code, out, err) = cli(&orch, &["trigger", "acme/hello", "--branch", "main", "--sha", &sha], true);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("run {} queued (acme/hello main at {sha})", rid + 2)), "{out}");
+    let manual = orch.wait_run_done(rid + 2);
+    assert_eq!((&manual["run"]["event"], &manual["run"]["sha"]), (&json!("manual"), &json!(sha)));
+    let (code, _, err) = cli(&orch, &["trigger", "acme/hello", "--branch", "main"], false);
+    assert_eq!(code, 3);
+    assert!(err.contains("401"), "{err}");
     let (code, _, err) = cli(&orch, &["runs", "--server", "https://ci.example.com"], false);
     assert_eq!(code, 2);
     assert!(err.contains("reverse proxy"), "{err}");
