@@ -20,7 +20,8 @@ pub struct ServerArgs {
     /// The orch server (http:// only; https needs a reverse proxy or a tunnel).
     #[arg(long, env = "ORCH_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
     pub server: String,
-    /// The server's API token (needed for cancel and rerun, and for reads on a private server).
+    /// The server's API token (needed for cancel, rerun and trigger, and for reads on a private
+    /// server).
     #[arg(long, env = "ORCH_API_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
 }
