@@ -97,6 +97,44 @@ pub fn fetch(dir: &Path, spec: &FetchSpec) -> Result<(), CheckoutError> {
     Ok(())
 }
 
+/// The files a pull request changes, for `paths` conditions: its head (checked out in `dir`
+/// by [`fetch`]) against the merge base with `base_branch`, fetched from the same remote.
+/// When the merge base lies beyond the fetched history (a shallow fetch), against the base
+/// branch's tip instead: a superset (the base's own changes count too), so a `paths`
+/// condition holds at least whenever it should.
+pub fn pull_request_changes(dir: &Path, spec: &FetchSpec, base_branch: &str) -> Result<Vec<String>, CheckoutError> {
+    let err = |message: String| CheckoutError { what: format!("refs/heads/{base_branch} from {}", spec.url), message };
+    let g = |e: git2::Error| err(e.message().to_string());
+    let repo = Repository::open(dir).map_err(g)?;
+    let local = spec.url.starts_with("file://") || spec.url.starts_with('/');
+    let mut remote = repo.remote_anonymous(&spec.url).map_err(g)?;
+    let mut fo = FetchOptions::new();
+    fo.remote_callbacks(callbacks(spec.token.as_deref()));
+    if !local && spec.depth > 0 {
+        fo.depth(spec.depth);
+    }
+    fo.download_tags(git2::AutotagOption::None);
+    if let Ok(mut stale) = repo.find_reference("refs/orch/base") {
+        stale.delete().map_err(g)?;
+    }
+    remote.fetch(&[&format!("+refs/heads/{base_branch}:refs/orch/base")], Some(&mut fo), None).map_err(g)?;
+    // A ref the server does not have fetches nothing, without an error.
+    let base = repo.refname_to_id("refs/orch/base").map_err(|_| err("the server has no such branch".into()))?;
+    let head = repo.head().and_then(|h| h.peel_to_commit()).map_err(g)?;
+    let from = repo.merge_base(base, head.id()).unwrap_or(base);
+    let from_tree = repo.find_commit(from).and_then(|c| c.tree()).map_err(g)?;
+    let diff = repo.diff_tree_to_tree(Some(&from_tree), Some(&head.tree().map_err(g)?), None).map_err(g)?;
+    let mut files: Vec<String> = diff
+        .deltas()
+        .flat_map(|d| [d.old_file().path(), d.new_file().path()])
+        .flatten()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
 /// Applies a clone-URL rewrite rule `FROM=TO` (prefix replacement), e.g. to use a mirror.
 pub fn rewrite_url(url: &str, rules: &[(String, String)]) -> String {
     for (from, to) in rules {
@@ -150,6 +188,43 @@ mod tests {
         };
         let e = fetch(&dest.path().join("w3"), &bad).unwrap_err();
         assert!(e.to_string().contains("cannot fetch refs/heads/main"), "{e}");
+    }
+
+    #[test]
+    fn a_pull_request_changes_what_it_changed_since_the_merge_base() {
+        let src = tempfile::tempdir().unwrap();
+        let commit = |msg: &str| {
+            git(src.path(), &["add", "-A"]);
+            git(src.path(), &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", msg]);
+            git(src.path(), &["rev-parse", "HEAD"])
+        };
+        git(src.path(), &["init", "-q", "-b", "main"]);
+        std::fs::create_dir_all(src.path().join("src")).unwrap();
+        std::fs::write(src.path().join("src/lib.rs"), "one").unwrap();
+        std::fs::write(src.path().join("README.md"), "one").unwrap();
+        commit("base");
+        git(src.path(), &["checkout", "-q", "-b", "topic"]);
+        std::fs::write(src.path().join("README.md"), "two").unwrap();
+        std::fs::write(src.path().join("docs.md"), "new").unwrap();
+        let head = commit("docs");
+        // The base branch moves on after the pull request was opened.
+        git(src.path(), &["checkout", "-q", "main"]);
+        std::fs::write(src.path().join("src/lib.rs"), "two").unwrap();
+        commit("main moves");
+        git(src.path(), &["update-ref", "refs/pull/1/head", &head]);
+
+        let spec = FetchSpec {
+            url: format!("file://{}", src.path().display()),
+            git_ref: "refs/pull/1/head".into(),
+            sha: head,
+            depth: 1,
+            token: None,
+        };
+        let dest = tempfile::tempdir().unwrap();
+        fetch(dest.path(), &spec).unwrap();
+        // The merge base, not the base's tip: main's own change to src/lib.rs is not the PR's.
+        assert_eq!(pull_request_changes(dest.path(), &spec, "main").unwrap(), ["README.md", "docs.md"]);
+        assert!(pull_request_changes(dest.path(), &spec, "nope").is_err());
     }
 
     #[test]

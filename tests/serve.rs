@@ -754,6 +754,38 @@ fn a_push_run_that_is_not_triggered_cannot_hide_a_failed_pull_request_run() {
 }
 
 #[test]
+fn paths_conditions_see_what_a_pull_request_changed() {
+    require_docker!();
+    let git = GitServer::start();
+    let pipeline = "\
+defaults: {image: busybox:latest}
+steps:
+  code:
+    when: {paths: [\"src/**\"]}
+    commands: [echo code]
+  docs:
+    when: {paths: [\"*.md\"]}
+    commands: [echo docs]
+";
+    let base = git.commit(None, &[(".orch.yml", pipeline), ("src/lib.rs", "one\n"), ("README.md", "one\n")], "base");
+    git.set_ref(&base, "refs/heads/main");
+    let head = git.commit(Some(&base), &[("README.md", "two\n")], "docs only");
+    git.set_ref(&head, "refs/pull/3/head");
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let orch = Orch::start(token_args(&gh, &git));
+    let pr = orch.deliver("pull_request", &pr_event("opened", 3, "topic", &head, "main", &base)).run_id();
+    let r = orch.wait_run_done(pr);
+    assert_eq!(r["run"]["status"], "success", "{r:#}");
+    // The delivery lists no files; the base branch tells them, as `orch ci` finds them.
+    assert_eq!(step_of(&r, "docs").unwrap()["status"], "passed", "{r:#}");
+    assert!(step_of(&r, "code").is_none(), "{r:#}");
+    assert_eq!(r["skipped"][0]["name"], "code", "{r:#}");
+    let why = r["skipped"][0]["reason"].as_str().unwrap();
+    assert!(why.contains("none of the 1 changed file(s) match `src/**`"), "{why}");
+    gh.assert_no_violations();
+}
+
+#[test]
 fn runs_cancelled_before_they_start_get_a_final_status() {
     require_docker!();
     let git = GitServer::start();

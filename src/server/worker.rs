@@ -202,7 +202,8 @@ async fn prepare_and_run(
         token: st.cfg.github_token.clone(),
     };
     let w = work.to_path_buf();
-    let fetched = tokio::task::spawn_blocking(move || checkout::fetch(&w, &spec)).await;
+    let fetch_spec = spec.clone();
+    let fetched = tokio::task::spawn_blocking(move || checkout::fetch(&w, &fetch_spec)).await;
     match fetched {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
@@ -243,6 +244,17 @@ async fn prepare_and_run(
             });
         }
     };
+    // A pull request delivery lists no files: they come from the base branch, as `orch ci`
+    // finds them locally. Unknown (every `paths` condition holds) if that fails.
+    let mut changed = run.spec.changed.clone();
+    if let (None, "pull_request", Some(base)) = (&changed, run.spec.event.as_str(), run.spec.base_branch.clone()) {
+        let w = work.to_path_buf();
+        match tokio::task::spawn_blocking(move || checkout::pull_request_changes(&w, &spec, &base)).await {
+            Ok(Ok(files)) => changed = Some(files),
+            Ok(Err(e)) => tracing::warn!(run = run.id, "changed files unknown: {e}"),
+            Err(e) => tracing::warn!(run = run.id, "changed files unknown: {e}"),
+        }
+    }
     let event = Event::parse(&run.spec.event).unwrap_or(Event::Push);
     let ctx = Context {
         event: Some(event),
@@ -253,7 +265,7 @@ async fn prepare_and_run(
         pr: run.spec.pr,
         repo: run.spec.repo.clone(),
         run_id: run.id.to_string(),
-        changed: run.spec.changed.clone(),
+        changed,
     };
     let plan = plan::plan(&pipeline, &ctx, &Selection::default())
         .map_err(|e| Outcome::early("failure", Conclusion::Failure, format!("cannot plan .orch.yml: {e}")))?;
