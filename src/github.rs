@@ -25,11 +25,9 @@ pub enum Auth {
     App { app_id: u64, key_pem: Vec<u8> },
 }
 
+/// How runs are reported (the credentials and the API's address are [`Github`]'s).
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `https://api.github.com`, a GitHub Enterprise `https://host/api/v3`, or a test server.
-    pub api_url: String,
-    pub auth: Auth,
     /// The server's public URL; statuses link to `<url>/runs/<id>`.
     pub public_url: String,
     /// Also post one status per step (`orch/<step>`), token mode.
@@ -37,8 +35,6 @@ pub struct Config {
     /// The status context / check run name; each event gets its own: `orch (push)`,
     /// `orch (pull_request)`, `orch (manual)`.
     pub context: String,
-    /// First retry delay (doubles each time).
-    pub backoff: Duration,
 }
 
 /// Which run an update is about.
@@ -170,129 +166,104 @@ pub struct RequestCounters {
     pub error: std::sync::atomic::AtomicU64,
 }
 
-pub struct Reporter {
-    cfg: Config,
+/// What the reporter and the server's clones share: the client for the configured
+/// credentials, retries with backoff, request counting and, for a GitHub App, installation
+/// tokens (minted once, kept until shortly before they expire). Cheap to clone.
+#[derive(Clone)]
+pub struct Github {
+    api_url: String,
+    /// The token client, or the App's (signing its requests with a JWT).
     client: Option<Octocrab>,
-    /// Installation clients (App mode), by installation id. Shared, not cloned: a clone of an
-    /// installation client starts with an empty token cache and would mint a new token for
-    /// every request.
-    installations: HashMap<u64, Arc<Octocrab>>,
-    /// Installation ids by repository, for runs whose delivery named none (manual runs and
-    /// re-runs): one lookup per repository, not one per report.
-    repo_installations: HashMap<String, u64>,
-    /// Check run ids (App mode), by run id.
-    check_runs: HashMap<i64, u64>,
-    /// Told each check run created (run id, check run id), to keep it across restarts.
-    on_check_run: Option<Box<dyn Fn(i64, u64) + Send + Sync>>,
-    counters: Option<Arc<RequestCounters>>,
+    app: bool,
+    backoff: Duration,
+    counters: Arc<RequestCounters>,
+    installations: Arc<tokio::sync::Mutex<Installations>>,
 }
 
-impl Reporter {
-    pub fn new(cfg: Config) -> Result<Reporter, ReportError> {
-        let builder = || {
-            Octocrab::builder()
-                .base_uri(cfg.api_url.as_str())
-                .map_err(|e| ReportError(format!("bad GitHub URL `{}`: {e}", cfg.api_url)))
-                .map(|b| {
-                    b.add_retry_config(octocrab::service::middleware::retry::RetryConfig::None)
-                        .set_connect_timeout(Some(Duration::from_secs(10)))
-                        .set_read_timeout(Some(Duration::from_secs(30)))
-                })
-        };
-        let client = match &cfg.auth {
+#[derive(Default)]
+struct Installations {
+    /// Installation ids by repository, for runs whose delivery named none (manual runs,
+    /// re-runs): one lookup per repository.
+    by_repo: HashMap<String, u64>,
+    by_id: HashMap<u64, Minted>,
+}
+
+struct Minted {
+    token: String,
+    /// GitHub's tokens last an hour: a new one is minted after 50 minutes.
+    until: std::time::Instant,
+    client: Arc<Octocrab>,
+}
+
+const TOKEN_LIFE: Duration = Duration::from_secs(50 * 60);
+
+fn builder(
+    api_url: &str,
+) -> Result<
+    octocrab::OctocrabBuilder<
+        octocrab::NoSvc,
+        octocrab::DefaultOctocrabBuilderConfig,
+        octocrab::NoAuth,
+        octocrab::NotLayerReady,
+    >,
+    ReportError,
+> {
+    Octocrab::builder().base_uri(api_url).map_err(|e| ReportError(format!("bad GitHub URL `{api_url}`: {e}"))).map(
+        |b| {
+            b.add_retry_config(octocrab::service::middleware::retry::RetryConfig::None)
+                .set_connect_timeout(Some(Duration::from_secs(10)))
+                .set_read_timeout(Some(Duration::from_secs(30)))
+        },
+    )
+}
+
+impl Github {
+    pub fn new(api_url: &str, auth: &Auth, backoff: Duration) -> Result<Github, ReportError> {
+        let client = match auth {
             Auth::None => None,
             Auth::Token(t) => {
-                Some(builder()?.personal_token(t.clone()).build().map_err(|e| ReportError(e.to_string()))?)
+                Some(builder(api_url)?.personal_token(t.clone()).build().map_err(|e| ReportError(e.to_string()))?)
             }
             Auth::App { app_id, key_pem } => {
                 let key = octocrab::EncodingKey::from_rsa_pem(key_pem)
                     .map_err(|e| ReportError(format!("the GitHub App key is not an RSA private key in PEM: {e}")))?;
-                Some(builder()?.app((*app_id).into(), key).build().map_err(|e| ReportError(e.to_string()))?)
+                Some(builder(api_url)?.app((*app_id).into(), key).build().map_err(|e| ReportError(e.to_string()))?)
             }
         };
-        Ok(Reporter {
-            cfg,
+        Ok(Github {
+            api_url: api_url.to_string(),
             client,
-            installations: HashMap::new(),
-            repo_installations: HashMap::new(),
-            check_runs: HashMap::new(),
-            on_check_run: None,
-            counters: None,
+            app: matches!(auth, Auth::App { .. }),
+            backoff,
+            counters: Arc::default(),
+            installations: Arc::default(),
         })
     }
 
-    /// Calls `f(run id, check run id)` for each check run created.
-    /// Counts every request attempt in `c`.
-    pub fn count_requests(mut self, c: Arc<RequestCounters>) -> Reporter {
-        self.counters = Some(c);
-        self
-    }
-
-    pub fn on_check_run(mut self, f: impl Fn(i64, u64) + Send + Sync + 'static) -> Reporter {
-        self.on_check_run = Some(Box::new(f));
-        self
-    }
-
-    fn created_check_run(&mut self, run: i64, created: &Value) {
-        if let Some(id) = created.get("id").and_then(Value::as_u64) {
-            self.check_runs.insert(run, id);
-            if let Some(f) = &self.on_check_run {
-                f(run, id);
-            }
-        }
+    /// Every request attempt, for `/metrics`.
+    pub fn counters(&self) -> Arc<RequestCounters> {
+        self.counters.clone()
     }
 
     pub fn enabled(&self) -> bool {
         self.client.is_some()
     }
 
-    fn is_app(&self) -> bool {
-        matches!(self.cfg.auth, Auth::App { .. })
-    }
-
-    fn target_url(&self, run: &RunRef) -> String {
-        format!("{}/runs/{}", self.cfg.public_url.trim_end_matches('/'), run.id)
-    }
-
-    /// The client that acts for `run`: the token client, or the App's installation client.
-    async fn client_for(&mut self, run: &RunRef) -> Result<Arc<Octocrab>, ReportError> {
-        let Some(base) = &self.client else { return Err(ReportError("no GitHub credentials".into())) };
-        if !self.is_app() {
-            return Ok(Arc::new(base.clone()));
-        }
-        let id = match run.installation_id.or_else(|| self.repo_installations.get(&run.repo).copied()) {
-            Some(id) => id,
-            None => {
-                let inst: Value = self
-                    .with_retry(&format!("GET /repos/{}/installation", run.repo), || {
-                        base.get(format!("/repos/{}/installation", run.repo), None::<&()>)
-                    })
-                    .await?;
-                inst.get("id").and_then(Value::as_u64).ok_or_else(|| ReportError("no installation id".into()))?
-            }
-        };
-        self.repo_installations.insert(run.repo.clone(), id);
-        if let Some(c) = self.installations.get(&id) {
-            return Ok(c.clone());
-        }
-        let c = Arc::new(base.installation(id.into()).map_err(|e| ReportError(e.to_string()))?);
-        self.installations.insert(id, c.clone());
-        Ok(c)
+    pub fn is_app(&self) -> bool {
+        self.app
     }
 
     /// Sends one request, retrying transient failures with exponential backoff.
-    async fn with_retry<F, Fut>(&self, what: &str, mut f: F) -> Result<Value, ReportError>
+    async fn request<F, Fut>(&self, what: &str, mut f: F) -> Result<Value, ReportError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = octocrab::Result<Value>>,
     {
-        let mut delay = self.cfg.backoff;
+        let mut delay = self.backoff;
         for attempt in 1..=ATTEMPTS {
             let r = f().await;
-            if let Some(c) = &self.counters {
-                let which = if r.is_ok() { &c.ok } else { &c.error };
-                which.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
+            let which = if r.is_ok() { &self.counters.ok } else { &self.counters.error };
+            which.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             match r {
                 Ok(v) => return Ok(v),
                 Err(e) => {
@@ -308,6 +279,126 @@ impl Reporter {
             }
         }
         Err(ReportError(format!("{what}: gave up")))
+    }
+
+    /// The client that acts for `repo`: the token client, or (App) the installation's.
+    async fn client_for(&self, repo: &str, installation: Option<u64>) -> Result<Arc<Octocrab>, ReportError> {
+        let Some(base) = &self.client else { return Err(ReportError("no GitHub credentials".into())) };
+        if !self.app {
+            return Ok(Arc::new(base.clone()));
+        }
+        self.installation(repo, installation).await.map(|(_, client)| client)
+    }
+
+    /// The installation token (and a client using it) for `repo`, App mode: minted when
+    /// there is none or it is about to expire. The lock is held while minting, so that
+    /// concurrent callers share one token.
+    async fn installation(
+        &self,
+        repo: &str,
+        installation: Option<u64>,
+    ) -> Result<(String, Arc<Octocrab>), ReportError> {
+        let Some(app) = self.client.as_ref().filter(|_| self.app) else {
+            return Err(ReportError("not a GitHub App".into()));
+        };
+        let mut inst = self.installations.lock().await;
+        let id = match installation.or_else(|| inst.by_repo.get(repo).copied()) {
+            Some(id) => id,
+            None => {
+                let route = format!("/repos/{repo}/installation");
+                let v = self.request(&format!("GET {route}"), || app.get(route.clone(), None::<&()>)).await?;
+                v.get("id").and_then(Value::as_u64).ok_or_else(|| ReportError("no installation id".into()))?
+            }
+        };
+        inst.by_repo.insert(repo.to_string(), id);
+        if let Some(m) = inst.by_id.get(&id).filter(|m| m.until > std::time::Instant::now()) {
+            return Ok((m.token.clone(), m.client.clone()));
+        }
+        let route = format!("/app/installations/{id}/access_tokens");
+        let v = self.request(&format!("POST {route}"), || app.post(route.clone(), None::<&()>)).await?;
+        let token =
+            v.get("token").and_then(Value::as_str).ok_or_else(|| ReportError("no token in the answer".into()))?;
+        let client = builder(&self.api_url)?
+            .personal_token(token.to_string())
+            .build()
+            .map_err(|e| ReportError(e.to_string()))?;
+        let m = Minted {
+            token: token.to_string(),
+            until: std::time::Instant::now() + TOKEN_LIFE,
+            client: Arc::new(client),
+        };
+        let out = (m.token.clone(), m.client.clone());
+        inst.by_id.insert(id, m);
+        Ok(out)
+    }
+
+    /// The token a clone of `repo` sends when the git server asks: the App installation's,
+    /// else `fallback` (the configured token). A failure to mint falls back too.
+    pub async fn clone_token(&self, repo: &str, installation: Option<u64>, fallback: Option<String>) -> Option<String> {
+        if !self.app {
+            return fallback;
+        }
+        match self.installation(repo, installation).await {
+            Ok((token, _)) => Some(token),
+            Err(e) => {
+                tracing::warn!(repo, "no installation token for the clone: {e}");
+                fallback
+            }
+        }
+    }
+}
+
+pub struct Reporter {
+    cfg: Config,
+    gh: Github,
+    /// Check run ids (App mode), by run id.
+    check_runs: HashMap<i64, u64>,
+    /// Told each check run created (run id, check run id), to keep it across restarts.
+    on_check_run: Option<Box<dyn Fn(i64, u64) + Send + Sync>>,
+}
+
+impl Reporter {
+    pub fn new(cfg: Config, gh: Github) -> Reporter {
+        Reporter { cfg, gh, check_runs: HashMap::new(), on_check_run: None }
+    }
+
+    /// Calls `f(run id, check run id)` for each check run created.
+    pub fn on_check_run(mut self, f: impl Fn(i64, u64) + Send + Sync + 'static) -> Reporter {
+        self.on_check_run = Some(Box::new(f));
+        self
+    }
+
+    fn created_check_run(&mut self, run: i64, created: &Value) {
+        if let Some(id) = created.get("id").and_then(Value::as_u64) {
+            self.check_runs.insert(run, id);
+            if let Some(f) = &self.on_check_run {
+                f(run, id);
+            }
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.gh.enabled()
+    }
+
+    fn is_app(&self) -> bool {
+        self.gh.is_app()
+    }
+
+    fn target_url(&self, run: &RunRef) -> String {
+        format!("{}/runs/{}", self.cfg.public_url.trim_end_matches('/'), run.id)
+    }
+
+    async fn client_for(&self, run: &RunRef) -> Result<Arc<Octocrab>, ReportError> {
+        self.gh.client_for(&run.repo, run.installation_id).await
+    }
+
+    async fn with_retry<F, Fut>(&self, what: &str, f: F) -> Result<Value, ReportError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = octocrab::Result<Value>>,
+    {
+        self.gh.request(what, f).await
     }
 
     async fn status(&mut self, run: &RunRef, context: &str, state: &str, description: &str) -> Result<(), ReportError> {
@@ -332,7 +423,7 @@ impl Reporter {
 
     /// Applies one update. Errors are returned for logging; nothing else depends on them.
     pub async fn send(&mut self, u: &Update) -> Result<(), ReportError> {
-        if self.client.is_none() {
+        if !self.gh.enabled() {
             return Ok(());
         }
         let ctx = self.context_of(u.run());

@@ -834,6 +834,41 @@ fn runs_cancelled_before_they_start_get_a_final_status() {
 }
 
 #[test]
+fn a_github_app_clones_a_private_repository_with_its_installation_token() {
+    require_docker!();
+    const APP_ID: u64 = 4244;
+    const INSTALLATION: u64 = 79;
+    let git = GitServer::start();
+    let sha = git.commit(None, &project(BUILD_OK, TEST_OK), "first");
+    git.set_ref(&sha, "refs/heads/main");
+    let keys = temp_dir("orch-serve-app-");
+    let (key, public_key) = app_key(keys.path());
+    let gh = FakeGitHub::start(GhAuth::App { app_id: APP_ID, public_key, installation_id: INSTALLATION });
+    // Private: only a token the fake GitHub minted opens it. No `github_token` is set.
+    let http = git.http(gh.minted_tokens());
+    let orch = Orch::start(ServeArgs {
+        github_url: Some(gh.url.clone()),
+        github_app_id: Some(APP_ID),
+        github_app_key: Some(key.display().to_string()),
+        clone_rewrite: vec![http.rewrite()],
+        ..base_args()
+    });
+    let mut push = push_event("main", ZERO_SHA, &sha);
+    push["installation"]["id"] = json!(INSTALLATION);
+    let id = orch.deliver("push", &push).run_id();
+    let run = orch.wait_run_done(id);
+    assert_eq!(run["run"]["status"], "success", "{run:#}");
+    let seen = http.requests();
+    assert!(seen.iter().any(|(_, p)| p.is_none()), "git asked for credentials first: {seen:#?}");
+    let authorized: Vec<_> = seen.iter().filter_map(|(_, p)| p.as_deref()).collect();
+    assert!(!authorized.is_empty() && authorized.iter().all(|p| gh.minted(p)), "{seen:#?}");
+    // One token serves the clone and the check run.
+    let minted = gh.requests().iter().filter(|r| r.op == OP_ACCESS_TOKEN).count();
+    assert_eq!(minted, 1);
+    gh.assert_no_violations();
+}
+
+#[test]
 fn a_github_app_run_interrupted_by_a_restart_completes_its_own_check_run() {
     require_docker!();
     const APP_ID: u64 = 4243;

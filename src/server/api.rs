@@ -585,7 +585,8 @@ async fn manual_run(State(st): State<Arc<AppState>>, headers: HeaderMap, body: B
         None => {
             let url = crate::checkout::rewrite_url(&clone_url, &st.cfg.clone_rewrite);
             let branch = m.branch.clone();
-            let token = st.cfg.github_token.clone();
+            let installation = latest.as_ref().and_then(|r| r.spec.installation_id);
+            let token = st.github.clone_token(&m.repo, installation, st.cfg.github_token.clone()).await;
             let head = move || crate::checkout::branch_head(&url, &branch, token.as_deref());
             match tokio::task::spawn_blocking(head).await {
                 Ok(Ok(s)) => s,

@@ -49,6 +49,8 @@ pub struct AppState {
     pub cfg: Config,
     pub db: Db,
     pub report: ReportSender,
+    /// Credentials for clones and branch lookups (an App's installation tokens).
+    pub github: github::Github,
     /// Wakes the worker when a run is queued.
     pub wake: Notify,
     /// Running runs, to stop them (superseded, closed pull request, shutdown).
@@ -98,18 +100,17 @@ pub async fn state(cfg: Config) -> Result<Arc<AppState>, ServeError> {
         (None, Some(t)) => github::Auth::Token(t.clone()),
         (None, None) => github::Auth::None,
     };
-    let reporter = github::Reporter::new(github::Config {
-        api_url: cfg.github_url.clone(),
-        auth,
-        public_url: cfg.public_url.clone(),
-        step_statuses: cfg.step_statuses,
-        context: "orch".into(),
-        backoff: cfg.github_backoff,
-    })?;
+    // `api_url`: `https://api.github.com`, a GitHub Enterprise `https://host/api/v3`, or a
+    // test server.
+    let gh = github::Github::new(&cfg.github_url, &auth, cfg.github_backoff)?;
+    let reporter = github::Reporter::new(
+        github::Config { public_url: cfg.public_url.clone(), step_statuses: cfg.step_statuses, context: "orch".into() },
+        gh.clone(),
+    );
     // A run queued again after a restart updates the check run it has, not a new one.
     let keep = db.clone();
-    let counters = Counters::default();
-    let reporter = reporter.count_requests(counters.github.clone()).on_check_run(move |run, check_run| {
+    let counters = Counters { github: gh.counters(), ..Counters::default() };
+    let reporter = reporter.on_check_run(move |run, check_run| {
         let db = keep.clone();
         tokio::spawn(async move {
             if let Err(e) = db.set_check_run(run, check_run as i64).await {
@@ -119,6 +120,7 @@ pub async fn state(cfg: Config) -> Result<Arc<AppState>, ServeError> {
     });
     Ok(Arc::new(AppState {
         report: github::spawn(reporter),
+        github: gh,
         cfg,
         db,
         wake: Notify::new(),

@@ -199,7 +199,8 @@ async fn prepare_and_run(
         git_ref,
         sha: run.spec.sha.clone(),
         depth: st.cfg.clone_depth,
-        token: st.cfg.github_token.clone(),
+        // An App's installation token, else the configured token.
+        token: st.github.clone_token(&run.spec.repo, run.spec.installation_id, st.cfg.github_token.clone()).await,
     };
     let w = work.to_path_buf();
     let fetch_spec = spec.clone();

@@ -1,7 +1,8 @@
 //! What `tests/serve.rs` drives `orch serve` with, all on loopback and all real:
 //!
 //! - [`GitServer`]: a bare repository served by `git daemon` (git:// protocol, shallow
-//!   fetches and fetch-by-SHA work as on GitHub);
+//!   fetches and fetch-by-SHA work as on GitHub), and by [`GitHttp`] over smart HTTP with
+//!   `git http-backend`, asking for credentials as GitHub does for a private repository;
 //! - [`FakeGitHub`]: an axum server answering the REST calls orch makes, recording every
 //!   request and checking its body against the request schema of that operation in GitHub's
 //!   OpenAPI description (`shared/fixtures/github/openapi-subset.json`) with the small
@@ -369,6 +370,174 @@ impl Drop for GitServer {
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
     }
+}
+
+impl GitServer {
+    /// The same repositories over smart HTTP (`git http-backend`), private: a request
+    /// without Basic credentials whose password `accept` takes is answered 401, as GitHub
+    /// answers for a private repository.
+    pub fn http(&self, accept: impl Fn(&str) -> bool + Send + Sync + 'static) -> GitHttp {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let root = self.bare.parent().unwrap().parent().unwrap().to_path_buf();
+        let backend = Path::new(&git(&self.work, &["--exec-path"])).join("git-http-backend");
+        assert!(backend.is_file(), "no git-http-backend beside git");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let accept = Arc::new(accept);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let (root, backend, log, accept) = (root.clone(), backend.clone(), log.clone(), accept.clone());
+                std::thread::spawn(move || {
+                    let _ = serve_git_http(conn, &root, &backend, &log, &*accept);
+                });
+            }
+        });
+        GitHttp { port, seen }
+    }
+}
+
+/// Every request a [`GitHttp`] got: (path and query, the password it carried).
+type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
+/// A smart-HTTP git server (see [`GitServer::http`]).
+pub struct GitHttp {
+    pub port: u16,
+    seen: Seen,
+}
+
+impl GitHttp {
+    /// The clone-URL rewrite that sends GitHub's URLs here.
+    pub fn rewrite(&self) -> String {
+        format!("https://github.com/=http://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn requests(&self) -> Vec<(String, Option<String>)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// One request, answered by `git http-backend` (CGI) once its credentials pass.
+fn serve_git_http(
+    mut conn: TcpStream,
+    root: &Path,
+    backend: &Path,
+    log: &Mutex<Vec<(String, Option<String>)>>,
+    accept: &(dyn Fn(&str) -> bool + Send + Sync),
+) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        let n = conn.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next().unwrap_or("").split_whitespace();
+    let (method, target) = (first.next().unwrap_or("GET").to_string(), first.next().unwrap_or("/").to_string());
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let get = |k: &str| headers.iter().find(|(h, _)| h == k).map(|(_, v)| v.clone());
+    let mut rest = buf[head_end + 4..].to_vec();
+    let body = if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        let mut out = Vec::new();
+        loop {
+            let Some(line_end) = rest.windows(2).position(|w| w == b"\r\n") else {
+                let n = conn.read(&mut chunk)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                rest.extend_from_slice(&chunk[..n]);
+                continue;
+            };
+            let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..line_end]).trim(), 16).unwrap_or(0);
+            while rest.len() < line_end + 2 + size + 2 {
+                let n = conn.read(&mut chunk)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                rest.extend_from_slice(&chunk[..n]);
+            }
+            out.extend_from_slice(&rest[line_end + 2..line_end + 2 + size]);
+            rest.drain(..line_end + 2 + size + 2);
+            if size == 0 {
+                break out;
+            }
+        }
+    } else {
+        let len: usize = get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        while rest.len() < len {
+            let n = conn.read(&mut chunk)?;
+            if n == 0 {
+                return Ok(());
+            }
+            rest.extend_from_slice(&chunk[..n]);
+        }
+        rest.truncate(len);
+        rest
+    };
+    let password = get("authorization")
+        .and_then(|a| a.strip_prefix("Basic ").and_then(b64url_decode))
+        .and_then(|d| String::from_utf8(d).ok())
+        .and_then(|d| d.split_once(':').map(|(_, p)| p.to_string()));
+    log.lock().unwrap().push((target.clone(), password.clone()));
+    if !password.as_deref().is_some_and(accept) {
+        let answer = "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"GitHub\"\r\n\
+                      Content-Length: 0\r\nConnection: close\r\n\r\n";
+        return conn.write_all(answer.as_bytes());
+    }
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let mut cgi = Command::new(backend)
+        .env_clear()
+        .env("GIT_PROJECT_ROOT", root)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("GATEWAY_INTERFACE", "CGI/1.1")
+        .env("SERVER_PROTOCOL", "HTTP/1.1")
+        .env("REQUEST_METHOD", &method)
+        .env("PATH_INFO", path)
+        .env("QUERY_STRING", query)
+        .env("CONTENT_TYPE", get("content-type").unwrap_or_default())
+        .env("CONTENT_LENGTH", body.len().to_string())
+        .env("REMOTE_USER", "x-access-token")
+        .env("REMOTE_ADDR", "127.0.0.1")
+        .env("GIT_PROTOCOL", get("git-protocol").unwrap_or_default())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut stdin = cgi.stdin.take().expect("piped");
+    let writer = std::thread::spawn(move || stdin.write_all(&body));
+    let out = cgi.wait_with_output()?;
+    let _ = writer.join();
+    let split = out.stdout.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i, 4));
+    let split = split.or_else(|| out.stdout.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2)));
+    let Some((end, sep)) = split else {
+        return conn.write_all(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    };
+    let cgi_head = String::from_utf8_lossy(&out.stdout[..end]).into_owned();
+    let mut status = "200 OK".to_string();
+    let mut answer = String::new();
+    for line in cgi_head.lines() {
+        match line.split_once(':') {
+            Some((k, v)) if k.eq_ignore_ascii_case("status") => status = v.trim().to_string(),
+            Some(_) => answer.push_str(&format!("{line}\r\n")),
+            None => {}
+        }
+    }
+    let body = &out.stdout[end + sep..];
+    let head = format!("HTTP/1.1 {status}\r\n{answer}Content-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    conn.write_all(head.as_bytes())?;
+    conn.write_all(body)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1105,6 +1274,17 @@ impl FakeGitHub {
 
     pub fn requests(&self) -> Vec<Recorded> {
         self.shared.state.lock().unwrap().requests.clone()
+    }
+
+    /// Whether `token` is an installation token this fake minted.
+    pub fn minted(&self, token: &str) -> bool {
+        self.shared.state.lock().unwrap().tokens.iter().any(|t| t == token)
+    }
+
+    /// A handle that answers [`FakeGitHub::minted`] from another thread.
+    pub fn minted_tokens(&self) -> impl Fn(&str) -> bool + Send + Sync + 'static {
+        let shared = self.shared.clone();
+        move |token| shared.state.lock().unwrap().tokens.iter().any(|t| t == token)
     }
 
     pub fn violations(&self) -> Vec<String> {
