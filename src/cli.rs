@@ -114,7 +114,7 @@ pub enum Command {
     /// Write a .orch.yml for the project in the current directory, from a shipped template.
     Init {
         /// The template [default: the one that fits the project's files].
-        #[arg(long, short, value_name = "NAME")]
+        #[arg(long, short, value_name = "NAME", value_parser = crate::pipeline::templates::names())]
         template: Option<String>,
         /// List the templates (and those that fit this project), write nothing.
         #[arg(long, conflicts_with_all = ["template", "force"])]

@@ -35,6 +35,11 @@ fn completions_for_each_shell() {
     assert!(zsh.starts_with("#compdef orch"), "zsh: no #compdef header");
     let fish = stdout_of(&["completions", "fish"]);
     assert!(fish.contains("complete -c orch"), "fish: no complete -c orch");
+    // `orch init --template <TAB>` offers the templates, with what each is for in fish.
+    for t in orch::init::TEMPLATES {
+        assert!(bash.contains(t.name) && zsh.contains(t.name), "{} is not offered", t.name);
+        assert!(fish.contains(&format!("{}\\t", t.name)), "fish: {} without its description", t.name);
+    }
 }
 
 #[test]
@@ -320,7 +325,8 @@ fn init_with_a_template_ignores_detection() {
 
     let out = init_in(tmp.path(), &["--force", "-t", "static-sit"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean `static-site`?"), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("a similar value exists: 'static-site'") && err.contains("possible values:"), "{err}");
     assert_eq!(written(tmp.path()), shipped("deploy-ssh"), "an unknown template writes nothing");
 }
 

@@ -59,3 +59,11 @@ pub const TEMPLATES: &[Template] = &[
 pub fn template(name: &str) -> Option<&'static Template> {
     TEMPLATES.iter().find(|t| t.name == name)
 }
+
+/// The templates' names, for the command line: its shell completions offer them, and an
+/// unknown name gets the list (and the closest name).
+pub fn names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(
+        TEMPLATES.iter().map(|t| clap::builder::PossibleValue::new(t.name).help(t.about)),
+    )
+}
