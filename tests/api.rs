@@ -283,7 +283,7 @@ fn reads_filters_pages_errors_auth_metrics_and_the_cli() {
 }
 
 #[test]
-fn without_a_token_actions_are_refused_and_a_private_api_needs_one() {
+fn without_a_token_actions_are_refused_and_a_private_api_and_dashboard_need_one() {
     let open = Orch::start(base_args());
     let r = open.request("POST", "/api/runs/1/cancel", &[("Authorization", "Bearer x")], b"");
     assert_eq!(r.status, 403);
@@ -300,6 +300,39 @@ fn without_a_token_actions_are_refused_and_a_private_api_needs_one() {
     let (code, _, err) = cli(&private, &["runs"], false);
     assert_eq!(code, 3, "{err}");
     assert_eq!(cli(&private, &["runs"], true).0, 0);
+
+    // The dashboard of a private server: pages send people to sign in, and back.
+    let r = private.get("/runs/1");
+    assert_eq!((r.status, r.header("location")), (303, Some("/login?next=%2Fruns%2F1")));
+    assert_eq!(private.get("/").header("location"), Some("/login?next=%2F"));
+    assert_eq!(private.get("/ui/runs").status, 401, "the list's refresh is refused, not redirected");
+    let form = private.get("/login?next=%2Fruns%2F1");
+    assert_eq!(form.status, 200);
+    assert!(form.text().contains("type=\"password\"") && form.text().contains("value=\"/runs/1\""), "{}", form.text());
+    let form_type = [("Content-Type", "application/x-www-form-urlencoded")];
+    let wrong = private.request("POST", "/login", &form_type, b"token=nope&next=%2Fruns%2F1");
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.header("set-cookie").is_none());
+    let body = format!("token={API_TOKEN}&next=%2Fruns%2F1");
+    let ok = private.request("POST", "/login", &form_type, body.as_bytes());
+    assert_eq!((ok.status, ok.header("location")), (303, Some("/runs/1")));
+    let set = ok.header("set-cookie").unwrap().to_string();
+    assert!(set.starts_with("orch_session=") && set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
+    assert!(!set.contains(API_TOKEN), "the cookie does not hold the token: {set}");
+    let cookie = set.split(';').next().unwrap().to_string();
+    let with = [("Cookie", cookie.as_str())];
+    for path in ["/", "/ui/runs", "/api/runs", "/metrics"] {
+        assert_eq!(private.request("GET", path, &with, b"").status, 200, "{path} with the session");
+    }
+    // Reads only: an action still needs the token itself.
+    assert_eq!(private.request("POST", "/api/runs/1/cancel", &with, b"").status, 401);
+    let forged = [("Cookie", "orch_session=0123")];
+    assert_eq!(private.request("GET", "/", &forged, b"").status, 303);
+    // Only this server's paths are places to go back to.
+    let body = format!("token={API_TOKEN}&next=%2F%2Fevil.example%2F");
+    assert_eq!(private.request("POST", "/login", &form_type, body.as_bytes()).header("location"), Some("/"));
+    let out = private.get("/logout");
+    assert!(out.header("set-cookie").is_some_and(|c| c.contains("Max-Age=0")), "{:?}", out.headers);
 }
 
 #[test]

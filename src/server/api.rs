@@ -81,9 +81,32 @@ pub fn authorize_write(st: &AppState, headers: &HeaderMap) -> Result<(), Box<Res
     }
 }
 
-/// For reads: nothing, unless `api_private` (then as for actions).
+/// The dashboard's session cookie (a private server's pages need it).
+pub const SESSION_COOKIE: &str = "orch_session";
+
+/// The session cookie's value: derived from the API token, so that the cookie never holds
+/// the token itself and a new token ends every session.
+pub fn session_value(token: &str) -> String {
+    super::webhook::sign(token.as_bytes(), b"orch dashboard session").trim_start_matches("sha256=").to_string()
+}
+
+/// Whether the request carries a valid dashboard session.
+pub fn has_session(st: &AppState, headers: &HeaderMap) -> bool {
+    let Some(token) = &st.cfg.api_token else { return false };
+    let want = session_value(token);
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .any(|(k, v)| k == SESSION_COOKIE && same(v.as_bytes(), want.as_bytes()))
+}
+
+/// For reads: nothing, unless `api_private`; then the token as for actions, or a dashboard
+/// session (the pages' own requests carry its cookie).
 pub fn authorize_read(st: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
-    if st.cfg.api_private { authorize_write(st, headers) } else { Ok(()) }
+    if !st.cfg.api_private || has_session(st, headers) { Ok(()) } else { authorize_write(st, headers) }
 }
 
 /// A run id from the path: anything that is not one is a run that does not exist.

@@ -140,6 +140,8 @@
   async function poll() {
     try {
       const r = await fetch('/ui/runs/' + id, { cache: 'no-store' });
+      // A private server's session ended: the page reloads into the sign-in form.
+      if (r.status === 401) { location.reload(); return; }
       if (!r.ok) throw new Error(r.status);
       apply(await r.json());
       dot.classList.remove('off');

@@ -8,6 +8,9 @@
 //!   followed live over the API's Server-Sent Events with ANSI colours rendered. While the
 //!   run is queued or running the page refreshes its parts from `GET /ui/runs/{id}`.
 //!
+//! - `GET|POST /login`, `GET /logout`: on a private server (`api_private`) the pages need a
+//!   session: the API token, given once in a form, sets an HttpOnly cookie derived from it.
+//!
 //! No JavaScript build step: the little script there is is inline, plain and small.
 
 use std::fmt::Write as _;
@@ -16,9 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path as UrlPath, State};
-use axum::http::{StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::extract::{Form, Path as UrlPath, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
@@ -32,6 +35,8 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/ui/runs", get(runs_fragment))
         .route("/runs/{id}", get(run_page))
         .route("/ui/runs/{id}", get(run_parts))
+        .route("/login", get(login_page).post(login))
+        .route("/logout", get(logout))
 }
 
 /// Runs shown on the list page.
@@ -273,13 +278,82 @@ fn page(title: &str, body: &str, script: &str) -> String {
     )
 }
 
-/// With `api_private`, the pages would show what the API hides: they are refused.
-fn private(st: &AppState) -> Option<Response> {
-    st.cfg.api_private.then(|| {
-        let body = "<div class=\"card empty\"><h1>The dashboard is off</h1><p>This server keeps its runs private \
-                    (<code>api_private</code>): use the API with a token.</p></div>";
-        (StatusCode::FORBIDDEN, Html(page("orch", body, ""))).into_response()
-    })
+/// With `api_private`, the pages show what the API hides: they need a session. A page is
+/// sent to the sign-in form (and back to `next` after it); a fragment the page's script
+/// fetches gets 401, and the script reloads into the form.
+fn private(st: &AppState, headers: &HeaderMap, next: &str) -> Option<Response> {
+    if !st.cfg.api_private || super::api::has_session(st, headers) {
+        return None;
+    }
+    if next.starts_with("/ui/") {
+        return Some((StatusCode::UNAUTHORIZED, "sign in at /login").into_response());
+    }
+    Some(Redirect::to(&format!("/login?next={}", url_part(next))).into_response())
+}
+
+#[derive(serde::Deserialize)]
+struct Next {
+    next: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct SignIn {
+    token: String,
+    next: Option<String>,
+}
+
+/// Where to go after signing in: a path of this server, nothing else.
+fn local_path(next: Option<&str>) -> &str {
+    next.filter(|n| n.starts_with('/') && !n.starts_with("//") && !n.contains('\\')).unwrap_or("/")
+}
+
+fn login_form(st: &AppState, next: &str, problem: Option<&str>) -> String {
+    let body = if st.cfg.api_token.is_none() {
+        "<div class=\"card empty\"><h1>Sign-in is off</h1><p>This server keeps its runs private \
+         (<code>api_private</code>) and has no <code>api_token</code>: its runs are seen through \
+         neither the API nor the dashboard.</p></div>"
+            .to_string()
+    } else {
+        format!(
+            "<div class=\"card\"><h1>Sign in</h1><p>This server keeps its runs private. Give its API token \
+             (<code>api_token</code>) once; this browser keeps a session.</p>{}\
+             <form method=\"post\" action=\"/login\" onsubmit=\"localStorage.setItem('orch.token', this.token.value)\">\
+             <input type=\"hidden\" name=\"next\" value=\"{}\">\
+             <input type=\"password\" name=\"token\" autocomplete=\"current-password\" autofocus required \
+             placeholder=\"API token\" aria-label=\"API token\"> <button type=\"submit\">Sign in</button></form></div>",
+            problem.map(|p| format!("<p class=\"problem\">{}</p>", esc(p))).unwrap_or_default(),
+            esc(next)
+        )
+    };
+    page("Sign in", &body, "")
+}
+
+async fn login_page(State(st): State<Arc<AppState>>, Query(q): Query<Next>) -> Response {
+    Html(login_form(&st, local_path(q.next.as_deref()), None)).into_response()
+}
+
+async fn login(State(st): State<Arc<AppState>>, Form(f): Form<SignIn>) -> Response {
+    let next = local_path(f.next.as_deref()).to_string();
+    let Some(token) = &st.cfg.api_token else {
+        return (StatusCode::FORBIDDEN, Html(login_form(&st, &next, None))).into_response();
+    };
+    if super::api::session_value(&f.token) != super::api::session_value(token) {
+        return (StatusCode::UNAUTHORIZED, Html(login_form(&st, &next, Some("That is not this server's API token."))))
+            .into_response();
+    }
+    // Secure when people reach the server over https (behind a proxy, as they should).
+    let secure = if st.cfg.public_url.starts_with("https://") { "; Secure" } else { "" };
+    let cookie = format!(
+        "{}={}; Path=/; HttpOnly; SameSite=Strict{secure}",
+        super::api::SESSION_COOKIE,
+        super::api::session_value(token)
+    );
+    ([(header::SET_COOKIE, cookie)], Redirect::to(&next)).into_response()
+}
+
+async fn logout() -> Response {
+    let cookie = format!("{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0", super::api::SESSION_COOKIE);
+    ([(header::SET_COOKIE, cookie)], Redirect::to("/login")).into_response()
 }
 
 fn not_found(what: &str) -> Response {
@@ -333,8 +407,8 @@ fn runs_rows(runs: &[Run]) -> String {
     runs.iter().map(|r| run_row(r, now)).collect()
 }
 
-async fn runs_fragment(State(st): State<Arc<AppState>>) -> Response {
-    if let Some(r) = private(&st) {
+async fn runs_fragment(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Some(r) = private(&st, &headers, "/ui/runs") {
         return r;
     }
     match st.db.runs(LIST_LIMIT, None).await {
@@ -350,13 +424,13 @@ async fn runs_fragment(State(st): State<Arc<AppState>>) -> Response {
 const INDEX_JS: &str = r#"
 const list=document.getElementById('rows'),live=document.querySelector('#live .dot');let last='';
 async function refresh(){if(document.hidden)return;try{const r=await fetch('/ui/runs',{cache:'no-store'});
-if(!r.ok)throw 0;const h=await r.text();if(h!==last){list.innerHTML=h;last=h}live.classList.remove('off')}
+if(r.status===401){location.reload();return}if(!r.ok)throw 0;const h=await r.text();if(h!==last){list.innerHTML=h;last=h}live.classList.remove('off')}
 catch(e){live.classList.add('off')}}
 setInterval(refresh,2500);
 "#;
 
-async fn index(State(st): State<Arc<AppState>>) -> Response {
-    if let Some(r) = private(&st) {
+async fn index(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Some(r) = private(&st, &headers, "/") {
         return r;
     }
     let runs = match st.db.runs(LIST_LIMIT, None).await {
@@ -816,8 +890,8 @@ fn default_step(v: &RunView) -> Option<&str> {
         .map(|s| s.name.as_str())
 }
 
-async fn run_parts(State(st): State<Arc<AppState>>, UrlPath(id): UrlPath<i64>) -> Response {
-    if let Some(r) = private(&st) {
+async fn run_parts(State(st): State<Arc<AppState>>, UrlPath(id): UrlPath<i64>, headers: HeaderMap) -> Response {
+    if let Some(r) = private(&st, &headers, &format!("/ui/runs/{id}")) {
         return r;
     }
     match load(&st, id).await {
@@ -837,8 +911,8 @@ async fn run_parts(State(st): State<Arc<AppState>>, UrlPath(id): UrlPath<i64>) -
 
 const RUN_JS: &str = include_str!("dashboard.js");
 
-async fn run_page(State(st): State<Arc<AppState>>, UrlPath(id): UrlPath<i64>) -> Response {
-    if let Some(r) = private(&st) {
+async fn run_page(State(st): State<Arc<AppState>>, UrlPath(id): UrlPath<i64>, headers: HeaderMap) -> Response {
+    if let Some(r) = private(&st, &headers, &format!("/runs/{id}")) {
         return r;
     }
     let v = match load(&st, id).await {
