@@ -235,3 +235,20 @@ fn yaml_anchors_and_merge_keys_work_in_an_included_file() {
     assert_eq!(p.steps["c"].timeout, Some(std::time::Duration::from_secs(120)));
     assert_eq!(p.steps["c"].commands, ["echo c"]);
 }
+
+#[test]
+fn a_pipeline_file_that_links_out_of_the_repository_is_not_read() {
+    let outside = tempfile::tempdir().unwrap();
+    fs::write(outside.path().join("environ"), "ORCH_API_TOKEN=hunter2\n").unwrap();
+    let dir = tree(&[]);
+    std::os::unix::fs::symlink(outside.path().join("environ"), dir.path().join(".orch.yml")).unwrap();
+    let e = pipeline::load_file(&dir.path().join(".orch.yml")).unwrap_err().to_string();
+    assert!(e.contains("is a symbolic link out of the repository"), "{e}");
+    assert!(!e.contains("hunter2"), "{e}");
+    // A link within the repository is fine.
+    fs::create_dir_all(dir.path().join("ci")).unwrap();
+    fs::write(dir.path().join("ci/main.yml"), "steps:\n  a: {image: busybox, commands: [true]}\n").unwrap();
+    fs::remove_file(dir.path().join(".orch.yml")).unwrap();
+    std::os::unix::fs::symlink("ci/main.yml", dir.path().join(".orch.yml")).unwrap();
+    pipeline::load_file(&dir.path().join(".orch.yml")).unwrap();
+}

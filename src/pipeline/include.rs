@@ -290,6 +290,9 @@ impl Resolver<'_> {
                 &format!("includes must stay within {}", disk.root.display()),
             );
         }
+        if std::fs::metadata(&canonical).is_ok_and(|m| m.len() > super::MAX_FILE_BYTES) {
+            return fail(self, format!("`{rel}` is larger than 1 MiB"), "a pipeline file may have at most 1 MiB");
+        }
         match std::fs::read_to_string(&canonical) {
             Ok(text) => Some((Origin::Disk(canonical), name, text)),
             Err(e) => fail(self, format!("cannot read `{rel}`: {}", io_reason(&e)), "the include must be a text file"),

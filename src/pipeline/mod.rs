@@ -27,6 +27,10 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{} is a symbolic link out of the repository ({})", path.display(), root.display())]
+    Outside { path: PathBuf, root: PathBuf },
+    #[error("{} is {bytes} bytes: a pipeline file may have at most 1 MiB", path.display())]
+    TooBig { path: PathBuf, bytes: u64 },
     /// Every problem in the file (and the files it includes), rendered with positions.
     /// A diagnostic's `file` indexes `files`; `file` is the main one.
     #[error("{rendered}")]
@@ -43,13 +47,28 @@ pub fn parse_str(file: &str, src: &str) -> Result<Pipeline, ConfigError> {
 /// git work tree the file is in (or its directory, outside of one).
 pub fn load_file(path: &Path) -> Result<Pipeline, ConfigError> {
     let read_err = |source| ConfigError::Read { path: path.to_path_buf(), source };
-    let src = std::fs::read_to_string(path).map_err(read_err)?;
+    // The repository is found from where the file is named, not from where a symbolic link
+    // leads: a checkout's `.orch.yml` may not be a link out of it (the server would show
+    // the first lines of whatever it points at, `/proc/self/environ` say, in its error).
+    let named = std::path::absolute(path).map_err(read_err)?;
+    let dir = named.parent().unwrap_or(Path::new("/"));
+    let root = dir.ancestors().find(|d| d.join(".git").exists()).unwrap_or(dir);
+    let root = root.canonicalize().map_err(read_err)?;
     let main = path.canonicalize().map_err(read_err)?;
-    let dir = main.parent().unwrap_or(Path::new("/"));
-    let root = dir.ancestors().find(|d| d.join(".git").exists()).unwrap_or(dir).to_path_buf();
+    if !main.starts_with(&root) {
+        return Err(ConfigError::Outside { path: path.to_path_buf(), root });
+    }
+    let meta = std::fs::metadata(&main).map_err(read_err)?;
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(ConfigError::TooBig { path: path.to_path_buf(), bytes: meta.len() });
+    }
+    let src = std::fs::read_to_string(&main).map_err(read_err)?;
     let disk = include::Disk { main: main.clone(), root };
     load_source(SourceFile { name: path.display().to_string(), text: src }, Some(&disk))
 }
+
+/// The largest pipeline file (each, included ones too) orch reads.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
 
 fn load_source(main: SourceFile, disk: Option<&include::Disk>) -> Result<Pipeline, ConfigError> {
     let doc = match yaml::parse(&main.text) {

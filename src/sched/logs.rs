@@ -27,12 +27,10 @@ impl Masker {
         let mut secrets: Vec<Vec<u8>> = values
             .into_iter()
             .flat_map(|v| {
+                // Output never holds a line's end: a value's trailing newline is no part of
+                // what is printed (`echo "$TOKEN"` of `TOKEN=abc\n` prints `abc`).
                 let lines: Vec<&str> = v.lines().map(|l| l.trim_end_matches('\r')).collect();
-                if lines.len() > 1 {
-                    lines.into_iter().filter(|l| l.trim().len() >= MIN_LINE).collect()
-                } else {
-                    vec![v]
-                }
+                if lines.len() > 1 { lines.into_iter().filter(|l| l.trim().len() >= MIN_LINE).collect() } else { lines }
             })
             .filter(|v| !v.is_empty())
             .map(|v| v.as_bytes().to_vec())
@@ -168,6 +166,12 @@ mod tests {
         assert!(!all.contains(secret), "secret leaked");
         assert!(all.ends_with(MASK));
         assert!(out.len() >= 2);
+    }
+
+    #[test]
+    fn a_secret_ending_in_a_newline_is_masked() {
+        assert_eq!(lines(&[b"x abc123 y\n"], &["abc123\n"]), ["x *** y"]);
+        assert_eq!(lines(&[b"x abc123 y\n"], &["abc123\r\n"]), ["x *** y"]);
     }
 
     #[test]

@@ -227,7 +227,10 @@ async fn prepare_and_run(
             format!("no .orch.yml in {} at {}", run.spec.repo, short(&run.spec.sha)),
         ));
     }
-    let pipeline = match pipeline::load_file(&file) {
+    // Off the async threads: a hostile file can make the parser work.
+    let loaded = tokio::task::spawn_blocking(move || pipeline::load_file(&file)).await;
+    let loaded = loaded.map_err(|e| Outcome::early("error", Conclusion::Error, format!("loading .orch.yml: {e}")))?;
+    let pipeline = match loaded {
         Ok(p) => p,
         Err(e) => {
             let text = e.to_string().replace(&work.display().to_string(), "");
