@@ -252,3 +252,11 @@ fn a_pipeline_file_that_links_out_of_the_repository_is_not_read() {
     std::os::unix::fs::symlink("ci/main.yml", dir.path().join(".orch.yml")).unwrap();
     pipeline::load_file(&dir.path().join(".orch.yml")).unwrap();
 }
+
+#[test]
+fn thousands_of_problems_show_the_first_hundred() {
+    let steps: String = (0..300).map(|i| format!("  s{i}: {{image: x, comands: [y]}}\n")).collect();
+    let out = rendered(pipeline::parse_str("many.yml", &format!("steps:\n{steps}")));
+    assert_eq!(out.matches("error: unknown key `comands`").count(), 100);
+    assert!(out.ends_with("many.yml: 300 problems found, the first 100 shown\n"), "{}", &out[out.len() - 200..]);
+}

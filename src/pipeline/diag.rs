@@ -241,16 +241,20 @@ pub fn sort_by_position(diags: &mut [Diagnostic], files: &[SourceFile]) {
 
 /// Renders every diagnostic, each against its own file, and a closing count line named
 /// after the main file.
-pub fn render_all(diags: &[Diagnostic], files: &[SourceFile]) -> String {
+/// `hidden` more problems were found and are not shown.
+pub fn render_all(diags: &[Diagnostic], files: &[SourceFile], hidden: usize) -> String {
     let mut out = String::new();
     for d in diags {
         let (name, src) = files.get(d.file).map_or(("?", ""), |f| (f.name.as_str(), f.text.as_str()));
         out.push_str(&d.render(name, src));
         out.push('\n');
     }
-    let n = diags.len();
+    let n = diags.len() + hidden;
     let main = files.first().map_or("?", |f| f.name.as_str());
     let _ = write!(out, "{main}: {n} problem{} found", if n == 1 { "" } else { "s" });
+    if hidden > 0 {
+        let _ = write!(out, ", the first {} shown", diags.len());
+    }
     let elsewhere = diags.iter().filter(|d| d.file != 0).count();
     if elsewhere > 0 {
         let _ = write!(out, " ({elsewhere} in included files)");

@@ -73,7 +73,7 @@ pub const MAX_FILE_BYTES: u64 = 1 << 20;
 fn load_source(main: SourceFile, disk: Option<&include::Disk>) -> Result<Pipeline, ConfigError> {
     let doc = match yaml::parse(&main.text) {
         Ok(doc) => doc,
-        Err(e) => return Err(invalid(vec![Diagnostic::syntax(e)], &[main])),
+        Err(e) => return Err(invalid(vec![Diagnostic::syntax(e)], &[main], 0)),
     };
     let resolved = include::resolve(main, doc, disk);
     let mut diags = match load::load(&resolved.doc) {
@@ -85,14 +85,21 @@ fn load_source(main: SourceFile, disk: Option<&include::Disk>) -> Result<Pipelin
         d.file = resolved.file_of(&d.path);
     }
     diags.extend(resolved.diags.iter().cloned());
+    // Each problem is located by a parse of its file: a file with thousands of them shows
+    // the first ones found (fixing those usually fixes many more).
+    let hidden = diags.len().saturating_sub(MAX_SHOWN);
+    diags.truncate(MAX_SHOWN);
     diag::sort_by_position(&mut diags, &resolved.files);
-    Err(invalid(diags, &resolved.files))
+    Err(invalid(diags, &resolved.files, hidden))
 }
 
-fn invalid(diagnostics: Vec<Diagnostic>, files: &[SourceFile]) -> ConfigError {
+/// How many problems of one pipeline are shown, at most.
+const MAX_SHOWN: usize = 100;
+
+fn invalid(diagnostics: Vec<Diagnostic>, files: &[SourceFile], hidden: usize) -> ConfigError {
     ConfigError::Invalid {
         file: files[0].name.clone(),
-        rendered: diag::render_all(&diagnostics, files),
+        rendered: diag::render_all(&diagnostics, files, hidden),
         files: files.iter().map(|f| f.name.clone()).collect(),
         diagnostics,
     }
