@@ -191,6 +191,8 @@ fn reads_filters_pages_errors_auth_metrics_and_the_cli() {
     assert_eq!(bad_repo.status, 400);
     assert!(bad_repo.json()["error"].as_str().unwrap().contains("owner/name"));
     assert_eq!(post(&orch, "/api/runs", r#"{"repo": "acme/hello", "branch": "main", "sha": "xyz"}"#).status, 400);
+    let local = post(&orch, "/api/runs", r#"{"repo": "acme/hello", "branch": "main", "clone_url": "file:///etc"}"#);
+    assert_eq!(local.status, 400, "{}", local.text());
     assert_eq!(post(&orch, "/api/runs/999/rerun", "").status, 404);
     assert_eq!(post(&orch, "/api/runs/999/cancel", "").status, 404);
     assert_eq!(post(&orch, "/api/runs/1/rerun?failed=maybe", "").status, 400);

@@ -592,6 +592,15 @@ async fn manual_run(State(st): State<Arc<AppState>>, headers: HeaderMap, body: B
     if !st.cfg.allow_repos.is_empty() && !st.cfg.allow_repos.contains(&m.repo) {
         return error(StatusCode::BAD_REQUEST, format!("repository `{}` is not in the allow-list", m.repo));
     }
+    // A network address, never a path on the server (whose files are not the repository's).
+    if let Some(url) = &m.clone_url
+        && !["https://", "http://", "git://", "ssh://"].iter().any(|p| url.starts_with(p))
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("`clone_url` must be an https, http, git or ssh URL, got `{url}`"),
+        );
+    }
     let latest = st
         .db
         .runs_where(RunFilter { repo: Some(m.repo.clone()), limit: 1, ..Default::default() })

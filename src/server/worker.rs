@@ -99,6 +99,13 @@ pub(crate) fn new_run_ref(id: i64, r: &super::db::NewRun) -> RunRef {
     }
 }
 
+/// A run's cache scopes on the server: those of [`sched::cache_scopes`], within its
+/// repository. One server builds many repositories, and one must not restore (or poison)
+/// another's caches.
+fn repo_cache_scopes(repo: &str, ctx: &crate::plan::Context, default_branch: Option<&str>) -> Vec<String> {
+    sched::cache_scopes(ctx, default_branch.unwrap_or("main")).into_iter().map(|s| format!("{repo}/{s}")).collect()
+}
+
 /// How a run ended, for the database and GitHub.
 struct Outcome {
     status: &'static str,
@@ -353,7 +360,7 @@ async fn prepare_and_run(
             grace: Duration::from_secs(10),
             cache: Some(CacheSettings {
                 store: Arc::new(cache),
-                scopes: sched::cache_scopes(&ctx, run.spec.default_branch.as_deref().unwrap_or("main")),
+                scopes: repo_cache_scopes(&run.spec.repo, &ctx, run.spec.default_branch.as_deref()),
             }),
             source_root: Some(work.to_path_buf()),
             artifact_dir: Some(dir.join("artifacts")),
@@ -554,4 +561,21 @@ fn summary(steps: &[StepSummary], took: Duration) -> String {
         s.push_str(&format!("| `{}` | {icon} {} | {time} | {note} |\n", st.step, st.status.as_str()));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_repository_has_its_own_cache_scopes() {
+        let ctx = crate::plan::Context {
+            event: Some(Event::PullRequest),
+            branch: Some("topic".into()),
+            pr: Some(7),
+            ..crate::plan::Context::default()
+        };
+        assert_eq!(repo_cache_scopes("acme/a", &ctx, Some("main")), ["acme/a/pr:7", "acme/a/branch:main"]);
+        assert_eq!(repo_cache_scopes("acme/b", &ctx, None), ["acme/b/pr:7", "acme/b/branch:main"]);
+    }
 }
