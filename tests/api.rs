@@ -331,8 +331,20 @@ fn without_a_token_actions_are_refused_and_a_private_api_and_dashboard_need_one(
     let forged = [("Cookie", "orch_session=0123")];
     assert_eq!(private.request("GET", "/", &forged, b"").status, 303);
     // Only this server's paths are places to go back to.
-    let body = format!("token={API_TOKEN}&next=%2F%2Fevil.example%2F");
-    assert_eq!(private.request("POST", "/login", &form_type, body.as_bytes()).header("location"), Some("/"));
+    for next in
+        ["%2F%2Fevil.example%2F", "%2F%09%2Fevil.example", "%2F%5Cevil.example", "%2F%0D%0AX%3A%201", "https%3A%2F%2Fe"]
+    {
+        let body = format!("token={API_TOKEN}&next={next}");
+        let r = private.request("POST", "/login", &form_type, body.as_bytes());
+        assert_eq!((r.status, r.header("location")), (303, Some("/")), "next={next}");
+    }
+    // A session is dated and signed: an old one, or one signed with another token, is refused.
+    let old = orch::server::api::session_value(API_TOKEN, orch::server::db::now() - 8 * 86_400);
+    let other = orch::server::api::session_value("another", orch::server::db::now());
+    for v in [old, other] {
+        let c = format!("orch_session={v}");
+        assert_eq!(private.request("GET", "/", &[("Cookie", &c)], b"").status, 303, "{v}");
+    }
     let out = private.get("/logout");
     assert!(out.header("set-cookie").is_some_and(|c| c.contains("Max-Age=0")), "{:?}", out.headers);
 }

@@ -23,7 +23,7 @@ use axum::routing::{get, post};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::db::{NewRun, Run, RunFilter};
+use super::db::{NewRun, Run, RunFilter, now};
 use super::{AppState, reply, worker};
 use crate::github::Update;
 
@@ -84,23 +84,32 @@ pub fn authorize_write(st: &AppState, headers: &HeaderMap) -> Result<(), Box<Res
 /// The dashboard's session cookie (a private server's pages need it).
 pub const SESSION_COOKIE: &str = "orch_session";
 
-/// The session cookie's value: derived from the API token, so that the cookie never holds
-/// the token itself and a new token ends every session.
-pub fn session_value(token: &str) -> String {
-    super::webhook::sign(token.as_bytes(), b"orch dashboard session").trim_start_matches("sha256=").to_string()
+/// How long a dashboard session lasts.
+pub const SESSION_SECS: i64 = 7 * 86_400;
+
+/// The session cookie's value for a session opened at `issued` (Unix seconds):
+/// `ISSUED.MAC`, the MAC keyed by the API token. The cookie never holds the token, a new
+/// token ends every session, and a session ends after [`SESSION_SECS`].
+pub fn session_value(token: &str, issued: i64) -> String {
+    let mac = super::webhook::sign(token.as_bytes(), format!("orch dashboard session {issued}").as_bytes());
+    format!("{issued}.{}", mac.trim_start_matches("sha256="))
 }
 
 /// Whether the request carries a valid dashboard session.
 pub fn has_session(st: &AppState, headers: &HeaderMap) -> bool {
     let Some(token) = &st.cfg.api_token else { return false };
-    let want = session_value(token);
+    let valid = |v: &str| {
+        let Some(issued) = v.split_once('.').and_then(|(i, _)| i.parse::<i64>().ok()) else { return false };
+        let age = now() - issued;
+        (0..SESSION_SECS).contains(&age) && same(v.as_bytes(), session_value(token, issued).as_bytes())
+    };
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .any(|(k, v)| k == SESSION_COOKIE && same(v.as_bytes(), want.as_bytes()))
+        .any(|(k, v)| k == SESSION_COOKIE && valid(v))
 }
 
 /// For reads: nothing, unless `api_private`; then the token as for actions, or a dashboard

@@ -302,9 +302,11 @@ struct SignIn {
     next: Option<String>,
 }
 
-/// Where to go after signing in: a path of this server, nothing else.
+/// Where to go after signing in: a path of this server, nothing else. Browsers drop tabs
+/// and newlines and read `\\` as `/`, so only plain path characters pass.
 fn local_path(next: Option<&str>) -> &str {
-    next.filter(|n| n.starts_with('/') && !n.starts_with("//") && !n.contains('\\')).unwrap_or("/")
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/-._~%?=&#+".contains(c);
+    next.filter(|n| n.starts_with('/') && !n.starts_with("//") && n.chars().all(plain)).unwrap_or("/")
 }
 
 fn login_form(st: &AppState, next: &str, problem: Option<&str>) -> String {
@@ -337,16 +339,18 @@ async fn login(State(st): State<Arc<AppState>>, Form(f): Form<SignIn>) -> Respon
     let Some(token) = &st.cfg.api_token else {
         return (StatusCode::FORBIDDEN, Html(login_form(&st, &next, None))).into_response();
     };
-    if super::api::session_value(&f.token) != super::api::session_value(token) {
+    let issued = now();
+    if super::api::session_value(&f.token, issued) != super::api::session_value(token, issued) {
         return (StatusCode::UNAUTHORIZED, Html(login_form(&st, &next, Some("That is not this server's API token."))))
             .into_response();
     }
     // Secure when people reach the server over https (behind a proxy, as they should).
     let secure = if st.cfg.public_url.starts_with("https://") { "; Secure" } else { "" };
     let cookie = format!(
-        "{}={}; Path=/; HttpOnly; SameSite=Strict{secure}",
+        "{}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Strict{secure}",
         super::api::SESSION_COOKIE,
-        super::api::session_value(token)
+        super::api::session_value(token, issued),
+        super::api::SESSION_SECS
     );
     ([(header::SET_COOKIE, cookie)], Redirect::to(&next)).into_response()
 }
