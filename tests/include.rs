@@ -260,3 +260,18 @@ fn thousands_of_problems_show_the_first_hundred() {
     assert_eq!(out.matches("error: unknown key `comands`").count(), 100);
     assert!(out.ends_with("many.yml: 300 problems found, the first 100 shown\n"), "{}", &out[out.len() - 200..]);
 }
+
+#[test]
+fn duplicate_keys_are_reported_with_includes_too() {
+    let dir = tree(&[
+        ("ci/a.yml", "env: {X: base}\n"),
+        ("ci/b.yml", "env: {Y: b}\n"),
+        (
+            ".orch.yml",
+            "include: [ci/a.yml]\ninclude: [ci/b.yml]\nenv:\n  X: one\n  X: two\nsteps:\n  a: {image: busybox, commands: [true]}\n",
+        ),
+    ]);
+    let out = problems(dir.path(), ".orch.yml");
+    assert!(out.contains("error: duplicate key `include` in the pipeline\n --> .orch.yml:2:1"), "{out}");
+    assert!(out.contains("error: duplicate key `X` in env\n --> .orch.yml:5:3"), "{out}");
+}

@@ -94,7 +94,21 @@ impl Resolver<'_> {
     fn file(&mut self, idx: usize, doc: Node, out: &mut Node, stack: &mut Vec<usize>) {
         let mut doc = doc;
         let items = match &mut doc {
-            Node::Map(entries) => entries.iter().position(|(k, _)| k == "include").map(|i| entries.remove(i).1),
+            Node::Map(entries) => {
+                // A second `include` would be merged as a pipeline key: report it instead.
+                if entries.iter().filter(|(k, _)| k == "include").count() > 1 {
+                    let mut d =
+                        Diagnostic::new(&[Seg::Key("include".into())], "duplicate key `include` in the pipeline")
+                            .at_key()
+                            .help("list every file under one `include`");
+                    d.occurrence = 1;
+                    self.err(idx, d);
+                    entries.retain(|(k, _)| k != "include");
+                    None
+                } else {
+                    entries.iter().position(|(k, _)| k == "include").map(|i| entries.remove(i).1)
+                }
+            }
             _ => None,
         };
         let list_path = vec![Seg::Key("include".into())];
@@ -332,8 +346,16 @@ fn merge(into: &mut Node, over: Node, path: &mut Vec<Seg>, file: usize, origins:
             // Keys are looked up among the entries that were there before this file: a key
             // written twice in one file stays twice, for the loader to report.
             let before = base.len();
+            let mut seen: Vec<String> = Vec::new();
             for (k, v) in entries {
                 path.push(Seg::Key(k.clone()));
+                if seen.contains(&k) {
+                    // Written twice in this file: kept twice, for the loader to report.
+                    base.push((k, v));
+                    path.pop();
+                    continue;
+                }
+                seen.push(k.clone());
                 match base[..before].iter_mut().find(|(bk, _)| *bk == k) {
                     Some((_, slot)) if matches!((&*slot, &v), (Node::Map(_), Node::Map(_))) => {
                         merge(slot, v, path, file, origins)
@@ -396,6 +418,10 @@ mod tests {
         let Node::Map(top) = &out else { panic!() };
         let Node::Map(steps) = &top[0].1 else { panic!() };
         assert_eq!(steps.len(), 3);
+        // Also when the key was there before: the file's second one stays a second one.
+        let mut out = yaml::parse("env: {X: zero}\n").unwrap();
+        merge(&mut out, yaml::parse("env: {X: one, X: two}\n").unwrap(), &mut Vec::new(), 0, &mut Vec::new());
+        assert_eq!(out, yaml::parse("env: {X: one, X: two}\n").unwrap());
     }
 
     #[test]
