@@ -295,7 +295,8 @@ fn collect(root: &Path, rel: &Path, m: &globset::GlobMatcher, out: &mut Vec<Path
 /// Where orch keeps caches by default: `$ORCH_CACHE_DIR`, else `$XDG_CACHE_HOME/orch`, else
 /// `~/.cache/orch`.
 pub fn default_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("ORCH_CACHE_DIR") {
+    // Set but empty counts as unset, as for every ORCH_* setting.
+    if let Some(d) = std::env::var_os("ORCH_CACHE_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(d);
     }
     if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {

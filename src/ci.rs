@@ -349,12 +349,13 @@ async fn watch_signals(cancel: Cancel, events: mpsc::Sender<RunEvent>) {
 /// The cache store: `--cache-dir`, else the default location; `ORCH_CACHE_MAX` (bytes, or
 /// with a K/M/G suffix) sets its size limit.
 pub fn cache_store(dir: Option<PathBuf>) -> CacheStore {
-    let max = match std::env::var("ORCH_CACHE_MAX") {
-        Ok(v) => cache::parse_size(&v).unwrap_or_else(|| {
+    // Set but empty counts as unset, as for every ORCH_* setting.
+    let max = match std::env::var("ORCH_CACHE_MAX").ok().filter(|v| !v.is_empty()) {
+        Some(v) => cache::parse_size(&v).unwrap_or_else(|| {
             eprintln!("warning: ORCH_CACHE_MAX={v} is not a size (e.g. 500M, 5G); using the default");
             cache::DEFAULT_MAX_BYTES
         }),
-        Err(_) => cache::DEFAULT_MAX_BYTES,
+        None => cache::DEFAULT_MAX_BYTES,
     };
     CacheStore::new(dir.unwrap_or_else(cache::default_dir), max)
 }

@@ -18,7 +18,13 @@ fn main() -> ExitCode {
     // The server's log is its user interface: info by default.
     let default = if matches!(cli.command, orch::cli::Command::Serve(_)) { "info" } else { "warn" };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ORCH_LOG").unwrap_or_else(|_| default.into()))
+        .with_env_filter(
+            std::env::var("ORCH_LOG")
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
+                .unwrap_or_else(|| default.into()),
+        )
         .with_writer(std::io::stderr)
         // A file or the journal gets plain text, not colour codes.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -175,6 +175,10 @@ fn empty_environment_variables_count_as_unset() {
     let serve = line_for(&lines, "serve config");
     assert!(serve.starts_with("ok"), "{lines:#?}");
     assert!(serve.contains("listen 127.0.0.1:8080") && serve.contains("repositories: acme/hello"), "{serve}");
+    // Read by orch itself, not through the flags: empty is unset too.
+    let (_, lines) = doctor(&tmp.path().join("cache"), None, &[("ORCH_CACHE_DIR", "")]);
+    let cache = line_for(&lines, "cache dir");
+    assert!(cache.contains("/orch") && !cache.contains("dir:  "), "{cache}");
 
     // The shipped environment file, as the systemd unit reads it, builds every repository.
     let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/runners/server/orch.env")).unwrap();
