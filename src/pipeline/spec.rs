@@ -320,7 +320,7 @@ pub const STEP: Obj = Obj {
             "Steps this one waits for, instead of the earlier stages; `[]` starts at once.",
         ),
         field("when", &Ty::Obj(&WHEN), "Conditions under which the step runs."),
-        field("timeout", &DURATION, "How long the step may run. Default 1h."),
+        field("timeout", &DURATION, "How long one attempt of the step may run. No limit by default."),
         field("retry", &RETRY, "Run the step again when it fails: a count, or `{count, on_exit_codes}`."),
         field("allow_failure", &BOOL, "A failure of this step does not fail the pipeline."),
         field("secrets", &STRINGS, "Secrets the step gets as environment variables (masked in logs)."),
