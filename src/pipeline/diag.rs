@@ -270,7 +270,7 @@ pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str
     candidates
         .into_iter()
         .map(|c| (levenshtein(&lower, &c.to_lowercase()), c))
-        .filter(|(d, c)| *d <= (c.len().max(word.len()) / 3).max(1))
+        .filter(|(d, c)| *d <= (c.chars().count().max(word.chars().count()) / 3).max(1))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
 }
@@ -308,6 +308,8 @@ mod tests {
         assert_eq!(did_you_mean("zzzzzz", ["image", "env"]), None);
         assert_eq!(did_you_mean("comands", ["commands"]), Some("commands"));
         assert_eq!(did_you_mean("NODE", ["os", "node"]), Some("node"));
+        // Lengths in characters: three wide characters are no near-miss of `b`.
+        assert_eq!(did_you_mean("日本語", ["b", "build"]), None);
     }
 
     #[test]

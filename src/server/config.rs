@@ -59,13 +59,13 @@ pub struct ServeArgs {
     #[arg(long = "clone-rewrite", env = "ORCH_CLONE_REWRITE", value_delimiter = ',')]
     pub clone_rewrite: Vec<String>,
     /// Also post one status per step (`orch/<step>`), with a token.
-    #[arg(long, env = "ORCH_STEP_STATUSES")]
+    #[arg(long, env = "ORCH_STEP_STATUSES", num_args = 0..=1, default_missing_value = "true")]
     pub step_statuses: Option<bool>,
     /// Pipeline secrets (dotenv); pull requests from forks get none.
     #[arg(long, env = "ORCH_SECRETS_FILE")]
     pub secrets_file: Option<PathBuf>,
     /// Cancel a branch's or pull request's older run when a newer one arrives [default: true].
-    #[arg(long, env = "ORCH_CANCEL_SUPERSEDED")]
+    #[arg(long, env = "ORCH_CANCEL_SUPERSEDED", num_args = 0..=1, default_missing_value = "true")]
     pub cancel_superseded: Option<bool>,
     /// Seconds before retrying a failed GitHub request (doubles each time) [default: 1].
     #[arg(long, env = "ORCH_GITHUB_BACKOFF", hide = true)]
@@ -75,7 +75,7 @@ pub struct ServeArgs {
     #[arg(long, env = "ORCH_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
     /// Read endpoints (API, dashboard, logs, metrics) need the token too [default: false].
-    #[arg(long, env = "ORCH_API_PRIVATE")]
+    #[arg(long, env = "ORCH_API_PRIVATE", num_args = 0..=1, default_missing_value = "true")]
     pub api_private: Option<bool>,
     /// Days finished runs (and their logs and artifacts) are kept [default: 30; 0 = for ever].
     #[arg(long, env = "ORCH_RETENTION_DAYS")]
@@ -378,6 +378,18 @@ mod tests {
         let c = ServeArgs { config: Some(f), retention_days: Some(9), ..Default::default() }.resolve().unwrap();
         assert_eq!((c.api_token.as_deref(), c.api_private), (Some("t0k"), true));
         assert_eq!((c.retention_days, c.retention_runs), (9, 100), "the flag wins over the file");
+        // `--api-private` alone means true, as `--api-private true` does.
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct T {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let t = T::try_parse_from(["t", "--api-private", "--step-statuses", "--cancel-superseded", "false"]).unwrap();
+        assert_eq!(
+            (t.serve.api_private, t.serve.step_statuses, t.serve.cancel_superseded),
+            (Some(true), Some(true), Some(false))
+        );
         let c = ServeArgs { cache_max: Some("20G".into()), webhook_secret: Some("s".into()), ..Default::default() };
         assert_eq!(c.resolve().unwrap().cache_max, 20 << 30);
         let c = ServeArgs { cache_max: Some("lots".into()), webhook_secret: Some("s".into()), ..Default::default() };
