@@ -137,6 +137,24 @@ impl DockerBackend {
         &self.docker
     }
 
+    /// Removes a network, waiting for a container on it that is being removed (by another
+    /// cleanup of the same run, `orch gc` or a starting `orch ci`: Docker answers 409 to the
+    /// second removal of a container at once, and 403 "active endpoints" to the network
+    /// until the first one is done).
+    async fn remove_network(&self, id: &str) -> Result<(), BackendError> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.docker.remove_network(id).await {
+                Err(DockerError::DockerResponseServerError { status_code: 403, message })
+                    if message.contains("active endpoints") && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                r => return gone_is_ok(r),
+            }
+        }
+    }
+
     fn labels(&self, run_id: &str, step: Option<&str>) -> HashMap<String, String> {
         let mut l = HashMap::from([
             (LABEL_RUN.to_string(), run_id.to_string()),
@@ -259,7 +277,7 @@ impl DockerBackend {
             .map_err(api)?;
         for n in &networks {
             if let Some(id) = &n.id {
-                gone_is_ok(self.docker.remove_network(id).await)?;
+                self.remove_network(id).await?;
             }
         }
         let volumes = self
@@ -719,7 +737,7 @@ impl DockerBackend {
             result = result.and(r);
         }
         if let Some(net) = &handle.network {
-            result = result.and(gone_is_ok(self.docker.remove_network(net).await));
+            result = result.and(self.remove_network(net).await);
         }
         result
     }
