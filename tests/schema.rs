@@ -120,6 +120,7 @@ fn every_shipped_pipeline_validates_against_the_schema() {
 /// Files with shape errors, each of which the loader and the schema must both refuse.
 const INVALID: &[(&str, &str)] = &[
     ("no steps", "env: {A: 1}\n"),
+    ("empty steps", "steps: {}\n"),
     ("unknown top key", "steps: {a: {image: x, commands: [true]}}\njobs: {}\n"),
     ("misspelt step key", "steps: {a: {imgae: x, commands: [true]}}\n"),
     ("commands a mapping", "steps: {a: {image: x, commands: {run: true}}}\n"),
@@ -160,7 +161,7 @@ fn with_an_include_only_shape_is_checked() {
     // `steps` could come from the template alone.
     let partial = "include: [{template: rust}]\nsteps:\n  test: {timeout: 45m}\n  extra: {commands: [true]}\n";
     orch::pipeline::parse_str("x.yml", partial).unwrap();
-    let only = "include: {template: rust}\n";
+    let only = "include: {template: rust}\nsteps: {}\n";
     orch::pipeline::parse_str("x.yml", only).unwrap();
     // Shape still counts.
     let wrong = "include: [{template: rust}]\nsteps:\n  test: {timeout: soon, comands: [true]}\n";

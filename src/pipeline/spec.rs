@@ -460,7 +460,16 @@ fn requirements(ty: &Ty) -> Option<Value> {
             }
             (!s.is_empty()).then_some(Value::Object(s))
         }
-        Ty::Dict { value, .. } => requirements(value).map(|r| json!({ "additionalProperties": r })),
+        Ty::Dict { value, min, .. } => {
+            let mut s = Map::new();
+            if *min > 0 {
+                s.insert("minProperties".into(), json!(min));
+            }
+            if let Some(r) = requirements(value) {
+                s.insert("additionalProperties".into(), r);
+            }
+            (!s.is_empty()).then_some(Value::Object(s))
+        }
         Ty::List { item, .. } => requirements(item).map(|r| json!({ "items": r })),
         // `required` and `properties` bind objects only and `items` arrays only, so the
         // forms' requirements can sit side by side; two mapping forms cannot.
@@ -551,12 +560,18 @@ fn schema(ty: &Ty, defs: &mut Map<String, Value>, required: bool) -> Value {
         Ty::Template => json!({ "enum": TEMPLATES.iter().map(|t| t.name).collect::<Vec<_>>() }),
         Ty::List { item, min } => json!({ "type": "array", "items": schema(item, defs, required), "minItems": min }),
         Ty::Obj(o) => obj_schema(o, defs, required),
-        Ty::Dict { names, value, min, nullable } => json!({
-            "type": if *nullable { json!(["object", "null"]) } else { json!("object") },
-            "propertyNames": { "pattern": names.pattern() },
-            "additionalProperties": schema(value, defs, required),
-            "minProperties": min,
-        }),
+        // How many entries a mapping needs is a requirement: included files may add them.
+        Ty::Dict { names, value, min, nullable } => {
+            let mut s = json!({
+                "type": if *nullable { json!(["object", "null"]) } else { json!("object") },
+                "propertyNames": { "pattern": names.pattern() },
+                "additionalProperties": schema(value, defs, required),
+            });
+            if required && *min > 0 {
+                s["minProperties"] = json!(min);
+            }
+            s
+        }
         Ty::AnyOf(tys) => json!({ "anyOf": tys.iter().map(|t| schema(t, defs, required)).collect::<Vec<_>>() }),
         Ty::Null => json!({ "type": "null" }),
         Ty::Def(name, inner) => {
