@@ -57,6 +57,21 @@ pub fn branch_head(url: &str, branch: &str, token: Option<&str>) -> Result<Strin
         .ok_or_else(|| format!("no branch `{branch}` at {url}"))
 }
 
+/// Fetches `refspec` from `spec`'s remote into `repo`, as shallowly as `spec` says, with its
+/// token for the credentials callback and no tags.
+fn fetch_refspec(repo: &Repository, spec: &FetchSpec, refspec: &str) -> Result<(), git2::Error> {
+    let mut remote = repo.remote_anonymous(&spec.url)?;
+    let mut fo = FetchOptions::new();
+    fo.remote_callbacks(callbacks(spec.token.as_deref()));
+    // libgit2's local transport cannot fetch shallowly.
+    let local = spec.url.starts_with("file://") || spec.url.starts_with('/');
+    if !local && spec.depth > 0 {
+        fo.depth(spec.depth);
+    }
+    fo.download_tags(git2::AutotagOption::None);
+    remote.fetch(&[refspec], Some(&mut fo), None)
+}
+
 /// Fetches `spec` into `dir` (created empty) and checks out its SHA, detached.
 pub fn fetch(dir: &Path, spec: &FetchSpec) -> Result<(), CheckoutError> {
     let err = |message: String| CheckoutError { what: format!("{} from {}", spec.git_ref, spec.url), message };
@@ -64,19 +79,7 @@ pub fn fetch(dir: &Path, spec: &FetchSpec) -> Result<(), CheckoutError> {
     std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
     let repo = Repository::init(dir).map_err(g)?;
     let want = Oid::from_str(&spec.sha).map_err(|_| err(format!("`{}` is not a commit SHA", spec.sha)))?;
-    // libgit2's local transport cannot fetch shallowly.
-    let local = spec.url.starts_with("file://") || spec.url.starts_with('/');
-    let depth = if local { 0 } else { spec.depth };
-    let run_fetch = |refspec: &str| -> Result<(), git2::Error> {
-        let mut remote = repo.remote_anonymous(&spec.url)?;
-        let mut fo = FetchOptions::new();
-        fo.remote_callbacks(callbacks(spec.token.as_deref()));
-        if depth > 0 {
-            fo.depth(depth);
-        }
-        fo.download_tags(git2::AutotagOption::None);
-        remote.fetch(&[refspec], Some(&mut fo), None)
-    };
+    let run_fetch = |refspec: &str| fetch_refspec(&repo, spec, refspec);
     run_fetch(&format!("+{}:refs/orch/target", spec.git_ref)).map_err(g)?;
     let got = repo.refname_to_id("refs/orch/target").map_err(g)?;
     let got = repo.find_object(got, None).and_then(|o| o.peel_to_commit()).map(|c| c.id()).map_err(g)?;
@@ -106,18 +109,10 @@ pub fn pull_request_changes(dir: &Path, spec: &FetchSpec, base_branch: &str) -> 
     let err = |message: String| CheckoutError { what: format!("refs/heads/{base_branch} from {}", spec.url), message };
     let g = |e: git2::Error| err(e.message().to_string());
     let repo = Repository::open(dir).map_err(g)?;
-    let local = spec.url.starts_with("file://") || spec.url.starts_with('/');
-    let mut remote = repo.remote_anonymous(&spec.url).map_err(g)?;
-    let mut fo = FetchOptions::new();
-    fo.remote_callbacks(callbacks(spec.token.as_deref()));
-    if !local && spec.depth > 0 {
-        fo.depth(spec.depth);
-    }
-    fo.download_tags(git2::AutotagOption::None);
     if let Ok(mut stale) = repo.find_reference("refs/orch/base") {
         stale.delete().map_err(g)?;
     }
-    remote.fetch(&[&format!("+refs/heads/{base_branch}:refs/orch/base")], Some(&mut fo), None).map_err(g)?;
+    fetch_refspec(&repo, spec, &format!("+refs/heads/{base_branch}:refs/orch/base")).map_err(g)?;
     // A ref the server does not have fetches nothing, without an error.
     let base = repo.refname_to_id("refs/orch/base").map_err(|_| err("the server has no such branch".into()))?;
     let head = repo.head().and_then(|h| h.peel_to_commit()).map_err(g)?;

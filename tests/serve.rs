@@ -537,13 +537,7 @@ steps:
     let keys = temp_dir("orch-serve-app-");
     let (key, public_key) = app_key(keys.path());
     let gh = FakeGitHub::start(GhAuth::App { app_id: APP_ID, public_key, installation_id: INSTALLATION });
-    let orch = Orch::start(ServeArgs {
-        github_url: Some(gh.url.clone()),
-        github_app_id: Some(APP_ID),
-        github_app_key: Some(key.display().to_string()),
-        clone_rewrite: vec![git.rewrite()],
-        ..base_args()
-    });
+    let orch = Orch::start(app_args(&gh, APP_ID, &key, git.rewrite()));
 
     // A delivery without `installation`: orch asks GitHub which installation has the repo.
     let mut push = push_event("main", ZERO_SHA, &sha);
@@ -846,13 +840,7 @@ fn a_github_app_clones_a_private_repository_with_its_installation_token() {
     let gh = FakeGitHub::start(GhAuth::App { app_id: APP_ID, public_key, installation_id: INSTALLATION });
     // Private: only a token the fake GitHub minted opens it. No `github_token` is set.
     let http = git.http(gh.minted_tokens());
-    let orch = Orch::start(ServeArgs {
-        github_url: Some(gh.url.clone()),
-        github_app_id: Some(APP_ID),
-        github_app_key: Some(key.display().to_string()),
-        clone_rewrite: vec![http.rewrite()],
-        ..base_args()
-    });
+    let orch = Orch::start(app_args(&gh, APP_ID, &key, http.rewrite()));
     let mut push = push_event("main", ZERO_SHA, &sha);
     push["installation"]["id"] = json!(INSTALLATION);
     let id = orch.deliver("push", &push).run_id();
@@ -880,14 +868,7 @@ fn a_github_app_run_interrupted_by_a_restart_completes_its_own_check_run() {
     let (key, public_key) = app_key(keys.path());
     let gh = FakeGitHub::start(GhAuth::App { app_id: APP_ID, public_key, installation_id: INSTALLATION });
     let data = temp_dir("orch-serve-data-");
-    let args = || ServeArgs {
-        data_dir: Some(data.path().to_path_buf()),
-        github_url: Some(gh.url.clone()),
-        github_app_id: Some(APP_ID),
-        github_app_key: Some(key.display().to_string()),
-        clone_rewrite: vec![git.rewrite()],
-        ..base_args()
-    };
+    let args = || ServeArgs { data_dir: Some(data.path().to_path_buf()), ..app_args(&gh, APP_ID, &key, git.rewrite()) };
     let mut push = push_event("main", ZERO_SHA, &sha);
     push["installation"]["id"] = json!(INSTALLATION);
 

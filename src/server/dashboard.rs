@@ -339,8 +339,7 @@ async fn login(State(st): State<Arc<AppState>>, Form(f): Form<SignIn>) -> Respon
     let Some(token) = &st.cfg.api_token else {
         return (StatusCode::FORBIDDEN, Html(login_form(&st, &next, None))).into_response();
     };
-    let issued = now();
-    if super::api::session_value(&f.token, issued) != super::api::session_value(token, issued) {
+    if !super::api::same(f.token.as_bytes(), token.as_bytes()) {
         return (StatusCode::UNAUTHORIZED, Html(login_form(&st, &next, Some("That is not this server's API token."))))
             .into_response();
     }
@@ -349,7 +348,7 @@ async fn login(State(st): State<Arc<AppState>>, Form(f): Form<SignIn>) -> Respon
     let cookie = format!(
         "{}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Strict{secure}",
         super::api::SESSION_COOKIE,
-        super::api::session_value(token, issued),
+        super::api::session_value(token, now()),
         super::api::SESSION_SECS
     );
     ([(header::SET_COOKIE, cookie)], Redirect::to(&next)).into_response()

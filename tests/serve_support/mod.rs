@@ -1701,6 +1701,18 @@ pub fn base_args() -> orch::server::config::ServeArgs {
 }
 
 /// Settings reporting with a token to `gh` and cloning from `git`.
+/// Settings for a server that is the GitHub App `app_id` (its private key in `key`) and
+/// clones through `rewrite`.
+pub fn app_args(gh: &FakeGitHub, app_id: u64, key: &Path, rewrite: String) -> orch::server::config::ServeArgs {
+    orch::server::config::ServeArgs {
+        github_url: Some(gh.url.clone()),
+        github_app_id: Some(app_id),
+        github_app_key: Some(key.display().to_string()),
+        clone_rewrite: vec![rewrite],
+        ..base_args()
+    }
+}
+
 pub fn token_args(gh: &FakeGitHub, git: &GitServer) -> orch::server::config::ServeArgs {
     orch::server::config::ServeArgs {
         github_url: Some(gh.url.clone()),
