@@ -237,59 +237,81 @@ impl CacheStore {
 /// Resolves `${hash:PATTERN}` in a cache key: the SHA-256 (first 16 hex digits) of the files
 /// under `root` matching the glob, in path order. A pattern matching nothing is an error.
 pub fn resolve_key(key: &str, root: Option<&Path>) -> Result<String, CacheError> {
-    crate::pipeline::interp::expand(key, |var| {
+    let mut failed = None;
+    let expanded = crate::pipeline::interp::expand(key, |var| {
         let pattern = var.strip_prefix("hash:")?;
         let root = root?;
-        hash_files(root, pattern).ok().flatten()
-    })
-    .map_err(|message| CacheError::Key {
+        match hash_files(root, pattern) {
+            Ok(h) => h,
+            Err(e) => {
+                failed = Some(e.to_string());
+                None
+            }
+        }
+    });
+    expanded.map_err(|message| CacheError::Key {
         key: key.to_string(),
-        message: if message.contains("hash:") {
-            format!("{message}: no file in the work tree matches it")
-        } else {
-            message
+        message: match failed {
+            Some(e) => format!("{message}: {e}"),
+            None if message.contains("hash:") => format!("{message}: no file in the work tree matches it"),
+            None => message,
         },
     })
 }
 
+/// Files `${hash:...}` reads at most, and bytes in all: a key is a fingerprint of lock
+/// files, not of a whole tree; past these the key is refused rather than read for ever.
+const HASH_MAX_FILES: usize = 100_000;
+const HASH_MAX_BYTES: u64 = 1 << 30;
+
 fn hash_files(root: &Path, pattern: &str) -> std::io::Result<Option<String>> {
+    use std::io::Read;
     // As in `when.paths`: `*` stays within one directory, `**` crosses.
     let matcher = match globset::GlobBuilder::new(pattern).literal_separator(true).build() {
         Ok(g) => g.compile_matcher(),
         Err(_) => return Ok(None),
     };
-    let mut files = Vec::new();
-    collect(root, Path::new(""), &matcher, &mut files)?;
-    if files.is_empty() {
-        return Ok(None);
+    // Read beneath the work tree: a link in the repository cannot make orch read (or
+    // hang on) a host file, a device or a FIFO.
+    let tree = crate::confined::Root::open(root)?;
+    let mut files: Vec<PathBuf> = Vec::new();
+    for (name, kind) in tree.entries("")? {
+        if name == ".git" || name == ".orch" {
+            continue;
+        }
+        let found = if kind == crate::confined::Kind::Dir {
+            tree.walk(&name, HASH_MAX_FILES)?.into_iter().map(|f| Path::new(&name).join(f.path)).collect()
+        } else {
+            vec![PathBuf::from(&name)]
+        };
+        files.extend(found.into_iter().filter(|p| matcher.is_match(p)));
+        if files.len() > HASH_MAX_FILES {
+            return Err(std::io::Error::other(format!("more than {HASH_MAX_FILES} files match")));
+        }
     }
     files.sort();
     let mut h = Sha256::new();
+    let mut any = false;
+    let mut budget = HASH_MAX_BYTES;
+    let mut buf = vec![0u8; 64 * 1024];
     for f in files {
+        // A link to a file counts as the file, when it leads to one inside the tree.
+        let Ok(mut file) = tree.open_file(&f) else { continue };
+        any = true;
         h.update(f.to_string_lossy().as_bytes());
         h.update([0]);
-        h.update(std::fs::read(root.join(&f))?);
-    }
-    Ok(Some(hex(&h.finalize()[..8])))
-}
-
-fn collect(root: &Path, rel: &Path, m: &globset::GlobMatcher, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for e in std::fs::read_dir(root.join(rel))? {
-        let e = e?;
-        let name = e.file_name();
-        if rel.as_os_str().is_empty() && (name == ".git" || name == ".orch") {
-            continue;
-        }
-        let p = rel.join(&name);
-        let ft = e.file_type()?;
-        if ft.is_dir() {
-            collect(root, &p, m, out)?;
-        } else if m.is_match(&p) && std::fs::metadata(root.join(&p)).is_ok_and(|md| md.is_file()) {
-            // A symlink to a file counts, as the file it points to.
-            out.push(p);
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            budget = budget.checked_sub(n as u64).ok_or_else(|| {
+                std::io::Error::other(format!("the files hashed hold more than {} MiB", HASH_MAX_BYTES >> 20))
+            })?;
+            h.update(&buf[..n]);
         }
     }
-    Ok(())
+    Ok(any.then(|| hex(&h.finalize()[..8])))
 }
 
 /// Where orch keeps caches by default: `$ORCH_CACHE_DIR`, else `$XDG_CACHE_HOME/orch`, else
@@ -389,5 +411,34 @@ mod tests {
         assert_ne!(k1, k2);
         let e = resolve_key("x-${hash:nope.lock}", Some(d.path())).unwrap_err();
         assert!(e.to_string().contains("nope.lock"), "{e}");
+    }
+
+    #[test]
+    fn hash_reads_no_host_file_through_a_link() {
+        let host = tempfile::tempdir().unwrap();
+        std::fs::write(host.path().join("hostname"), "the-host").unwrap();
+        let d = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(host.path().join("hostname"), d.path().join("hostlink")).unwrap();
+        std::os::unix::fs::symlink("/proc/self/pagemap", d.path().join("pagemap")).unwrap();
+        std::os::unix::fs::symlink("../../../../../../../../etc/hostname", d.path().join("climb")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", d.path().join("zero")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            d.path().join("fifo"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        for name in ["hostlink", "pagemap", "climb", "zero", "fifo"] {
+            let e = resolve_key(&format!("k-${{hash:{name}}}"), Some(d.path())).unwrap_err();
+            assert!(e.to_string().contains("no file in the work tree matches it"), "{name}: {e}");
+        }
+        // A link to a file inside counts as that file.
+        std::fs::write(d.path().join("real.lock"), "v1").unwrap();
+        std::os::unix::fs::symlink("real.lock", d.path().join("alias.lock")).unwrap();
+        let a = resolve_key("${hash:alias.lock}", Some(d.path())).unwrap();
+        std::fs::write(d.path().join("real.lock"), "v2").unwrap();
+        assert_ne!(a, resolve_key("${hash:alias.lock}", Some(d.path())).unwrap());
     }
 }

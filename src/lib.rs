@@ -9,6 +9,7 @@ pub mod ci;
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod confined;
 pub mod doctor;
 pub mod error;
 pub mod exec;

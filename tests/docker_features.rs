@@ -1093,10 +1093,12 @@ steps:
         let name = format!("test[a={a},b={b}]");
         assert_eq!(run.status(&name), "passed", "{d}");
         assert_line(&run, &name, &format!("values a={a} b={b} step={name}"));
-        let log = p.log_file(&run.run_id(), &format!("test_a_{a}_b_{b}_"));
+        let slug = orch::plan::slug(&name);
+        assert!(slug.starts_with(&format!("test_a_{a}_b_{b}_-")), "{slug}");
+        let log = p.log_file(&run.run_id(), &slug);
         assert!(log.contains(&format!("values a={a} b={b}")), "log of {name}:\n{log}");
         // Its artifacts directory is named like its log.
-        let own = format!(".orch/runs/{}/artifacts/test_a_{a}_b_{b}_/matrix-out/{a}-{b}.txt", run.run_id());
+        let own = format!(".orch/runs/{}/artifacts/{slug}/matrix-out/{a}-{b}.txt", run.run_id());
         assert_eq!(p.read(&own), format!("{a}{b}\n"));
         intervals.push(run.interval(&name));
     }

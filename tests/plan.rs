@@ -986,3 +986,29 @@ fn valid_golden_cases_plan_for_every_event() {
     }
     assert!(n > 0, "no valid-*.yml in {}", dir.display());
 }
+
+#[test]
+fn matrix_values_that_read_alike_get_their_own_file_names() {
+    let p = plan_for(
+        "steps:\n  t:\n    image: busybox\n    matrix: {v: ['a b', 'a_b', 'a/b', 'a.b']}\n    commands: [true]\n",
+        &push("main"),
+    );
+    let slugs: Vec<String> = p.steps.iter().map(|s| orch::plan::slug(&s.name)).collect();
+    let unique: std::collections::HashSet<&String> = slugs.iter().collect();
+    assert_eq!(unique.len(), 4, "{slugs:?}");
+    for s in &slugs {
+        assert!(s.starts_with("t_v_a"), "{s}");
+        assert!(s.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)), "{s}");
+    }
+    // Plain names are kept as they are; long or odd ones are bounded.
+    assert_eq!(orch::plan::slug("unit-tests_1.2"), "unit-tests_1.2");
+    assert!(orch::plan::slug(&"x".repeat(300)).len() <= 64);
+    assert!(!orch::plan::slug("../..").contains('/'));
+}
+
+#[test]
+fn two_variants_with_one_name_are_refused() {
+    let src = "steps:\n  t:\n    image: busybox\n    matrix:\n      include: [{x: 'a,y=b', y: c}, {x: a, y: 'b,y=c'}]\n    commands: [true]\n";
+    let e = plan(&pipeline(src), &push("main"), &Selection::default()).unwrap_err();
+    assert!(e.to_string().contains("would share the file and container name"), "{e}");
+}

@@ -25,6 +25,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::*;
+use crate::confined::{Kind, Root};
 use crate::plan::WORKSPACE;
 
 pub struct DockerBackend {
@@ -328,10 +329,11 @@ impl DockerBackend {
         let files = files.to_vec();
         let writer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             let mut b = tar::Builder::new(ChannelWriter { tx, buf: Vec::with_capacity(CHUNK) });
-            b.follow_symlinks(false);
-            b.mode(tar::HeaderMode::Complete);
+            // Every file is read beneath the tree: a path through a link cannot make orch
+            // copy a host file into the workspace (links themselves are copied as links).
+            let tree = Root::open(&root)?;
             for f in &files {
-                b.append_path_with_name(root.join(f), f)?;
+                append_confined(&mut b, &tree, f)?;
             }
             let mut w = b.into_inner()?;
             w.flush()
@@ -355,6 +357,37 @@ impl DockerBackend {
 }
 
 const CHUNK: usize = 256 * 1024;
+
+/// Appends the file, link or directory `rel` of `tree` to `b` (devices, FIFOs and sockets
+/// are left out, as git cannot hold them anyway).
+fn append_confined<W: Write>(b: &mut tar::Builder<W>, tree: &Root, rel: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Some((kind, _)) = tree.kind(rel)? else { return Ok(()) };
+    let mut h = tar::Header::new_gnu();
+    h.set_mtime(0);
+    match kind {
+        Kind::File => {
+            let f = tree.open_file(rel)?;
+            let md = f.metadata()?;
+            h.set_metadata_in_mode(&md, tar::HeaderMode::Complete);
+            h.set_mtime(u64::try_from(md.mtime()).unwrap_or(0));
+            b.append_data(&mut h, rel, f)
+        }
+        Kind::Symlink => {
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_mode(0o777);
+            h.set_size(0);
+            b.append_link(&mut h, rel, tree.read_link(rel)?)
+        }
+        Kind::Dir => {
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(0o755);
+            h.set_size(0);
+            b.append_data(&mut h, rel, std::io::empty())
+        }
+        Kind::Other => Ok(()),
+    }
+}
 
 /// A `Write` that hands fixed-size chunks to an async channel (bounded: the tar writer
 /// waits for the upload, so memory stays flat whatever the tree's size).
@@ -395,7 +428,7 @@ impl DockerBackend {
     /// Creates the step's private network, starts its services on it and waits until each
     /// is ready. On error, what was started is removed before returning.
     async fn start_services(&self, step: &StepSpec, handle: &mut StepHandle) -> Result<(), BackendError> {
-        let net = format!("orch-{}-{}-{}", step.run_id, sanitize(&step.step), step.attempt);
+        let net = format!("orch-{}-{}-{}", step.run_id, crate::plan::slug(&step.step), step.attempt);
         self.docker
             .create_network(NetworkCreateRequest {
                 name: net.clone(),
@@ -407,7 +440,7 @@ impl DockerBackend {
             .map_err(api)?;
         handle.network = Some(net.clone());
         for svc in &step.services {
-            let name = format!("orch-{}-{}-{}-{}", step.run_id, sanitize(&step.step), step.attempt, svc.name);
+            let name = format!("orch-{}-{}-{}-{}", step.run_id, crate::plan::slug(&step.step), step.attempt, svc.name);
             let body = ContainerCreateBody {
                 image: Some(svc.image.clone()),
                 cmd: svc.command.clone(),
@@ -627,7 +660,7 @@ impl DockerBackend {
         if !step.services.is_empty() {
             self.start_services(step, handle).await?;
         }
-        let name = format!("orch-{}-{}-{}", step.run_id, sanitize(&step.step), step.attempt);
+        let name = format!("orch-{}-{}-{}", step.run_id, crate::plan::slug(&step.step), step.attempt);
         let env: Vec<String> = step.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let workspace = match &step.bind {
             Some(dir) => Workspace::Bind(dir.clone()),
@@ -894,7 +927,8 @@ impl Backend for DockerBackend {
                 let f = std::fs::File::open(tmp.path()).map_err(|e| e.to_string())?;
                 // A whole-workspace download starts with the `workspace/` directory itself.
                 let strip = if prefix.is_empty() { "workspace" } else { "" };
-                let got = extract_matching(std::io::BufReader::new(f), &rebase, &matchers, &into, &mut m, strip)?;
+                let root = Root::open(&into).map_err(|e| e.to_string())?;
+                let got = extract_matching(std::io::BufReader::new(f), &rebase, &matchers, &root, &mut m, strip)?;
                 Ok::<_, String>((got, m))
             })
             .await
@@ -915,13 +949,27 @@ impl Backend for DockerBackend {
                 let dest = dest.to_path_buf();
                 let (got, _) = tokio::task::spawn_blocking(move || {
                     let f = std::fs::File::open(one.path()).map_err(|e| e.to_string())?;
-                    extract_matching(std::io::BufReader::new(f), &parent, &[exact], &dest, &mut [false], "")
+                    let root = Root::open(&dest).map_err(|e| e.to_string())?;
+                    extract_matching(std::io::BufReader::new(f), &parent, &[exact], &root, &mut [false], "")
                 })
                 .await
                 .map_err(|e| BackendError::Artifacts(e.to_string()))?
                 .map_err(BackendError::Artifacts)?;
                 files.extend(got);
             }
+        }
+        // Each link was judged alone when it was made; together, one can lead another out
+        // (`a/s -> ..` makes `a/t -> s/..` leave). The kernel judges the finished tree.
+        let root = dest.to_path_buf();
+        let leaving = tokio::task::spawn_blocking(move || Root::open(&root)?.links_leaving(MAX_ARTIFACT_FILES))
+            .await
+            .map_err(|e| BackendError::Artifacts(e.to_string()))?
+            .map_err(|e| BackendError::Artifacts(e.to_string()))?;
+        if let Some(first) = leaving.first() {
+            return Err(BackendError::Artifacts(format!(
+                "`{}` is a link that leads outside the workspace: refused",
+                first.display()
+            )));
         }
         let unmatched: Vec<String> =
             patterns.iter().zip(&matched).filter(|(_, m)| !**m).map(|(p, _)| p.clone()).collect();

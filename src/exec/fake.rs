@@ -173,11 +173,9 @@ impl Backend for FakeBackend {
                 }
                 return Err(BackendError::Artifacts(format!("`{p}` matched nothing")));
             }
-            let f = dest.join(p);
-            if let Some(parent) = f.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| BackendError::Artifacts(e.to_string()))?;
-            }
-            std::fs::write(&f, "x").map_err(|e| BackendError::Artifacts(e.to_string()))?;
+            let root = crate::confined::Root::open(dest).map_err(|e| BackendError::Artifacts(e.to_string()))?;
+            let mut f = root.create_file(p, 0o644).map_err(|e| BackendError::Artifacts(e.to_string()))?;
+            std::io::Write::write_all(&mut f, b"x").map_err(|e| BackendError::Artifacts(e.to_string()))?;
             out.push(ArtifactFile { path: p.clone(), size: 1 });
         }
         Ok(Collected { files: out, unmatched })

@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use crate::confined::{Kind, Root, plain_components};
+
 /// Label on every container, network and volume: the run it belongs to.
 pub const LABEL_RUN: &str = "orch.run";
 /// Label: the step (containers only).
@@ -227,110 +229,157 @@ pub fn literal_prefix(pattern: &str) -> String {
     parts.join("/")
 }
 
+/// The most files one step's artifacts may hold.
+pub const MAX_ARTIFACT_FILES: usize = 1_000_000;
+
 /// Unpacks the entries of `tar` (paths relative to the workspace after `rebase`) that match
 /// one of `patterns` (or lie under a matching directory) into `dest`. Returns the files, and
 /// the hard links whose target was not unpacked (the caller fetches those one by one);
 /// `matched` says which patterns matched something.
+///
+/// Every write goes through `dest` (a [`Root`]): whatever names, `..`, links or hard links
+/// the archive holds, the kernel keeps the writes inside it. On top of that, a link whose
+/// target leaves the workspace is refused (so the artifact tree is safe to follow with any
+/// tool), absolute links into the workspace become relative ones, and devices, FIFOs and
+/// sockets are not unpacked at all.
 pub fn extract_matching(
     tar: impl std::io::Read,
     rebase: &str,
     patterns: &[globset::GlobMatcher],
-    dest: &Path,
+    dest: &Root,
     matched: &mut [bool],
     strip: &str,
 ) -> Result<(Vec<ArtifactFile>, Vec<String>), String> {
     let mut archive = tar::Archive::new(tar);
     let mut files = Vec::new();
     let mut unresolved = Vec::new();
+    let refused = |rel: &str, target: &str| format!("`{rel}` is a link to `{target}`, outside the workspace: refused");
     for entry in archive.entries().map_err(|e| e.to_string())? {
         let mut entry = entry.map_err(|e| e.to_string())?;
-        let raw = entry.path().map_err(|e| e.to_string())?.to_string_lossy().into_owned();
-        let raw = if strip.is_empty() {
-            raw
-        } else {
-            match raw.strip_prefix(strip) {
-                Some(r) => r.trim_start_matches('/').to_string(),
-                None => continue,
-            }
-        };
-        if raw.is_empty() {
+        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let Some(rel) = archive_rel(&raw, rebase, strip) else { continue };
+        if !matches_any(patterns, &rel, matched) {
             continue;
         }
-        let rel = if rebase.is_empty() { raw.clone() } else { format!("{rebase}/{raw}") };
-        let rel = rel.trim_end_matches('/').to_string();
-        let mut hit = false;
-        for (i, m) in patterns.iter().enumerate() {
-            let mut p = Path::new(&rel);
-            loop {
-                if m.is_match(p) {
-                    matched[i] = true;
-                    hit = true;
-                    break;
-                }
-                match p.parent() {
-                    Some(parent) if !parent.as_os_str().is_empty() => p = parent,
-                    _ => break,
-                }
-            }
-        }
-        if !hit {
-            continue;
+        if plain_components(Path::new(&rel)).is_err() {
+            return Err(format!("`{rel}` leaves the workspace: refused"));
         }
         let kind = entry.header().entry_type();
+        let link = entry.link_name_bytes().map(|t| String::from_utf8_lossy(&t).into_owned()).unwrap_or_default();
         if kind.is_hard_link() {
-            // A hard link names another entry of the archive: copy that file if it was
-            // kept (unpacking the link itself would resolve it against orch's own cwd).
-            let target = entry.link_name().map_err(|e| e.to_string())?.map(|t| t.to_string_lossy().into_owned());
-            let target = target.unwrap_or_default();
-            let target_rel = if rebase.is_empty() { target.clone() } else { format!("{rebase}/{target}") };
-            let target_rel = match target_rel.strip_prefix(strip) {
-                Some(t) if !strip.is_empty() => t.trim_start_matches('/').to_string(),
-                _ => target_rel,
+            // A hard link names another entry of the archive: link to it if it was kept.
+            let Some(target_rel) = archive_rel(&link, rebase, strip) else {
+                return Err(refused(&rel, &link));
             };
-            if escapes(Path::new(&target_rel)) || escapes(Path::new(&rel)) {
-                return Err(format!("`{rel}` is a link to `{target}`, outside the workspace: refused"));
+            if plain_components(Path::new(&target_rel)).is_err() {
+                return Err(refused(&rel, &link));
             }
-            let (from, to) = (dest.join(&target_rel), dest.join(&rel));
-            if from.is_file() {
-                if let Some(parent) = to.parent() {
-                    std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+            match dest.kind(&target_rel) {
+                Ok(Some((Kind::File, _))) => {
+                    // Kept as a copy: the artifact files stay independent of each other.
+                    let mut from = dest.open_file(&target_rel).map_err(|e| e.to_string())?;
+                    let mode = from.metadata().map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
+                    let mut to = dest.create_file(&rel, mode.unwrap_or(0o644)).map_err(|e| e.to_string())?;
+                    let size = std::io::copy(&mut from, &mut to).map_err(|e| format!("`{rel}`: {e}"))?;
+                    files.push(ArtifactFile { path: rel, size });
                 }
-                let size = std::fs::copy(&from, &to).map_err(|e| format!("{}: {e}", to.display()))?;
-                files.push(ArtifactFile { path: rel, size });
-            } else {
-                unresolved.push(rel);
+                Ok(_) => unresolved.push(rel),
+                Err(e) => return Err(e.to_string()),
             }
             continue;
         }
         if kind.is_symlink() {
-            let target = entry.link_name().map_err(|e| e.to_string())?.map(|t| t.to_string_lossy().into_owned());
-            let target = target.unwrap_or_default();
             let base = Path::new(&rel).parent().unwrap_or(Path::new(""));
-            let inside = match target.strip_prefix(crate::plan::WORKSPACE) {
-                Some(rest) if target.starts_with('/') => {
-                    rest.is_empty() || rest.starts_with('/') && !escapes(Path::new(rest.trim_start_matches('/')))
+            let target = match link.strip_prefix(crate::plan::WORKSPACE) {
+                // An absolute link into the workspace: relative, so it means the same here.
+                Some(rest) if link.starts_with('/') && (rest.is_empty() || rest.starts_with('/')) => {
+                    let inside = Path::new(rest.trim_start_matches('/'));
+                    if escapes(inside) {
+                        return Err(refused(&rel, &link));
+                    }
+                    relative_from(base, inside)
                 }
-                _ => !target.starts_with('/') && !escapes(&base.join(&target)),
+                _ if link.starts_with('/') || link.is_empty() || escapes(&base.join(&link)) => {
+                    return Err(refused(&rel, &link));
+                }
+                _ => std::path::PathBuf::from(&link),
             };
-            if !inside {
-                return Err(format!("`{rel}` is a link to `{target}`, outside the workspace: refused"));
-            }
-        }
-        if kind.is_dir() {
+            dest.symlink(&target, &rel).map_err(|e| e.to_string())?;
+            files.push(ArtifactFile { path: rel, size: 0 });
             continue;
         }
-        if escapes(Path::new(&rel)) {
-            return Err(format!("`{rel}` leaves the workspace: refused"));
+        if kind.is_dir() || !(kind.is_file() || kind == tar::EntryType::Continuous) {
+            // Directories come with their files; devices, FIFOs and sockets are not kept.
+            continue;
         }
         let size = entry.header().size().unwrap_or(0);
-        let out = dest.join(&rel);
-        if let Some(parent) = out.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
+        let mut out = dest.create_file(&rel, mode).map_err(|e| e.to_string())?;
+        std::io::copy(&mut entry, &mut out).map_err(|e| format!("`{rel}`: {e}"))?;
+        if let Ok(mtime) = entry.header().mtime() {
+            let _ = out.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(mtime));
         }
-        entry.unpack(&out).map_err(|e| format!("{}: {e}", out.display()))?;
         files.push(ArtifactFile { path: rel, size });
     }
     Ok((files, unresolved))
+}
+
+/// An archive entry's path relative to the workspace: `strip` (a leading directory) taken
+/// off, `rebase` put in front, no trailing `/`. `None` for entries outside `strip`.
+fn archive_rel(raw: &str, rebase: &str, strip: &str) -> Option<String> {
+    let raw = if strip.is_empty() {
+        raw.to_string()
+    } else {
+        let rest = raw.strip_prefix(strip)?;
+        if !(rest.is_empty() || rest.starts_with('/')) {
+            return None;
+        }
+        rest.trim_start_matches('/').to_string()
+    };
+    if raw.is_empty() {
+        return None;
+    }
+    let rel = if rebase.is_empty() { raw } else { format!("{rebase}/{raw}") };
+    let rel = rel.trim_end_matches('/').to_string();
+    (!rel.is_empty()).then_some(rel)
+}
+
+/// Whether `rel`, or a directory above it, matches one of `patterns` (each hit recorded).
+fn matches_any(patterns: &[globset::GlobMatcher], rel: &str, matched: &mut [bool]) -> bool {
+    let mut hit = false;
+    for (i, m) in patterns.iter().enumerate() {
+        let mut p = Path::new(rel);
+        loop {
+            if m.is_match(p) {
+                matched[i] = true;
+                hit = true;
+                break;
+            }
+            match p.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => p = parent,
+                _ => break,
+            }
+        }
+    }
+    hit
+}
+
+/// The relative link from directory `base` to `target` (both relative to one root).
+fn relative_from(base: &Path, target: &Path) -> std::path::PathBuf {
+    let b: Vec<_> = base.components().collect();
+    let t: Vec<_> = target.components().collect();
+    let common = b.iter().zip(&t).take_while(|(x, y)| x == y).count();
+    let mut out = std::path::PathBuf::new();
+    for _ in common..b.len() {
+        out.push("..");
+    }
+    for c in &t[common..] {
+        out.push(c);
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
 }
 
 /// Whether a relative path climbs above its root with `..`.
@@ -370,7 +419,192 @@ pub fn script(commands: &[String]) -> String {
     s
 }
 
-/// A container/volume name fragment: `[a-zA-Z0-9_.-]`, other characters become `_`.
-pub fn sanitize(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '_' }).collect()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One archive entry, its name (and link name) written raw, as a hostile archive has
+    /// them: the tar crate's builder refuses `..` and absolute names.
+    enum E<'a> {
+        File(&'a str, &'a str),
+        Link(&'a str, &'a str),
+        Hard(&'a str, &'a str),
+        Dir(&'a str),
+        Char(&'a str),
+        Fifo(&'a str),
+    }
+
+    fn archive(entries: &[E]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for e in entries {
+            let mut h = tar::Header::new_old();
+            let (name, link, data, kind): (&str, &str, &[u8], tar::EntryType) = match e {
+                E::File(n, d) => (n, "", d.as_bytes(), tar::EntryType::Regular),
+                E::Link(n, t) => (n, t, b"", tar::EntryType::Symlink),
+                E::Hard(n, t) => (n, t, b"", tar::EntryType::Link),
+                E::Dir(n) => (n, "", b"", tar::EntryType::Directory),
+                E::Char(n) => (n, "", b"", tar::EntryType::Char),
+                E::Fifo(n) => (n, "", b"", tar::EntryType::Fifo),
+            };
+            let old = h.as_old_mut();
+            old.name[..name.len()].copy_from_slice(name.as_bytes());
+            old.linkname[..link.len()].copy_from_slice(link.as_bytes());
+            h.set_entry_type(kind);
+            h.set_mode(0o4755);
+            h.set_size(data.len() as u64);
+            h.set_cksum();
+            b.append(&h, data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    struct Unpacked {
+        result: Result<(Vec<ArtifactFile>, Vec<String>), String>,
+        dest: tempfile::TempDir,
+        outside: tempfile::TempDir,
+    }
+
+    impl Unpacked {
+        fn outside_is_untouched(&self) {
+            let left: Vec<_> = std::fs::read_dir(self.outside.path()).unwrap().flatten().map(|e| e.path()).collect();
+            assert!(left.is_empty(), "written outside: {left:?}");
+            let parent = self.dest.path().parent().unwrap();
+            for name in ["pwned", "etc"] {
+                assert!(!parent.join(name).exists(), "{name} written beside the destination");
+            }
+        }
+        fn err(&self) -> &str {
+            self.result.as_ref().err().map(String::as_str).unwrap_or("")
+        }
+    }
+
+    /// Unpacks `entries` with the pattern `**` (everything); `{OUT}` in names and links is
+    /// a directory outside the destination.
+    fn unpack(entries: &[E], patterns: &[&str]) -> Unpacked {
+        let outside = tempfile::tempdir().unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        let out = outside.path().display().to_string();
+        let owned: Vec<(String, String, u8)> = entries
+            .iter()
+            .map(|e| {
+                let (a, b, k) = match e {
+                    E::File(n, d) => (n, *d, 0),
+                    E::Link(n, t) => (n, *t, 1),
+                    E::Hard(n, t) => (n, *t, 2),
+                    E::Dir(n) => (n, "", 3),
+                    E::Char(n) => (n, "", 4),
+                    E::Fifo(n) => (n, "", 5),
+                };
+                (a.replace("{OUT}", &out), b.replace("{OUT}", &out), k)
+            })
+            .collect();
+        let es: Vec<E> = owned
+            .iter()
+            .map(|(a, b, k)| match k {
+                0 => E::File(a, b),
+                1 => E::Link(a, b),
+                2 => E::Hard(a, b),
+                3 => E::Dir(a),
+                4 => E::Char(a),
+                _ => E::Fifo(a),
+            })
+            .collect();
+        let bytes = archive(&es);
+        let matchers: Vec<_> = patterns.iter().map(|p| artifact_matcher(p).unwrap()).collect();
+        let mut matched = vec![false; matchers.len()];
+        let root = Root::open(dest.path()).unwrap();
+        let result = extract_matching(&bytes[..], "", &matchers, &root, &mut matched, "");
+        Unpacked { result, dest, outside }
+    }
+
+    #[test]
+    fn a_chain_of_dot_dot_links_cannot_carry_a_write_out() {
+        // The reported attack: links that are each harmless on paper, then a file through them.
+        let mut es = vec![E::Link("a/s", ".."), E::Link("a/t1", "s/..")];
+        let names: Vec<(String, String)> = (2..=20).map(|i| (format!("a/t{i}"), format!("t{}/..", i - 1))).collect();
+        es.extend(names.iter().map(|(n, t)| E::Link(n, t)));
+        es.push(E::File("a/t20/pwned", "x"));
+        let u = unpack(&es, &["**"]);
+        assert!(u.result.is_err(), "{:?}", u.result);
+        u.outside_is_untouched();
+    }
+
+    #[test]
+    fn absolute_links_names_and_dot_dot_are_refused() {
+        for (es, what) in [
+            (vec![E::Link("x", "{OUT}"), E::File("x/pwned", "x")], "absolute link, then a file through it"),
+            (vec![E::Link("x", "../../.."), E::File("x/pwned", "x")], "climbing link"),
+            (vec![E::File("../pwned", "x")], "`..` in a name"),
+            (vec![E::File("a/../../pwned", "x")], "`..` inside a name"),
+            (vec![E::File("{OUT}/pwned", "x")], "absolute name"),
+            (vec![E::Hard("h", "../../etc/passwd")], "hard link out"),
+            (vec![E::Hard("h", "{OUT}/x")], "hard link to an absolute path"),
+        ] {
+            let u = unpack(&es, &["**"]);
+            assert!(u.err().contains("refused") || u.err().contains("out"), "{what}: {:?}", u.result);
+            u.outside_is_untouched();
+        }
+    }
+
+    #[test]
+    fn a_directory_made_by_one_pattern_is_not_a_way_out_for_another() {
+        // The first pattern keeps a link to a directory (inside on paper); the second
+        // pattern's file would land through it.
+        let u = unpack(&[E::Link("a/d", "../.."), E::File("a/d/pwned", "x")], &["a/*", "a/d/pwned"]);
+        assert!(u.result.is_err(), "{:?}", u.result);
+        u.outside_is_untouched();
+    }
+
+    #[test]
+    fn a_hard_link_to_a_link_does_not_read_through_it() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "s3cret").unwrap();
+        let target = outside.path().join("secret").display().to_string();
+        // The symlink is refused (absolute, outside): nothing is copied from it.
+        let u = unpack(&[E::Link("l", &target), E::Hard("h", "l")], &["h"]);
+        let (files, unresolved) = u.result.as_ref().expect("the link itself is not matched");
+        assert!(files.is_empty(), "{files:?}");
+        assert_eq!(unresolved, &["h"]);
+        assert!(!u.dest.path().join("h").exists());
+    }
+
+    #[test]
+    fn devices_and_fifos_are_not_made_and_modes_lose_setuid() {
+        let u = unpack(&[E::Char("dev"), E::Fifo("fifo"), E::File("bin/tool", "#!/bin/sh\n")], &["**"]);
+        let (files, _) = u.result.as_ref().unwrap();
+        assert_eq!(files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["bin/tool"]);
+        assert!(!u.dest.path().join("dev").exists() && !u.dest.path().join("fifo").exists());
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(u.dest.path().join("bin/tool")).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o7777, 0o755);
+    }
+
+    #[test]
+    fn links_inside_are_kept_and_absolute_workspace_links_become_relative() {
+        let u = unpack(
+            &[
+                E::File("site/sub/page.html", "hi"),
+                E::Link("site/index.html", "sub/page.html"),
+                E::Link("site/abs.html", "/workspace/site/sub/page.html"),
+                E::Hard("site/copy.html", "site/sub/page.html"),
+            ],
+            &["site/"],
+        );
+        let (files, unresolved) = u.result.as_ref().unwrap();
+        assert!(unresolved.is_empty());
+        let names: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(names, ["site/sub/page.html", "site/index.html", "site/abs.html", "site/copy.html"]);
+        let d = u.dest.path();
+        assert_eq!(std::fs::read_link(d.join("site/abs.html")).unwrap(), Path::new("sub/page.html"));
+        assert_eq!(std::fs::read_to_string(d.join("site/index.html")).unwrap(), "hi");
+        assert_eq!(std::fs::read_to_string(d.join("site/copy.html")).unwrap(), "hi");
+    }
+
+    #[test]
+    fn relative_links_between_directories() {
+        assert_eq!(relative_from(Path::new("a/b"), Path::new("a/c/f")), Path::new("../c/f"));
+        assert_eq!(relative_from(Path::new(""), Path::new("x")), Path::new("x"));
+        assert_eq!(relative_from(Path::new("a"), Path::new("a")), Path::new("."));
+    }
 }

@@ -139,6 +139,28 @@ pub enum PlanError {
     UnknownStep { name: String, hint: Option<String> },
     #[error("step `{step}`: {message}")]
     Interpolation { step: String, message: String },
+    #[error("steps `{first}` and `{second}` would share the file and container name `{slug}`; rename one")]
+    NameClash { first: String, second: String, slug: String },
+}
+
+/// The longest step name used as is in file and container names.
+const SLUG_MAX: usize = 64;
+
+/// The name a step's log file, artifact directory and containers carry. A step name made of
+/// `[A-Za-z0-9_.-]` (at most 64 bytes, not starting with `.`) is used as is; any other
+/// (a matrix variant such as `test[os=a b]`) becomes its readable part and a hash of the
+/// whole name (`test_os_a_b_-1f2e3d4c`), so variants that differ only in other
+/// characters never share a file. [`plan`] refuses the (deliberate) clash that is left.
+pub fn slug(step: &str) -> String {
+    let clean = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    if !step.is_empty() && step.len() <= SLUG_MAX && step.chars().all(clean) && !step.starts_with('.') {
+        return step.to_string();
+    }
+    use sha2::Digest;
+    let readable: String = step.chars().take(40).map(|c| if clean(c) { c } else { '_' }).collect();
+    let digest = sha2::Sha256::digest(step.as_bytes());
+    let hash: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{hash}", readable.trim_start_matches('.'))
 }
 
 /// Plans `pipeline` for `ctx`.
@@ -167,6 +189,14 @@ pub fn plan(pipeline: &Pipeline, ctx: &Context, selection: &Selection) -> Result
         }
     }
     insts.sort_by_key(|i| i.stage);
+    // Two variants with one name (`x: ['a,y=b']` beside `y`), or one file name.
+    let mut slugs: HashMap<String, &str> = HashMap::new();
+    for i in &insts {
+        let s = slug(&i.name);
+        if let Some(first) = slugs.insert(s.clone(), &i.name) {
+            return Err(PlanError::NameClash { first: first.to_string(), second: i.name.clone(), slug: s });
+        }
+    }
     let by_base: HashMap<&str, Vec<usize>> = insts.iter().enumerate().fold(HashMap::new(), |mut m, (i, inst)| {
         m.entry(inst.base).or_default().push(i);
         m

@@ -272,7 +272,7 @@ impl Console {
             out.push_str("\nartifacts:");
             for s in with_artifacts {
                 for f in &s.artifacts {
-                    out.push_str(&format!("\n  {}/{}  {}", crate::exec::sanitize(&s.step), f.path, bytes(f.size)));
+                    out.push_str(&format!("\n  {}/{}  {}", crate::plan::slug(&s.step), f.path, bytes(f.size)));
                 }
             }
             if let Some(d) = &self.log_dir {

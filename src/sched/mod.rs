@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cache::{CacheStore, CachedPath};
 use crate::exec::{
-    Backend, LogChunk, Restore, RunSpec, ServiceSpec, StepHandle, StepSpec, Workspace, container_path, sanitize, script,
+    Backend, LogChunk, Restore, RunSpec, ServiceSpec, StepHandle, StepSpec, Workspace, container_path, script,
 };
 use crate::plan::{Plan, PlannedStep};
 pub use events::*;
@@ -567,8 +567,8 @@ impl<B: Backend> Unit<B> {
         // Artifacts first: a step whose artifacts cannot be kept fails, keeps none of them,
         // and saves no cache. They are gathered in a staging directory, renamed when whole.
         if let (Some(art), Some(dir)) = (&self.step.artifacts, &self.artifact_dir) {
-            let dest = dir.join(sanitize(&self.step.name));
-            let staging = dir.join(format!(".{}.partial", sanitize(&self.step.name)));
+            let dest = dir.join(crate::plan::slug(&self.step.name));
+            let staging = dir.join(format!(".{}.partial", crate::plan::slug(&self.step.name)));
             let _ = std::fs::remove_dir_all(&staging);
             std::fs::create_dir_all(&staging).map_err(|e| format!("artifacts: {}: {e}", staging.display()))?;
             let collected = match self.backend.collect(h, &art.paths, art.optional, &staging).await {
@@ -695,7 +695,7 @@ impl<B: Backend> Unit<B> {
         let log_task = tokio::spawn(pump_logs(
             rx,
             masker.clone(),
-            self.log_dir.as_ref().map(|d| d.join(format!("{}.log", sanitize(&self.step.name)))),
+            self.log_dir.as_ref().map(|d| d.join(format!("{}.log", crate::plan::slug(&self.step.name)))),
             attempt,
             self.step.name.clone(),
             self.events.clone(),

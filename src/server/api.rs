@@ -25,6 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::db::{NewRun, Run, RunFilter, now};
 use super::{AppState, reply, worker};
+use crate::confined::{Kind, Root};
 use crate::github::Update;
 
 /// Run statuses, in the order `/metrics` lists them.
@@ -187,43 +188,34 @@ async fn list_runs(
     }
 }
 
-/// Files under `dir`, relative, with sizes, sorted.
-fn files_under(dir: &FsPath) -> Vec<(String, u64)> {
-    fn walk(root: &FsPath, dir: &FsPath, out: &mut Vec<(String, u64)>) {
-        let Ok(rd) = std::fs::read_dir(dir) else { return };
-        for e in rd.flatten() {
-            let Ok(ty) = e.file_type() else { continue };
-            if ty.is_dir() {
-                walk(root, &e.path(), out);
-            } else if ty.is_file() {
-                let rel = e.path().strip_prefix(root).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
-                out.push((rel, e.metadata().map(|m| m.len()).unwrap_or(0)));
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out);
-    out.sort();
-    out
+/// A run's kept artifacts: per step directory, the files (relative path, size), sorted.
+/// Read beneath the run's artifact directory; links are not listed.
+pub fn artifact_files(run_dir: &FsPath) -> Vec<(String, Vec<(String, u64)>)> {
+    let Ok(root) = Root::open(run_dir.join("artifacts")) else { return Vec::new() };
+    let Ok(entries) = root.entries("") else { return Vec::new() };
+    entries
+        .into_iter()
+        .filter(|(name, kind)| *kind == Kind::Dir && !name.to_string_lossy().starts_with('.'))
+        .map(|(name, _)| {
+            let files = root
+                .walk(&name, crate::exec::MAX_ARTIFACT_FILES)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|f| f.kind == Kind::File)
+                .map(|f| (f.path.to_string_lossy().into_owned(), f.size))
+                .collect();
+            (name.to_string_lossy().into_owned(), files)
+        })
+        .collect()
 }
 
 /// The artifacts of a run: `[{"step", "files": [{"path", "size"}]}]`.
 pub fn artifacts(st: &AppState, id: i64) -> Vec<serde_json::Value> {
-    let dir = worker::run_dir(&st.cfg, id).join("artifacts");
-    let Ok(rd) = std::fs::read_dir(&dir) else { return Vec::new() };
-    let mut steps: Vec<String> = rd
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
-    steps.sort();
-    steps
+    artifact_files(&worker::run_dir(&st.cfg, id))
         .into_iter()
-        .map(|s| {
-            let files: Vec<_> =
-                files_under(&dir.join(&s)).into_iter().map(|(p, n)| json!({ "path": p, "size": n })).collect();
-            json!({ "step": s, "files": files })
+        .map(|(step, files)| {
+            let files: Vec<_> = files.into_iter().map(|(p, n)| json!({ "path": p, "size": n })).collect();
+            json!({ "step": step, "files": files })
         })
         .collect()
 }
@@ -276,7 +268,7 @@ async fn get_run(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): 
 }
 
 fn log_file(st: &AppState, id: i64, step: &str) -> PathBuf {
-    worker::run_dir(&st.cfg, id).join("logs").join(format!("{}.log", crate::exec::sanitize(step)))
+    worker::run_dir(&st.cfg, id).join("logs").join(format!("{}.log", crate::plan::slug(step)))
 }
 
 /// `GET /api/runs/{id}/logs/{step}`: whole, `?offset=N`, or followed (`?follow=1` or
@@ -448,17 +440,14 @@ async fn get_artifact(
     if path.is_empty() || !rel.components().all(|c| matches!(c, Component::Normal(_))) {
         return error(StatusCode::BAD_REQUEST, "an artifact path is relative and has no `..`");
     }
-    let root = worker::run_dir(&st.cfg, run.id).join("artifacts").join(crate::exec::sanitize(&step));
-    let file = root.join(rel);
     let missing = || error(StatusCode::NOT_FOUND, format!("no artifact `{path}` of step `{step}` in run {}", run.id));
-    // Whatever links the file went through, it is still under the step's directory.
-    let (Ok(real), Ok(real_root)) = (std::fs::canonicalize(&file), std::fs::canonicalize(&root)) else {
-        return missing();
-    };
-    if !real.starts_with(&real_root) || !real.is_file() {
-        return missing();
-    }
-    let Ok(f) = tokio::fs::File::open(&real).await else { return missing() };
+    // Opened beneath the step's directory: whatever links the path goes through, the
+    // kernel keeps it there (and a device or FIFO is never opened for reading).
+    let opened = Root::open(worker::run_dir(&st.cfg, run.id).join("artifacts"))
+        .and_then(|r| r.sub(crate::plan::slug(&step)))
+        .and_then(|r| r.open_file(rel));
+    let Ok(f) = opened else { return missing() };
+    let f = tokio::fs::File::from_std(f);
     let size = f.metadata().await.map(|m| m.len()).unwrap_or(0);
     let stream = futures_util::stream::unfold(f, |mut f| async move {
         let mut buf = vec![0u8; 64 * 1024];

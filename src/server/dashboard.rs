@@ -485,7 +485,7 @@ async fn load(st: &AppState, id: i64) -> Result<Option<RunView>, super::db::DbEr
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or(Value::Null);
         let error = std::fs::read_to_string(d2.join("error.txt")).unwrap_or_default();
-        (plan, error, list_artifacts(&d2.join("artifacts")))
+        (plan, error, list_artifacts(&d2))
     })
     .await
     .unwrap_or((Value::Null, String::new(), Vec::new()));
@@ -597,37 +597,11 @@ fn merge(
 }
 
 /// `(step dir, relative path, size)` of every kept artifact.
-fn list_artifacts(dir: &Path) -> Vec<(String, String, u64)> {
-    fn walk(base: &Path, d: &Path, out: &mut Vec<(String, u64)>) {
-        let Ok(rd) = std::fs::read_dir(d) else { return };
-        let mut entries: Vec<_> = rd.filter_map(Result::ok).collect();
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let p = e.path();
-            match e.file_type() {
-                Ok(t) if t.is_dir() => walk(base, &p, out),
-                Ok(t) if t.is_file() => {
-                    let rel = p.strip_prefix(base).unwrap_or(&p).to_string_lossy().replace('\\', "/");
-                    out.push((rel, e.metadata().map(|m| m.len()).unwrap_or(0)));
-                }
-                _ => {}
-            }
-        }
-    }
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else { return out };
-    let mut steps: Vec<_> = rd.filter_map(Result::ok).filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).collect();
-    steps.sort_by_key(|e| e.file_name());
-    for s in steps {
-        let name = s.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') {
-            continue;
-        }
-        let mut files = Vec::new();
-        walk(&s.path(), &s.path(), &mut files);
-        out.extend(files.into_iter().map(|(rel, size)| (name.clone(), rel, size)));
-    }
-    out
+fn list_artifacts(run_dir: &Path) -> Vec<(String, String, u64)> {
+    super::api::artifact_files(run_dir)
+        .into_iter()
+        .flat_map(|(step, files)| files.into_iter().map(move |(rel, size)| (step.clone(), rel, size)))
+        .collect()
 }
 
 fn size(n: u64) -> String {

@@ -376,7 +376,7 @@ async fn prepare_and_run(
     for s in result.steps.iter().filter(|s| offered.contains(&s.step)) {
         let kept = s.status == StepStatus::Passed && s.attempts == 0;
         if !kept && s.artifacts.is_empty() {
-            let _ = std::fs::remove_dir_all(dir.join("artifacts").join(crate::exec::sanitize(&s.step)));
+            let _ = std::fs::remove_dir_all(dir.join("artifacts").join(crate::plan::slug(&s.step)));
         }
     }
 
@@ -395,7 +395,7 @@ async fn prepare_and_run(
     };
     let mut annotations = Vec::new();
     for s in result.steps.iter().filter(|s| matches!(s.status, StepStatus::Failed | StepStatus::TimedOut)) {
-        let log = logs.join(format!("{}.log", crate::exec::sanitize(&s.step)));
+        let log = logs.join(format!("{}.log", crate::plan::slug(&s.step)));
         if let Ok(text) = std::fs::read_to_string(&log) {
             annotations.extend(annotations_from_log(&text, 1000));
         }
@@ -422,7 +422,7 @@ async fn kept_steps(st: &AppState, of: i64, dir: &std::path::Path) -> std::colle
     let old = run_dir(&st.cfg, of).join("artifacts");
     let mut kept = std::collections::HashMap::new();
     for r in rows.into_iter().filter(|r| r.status == "passed") {
-        let name = crate::exec::sanitize(&r.name);
+        let name = crate::plan::slug(&r.name);
         let from = old.join(&name);
         if from.is_dir()
             && let Err(e) = copy_dir(&from, &dir.join("artifacts").join(&name))
@@ -449,16 +449,20 @@ async fn kept_steps(st: &AppState, of: i64, dir: &std::path::Path) -> std::colle
     kept
 }
 
+/// Copies a kept step's artifacts (files and links, read and written beneath the two
+/// directories) into a new run's.
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for e in std::fs::read_dir(from)? {
-        let e = e?;
-        let ty = e.file_type()?;
-        let dest = to.join(e.file_name());
-        if ty.is_dir() {
-            copy_dir(&e.path(), &dest)?;
-        } else if ty.is_file() {
-            std::fs::copy(e.path(), &dest)?;
+    use crate::confined::{Kind, Root};
+    let (src, dst) = (Root::open(from)?, Root::create(to)?);
+    for f in src.walk("", crate::exec::MAX_ARTIFACT_FILES)? {
+        match f.kind {
+            Kind::File => {
+                let mut r = src.open_file(&f.path)?;
+                let mode = r.metadata().map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()))?;
+                std::io::copy(&mut r, &mut dst.create_file(&f.path, mode)?)?;
+            }
+            Kind::Symlink => dst.symlink(&src.read_link(&f.path)?, &f.path)?,
+            Kind::Dir | Kind::Other => {}
         }
     }
     Ok(())
