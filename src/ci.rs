@@ -15,7 +15,7 @@ use crate::error::{Error, exit};
 use crate::exec::Workspace;
 use crate::exec::docker::DockerBackend;
 use crate::git::{self, Checkout};
-use crate::pipeline::{self, Event, interp};
+use crate::pipeline::{self, Event};
 use crate::plan::{self, Context, Plan, Selection, render};
 use crate::report::{self, Mode, ReportOptions};
 use crate::sched::{self, CacheSettings, Cancel, Level, RunEvent, RunOptions};
@@ -76,89 +76,13 @@ pub fn new_run_id() -> String {
     format!("{y:04}{m:02}{d:02}-{h:02}{mi:02}{s:02}-{salt:04x}")
 }
 
-/// Reads a dotenv file: `NAME=value` lines, `#` comments, an optional `export `. A value in
-/// double quotes may span lines and knows the escapes `\n`, `\t`, `\"` and `\\`; one in
-/// single quotes may span lines and is taken as written. So a private key fits:
-/// `KEY="-----BEGIN ...` up to the closing quote.
-pub fn parse_dotenv(text: &str) -> Result<HashMap<String, String>, String> {
-    let mut out = HashMap::new();
-    let mut lines = text.lines().enumerate();
-    while let Some((i, line)) = lines.next() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let line = line.strip_prefix("export ").unwrap_or(line);
-        let Some((k, v)) = line.split_once('=') else {
-            return Err(format!("line {}: expected NAME=value", i + 1));
-        };
-        let k = k.trim();
-        if !interp::is_identifier(k) {
-            return Err(format!("line {}: `{k}` is not a valid name", i + 1));
-        }
-        let v = v.trim();
-        let value = match v.chars().next() {
-            Some(quote @ ('"' | '\'')) => {
-                let mut value = String::new();
-                let mut rest = v[1..].to_string();
-                loop {
-                    if let Some(after) = unquote(&rest, quote, &mut value) {
-                        let after = after.trim();
-                        if !(after.is_empty() || after.starts_with('#')) {
-                            return Err(format!(
-                                "line {}: unexpected `{after}` after the quoted value of `{k}`",
-                                i + 1
-                            ));
-                        }
-                        break;
-                    }
-                    match lines.next() {
-                        Some((_, next)) => {
-                            value.push('\n');
-                            rest = next.to_string();
-                        }
-                        None => return Err(format!("line {}: the quoted value of `{k}` is never closed", i + 1)),
-                    }
-                }
-                value
-            }
-            _ => v.to_string(),
-        };
-        out.insert(k.to_string(), value);
-    }
-    Ok(out)
-}
-
-/// Appends `text` up to the closing `quote` to `value` (escapes read in double quotes);
-/// returns what follows the quote, or `None` when the line ends first.
-fn unquote<'a>(text: &'a str, quote: char, value: &mut String) -> Option<&'a str> {
-    let mut chars = text.char_indices();
-    while let Some((at, c)) = chars.next() {
-        match c {
-            c if c == quote => return Some(&text[at + 1..]),
-            '\\' if quote == '"' => match chars.next() {
-                Some((_, 'n')) => value.push('\n'),
-                Some((_, 't')) => value.push('\t'),
-                Some((_, e @ ('"' | '\\'))) => value.push(e),
-                Some((_, other)) => {
-                    value.push('\\');
-                    value.push(other);
-                }
-                None => value.push('\\'),
-            },
-            c => value.push(c),
-        }
-    }
-    None
-}
-
 /// The secret values the planned steps name: from the file, else the environment. Every
 /// missing one is an error naming the step.
 fn collect_secrets(plan: &Plan, file: Option<&Path>) -> Result<HashMap<String, String>, Error> {
     let from_file = match file {
         Some(f) => {
             let text = std::fs::read_to_string(f).map_err(|e| Error::io(format!("cannot read {}", f.display()), e))?;
-            parse_dotenv(&text).map_err(|e| Error::Usage(format!("{}: {e}", f.display())))?
+            crate::secrets::parse_dotenv(&text).map_err(|e| Error::Usage(format!("{}: {e}", f.display())))?
         }
         None => HashMap::new(),
     };
@@ -428,27 +352,6 @@ pub async fn gc_command(all: bool) -> Result<u8, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dotenv() {
-        let m = parse_dotenv("# c\nA=1\nexport B=\"two words\"\nC='x=y'\n\n").unwrap();
-        assert_eq!(m["A"], "1");
-        assert_eq!(m["B"], "two words");
-        assert_eq!(m["C"], "x=y");
-        assert!(parse_dotenv("nope").is_err());
-        // Values over several lines, escapes, comments after a quoted value.
-        let m = parse_dotenv(
-            "KEY=\"-----BEGIN\nabc\n-----END\"  # a key\nESC=\"a\\nb \\\"q\\\" c:\\\\\"\nRAW='x\\ny\nz'\nN=2\n",
-        )
-        .unwrap();
-        assert_eq!(m["KEY"], "-----BEGIN\nabc\n-----END");
-        assert_eq!(m["ESC"], "a\nb \"q\" c:\\");
-        assert_eq!(m["RAW"], "x\\ny\nz");
-        assert_eq!(m["N"], "2");
-        assert!(parse_dotenv("K=\"open\nmore\n").unwrap_err().contains("never closed"));
-        assert!(parse_dotenv("K=\"a\" b\n").unwrap_err().contains("unexpected `b`"));
-        assert!(parse_dotenv("1A=x").is_err());
-    }
 
     #[test]
     fn run_ids_are_dated() {

@@ -20,4 +20,5 @@ pub mod pipeline;
 pub mod plan;
 pub mod report;
 pub mod sched;
+pub mod secrets;
 pub mod server;

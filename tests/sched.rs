@@ -451,3 +451,29 @@ steps:
     assert_eq!(o.step("b").status, StepStatus::Passed);
     assert!(o.calls.contains(&"remove a#1".to_string()));
 }
+
+#[tokio::test]
+async fn a_secret_too_short_to_mask_is_warned_about_and_not_masked() {
+    let yaml = "
+defaults: { image: img }
+steps:
+  with: { commands: [x], secrets: [PIN] }
+";
+    let b = FakeBackend::new().script("with", vec![FakeAttempt::exit(0).out("step 1 of 3\n")]);
+    let secrets = [("PIN".to_string(), "1".to_string())].into_iter().collect();
+    let o = execute_plan(yaml, Arc::new(b), RunOptions { secrets, ..options() }, Cancel::default()).await;
+    let warned = o.events.iter().any(|e| {
+        matches!(e, RunEvent::RunMessage { level: orch::sched::Level::Warning, message }
+            if message.contains("secret `PIN` is shorter than 4 characters"))
+    });
+    assert!(warned, "{:?}", o.events);
+    let lines: Vec<&str> = o
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            RunEvent::StepLog { line, .. } => Some(line.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(lines, ["step 1 of 3"]);
+}

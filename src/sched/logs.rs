@@ -9,9 +9,9 @@ use crate::exec::Stream;
 pub const MAX_LINE: usize = 64 * 1024;
 pub const MASK: &str = "***";
 
-/// The shortest line of a multi-line secret that is masked: shorter ones (a lone `}` or an
-/// empty line) carry no secret and would mask ordinary output.
-pub const MIN_LINE: usize = 4;
+/// The shortest secret (or line of a multi-line secret) that is masked: shorter ones (`1`,
+/// a lone `}`) carry no secret and would mask ordinary output everywhere.
+pub const MIN_LINE: usize = crate::secrets::MIN_MASKED;
 
 /// Replaces secret values with `***`.
 #[derive(Debug, Clone, Default)]
@@ -30,9 +30,12 @@ impl Masker {
                 // Output never holds a line's end: a value's trailing newline is no part of
                 // what is printed (`echo "$TOKEN"` of `TOKEN=abc\n` prints `abc`).
                 let lines: Vec<&str> = v.lines().map(|l| l.trim_end_matches('\r')).collect();
-                if lines.len() > 1 { lines.into_iter().filter(|l| l.trim().len() >= MIN_LINE).collect() } else { lines }
+                if lines.len() > 1 {
+                    lines.into_iter().filter(|l| l.trim().chars().count() >= MIN_LINE).collect()
+                } else {
+                    lines.into_iter().filter(|l| l.chars().count() >= MIN_LINE).collect::<Vec<_>>()
+                }
             })
-            .filter(|v| !v.is_empty())
             .map(|v| v.as_bytes().to_vec())
             .collect();
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
@@ -182,6 +185,13 @@ mod tests {
             &[key],
         );
         assert_eq!(out, ["key:", "***", "***", "***", "}", "***"]);
+    }
+
+    #[test]
+    fn a_secret_too_short_to_mask_masks_nothing() {
+        // `1` would turn every 1 of every log into `***`; the run warns about it instead.
+        assert_eq!(lines(&[b"build 1 of 10\n"], &["1", "ab"]), ["build 1 of 10"]);
+        assert_eq!(lines(&[b"pin 1234\n"], &["1234"]), ["pin ***"]);
     }
 
     #[test]

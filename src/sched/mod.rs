@@ -113,6 +113,13 @@ pub async fn execute<B: Backend>(
             jobs: opts.jobs.max(1),
         })
         .await;
+    for name in crate::secrets::too_short(&opts.secrets) {
+        let message = format!(
+            "secret `{name}` is shorter than {} characters: too short to mask, it shows in logs as it is",
+            crate::secrets::MIN_MASKED
+        );
+        let _ = events.send(RunEvent::RunMessage { level: Level::Warning, message }).await;
+    }
     let mut summaries = Vec::new();
     let mut status = RunStatus::Success;
     if !plan.steps.is_empty() {

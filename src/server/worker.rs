@@ -171,7 +171,7 @@ fn secrets_for(st: &AppState, run: &Run) -> std::collections::HashMap<String, St
         return Default::default();
     }
     let Some(file) = &st.cfg.secrets_file else { return Default::default() };
-    match std::fs::read_to_string(file).map_err(|e| e.to_string()).and_then(|t| crate::ci::parse_dotenv(&t)) {
+    match std::fs::read_to_string(file).map_err(|e| e.to_string()).and_then(|t| crate::secrets::parse_dotenv(&t)) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("cannot read the secrets file {}: {e}", file.display());
