@@ -838,9 +838,11 @@ fn a_github_app_clones_a_private_repository_with_its_installation_token() {
     let keys = temp_dir("orch-serve-app-");
     let (key, public_key) = app_key(keys.path());
     let gh = FakeGitHub::start(GhAuth::App { app_id: APP_ID, public_key, installation_id: INSTALLATION });
-    // Private: only a token the fake GitHub minted opens it. No `github_token` is set.
+    // Private: only a token the fake GitHub minted opens it. No `github_token` is set. The
+    // repository is on "GitHub" itself: its token goes nowhere else.
     let http = git.http(gh.minted_tokens());
-    let orch = Orch::start(app_args(&gh, APP_ID, &key, http.rewrite()));
+    gh.serve_git(&http);
+    let orch = Orch::start(app_args(&gh, APP_ID, &key, gh.git_rewrite()));
     let mut push = push_event("main", ZERO_SHA, &sha);
     push["installation"]["id"] = json!(INSTALLATION);
     let id = orch.deliver("push", &push).run_id();

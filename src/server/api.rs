@@ -591,13 +591,21 @@ async fn manual_run(State(st): State<Arc<AppState>>, headers: HeaderMap, body: B
         return error(StatusCode::BAD_REQUEST, format!("repository `{}` is not in the allow-list", m.repo));
     }
     // A network address, never a path on the server (whose files are not the repository's).
-    if let Some(url) = &m.clone_url
-        && !["https://", "http://", "git://", "ssh://"].iter().any(|p| url.starts_with(p))
-    {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("`clone_url` must be an https, http, git or ssh URL, got `{url}`"),
-        );
+    if let Some(url) = &m.clone_url {
+        if !["https://", "http://", "git://", "ssh://"].iter().any(|p| url.starts_with(p)) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("`clone_url` must be an https, http, git or ssh URL, got `{}`", crate::checkout::redact(url)),
+            );
+        }
+        // Credentials would be stored with the run and shown with it: they belong in a
+        // clone rewrite of the server's settings.
+        if crate::checkout::redact(url) != *url {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "`clone_url` must not hold credentials (user:password@); set them in a clone rewrite of the server",
+            );
+        }
     }
     let latest = st
         .db
@@ -613,11 +621,10 @@ async fn manual_run(State(st): State<Arc<AppState>>, headers: HeaderMap, body: B
     let sha = match m.sha {
         Some(s) => s.to_lowercase(),
         None => {
-            let url = crate::checkout::rewrite_url(&clone_url, &st.cfg.clone_rewrite);
-            let branch = m.branch.clone();
             let installation = latest.as_ref().and_then(|r| r.spec.installation_id);
-            let token = st.github.clone_token(&m.repo, installation, st.cfg.github_token.clone()).await;
-            let head = move || crate::checkout::branch_head(&url, &branch, token.as_deref());
+            let (url, auth) = super::clone_source(&st, &clone_url, &m.repo, installation).await;
+            let branch = m.branch.clone();
+            let head = move || crate::checkout::branch_head(&url, &branch, auth.as_ref());
             match tokio::task::spawn_blocking(head).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, e),

@@ -104,6 +104,9 @@ pub struct Config {
     pub allow_repos: Vec<String>,
     pub clone_depth: i32,
     pub clone_rewrite: Vec<(String, String)>,
+    /// Which clone URLs are taken and where credentials may go (from `github_url` and
+    /// `clone_rewrite`).
+    pub clone_access: crate::checkout::CloneAccess,
     pub step_statuses: bool,
     pub secrets_file: Option<PathBuf>,
     pub cancel_superseded: bool,
@@ -262,7 +265,11 @@ impl ServeArgs {
                     .map(|(a, b)| (a.to_string(), b.to_string()))
                     .ok_or_else(|| ConfigError::Invalid(format!("a clone rewrite is FROM=TO, got `{r}`")))
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
+        let github_url =
+            self.github_url.clone().or_else(|| one("github-url")).unwrap_or_else(|| "https://api.github.com".into());
+        let clone_access =
+            crate::checkout::CloneAccess::new(&github_url, &clone_rewrite).map_err(ConfigError::Invalid)?;
         Ok(Config {
             listen,
             webhook_secret,
@@ -271,11 +278,7 @@ impl ServeArgs {
                 .clone()
                 .or_else(|| one("data-dir").map(PathBuf::from))
                 .unwrap_or_else(default_data_dir),
-            github_url: self
-                .github_url
-                .clone()
-                .or_else(|| one("github-url"))
-                .unwrap_or_else(|| "https://api.github.com".into()),
+            github_url,
             github_token: self.github_token.clone().or_else(|| one("github-token")).filter(|s| !s.is_empty()),
             github_app,
             public_url: self.public_url.clone().or_else(|| one("public-url")).unwrap_or(listen_url),
@@ -304,6 +307,7 @@ impl ServeArgs {
                 None => parse_num("clone-depth", one("clone-depth"))?.map_or(1, |n| n as i32),
             },
             clone_rewrite,
+            clone_access,
             step_statuses: match self.step_statuses {
                 Some(b) => b,
                 None => parse_bool("step-statuses", one("step-statuses"))?.unwrap_or(false),

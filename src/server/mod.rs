@@ -248,6 +248,13 @@ async fn accept(
     if !st.cfg.allow_repos.is_empty() && !st.cfg.allow_repos.contains(&repo) && !matches!(action, Action::Ping) {
         action = Action::Ignore(format!("repository `{repo}` is not in the allow-list"));
     }
+    // The repository is fetched from GitHub (or where a rewrite sends it), never from a
+    // server or path the payload names.
+    if let Action::Run(r) = &action
+        && let Err(why) = st.cfg.clone_access.check_webhook(&r.clone_url)
+    {
+        action = Action::Ignore(why);
+    }
     let kept: serde_json::Map<String, serde_json::Value> = headers
         .iter()
         .filter(|(k, _)| {
@@ -327,6 +334,25 @@ async fn accept(
             reply(StatusCode::ACCEPTED, json!({ "status": "queued", "run": id, "delivery": delivery }))
         }
     }
+}
+
+/// Where a run of `repo` fetches `clone_url` from, and the credentials that may go there:
+/// an App's installation token (else the configured token) only when that is GitHub itself.
+pub(crate) async fn clone_source(
+    st: &AppState,
+    clone_url: &str,
+    repo: &str,
+    installation: Option<u64>,
+) -> (String, Option<crate::checkout::Auth>) {
+    let source = st.cfg.clone_access.resolve(clone_url);
+    let token = match source.creds {
+        crate::checkout::Creds::GithubToken { .. } => {
+            st.github.clone_token(repo, installation, st.cfg.github_token.clone()).await
+        }
+        _ => None,
+    };
+    let auth = source.auth(token);
+    (source.url, auth)
 }
 
 /// Tells GitHub about queued runs that were cancelled before they started (superseded, or

@@ -201,14 +201,8 @@ async fn prepare_and_run(
         (_, _, _, Some(b)) => format!("refs/heads/{b}"),
         _ => run.spec.sha.clone(),
     };
-    let spec = FetchSpec {
-        url: checkout::rewrite_url(&run.spec.clone_url, &st.cfg.clone_rewrite),
-        git_ref,
-        sha: run.spec.sha.clone(),
-        depth: st.cfg.clone_depth,
-        // An App's installation token, else the configured token.
-        token: st.github.clone_token(&run.spec.repo, run.spec.installation_id, st.cfg.github_token.clone()).await,
-    };
+    let (url, auth) = super::clone_source(st, &run.spec.clone_url, &run.spec.repo, run.spec.installation_id).await;
+    let spec = FetchSpec { auth, url, git_ref, sha: run.spec.sha.clone(), depth: st.cfg.clone_depth };
     let w = work.to_path_buf();
     let fetch_spec = spec.clone();
     let fetched = tokio::task::spawn_blocking(move || checkout::fetch(&w, &fetch_spec)).await;

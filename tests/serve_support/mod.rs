@@ -930,6 +930,9 @@ struct GhState {
     next_id: u64,
     tokens: Vec<String>,
     check_runs: HashMap<u64, Value>,
+    /// Git's smart HTTP requests go to this port (a [`GitHttp`]), as github.com serves
+    /// repositories beside its API.
+    git_port: Option<u16>,
 }
 
 struct Shared {
@@ -1239,6 +1242,20 @@ impl FakeGitHub {
                 .iter()
                 .map(|(k, v)| (k.as_str().to_ascii_lowercase(), v.to_str().unwrap_or("").to_string()))
                 .collect();
+            let git_port = sh.state.lock().unwrap().git_port;
+            let is_git = uri.path().contains(".git/");
+            if let (Some(port), true) = (git_port, is_git) {
+                let target = uri.path_and_query().map(|p| p.to_string()).unwrap_or_default();
+                let (status, head, data) =
+                    tokio::task::spawn_blocking(move || proxy_git(port, method.as_str(), &target, &headers, &body))
+                        .await
+                        .expect("the git proxy");
+                let mut r = axum::response::Response::builder().status(status);
+                for (k, v) in head {
+                    r = r.header(k, v);
+                }
+                return r.body(axum::body::Body::from(data)).unwrap();
+            }
             let sh2 = sh.clone();
             let path = uri.path().to_string();
             let (status, reply) =
@@ -1265,6 +1282,17 @@ impl FakeGitHub {
             rt.shutdown_timeout(Duration::from_secs(1));
         });
         FakeGitHub { url: format!("http://{addr}"), addr, shared, stop: Some(stop), thread: Some(thread) }
+    }
+
+    /// Serves `http`'s repositories on the fake's own origin (`{url}/acme/hello.git`), so
+    /// that clones from "GitHub" reach them with GitHub's credentials.
+    pub fn serve_git(&self, http: &GitHttp) {
+        self.shared.state.lock().unwrap().git_port = Some(http.port);
+    }
+
+    /// The clone-URL rewrite that sends GitHub clone URLs to this fake's git side.
+    pub fn git_rewrite(&self) -> String {
+        format!("https://github.com/={}/", self.url)
     }
 
     /// Answers the next `n` requests of `op` with `code` (after checking them).
@@ -1333,6 +1361,39 @@ impl FakeGitHub {
     pub fn check_runs(&self) -> HashMap<u64, Value> {
         self.shared.state.lock().unwrap().check_runs.clone()
     }
+}
+
+/// Forwards one request to the git HTTP server on `port` (which answers with a length and
+/// closes): status, headers and body.
+fn proxy_git(
+    port: u16,
+    method: &str,
+    target: &str,
+    headers: &HashMap<String, String>,
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("the git server");
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        if matches!(k.as_str(), "authorization" | "content-type" | "accept" | "git-protocol") {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    conn.write_all(req.as_bytes()).unwrap();
+    conn.write_all(body).unwrap();
+    let mut out = Vec::new();
+    conn.read_to_end(&mut out).unwrap();
+    let end = out.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
+    let head = String::from_utf8_lossy(&out[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|c| c.parse().ok()).unwrap_or(502);
+    let kept = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .filter(|(k, _)| !k.eq_ignore_ascii_case("content-length") && !k.eq_ignore_ascii_case("connection"))
+        .collect();
+    (status, kept, out[end + 4..].to_vec())
 }
 
 impl Drop for FakeGitHub {
