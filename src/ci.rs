@@ -194,6 +194,16 @@ pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
         Workspace::Copy { files: git::workspace_files(&root)?, root: root.clone() }
     };
 
+    let log_limit = sched::parse_log_limit(&args.log_limit).map_err(|e| Error::Usage(format!("--log-limit: {e}")))?;
+    let mut isolation = args.isolation.resolve(|_| None, None).map_err(Error::Usage)?;
+    isolation.docker_socket = args.docker_socket;
+    isolation.privileged = args.privileged;
+    if isolation.block_host
+        && let Err(why) = crate::exec::firewall::ensure()
+    {
+        let message = format!("steps can reach this machine's services: {why} (--step-host-access allows it quietly)");
+        let _ = tx.send(RunEvent::RunMessage { level: Level::Warning, message }).await;
+    }
     let cancel = Cancel::default();
     let signals = tokio::spawn(watch_signals(cancel.clone(), tx.clone()));
     let result = sched::execute(
@@ -213,6 +223,8 @@ pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
             source_root: Some(root.clone()),
             artifact_dir: Some(run_dir.join("artifacts")),
             reuse: Default::default(),
+            isolation,
+            log_limit,
         },
         tx,
         cancel,

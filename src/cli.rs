@@ -273,6 +273,20 @@ pub struct CiArgs {
     /// Seconds a cancelled step gets to stop before it is killed.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub grace: u64,
+    /// Output of one step kept (log file and screen); past it a notice, and the step goes
+    /// on: `100M`, `1G`, or `none`.
+    #[arg(long, env = "ORCH_LOG_LIMIT", default_value = "100M", value_name = "SIZE")]
+    pub log_limit: String,
+    #[command(flatten)]
+    pub isolation: crate::exec::isolation::IsolationArgs,
+    /// Mount the Docker socket into every step (the steps then control Docker, which is
+    /// root on this machine). Only for pipelines you trust.
+    #[arg(long)]
+    pub docker_socket: bool,
+    /// Run every step privileged (all capabilities and devices). Only for pipelines you
+    /// trust.
+    #[arg(long)]
+    pub privileged: bool,
 }
 
 /// Runs a parsed command line; returns the process exit code.

@@ -121,8 +121,9 @@ fn reads_filters_pages_errors_auth_metrics_and_the_cli() {
     let orch =
         Orch::start(ServeArgs { api_token: Some(API_TOKEN.into()), cancel_superseded: Some(false), ..base_args() });
     let mut ids = Vec::new();
-    for b in ["main", "dev", "main", "feature/x", "main"] {
-        ids.push(orch.deliver("push", &push_event(b, ZERO_SHA, &"ab".repeat(20))).run_id());
+    // Three pushes to main: of three commits (one body is one delivery, whatever its id).
+    for (i, b) in ["main", "dev", "main", "feature/x", "main"].iter().enumerate() {
+        ids.push(orch.deliver("push", &push_event(b, ZERO_SHA, &format!("ab{i:038}"))).run_id());
     }
     for &id in &ids {
         assert_eq!(orch.wait_run_done(id)["run"]["status"], "error");
@@ -157,7 +158,7 @@ fn reads_filters_pages_errors_auth_metrics_and_the_cli() {
     let r = orch.get_json(&format!("/api/runs/{}", ids[0]));
     assert_eq!(r["trigger"]["event"], "push");
     assert_eq!(r["trigger"]["branch"], "main");
-    assert_eq!(r["trigger"]["sha"], "ab".repeat(20));
+    assert_eq!(r["trigger"]["sha"], format!("ab{:038}", 0));
     assert!(r["trigger"]["delivery_id"].is_string());
     assert!(r["error"].as_str().is_some_and(|e| !e.is_empty()), "{r:#}");
     assert_eq!(r["artifacts"], json!([]));
@@ -345,7 +346,9 @@ fn without_a_token_actions_are_refused_and_a_private_api_and_dashboard_need_one(
         let c = format!("orch_session={v}");
         assert_eq!(private.request("GET", "/", &[("Cookie", &c)], b"").status, 303, "{v}");
     }
-    let out = private.get("/logout");
+    // Signing out is a POST (a link or an image elsewhere cannot sign anyone out).
+    assert_eq!(private.get("/logout").status, 405);
+    let out = private.request("POST", "/logout", &[], b"");
     assert!(out.header("set-cookie").is_some_and(|c| c.contains("Max-Age=0")), "{:?}", out.headers);
 }
 
@@ -387,13 +390,21 @@ fn retention_prunes_old_runs_their_directories_and_deliveries() {
 #[test]
 fn readyz_says_which_part_is_not_ready() {
     let data = temp_dir("orch-readyz-");
-    let env = [("DOCKER_HOST", "unix:///nonexistent/docker.sock".to_string())];
+    let env =
+        [("DOCKER_HOST", "unix:///nonexistent/docker.sock".to_string()), ("ORCH_API_TOKEN", API_TOKEN.to_string())];
     let mut p = OrchProcess::spawn(data.path(), &env, &data.path().join("serve.log"));
     let r = p.get("/readyz");
     assert_eq!(r.status, 503, "{}", r.text());
     let j = r.json();
     assert_eq!((&j["database"], &j["ready"]), (&json!("ok"), &json!(false)), "{j}");
-    assert!(j["docker"].as_str().is_some_and(|d| d != "ok"), "{j}");
+    // A stranger learns that Docker is not ready, not what its error says about the host.
+    assert_eq!(j["docker"], "unavailable", "{j}");
+    let bearer = format!("Bearer {API_TOKEN}");
+    let j = p.request("GET", "/readyz", &[("Authorization", &bearer)], b"").json();
+    assert!(
+        j["docker"].as_str().is_some_and(|d| d.contains("/nonexistent/docker.sock") || d.contains("socket")),
+        "{j}"
+    );
     assert_eq!(p.get("/healthz").status, 200);
     p.terminate();
 }

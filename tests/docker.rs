@@ -578,7 +578,8 @@ steps:
 
 /// Starts `orch ci --json ARGS` on a project whose step `long` runs for a minute; returns
 /// once that step's container is up, after checking the owner labels on everything the run
-/// created: `containers` containers, the step's network when `network`, the workspace volume.
+/// created: `containers` containers, the run's network and the step's when `network`, the
+/// workspace volume.
 fn start_long_step(p: &Project, args: &[&str], containers: usize, network: bool) -> Running {
     let mut all = vec!["--json"];
     all.extend_from_slice(args);
@@ -602,7 +603,14 @@ fn start_long_step(p: &Project, args: &[&str], containers: usize, network: bool)
     let want = format!("long {} {}", orch.pid(), hostname());
     assert_eq!(labels.lines().collect::<Vec<_>>(), vec![want.as_str(); containers], "container labels");
     let networks = docker(&["network", "ls", "--filter", &filter, "--format", "{{.Name}}"]);
-    assert_eq!(networks, if network { step_container.clone() } else { String::new() }, "the run's networks");
+    let mut networks: Vec<&str> = networks.lines().collect();
+    networks.sort();
+    let run_net = format!("orch-{id}");
+    let mut want = vec![run_net.as_str()];
+    if network {
+        want.push(&step_container);
+    }
+    assert_eq!(networks, want, "the run's networks");
     let volumes = docker(&["volume", "ls", "--filter", &filter, "--format", "{{.Name}}"]);
     assert_eq!(volumes, format!("orch-{id}-workspace"), "the run's workspace volume");
     let owner = docker(&["volume", "inspect", "--format", r#"{{index .Labels "orch.pid"}}"#, &volumes]);

@@ -42,6 +42,8 @@ fn options() -> RunOptions {
         source_root: None,
         artifact_dir: None,
         reuse: Default::default(),
+        isolation: Default::default(),
+        log_limit: 0,
     }
 }
 
@@ -476,4 +478,29 @@ steps:
         })
         .collect();
     assert_eq!(lines, ["step 1 of 3"]);
+}
+
+#[tokio::test]
+async fn a_log_past_its_limit_ends_with_a_notice_and_the_step_goes_on() {
+    let yaml = "
+defaults: { image: img }
+steps:
+  loud: { commands: [x] }
+  after: { commands: [x], needs: [loud] }
+";
+    let line = "y".repeat(1000);
+    let mut attempt = FakeAttempt::exit(0);
+    for _ in 0..3000 {
+        attempt = attempt.out(&format!("{line}\n"));
+    }
+    let b = FakeBackend::new().script("loud", vec![attempt]);
+    let logs = tempfile::tempdir().unwrap();
+    let opts = RunOptions { log_limit: 1 << 20, log_dir: Some(logs.path().to_path_buf()), ..options() };
+    let o = execute_plan(yaml, Arc::new(b), opts, Cancel::default()).await;
+    assert_eq!(o.status, RunStatus::Success, "the step goes on and passes");
+    let kept = std::fs::read_to_string(logs.path().join("loud.log")).unwrap();
+    assert!(kept.len() as u64 <= (1 << 20) + 200, "{} bytes kept", kept.len());
+    assert!(kept.ends_with(&format!("{}\n", orch::sched::truncation_notice(1 << 20))), "{}", &kept[kept.len() - 300..]);
+    let shown = o.events.iter().filter(|e| matches!(e, RunEvent::StepLog { .. })).count();
+    assert!(shown < 1100, "{shown} lines sent on after the limit");
 }

@@ -358,6 +358,56 @@ impl DockerBackend {
 
 const CHUNK: usize = 256 * 1024;
 
+/// The run's own network: every step without services sits on it (its bridge is one of
+/// orch's, which the firewall rules match).
+pub fn run_network(run_id: &str) -> String {
+    format!("orch-{run_id}")
+}
+
+/// Docker's options for a bridge network named `name` whose Linux bridge is one of orch's
+/// (kept from the host by the firewall, or not).
+fn bridge_options(name: &str, block_host: bool) -> HashMap<String, String> {
+    HashMap::from([("com.docker.network.bridge.name".to_string(), super::firewall::bridge_name(name, block_host))])
+}
+
+/// The host settings a step or service container gets from the run's isolation.
+fn isolated(iso: &Isolation, mut h: HostConfig) -> HostConfig {
+    if iso.privileged {
+        h.privileged = Some(true);
+    } else {
+        h.cap_drop = Some(vec!["ALL".into()]);
+        h.cap_add = Some(iso.caps.clone());
+    }
+    if iso.no_new_privileges {
+        h.security_opt = Some(vec!["no-new-privileges:true".into()]);
+    }
+    if let Some(m) = iso.memory {
+        let m = i64::try_from(m).unwrap_or(i64::MAX);
+        h.memory = Some(m);
+        // Swap counts against the limit too: no escape into swap.
+        h.memory_swap = Some(m);
+    }
+    if let Some(c) = iso.cpus {
+        h.nano_cpus = Some((c * 1e9) as i64);
+    }
+    h.pids_limit = iso.pids;
+    if iso.docker_socket {
+        let socket = docker_socket_path();
+        let mut binds = h.binds.take().unwrap_or_default();
+        binds.push(format!("{socket}:/var/run/docker.sock"));
+        h.binds = Some(binds);
+    }
+    h
+}
+
+/// The daemon's socket on this host (`DOCKER_HOST=unix://...`, else the default).
+fn docker_socket_path() -> String {
+    std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
+        .unwrap_or_else(|| "/var/run/docker.sock".to_string())
+}
+
 /// Appends the file, link or directory `rel` of `tree` to `b` (devices, FIFOs and sockets
 /// are left out, as git cannot hold them anyway).
 fn append_confined<W: Write>(b: &mut tar::Builder<W>, tree: &Root, rel: &Path) -> std::io::Result<()> {
@@ -434,6 +484,7 @@ impl DockerBackend {
                 name: net.clone(),
                 driver: Some("bridge".into()),
                 labels: Some(self.labels(&step.run_id, Some(&step.step))),
+                options: Some(bridge_options(&net, step.isolation.block_host)),
                 ..Default::default()
             })
             .await
@@ -446,11 +497,10 @@ impl DockerBackend {
                 cmd: svc.command.clone(),
                 env: Some(svc.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
                 labels: Some(self.labels(&step.run_id, Some(&step.step))),
-                host_config: Some(HostConfig {
-                    network_mode: Some(net.clone()),
-                    init: Some(true),
-                    ..Default::default()
-                }),
+                host_config: Some(isolated(
+                    &Isolation { docker_socket: false, ..step.isolation.clone() },
+                    HostConfig { network_mode: Some(net.clone()), init: Some(true), ..Default::default() },
+                )),
                 networking_config: Some(NetworkingConfig {
                     endpoints_config: Some(HashMap::from([(
                         net.clone(),
@@ -676,15 +726,19 @@ impl DockerBackend {
             attach_stdout: Some(true),
             attach_stderr: Some(true),
             tty: Some(false),
-            host_config: Some(HostConfig {
-                mounts: Some(vec![self.workspace_mount(&step.run_id, &workspace)]),
-                log_config: Some(HostConfigLogConfig { typ: Some("none".into()), config: None }),
-                // A tiny init as PID 1 forwards SIGTERM to the shell and reaps zombies, so
-                // a graceful stop is graceful.
-                init: Some(true),
-                network_mode: handle.network.clone(),
-                ..Default::default()
-            }),
+            host_config: Some(isolated(
+                &step.isolation,
+                HostConfig {
+                    mounts: Some(vec![self.workspace_mount(&step.run_id, &workspace)]),
+                    log_config: Some(HostConfigLogConfig { typ: Some("none".into()), config: None }),
+                    // A tiny init as PID 1 forwards SIGTERM to the shell and reaps zombies, so
+                    // a graceful stop is graceful.
+                    init: Some(true),
+                    // The services' network, else the run's.
+                    network_mode: Some(handle.network.clone().unwrap_or_else(|| run_network(&step.run_id))),
+                    ..Default::default()
+                },
+            )),
             ..Default::default()
         };
         let created = self
@@ -778,6 +832,17 @@ impl DockerBackend {
 
 impl Backend for DockerBackend {
     async fn prepare(&self, run: &RunSpec) -> Result<(), BackendError> {
+        let net = run_network(&run.run_id);
+        self.docker
+            .create_network(NetworkCreateRequest {
+                name: net.clone(),
+                driver: Some("bridge".into()),
+                labels: Some(self.labels(&run.run_id, None)),
+                options: Some(bridge_options(&net, run.block_host)),
+                ..Default::default()
+            })
+            .await
+            .map_err(api)?;
         if matches!(run.workspace, Workspace::Bind(_)) {
             return Ok(());
         }

@@ -14,6 +14,10 @@
 
 pub mod docker;
 pub mod fake;
+pub mod firewall;
+pub mod isolation;
+
+pub use isolation::Isolation;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -37,6 +41,8 @@ pub const LABEL_HOST: &str = "orch.host";
 pub struct RunSpec {
     pub run_id: String,
     pub workspace: Workspace,
+    /// Whether the run's network is one the firewall keeps from the host.
+    pub block_host: bool,
 }
 
 /// Where the workspace's initial content comes from.
@@ -68,6 +74,8 @@ pub struct StepSpec {
     pub services: Vec<ServiceSpec>,
     /// Cached paths put in place before the step starts.
     pub restore: Vec<Restore>,
+    /// What the step's (and its services') containers are allowed.
+    pub isolation: Isolation,
     /// Cancelled when the run is stopped: `start` gives up waiting (for services) and
     /// removes what it made. `start` is never dropped half-way, so nothing it creates
     /// outlives the run's cleanup.

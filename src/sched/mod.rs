@@ -27,6 +27,19 @@ use crate::plan::{Plan, PlannedStep};
 pub use events::*;
 use logs::{Masker, StepLines};
 
+/// The output of one step kept by default (log file and events).
+pub const DEFAULT_LOG_LIMIT: u64 = 100 << 20;
+
+/// `100M`, `1G`, `none`: a log limit in bytes (0: none).
+pub fn parse_log_limit(s: &str) -> Result<u64, String> {
+    if matches!(s.trim().to_ascii_lowercase().as_str(), "none" | "0" | "unlimited") {
+        return Ok(0);
+    }
+    crate::cache::parse_size(s)
+        .filter(|n| *n >= 1 << 20)
+        .ok_or_else(|| format!("a log limit is a size of at least 1M (`100M`, `1G`) or `none`, got `{s}`"))
+}
+
 /// How long a step may take to stop after SIGTERM before it is killed.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 /// Cleanup gets its own time budget: it runs even when the run was cancelled.
@@ -56,6 +69,11 @@ pub struct RunOptions {
     pub source_root: Option<PathBuf>,
     /// Where artifacts are kept (`<dir>/<step>/...`); `None`: artifacts are not collected.
     pub artifact_dir: Option<PathBuf>,
+    /// What step containers are allowed.
+    pub isolation: crate::exec::Isolation,
+    /// Bytes of a step's output kept (log file and events); past it a notice, and the step
+    /// goes on unrecorded. 0: no limit.
+    pub log_limit: u64,
     /// Steps treated as already passed (a re-run of the failed steps keeps these): they are
     /// not started, their `StepFinished` says `Passed` with the summary's message. A step
     /// whose needs are not all kept runs (or is skipped) as usual.
@@ -123,8 +141,13 @@ pub async fn execute<B: Backend>(
     let mut summaries = Vec::new();
     let mut status = RunStatus::Success;
     if !plan.steps.is_empty() {
-        let prepared =
-            backend.prepare(&RunSpec { run_id: opts.run_id.clone(), workspace: opts.workspace.clone() }).await;
+        let prepared = backend
+            .prepare(&RunSpec {
+                run_id: opts.run_id.clone(),
+                workspace: opts.workspace.clone(),
+                block_host: opts.isolation.block_host,
+            })
+            .await;
         match prepared {
             Ok(()) => {
                 summaries = run_steps(&backend, plan, &opts, &events, &cancel, started).await;
@@ -302,6 +325,8 @@ async fn run_steps<B: Backend>(
                         .collect(),
                     all_secrets: all_secrets.clone(),
                     log_dir: opts.log_dir.clone(),
+                    log_limit: opts.log_limit,
+                    isolation: opts.isolation.clone(),
                     bind: match &opts.workspace {
                         Workspace::Bind(p) => Some(p.clone()),
                         _ => None,
@@ -398,6 +423,8 @@ struct Unit<B> {
     secrets: Vec<(String, String)>,
     all_secrets: Arc<Vec<String>>,
     log_dir: Option<PathBuf>,
+    log_limit: u64,
+    isolation: crate::exec::Isolation,
     bind: Option<PathBuf>,
     grace: Duration,
     cache: Option<CacheSettings>,
@@ -696,6 +723,7 @@ impl<B: Backend> Unit<B> {
                 })
                 .collect(),
             restore: restore.to_vec(),
+            isolation: self.isolation.clone(),
             cancel: self.cancel.graceful.clone(),
         };
         let (tx, rx) = mpsc::channel::<LogChunk>(64);
@@ -705,6 +733,7 @@ impl<B: Backend> Unit<B> {
             self.log_dir.as_ref().map(|d| d.join(format!("{}.log", crate::plan::slug(&self.step.name)))),
             attempt,
             self.step.name.clone(),
+            self.log_limit,
             self.events.clone(),
         ));
         // Not raced against cancellation: a start dropped half-way would leave Docker
@@ -753,12 +782,21 @@ impl<B: Backend> Unit<B> {
     }
 }
 
+/// The line a log ends with once it reached the run's limit.
+pub fn truncation_notice(limit: u64) -> String {
+    format!(
+        "--- orch: the log reached its limit of {} MiB here; the step goes on, its further output is not kept ---",
+        limit >> 20
+    )
+}
+
 async fn pump_logs(
     mut rx: mpsc::Receiver<LogChunk>,
     masker: Masker,
     file: Option<PathBuf>,
     attempt: u32,
     step: String,
+    limit: u64,
     events: mpsc::Sender<RunEvent>,
 ) {
     use std::io::Write;
@@ -770,32 +808,52 @@ async fn pump_logs(
             .ok()
             .map(|f| BufWriter::with_capacity(64 * 1024, f))
     });
+    // What the log already holds (earlier attempts count too).
+    let mut kept: u64 = file.as_ref().and_then(|f| f.get_ref().metadata().ok()).map_or(0, |m| m.len());
+    let mut full = limit > 0 && kept >= limit;
     if attempt > 1
+        && !full
         && let Some(f) = file.as_mut()
     {
         let _ = writeln!(f, "--- attempt {attempt} ---");
     }
     let mut lines = StepLines::default();
     let mut pending: Vec<(crate::exec::Stream, Vec<u8>)> = Vec::new();
-    while let Some(chunk) = rx.recv().await {
-        lines.splitter(chunk.stream).push(&chunk.data, &masker, |l| pending.push((chunk.stream, l)));
+    let mut done = false;
+    loop {
+        match rx.recv().await {
+            Some(chunk) => lines.splitter(chunk.stream).push(&chunk.data, &masker, |l| pending.push((chunk.stream, l))),
+            None => {
+                for stream in [crate::exec::Stream::Stdout, crate::exec::Stream::Stderr] {
+                    lines.splitter(stream).finish(&masker, |l| pending.push((stream, l)));
+                }
+                done = true;
+            }
+        }
         for (stream, line) in pending.drain(..) {
+            if full {
+                // Drained and dropped: the container never waits on a full log.
+                continue;
+            }
+            if limit > 0 && kept + line.len() as u64 + 1 > limit {
+                full = true;
+                let notice = truncation_notice(limit);
+                if let Some(f) = file.as_mut() {
+                    let _ = logs::write_line(f, notice.as_bytes());
+                }
+                let _ = events.send(RunEvent::StepLog { step: step.clone(), stream, line: notice }).await;
+                continue;
+            }
+            kept += line.len() as u64 + 1;
             if let Some(f) = file.as_mut() {
                 let _ = logs::write_line(f, &line);
             }
             let line = String::from_utf8(line).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
             let _ = events.send(RunEvent::StepLog { step: step.clone(), stream, line }).await;
         }
-    }
-    for stream in [crate::exec::Stream::Stdout, crate::exec::Stream::Stderr] {
-        lines.splitter(stream).finish(&masker, |l| pending.push((stream, l)));
-    }
-    for (stream, line) in pending.drain(..) {
-        if let Some(f) = file.as_mut() {
-            let _ = logs::write_line(f, &line);
+        if done {
+            break;
         }
-        let line = String::from_utf8(line).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-        let _ = events.send(RunEvent::StepLog { step: step.clone(), stream, line }).await;
     }
     if let Some(f) = file.as_mut() {
         let _ = f.flush();

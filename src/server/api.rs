@@ -315,22 +315,74 @@ async fn get_log(
         Ok(f) => f,
         Err(_) => return error(StatusCode::NOT_FOUND, format!("no log for step `{step}` of run {}", run.id)),
     };
+    // The size now: what is read, and the next poll's `offset`. A log only grows.
     let size = f.metadata().await.map(|m| m.len()).unwrap_or(0);
-    let from = (offset as u64).min(size);
-    let mut body = Vec::with_capacity((size - from) as usize);
-    if f.seek(std::io::SeekFrom::Start(from)).await.is_err() || f.read_to_end(&mut body).await.is_err() {
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let (from, to) = match range {
+        None => ((offset as u64).min(size), size),
+        Some(r) => match byte_range(r, size) {
+            Some(span) => span,
+            None => {
+                return (
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    [(header::CONTENT_RANGE, format!("bytes */{size}"))],
+                    format!("the log holds {size} bytes; a range is `bytes=FIRST-` or `bytes=FIRST-LAST`\n"),
+                )
+                    .into_response();
+            }
+        },
+    };
+    if f.seek(std::io::SeekFrom::Start(from)).await.is_err() {
         return internal(format!("cannot read {}", file.display()));
     }
-    let size = from + body.len() as u64;
-    (
-        StatusCode::OK,
-        [
-            (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_string()),
-            (header::HeaderName::from_static("x-log-size"), size.to_string()),
-        ],
-        body,
-    )
-        .into_response()
+    let mut r = Response::builder()
+        .status(if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK })
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_LENGTH, to - from)
+        .header(header::HeaderName::from_static("x-log-size"), if range.is_some() { size } else { to });
+    if range.is_some() {
+        r = r.header(header::CONTENT_RANGE, format!("bytes {from}-{}/{size}", to.saturating_sub(1).max(from)));
+    }
+    // Streamed in pieces: a big log costs a client's read buffer, not its size in memory.
+    r.body(file_body(f, to - from)).unwrap_or_else(internal)
+}
+
+/// `bytes=FIRST-` or `bytes=FIRST-LAST` (one range) of a file of `size` bytes, as
+/// `[from, to)`; `None` when it cannot be served.
+fn byte_range(header: &str, size: u64) -> Option<(u64, u64)> {
+    let spec = header.trim().strip_prefix("bytes=")?;
+    let (first, last) = spec.split_once('-')?;
+    if first.is_empty() {
+        // The last N bytes.
+        let n: u64 = last.trim().parse().ok()?;
+        return (n > 0 && size > 0).then(|| (size.saturating_sub(n), size));
+    }
+    let from: u64 = first.trim().parse().ok()?;
+    let to = match last.trim() {
+        "" => size,
+        l => l.parse::<u64>().ok()?.checked_add(1)?.min(size),
+    };
+    (from < size && from < to).then_some((from, to))
+}
+
+/// A body reading `len` bytes of `f` from where it stands, 64 KiB at a time.
+fn file_body(f: tokio::fs::File, len: u64) -> Body {
+    let stream = futures_util::stream::unfold((f, len), |(mut f, left)| async move {
+        if left == 0 {
+            return None;
+        }
+        let mut buf = vec![0u8; left.min(64 * 1024) as usize];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<Bytes, std::io::Error>(Bytes::from(buf)), (f, left - n as u64)))
+            }
+            Err(e) => Some((Err(e), (f, 0))),
+        }
+    });
+    Body::from_stream(stream)
 }
 
 /// What a terminal shows of a line: carriage returns rewrite it.
@@ -449,23 +501,12 @@ async fn get_artifact(
     let Ok(f) = opened else { return missing() };
     let f = tokio::fs::File::from_std(f);
     let size = f.metadata().await.map(|m| m.len()).unwrap_or(0);
-    let stream = futures_util::stream::unfold(f, |mut f| async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        match f.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok::<Bytes, std::io::Error>(Bytes::from(buf)), f))
-            }
-            Err(e) => Some((Err(e), f)),
-        }
-    });
     let name = rel.file_name().map(|n| n.to_string_lossy().replace('"', "")).unwrap_or_default();
     Response::builder()
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(header::CONTENT_LENGTH, size)
         .header(header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\""))
-        .body(Body::from_stream(stream))
+        .body(file_body(f, size))
         .unwrap_or_else(internal)
 }
 
@@ -728,7 +769,11 @@ async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Respons
 }
 
 /// `GET /readyz`: 200 when the database answers and Docker pings; 503 says which did not.
-async fn readyz(State(st): State<Arc<AppState>>) -> Response {
+/// What went wrong is shown only
+/// with the API token (or a dashboard session): an error text can tell a stranger about
+/// the host.
+async fn readyz(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let detailed = authorize_write(&st, &headers).is_ok() || has_session(&st, &headers);
     let limit = Duration::from_secs(5);
     let db = match tokio::time::timeout(limit, st.db.ping()).await {
         Ok(Ok(())) => Ok(()),
@@ -742,7 +787,8 @@ async fn readyz(State(st): State<Arc<AppState>>) -> Response {
     };
     let show = |r: &Result<(), String>| match r {
         Ok(()) => json!("ok"),
-        Err(e) => json!(e),
+        Err(e) if detailed => json!(e),
+        Err(_) => json!("unavailable"),
     };
     let code = if db.is_ok() && docker.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     reply(code, json!({ "database": show(&db), "docker": show(&docker), "ready": code == StatusCode::OK }))
@@ -751,6 +797,17 @@ async fn readyz(State(st): State<Arc<AppState>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_ranges() {
+        assert_eq!(byte_range("bytes=0-", 10), Some((0, 10)));
+        assert_eq!(byte_range("bytes=4-5", 10), Some((4, 6)));
+        assert_eq!(byte_range("bytes=4-99", 10), Some((4, 10)));
+        assert_eq!(byte_range("bytes=-3", 10), Some((7, 10)));
+        for bad in ["bytes=10-", "bytes=5-4", "bytes=x-", "items=0-", "bytes=0-1,3-4", "bytes=-0"] {
+            assert_eq!(byte_range(bad, 10), None, "{bad}");
+        }
+    }
 
     #[test]
     fn a_line_is_what_a_terminal_shows() {

@@ -87,6 +87,19 @@ pub struct ServeArgs {
     /// [default: 5G].
     #[arg(long, env = "ORCH_CACHE_MAX")]
     pub cache_max: Option<String>,
+    /// Output of one step kept (`100M`, `1G`, `none`); past it a notice, and the step goes
+    /// on [default: 100M].
+    #[arg(long, env = "ORCH_LOG_LIMIT", value_name = "SIZE")]
+    pub log_limit: Option<String>,
+    #[command(flatten)]
+    pub isolation: crate::exec::isolation::IsolationArgs,
+    /// Repositories (owner/name) whose pushes, tags and manual runs get the Docker socket
+    /// mounted (root on this machine). Pull requests never do.
+    #[arg(long = "trust-docker-socket", env = "ORCH_TRUST_DOCKER_SOCKET", value_delimiter = ',', value_name = "REPO")]
+    pub trust_docker_socket: Vec<String>,
+    /// Repositories whose pushes, tags and manual runs run privileged. Pull requests never do.
+    #[arg(long = "trust-privileged", env = "ORCH_TRUST_PRIVILEGED", value_delimiter = ',', value_name = "REPO")]
+    pub trust_privileged: Vec<String>,
 }
 
 /// Resolved settings.
@@ -116,6 +129,24 @@ pub struct Config {
     pub retention_days: u64,
     pub retention_runs: u64,
     pub cache_max: u64,
+    pub log_limit: u64,
+    /// What step containers are allowed (before the trust settings below).
+    pub isolation: crate::exec::Isolation,
+    pub trust_docker_socket: Vec<String>,
+    pub trust_privileged: Vec<String>,
+}
+
+impl Config {
+    /// The isolation of a run: the settings, plus what a trusted repository was granted,
+    /// never for a pull request (whose code anyone may write).
+    pub fn isolation_for(&self, repo: &str, event: &str) -> crate::exec::Isolation {
+        let mut iso = self.isolation.clone();
+        if event != "pull_request" {
+            iso.docker_socket = self.trust_docker_socket.iter().any(|r| r == repo);
+            iso.privileged = self.trust_privileged.iter().any(|r| r == repo);
+        }
+        iso
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -193,6 +224,9 @@ const KEYS: &[&str] = &[
     "retention-days",
     "retention-runs",
     "cache-max",
+    "log-limit",
+    "trust-docker-socket",
+    "trust-privileged",
 ];
 
 impl ServeArgs {
@@ -202,8 +236,9 @@ impl ServeArgs {
             None => Vec::new(),
         };
         for (k, _) in &file {
-            if !KEYS.contains(&k.as_str()) {
-                let hint = crate::pipeline::diag::did_you_mean(k, KEYS.iter().copied())
+            if !KEYS.contains(&k.as_str()) && !crate::exec::isolation::KEYS.contains(&k.as_str()) {
+                let known = KEYS.iter().chain(crate::exec::isolation::KEYS).copied();
+                let hint = crate::pipeline::diag::did_you_mean(k, known)
                     .map(|s| format!(" (did you mean `{s}`?)"))
                     .unwrap_or_default();
                 return Err(ConfigError::Invalid(format!("unknown setting `{k}` in the config file{hint}")));
@@ -268,6 +303,24 @@ impl ServeArgs {
             .collect::<Result<Vec<_>, _>>()?;
         let github_url =
             self.github_url.clone().or_else(|| one("github-url")).unwrap_or_else(|| "https://api.github.com".into());
+        let concurrency = match self.concurrency {
+            Some(n) => n,
+            None => parse_num("concurrency", one("concurrency"))?.map_or(2, |n| n as usize),
+        }
+        .max(1);
+        // Concurrent runs share the machine's CPUs: one step gets at most its run's share.
+        let share = (crate::exec::isolation::host_cpus() as f64 / concurrency as f64).max(1.0);
+        let isolation = self.isolation.resolve(f, Some(share)).map_err(ConfigError::Invalid)?;
+        let list = |flag: &Vec<String>, key: &str| -> Vec<String> {
+            let v = if flag.iter().all(|r| r.trim().is_empty()) { f(key).unwrap_or_default() } else { flag.clone() };
+            v.into_iter().map(|r| r.trim().to_string()).filter(|r| !r.is_empty()).collect()
+        };
+        let log_limit = match self.log_limit.clone().or_else(|| one("log-limit")) {
+            Some(s) => {
+                crate::sched::parse_log_limit(&s).map_err(|e| ConfigError::Invalid(format!("`log-limit`: {e}")))?
+            }
+            None => crate::sched::DEFAULT_LOG_LIMIT,
+        };
         let clone_access =
             crate::checkout::CloneAccess::new(&github_url, &clone_rewrite).map_err(ConfigError::Invalid)?;
         Ok(Config {
@@ -282,11 +335,7 @@ impl ServeArgs {
             github_token: self.github_token.clone().or_else(|| one("github-token")).filter(|s| !s.is_empty()),
             github_app,
             public_url: self.public_url.clone().or_else(|| one("public-url")).unwrap_or(listen_url),
-            concurrency: match self.concurrency {
-                Some(n) => n,
-                None => parse_num("concurrency", one("concurrency"))?.map_or(2, |n| n as usize),
-            }
-            .max(1),
+            concurrency,
             jobs: match self.jobs {
                 Some(n) => n,
                 None => parse_num("jobs", one("jobs"))?.map_or(8, |n| n as usize),
@@ -337,6 +386,10 @@ impl ServeArgs {
                 })?,
                 None => crate::cache::DEFAULT_MAX_BYTES,
             },
+            log_limit,
+            isolation,
+            trust_docker_socket: list(&self.trust_docker_socket, "trust-docker-socket"),
+            trust_privileged: list(&self.trust_privileged, "trust-privileged"),
         })
     }
 }

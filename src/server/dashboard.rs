@@ -8,7 +8,7 @@
 //!   followed live over the API's Server-Sent Events with ANSI colours rendered. While the
 //!   run is queued or running the page refreshes its parts from `GET /ui/runs/{id}`.
 //!
-//! - `GET|POST /login`, `GET /logout`: on a private server (`api_private`) the pages need a
+//! - `GET|POST /login`, `POST /logout`: on a private server (`api_private`) the pages need a
 //!   session: the API token, given once in a form, sets an HttpOnly cookie derived from it.
 //!
 //! No JavaScript build step: the little script there is is inline, plain and small.
@@ -22,7 +22,7 @@ use axum::Router;
 use axum::extract::{Form, Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use super::AppState;
@@ -36,7 +36,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/runs/{id}", get(run_page))
         .route("/ui/runs/{id}", get(run_parts))
         .route("/login", get(login_page).post(login))
-        .route("/logout", get(logout))
+        .route("/logout", post(logout))
 }
 
 /// Runs shown on the list page.
@@ -188,7 +188,7 @@ a{color:var(--link);text-decoration:none}a:hover{text-decoration:underline}
 code,pre,.mono{font-family:ui-monospace,SFMono-Regular,"SF Mono",Menlo,Consolas,"DejaVu Sans Mono","Liberation Mono",monospace;font-size:12.5px}
 .top{background:#24292f;color:#fff;padding:10px 20px;display:flex;align-items:center;gap:16px}
 .top a{color:#fff;font-weight:600}.brand{font-size:16px;display:flex;align-items:center;gap:8px}
-.brand svg{color:#58d68d}.top .sp{flex:1}.top .live{font-size:12px;color:#afb8c1;display:flex;align-items:center;gap:6px}
+.brand svg{color:#58d68d}.top .sp{flex:1}.signout{margin:0 0 0 12px}.signout button{font-size:12px;padding:2px 8px}.top .live{font-size:12px;color:#afb8c1;display:flex;align-items:center;gap:6px}
 .dot{width:8px;height:8px;border-radius:50%;background:#3fb950;display:inline-block}.dot.off{background:#8c959f}
 main{max-width:1180px;margin:0 auto;padding:20px}
 h1{font-size:20px;margin:0;font-weight:600;overflow-wrap:anywhere}h2{font-size:15px;margin:0 0 12px;font-weight:600}
@@ -266,13 +266,20 @@ pre.log .b{font-weight:700}
 
 const LOGO: &str = "<svg viewBox=\"0 0 16 16\" width=\"18\" height=\"18\" aria-hidden=\"true\" fill=\"currentColor\"><circle cx=\"3\" cy=\"8\" r=\"2.2\"/><circle cx=\"13\" cy=\"3.5\" r=\"2.2\"/><circle cx=\"13\" cy=\"12.5\" r=\"2.2\"/><path d=\"M3 8 13 3.5M3 8l10 4.5\" stroke=\"currentColor\" stroke-width=\"1.4\"/></svg>";
 
-fn page(title: &str, body: &str, script: &str) -> String {
+/// A whole page; `signed_in`: a private server's page, with a button that ends the session.
+fn page(title: &str, body: &str, script: &str, signed_in: bool) -> String {
+    // A form (POST): a link or an image elsewhere cannot sign anyone out.
+    let signout = if signed_in {
+        "<form method=\"post\" action=\"/logout\" class=\"signout\"><button type=\"submit\">Sign out</button></form>"
+    } else {
+        ""
+    };
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
          <meta name=\"color-scheme\" content=\"light dark\"><title>{}</title><style>{CSS}</style></head>\
          <body><header class=\"top\"><a class=\"brand\" href=\"/\">{LOGO}orch</a><a href=\"/\">Runs</a><span class=\"sp\"></span>\
-         <span class=\"live\" id=\"live\"><span class=\"dot\"></span>live</span></header><main>{body}</main>\
+         <span class=\"live\" id=\"live\"><span class=\"dot\"></span>live</span>{signout}</header><main>{body}</main>\
          <script>{script}</script></body></html>",
         esc(title)
     )
@@ -327,7 +334,7 @@ fn login_form(st: &AppState, next: &str, problem: Option<&str>) -> String {
             esc(next)
         )
     };
-    page("Sign in", &body, "")
+    page("Sign in", &body, "", false)
 }
 
 async fn login_page(State(st): State<Arc<AppState>>, Query(q): Query<Next>) -> Response {
@@ -361,14 +368,14 @@ async fn logout() -> Response {
 
 fn not_found(what: &str) -> Response {
     let body = format!("<div class=\"card empty\"><h1>{}</h1><p><a href=\"/\">All runs</a></p></div>", esc(what));
-    (StatusCode::NOT_FOUND, Html(page(what, &body, ""))).into_response()
+    (StatusCode::NOT_FOUND, Html(page(what, &body, "", false))).into_response()
 }
 
 fn internal(e: impl std::fmt::Display) -> Response {
     tracing::error!("dashboard: {e}");
     (
         StatusCode::INTERNAL_SERVER_ERROR,
-        Html(page("Error", &format!("<div class=\"card\"><pre>{}</pre></div>", esc(&e.to_string())), "")),
+        Html(page("Error", &format!("<div class=\"card\"><pre>{}</pre></div>", esc(&e.to_string())), "", false)),
     )
         .into_response()
 }
@@ -446,7 +453,7 @@ async fn index(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response 
          <span style=\"text-align:right\">Started</span></div><div id=\"rows\">{}</div></div>",
         runs_rows(&runs)
     );
-    Html(page("orch · runs", &body, INDEX_JS)).into_response()
+    Html(page("orch · runs", &body, INDEX_JS, st.cfg.api_private)).into_response()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -924,7 +931,8 @@ async fn run_page(State(st): State<Arc<AppState>>, UrlPath(id): UrlPath<i64>, he
         hide_rerun = if done { "" } else { " hidden" },
         hide_failed = if matches!(r.status.as_str(), "failure" | "error" | "cancelled") { "" } else { " hidden" },
     );
-    Html(page(&format!("#{id} {} · {}", label(&r.status), r.spec.repo), &body, RUN_JS)).into_response()
+    Html(page(&format!("#{id} {} · {}", label(&r.status), r.spec.repo), &body, RUN_JS, st.cfg.api_private))
+        .into_response()
 }
 
 #[cfg(test)]

@@ -102,6 +102,9 @@ pub struct NewRun {
     pub concurrency_key: Option<String>,
     /// The repository's default branch (its caches are the fallback of every run).
     pub default_branch: Option<String>,
+    /// When the event happened (Unix seconds: a push's `pushed_at`, a pull request's
+    /// `updated_at`): an older event never supersedes a run of a newer one.
+    pub event_time: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -205,14 +208,22 @@ impl Db {
         }
         w.execute_batch(SCHEMA)?;
         // Columns added after the first release: a database from before gets them here.
-        for (col, def) in [("rerun_of", "INTEGER"), ("failed_only", "INTEGER NOT NULL DEFAULT 0")] {
-            let has: bool =
-                w.prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = ?1")?.exists(params![col])?;
+        for (table, col, def) in [
+            ("runs", "rerun_of", "INTEGER"),
+            ("runs", "failed_only", "INTEGER NOT NULL DEFAULT 0"),
+            ("runs", "event_time", "INTEGER"),
+            ("deliveries", "digest", "TEXT"),
+        ] {
+            let has: bool = w
+                .prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"))?
+                .exists(params![col])?;
             if !has {
-                w.execute_batch(&format!("ALTER TABLE runs ADD COLUMN {col} {def}"))?;
+                w.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {col} {def}"))?;
             }
         }
         w.execute_batch("CREATE INDEX IF NOT EXISTS deliveries_by_time ON deliveries(received_at)")?;
+        // One body is one delivery, whatever `X-GitHub-Delivery` says (it is not signed).
+        w.execute_batch("CREATE UNIQUE INDEX IF NOT EXISTS deliveries_by_digest ON deliveries(digest)")?;
         let reader = open(path)?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(4096);
         std::thread::Builder::new()
@@ -297,10 +308,16 @@ impl Db {
         self.write(move |t| {
             let Delivery { id, event, action, headers, body, outcome } = d;
             let repo = run.as_ref().map(|r| r.repo.clone());
+            let digest = {
+                use sha2::Digest;
+                hex::encode(sha2::Sha256::digest(&body))
+            };
+            // Either key seen before (the id, or the same signed body under a new id) is a
+            // duplicate.
             let inserted = t.execute(
-                "INSERT OR IGNORE INTO deliveries (id, event, action, repo, received_at, headers, body, outcome)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![id, event, action, repo, now(), headers, body, outcome],
+                "INSERT OR IGNORE INTO deliveries (id, event, action, repo, received_at, headers, body, outcome, digest)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![id, event, action, repo, now(), headers, body, outcome, digest],
             )?;
             if inserted == 0 {
                 return Ok(Stored::Duplicate);
@@ -311,7 +328,7 @@ impl Db {
             let run_id = insert_run(t, Some(&id), &run)?;
             let (mut cancel, mut cancelled) = (Vec::new(), Vec::new());
             if let (true, Some(key)) = (supersede, &run.concurrency_key) {
-                (cancel, cancelled) = supersede_older(t, key, run_id)?;
+                (cancel, cancelled) = supersede_older(t, key, run_id, run.event_time)?;
             }
             Ok(Stored::New { run: Some(run_id), cancel, cancelled })
         })
@@ -324,7 +341,7 @@ impl Db {
         self.write(move |t| {
             let id = insert_run(t, None, &run)?;
             let (cancel, cancelled) = match (supersede, &run.concurrency_key) {
-                (true, Some(key)) => supersede_older(t, key, id)?,
+                (true, Some(key)) => supersede_older(t, key, id, run.event_time)?,
                 _ => (Vec::new(), Vec::new()),
             };
             Ok((id, cancel, cancelled))
@@ -585,8 +602,8 @@ fn insert_run(t: &Transaction, delivery: Option<&str>, r: &NewRun) -> rusqlite::
     let changed = r.changed.as_ref().map(|c| serde_json::to_string(c).unwrap_or_default());
     t.execute(
         "INSERT INTO runs (delivery_id, repo, clone_url, event, branch, base_branch, tag, sha, pr, fork, changed,
-           installation_id, author, title, status, created_at, concurrency_key, default_branch)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'queued', ?15, ?16, ?17)",
+           installation_id, author, title, status, created_at, concurrency_key, default_branch, event_time)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'queued', ?15, ?16, ?17, ?18)",
         params![
             delivery,
             r.repo,
@@ -605,23 +622,51 @@ fn insert_run(t: &Transaction, delivery: Option<&str>, r: &NewRun) -> rusqlite::
             now(),
             r.concurrency_key,
             r.default_branch,
+            r.event_time,
         ],
     )?;
     Ok(t.last_insert_rowid())
 }
 
-/// Cancels the queued runs with `key` older than `newer`; returns the running ones and the
-/// cancelled ones.
-fn supersede_older(t: &Transaction, key: &str, newer: i64) -> rusqlite::Result<(Vec<i64>, Vec<Run>)> {
+/// Cancels the queued runs with `key` older than `newer` (whose event is not newer than
+/// `time`); returns the running ones and the cancelled ones. When a run of the key already
+/// has a newer event (deliveries arrive out of order, or an old body is replayed), `newer`
+/// is the one cancelled: it is the last of the returned cancelled runs.
+fn supersede_older(
+    t: &Transaction,
+    key: &str,
+    newer: i64,
+    time: Option<i64>,
+) -> rusqlite::Result<(Vec<i64>, Vec<Run>)> {
+    if let Some(time) = time {
+        let later: Option<i64> = t
+            .query_row(
+                "SELECT id FROM runs WHERE concurrency_key = ?1 AND id <> ?2 AND event_time > ?3
+                 AND status NOT IN ('cancelled', 'skipped') ORDER BY event_time DESC LIMIT 1",
+                params![key, newer, time],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(later) = later {
+            t.execute(
+                "UPDATE runs SET status = 'cancelled', reason = ?2, finished_at = ?3 WHERE id = ?1",
+                params![newer, format!("superseded by run {later}, of a newer commit"), now()],
+            )?;
+            return Ok((Vec::new(), runs_by_id(t, &[newer])?));
+        }
+    }
+    // An older run whose event time is unknown (a re-run, a manual run) is superseded too.
+    let older = "concurrency_key = ?1 AND id < ?2 AND (?3 IS NULL OR event_time IS NULL OR event_time <= ?3)";
     let with_status = |status: &str| -> rusqlite::Result<Vec<i64>> {
-        let mut st = t.prepare("SELECT id FROM runs WHERE concurrency_key = ?1 AND status = ?3 AND id < ?2")?;
-        st.query_map(params![key, newer, status], |r| r.get(0))?.collect()
+        let mut st = t.prepare(&format!("SELECT id FROM runs WHERE {older} AND status = ?4"))?;
+        st.query_map(params![key, newer, time, status], |r| r.get(0))?.collect()
     };
     let (running, queued) = (with_status("running")?, with_status("queued")?);
     t.execute(
-        "UPDATE runs SET status = 'cancelled', reason = ?3, finished_at = ?4
-         WHERE concurrency_key = ?1 AND status = 'queued' AND id < ?2",
-        params![key, newer, format!("superseded by run {newer}"), now()],
+        &format!(
+            "UPDATE runs SET status = 'cancelled', reason = ?4, finished_at = ?5 WHERE {older} AND status = 'queued'"
+        ),
+        params![key, newer, time, format!("superseded by run {newer}"), now()],
     )?;
     Ok((running, runs_by_id(t, &queued)?))
 }
@@ -632,7 +677,7 @@ fn runs_by_id(c: &Connection, ids: &[i64]) -> rusqlite::Result<Vec<Run>> {
 
 const RUN_COLUMNS: &str = "id, delivery_id, repo, clone_url, event, branch, base_branch, tag, sha, pr, fork, changed,
     installation_id, author, title, status, reason, created_at, started_at, finished_at, attempts, check_run_id,
-    concurrency_key, default_branch, rerun_of, failed_only";
+    concurrency_key, default_branch, rerun_of, failed_only, event_time";
 
 fn row_to_run(r: &rusqlite::Row) -> rusqlite::Result<Run> {
     let changed: Option<String> = r.get(11)?;
@@ -655,6 +700,7 @@ fn row_to_run(r: &rusqlite::Row) -> rusqlite::Result<Run> {
             title: r.get(14)?,
             concurrency_key: r.get(22)?,
             default_branch: r.get(23)?,
+            event_time: r.get(26)?,
         },
         status: r.get(15)?,
         reason: r.get(16)?,

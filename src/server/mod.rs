@@ -9,6 +9,7 @@ pub mod api;
 pub mod config;
 pub mod dashboard;
 pub mod db;
+pub mod limit;
 pub mod webhook;
 pub mod worker;
 
@@ -57,6 +58,8 @@ pub struct AppState {
     pub running: std::sync::Mutex<HashMap<i64, (Cancel, String)>>,
     pub counters: Counters,
     pub shutting_down: AtomicBool,
+    /// Failed sign-ins and API tokens per client address.
+    pub limiter: limit::AuthLimiter,
 }
 
 impl AppState {
@@ -85,11 +88,20 @@ pub enum ServeError {
     },
     #[error(transparent)]
     GitHub(#[from] github::ReportError),
+    #[error(
+        "{0}; pull requests' steps could reach this machine's services (orch's API, databases). Run orch serve \
+         as root, or allow it with --step-host-access (ORCH_STEP_HOST_ACCESS=true)"
+    )]
+    Firewall(String),
 }
 
 /// Builds the state: opens the database, re-queues runs a previous server left running,
 /// starts the GitHub reporter.
 pub async fn state(cfg: Config) -> Result<Arc<AppState>, ServeError> {
+    // Fail closed: a server that cannot keep steps from the host does not start.
+    if cfg.isolation.block_host {
+        crate::exec::firewall::ensure().map_err(ServeError::Firewall)?;
+    }
     let db = Db::open(&cfg.data_dir.join("orch.db"))?;
     let requeued = db.requeue_interrupted().await?;
     if !requeued.is_empty() {
@@ -127,6 +139,7 @@ pub async fn state(cfg: Config) -> Result<Arc<AppState>, ServeError> {
         running: std::sync::Mutex::new(HashMap::new()),
         counters,
         shutting_down: AtomicBool::new(false),
+        limiter: limit::AuthLimiter::default(),
     }))
 }
 
@@ -136,6 +149,7 @@ pub fn router(st: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(dashboard::routes())
         .merge(api::routes())
+        .layer(axum::middleware::from_fn_with_state(st.clone(), limit::auth_limit))
         .with_state(st)
 }
 
@@ -164,7 +178,8 @@ pub async fn serve_on(
     tracing::info!(%addr, data_dir = %st.cfg.data_dir.display(), "orch serve listening");
     let st2 = st.clone();
     let stop2 = stop.clone();
-    axum::serve(listener, router(st.clone()))
+    let app = router(st.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
             st2.shutting_down.store(true, Ordering::SeqCst);
@@ -299,7 +314,16 @@ async fn accept(
             return reply(StatusCode::OK, json!({ "status": "duplicate", "delivery": delivery }));
         }
         Stored::New { run, cancel, cancelled } => {
+            // A delivery of an older event than a run it would supersede is cancelled itself.
+            let stale = cancelled.iter().find(|r| Some(r.id) == run).and_then(|r| r.reason.clone());
             report_cancelled(&st, cancelled);
+            if let Some(reason) = stale {
+                tracing::info!(%delivery, run = run.unwrap_or_default(), "{reason}");
+                return reply(
+                    StatusCode::ACCEPTED,
+                    json!({ "status": "superseded", "run": run, "reason": reason, "delivery": delivery }),
+                );
+            }
             (run, cancel)
         }
     };

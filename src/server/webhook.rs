@@ -61,6 +61,15 @@ fn n(v: &Value, path: &[&str]) -> Option<u64> {
 
 const ZERO_SHA: &str = "0000000000000000000000000000000000000000";
 
+/// A time GitHub wrote as Unix seconds or RFC 3339 text.
+fn time(v: &Value, path: &[&str]) -> Option<i64> {
+    let mut cur = v;
+    for p in path {
+        cur = cur.get(p)?;
+    }
+    cur.as_i64().or_else(|| cur.as_str().and_then(crate::clock::parse_rfc3339))
+}
+
 /// Classifies a delivery by its `X-GitHub-Event` and payload.
 pub fn classify(event: &str, payload: &Value) -> Action {
     let repo = s(payload, &["repository", "full_name"]).unwrap_or_default();
@@ -119,6 +128,7 @@ pub fn classify(event: &str, payload: &Value) -> Action {
                 installation_id,
                 author: head.and_then(|h| s(h, &["author", "username"]).or_else(|| s(h, &["author", "name"]))),
                 title: head.and_then(|h| s(h, &["message"])).map(|m| m.lines().next().unwrap_or("").to_string()),
+                event_time: time(payload, &["repository", "pushed_at"]),
             }))
         }
         "pull_request" => {
@@ -153,6 +163,7 @@ pub fn classify(event: &str, payload: &Value) -> Action {
                 installation_id,
                 author: s(pr, &["user", "login"]),
                 title: s(pr, &["title"]),
+                event_time: time(pr, &["updated_at"]),
             }))
         }
         "check_suite" | "check_run" => {
@@ -193,6 +204,8 @@ pub fn classify(event: &str, payload: &Value) -> Action {
                         installation_id,
                         author: s(payload, &["sender", "login"]),
                         title: Some(format!("re-run requested from GitHub ({event})")),
+                        // A person asked for this re-run now, whatever its commit's age.
+                        event_time: None,
                     }))
                 }
                 None => {
@@ -215,6 +228,8 @@ pub fn classify(event: &str, payload: &Value) -> Action {
                         installation_id,
                         author: s(payload, &["sender", "login"]),
                         title: Some(format!("re-run requested from GitHub ({event})")),
+                        // A person asked for this re-run now, whatever its commit's age.
+                        event_time: None,
                     }))
                 }
             }

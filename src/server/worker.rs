@@ -359,6 +359,8 @@ async fn prepare_and_run(
             source_root: Some(work.to_path_buf()),
             artifact_dir: Some(dir.join("artifacts")),
             reuse,
+            isolation: st.cfg.isolation_for(&run.spec.repo, &run.spec.event),
+            log_limit: st.cfg.log_limit,
         },
         tx,
         cancel,
@@ -390,8 +392,8 @@ async fn prepare_and_run(
     let mut annotations = Vec::new();
     for s in result.steps.iter().filter(|s| matches!(s.status, StepStatus::Failed | StepStatus::TimedOut)) {
         let log = logs.join(format!("{}.log", crate::plan::slug(&s.step)));
-        if let Ok(text) = std::fs::read_to_string(&log) {
-            annotations.extend(annotations_from_log(&text, 1000));
+        if let Ok(f) = std::fs::File::open(&log) {
+            annotations.extend(annotations_from_log(std::io::BufReader::new(f), 1000));
         }
     }
     Ok(Outcome {
