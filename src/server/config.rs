@@ -421,6 +421,9 @@ mod tests {
         let c = ServeArgs { config: Some(f), ..Default::default() }.resolve().unwrap();
         assert_eq!(c.allow_repos, ["acme/hello", "acme/website"]);
         assert!(c.step_statuses);
+        assert_eq!(c.isolation.caps.len(), 8);
+        assert!(c.isolation.block_host);
+        assert_eq!(c.log_limit, 100 << 20);
     }
 
     #[test]
@@ -453,6 +456,27 @@ mod tests {
         assert!(c.resolve().unwrap_err().to_string().contains("cache-max"));
         let d = ServeArgs { insecure_no_signature: true, ..Default::default() }.resolve().unwrap();
         assert_eq!((d.api_token, d.api_private, d.retention_days, d.retention_runs), (None, false, 30, 0));
+    }
+
+    #[test]
+    fn trust_is_for_named_repositories_and_never_for_pull_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("orch.yml");
+        std::fs::write(&f, "webhook_secret: s\ntrust_docker_socket: [acme/images]\nstep_memory: 1G\n").unwrap();
+        let args = ServeArgs { config: Some(f), trust_privileged: vec!["acme/vm".into()], ..Default::default() };
+        let c = args.resolve().unwrap();
+        assert_eq!(c.isolation.memory, Some(1 << 30));
+        let push = c.isolation_for("acme/images", "push");
+        assert!(push.docker_socket && !push.privileged);
+        assert!(c.isolation_for("acme/vm", "tag").privileged);
+        for event in ["pull_request"] {
+            let pr = c.isolation_for("acme/images", event);
+            assert!(!pr.docker_socket && !pr.privileged, "{event}");
+        }
+        let other = c.isolation_for("acme/other", "push");
+        assert!(!other.docker_socket && !other.privileged);
+        let bad = ServeArgs { webhook_secret: Some("s".into()), log_limit: Some("lots".into()), ..Default::default() };
+        assert!(bad.resolve().unwrap_err().to_string().contains("log-limit"));
     }
 
     #[test]

@@ -339,6 +339,17 @@ impl GitServer {
 
     /// A commit of `files` over `parent`'s tree (or alone); returns its SHA.
     pub fn commit(&self, parent: Option<&str>, files: &[(&str, &str)], message: &str) -> String {
+        self.commit_with_links(parent, files, &[], message)
+    }
+
+    /// As [`commit`](Self::commit), with symbolic links `(path, target)` too.
+    pub fn commit_with_links(
+        &self,
+        parent: Option<&str>,
+        files: &[(&str, &str)],
+        links: &[(&str, &str)],
+        message: &str,
+    ) -> String {
         match parent {
             Some(p) => {
                 git(&self.work, &["checkout", "-q", "-f", "--detach", p]);
@@ -353,6 +364,12 @@ impl GitServer {
             let p = self.work.join(path);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(&p, content).unwrap();
+        }
+        for (path, target) in links {
+            let p = self.work.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            let _ = std::fs::remove_file(&p);
+            std::os::unix::fs::symlink(target, &p).unwrap();
         }
         git(&self.work, &["add", "-A"]);
         git(&self.work, &["commit", "-q", "--allow-empty", "-m", message]);
