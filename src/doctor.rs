@@ -75,6 +75,7 @@ pub async fn run(cache_dir: Option<PathBuf>, serve: &crate::server::config::Serv
     checks.push(writable(&cache_dir));
     checks.push(disk_space("cache dir", &cache_dir));
     checks.push(git());
+    checks.push(firewall());
     checks.extend(serve_config(serve));
     for c in &checks {
         println!("{}", c.line());
@@ -211,6 +212,19 @@ fn git() -> Check {
 
 /// When a server config is given (a config file or a webhook secret), it resolves as
 /// `orch serve` would resolve it, and its data directory has room.
+/// Whether steps are kept from this host's services: the firewall rule is in place (put
+/// there, idempotently, as `orch ci` and `orch serve` would).
+fn firewall() -> Check {
+    match crate::exec::firewall::ensure() {
+        Ok(()) => Check::ok("firewall", "steps cannot open connections to this host's services"),
+        Err(e) => Check::warn(
+            "firewall",
+            format!("steps can reach this host's services: {e}"),
+            "run orch as root (orch serve refuses to start otherwise), or allow it with --step-host-access; see docs/security.md",
+        ),
+    }
+}
+
 fn serve_config(args: &crate::server::config::ServeArgs) -> Vec<Check> {
     if args.config.is_none() && args.webhook_secret.is_none() {
         return Vec::new();

@@ -614,7 +614,10 @@ steps:
     // The installation token is reused.
     let minted = gh.requests().iter().filter(|r| r.op == OP_ACCESS_TOKEN).count();
     assert_eq!(minted, 1);
-    // Another delivery without `installation`: the repository's installation is known now.
+    // Another delivery without `installation` (a later push of the same commit: the same
+    // body would be the same delivery): the repository's installation is known now.
+    let mut push = push.clone();
+    push["repository"]["pushed_at"] = json!(push["repository"]["pushed_at"].as_i64().unwrap_or(0) + 60);
     let third = orch.deliver("push", &push).run_id();
     orch.wait_run_done(third);
     check_of(third);
