@@ -271,36 +271,43 @@ impl DockerBackend {
                 )?;
             }
         }
-        let networks = self
-            .docker
-            .list_networks(Some(ListNetworksOptions { filters: Some(label_filter(LABEL_RUN, Some(run_id))) }))
-            .await
-            .map_err(api)?;
-        for n in &networks {
-            if let Some(id) = &n.id {
-                self.remove_network(id).await?;
+        // Networks and volumes go at once: each removal is a round trip of the daemon's.
+        let networks = async {
+            let networks = self
+                .docker
+                .list_networks(Some(ListNetworksOptions { filters: Some(label_filter(LABEL_RUN, Some(run_id))) }))
+                .await
+                .map_err(api)?;
+            let ids = networks.iter().filter_map(|n| n.id.as_deref());
+            futures_util::future::try_join_all(ids.map(|id| self.remove_network(id))).await?;
+            Ok::<_, BackendError>(networks.len())
+        };
+        let volumes = async {
+            let volumes = self
+                .docker
+                .list_volumes(Some(ListVolumesOptions { filters: Some(label_filter(LABEL_RUN, Some(run_id))) }))
+                .await
+                .map_err(api)?
+                .volumes
+                .unwrap_or_default();
+            // The workspace volume by name too: a volume created without labels (by a
+            // container create that raced the cleanup) must not survive it. "In use" is a
+            // failure here.
+            let mut names: Vec<String> = volumes.iter().map(|v| v.name.clone()).collect();
+            if !names.contains(&volume_name(run_id)) {
+                names.push(volume_name(run_id));
             }
-        }
-        let volumes = self
-            .docker
-            .list_volumes(Some(ListVolumesOptions { filters: Some(label_filter(LABEL_RUN, Some(run_id))) }))
-            .await
-            .map_err(api)?
-            .volumes
-            .unwrap_or_default();
-        // The workspace volume by name too: a volume created without labels (by a container
-        // create that raced the cleanup) must not survive it. "In use" is a failure here.
-        let mut names: Vec<String> = volumes.iter().map(|v| v.name.clone()).collect();
-        if !names.contains(&volume_name(run_id)) {
-            names.push(volume_name(run_id));
-        }
-        for name in &names {
-            match self.docker.remove_volume(name, Some(RemoveVolumeOptions { force: true })).await {
-                Ok(()) | Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {}
-                Err(e) => return Err(api(e)),
+            for name in &names {
+                match self.docker.remove_volume(name, Some(RemoveVolumeOptions { force: true })).await {
+                    Ok(()) | Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {}
+                    Err(e) => return Err(api(e)),
+                }
             }
-        }
-        Ok((containers.len(), networks.len(), volumes.len()))
+            Ok(volumes.len())
+        };
+        let (networks, volumes) = tokio::join!(networks, volumes);
+        let (networks, volumes) = (networks?, volumes?);
+        Ok((containers.len(), networks, volumes))
     }
 
     fn workspace_mount(&self, run: &str, ws: &Workspace) -> Mount {
@@ -832,28 +839,32 @@ impl DockerBackend {
 
 impl Backend for DockerBackend {
     async fn prepare(&self, run: &RunSpec) -> Result<(), BackendError> {
+        // The run's network and its workspace volume at once (the network is the slower:
+        // the daemon programs a bridge and its firewall rules).
         let net = run_network(&run.run_id);
-        self.docker
-            .create_network(NetworkCreateRequest {
-                name: net.clone(),
-                driver: Some("bridge".into()),
-                labels: Some(self.labels(&run.run_id, None)),
-                options: Some(bridge_options(&net, run.block_host)),
-                ..Default::default()
-            })
-            .await
-            .map_err(api)?;
-        if matches!(run.workspace, Workspace::Bind(_)) {
-            return Ok(());
-        }
-        self.docker
-            .create_volume(VolumeCreateRequest {
-                name: Some(volume_name(&run.run_id)),
-                labels: Some(self.labels(&run.run_id, None)),
-                ..Default::default()
-            })
-            .await
-            .map_err(api)?;
+        let network = self.docker.create_network(NetworkCreateRequest {
+            name: net.clone(),
+            driver: Some("bridge".into()),
+            labels: Some(self.labels(&run.run_id, None)),
+            options: Some(bridge_options(&net, run.block_host)),
+            ..Default::default()
+        });
+        let volume = async {
+            if matches!(run.workspace, Workspace::Bind(_)) {
+                return Ok(());
+            }
+            self.docker
+                .create_volume(VolumeCreateRequest {
+                    name: Some(volume_name(&run.run_id)),
+                    labels: Some(self.labels(&run.run_id, None)),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ())
+        };
+        let (network, volume) = tokio::join!(network, volume);
+        network.map_err(api)?;
+        volume.map_err(api)?;
         if let Workspace::Copy { root, files } = &run.workspace {
             let fill = Fill { root: root.clone(), files: files.clone(), done: tokio::sync::OnceCell::new() };
             if let Ok(mut f) = self.fills.lock() {
