@@ -149,7 +149,10 @@ pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
         Mode::Progress
     };
     let (tx, rx) = mpsc::channel::<RunEvent>(1024);
-    let reporter = tokio::spawn(report::run(ReportOptions { mode, log_dir: Some(relative_to(&log_dir, &cwd)) }, rx));
+    let reporter = tokio::spawn(report::run(
+        ReportOptions { mode, log_dir: Some(relative_to(&log_dir, &cwd)), log_files: Some(log_dir.clone()) },
+        rx,
+    ));
 
     let backend = match DockerBackend::connect().await {
         Ok(b) => Arc::new(b),
@@ -213,7 +216,6 @@ pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
             run_id: run_id.clone(),
             jobs: args.jobs,
             secrets,
-            log_dir: Some(log_dir),
             workspace,
             grace: Duration::from_secs(args.grace),
             cache: (!args.no_cache).then(|| CacheSettings {

@@ -597,3 +597,82 @@ fn real_runs_logs_follow_artifacts_rerun_failed_cancel_manual_metrics_and_the_cl
     assert_eq!(out.lines().count(), 4, "{out}");
     assert!(orch.leftovers().is_empty(), "{:?}", orch.leftovers());
 }
+
+/// Reads an SSE answer as it arrives, calling `each(event, data)` for each event until it
+/// returns false or the stream ends.
+fn sse_live(addr: std::net::SocketAddr, path: &str, mut each: impl FnMut(&str, &str) -> bool) {
+    use std::io::{BufRead, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n").unwrap();
+    let mut r = std::io::BufReader::new(s);
+    let (mut event, mut data) = ("message".to_string(), Vec::<String>::new());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let l = line.trim_end_matches(['\r', '\n']);
+        if let Some(v) = l.strip_prefix("event:") {
+            event = v.trim().to_string();
+        } else if let Some(v) = l.strip_prefix("data:") {
+            data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
+        } else if l.is_empty() && !data.is_empty() {
+            if !each(&event, &data.join("\n")) {
+                return;
+            }
+            (event, data) = ("message".to_string(), Vec::new());
+        }
+    }
+}
+
+/// A step that prints a line every 0.1 s and then keeps running: each line reaches an SSE
+/// follower while the step runs (before, the log's 64 KiB buffer held them to the step's
+/// end). Prints the latency from the step's clock to the follower's (the same kernel's);
+/// asserts nothing about it.
+#[test]
+fn live_logs_reach_a_follower_while_the_step_prints_them() {
+    require_docker!();
+    const TICKS: &str = "\
+steps:
+  tick:
+    image: debian:bookworm
+    timeout: 5m
+    commands:
+      - for i in $(seq 40); do date +%s.%N; sleep 0.1; done
+      - echo done-ticking
+      - sleep 300
+";
+    let git = GitServer::start();
+    let sha = repo_with(&git, &[(".orch.yml", TICKS)], "main", None);
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let orch = Orch::start(ServeArgs { api_token: Some(API_TOKEN.into()), ..token_args(&gh, &git) });
+    let id = orch.deliver("push", &push_event("main", ZERO_SHA, &sha)).run_id();
+    orch.wait_step_running(id, "tick");
+    let mut latencies = Vec::new();
+    let mut finished = false;
+    sse_live(orch.addr, &format!("/api/runs/{id}/logs/tick"), |event, data| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        if event == "end" {
+            return false;
+        }
+        if let Ok(printed) = data.trim().parse::<f64>() {
+            latencies.push(now - printed);
+        }
+        if data == "done-ticking" {
+            finished = true;
+            return false;
+        }
+        true
+    });
+    assert!(finished, "the follow ended before the last line");
+    assert_eq!(latencies.len(), 40, "{latencies:?}");
+    let run = orch.run(id);
+    assert_eq!(step_of(&run, "tick").unwrap()["status"], "running", "the lines came only when the step ended");
+    assert_eq!(post(&orch, &format!("/api/runs/{id}/cancel"), "").status, 202);
+    orch.wait_run_done(id);
+    latencies.sort_by(f64::total_cmp);
+    let ms = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize] * 1000.0;
+    eprintln!("live log latency over {} lines: median {:.1} ms, p99 {:.1} ms", latencies.len(), ms(0.5), ms(0.99));
+}

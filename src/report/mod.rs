@@ -4,6 +4,7 @@
 
 pub mod console;
 pub mod json;
+pub mod logfile;
 
 use std::path::PathBuf;
 
@@ -26,23 +27,42 @@ pub struct ReportOptions {
     pub mode: Mode,
     /// Where the run's logs are kept, shown in the summary.
     pub log_dir: Option<PathBuf>,
+    /// Where to write the step log files ([`logfile::LogFiles`]); `None`: none written.
+    pub log_files: Option<PathBuf>,
 }
 
-/// Consumes events until the channel closes.
+/// Consumes events until the channel closes: shows them, and writes the log files.
 pub async fn run(opts: ReportOptions, mut rx: mpsc::Receiver<RunEvent>) {
-    match opts.mode {
-        Mode::Json => {
-            let mut r = json::JsonReporter::new(std::io::stdout());
-            while let Some(ev) = rx.recv().await {
-                r.event(&ev);
-            }
-        }
+    let mut files = opts.log_files.map(logfile::LogFiles::new);
+    enum Shown {
+        Json(json::JsonReporter<std::io::Stdout>),
+        Console(Box<console::Console>),
+    }
+    let mut shown = match opts.mode {
+        Mode::Json => Shown::Json(json::JsonReporter::new(std::io::stdout())),
         Mode::Progress | Mode::Plain => {
-            let mut r = console::Console::new(opts.mode == Mode::Progress, opts.log_dir);
-            while let Some(ev) = rx.recv().await {
-                r.event(&ev);
-            }
-            r.finish();
+            Shown::Console(Box::new(console::Console::new(opts.mode == Mode::Progress, opts.log_dir)))
         }
+    };
+    while let Some(ev) = rx.recv().await {
+        let mut next = Some(ev);
+        // Everything there is, then the files are flushed: batches when output is fast,
+        // each line at once when it is slow.
+        while let Some(ev) = next.take() {
+            if let Some(f) = files.as_mut() {
+                f.event(&ev);
+            }
+            match &mut shown {
+                Shown::Json(r) => r.event(&ev),
+                Shown::Console(r) => r.event(&ev),
+            }
+            next = rx.try_recv().ok();
+        }
+        if let Some(f) = files.as_mut() {
+            f.flush();
+        }
+    }
+    if let Shown::Console(r) = &mut shown {
+        r.finish();
     }
 }

@@ -10,7 +10,6 @@ pub mod events;
 pub mod logs;
 
 use std::collections::HashMap;
-use std::io::BufWriter;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,8 +58,6 @@ pub struct RunOptions {
     pub jobs: usize,
     /// Secret values by name; each step gets the ones it names.
     pub secrets: HashMap<String, String>,
-    /// Where step logs are written (`<dir>/<step>.log`); `None`: not written.
-    pub log_dir: Option<PathBuf>,
     pub workspace: Workspace,
     pub grace: Duration,
     /// The cache store and the scopes this run reads (the first is the one it writes).
@@ -324,8 +321,8 @@ async fn run_steps<B: Backend>(
                         .filter_map(|k| opts.secrets.get(k).map(|v| (k.clone(), v.clone())))
                         .collect(),
                     all_secrets: all_secrets.clone(),
-                    log_dir: opts.log_dir.clone(),
                     log_limit: opts.log_limit,
+                    logged: Arc::new(std::sync::atomic::AtomicU64::new(0)),
                     isolation: opts.isolation.clone(),
                     bind: match &opts.workspace {
                         Workspace::Bind(p) => Some(p.clone()),
@@ -422,8 +419,9 @@ struct Unit<B> {
     run_id: String,
     secrets: Vec<(String, String)>,
     all_secrets: Arc<Vec<String>>,
-    log_dir: Option<PathBuf>,
     log_limit: u64,
+    /// Bytes of output kept so far, over all attempts (against `log_limit`).
+    logged: Arc<std::sync::atomic::AtomicU64>,
     isolation: crate::exec::Isolation,
     bind: Option<PathBuf>,
     grace: Duration,
@@ -730,10 +728,9 @@ impl<B: Backend> Unit<B> {
         let log_task = tokio::spawn(pump_logs(
             rx,
             masker.clone(),
-            self.log_dir.as_ref().map(|d| d.join(format!("{}.log", crate::plan::slug(&self.step.name)))),
-            attempt,
             self.step.name.clone(),
             self.log_limit,
+            self.logged.clone(),
             self.events.clone(),
         ));
         // Not raced against cancellation: a start dropped half-way would leave Docker
@@ -790,37 +787,24 @@ pub fn truncation_notice(limit: u64) -> String {
     )
 }
 
+/// Turns one attempt's output into masked `StepLog` events, until the output ends. Past
+/// `limit` bytes for the step (all attempts together; 0: no limit) one notice is sent and
+/// the rest is drained and dropped, so the container never waits on a full log.
 async fn pump_logs(
     mut rx: mpsc::Receiver<LogChunk>,
     masker: Masker,
-    file: Option<PathBuf>,
-    attempt: u32,
     step: String,
     limit: u64,
+    logged: Arc<std::sync::atomic::AtomicU64>,
     events: mpsc::Sender<RunEvent>,
 ) {
-    use std::io::Write;
-    let mut file = file.and_then(|p| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .ok()
-            .map(|f| BufWriter::with_capacity(64 * 1024, f))
-    });
-    // What the log already holds (earlier attempts count too).
-    let mut kept: u64 = file.as_ref().and_then(|f| f.get_ref().metadata().ok()).map_or(0, |m| m.len());
+    use std::sync::atomic::Ordering;
+    let mut kept = logged.load(Ordering::SeqCst);
     let mut full = limit > 0 && kept >= limit;
-    if attempt > 1
-        && !full
-        && let Some(f) = file.as_mut()
-    {
-        let _ = writeln!(f, "--- attempt {attempt} ---");
-    }
     let mut lines = StepLines::default();
     let mut pending: Vec<(crate::exec::Stream, Vec<u8>)> = Vec::new();
     let mut done = false;
-    loop {
+    while !done {
         match rx.recv().await {
             Some(chunk) => lines.splitter(chunk.stream).push(&chunk.data, &masker, |l| pending.push((chunk.stream, l))),
             None => {
@@ -832,30 +816,18 @@ async fn pump_logs(
         }
         for (stream, line) in pending.drain(..) {
             if full {
-                // Drained and dropped: the container never waits on a full log.
                 continue;
-            }
-            if limit > 0 && kept + line.len() as u64 + 1 > limit {
-                full = true;
-                let notice = truncation_notice(limit);
-                if let Some(f) = file.as_mut() {
-                    let _ = logs::write_line(f, notice.as_bytes());
-                }
-                let _ = events.send(RunEvent::StepLog { step: step.clone(), stream, line: notice }).await;
-                continue;
-            }
-            kept += line.len() as u64 + 1;
-            if let Some(f) = file.as_mut() {
-                let _ = logs::write_line(f, &line);
             }
             let line = String::from_utf8(line).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+            let line = if limit > 0 && kept + line.len() as u64 + 1 > limit {
+                full = true;
+                truncation_notice(limit)
+            } else {
+                line
+            };
+            kept += line.len() as u64 + 1;
             let _ = events.send(RunEvent::StepLog { step: step.clone(), stream, line }).await;
         }
-        if done {
-            break;
-        }
     }
-    if let Some(f) = file.as_mut() {
-        let _ = f.flush();
-    }
+    logged.store(kept, Ordering::SeqCst);
 }

@@ -24,7 +24,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::db::{NewRun, Run, RunFilter, now};
-use super::{AppState, reply, worker};
+use super::{AppState, live, reply, worker};
 use crate::confined::{Kind, Root};
 use crate::github::Update;
 
@@ -392,24 +392,65 @@ fn shown(raw: &[u8]) -> String {
     text.rsplit('\r').next().unwrap_or("").to_string()
 }
 
-/// The SSE stream of a log: what is there, then lines as they are written, then
-/// `event: end` (data: the step's status, or the run's) once the step or the run is over.
-/// A task reads the file into a small channel, so a slow client holds little memory.
+/// The SSE stream of a log: what is there, then lines as the step prints them (from the
+/// run's live feed: nothing polls while the run executes here), then `event: end` (data:
+/// the step's status, or the run's) once the step or the run is over. A task sends into a
+/// small channel, so a slow client holds little memory.
 fn follow(st: Arc<AppState>, run: i64, step: String, file: PathBuf, start: u64) -> impl IntoResponse {
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
     tokio::spawn(async move {
-        let mut pos = start;
-        let mut partial: Vec<u8> = Vec::new();
-        let mut buf = vec![0u8; 16 * 1024];
+        let mut lines = FileLines { pos: start, partial: Vec::new() };
         loop {
             // A stopping server waits for open requests: a follow ends (without `end`: an
             // EventSource reconnects, with Last-Event-ID, to the next server).
             if st.shutting_down.load(Ordering::SeqCst) {
                 return;
             }
-            // Whether the step (or the run) is over is looked at before reading, so that the
-            // last read sees everything written before the end.
-            let done = match (st.db.steps(run).await, st.db.run(run).await) {
+            if let Some(feed) = st.live.get(run) {
+                // Subscribed before reading: what the file lacks, the feed has.
+                let (mut rx_feed, len, done) = feed.follow(&step);
+                drop(feed);
+                if lines.send(&file, Some(len), &tx).await.is_err() {
+                    return;
+                }
+                if let Some(status) = done {
+                    let _ = tx.send(Event::default().event("end").data(status)).await;
+                    return;
+                }
+                loop {
+                    let item = tokio::select! {
+                        item = rx_feed.recv() => item,
+                        _ = tx.closed() => return,
+                    };
+                    match item {
+                        Ok(live::Item::Line { step: s, line, end }) if s == step && end > lines.pos => {
+                            lines.pos = end;
+                            if tx.send(Event::default().id(end.to_string()).data(shown(line.as_bytes()))).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                        Ok(live::Item::StepDone { step: s, status }) if s == step => {
+                            let _ = tx.send(Event::default().event("end").data(status)).await;
+                            return;
+                        }
+                        Ok(live::Item::RunDone { status }) => {
+                            // The step never ended on its own (the run stopped first).
+                            let _ = lines.send(&file, None, &tx).await;
+                            let _ = tx.send(Event::default().event("end").data(status)).await;
+                            return;
+                        }
+                        Ok(_) => {}
+                        // Fell behind the feed, or the run just ended: the file again.
+                        Err(_) => break,
+                    }
+                }
+                continue;
+            }
+            // Not executing here: queued (wait for it), or over (its files are complete).
+            let (steps, r) = (st.db.steps(run).await, st.db.run(run).await);
+            let status = match (steps, r) {
+                (_, Ok(None)) => Some("gone".to_string()),
                 (Ok(steps), Ok(Some(r))) => {
                     let row = steps.iter().find(|s| s.name == step).map(|s| s.status.clone());
                     match row {
@@ -418,49 +459,12 @@ fn follow(st: Arc<AppState>, run: i64, step: String, file: PathBuf, start: u64) 
                         _ => None,
                     }
                 }
-                (_, Ok(None)) => Some("gone".to_string()),
                 _ => None,
             };
-            if let Ok(mut f) = tokio::fs::File::open(&file).await
-                && f.seek(std::io::SeekFrom::Start(pos)).await.is_ok()
-            {
-                // Logs only grow; a shorter file is a new one: read it from its start.
-                if f.metadata().await.is_ok_and(|m| m.len() < pos) && f.rewind().await.is_ok() {
-                    pos = 0;
-                    partial.clear();
+            if let Some(status) = status {
+                if lines.send(&file, None, &tx).await.is_ok() {
+                    let _ = tx.send(Event::default().event("end").data(status)).await;
                 }
-                loop {
-                    let n = match f.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    pos += n as u64;
-                    partial.extend_from_slice(&buf[..n]);
-                    let mut consumed = 0;
-                    while let Some(nl) = partial[consumed..].iter().position(|&b| b == b'\n') {
-                        let end = consumed + nl + 1;
-                        let id = pos - (partial.len() - end) as u64;
-                        let ev = Event::default().id(id.to_string()).data(shown(&partial[consumed..end]));
-                        if tx.send(ev).await.is_err() {
-                            return;
-                        }
-                        consumed = end;
-                    }
-                    partial.drain(..consumed);
-                    if partial.len() > MAX_LINE {
-                        let ev = Event::default().id(pos.to_string()).data(shown(&partial));
-                        partial.clear();
-                        if tx.send(ev).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-            if let Some(status) = done {
-                if !partial.is_empty() {
-                    let _ = tx.send(Event::default().id(pos.to_string()).data(shown(&partial))).await;
-                }
-                let _ = tx.send(Event::default().event("end").data(status)).await;
                 return;
             }
             tokio::select! {
@@ -473,6 +477,60 @@ fn follow(st: Arc<AppState>, run: i64, step: String, file: PathBuf, start: u64) 
         rx.recv().await.map(|ev| (Ok::<Event, Infallible>(ev), rx))
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// A log file sent as events, line by line, from `pos` on.
+struct FileLines {
+    pos: u64,
+    partial: Vec<u8>,
+}
+
+impl FileLines {
+    /// Sends the lines of `file` from `pos` up to `upto` (its end when `None`), 16 KiB read
+    /// at a time; `Err` when the client is gone.
+    async fn send(
+        &mut self,
+        file: &FsPath,
+        upto: Option<u64>,
+        tx: &tokio::sync::mpsc::Sender<Event>,
+    ) -> Result<(), ()> {
+        let Ok(mut f) = tokio::fs::File::open(file).await else { return Ok(()) };
+        let size = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+        // Logs only grow; a shorter file is a new one: read it from its start.
+        if size < self.pos {
+            self.pos = 0;
+            self.partial.clear();
+        }
+        let upto = upto.unwrap_or(size).min(size);
+        if upto <= self.pos || f.seek(std::io::SeekFrom::Start(self.pos)).await.is_err() {
+            return Ok(());
+        }
+        let mut f = f.take(upto - self.pos);
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match f.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            self.pos += n as u64;
+            self.partial.extend_from_slice(&buf[..n]);
+            let mut consumed = 0;
+            while let Some(nl) = self.partial[consumed..].iter().position(|&b| b == b'\n') {
+                let end = consumed + nl + 1;
+                let id = self.pos - (self.partial.len() - end) as u64;
+                let ev = Event::default().id(id.to_string()).data(shown(&self.partial[consumed..end]));
+                tx.send(ev).await.map_err(|_| ())?;
+                consumed = end;
+            }
+            self.partial.drain(..consumed);
+            if self.partial.len() > MAX_LINE {
+                let ev = Event::default().id(self.pos.to_string()).data(shown(&self.partial));
+                self.partial.clear();
+                tx.send(ev).await.map_err(|_| ())?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `GET /api/runs/{id}/artifacts/{step}/{*path}`

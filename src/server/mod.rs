@@ -10,6 +10,7 @@ pub mod config;
 pub mod dashboard;
 pub mod db;
 pub mod limit;
+pub mod live;
 pub mod webhook;
 pub mod worker;
 
@@ -60,6 +61,8 @@ pub struct AppState {
     pub shutting_down: AtomicBool,
     /// Failed sign-ins and API tokens per client address.
     pub limiter: limit::AuthLimiter,
+    /// The live log feeds of the runs executing now.
+    pub live: live::Live,
 }
 
 impl AppState {
@@ -140,6 +143,7 @@ pub async fn state(cfg: Config) -> Result<Arc<AppState>, ServeError> {
         counters,
         shutting_down: AtomicBool::new(false),
         limiter: limit::AuthLimiter::default(),
+        live: live::Live::default(),
     }))
 }
 

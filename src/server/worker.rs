@@ -149,12 +149,14 @@ async fn execute(st: Arc<AppState>, run: Run) {
             })
             .await;
         tracing::info!(run = run.id, "run stopped with the server; it is queued again");
+        st.live.end(run.id, "queued");
         return;
     }
     let reason = if outcome.status == "cancelled" { reason_override.unwrap_or(outcome.reason) } else { outcome.reason };
     if let Err(e) = st.db.finish(run.id, outcome.status, Some(reason.clone())).await {
         tracing::error!(run = run.id, "cannot record the run's end: {e}");
     }
+    st.live.end(run.id, outcome.status);
     tracing::info!(run = run.id, status = outcome.status, "run finished: {reason}");
     st.report.send(Update::Finished {
         run: rr,
@@ -294,53 +296,8 @@ async fn prepare_and_run(
         _ => Default::default(),
     };
     let offered: Vec<String> = reuse.keys().cloned().collect();
-    let (tx, mut rx) = mpsc::channel::<RunEvent>(1024);
-    let recorder = {
-        let st = st.clone();
-        let rr = run_ref(run);
-        let run_id = run.id;
-        // Step start offsets, recorded when a step starts (the scheduler's own clock starts
-        // a moment later; the final row replaces this with its value).
-        let t0 = std::time::Instant::now();
-        tokio::spawn(async move {
-            // Steps with a container up, for `orch_containers_running`.
-            let mut up = std::collections::HashSet::new();
-            while let Some(ev) = rx.recv().await {
-                match ev {
-                    RunEvent::StepStarted { step, attempt, .. } => {
-                        if up.insert(step.clone()) {
-                            st.counters.containers_running.fetch_add(1, Ordering::Relaxed);
-                        }
-                        let row = StepRow {
-                            name: step,
-                            stage: None,
-                            status: "running".into(),
-                            exit_code: None,
-                            attempts: attempt as i64,
-                            started: Some(t0.elapsed().as_secs_f64()),
-                            duration: None,
-                            message: None,
-                        };
-                        let _ = st.db.upsert_step(run_id, row).await;
-                    }
-                    RunEvent::StepFinished(s) => {
-                        if up.remove(&s.step) {
-                            st.counters.containers_running.fetch_sub(1, Ordering::Relaxed);
-                        }
-                        let _ = st.db.upsert_step(run_id, step_row(&s)).await;
-                        st.report.send(Update::Step {
-                            run: rr.clone(),
-                            step: s.step.clone(),
-                            conclusion: step_conclusion(&s),
-                            description: step_line(&s),
-                        });
-                    }
-                    _ => {}
-                }
-            }
-            st.counters.containers_running.fetch_sub(up.len() as i64, Ordering::Relaxed);
-        })
-    };
+    let (tx, rx) = mpsc::channel::<RunEvent>(1024);
+    let recorder = tokio::spawn(record(st.clone(), run_ref(run), logs.clone(), rx));
     let cache = crate::cache::CacheStore::new(st.cfg.data_dir.join("cache"), st.cfg.cache_max);
     let result = sched::execute(
         backend,
@@ -349,7 +306,6 @@ async fn prepare_and_run(
             run_id: docker_run_id(&st.cfg.data_dir, run.id, run.attempts),
             jobs: st.cfg.jobs,
             secrets: secrets_for(st, run),
-            log_dir: Some(logs.clone()),
             workspace: Workspace::Copy { root: work.to_path_buf(), files },
             grace: Duration::from_secs(10),
             cache: Some(CacheSettings {
@@ -403,6 +359,70 @@ async fn prepare_and_run(
         summary: summary(&result.steps, result.duration),
         annotations,
     })
+}
+
+/// Consumes a run's events: the step log files, the live feed of followers, the step rows,
+/// the per-step GitHub updates and the running-containers gauge. Lines are flushed to their
+/// files before followers hear of them, and a step's row is written before its end is
+/// announced.
+async fn record(st: Arc<AppState>, rr: RunRef, logs: PathBuf, mut rx: mpsc::Receiver<RunEvent>) {
+    use super::live::Item;
+    let run_id = rr.id;
+    let feed = st.live.start(run_id);
+    let mut files = crate::report::logfile::LogFiles::new(logs);
+    // Step start offsets, recorded when a step starts (the scheduler's own clock starts a
+    // moment later; the final row replaces this with its value).
+    let t0 = std::time::Instant::now();
+    // Steps with a container up, for `orch_containers_running`.
+    let mut up = std::collections::HashSet::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        let mut items = Vec::new();
+        // What is there now, as one batch: one flush, one broadcast.
+        while let Some(ev) = next.take() {
+            if let Some(w) = files.event(&ev) {
+                items.push(Item::Line { step: w.step, line: w.line.into(), end: w.end });
+            }
+            match ev {
+                RunEvent::StepStarted { step, attempt, .. } => {
+                    if up.insert(step.clone()) {
+                        st.counters.containers_running.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let row = StepRow {
+                        name: step,
+                        stage: None,
+                        status: "running".into(),
+                        exit_code: None,
+                        attempts: attempt as i64,
+                        started: Some(t0.elapsed().as_secs_f64()),
+                        duration: None,
+                        message: None,
+                    };
+                    let _ = st.db.upsert_step(run_id, row).await;
+                }
+                RunEvent::StepFinished(s) => {
+                    if up.remove(&s.step) {
+                        st.counters.containers_running.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    let row = step_row(&s);
+                    let status = row.status.clone();
+                    let _ = st.db.upsert_step(run_id, row).await;
+                    st.report.send(Update::Step {
+                        run: rr.clone(),
+                        step: s.step.clone(),
+                        conclusion: step_conclusion(&s),
+                        description: step_line(&s),
+                    });
+                    items.push(Item::StepDone { step: s.step, status });
+                }
+                _ => {}
+            }
+            next = if items.len() < 1024 { rx.try_recv().ok() } else { None };
+        }
+        files.flush();
+        feed.send(items);
+    }
+    st.counters.containers_running.fetch_sub(up.len() as i64, Ordering::Relaxed);
 }
 
 /// The steps of run `of` that passed, to keep in a re-run of its failed steps; their

@@ -1,0 +1,115 @@
+//! Step log files, written from the event stream: `<dir>/<slug>.log` holds a step's lines
+//! as the terminal shows them (secrets masked), with `--- attempt N ---` before the lines of
+//! a later attempt. `orch ci` and the server write them with this one consumer.
+//!
+//! Writes are buffered; [`LogFiles::flush`] makes what was written visible to readers (the
+//! faces call it whenever the event stream has nothing more at once, so a slow step's lines
+//! reach the file as soon as they are printed, and a fast one's in batches).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+
+use crate::sched::RunEvent;
+
+/// What [`LogFiles::event`] wrote: a line of `step`'s log, which ends at byte `end`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub step: String,
+    pub line: String,
+    pub end: u64,
+}
+
+struct StepFile {
+    w: BufWriter<File>,
+    len: u64,
+}
+
+/// The log files of one run.
+pub struct LogFiles {
+    dir: PathBuf,
+    open: HashMap<String, StepFile>,
+}
+
+impl LogFiles {
+    /// Log files in `dir` (which must exist).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        LogFiles { dir: dir.into(), open: HashMap::new() }
+    }
+
+    /// The file of `step`, opened (to append) on first use.
+    fn file(&mut self, step: &str) -> Option<&mut StepFile> {
+        if !self.open.contains_key(step) {
+            let path = self.dir.join(format!("{}.log", crate::plan::slug(step)));
+            let f = std::fs::OpenOptions::new().create(true).append(true).open(path).ok()?;
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            self.open.insert(step.to_string(), StepFile { w: BufWriter::with_capacity(64 * 1024, f), len });
+        }
+        self.open.get_mut(step)
+    }
+
+    fn write(&mut self, step: &str, line: &str) -> Option<Written> {
+        let f = self.file(step)?;
+        // A failed write (a full disk) loses log lines, never the run.
+        f.w.write_all(line.as_bytes()).and_then(|()| f.w.write_all(b"\n")).ok()?;
+        f.len += line.len() as u64 + 1;
+        Some(Written { step: step.to_string(), line: line.to_string(), end: f.len })
+    }
+
+    /// Writes what `ev` puts in a log; returns the line written, if any.
+    pub fn event(&mut self, ev: &RunEvent) -> Option<Written> {
+        match ev {
+            RunEvent::StepStarted { step, attempt, .. } if *attempt > 1 => {
+                self.write(step, &format!("--- attempt {attempt} ---"))
+            }
+            RunEvent::StepLog { step, line, .. } => self.write(step, line),
+            RunEvent::StepFinished(s) => {
+                // The step's file is complete: closed now, not at the end of the run.
+                if let Some(mut f) = self.open.remove(&s.step) {
+                    let _ = f.w.flush();
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Hands everything written so far to the files.
+    pub fn flush(&mut self) {
+        for f in self.open.values_mut() {
+            let _ = f.w.flush();
+        }
+    }
+}
+
+impl Drop for LogFiles {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::Stream;
+
+    fn log(step: &str, line: &str) -> RunEvent {
+        RunEvent::StepLog { step: step.into(), stream: Stream::Stdout, line: line.into() }
+    }
+
+    #[test]
+    fn lines_and_attempts_go_to_each_steps_file() {
+        let d = tempfile::tempdir().unwrap();
+        let mut f = LogFiles::new(d.path());
+        let w = f.event(&log("a", "one")).unwrap();
+        assert_eq!((w.end, w.line.as_str()), (4, "one"));
+        f.event(&log("t[v=x y]", "variant"));
+        f.event(&RunEvent::StepStarted { step: "a".into(), attempt: 2, attempts: 2 });
+        assert_eq!(f.event(&log("a", "two")).unwrap().end, 4 + 18 + 4);
+        f.flush();
+        assert_eq!(std::fs::read_to_string(d.path().join("a.log")).unwrap(), "one\n--- attempt 2 ---\ntwo\n");
+        let slug = crate::plan::slug("t[v=x y]");
+        assert_eq!(std::fs::read_to_string(d.path().join(format!("{slug}.log"))).unwrap(), "variant\n");
+    }
+}
