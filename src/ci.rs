@@ -16,9 +16,10 @@ use crate::exec::Workspace;
 use crate::exec::docker::DockerBackend;
 use crate::git::{self, Checkout};
 use crate::pipeline::{self, Event};
-use crate::plan::{self, Context, Plan, Selection, render};
+use crate::plan::{self, Context, Selection, render};
 use crate::report::{self, Mode, ReportOptions};
-use crate::sched::{self, CacheSettings, Cancel, Level, RunEvent, RunOptions};
+use crate::sched::{self, CacheSettings, Cancel, Level, RunEvent};
+use crate::setup::{self, Secrets, Settings, Setup};
 
 /// The event context: flags first, then what the checkout says.
 pub fn context(ev: &EventArgs, co: &Checkout, run_id: &str) -> Context {
@@ -76,39 +77,6 @@ pub fn new_run_id() -> String {
     format!("{y:04}{m:02}{d:02}-{h:02}{mi:02}{s:02}-{salt:04x}")
 }
 
-/// The secret values the planned steps name: from the file, else the environment. Every
-/// missing one is an error naming the step.
-fn collect_secrets(plan: &Plan, file: Option<&Path>) -> Result<HashMap<String, String>, Error> {
-    let from_file = match file {
-        Some(f) => {
-            let text = std::fs::read_to_string(f).map_err(|e| Error::io(format!("cannot read {}", f.display()), e))?;
-            crate::secrets::parse_dotenv(&text).map_err(|e| Error::Usage(format!("{}: {e}", f.display())))?
-        }
-        None => HashMap::new(),
-    };
-    let mut secrets = HashMap::new();
-    let mut missing = Vec::new();
-    for step in &plan.steps {
-        for name in &step.secrets {
-            match from_file.get(name).cloned().or_else(|| std::env::var(name).ok()) {
-                Some(v) => {
-                    secrets.insert(name.clone(), v);
-                }
-                None => missing.push(format!("`{name}` (step `{}`)", step.name)),
-            }
-        }
-    }
-    if !missing.is_empty() {
-        return Err(Error::Usage(format!(
-            "missing secret{} {}: set {} in the environment or pass --secret-file",
-            if missing.len() == 1 { "" } else { "s" },
-            missing.join(", "),
-            if missing.len() == 1 { "it" } else { "them" }
-        )));
-    }
-    Ok(secrets)
-}
-
 pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
     let cwd = std::env::current_dir().map_err(|e| Error::io("cannot read the current directory", e))?;
     let dir = match &args.dir {
@@ -127,19 +95,40 @@ pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
     let pipeline = pipeline::load_file(&file)?;
     let run_id = new_run_id();
     let ctx = context(&args.event, &co, &run_id);
-    let mut plan = plan::plan(&pipeline, &ctx, &Selection { steps: args.steps.clone() })?;
+    let mut env = Vec::new();
     for kv in &args.env {
         let (k, v) = kv.split_once('=').ok_or_else(|| Error::Usage(format!("--env takes NAME=VALUE, got `{kv}`")))?;
-        for s in &mut plan.steps {
-            s.env.insert(k.to_string(), v.to_string());
-        }
+        env.push((k.to_string(), v.to_string()));
     }
-    let secrets = collect_secrets(&plan, args.secret_file.as_deref())?;
-
+    let log_limit = sched::parse_log_limit(&args.log_limit).map_err(|e| Error::Usage(format!("--log-limit: {e}")))?;
+    let mut isolation = args.isolation.resolve(|_| None, None).map_err(Error::Usage)?;
+    isolation.docker_socket = args.docker_socket;
+    isolation.privileged = args.privileged;
+    let workspace = if args.bind {
+        Workspace::Bind(root.clone())
+    } else {
+        Workspace::Copy { files: git::workspace_files(&root)?, root: root.clone() }
+    };
+    let cache = (!args.no_cache).then(|| CacheSettings {
+        store: Arc::new(cache_store(args.cache_dir.clone())),
+        scopes: sched::cache_scopes(&ctx, co.default_branch.as_deref().unwrap_or("main")),
+    });
     let run_dir = root.join(".orch").join("runs").join(&run_id);
-    let log_dir = run_dir.join("logs");
-    std::fs::create_dir_all(&log_dir).map_err(|e| Error::io(format!("cannot create {}", log_dir.display()), e))?;
-    let _ = std::fs::write(run_dir.join("plan.json"), render::json(&plan));
+    let prepared = setup::prepare(Setup {
+        pipeline: &pipeline,
+        context: ctx,
+        selection: Selection { steps: args.steps.clone() },
+        env,
+        secrets: Secrets::FileThenEnvironment(args.secret_file.clone()),
+        settings: Settings { jobs: args.jobs, grace: Duration::from_secs(args.grace), log_limit, isolation },
+        run_dir: run_dir.clone(),
+        docker_run_id: run_id.clone(),
+        workspace,
+        cache,
+        source_root: Some(root.clone()),
+        reuse: HashMap::new(),
+    })?;
+    let log_dir = prepared.log_dir.clone();
 
     let mode = if args.json {
         Mode::Json
@@ -191,17 +180,7 @@ pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
             })
             .await;
     }
-    let workspace = if args.bind {
-        Workspace::Bind(root.clone())
-    } else {
-        Workspace::Copy { files: git::workspace_files(&root)?, root: root.clone() }
-    };
-
-    let log_limit = sched::parse_log_limit(&args.log_limit).map_err(|e| Error::Usage(format!("--log-limit: {e}")))?;
-    let mut isolation = args.isolation.resolve(|_| None, None).map_err(Error::Usage)?;
-    isolation.docker_socket = args.docker_socket;
-    isolation.privileged = args.privileged;
-    if isolation.block_host
+    if prepared.options.isolation.block_host
         && let Err(why) = crate::exec::firewall::ensure()
     {
         let message = format!("steps can reach this machine's services: {why} (--step-host-access allows it quietly)");
@@ -209,29 +188,7 @@ pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
     }
     let cancel = Cancel::default();
     let signals = tokio::spawn(watch_signals(cancel.clone(), tx.clone()));
-    let result = sched::execute(
-        backend,
-        &plan,
-        RunOptions {
-            run_id: run_id.clone(),
-            jobs: args.jobs,
-            secrets,
-            workspace,
-            grace: Duration::from_secs(args.grace),
-            cache: (!args.no_cache).then(|| CacheSettings {
-                store: Arc::new(cache_store(args.cache_dir.clone())),
-                scopes: sched::cache_scopes(&ctx, co.default_branch.as_deref().unwrap_or("main")),
-            }),
-            source_root: Some(root.clone()),
-            artifact_dir: Some(run_dir.join("artifacts")),
-            reuse: Default::default(),
-            isolation,
-            log_limit,
-        },
-        tx,
-        cancel,
-    )
-    .await;
+    let result = sched::execute(backend, &prepared.plan, prepared.options, tx, cancel).await;
     signals.abort();
     let _ = reporter.await;
     write_result(&run_dir, &run_id, result.status, result.duration, &result.steps);

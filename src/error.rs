@@ -34,6 +34,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Backend(#[from] crate::exec::BackendError),
+    #[error(transparent)]
+    Setup(#[from] crate::setup::SetupError),
     /// An `orch serve` the CLI talked to refused or could not be reached.
     #[error("{0}")]
     Remote(String),
@@ -43,6 +45,8 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Config(_) | Error::Plan(_) | Error::Usage(_) => exit::INVALID,
+            Error::Setup(e) if e.is_usage() => exit::INVALID,
+            Error::Setup(_) => exit::INFRA,
             Error::Git(_) | Error::Io { .. } | Error::Backend(_) | Error::Remote(_) => exit::INFRA,
         }
     }

@@ -22,3 +22,4 @@ pub mod report;
 pub mod sched;
 pub mod secrets;
 pub mod server;
+pub mod setup;

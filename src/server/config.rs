@@ -87,6 +87,9 @@ pub struct ServeArgs {
     /// [default: 5G].
     #[arg(long, env = "ORCH_CACHE_MAX")]
     pub cache_max: Option<String>,
+    /// Seconds a cancelled step gets between SIGTERM and SIGKILL [default: 10].
+    #[arg(long, env = "ORCH_GRACE", value_name = "SECS")]
+    pub grace: Option<u64>,
     /// Output of one step kept (`100M`, `1G`, `none`); past it a notice, and the step goes
     /// on [default: 100M].
     #[arg(long, env = "ORCH_LOG_LIMIT", value_name = "SIZE")]
@@ -130,6 +133,8 @@ pub struct Config {
     pub retention_runs: u64,
     pub cache_max: u64,
     pub log_limit: u64,
+    /// How long a cancelled step gets between SIGTERM and SIGKILL.
+    pub grace: Duration,
     /// What step containers are allowed (before the trust settings below).
     pub isolation: crate::exec::Isolation,
     pub trust_docker_socket: Vec<String>,
@@ -225,6 +230,7 @@ const KEYS: &[&str] = &[
     "retention-runs",
     "cache-max",
     "log-limit",
+    "grace",
     "trust-docker-socket",
     "trust-privileged",
 ];
@@ -387,6 +393,12 @@ impl ServeArgs {
                 None => crate::cache::DEFAULT_MAX_BYTES,
             },
             log_limit,
+            grace: Duration::from_secs(match self.grace {
+                Some(n) => n,
+                None => {
+                    parse_num("grace", one("grace"))?.map_or(crate::sched::DEFAULT_GRACE.as_secs(), |n| n.max(0) as u64)
+                }
+            }),
             isolation,
             trust_docker_socket: list(&self.trust_docker_socket, "trust-docker-socket"),
             trust_privileged: list(&self.trust_privileged, "trust-privileged"),

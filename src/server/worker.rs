@@ -17,8 +17,9 @@ use crate::exec::Workspace;
 use crate::exec::docker::DockerBackend;
 use crate::github::{Annotation, Conclusion, RunRef, Update, annotations_from_log};
 use crate::pipeline::{self, Event};
-use crate::plan::{self, Context, Selection};
-use crate::sched::{self, CacheSettings, Cancel, RunEvent, RunOptions, RunStatus, StepStatus, StepSummary};
+use crate::plan::{Context, Selection};
+use crate::sched::{self, CacheSettings, Cancel, RunEvent, RunStatus, StepStatus, StepSummary};
+use crate::setup::{self, Secrets, Settings, Setup, SetupError};
 
 pub fn run_dir(cfg: &Config, id: i64) -> PathBuf {
     cfg.data_dir.join("runs").join(id.to_string())
@@ -167,21 +168,6 @@ async fn execute(st: Arc<AppState>, run: Run) {
     });
 }
 
-fn secrets_for(st: &AppState, run: &Run) -> std::collections::HashMap<String, String> {
-    // Code from a fork must not see the repository's secrets.
-    if run.spec.fork {
-        return Default::default();
-    }
-    let Some(file) = &st.cfg.secrets_file else { return Default::default() };
-    match std::fs::read_to_string(file).map_err(|e| e.to_string()).and_then(|t| crate::secrets::parse_dotenv(&t)) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot read the secrets file {}: {e}", file.display());
-            Default::default()
-        }
-    }
-}
-
 async fn prepare_and_run(
     st: &Arc<AppState>,
     run: &Run,
@@ -262,7 +248,9 @@ async fn prepare_and_run(
             Err(e) => tracing::warn!(run = run.id, "changed files unknown: {e}"),
         }
     }
-    let event = Event::parse(&run.spec.event).unwrap_or(Event::Push);
+    let Some(event) = Event::parse(&run.spec.event) else {
+        return Err(Outcome::early("error", Conclusion::Error, format!("unknown event `{}`", run.spec.event)));
+    };
     let ctx = Context {
         event: Some(event),
         branch: run.spec.branch.clone(),
@@ -274,13 +262,58 @@ async fn prepare_and_run(
         run_id: run.id.to_string(),
         changed,
     };
-    let plan = plan::plan(&pipeline, &ctx, &Selection::default())
-        .map_err(|e| Outcome::early("failure", Conclusion::Failure, format!("cannot plan .orch.yml: {e}")))?;
-    let _ = std::fs::write(dir.join("plan.json"), plan::render::json(&plan));
-    if let Some(why) = &plan.not_triggered {
+    let files =
+        crate::git::workspace_files(work).map_err(|e| Outcome::early("error", Conclusion::Error, e.to_string()))?;
+    let reuse = match (run.rerun_of, run.failed_only) {
+        (Some(of), true) => kept_steps(st, of, dir).await,
+        _ => Default::default(),
+    };
+    let offered: Vec<String> = reuse.keys().cloned().collect();
+    let cache = crate::cache::CacheStore::new(st.cfg.data_dir.join("cache"), st.cfg.cache_max);
+    let cache_scopes = repo_cache_scopes(&run.spec.repo, &ctx, run.spec.default_branch.as_deref());
+    let prepared = setup::prepare(Setup {
+        pipeline: &pipeline,
+        context: ctx,
+        selection: Selection::default(),
+        env: Vec::new(),
+        // Code from a fork must not see the repository's secrets.
+        secrets: if run.spec.fork { Secrets::Withheld } else { Secrets::File(st.cfg.secrets_file.clone()) },
+        settings: Settings {
+            jobs: st.cfg.jobs,
+            grace: st.cfg.grace,
+            log_limit: st.cfg.log_limit,
+            isolation: st.cfg.isolation_for(&run.spec.repo, &run.spec.event),
+        },
+        run_dir: dir.to_path_buf(),
+        docker_run_id: docker_run_id(&st.cfg.data_dir, run.id, run.attempts),
+        workspace: Workspace::Copy { root: work.to_path_buf(), files },
+        cache: Some(CacheSettings { store: Arc::new(cache), scopes: cache_scopes }),
+        source_root: Some(work.to_path_buf()),
+        reuse,
+    });
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            let text = e.to_string();
+            write_error(&text);
+            return Err(match e {
+                SetupError::Plan(_) => {
+                    Outcome::early("failure", Conclusion::Failure, format!("cannot plan .orch.yml: {text}"))
+                }
+                SetupError::Invalid(_) | SetupError::MissingSecrets { .. } => {
+                    Outcome::early("failure", Conclusion::Failure, text)
+                }
+                SetupError::SecretsFile { .. } | SetupError::Io { .. } => {
+                    tracing::error!(run = run.id, "{text}");
+                    Outcome::early("error", Conclusion::Error, text)
+                }
+            });
+        }
+    };
+    if let Some(why) = &prepared.plan.not_triggered {
         return Err(Outcome::early("skipped", Conclusion::Skipped, format!("not triggered: {why}")));
     }
-    if plan.steps.is_empty() {
+    if prepared.plan.steps.is_empty() {
         return Err(Outcome::early("skipped", Conclusion::Skipped, "no step runs for this event".into()));
     }
 
@@ -289,39 +322,9 @@ async fn prepare_and_run(
         Ok(b) => Arc::new(b),
         Err(e) => return Err(Outcome::early("error", Conclusion::Error, e.to_string())),
     };
-    let files =
-        crate::git::workspace_files(work).map_err(|e| Outcome::early("error", Conclusion::Error, e.to_string()))?;
-    let reuse = match (run.rerun_of, run.failed_only) {
-        (Some(of), true) => kept_steps(st, of, dir).await,
-        _ => Default::default(),
-    };
-    let offered: Vec<String> = reuse.keys().cloned().collect();
     let (tx, rx) = mpsc::channel::<RunEvent>(1024);
-    let recorder = tokio::spawn(record(st.clone(), run_ref(run), logs.clone(), rx));
-    let cache = crate::cache::CacheStore::new(st.cfg.data_dir.join("cache"), st.cfg.cache_max);
-    let result = sched::execute(
-        backend,
-        &plan,
-        RunOptions {
-            run_id: docker_run_id(&st.cfg.data_dir, run.id, run.attempts),
-            jobs: st.cfg.jobs,
-            secrets: secrets_for(st, run),
-            workspace: Workspace::Copy { root: work.to_path_buf(), files },
-            grace: Duration::from_secs(10),
-            cache: Some(CacheSettings {
-                store: Arc::new(cache),
-                scopes: repo_cache_scopes(&run.spec.repo, &ctx, run.spec.default_branch.as_deref()),
-            }),
-            source_root: Some(work.to_path_buf()),
-            artifact_dir: Some(dir.join("artifacts")),
-            reuse,
-            isolation: st.cfg.isolation_for(&run.spec.repo, &run.spec.event),
-            log_limit: st.cfg.log_limit,
-        },
-        tx,
-        cancel,
-    )
-    .await;
+    let recorder = tokio::spawn(record(st.clone(), run_ref(run), prepared.log_dir.clone(), rx));
+    let result = sched::execute(backend, &prepared.plan, prepared.options, tx, cancel).await;
     let _ = recorder.await;
     // Artifacts copied for a step the scheduler did not keep (something it needs ran again)
     // and that did not collect new ones are not this run's.
