@@ -223,7 +223,7 @@ impl Console {
             StepStatus::Skipped => self.paint(DIM, &format!("○ {} skipped: {msg}", s.step)),
             _ if s.allowed_failure => self.paint(
                 YELLOW,
-                &format!("! {} {} ({msg}) in {took}{retries}; allowed to fail", s.step, s.status.as_str()),
+                &format!("! {} {} ({msg}) in {took}{retries}; allowed to fail", s.step, s.status.label()),
             ),
             StepStatus::TimedOut => self.paint(RED, &format!("⏱ {} {msg}{retries}", s.step)),
             StepStatus::Cancelled => self.paint(YELLOW, &format!("■ {} cancelled after {took}", s.step)),
@@ -237,7 +237,7 @@ impl Console {
         let mut out = String::from("\n");
         out.push_str(&format!("{:<w$}  {:<10}  {:>8}  note\n", "step", "status", "time"));
         for s in steps {
-            let st = if s.allowed_failure { format!("{}*", s.status.as_str()) } else { s.status.as_str().to_string() };
+            let st = if s.allowed_failure { format!("{}*", s.status.label()) } else { s.status.label().to_string() };
             let time = if s.status == StepStatus::Skipped { "-".to_string() } else { human(s.duration) };
             let note = match (&s.message, s.attempts) {
                 (Some(m), n) if n > 1 => format!("{m}, {n} attempts"),

@@ -98,7 +98,8 @@ pub enum StepStatus {
 }
 
 impl StepStatus {
-    pub fn as_str(self) -> &'static str {
+    /// How people read it (`timed out`); the wire spelling is serde's (`timed_out`).
+    pub fn label(self) -> &'static str {
         match self {
             StepStatus::Passed => "passed",
             StepStatus::Failed => "failed",

@@ -23,15 +23,13 @@ use axum::routing::{get, post};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::db::{NewRun, Run, RunFilter, now};
+use super::db::{NewRun, Run, RunFilter, RunState, StepState, now};
 use super::{AppState, live, reply, worker};
 use crate::confined::{Kind, Root};
 use crate::github::Update;
 
 /// Run statuses, in the order `/metrics` lists them.
-pub const RUN_STATUSES: &[&str] = &["queued", "running", "success", "failure", "error", "cancelled", "skipped"];
 /// Step statuses after which a step's log does not grow.
-const STEP_DONE: &[&str] = &["passed", "failed", "timed_out", "cancelled", "error", "skipped"];
 /// How often a followed log is looked at.
 const POLL: Duration = Duration::from_millis(200);
 /// A log line longer than this is sent in pieces.
@@ -169,15 +167,14 @@ async fn list_runs(
         Err(r) => return *r,
     };
     let text = |k: &str| q.get(k).filter(|v| !v.is_empty()).cloned();
-    let status = text("status");
-    if let Some(s) = &status
-        && !RUN_STATUSES.contains(&s.as_str())
-    {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("`status` must be one of {}, got `{s}`", RUN_STATUSES.join(", ")),
-        );
-    }
+    let status = match text("status").map(|s| RunState::parse(&s).ok_or(s)) {
+        None => None,
+        Some(Ok(s)) => Some(s),
+        Some(Err(s)) => {
+            let all: Vec<&str> = RunState::ALL.iter().map(|s| s.as_str()).collect();
+            return error(StatusCode::BAD_REQUEST, format!("`status` must be one of {}, got `{s}`", all.join(", ")));
+        }
+    };
     let f = RunFilter { repo: text("repo"), branch: text("branch"), status, limit, before };
     match st.db.runs_where(f).await {
         Ok(runs) => {
@@ -306,7 +303,7 @@ async fn get_log(
             Err(e) => return internal(e),
         };
         // A step that is not (yet) a row may still start, unless the run is over.
-        if !known && !file.exists() && !matches!(run.status.as_str(), "queued" | "running") {
+        if !known && !file.exists() && !run.status.is_active() {
             return error(StatusCode::NOT_FOUND, format!("no log for step `{step}` of run {}", run.id));
         }
         return follow(st, run.id, step, file, offset as u64).into_response();
@@ -414,7 +411,7 @@ fn follow(st: Arc<AppState>, run: i64, step: String, file: PathBuf, start: u64) 
                     return;
                 }
                 if let Some(status) = done {
-                    let _ = tx.send(Event::default().event("end").data(status)).await;
+                    let _ = tx.send(Event::default().event("end").data(status.as_str())).await;
                     return;
                 }
                 loop {
@@ -431,13 +428,13 @@ fn follow(st: Arc<AppState>, run: i64, step: String, file: PathBuf, start: u64) 
                             }
                         }
                         Ok(live::Item::StepDone { step: s, status }) if s == step => {
-                            let _ = tx.send(Event::default().event("end").data(status)).await;
+                            let _ = tx.send(Event::default().event("end").data(status.as_str())).await;
                             return;
                         }
                         Ok(live::Item::RunDone { status }) => {
                             // The step never ended on its own (the run stopped first).
                             let _ = lines.send(&file, None, &tx).await;
-                            let _ = tx.send(Event::default().event("end").data(status)).await;
+                            let _ = tx.send(Event::default().event("end").data(status.as_str())).await;
                             return;
                         }
                         Ok(_) => {}
@@ -450,12 +447,12 @@ fn follow(st: Arc<AppState>, run: i64, step: String, file: PathBuf, start: u64) 
             // Not executing here: queued (wait for it), or over (its files are complete).
             let (steps, r) = (st.db.steps(run).await, st.db.run(run).await);
             let status = match (steps, r) {
-                (_, Ok(None)) => Some("gone".to_string()),
+                (_, Ok(None)) => Some("gone"),
                 (Ok(steps), Ok(Some(r))) => {
-                    let row = steps.iter().find(|s| s.name == step).map(|s| s.status.clone());
+                    let row = steps.iter().find(|s| s.name == step).map(|s| s.status);
                     match row {
-                        Some(s) if STEP_DONE.contains(&s.as_str()) => Some(s),
-                        _ if !matches!(r.status.as_str(), "queued" | "running") => Some(r.status),
+                        Some(s) if s.is_done() => Some(s.as_str()),
+                        _ if !r.status.is_active() => Some(r.status.as_str()),
                         _ => None,
                     }
                 }
@@ -587,8 +584,8 @@ async fn cancel(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): P
         Err(r) => return *r,
     };
     let reason = "cancelled through the API".to_string();
-    match run.status.as_str() {
-        "queued" => match st.db.cancel_queued(run.id, reason.clone()).await {
+    match run.status {
+        RunState::Queued => match st.db.cancel_queued(run.id, reason.clone()).await {
             Ok(true) => {
                 let run = st.db.run(run.id).await.ok().flatten().unwrap_or(run);
                 super::report_cancelled(&st, vec![run.clone()]);
@@ -598,7 +595,7 @@ async fn cancel(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): P
             Ok(false) => {}
             Err(e) => return internal(e),
         },
-        "running" => {}
+        RunState::Running => {}
         other => {
             return error(StatusCode::CONFLICT, format!("run {} has already ended ({other})", run.id));
         }
@@ -627,13 +624,13 @@ async fn rerun(
         Err(r) => return *r,
     };
     if failed {
-        if matches!(run.status.as_str(), "queued" | "running") {
+        if run.status.is_active() {
             return error(
                 StatusCode::CONFLICT,
                 format!("run {} has not ended: re-run its failed steps after it", run.id),
             );
         }
-        if run.status == "success" {
+        if run.status == RunState::Success {
             return error(StatusCode::CONFLICT, format!("run {} passed: no failed step to re-run", run.id));
         }
     }
@@ -798,12 +795,12 @@ async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Respons
     let _ = writeln!(o, "orch_deliveries_total{{outcome=\"rejected\"}} {}", load(&c.rejected));
     let _ = writeln!(o, "orch_deliveries_total{{outcome=\"duplicate\"}} {}", load(&c.duplicates));
     o.push_str("# HELP orch_runs Runs in the database, by status.\n# TYPE orch_runs gauge\n");
-    let count = |s: &str| counts.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
-    for s in RUN_STATUSES {
-        let _ = writeln!(o, "orch_runs{{status=\"{s}\"}} {}", count(s));
+    let count = |s: RunState| counts.iter().find(|(k, _)| *k == s).map_or(0, |(_, n)| *n);
+    for s in RunState::ALL {
+        let _ = writeln!(o, "orch_runs{{status=\"{s}\"}} {}", count(*s));
     }
     o.push_str("# HELP orch_queue_length Runs waiting for a worker.\n# TYPE orch_queue_length gauge\n");
-    let _ = writeln!(o, "orch_queue_length {}", count("queued"));
+    let _ = writeln!(o, "orch_queue_length {}", count(RunState::Queued));
     o.push_str(
         "# HELP orch_queue_wait_seconds Time from queued to started.\n# TYPE orch_queue_wait_seconds histogram\n",
     );
@@ -811,11 +808,11 @@ async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Respons
     o.push_str(
         "# HELP orch_step_duration_seconds Time steps took, by how they ended.\n# TYPE orch_step_duration_seconds histogram\n",
     );
-    let mut by_status: Vec<&str> = steps.iter().map(|(s, _)| s.as_str()).collect();
-    by_status.sort_unstable();
+    let mut by_status: Vec<StepState> = steps.iter().map(|(s, _)| *s).collect();
+    by_status.sort_unstable_by_key(|s| s.as_str());
     by_status.dedup();
     for s in by_status {
-        let v: Vec<f64> = steps.iter().filter(|(k, _)| k == s).map(|(_, d)| *d).collect();
+        let v: Vec<f64> = steps.iter().filter(|(k, _)| *k == s).map(|(_, d)| *d).collect();
         histogram(&mut o, "orch_step_duration_seconds", &format!("status=\"{s}\""), STEP_BUCKETS, &v);
     }
     o.push_str("# HELP orch_github_requests_total Requests to GitHub's API (each attempt).\n# TYPE orch_github_requests_total counter\n");

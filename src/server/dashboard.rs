@@ -26,7 +26,7 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::db::{Run, StepRow, now};
+use super::db::{Run, RunState, StepRow, StepState, now};
 use super::worker::run_dir;
 
 pub fn routes() -> Router<Arc<AppState>> {
@@ -60,26 +60,55 @@ pub fn esc(s: &str) -> String {
 // ---------------------------------------------------------------------------------------
 // Statuses, times
 
+/// A run's or a step's status, as the pages show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shown {
+    Run(RunState),
+    Step(StepState),
+}
+
+impl From<RunState> for Shown {
+    fn from(s: RunState) -> Self {
+        Shown::Run(s)
+    }
+}
+
+impl From<StepState> for Shown {
+    fn from(s: StepState) -> Self {
+        Shown::Step(s)
+    }
+}
+
+impl Shown {
+    fn as_str(self) -> &'static str {
+        match self {
+            Shown::Run(s) => s.as_str(),
+            Shown::Step(s) => s.as_str(),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Shown::Run(s) => s.as_str(),
+            Shown::Step(s) => s.label(),
+        }
+    }
+}
+
 /// The colour family of a run or step status.
-fn kind(status: &str) -> &'static str {
-    match status {
-        "success" | "passed" => "ok",
-        "failure" | "failed" | "timed_out" | "error" => "fail",
-        "running" => "run",
-        "cancelled" => "cancel",
-        "skipped" => "skip",
-        _ => "wait",
+fn kind(status: impl Into<Shown>) -> &'static str {
+    use {RunState as R, StepState as S};
+    match status.into() {
+        Shown::Run(R::Success) | Shown::Step(S::Passed) => "ok",
+        Shown::Run(R::Failure | R::Error) | Shown::Step(S::Failed | S::TimedOut | S::Error) => "fail",
+        Shown::Run(R::Running) | Shown::Step(S::Running) => "run",
+        Shown::Run(R::Cancelled) | Shown::Step(S::Cancelled) => "cancel",
+        Shown::Run(R::Skipped) | Shown::Step(S::Skipped) => "skip",
+        Shown::Run(R::Queued) | Shown::Step(S::Pending) => "wait",
     }
 }
 
-fn label(status: &str) -> String {
-    match status {
-        "timed_out" => "timed out".into(),
-        s => s.to_string(),
-    }
-}
-
-fn icon(status: &str) -> &'static str {
+fn icon(status: impl Into<Shown>) -> &'static str {
     macro_rules! svg {
         ($cls:literal, $body:literal) => {
             concat!(
@@ -92,26 +121,30 @@ fn icon(status: &str) -> &'static str {
             )
         };
     }
-    match status {
-        "success" | "passed" => svg!("", "<path d=\"M13.5 4.5 6.5 11.5 2.5 7.5\"/>"),
-        "failure" | "failed" => svg!("", "<path d=\"M4 4l8 8M12 4l-8 8\"/>"),
-        "timed_out" => svg!("", "<circle cx=\"8\" cy=\"8\" r=\"6\"/><path d=\"M8 4.5V8l2.5 1.5\"/>"),
-        "error" => svg!("", "<path d=\"M8 2 14.5 13.5h-13z\"/><path d=\"M8 6.5v3M8 11.6v.01\"/>"),
-        "running" => svg!(" spin", "<circle cx=\"8\" cy=\"8\" r=\"6\" stroke-dasharray=\"26 12\"/>"),
-        "cancelled" => svg!("", "<circle cx=\"8\" cy=\"8\" r=\"6\"/><path d=\"M3.8 12.2l8.4-8.4\"/>"),
-        "skipped" => svg!("", "<path d=\"M3 4l4.5 4L3 12M9 4l4.5 4L9 12\"/>"),
-        _ => svg!("", "<circle cx=\"8\" cy=\"8\" r=\"6\" stroke-dasharray=\"2 3\"/>"),
+    use {RunState as R, StepState as S};
+    match status.into() {
+        Shown::Run(R::Success) | Shown::Step(S::Passed) => svg!("", "<path d=\"M13.5 4.5 6.5 11.5 2.5 7.5\"/>"),
+        Shown::Run(R::Failure) | Shown::Step(S::Failed) => svg!("", "<path d=\"M4 4l8 8M12 4l-8 8\"/>"),
+        Shown::Step(S::TimedOut) => svg!("", "<circle cx=\"8\" cy=\"8\" r=\"6\"/><path d=\"M8 4.5V8l2.5 1.5\"/>"),
+        Shown::Run(R::Error) | Shown::Step(S::Error) => {
+            svg!("", "<path d=\"M8 2 14.5 13.5h-13z\"/><path d=\"M8 6.5v3M8 11.6v.01\"/>")
+        }
+        Shown::Run(R::Running) | Shown::Step(S::Running) => {
+            svg!(" spin", "<circle cx=\"8\" cy=\"8\" r=\"6\" stroke-dasharray=\"26 12\"/>")
+        }
+        Shown::Run(R::Cancelled) | Shown::Step(S::Cancelled) => {
+            svg!("", "<circle cx=\"8\" cy=\"8\" r=\"6\"/><path d=\"M3.8 12.2l8.4-8.4\"/>")
+        }
+        Shown::Run(R::Skipped) | Shown::Step(S::Skipped) => svg!("", "<path d=\"M3 4l4.5 4L3 12M9 4l4.5 4L9 12\"/>"),
+        Shown::Run(R::Queued) | Shown::Step(S::Pending) => {
+            svg!("", "<circle cx=\"8\" cy=\"8\" r=\"6\" stroke-dasharray=\"2 3\"/>")
+        }
     }
 }
 
-fn pill(status: &str) -> String {
-    format!(
-        "<span class=\"pill k-{}\" data-status=\"{}\">{}{}</span>",
-        kind(status),
-        esc(status),
-        icon(status),
-        esc(&label(status))
-    )
+fn pill(status: impl Into<Shown>) -> String {
+    let s = status.into();
+    format!("<span class=\"pill k-{}\" data-status=\"{}\">{}{}</span>", kind(s), s.as_str(), icon(s), esc(s.label()))
 }
 
 /// `2026-11-26 15:04:05 UTC`
@@ -142,7 +175,7 @@ fn human(secs: f64) -> String {
 /// How long a run took, or has been running.
 fn run_secs(run: &Run, now: i64) -> Option<i64> {
     let start = run.started_at?;
-    Some(run.finished_at.unwrap_or(if run.status == "running" { now } else { start }) - start)
+    Some(run.finished_at.unwrap_or(if run.status == RunState::Running { now } else { start }) - start)
 }
 
 fn short(sha: &str) -> &str {
@@ -401,8 +434,8 @@ fn run_row(run: &Run, now: i64) -> String {
          <span class=\"c\"><div class=\"t\"><span class=\"n\">#{id}</span> {title}</div><div class=\"m\">{meta}</div></span>\
          <span class=\"m m2\">{meta}</span><span class=\"d\">{dur}</span><span class=\"s\">{when}</span></a>",
         id = run.id,
-        st = esc(&run.status),
-        pill = pill(&run.status),
+        st = run.status,
+        pill = pill(run.status),
         title = esc(&commit_title(run)),
         when = time_tag(started, now),
     )
@@ -464,7 +497,7 @@ async fn index(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response 
 struct Step {
     name: String,
     stage: Option<String>,
-    status: String,
+    status: StepState,
     started: Option<f64>,
     duration: Option<f64>,
     note: Option<String>,
@@ -487,40 +520,63 @@ async fn load(st: &AppState, id: i64) -> Result<Option<RunView>, super::db::DbEr
     let dir = run_dir(&st.cfg, id);
     let d2 = dir.clone();
     let (plan, error, artifacts) = tokio::task::spawn_blocking(move || {
-        let plan: Value = std::fs::read(d2.join("plan.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(Value::Null);
+        let plan: PlanFile =
+            std::fs::read(d2.join("plan.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
         let error = std::fs::read_to_string(d2.join("error.txt")).unwrap_or_default();
         (plan, error, list_artifacts(&d2))
     })
     .await
-    .unwrap_or((Value::Null, String::new(), Vec::new()));
+    .unwrap_or_default();
     let now_secs = now();
     let elapsed = run.started_at.map(|s| (now_secs - s) as f64);
     Ok(Some(merge(run, rows, &plan, error, artifacts, elapsed)))
 }
 
+/// What the pages read of a run's `plan.json` (`orch plan --format json`'s schema).
+#[derive(Debug, Default, serde::Deserialize)]
+struct PlanFile {
+    #[serde(default)]
+    steps: Vec<PlannedStep>,
+    #[serde(default)]
+    skipped: Vec<SkippedStep>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct PlannedStep {
+    name: String,
+    stage: Option<String>,
+    #[serde(default)]
+    needs: Vec<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct SkippedStep {
+    name: String,
+    stage: Option<String>,
+    reason: String,
+}
+
 fn merge(
     run: Run,
     rows: Vec<StepRow>,
-    plan: &Value,
+    plan: &PlanFile,
     error: String,
     artifacts: Vec<(String, String, u64)>,
     elapsed: Option<f64>,
 ) -> RunView {
-    let running = run.status == "running";
+    let running = run.status == RunState::Running;
     let mut steps: Vec<Step> = rows
         .into_iter()
         .map(|r| {
-            let duration = match (r.status.as_str(), r.duration, r.started, elapsed) {
-                ("running", _, Some(s), Some(e)) if running => Some((e - s).max(0.0)),
+            let duration = match (r.status, r.duration, r.started, elapsed) {
+                (StepState::Running, _, Some(s), Some(e)) if running => Some((e - s).max(0.0)),
                 (_, d, _, _) => d,
             };
             Step {
                 name: r.name,
                 stage: r.stage,
-                status: if r.status == "running" && !running { "cancelled".into() } else { r.status },
+                // A step row left running by a run that ended was stopped with it.
+                status: if r.status == StepState::Running && !running { StepState::Cancelled } else { r.status },
                 started: r.started,
                 duration,
                 note: r.message,
@@ -529,23 +585,18 @@ fn merge(
             }
         })
         .collect();
-    let planned = plan["steps"].as_array().cloned().unwrap_or_default();
-    for p in &planned {
-        let name = p["name"].as_str().unwrap_or("").to_string();
-        let stage = p["stage"].as_str().map(str::to_string);
-        if let Some(s) = steps.iter_mut().find(|s| s.name == name) {
+    for p in &plan.steps {
+        if let Some(s) = steps.iter_mut().find(|s| s.name == p.name) {
             if s.stage.is_none() {
-                s.stage = stage;
+                s.stage = p.stage.clone();
             }
-        } else if !name.is_empty() {
-            let status = if matches!(run.status.as_str(), "queued" | "running") { "pending" } else { "cancelled" };
-            let needs: Vec<&str> =
-                p["needs"].as_array().map(|n| n.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
-            let note = (!needs.is_empty()).then(|| format!("waits for {}", needs.join(", ")));
+        } else if !p.name.is_empty() {
+            let status = if run.status.is_active() { StepState::Pending } else { StepState::Cancelled };
+            let note = (!p.needs.is_empty()).then(|| format!("waits for {}", p.needs.join(", ")));
             steps.push(Step {
-                name,
-                stage,
-                status: status.into(),
+                name: p.name.clone(),
+                stage: p.stage.clone(),
+                status,
                 started: None,
                 duration: None,
                 note,
@@ -558,43 +609,29 @@ fn merge(
     // last step it needs ended (or with the run).
     let ends: std::collections::HashMap<String, f64> =
         steps.iter().filter_map(|s| Some((s.name.clone(), s.started? + s.duration?))).collect();
-    for s in steps.iter_mut().filter(|s| s.status == "running" && s.started.is_none()) {
-        let needs = planned.iter().find(|p| p["name"] == s.name.as_str()).and_then(|p| p["needs"].as_array());
-        let start = needs
-            .map(|n| n.iter().filter_map(|v| ends.get(v.as_str().unwrap_or(""))).fold(0.0_f64, |a, b| a.max(*b)))
-            .unwrap_or(0.0);
+    for s in steps.iter_mut().filter(|s| s.status == StepState::Running && s.started.is_none()) {
+        let needs = plan.steps.iter().find(|p| p.name == s.name).map(|p| &p.needs);
+        let start = needs.map(|n| n.iter().filter_map(|v| ends.get(v)).fold(0.0_f64, |a, b| a.max(*b))).unwrap_or(0.0);
         s.started = Some(start);
         s.duration = elapsed.map(|e| (e - start).max(0.0));
     }
-    let skipped: Vec<(String, String)> = plan["skipped"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|s| (s["name"].as_str().unwrap_or("").to_string(), s["reason"].as_str().unwrap_or("").to_string()))
-                .collect()
-        })
-        .unwrap_or_default();
-    for (name, reason) in &skipped {
-        if !steps.iter().any(|s| &s.name == name) {
-            let stage = plan["skipped"]
-                .as_array()
-                .and_then(|a| a.iter().find(|s| s["name"] == name.as_str()))
-                .and_then(|s| s["stage"].as_str())
-                .map(str::to_string);
+    let skipped: Vec<(String, String)> = plan.skipped.iter().map(|s| (s.name.clone(), s.reason.clone())).collect();
+    for sk in &plan.skipped {
+        if !steps.iter().any(|s| s.name == sk.name) {
             steps.push(Step {
-                name: name.clone(),
-                stage,
-                status: "skipped".into(),
+                name: sk.name.clone(),
+                stage: sk.stage.clone(),
+                status: StepState::Skipped,
                 started: None,
                 duration: None,
-                note: Some(reason.clone()),
+                note: Some(sk.reason.clone()),
                 attempts: 0,
                 exit_code: None,
             });
         }
     }
     // Started steps by start time, then the rest in plan order.
-    let order = |n: &str| planned.iter().position(|p| p["name"] == n).unwrap_or(usize::MAX);
+    let order = |n: &str| plan.steps.iter().position(|p| p.name == n).unwrap_or(usize::MAX);
     steps.sort_by(|a, b| {
         let ka = (a.started.is_none(), a.started.unwrap_or(0.0), order(&a.name));
         let kb = (b.started.is_none(), b.started.unwrap_or(0.0), order(&b.name));
@@ -701,7 +738,7 @@ fn render_head(v: &RunView) -> String {
     };
     format!(
         "<div class=\"titlebar\">{pill}<h1>{title}</h1></div>{reason}<dl class=\"meta\">{meta}</dl>{error}",
-        pill = pill(&r.status),
+        pill = pill(r.status),
         title = esc(&commit_title(r)),
     )
 }
@@ -712,7 +749,11 @@ fn render_timeline(v: &RunView) -> String {
         .iter()
         .filter_map(|s| Some(s.started? + s.duration.unwrap_or(0.0)))
         .fold(0.0_f64, f64::max)
-        .max(if v.run.status == "running" { v.run.started_at.map(|s| (now() - s) as f64).unwrap_or(0.0) } else { 0.0 })
+        .max(if v.run.status == RunState::Running {
+            v.run.started_at.map(|s| (now() - s) as f64).unwrap_or(0.0)
+        } else {
+            0.0
+        })
         .max(1.0);
     let t = tick(total);
     let span = (total / t).ceil() * t;
@@ -731,7 +772,7 @@ fn render_timeline(v: &RunView) -> String {
     for s in &v.steps {
         let stage =
             s.stage.as_deref().map(|st| format!("<span class=\"stage\">{}</span>", esc(st))).unwrap_or_default();
-        let mut title = format!("{} — {}", s.name, label(&s.status));
+        let mut title = format!("{} — {}", s.name, s.status.label());
         if let Some(d) = s.duration.filter(|_| s.started.is_some()) {
             let _ = write!(title, " in {}", human(d));
         }
@@ -744,11 +785,11 @@ fn render_timeline(v: &RunView) -> String {
         if let Some(n) = &s.note {
             let _ = write!(title, ": {n}");
         }
-        let track = match s.started.filter(|_| s.status != "skipped") {
+        let track = match s.started.filter(|_| s.status != StepState::Skipped) {
             Some(start) => {
                 let d = s.duration.unwrap_or(0.0);
                 let (left, width) = (pct(start), pct(d).max(0.4));
-                let text = if s.status == "running" { format!("{} …", human(d)) } else { human(d) };
+                let text = if s.status == StepState::Running { format!("{} …", human(d)) } else { human(d) };
                 let place = if width > 30.0 {
                     " inside"
                 } else if left + width > 62.0 {
@@ -757,7 +798,7 @@ fn render_timeline(v: &RunView) -> String {
                     ""
                 };
                 let mut lbl = text;
-                if let Some(n) = s.note.as_deref().filter(|_| s.status != "running") {
+                if let Some(n) = s.note.as_deref().filter(|_| s.status != StepState::Running) {
                     let _ = write!(lbl, " · {n}");
                 }
                 format!(
@@ -766,10 +807,10 @@ fn render_timeline(v: &RunView) -> String {
                 )
             }
             None => {
-                let note = match (&s.note, s.status.as_str()) {
-                    (Some(n), "skipped") => format!("skipped: {n}"),
+                let note = match (&s.note, s.status) {
+                    (Some(n), StepState::Skipped) => format!("skipped: {n}"),
                     (Some(n), _) => n.clone(),
-                    (None, st) => label(st),
+                    (None, st) => st.label().to_string(),
                 };
                 // A step skipped while the run ran: its note where it would have started.
                 let at = s.started.map(pct).filter(|x| *x < 60.0).unwrap_or(0.0);
@@ -784,24 +825,24 @@ fn render_timeline(v: &RunView) -> String {
             rows,
             "<div class=\"g-row k-{k}\" data-step=\"{n}\" data-status=\"{st}\" title=\"{t}\" role=\"button\" tabindex=\"0\">\
              <div class=\"g-name\">{ic}<span class=\"nm\">{n}</span>{stage}</div><div class=\"g-track\">{track}</div></div>",
-            k = kind(&s.status),
+            k = kind(s.status),
             n = esc(&s.name),
-            st = esc(&s.status),
+            st = s.status,
             t = esc(&title),
-            ic = icon(&s.status),
+            ic = icon(s.status),
         );
     }
     if v.steps.is_empty() {
-        let msg = match v.run.status.as_str() {
-            "queued" => "Waiting for a worker…",
-            "running" => "Fetching the commit and planning…",
+        let msg = match v.run.status {
+            RunState::Queued => "Waiting for a worker…",
+            RunState::Running => "Fetching the commit and planning…",
             _ => "No step ran.",
         };
         return format!("<div class=\"empty\">{msg}</div>");
     }
     let mut skips = String::new();
     let runtime_skips =
-        v.steps.iter().filter(|s| s.status == "skipped" && !v.skipped.iter().any(|(n, _)| n == &s.name));
+        v.steps.iter().filter(|s| s.status == StepState::Skipped && !v.skipped.iter().any(|(n, _)| n == &s.name));
     let all: Vec<(String, String)> = v
         .skipped
         .iter()
@@ -815,7 +856,7 @@ fn render_timeline(v: &RunView) -> String {
                 skips,
                 "<li data-skip=\"{}\">{}<b>{}</b><span class=\"muted\">{}</span></li>",
                 esc(n),
-                icon("skipped"),
+                icon(StepState::Skipped),
                 esc(n),
                 esc(r)
             );
@@ -851,7 +892,7 @@ fn render_artifacts(v: &RunView) -> String {
 }
 
 fn parts(v: &RunView) -> Value {
-    let done = !matches!(v.run.status.as_str(), "queued" | "running");
+    let done = !v.run.status.is_active();
     json!({
         "status": v.run.status,
         "done": done,
@@ -865,11 +906,11 @@ fn parts(v: &RunView) -> Value {
 /// The step whose log the page opens with: the first that failed, else one running, else
 /// the last that ran.
 fn default_step(v: &RunView) -> Option<&str> {
-    let ran = |s: &&Step| s.started.is_some() || s.status == "running";
+    let ran = |s: &&Step| s.started.is_some() || s.status == StepState::Running;
     v.steps
         .iter()
-        .find(|s| kind(&s.status) == "fail" && s.started.is_some())
-        .or_else(|| v.steps.iter().find(|s| s.status == "running"))
+        .find(|s| kind(s.status) == "fail" && s.started.is_some())
+        .or_else(|| v.steps.iter().find(|s| s.status == StepState::Running))
         .or_else(|| v.steps.iter().rfind(ran))
         .map(|s| s.name.as_str())
 }
@@ -905,7 +946,7 @@ async fn run_page(State(st): State<Arc<AppState>>, UrlPath(id): UrlPath<i64>, he
         Err(e) => return internal(e),
     };
     let r = &v.run;
-    let done = !matches!(r.status.as_str(), "queued" | "running");
+    let done = !r.status.is_active();
     let body = format!(
         "<div class=\"crumbs\"><a href=\"/\">Runs</a> / {repo} / <b>Run {id}</b></div>\
          <section class=\"card head\" id=\"run\" data-run=\"{id}\" data-status=\"{st}\" data-done=\"{done}\" data-default-step=\"{def}\">\
@@ -922,17 +963,17 @@ async fn run_page(State(st): State<Arc<AppState>>, UrlPath(id): UrlPath<i64>, he
          <section class=\"card\"><h2>Artifacts</h2><div id=\"artifacts\">{artifacts}</div></section>",
         repo = esc(&r.spec.repo),
         id = r.id,
-        st = esc(&r.status),
+        st = r.status,
         def = esc(default_step(&v).unwrap_or("")),
         head = render_head(&v),
         timeline = render_timeline(&v),
         artifacts = render_artifacts(&v),
         hide_cancel = if done { " hidden" } else { "" },
         hide_rerun = if done { "" } else { " hidden" },
-        hide_failed = if matches!(r.status.as_str(), "failure" | "error" | "cancelled") { "" } else { " hidden" },
+        hide_failed =
+            if matches!(r.status, RunState::Failure | RunState::Error | RunState::Cancelled) { "" } else { " hidden" },
     );
-    Html(page(&format!("#{id} {} · {}", label(&r.status), r.spec.repo), &body, RUN_JS, st.cfg.api_private))
-        .into_response()
+    Html(page(&format!("#{id} {} · {}", r.status, r.spec.repo), &body, RUN_JS, st.cfg.api_private)).into_response()
 }
 
 #[cfg(test)]
@@ -966,7 +1007,7 @@ mod tests {
         StepRow {
             name: name.into(),
             stage: None,
-            status: status.into(),
+            status: StepState::parse(status).unwrap(),
             exit_code: None,
             attempts: 1,
             started,
@@ -981,7 +1022,7 @@ mod tests {
             id: 7,
             delivery_id: Some("d".into()),
             spec: Default::default(),
-            status: "running".into(),
+            status: RunState::Running,
             reason: None,
             created_at: 0,
             started_at: Some(0),
@@ -991,11 +1032,12 @@ mod tests {
             rerun_of: None,
             failed_only: false,
         };
-        let plan = json!({
+        let plan: PlanFile = serde_json::from_value(json!({
             "steps": [{"name": "build", "stage": "build", "needs": []}, {"name": "test", "stage": "test", "needs": ["build"]},
                       {"name": "lint", "stage": "test", "needs": []}],
             "skipped": [{"name": "deploy", "stage": "deploy", "reason": "branch `main` is not `release`"}]
-        });
+        }))
+        .unwrap();
         let rows = vec![row("lint", "running", Some(0.5), None), row("build", "passed", Some(0.2), Some(3.0))];
         let v = merge(run, rows, &plan, String::new(), Vec::new(), Some(10.0));
         let names: Vec<(&str, &str)> = v.steps.iter().map(|s| (s.name.as_str(), s.status.as_str())).collect();

@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::Serialize;
+
+pub use super::status::{RunState, StepState};
 use tokio::sync::oneshot;
 
 #[derive(Debug, thiserror::Error)]
@@ -113,7 +115,7 @@ pub struct Run {
     pub delivery_id: Option<String>,
     #[serde(flatten)]
     pub spec: NewRun,
-    pub status: String,
+    pub status: RunState,
     pub reason: Option<String>,
     pub created_at: i64,
     pub started_at: Option<i64>,
@@ -130,7 +132,7 @@ pub struct Run {
 pub struct StepRow {
     pub name: String,
     pub stage: Option<String>,
-    pub status: String,
+    pub status: StepState,
     pub exit_code: Option<i64>,
     pub attempts: i64,
     pub started: Option<f64>,
@@ -143,7 +145,7 @@ pub struct StepRow {
 pub struct RunFilter {
     pub repo: Option<String>,
     pub branch: Option<String>,
-    pub status: Option<String>,
+    pub status: Option<RunState>,
     pub limit: i64,
     pub before: Option<i64>,
 }
@@ -366,13 +368,21 @@ impl Db {
         .await
     }
 
-    pub async fn finish(&self, id: i64, status: &str, reason: Option<String>) -> Result<(), DbError> {
-        let status = status.to_string();
+    pub async fn finish(&self, id: i64, status: RunState, reason: Option<String>) -> Result<(), DbError> {
         self.write(move |t| {
             t.execute(
                 "UPDATE runs SET status = ?2, reason = ?3, finished_at = ?4 WHERE id = ?1",
                 params![id, status, reason, now()],
             )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Queues a run again (the server stopped while it ran).
+    pub async fn requeue(&self, id: i64, reason: String) -> Result<(), DbError> {
+        self.write(move |t| {
+            t.execute("UPDATE runs SET status = 'queued', reason = ?2 WHERE id = ?1", params![id, reason])?;
             Ok(())
         })
         .await
@@ -506,7 +516,7 @@ impl Db {
     }
 
     /// Runs by status.
-    pub async fn status_counts(&self) -> Result<Vec<(String, i64)>, DbError> {
+    pub async fn status_counts(&self) -> Result<Vec<(RunState, i64)>, DbError> {
         self.read(|c| {
             let mut st = c.prepare("SELECT status, COUNT(*) FROM runs GROUP BY status ORDER BY status")?;
             st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
@@ -524,7 +534,7 @@ impl Db {
     }
 
     /// (status, seconds) of every step that ran to an end.
-    pub async fn step_durations(&self) -> Result<Vec<(String, f64)>, DbError> {
+    pub async fn step_durations(&self) -> Result<Vec<(StepState, f64)>, DbError> {
         self.read(|c| {
             let mut st = c.prepare(
                 "SELECT status, duration FROM steps WHERE duration IS NOT NULL AND status NOT IN ('running', 'skipped')",
@@ -586,8 +596,7 @@ impl Db {
         self.read(|c| c.query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0))).await
     }
 
-    pub async fn count_runs(&self, status: &str) -> Result<i64, DbError> {
-        let status = status.to_string();
+    pub async fn count_runs(&self, status: RunState) -> Result<i64, DbError> {
         self.read(move |c| c.query_row("SELECT COUNT(*) FROM runs WHERE status = ?1", params![status], |r| r.get(0)))
             .await
     }
@@ -759,13 +768,13 @@ mod tests {
             run_ids.push(db.queue_run(spec(b), false).await.unwrap().0);
         }
         for &id in &run_ids[..4] {
-            db.finish(id, "success", None).await.unwrap();
+            db.finish(id, RunState::Success, None).await.unwrap();
             db.upsert_step(
                 id,
                 StepRow {
                     name: "s".into(),
                     stage: None,
-                    status: "passed".into(),
+                    status: StepState::Passed,
                     exit_code: Some(0),
                     attempts: 1,
                     started: Some(0.0),
@@ -812,6 +821,6 @@ mod tests {
         assert_eq!(db.count_deliveries().await.unwrap(), 1);
         // No limits: nothing more goes.
         assert!(db.prune(0, 0, 0).await.unwrap().is_empty());
-        assert_eq!(db.status_counts().await.unwrap(), [("queued".to_string(), 1), ("success".to_string(), 2)]);
+        assert_eq!(db.status_counts().await.unwrap(), [(RunState::Queued, 1), (RunState::Success, 2)]);
     }
 }

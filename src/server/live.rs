@@ -12,28 +12,30 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
 
+use super::status::{RunState, StepState};
+
 /// What a live run sends its followers.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Item {
     /// A line of `step`'s log, which ends at byte `end` of its file.
     Line { step: String, line: Arc<str>, end: u64 },
     /// The step ended with this status.
-    StepDone { step: String, status: String },
+    StepDone { step: String, status: StepState },
     /// The run ended with this status.
-    RunDone { status: String },
+    RunDone { status: RunState },
 }
 
 #[derive(Debug, Default, Clone)]
-struct StepState {
+struct StepLog {
     /// Bytes of the log file flushed so far.
     len: u64,
-    done: Option<String>,
+    done: Option<StepState>,
 }
 
 /// One running run.
 pub struct Feed {
     tx: broadcast::Sender<Item>,
-    steps: Mutex<HashMap<String, StepState>>,
+    steps: Mutex<HashMap<String, StepLog>>,
 }
 
 /// Lines kept for a follower that fell behind, before it reads the file instead.
@@ -50,7 +52,7 @@ impl Feed {
         for item in items {
             match &item {
                 Item::Line { step, end, .. } => steps.entry(step.clone()).or_default().len = *end,
-                Item::StepDone { step, status } => steps.entry(step.clone()).or_default().done = Some(status.clone()),
+                Item::StepDone { step, status } => steps.entry(step.clone()).or_default().done = Some(*status),
                 Item::RunDone { .. } => {}
             }
             // No follower is fine.
@@ -60,7 +62,7 @@ impl Feed {
 
     /// A subscription to the feed, with `step`'s state at that moment: the length of its
     /// flushed log and its status if it ended.
-    pub fn follow(&self, step: &str) -> (broadcast::Receiver<Item>, u64, Option<String>) {
+    pub fn follow(&self, step: &str) -> (broadcast::Receiver<Item>, u64, Option<StepState>) {
         let steps = self.steps.lock().ok();
         let rx = self.tx.subscribe();
         let state = steps.and_then(|s| s.get(step).cloned()).unwrap_or_default();
@@ -85,10 +87,10 @@ impl Live {
     }
 
     /// The run is over: its followers get `RunDone`, and later ones read files.
-    pub fn end(&self, run: i64, status: &str) {
+    pub fn end(&self, run: i64, status: RunState) {
         let feed = self.runs.lock().ok().and_then(|mut r| r.remove(&run));
         if let Some(feed) = feed {
-            feed.send(vec![Item::RunDone { status: status.to_string() }]);
+            feed.send(vec![Item::RunDone { status }]);
         }
     }
 
@@ -110,14 +112,14 @@ mod tests {
         assert_eq!((len, done), (4, None));
         feed.send(vec![
             Item::Line { step: "a".into(), line: "two".into(), end: 8 },
-            Item::StepDone { step: "a".into(), status: "passed".into() },
+            Item::StepDone { step: "a".into(), status: StepState::Passed },
         ]);
         assert_eq!(rx.recv().await.unwrap(), Item::Line { step: "a".into(), line: "two".into(), end: 8 });
         assert!(matches!(rx.recv().await.unwrap(), Item::StepDone { .. }));
-        live.end(1, "success");
-        assert_eq!(rx.recv().await.unwrap(), Item::RunDone { status: "success".into() });
+        live.end(1, RunState::Success);
+        assert_eq!(rx.recv().await.unwrap(), Item::RunDone { status: RunState::Success });
         assert!(live.get(1).is_none());
         let (_, len, done) = feed.follow("a");
-        assert_eq!((len, done.as_deref()), (8, Some("passed")));
+        assert_eq!((len, done), (8, Some(StepState::Passed)));
     }
 }

@@ -11,6 +11,7 @@ pub mod dashboard;
 pub mod db;
 pub mod limit;
 pub mod live;
+pub mod status;
 pub mod webhook;
 pub mod worker;
 

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::AppState;
 use super::config::Config;
-use super::db::{Run, StepRow};
+use super::db::{Run, RunState, StepRow, StepState};
 use crate::checkout::{self, FetchSpec};
 use crate::exec::Workspace;
 use crate::exec::docker::DockerBackend;
@@ -109,7 +109,7 @@ fn repo_cache_scopes(repo: &str, ctx: &crate::plan::Context, default_branch: Opt
 
 /// How a run ended, for the database and GitHub.
 struct Outcome {
-    status: &'static str,
+    status: RunState,
     conclusion: Conclusion,
     reason: String,
     summary: String,
@@ -117,7 +117,7 @@ struct Outcome {
 }
 
 impl Outcome {
-    fn early(status: &'static str, conclusion: Conclusion, reason: String) -> Outcome {
+    fn early(status: RunState, conclusion: Conclusion, reason: String) -> Outcome {
         Outcome { status, conclusion, summary: reason.clone(), reason, annotations: Vec::new() }
     }
 }
@@ -139,26 +139,19 @@ async fn execute(st: Arc<AppState>, run: Run) {
     let _ = std::fs::remove_dir_all(&work);
     let reason_override = st.running.lock().ok().and_then(|mut m| m.remove(&run.id)).map(|(_, r)| r);
     // A run stopped because the server is stopping runs again at the next start.
-    if outcome.status == "cancelled" && st.shutting_down.load(Ordering::SeqCst) {
-        let _ = st
-            .db
-            .write(move |t| {
-                t.execute(
-                    "UPDATE runs SET status = 'queued', reason = 'queued again: the server stopped while it ran' WHERE id = ?1",
-                    rusqlite::params![run.id],
-                )
-            })
-            .await;
+    if outcome.status == RunState::Cancelled && st.shutting_down.load(Ordering::SeqCst) {
+        let _ = st.db.requeue(run.id, "queued again: the server stopped while it ran".into()).await;
         tracing::info!(run = run.id, "run stopped with the server; it is queued again");
-        st.live.end(run.id, "queued");
+        st.live.end(run.id, RunState::Queued);
         return;
     }
-    let reason = if outcome.status == "cancelled" { reason_override.unwrap_or(outcome.reason) } else { outcome.reason };
+    let reason =
+        if outcome.status == RunState::Cancelled { reason_override.unwrap_or(outcome.reason) } else { outcome.reason };
     if let Err(e) = st.db.finish(run.id, outcome.status, Some(reason.clone())).await {
         tracing::error!(run = run.id, "cannot record the run's end: {e}");
     }
     st.live.end(run.id, outcome.status);
-    tracing::info!(run = run.id, status = outcome.status, "run finished: {reason}");
+    tracing::info!(run = run.id, status = outcome.status.as_str(), "run finished: {reason}");
     st.report.send(Update::Finished {
         run: rr,
         conclusion: outcome.conclusion,
@@ -176,8 +169,9 @@ async fn prepare_and_run(
     cancel: Cancel,
 ) -> Result<Outcome, Outcome> {
     let logs = dir.join("logs");
-    std::fs::create_dir_all(&logs)
-        .map_err(|e| Outcome::early("error", Conclusion::Error, format!("cannot create {}: {e}", logs.display())))?;
+    std::fs::create_dir_all(&logs).map_err(|e| {
+        Outcome::early(RunState::Error, Conclusion::Error, format!("cannot create {}: {e}", logs.display()))
+    })?;
     let write_error = |text: &str| {
         let _ = std::fs::write(dir.join("error.txt"), text);
     };
@@ -199,26 +193,27 @@ async fn prepare_and_run(
         Ok(Err(e)) => {
             write_error(&e.to_string());
             return Err(Outcome::early(
-                "error",
+                RunState::Error,
                 Conclusion::Error,
                 format!("could not fetch the commit: {}", e.message),
             ));
         }
-        Err(e) => return Err(Outcome::early("error", Conclusion::Error, format!("fetch task failed: {e}"))),
+        Err(e) => return Err(Outcome::early(RunState::Error, Conclusion::Error, format!("fetch task failed: {e}"))),
     }
 
     // 2. The pipeline, planned for the event.
     let file = work.join(".orch.yml");
     if !file.exists() {
         return Err(Outcome::early(
-            "failure",
+            RunState::Failure,
             Conclusion::Failure,
             format!("no .orch.yml in {} at {}", run.spec.repo, short(&run.spec.sha)),
         ));
     }
     // Off the async threads: a hostile file can make the parser work.
     let loaded = tokio::task::spawn_blocking(move || pipeline::load_file(&file)).await;
-    let loaded = loaded.map_err(|e| Outcome::early("error", Conclusion::Error, format!("loading .orch.yml: {e}")))?;
+    let loaded =
+        loaded.map_err(|e| Outcome::early(RunState::Error, Conclusion::Error, format!("loading .orch.yml: {e}")))?;
     let pipeline = match loaded {
         Ok(p) => p,
         Err(e) => {
@@ -229,7 +224,7 @@ async fn prepare_and_run(
                 _ => 1,
             };
             return Err(Outcome {
-                status: "failure",
+                status: RunState::Failure,
                 conclusion: Conclusion::Failure,
                 reason: format!("invalid .orch.yml: {n} problem{} (see the run page)", if n == 1 { "" } else { "s" }),
                 summary: format!("`.orch.yml` is invalid:\n\n```\n{}\n```", crate::github::truncate(&text, 60_000)),
@@ -249,7 +244,7 @@ async fn prepare_and_run(
         }
     }
     let Some(event) = Event::parse(&run.spec.event) else {
-        return Err(Outcome::early("error", Conclusion::Error, format!("unknown event `{}`", run.spec.event)));
+        return Err(Outcome::early(RunState::Error, Conclusion::Error, format!("unknown event `{}`", run.spec.event)));
     };
     let ctx = Context {
         event: Some(event),
@@ -262,8 +257,8 @@ async fn prepare_and_run(
         run_id: run.id.to_string(),
         changed,
     };
-    let files =
-        crate::git::workspace_files(work).map_err(|e| Outcome::early("error", Conclusion::Error, e.to_string()))?;
+    let files = crate::git::workspace_files(work)
+        .map_err(|e| Outcome::early(RunState::Error, Conclusion::Error, e.to_string()))?;
     let reuse = match (run.rerun_of, run.failed_only) {
         (Some(of), true) => kept_steps(st, of, dir).await,
         _ => Default::default(),
@@ -298,29 +293,29 @@ async fn prepare_and_run(
             write_error(&text);
             return Err(match e {
                 SetupError::Plan(_) => {
-                    Outcome::early("failure", Conclusion::Failure, format!("cannot plan .orch.yml: {text}"))
+                    Outcome::early(RunState::Failure, Conclusion::Failure, format!("cannot plan .orch.yml: {text}"))
                 }
                 SetupError::Invalid(_) | SetupError::MissingSecrets { .. } => {
-                    Outcome::early("failure", Conclusion::Failure, text)
+                    Outcome::early(RunState::Failure, Conclusion::Failure, text)
                 }
                 SetupError::SecretsFile { .. } | SetupError::Io { .. } => {
                     tracing::error!(run = run.id, "{text}");
-                    Outcome::early("error", Conclusion::Error, text)
+                    Outcome::early(RunState::Error, Conclusion::Error, text)
                 }
             });
         }
     };
     if let Some(why) = &prepared.plan.not_triggered {
-        return Err(Outcome::early("skipped", Conclusion::Skipped, format!("not triggered: {why}")));
+        return Err(Outcome::early(RunState::Skipped, Conclusion::Skipped, format!("not triggered: {why}")));
     }
     if prepared.plan.steps.is_empty() {
-        return Err(Outcome::early("skipped", Conclusion::Skipped, "no step runs for this event".into()));
+        return Err(Outcome::early(RunState::Skipped, Conclusion::Skipped, "no step runs for this event".into()));
     }
 
     // 3. Execute.
     let backend = match DockerBackend::connect().await {
         Ok(b) => Arc::new(b),
-        Err(e) => return Err(Outcome::early("error", Conclusion::Error, e.to_string())),
+        Err(e) => return Err(Outcome::early(RunState::Error, Conclusion::Error, e.to_string())),
     };
     let (tx, rx) = mpsc::channel::<RunEvent>(1024);
     let recorder = tokio::spawn(record(st.clone(), run_ref(run), prepared.log_dir.clone(), rx));
@@ -336,17 +331,17 @@ async fn prepare_and_run(
     }
 
     let (status, conclusion) = match result.status {
-        RunStatus::Success => ("success", Conclusion::Success),
+        RunStatus::Success => (RunState::Success, Conclusion::Success),
         RunStatus::Failure => (
-            "failure",
+            RunState::Failure,
             if result.steps.iter().any(|s| s.status == StepStatus::TimedOut && !s.allowed_failure) {
                 Conclusion::TimedOut
             } else {
                 Conclusion::Failure
             },
         ),
-        RunStatus::Cancelled => ("cancelled", Conclusion::Cancelled),
-        RunStatus::Error => ("error", Conclusion::Error),
+        RunStatus::Cancelled => (RunState::Cancelled, Conclusion::Cancelled),
+        RunStatus::Error => (RunState::Error, Conclusion::Error),
     };
     let mut annotations = Vec::new();
     for s in result.steps.iter().filter(|s| matches!(s.status, StepStatus::Failed | StepStatus::TimedOut)) {
@@ -394,7 +389,7 @@ async fn record(st: Arc<AppState>, rr: RunRef, logs: PathBuf, mut rx: mpsc::Rece
                     let row = StepRow {
                         name: step,
                         stage: None,
-                        status: "running".into(),
+                        status: StepState::Running,
                         exit_code: None,
                         attempts: attempt as i64,
                         started: Some(t0.elapsed().as_secs_f64()),
@@ -408,7 +403,7 @@ async fn record(st: Arc<AppState>, rr: RunRef, logs: PathBuf, mut rx: mpsc::Rece
                         st.counters.containers_running.fetch_sub(1, Ordering::Relaxed);
                     }
                     let row = step_row(&s);
-                    let status = row.status.clone();
+                    let status = row.status;
                     let _ = st.db.upsert_step(run_id, row).await;
                     st.report.send(Update::Step {
                         run: rr.clone(),
@@ -440,7 +435,7 @@ async fn kept_steps(st: &AppState, of: i64, dir: &std::path::Path) -> std::colle
     };
     let old = run_dir(&st.cfg, of).join("artifacts");
     let mut kept = std::collections::HashMap::new();
-    for r in rows.into_iter().filter(|r| r.status == "passed") {
+    for r in rows.into_iter().filter(|r| r.status == StepState::Passed) {
         let name = crate::plan::slug(&r.name);
         let from = old.join(&name);
         if from.is_dir()
@@ -524,15 +519,7 @@ fn step_row(s: &StepSummary) -> StepRow {
     StepRow {
         name: s.step.clone(),
         stage: None,
-        status: match s.status {
-            StepStatus::Passed => "passed",
-            StepStatus::Failed => "failed",
-            StepStatus::TimedOut => "timed_out",
-            StepStatus::Cancelled => "cancelled",
-            StepStatus::Error => "error",
-            StepStatus::Skipped => "skipped",
-        }
-        .into(),
+        status: s.status.into(),
         exit_code: s.exit_code,
         attempts: s.attempts as i64,
         started: Some(s.started.as_secs_f64()),
@@ -558,8 +545,8 @@ fn step_line(s: &StepSummary) -> String {
     match (&s.status, &s.message) {
         (StepStatus::Passed, _) => format!("passed in {d}"),
         (StepStatus::Skipped, Some(m)) => format!("skipped: {m}"),
-        (st, Some(m)) => format!("{}: {m}", st.as_str()),
-        (st, None) => st.as_str().to_string(),
+        (st, Some(m)) => format!("{}: {m}", st.label()),
+        (st, None) => st.label().to_string(),
     }
 }
 
@@ -581,7 +568,7 @@ fn summary(steps: &[StepSummary], took: Duration) -> String {
         let time =
             if st.status == StepStatus::Skipped { "-".into() } else { crate::report::console::human(st.duration) };
         let note = st.message.clone().unwrap_or_default().replace('|', "\\|").replace('\n', " ");
-        s.push_str(&format!("| `{}` | {icon} {} | {time} | {note} |\n", st.step, st.status.as_str()));
+        s.push_str(&format!("| `{}` | {icon} {} | {time} | {note} |\n", st.step, st.status.label()));
     }
     s
 }

@@ -1,0 +1,166 @@
+//! The statuses of runs and steps on the server, one enum each, one spelling everywhere:
+//! the database, the API, the dashboard, the live feed.
+
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+use serde::{Deserialize, Serialize};
+
+use crate::sched::{RunStatus, StepStatus};
+
+/// Where a run of the server stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Queued,
+    Running,
+    Success,
+    Failure,
+    /// The run could not be carried out (a clone, Docker, a step that could not start).
+    Error,
+    Cancelled,
+    /// Nothing to run for its event (not triggered, no step planned).
+    Skipped,
+}
+
+/// Where a step of a server run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    /// Planned, not started yet (only in views: never stored).
+    Pending,
+    Running,
+    Passed,
+    Failed,
+    TimedOut,
+    Cancelled,
+    Error,
+    Skipped,
+}
+
+macro_rules! spelled {
+    ($ty:ident { $($v:ident => $s:literal),+ $(,)? }) => {
+        impl $ty {
+            /// Every value, in the order they are listed.
+            pub const ALL: &'static [$ty] = &[$($ty::$v),+];
+
+            /// The one spelling (database, API, dashboard).
+            pub fn as_str(self) -> &'static str {
+                match self { $($ty::$v => $s),+ }
+            }
+
+            pub fn parse(s: &str) -> Option<$ty> {
+                match s { $($s => Some($ty::$v),)+ _ => None }
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl ToSql for $ty {
+            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+                Ok(ToSqlOutput::from(self.as_str()))
+            }
+        }
+
+        impl FromSql for $ty {
+            fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
+                let s = v.as_str()?;
+                $ty::parse(s).ok_or_else(|| FromSqlError::Other(format!("unknown status `{s}`").into()))
+            }
+        }
+    };
+}
+
+spelled!(RunState {
+    Queued => "queued",
+    Running => "running",
+    Success => "success",
+    Failure => "failure",
+    Error => "error",
+    Cancelled => "cancelled",
+    Skipped => "skipped",
+});
+
+spelled!(StepState {
+    Pending => "pending",
+    Running => "running",
+    Passed => "passed",
+    Failed => "failed",
+    TimedOut => "timed_out",
+    Cancelled => "cancelled",
+    Error => "error",
+    Skipped => "skipped",
+});
+
+impl RunState {
+    /// Queued or running: the run may still change.
+    pub fn is_active(self) -> bool {
+        matches!(self, RunState::Queued | RunState::Running)
+    }
+}
+
+impl StepState {
+    /// The step is over: its log does not grow.
+    pub fn is_done(self) -> bool {
+        !matches!(self, StepState::Pending | StepState::Running)
+    }
+
+    /// How people read it (`timed out`).
+    pub fn label(self) -> &'static str {
+        match self {
+            StepState::TimedOut => "timed out",
+            s => s.as_str(),
+        }
+    }
+}
+
+impl From<RunStatus> for RunState {
+    fn from(s: RunStatus) -> Self {
+        match s {
+            RunStatus::Success => RunState::Success,
+            RunStatus::Failure => RunState::Failure,
+            RunStatus::Cancelled => RunState::Cancelled,
+            RunStatus::Error => RunState::Error,
+        }
+    }
+}
+
+impl From<StepStatus> for StepState {
+    fn from(s: StepStatus) -> Self {
+        match s {
+            StepStatus::Passed => StepState::Passed,
+            StepStatus::Failed => StepState::Failed,
+            StepStatus::TimedOut => StepState::TimedOut,
+            StepStatus::Cancelled => StepState::Cancelled,
+            StepStatus::Error => StepState::Error,
+            StepStatus::Skipped => StepState::Skipped,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_spelling_in_serde_sql_and_text() {
+        for s in StepState::ALL {
+            assert_eq!(serde_json::to_value(s).unwrap(), serde_json::json!(s.as_str()));
+            assert_eq!(StepState::parse(s.as_str()), Some(*s));
+        }
+        for s in RunState::ALL {
+            assert_eq!(serde_json::to_value(s).unwrap(), serde_json::json!(s.as_str()));
+        }
+        // The engine's step status serializes the same way (orch ci --json).
+        for s in [StepStatus::Passed, StepStatus::TimedOut, StepStatus::Skipped] {
+            assert_eq!(serde_json::to_value(s).unwrap(), serde_json::to_value(StepState::from(s)).unwrap());
+        }
+        let c = rusqlite::Connection::open_in_memory().unwrap();
+        let back: StepState = c.query_row("SELECT ?1", [StepState::TimedOut], |r| r.get(0)).unwrap();
+        assert_eq!(back, StepState::TimedOut);
+        let bad: rusqlite::Result<RunState> = c.query_row("SELECT 'done'", [], |r| r.get(0));
+        assert!(bad.is_err());
+    }
+}
