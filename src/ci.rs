@@ -10,7 +10,6 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::cache::{self, CacheStore};
-use crate::cli::{CiArgs, EventArgs, PlanArgs, PlanFormat};
 use crate::error::{Error, exit};
 use crate::exec::Workspace;
 use crate::exec::docker::DockerBackend;
@@ -20,6 +19,127 @@ use crate::plan::{self, Context, Selection, render};
 use crate::report::{self, Mode, ReportOptions};
 use crate::sched::{self, CacheSettings, Cancel, Level, RunEvent};
 use crate::setup::{self, Secrets, Settings, Setup};
+use clap::{Args, Subcommand, ValueEnum};
+
+// ---------------------------------------------------------------------------------------
+// The command lines of `orch plan`, `orch ci` and `orch cache` (cli.rs dispatches to these).
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// List cache entries, most recently used first.
+    Ls,
+    /// Remove cache entries (all, or those whose key starts with PREFIX).
+    Clear { prefix: Option<String> },
+}
+
+/// The event a pipeline is planned for. Unset fields come from the git checkout.
+#[derive(Debug, Args, Clone)]
+pub struct EventArgs {
+    /// The event: push, pull_request, tag or manual [default: push, or tag with --tag].
+    #[arg(long, value_parser = parse_event)]
+    pub event: Option<Event>,
+    /// The branch pushed (a pull request's head branch) [default: the checkout's branch].
+    #[arg(long)]
+    pub branch: Option<String>,
+    /// A pull request's base branch [default: main].
+    #[arg(long)]
+    pub base_branch: Option<String>,
+    /// The tag, for a tag event.
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// A pull request number.
+    #[arg(long)]
+    pub pr: Option<u64>,
+    /// The commit SHA [default: the checkout's HEAD].
+    #[arg(long)]
+    pub commit: Option<String>,
+    /// A changed file, for `paths` conditions (repeat it) [default: from git].
+    #[arg(long = "changed", value_name = "PATH")]
+    pub changed: Vec<String>,
+}
+
+fn parse_event(s: &str) -> Result<Event, String> {
+    Event::parse(s).ok_or_else(|| format!("unknown event `{s}` (expected push, pull_request, tag or manual)"))
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PlanFormat {
+    Text,
+    Json,
+    Dot,
+    Mermaid,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The pipeline file.
+    #[arg(default_value = ".orch.yml")]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub event: EventArgs,
+    /// Plan only these steps and what they need (repeat it).
+    #[arg(long = "step", value_name = "NAME")]
+    pub steps: Vec<String>,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: PlanFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct CiArgs {
+    /// The pipeline file [default: .orch.yml in the checkout's root].
+    #[arg(short, long)]
+    pub file: Option<PathBuf>,
+    /// Run in this directory instead of the current one.
+    #[arg(short = 'C', long = "dir", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Run only these steps and what they need (repeat it).
+    #[arg(long = "step", value_name = "NAME")]
+    pub steps: Vec<String>,
+    #[command(flatten)]
+    pub event: EventArgs,
+    /// Steps running at once. A step waiting on its container costs orch nothing, so this
+    /// is about the machine's capacity for containers, not orch's CPU count.
+    #[arg(short, long, default_value_t = 8)]
+    pub jobs: usize,
+    /// Secrets in dotenv format (NAME=value per line); the environment is used too.
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
+    /// Set a variable for every step (repeat it): NAME=value.
+    #[arg(short, long = "env", value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// Mount the working tree itself as the workspace: fast, but steps write into it.
+    #[arg(long)]
+    pub bind: bool,
+    /// Print one JSON event per line instead of the human output.
+    #[arg(long, conflicts_with = "no_progress")]
+    pub json: bool,
+    /// Plain output even on a terminal: no spinners, no colours.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Neither restore nor save caches.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// The cache directory [default: $ORCH_CACHE_DIR, else $XDG_CACHE_HOME/orch, else ~/.cache/orch].
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Seconds a cancelled step gets to stop before it is killed.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub grace: u64,
+    /// Output of one step kept (log file and screen); past it a notice, and the step goes
+    /// on: `100M`, `1G`, or `none`.
+    #[arg(long, env = "ORCH_LOG_LIMIT", default_value = "100M", value_name = "SIZE")]
+    pub log_limit: String,
+    #[command(flatten)]
+    pub isolation: crate::exec::isolation::IsolationArgs,
+    /// Mount the Docker socket into every step (the steps then control Docker, which is
+    /// root on this machine). Only for pipelines you trust.
+    #[arg(long)]
+    pub docker_socket: bool,
+    /// Run every step privileged (all capabilities and devices). Only for pipelines you
+    /// trust.
+    #[arg(long)]
+    pub privileged: bool,
+}
 
 /// The event context: flags first, then what the checkout says.
 pub fn context(ev: &EventArgs, co: &Checkout, run_id: &str) -> Context {
@@ -149,7 +269,7 @@ pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
             // Tools reading --json get the failure as events too, and the run directory
             // says what happened.
             let message = e.to_string();
-            crate::cli::report_error(&Error::from(e));
+            crate::error::report(&Error::from(e));
             let _ = tx.send(RunEvent::RunMessage { level: Level::Error, message }).await;
             let _ = tx
                 .send(RunEvent::RunFinished {
@@ -255,10 +375,10 @@ pub fn cache_store(dir: Option<PathBuf>) -> CacheStore {
     CacheStore::new(dir.unwrap_or_else(cache::default_dir), max)
 }
 
-pub fn cache_command(cmd: crate::cli::CacheCommand, dir: Option<PathBuf>) -> Result<u8, Error> {
+pub fn cache_command(cmd: CacheCommand, dir: Option<PathBuf>) -> Result<u8, Error> {
     let store = cache_store(dir);
     match cmd {
-        crate::cli::CacheCommand::Ls => {
+        CacheCommand::Ls => {
             let entries = store.list();
             if entries.is_empty() {
                 println!("no caches in {}", store.root().display());
@@ -269,7 +389,7 @@ pub fn cache_command(cmd: crate::cli::CacheCommand, dir: Option<PathBuf>) -> Res
                     "{:<24} {:<40} {:>10}  last used {}",
                     meta.scope,
                     meta.key,
-                    crate::report::console::bytes(meta.size),
+                    crate::fmt::size(meta.size),
                     ago(*used)
                 );
             }
@@ -278,12 +398,12 @@ pub fn cache_command(cmd: crate::cli::CacheCommand, dir: Option<PathBuf>) -> Res
                     "{} entr{}, {} in {}",
                     entries.len(),
                     if entries.len() == 1 { "y" } else { "ies" },
-                    crate::report::console::bytes(total),
+                    crate::fmt::size(total),
                     store.root().display()
                 );
             }
         }
-        crate::cli::CacheCommand::Clear { prefix } => {
+        CacheCommand::Clear { prefix } => {
             let n = store.clear(prefix.as_deref()).map_err(|e| Error::Usage(e.to_string()))?;
             println!("removed {n} cache entr{}", if n == 1 { "y" } else { "ies" });
         }

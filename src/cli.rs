@@ -3,10 +3,10 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::ci::{CacheCommand, CiArgs, PlanArgs};
 use crate::error::{Error, exit};
-use crate::pipeline::Event;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -154,40 +154,6 @@ pub enum CompletionShell {
     Fish,
 }
 
-#[derive(Debug, Subcommand)]
-pub enum CacheCommand {
-    /// List cache entries, most recently used first.
-    Ls,
-    /// Remove cache entries (all, or those whose key starts with PREFIX).
-    Clear { prefix: Option<String> },
-}
-
-/// The event a pipeline is planned for. Unset fields come from the git checkout.
-#[derive(Debug, Args, Clone)]
-pub struct EventArgs {
-    /// The event: push, pull_request, tag or manual [default: push, or tag with --tag].
-    #[arg(long, value_parser = parse_event)]
-    pub event: Option<Event>,
-    /// The branch pushed (a pull request's head branch) [default: the checkout's branch].
-    #[arg(long)]
-    pub branch: Option<String>,
-    /// A pull request's base branch [default: main].
-    #[arg(long)]
-    pub base_branch: Option<String>,
-    /// The tag, for a tag event.
-    #[arg(long)]
-    pub tag: Option<String>,
-    /// A pull request number.
-    #[arg(long)]
-    pub pr: Option<u64>,
-    /// The commit SHA [default: the checkout's HEAD].
-    #[arg(long)]
-    pub commit: Option<String>,
-    /// A changed file, for `paths` conditions (repeat it) [default: from git].
-    #[arg(long = "changed", value_name = "PATH")]
-    pub changed: Vec<String>,
-}
-
 /// Parses the command line. An `ORCH_*` variable that is set but empty counts as unset: a
 /// service's environment file lists every setting, most of them empty (`ORCH_ALLOW_REPOS=`
 /// would otherwise be an allow-list of one empty name, and hide the config file's).
@@ -204,89 +170,6 @@ fn ignore_empty_env(cmd: clap::Command) -> clap::Command {
     });
     let subcommands: Vec<String> = cmd.get_subcommands().map(|s| s.get_name().to_string()).collect();
     subcommands.into_iter().fold(cmd, |c, name| c.mut_subcommand(name, ignore_empty_env))
-}
-
-fn parse_event(s: &str) -> Result<Event, String> {
-    Event::parse(s).ok_or_else(|| format!("unknown event `{s}` (expected push, pull_request, tag or manual)"))
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum PlanFormat {
-    Text,
-    Json,
-    Dot,
-    Mermaid,
-}
-
-#[derive(Debug, Args)]
-pub struct PlanArgs {
-    /// The pipeline file.
-    #[arg(default_value = ".orch.yml")]
-    pub file: PathBuf,
-    #[command(flatten)]
-    pub event: EventArgs,
-    /// Plan only these steps and what they need (repeat it).
-    #[arg(long = "step", value_name = "NAME")]
-    pub steps: Vec<String>,
-    #[arg(long, value_enum, default_value = "text")]
-    pub format: PlanFormat,
-}
-
-#[derive(Debug, Args)]
-pub struct CiArgs {
-    /// The pipeline file [default: .orch.yml in the checkout's root].
-    #[arg(short, long)]
-    pub file: Option<PathBuf>,
-    /// Run in this directory instead of the current one.
-    #[arg(short = 'C', long = "dir", value_name = "DIR")]
-    pub dir: Option<PathBuf>,
-    /// Run only these steps and what they need (repeat it).
-    #[arg(long = "step", value_name = "NAME")]
-    pub steps: Vec<String>,
-    #[command(flatten)]
-    pub event: EventArgs,
-    /// Steps running at once. A step waiting on its container costs orch nothing, so this
-    /// is about the machine's capacity for containers, not orch's CPU count.
-    #[arg(short, long, default_value_t = 8)]
-    pub jobs: usize,
-    /// Secrets in dotenv format (NAME=value per line); the environment is used too.
-    #[arg(long, value_name = "FILE")]
-    pub secret_file: Option<PathBuf>,
-    /// Set a variable for every step (repeat it): NAME=value.
-    #[arg(short, long = "env", value_name = "NAME=VALUE")]
-    pub env: Vec<String>,
-    /// Mount the working tree itself as the workspace: fast, but steps write into it.
-    #[arg(long)]
-    pub bind: bool,
-    /// Print one JSON event per line instead of the human output.
-    #[arg(long, conflicts_with = "no_progress")]
-    pub json: bool,
-    /// Plain output even on a terminal: no spinners, no colours.
-    #[arg(long)]
-    pub no_progress: bool,
-    /// Neither restore nor save caches.
-    #[arg(long)]
-    pub no_cache: bool,
-    /// The cache directory [default: $ORCH_CACHE_DIR, else $XDG_CACHE_HOME/orch, else ~/.cache/orch].
-    #[arg(long, value_name = "DIR")]
-    pub cache_dir: Option<PathBuf>,
-    /// Seconds a cancelled step gets to stop before it is killed.
-    #[arg(long, default_value_t = 10, value_name = "SECS")]
-    pub grace: u64,
-    /// Output of one step kept (log file and screen); past it a notice, and the step goes
-    /// on: `100M`, `1G`, or `none`.
-    #[arg(long, env = "ORCH_LOG_LIMIT", default_value = "100M", value_name = "SIZE")]
-    pub log_limit: String,
-    #[command(flatten)]
-    pub isolation: crate::exec::isolation::IsolationArgs,
-    /// Mount the Docker socket into every step (the steps then control Docker, which is
-    /// root on this machine). Only for pipelines you trust.
-    #[arg(long)]
-    pub docker_socket: bool,
-    /// Run every step privileged (all capabilities and devices). Only for pipelines you
-    /// trust.
-    #[arg(long)]
-    pub privileged: bool,
 }
 
 /// Runs a parsed command line; returns the process exit code.
@@ -316,7 +199,7 @@ pub async fn run(cli: Cli) -> u8 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            report_error(&e);
+            crate::error::report(&e);
             e.exit_code()
         }
     }
@@ -393,21 +276,6 @@ async fn serve(args: crate::server::config::ServeArgs) -> Result<u8, Error> {
         }
         tracing::info!("stopping: running runs are stopped and queued again");
     };
-    crate::server::serve(cfg, shutdown).await.map_err(|e| Error::Usage(e.to_string()))?;
+    crate::server::serve(cfg, shutdown).await?;
     Ok(exit::SUCCESS)
-}
-
-/// Prints an error for a person on stderr; "error:" in red on a terminal.
-pub fn report_error(e: &Error) {
-    use std::io::IsTerminal;
-    let text = match e {
-        // Diagnostics carry their own "error:" lines.
-        Error::Config(crate::pipeline::ConfigError::Invalid { rendered, .. }) => rendered.clone(),
-        other => format!("error: {other}\n"),
-    };
-    if std::io::stderr().is_terminal() {
-        eprint!("{}", text.replace("error:", "\x1b[1;31merror\x1b[0m\x1b[1m:\x1b[0m"));
-    } else {
-        eprint!("{text}");
-    }
 }

@@ -171,7 +171,7 @@ pub async fn runs(
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Ok(exit::SUCCESS);
     }
-    let now = crate::server::db::now();
+    let now = crate::clock::now_secs();
     let mut rows =
         vec![["RUN", "STATUS", "REPO", "REF", "COMMIT", "EVENT", "CREATED", "TOOK"].map(String::from).to_vec()];
     for r in v["runs"].as_array().into_iter().flatten() {
@@ -180,10 +180,10 @@ pub async fn runs(
             (None, b, _) if !b.is_empty() => b.to_string(),
             (None, _, t) => t.to_string(),
         };
-        let ago = r["created_at"].as_i64().map(|t| format!("{} ago", human_secs(now - t))).unwrap_or_default();
+        let ago = r["created_at"].as_i64().map(|t| format!("{} ago", crate::fmt::secs(now - t))).unwrap_or_default();
         let took = match (r["started_at"].as_i64(), r["finished_at"].as_i64()) {
-            (Some(s), Some(f)) => human_secs(f - s),
-            (Some(s), None) => format!("{}…", human_secs(now - s)),
+            (Some(s), Some(f)) => crate::fmt::secs(f - s),
+            (Some(s), None) => format!("{}…", crate::fmt::secs(now - s)),
             _ => "-".into(),
         };
         rows.push(vec![
@@ -208,16 +208,6 @@ pub async fn runs(
         println!("(more: --limit, or the API's ?before={next})");
     }
     Ok(exit::SUCCESS)
-}
-
-fn human_secs(s: i64) -> String {
-    let s = s.max(0);
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        3600..86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-        _ => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
-    }
 }
 
 fn terminal(status: &str) -> bool {

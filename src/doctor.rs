@@ -180,10 +180,12 @@ fn disk_space(subject: &str, dir: &Path) -> Check {
     match parse_df_available(&String::from_utf8_lossy(&out.stdout)) {
         Some(free) if free < LOW_DISK => Check::warn(
             format!("{subject} disk"),
-            format!("{} free on {}", human(free), existing.display()),
+            format!("{} free on {}", crate::fmt::size(free), existing.display()),
             "under 5 GiB: free space (`orch cache clear`, `docker system prune`) or move ORCH_CACHE_DIR / ORCH_DATA_DIR",
         ),
-        Some(free) => Check::ok(format!("{subject} disk"), format!("{} free on {}", human(free), existing.display())),
+        Some(free) => {
+            Check::ok(format!("{subject} disk"), format!("{} free on {}", crate::fmt::size(free), existing.display()))
+        }
         None => Check::warn(format!("{subject} disk"), "cannot read df's output", "check the free space by hand"),
     }
 }
@@ -194,12 +196,6 @@ pub fn parse_df_available(text: &str) -> Option<u64> {
     // A long device name does not wrap with -P; the fields are whitespace separated.
     let kib: u64 = line.split_whitespace().nth(3)?.parse().ok()?;
     kib.checked_mul(1024)
-}
-
-fn human(bytes: u64) -> String {
-    const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
-    let gib = bytes as f64 / GIB;
-    if gib >= 1.0 { format!("{gib:.1} GiB") } else { format!("{:.0} MiB", bytes as f64 / (1024.0 * 1024.0)) }
 }
 
 /// git is on PATH (orch ci reads the checkout with it; scripts and the tests use it).

@@ -39,6 +39,9 @@ pub enum Error {
     /// An `orch serve` the CLI talked to refused or could not be reached.
     #[error("{0}")]
     Remote(String),
+    /// `orch serve` could not start or stopped on an error.
+    #[error(transparent)]
+    Serve(#[from] crate::server::ServeError),
 }
 
 impl Error {
@@ -48,10 +51,29 @@ impl Error {
             Error::Setup(e) if e.is_usage() => exit::INVALID,
             Error::Setup(_) => exit::INFRA,
             Error::Git(_) | Error::Io { .. } | Error::Backend(_) | Error::Remote(_) => exit::INFRA,
+            // Settings are the operator's input; a port taken, a database or Docker that
+            // fails are the machine's.
+            Error::Serve(crate::server::ServeError::Config(_)) => exit::INVALID,
+            Error::Serve(_) => exit::INFRA,
         }
     }
 
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io { context: context.into(), source }
+    }
+}
+
+/// Prints an error for a person on stderr; "error:" in red on a terminal.
+pub fn report(e: &Error) {
+    use std::io::IsTerminal;
+    let text = match e {
+        // Diagnostics carry their own "error:" lines.
+        Error::Config(crate::pipeline::ConfigError::Invalid { rendered, .. }) => rendered.clone(),
+        other => format!("error: {other}\n"),
+    };
+    if std::io::stderr().is_terminal() {
+        eprint!("{}", text.replace("error:", "\x1b[1;31merror\x1b[0m\x1b[1m:\x1b[0m"));
+    } else {
+        eprint!("{text}");
     }
 }

@@ -13,6 +13,7 @@ pub mod confined;
 pub mod doctor;
 pub mod error;
 pub mod exec;
+pub mod fmt;
 pub mod git;
 pub mod github;
 pub mod init;

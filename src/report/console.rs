@@ -32,17 +32,6 @@ pub struct Console {
     total_width: usize,
 }
 
-/// `1.2s`, `2m03s`: short, fixed precision.
-pub fn human(d: Duration) -> String {
-    let s = d.as_secs_f64();
-    if s < 60.0 {
-        format!("{s:.1}s")
-    } else {
-        let m = (s / 60.0).floor();
-        format!("{}m{:02}s", m as u64, (s - m * 60.0).round() as u64)
-    }
-}
-
 impl Console {
     pub fn new(progress: bool, log_dir: Option<std::path::PathBuf>) -> Self {
         let multi = progress.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10)));
@@ -169,7 +158,7 @@ impl Console {
             RunEvent::CacheRestored { step, key, hit, fallback, size } => {
                 let l = if *hit {
                     let from = if *fallback { " from the default branch" } else { "" };
-                    format!("⇣ {step}: cache `{key}` restored{from} ({})", bytes(*size))
+                    format!("⇣ {step}: cache `{key}` restored{from} ({})", crate::fmt::size(*size))
                 } else {
                     format!("⇣ {step}: cache `{key}` not found")
                 };
@@ -177,7 +166,7 @@ impl Console {
                 self.line(&l);
             }
             RunEvent::CacheSaved { step, key, size } => {
-                let l = self.paint(DIM, &format!("⇡ {step}: cache `{key}` saved ({})", bytes(*size)));
+                let l = self.paint(DIM, &format!("⇡ {step}: cache `{key}` saved ({})", crate::fmt::size(*size)));
                 self.line(&l);
             }
             RunEvent::ArtifactsCollected { step, files, .. } => {
@@ -188,7 +177,7 @@ impl Console {
                         "⇡ {step}: {} artifact file{} kept ({})",
                         files.len(),
                         if files.len() == 1 { "" } else { "s" },
-                        bytes(total)
+                        crate::fmt::size(total)
                     ),
                 );
                 self.line(&l);
@@ -215,7 +204,7 @@ impl Console {
     }
 
     fn status_line(&self, s: &StepSummary) -> String {
-        let took = human(s.duration);
+        let took = crate::fmt::duration(s.duration);
         let retries = if s.attempts > 1 { format!(", {} attempts", s.attempts) } else { String::new() };
         let msg = s.message.clone().unwrap_or_default();
         match s.status {
@@ -238,7 +227,7 @@ impl Console {
         out.push_str(&format!("{:<w$}  {:<10}  {:>8}  note\n", "step", "status", "time"));
         for s in steps {
             let st = if s.allowed_failure { format!("{}*", s.status.label()) } else { s.status.label().to_string() };
-            let time = if s.status == StepStatus::Skipped { "-".to_string() } else { human(s.duration) };
+            let time = if s.status == StepStatus::Skipped { "-".to_string() } else { crate::fmt::duration(s.duration) };
             let note = match (&s.message, s.attempts) {
                 (Some(m), n) if n > 1 => format!("{m}, {n} attempts"),
                 (Some(m), _) => m.clone(),
@@ -262,7 +251,8 @@ impl Console {
             RunStatus::Cancelled => YELLOW,
             _ => RED,
         };
-        let head = self.paint(&format!("{BOLD}{code}"), &format!("{} in {}", status.as_str(), human(duration)));
+        let head =
+            self.paint(&format!("{BOLD}{code}"), &format!("{} in {}", status.as_str(), crate::fmt::duration(duration)));
         out.push_str(&format!("\n{head} ({})", crate::sched::tally(steps, false)));
         if steps.iter().any(|s| s.allowed_failure) {
             out.push_str("; * allowed to fail");
@@ -272,7 +262,12 @@ impl Console {
             out.push_str("\nartifacts:");
             for s in with_artifacts {
                 for f in &s.artifacts {
-                    out.push_str(&format!("\n  {}/{}  {}", crate::plan::slug(&s.step), f.path, bytes(f.size)));
+                    out.push_str(&format!(
+                        "\n  {}/{}  {}",
+                        crate::plan::slug(&s.step),
+                        f.path,
+                        crate::fmt::size(f.size)
+                    ));
                 }
             }
             if let Some(d) = &self.log_dir {
@@ -292,18 +287,6 @@ impl Console {
             let _ = m.clear();
         }
     }
-}
-
-/// `12.3 MB`, `456 B`.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1000.0 && u < UNITS.len() - 1 {
-        v /= 1000.0;
-        u += 1;
-    }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }
 
 fn terminal_width() -> Option<usize> {

@@ -169,7 +169,7 @@ fn time_tag(epoch: i64, now: i64) -> String {
 }
 
 fn human(secs: f64) -> String {
-    crate::report::console::human(Duration::from_secs_f64(secs.max(0.0)))
+    crate::fmt::duration(Duration::from_secs_f64(secs.max(0.0)))
 }
 
 /// How long a run took, or has been running.
@@ -648,15 +648,6 @@ fn list_artifacts(run_dir: &Path) -> Vec<(String, String, u64)> {
         .collect()
 }
 
-fn size(n: u64) -> String {
-    match n {
-        0..1024 => format!("{n} B"),
-        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
-        1_048_576..1_073_741_824 => format!("{:.1} MiB", n as f64 / 1_048_576.0),
-        _ => format!("{:.2} GiB", n as f64 / 1_073_741_824.0),
-    }
-}
-
 /// A tick step for an axis `total` seconds long: about six ticks.
 fn tick(total: f64) -> f64 {
     const NICE: [f64; 14] = [1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0];
@@ -884,7 +875,7 @@ fn render_artifacts(v: &RunView) -> String {
             url_part(step),
             url_path(path),
             esc(path),
-            size(*n)
+            crate::fmt::size(*n)
         );
     }
     s.push_str("</table>");
@@ -988,8 +979,8 @@ mod tests {
         assert_eq!(relative(100, 103), "just now");
         assert_eq!(relative(100, 100 + 125), "2 min ago");
         assert_eq!(relative(0, 3 * 86_400), "3 d ago");
-        assert_eq!(size(512), "512 B");
-        assert_eq!(size(2048), "2.0 KiB");
+        assert_eq!(crate::fmt::size(512), "512 B");
+        assert_eq!(crate::fmt::size(2048), "2.0 KiB");
         assert_eq!(url_path("a b/c#d.txt"), "a%20b/c%23d.txt");
     }
 

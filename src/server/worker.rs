@@ -541,7 +541,7 @@ fn step_conclusion(s: &StepSummary) -> Conclusion {
 }
 
 fn step_line(s: &StepSummary) -> String {
-    let d = crate::report::console::human(s.duration);
+    let d = crate::fmt::duration(s.duration);
     match (&s.status, &s.message) {
         (StepStatus::Passed, _) => format!("passed in {d}"),
         (StepStatus::Skipped, Some(m)) => format!("skipped: {m}"),
@@ -552,7 +552,7 @@ fn step_line(s: &StepSummary) -> String {
 
 /// One line for a status description: `3 passed, 1 failed (unit) in 12.3s`.
 fn describe(steps: &[StepSummary], took: Duration) -> String {
-    format!("{} in {}", sched::tally(steps, true), crate::report::console::human(took))
+    format!("{} in {}", sched::tally(steps, true), crate::fmt::duration(took))
 }
 
 /// The check run summary: a Markdown table of steps.
@@ -565,8 +565,7 @@ fn summary(steps: &[StepSummary], took: Duration) -> String {
             _ if st.allowed_failure => "⚠️",
             _ => "❌",
         };
-        let time =
-            if st.status == StepStatus::Skipped { "-".into() } else { crate::report::console::human(st.duration) };
+        let time = if st.status == StepStatus::Skipped { "-".into() } else { crate::fmt::duration(st.duration) };
         let note = st.message.clone().unwrap_or_default().replace('|', "\\|").replace('\n', " ");
         s.push_str(&format!("| `{}` | {icon} {} | {time} | {note} |\n", st.step, st.status.label()));
     }
