@@ -11,6 +11,8 @@ pub mod dashboard;
 pub mod db;
 pub mod limit;
 pub mod live;
+mod record;
+pub mod retention;
 pub mod status;
 pub mod webhook;
 pub mod worker;
@@ -178,7 +180,7 @@ pub async fn serve_on(
     let st = state(cfg).await?;
     let stop = CancellationToken::new();
     let worker = tokio::spawn(worker::run(st.clone(), stop.clone()));
-    let retention = tokio::spawn(worker::retention(st.clone(), stop.clone()));
+    let retention = tokio::spawn(retention::retention(st.clone(), stop.clone()));
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(%addr, data_dir = %st.cfg.data_dir.display(), "orch serve listening");
     let st2 = st.clone();

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::AppState;
 use super::config::Config;
-use super::db::{Run, RunState, StepRow, StepState};
+use super::db::{Run, RunState, StepState};
 use crate::checkout::{self, FetchSpec};
 use crate::exec::Workspace;
 use crate::exec::docker::DockerBackend;
@@ -318,7 +318,7 @@ async fn prepare_and_run(
         Err(e) => return Err(Outcome::early(RunState::Error, Conclusion::Error, e.to_string())),
     };
     let (tx, rx) = mpsc::channel::<RunEvent>(1024);
-    let recorder = tokio::spawn(record(st.clone(), run_ref(run), prepared.log_dir.clone(), rx));
+    let recorder = tokio::spawn(super::record::record(st.clone(), run_ref(run), prepared.log_dir.clone(), rx));
     let result = sched::execute(backend, &prepared.plan, prepared.options, tx, cancel).await;
     let _ = recorder.await;
     // Artifacts copied for a step the scheduler did not keep (something it needs ran again)
@@ -357,70 +357,6 @@ async fn prepare_and_run(
         summary: summary(&result.steps, result.duration),
         annotations,
     })
-}
-
-/// Consumes a run's events: the step log files, the live feed of followers, the step rows,
-/// the per-step GitHub updates and the running-containers gauge. Lines are flushed to their
-/// files before followers hear of them, and a step's row is written before its end is
-/// announced.
-async fn record(st: Arc<AppState>, rr: RunRef, logs: PathBuf, mut rx: mpsc::Receiver<RunEvent>) {
-    use super::live::Item;
-    let run_id = rr.id;
-    let feed = st.live.start(run_id);
-    let mut files = crate::report::logfile::LogFiles::new(logs);
-    // Step start offsets, recorded when a step starts (the scheduler's own clock starts a
-    // moment later; the final row replaces this with its value).
-    let t0 = std::time::Instant::now();
-    // Steps with a container up, for `orch_containers_running`.
-    let mut up = std::collections::HashSet::new();
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        let mut items = Vec::new();
-        // What is there now, as one batch: one flush, one broadcast.
-        while let Some(ev) = next.take() {
-            if let Some(w) = files.event(&ev) {
-                items.push(Item::Line { step: w.step, line: w.line.into(), end: w.end });
-            }
-            match ev {
-                RunEvent::StepStarted { step, attempt, .. } => {
-                    if up.insert(step.clone()) {
-                        st.counters.containers_running.fetch_add(1, Ordering::Relaxed);
-                    }
-                    let row = StepRow {
-                        name: step,
-                        stage: None,
-                        status: StepState::Running,
-                        exit_code: None,
-                        attempts: attempt as i64,
-                        started: Some(t0.elapsed().as_secs_f64()),
-                        duration: None,
-                        message: None,
-                    };
-                    let _ = st.db.upsert_step(run_id, row).await;
-                }
-                RunEvent::StepFinished(s) => {
-                    if up.remove(&s.step) {
-                        st.counters.containers_running.fetch_sub(1, Ordering::Relaxed);
-                    }
-                    let row = step_row(&s);
-                    let status = row.status;
-                    let _ = st.db.upsert_step(run_id, row).await;
-                    st.report.send(Update::Step {
-                        run: rr.clone(),
-                        step: s.step.clone(),
-                        conclusion: step_conclusion(&s),
-                        description: step_line(&s),
-                    });
-                    items.push(Item::StepDone { step: s.step, status });
-                }
-                _ => {}
-            }
-            next = if items.len() < 1024 { rx.try_recv().ok() } else { None };
-        }
-        files.flush();
-        feed.send(items);
-    }
-    st.counters.containers_running.fetch_sub(up.len() as i64, Ordering::Relaxed);
 }
 
 /// The steps of run `of` that passed, to keep in a re-run of its failed steps; their
@@ -482,72 +418,8 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()>
     Ok(())
 }
 
-/// Prunes old runs at start and every hour until `stop` (settings `retention_days`,
-/// `retention_runs`).
-pub async fn retention(st: Arc<AppState>, stop: CancellationToken) {
-    loop {
-        prune(&st).await;
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
-            _ = stop.cancelled() => return,
-        }
-    }
-}
-
-/// One pass of retention: finished runs beyond the limits go, with their directories.
-pub async fn prune(st: &AppState) {
-    let days = st.cfg.retention_days as i64;
-    let pruned = st.db.prune(days * 86_400, st.cfg.retention_runs as i64, days.max(3) * 86_400).await;
-    match pruned {
-        Ok(ids) => {
-            for id in &ids {
-                let _ = tokio::fs::remove_dir_all(run_dir(&st.cfg, *id)).await;
-            }
-            if !ids.is_empty() {
-                tracing::info!(runs = ids.len(), "retention: removed old runs");
-            }
-        }
-        Err(e) => tracing::warn!("retention: {e}"),
-    }
-}
-
 fn short(sha: &str) -> &str {
     &sha[..sha.len().min(8)]
-}
-
-fn step_row(s: &StepSummary) -> StepRow {
-    StepRow {
-        name: s.step.clone(),
-        stage: None,
-        status: s.status.into(),
-        exit_code: s.exit_code,
-        attempts: s.attempts as i64,
-        started: Some(s.started.as_secs_f64()),
-        duration: Some(s.duration.as_secs_f64()),
-        message: s.message.clone(),
-    }
-}
-
-fn step_conclusion(s: &StepSummary) -> Conclusion {
-    match s.status {
-        StepStatus::Passed => Conclusion::Success,
-        StepStatus::Skipped => Conclusion::Skipped,
-        _ if s.allowed_failure => Conclusion::Success,
-        StepStatus::TimedOut => Conclusion::TimedOut,
-        StepStatus::Cancelled => Conclusion::Cancelled,
-        StepStatus::Failed => Conclusion::Failure,
-        StepStatus::Error => Conclusion::Error,
-    }
-}
-
-fn step_line(s: &StepSummary) -> String {
-    let d = crate::fmt::duration(s.duration);
-    match (&s.status, &s.message) {
-        (StepStatus::Passed, _) => format!("passed in {d}"),
-        (StepStatus::Skipped, Some(m)) => format!("skipped: {m}"),
-        (st, Some(m)) => format!("{}: {m}", st.label()),
-        (st, None) => st.label().to_string(),
-    }
 }
 
 /// One line for a status description: `3 passed, 1 failed (unit) in 12.3s`.

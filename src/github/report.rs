@@ -1,0 +1,191 @@
+//! The reporter: one task sends a run's updates to GitHub in order, as commit statuses
+//! (a token) or check runs (an App).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use octocrab::Octocrab;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::*;
+
+pub struct Reporter {
+    cfg: Config,
+    gh: Github,
+    /// Check run ids (App mode), by run id.
+    check_runs: HashMap<i64, u64>,
+    /// Told each check run created (run id, check run id), to keep it across restarts.
+    on_check_run: Option<Box<dyn Fn(i64, u64) + Send + Sync>>,
+}
+
+impl Reporter {
+    pub fn new(cfg: Config, gh: Github) -> Reporter {
+        Reporter { cfg, gh, check_runs: HashMap::new(), on_check_run: None }
+    }
+
+    /// Calls `f(run id, check run id)` for each check run created.
+    pub fn on_check_run(mut self, f: impl Fn(i64, u64) + Send + Sync + 'static) -> Reporter {
+        self.on_check_run = Some(Box::new(f));
+        self
+    }
+
+    fn created_check_run(&mut self, run: i64, created: &Value) {
+        if let Some(id) = created.get("id").and_then(Value::as_u64) {
+            self.check_runs.insert(run, id);
+            if let Some(f) = &self.on_check_run {
+                f(run, id);
+            }
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.gh.enabled()
+    }
+
+    fn is_app(&self) -> bool {
+        self.gh.is_app()
+    }
+
+    fn target_url(&self, run: &RunRef) -> String {
+        format!("{}/runs/{}", self.cfg.public_url.trim_end_matches('/'), run.id)
+    }
+
+    async fn client_for(&self, run: &RunRef) -> Result<Arc<Octocrab>, ReportError> {
+        self.gh.client_for(&run.repo, run.installation_id).await
+    }
+
+    async fn with_retry<F, Fut>(&self, what: &str, f: F) -> Result<Value, ReportError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = octocrab::Result<Value>>,
+    {
+        self.gh.request(what, f).await
+    }
+
+    async fn status(&mut self, run: &RunRef, context: &str, state: &str, description: &str) -> Result<(), ReportError> {
+        let client = self.client_for(run).await?;
+        let body = json!({
+            "state": state,
+            "target_url": self.target_url(run),
+            "description": truncate(description, MAX_DESCRIPTION),
+            "context": context,
+        });
+        let route = format!("/repos/{}/statuses/{}", run.repo, run.sha);
+        self.with_retry(&format!("POST {route}"), || client.post(route.clone(), Some(&body))).await.map(|_| ())
+    }
+
+    /// The status context or check run name of `run`'s event. A commit pushed to a branch
+    /// with an open pull request has a push run and a pull request run: one context for
+    /// both would show whichever reported last, and a push run that is not triggered (green)
+    /// could hide a failed pull request run.
+    fn context_of(&self, run: &RunRef) -> String {
+        format!("{} ({})", self.cfg.context, github_event(&run.event))
+    }
+
+    /// Applies one update. Errors are returned for logging; nothing else depends on them.
+    pub async fn send(&mut self, u: &Update) -> Result<(), ReportError> {
+        if !self.gh.enabled() {
+            return Ok(());
+        }
+        let ctx = self.context_of(u.run());
+        match u {
+            Update::Queued(run) if self.is_app() => {
+                let client = self.client_for(run).await?;
+                let body = json!({
+                    "name": ctx,
+                    "head_sha": run.sha,
+                    "status": "queued",
+                    "details_url": self.target_url(run),
+                    "external_id": run.id.to_string(),
+                });
+                let route = format!("/repos/{}/check-runs", run.repo);
+                let created =
+                    self.with_retry(&format!("POST {route}"), || client.post(route.clone(), Some(&body))).await?;
+                self.created_check_run(run.id, &created);
+                Ok(())
+            }
+            Update::Queued(run) => self.status(run, &ctx, "pending", "Queued").await,
+            Update::Started(run) if self.is_app() => {
+                let body = json!({ "status": "in_progress", "started_at": iso(std::time::SystemTime::now()) });
+                self.patch_check_run(run, body).await
+            }
+            Update::Started(run) => self.status(run, &ctx, "pending", "Running").await,
+            Update::Step { run, step, conclusion, description } => {
+                if self.is_app() || !self.cfg.step_statuses {
+                    return Ok(());
+                }
+                let step_ctx = format!("{}/{step} ({})", self.cfg.context, github_event(&run.event));
+                self.status(run, &step_ctx, conclusion.status_state(), description).await
+            }
+            Update::Finished { run, conclusion, description, summary, annotations } if self.is_app() => {
+                let title = truncate(description, 255);
+                let summary = truncate(summary, MAX_SUMMARY);
+                let mut chunks = annotations.chunks(MAX_ANNOTATIONS);
+                let first: Vec<&Annotation> = chunks.next().map(|c| c.iter().collect()).unwrap_or_default();
+                let body = json!({
+                    "status": "completed",
+                    "conclusion": conclusion.check_conclusion(),
+                    "completed_at": iso(std::time::SystemTime::now()),
+                    "output": { "title": title, "summary": summary, "annotations": first },
+                });
+                self.patch_check_run(run, body).await?;
+                // GitHub appends the annotations of each further update.
+                for chunk in chunks {
+                    let body = json!({ "output": { "title": title, "summary": summary, "annotations": chunk } });
+                    self.patch_check_run(run, body).await?;
+                }
+                Ok(())
+            }
+            Update::Finished { run, conclusion, description, .. } => {
+                self.status(run, &ctx, conclusion.status_state(), description).await
+            }
+        }
+    }
+
+    async fn patch_check_run(&mut self, run: &RunRef, body: Value) -> Result<(), ReportError> {
+        let client = self.client_for(run).await?;
+        let Some(id) = self.check_runs.get(&run.id).copied().or(run.check_run_id) else {
+            // The queued update never reached GitHub: create the check run now.
+            let mut create = body.clone();
+            create["name"] = json!(self.context_of(run));
+            create["head_sha"] = json!(run.sha);
+            create["details_url"] = json!(self.target_url(run));
+            create["external_id"] = json!(run.id.to_string());
+            let route = format!("/repos/{}/check-runs", run.repo);
+            let created =
+                self.with_retry(&format!("POST {route}"), || client.post(route.clone(), Some(&create))).await?;
+            self.created_check_run(run.id, &created);
+            return Ok(());
+        };
+        let route = format!("/repos/{}/check-runs/{id}", run.repo);
+        self.with_retry(&format!("PATCH {route}"), || client.patch(route.clone(), Some(&body))).await.map(|_| ())
+    }
+}
+
+/// Starts the reporting task. Updates are applied in order; the channel is large, and a
+/// full channel drops the update (with a log line) rather than stall the caller.
+pub fn spawn(mut reporter: Reporter) -> ReportSender {
+    let (tx, mut rx) = mpsc::channel::<Update>(10_000);
+    tokio::spawn(async move {
+        while let Some(u) = rx.recv().await {
+            if let Err(e) = reporter.send(&u).await {
+                tracing::warn!("{e}");
+            }
+        }
+    });
+    ReportSender { tx }
+}
+
+#[derive(Clone)]
+pub struct ReportSender {
+    tx: mpsc::Sender<Update>,
+}
+
+impl ReportSender {
+    pub fn send(&self, u: Update) {
+        if self.tx.try_send(u).is_err() {
+            tracing::warn!("GitHub reporting is behind; an update was dropped");
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The recorder of a server run: the one consumer of its events (log files, the live feed,
+//! step rows, per-step GitHub updates, the running-containers gauge).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::mpsc;
+
+use super::AppState;
+use super::db::{StepRow, StepState};
+use crate::github::{Conclusion, RunRef, Update};
+use crate::sched::{RunEvent, StepStatus, StepSummary};
+
+/// Consumes a run's events: the step log files, the live feed of followers, the step rows,
+/// the per-step GitHub updates and the running-containers gauge. Lines are flushed to their
+/// files before followers hear of them, and a step's row is written before its end is
+/// announced.
+pub(super) async fn record(st: Arc<AppState>, rr: RunRef, logs: PathBuf, mut rx: mpsc::Receiver<RunEvent>) {
+    use super::live::Item;
+    let run_id = rr.id;
+    let feed = st.live.start(run_id);
+    let mut files = crate::report::logfile::LogFiles::new(logs);
+    // Step start offsets, recorded when a step starts (the scheduler's own clock starts a
+    // moment later; the final row replaces this with its value).
+    let t0 = std::time::Instant::now();
+    // Steps with a container up, for `orch_containers_running`.
+    let mut up = std::collections::HashSet::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        let mut items = Vec::new();
+        // What is there now, as one batch: one flush, one broadcast.
+        while let Some(ev) = next.take() {
+            if let Some(w) = files.event(&ev) {
+                items.push(Item::Line { step: w.step, line: w.line.into(), end: w.end });
+            }
+            match ev {
+                RunEvent::StepStarted { step, attempt, .. } => {
+                    if up.insert(step.clone()) {
+                        st.counters.containers_running.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let row = StepRow {
+                        name: step,
+                        stage: None,
+                        status: StepState::Running,
+                        exit_code: None,
+                        attempts: attempt as i64,
+                        started: Some(t0.elapsed().as_secs_f64()),
+                        duration: None,
+                        message: None,
+                    };
+                    let _ = st.db.upsert_step(run_id, row).await;
+                }
+                RunEvent::StepFinished(s) => {
+                    if up.remove(&s.step) {
+                        st.counters.containers_running.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    let row = step_row(&s);
+                    let status = row.status;
+                    let _ = st.db.upsert_step(run_id, row).await;
+                    st.report.send(Update::Step {
+                        run: rr.clone(),
+                        step: s.step.clone(),
+                        conclusion: step_conclusion(&s),
+                        description: step_line(&s),
+                    });
+                    items.push(Item::StepDone { step: s.step, status });
+                }
+                _ => {}
+            }
+            next = if items.len() < 1024 { rx.try_recv().ok() } else { None };
+        }
+        files.flush();
+        feed.send(items);
+    }
+    st.counters.containers_running.fetch_sub(up.len() as i64, Ordering::Relaxed);
+}
+
+fn step_row(s: &StepSummary) -> StepRow {
+    StepRow {
+        name: s.step.clone(),
+        stage: None,
+        status: s.status.into(),
+        exit_code: s.exit_code,
+        attempts: s.attempts as i64,
+        started: Some(s.started.as_secs_f64()),
+        duration: Some(s.duration.as_secs_f64()),
+        message: s.message.clone(),
+    }
+}
+
+fn step_conclusion(s: &StepSummary) -> Conclusion {
+    match s.status {
+        StepStatus::Passed => Conclusion::Success,
+        StepStatus::Skipped => Conclusion::Skipped,
+        _ if s.allowed_failure => Conclusion::Success,
+        StepStatus::TimedOut => Conclusion::TimedOut,
+        StepStatus::Cancelled => Conclusion::Cancelled,
+        StepStatus::Failed => Conclusion::Failure,
+        StepStatus::Error => Conclusion::Error,
+    }
+}
+
+fn step_line(s: &StepSummary) -> String {
+    let d = crate::fmt::duration(s.duration);
+    match (&s.status, &s.message) {
+        (StepStatus::Passed, _) => format!("passed in {d}"),
+        (StepStatus::Skipped, Some(m)) => format!("skipped: {m}"),
+        (st, Some(m)) => format!("{}: {m}", st.label()),
+        (st, None) => st.label().to_string(),
+    }
+}
