@@ -136,6 +136,25 @@ pub struct StepSummary {
     pub blocks_dependents: bool,
 }
 
+impl StepSummary {
+    /// A summary of `step` with `status` and `message`, and nothing else yet: no exit code,
+    /// no attempt, no time, no artifacts; it blocks what needs it when it did not pass.
+    pub fn new(step: impl Into<String>, status: StepStatus, message: Option<String>) -> StepSummary {
+        StepSummary {
+            step: step.into(),
+            status,
+            exit_code: None,
+            attempts: 0,
+            allowed_failure: false,
+            message,
+            started: Duration::ZERO,
+            duration: Duration::ZERO,
+            artifacts: Vec::new(),
+            blocks_dependents: status != StepStatus::Passed,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {

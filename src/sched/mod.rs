@@ -155,18 +155,8 @@ pub async fn execute<B: Backend>(
                 let _ = events.send(RunEvent::RunMessage { level: Level::Error, message: msg.clone() }).await;
                 status = RunStatus::Error;
                 for s in &plan.steps {
-                    summaries.push(StepSummary {
-                        step: s.name.clone(),
-                        status: StepStatus::Skipped,
-                        exit_code: None,
-                        attempts: 0,
-                        allowed_failure: false,
-                        message: Some("the run could not start".into()),
-                        started: Duration::ZERO,
-                        duration: Duration::ZERO,
-                        artifacts: Vec::new(),
-                        blocks_dependents: true,
-                    });
+                    let why = Some("the run could not start".into());
+                    summaries.push(StepSummary::new(&s.name, StepStatus::Skipped, why));
                 }
             }
         }
@@ -273,16 +263,9 @@ async fn run_steps<B: Backend>(
                 };
                 if let Some(reason) = skip {
                     let summary = StepSummary {
-                        step: step.name.clone(),
-                        status: StepStatus::Skipped,
-                        exit_code: None,
-                        attempts: 0,
-                        allowed_failure: false,
-                        message: Some(reason),
                         started: run_start.elapsed(),
-                        duration: Duration::ZERO,
-                        artifacts: Vec::new(),
                         blocks_dependents: false,
+                        ..StepSummary::new(&step.name, StepStatus::Skipped, Some(reason))
                     };
                     let _ = events.send(RunEvent::StepFinished(summary.clone())).await;
                     state[i] = State::Done(summary);
@@ -353,18 +336,8 @@ async fn run_steps<B: Backend>(
                 // A panic in a step task: the step errs, the run goes on, and the run's
                 // cleanup removes whatever the task left.
                 let Some(&i) = task_index.get(&e.id()) else { continue };
-                let s = StepSummary {
-                    step: plan.steps[i].name.clone(),
-                    status: StepStatus::Error,
-                    exit_code: None,
-                    attempts: 1,
-                    allowed_failure: false,
-                    message: Some(format!("internal error: the step's task failed: {e}")),
-                    started: Duration::ZERO,
-                    duration: Duration::ZERO,
-                    artifacts: Vec::new(),
-                    blocks_dependents: true,
-                };
+                let why = Some(format!("internal error: the step's task failed: {e}"));
+                let s = StepSummary { attempts: 1, ..StepSummary::new(&plan.steps[i].name, StepStatus::Error, why) };
                 let _ = events.send(RunEvent::StepFinished(s.clone())).await;
                 (i, s)
             }
@@ -378,18 +351,7 @@ async fn run_steps<B: Backend>(
         .map(|(s, step)| match s {
             State::Done(s) => s,
             // Unreachable in a DAG; reported rather than panicking.
-            _ => StepSummary {
-                step: step.name.clone(),
-                status: StepStatus::Skipped,
-                exit_code: None,
-                attempts: 0,
-                allowed_failure: false,
-                message: Some("never became ready".into()),
-                started: Duration::ZERO,
-                duration: Duration::ZERO,
-                artifacts: Vec::new(),
-                blocks_dependents: true,
-            },
+            _ => StepSummary::new(&step.name, StepStatus::Skipped, Some("never became ready".into())),
         })
         .collect()
 }
@@ -460,18 +422,7 @@ impl<B: Backend> Unit<B> {
         let masker = Masker::new(self.all_secrets.iter().map(String::as_str));
         let missing: Vec<&String> =
             self.step.secrets.iter().filter(|s| !self.secrets.iter().any(|(k, _)| k == *s)).collect();
-        let mut summary = StepSummary {
-            step: self.step.name.clone(),
-            status: StepStatus::Error,
-            exit_code: None,
-            attempts: 0,
-            allowed_failure: false,
-            message: None,
-            started,
-            duration: Duration::ZERO,
-            artifacts: Vec::new(),
-            blocks_dependents: true,
-        };
+        let mut summary = StepSummary { started, ..StepSummary::new(&self.step.name, StepStatus::Error, None) };
         let prepared = if missing.is_empty() {
             self.caches().await
         } else {

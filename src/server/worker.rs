@@ -383,16 +383,8 @@ async fn kept_steps(st: &AppState, of: i64, dir: &std::path::Path) -> std::colle
         kept.insert(
             r.name.clone(),
             StepSummary {
-                step: r.name,
-                status: StepStatus::Passed,
                 exit_code: r.exit_code,
-                attempts: 0,
-                allowed_failure: false,
-                message: Some(format!("kept from run {of}")),
-                started: Duration::ZERO,
-                duration: Duration::ZERO,
-                artifacts: Vec::new(),
-                blocks_dependents: false,
+                ..StepSummary::new(r.name, StepStatus::Passed, Some(format!("kept from run {of}")))
             },
         );
     }
