@@ -114,7 +114,7 @@ pub enum Command {
     /// Write a .orch.yml for the project in the current directory, from a shipped template.
     Init {
         /// The template [default: the one that fits the project's files].
-        #[arg(long, short, value_name = "NAME", value_parser = crate::pipeline::templates::names())]
+        #[arg(long, short, value_name = "NAME", value_parser = template_names())]
         template: Option<String>,
         /// List the templates (and those that fit this project), write nothing.
         #[arg(long, conflicts_with_all = ["template", "force"])]
@@ -278,4 +278,13 @@ async fn serve(args: crate::server::config::ServeArgs) -> Result<u8, Error> {
     };
     crate::server::serve(cfg, shutdown).await?;
     Ok(exit::SUCCESS)
+}
+
+/// The templates' names, for the command line: its shell completions offer them, and an
+/// unknown name gets the list (and the closest name).
+fn template_names() -> clap::builder::PossibleValuesParser {
+    use crate::pipeline::templates::TEMPLATES;
+    clap::builder::PossibleValuesParser::new(
+        TEMPLATES.iter().map(|t| clap::builder::PossibleValue::new(t.name).help(t.about)),
+    )
 }

@@ -2,19 +2,8 @@
 
 use crate::pipeline::ConfigError;
 
-/// Exit codes of `orch`. Stable: scripts depend on them.
-pub mod exit {
-    /// The pipeline passed (or the command did what it was asked).
-    pub const SUCCESS: u8 = 0;
-    /// A step failed.
-    pub const FAILED: u8 = 1;
-    /// The pipeline file or the command line is invalid.
-    pub const INVALID: u8 = 2;
-    /// Infrastructure: Docker unreachable, an image missing, git unreadable, I/O.
-    pub const INFRA: u8 = 3;
-    /// Interrupted (Ctrl-C or SIGTERM); the run was cancelled and cleaned up.
-    pub const INTERRUPTED: u8 = 130;
-}
+/// Exit codes of `orch`, kept with the engine (a run's status maps to one).
+pub use orch_engine::exit;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

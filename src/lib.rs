@@ -2,25 +2,18 @@
 //!
 //! Data flows one way: [`pipeline`] (the `.orch.yml` language) -> [`plan`] (what runs, for
 //! an event) -> the scheduler and a backend that runs steps -> events -> reporters.
+//!
+//! This package is the binary and its faces: the command line, `orch ci`, the CLI's client
+//! of a server, `orch doctor`, `orch init`. The language, the engine and the server are
+//! crates of their own (`crates/`), re-exported here under their old paths.
 
-pub mod cache;
-pub mod checkout;
+pub use orch_engine::{cache, clock, confined, exec, fmt, git, report, sched, secrets, setup};
+pub use orch_lang::{pipeline, plan};
+pub use orch_server::{checkout, github, server};
+
 pub mod ci;
 pub mod cli;
 pub mod client;
-pub mod clock;
-pub mod confined;
 pub mod doctor;
 pub mod error;
-pub mod exec;
-pub mod fmt;
-pub mod git;
-pub mod github;
 pub mod init;
-pub mod pipeline;
-pub mod plan;
-pub mod report;
-pub mod sched;
-pub mod secrets;
-pub mod server;
-pub mod setup;

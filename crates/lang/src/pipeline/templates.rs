@@ -16,54 +16,46 @@ pub const TEMPLATES: &[Template] = &[
     Template {
         name: "rust",
         about: "Rust (cargo): fmt, clippy, test, release build on tags",
-        text: include_str!("../../pipelines/rust.yml"),
+        text: include_str!("../../../../pipelines/rust.yml"),
     },
     Template {
         name: "node",
         about: "Node.js (npm): install, lint, test, build, publish on tags",
-        text: include_str!("../../pipelines/node.yml"),
+        text: include_str!("../../../../pipelines/node.yml"),
     },
     Template {
         name: "go",
         about: "Go module: vet, race tests, cross-built binaries",
-        text: include_str!("../../pipelines/go.yml"),
+        text: include_str!("../../../../pipelines/go.yml"),
     },
     Template {
         name: "python",
         about: "Python: venv, ruff, pytest, wheel on tags",
-        text: include_str!("../../pipelines/python.yml"),
+        text: include_str!("../../../../pipelines/python.yml"),
     },
     Template {
         name: "docker",
         about: "Dockerfile: hadolint, image build (kaniko), push to a registry",
-        text: include_str!("../../pipelines/docker.yml"),
+        text: include_str!("../../../../pipelines/docker.yml"),
     },
     Template {
         name: "static-site",
         about: "static web site: assemble, link check, smoke test, gh-pages",
-        text: include_str!("../../pipelines/static-site.yml"),
+        text: include_str!("../../../../pipelines/static-site.yml"),
     },
     Template {
         name: "deploy-ssh",
         about: "build, test, then rsync over SSH to staging (main) and production (tags)",
-        text: include_str!("../../pipelines/deploy-ssh.yml"),
+        text: include_str!("../../../../pipelines/deploy-ssh.yml"),
     },
     Template {
         name: "services-cache-artifacts",
         about: "a tour of caches, artifacts and services (busybox only)",
-        text: include_str!("../../pipelines/services-cache-artifacts.yml"),
+        text: include_str!("../../../../pipelines/services-cache-artifacts.yml"),
     },
 ];
 
 /// Looks a template up by name.
 pub fn template(name: &str) -> Option<&'static Template> {
     TEMPLATES.iter().find(|t| t.name == name)
-}
-
-/// The templates' names, for the command line: its shell completions offer them, and an
-/// unknown name gets the list (and the closest name).
-pub fn names() -> clap::builder::PossibleValuesParser {
-    clap::builder::PossibleValuesParser::new(
-        TEMPLATES.iter().map(|t| clap::builder::PossibleValue::new(t.name).help(t.about)),
-    )
 }

@@ -20,7 +20,7 @@ use super::*;
 
 /// `GET /api/openapi.yaml`: the API's OpenAPI description (docs/openapi.yaml).
 pub(super) async fn openapi() -> Response {
-    const SPEC: &str = include_str!("../../../docs/openapi.yaml");
+    const SPEC: &str = include_str!("../../../../../docs/openapi.yaml");
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/yaml")], SPEC).into_response()
 }
 

@@ -242,7 +242,7 @@ pub fn classify(event: &str, payload: &Value) -> Action {
 mod tests {
     use super::*;
 
-    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/github/payloads");
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/github/payloads");
 
     fn fixture(name: &str) -> Option<Value> {
         let text = std::fs::read_to_string(format!("{FIXTURES}/{name}")).ok()?;

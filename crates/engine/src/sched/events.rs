@@ -167,7 +167,7 @@ pub enum RunStatus {
 
 impl RunStatus {
     pub fn exit_code(self) -> u8 {
-        use crate::error::exit;
+        use crate::exit;
         match self {
             RunStatus::Success => exit::SUCCESS,
             RunStatus::Failure => exit::FAILED,

@@ -429,7 +429,7 @@ mod tests {
 
     #[test]
     fn the_shipped_example_config_loads() {
-        let f = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/runners/server/orch.yml"));
+        let f = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../runners/server/orch.yml"));
         let c = ServeArgs { config: Some(f), ..Default::default() }.resolve().unwrap();
         assert_eq!(c.allow_repos, ["acme/hello", "acme/website"]);
         assert!(c.step_statuses);
