@@ -1,15 +1,17 @@
 //! What happens during a run, as a stream of events: the only interface between the
-//! scheduler and whoever shows or stores a run (terminal, JSON lines, later the server).
-//! The JSON form of these events is `orch ci --json`'s documented, stable schema.
+//! scheduler and whoever shows or stores a run (the terminal, JSON lines, log files, the
+//! server's recorder). The JSON form of these events is `orch ci --json`'s documented,
+//! stable schema, and it reads back (`Deserialize`): the stream can cross a process
+//! boundary, in order, as an agent on another machine will send it.
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::exec::Stream;
 use crate::plan::SkippedStep;
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum RunEvent {
     RunStarted {
@@ -64,13 +66,13 @@ pub enum RunEvent {
     },
     RunFinished {
         status: RunStatus,
-        #[serde(serialize_with = "secs")]
+        #[serde(serialize_with = "secs", deserialize_with = "from_secs")]
         duration: Duration,
         steps: Vec<StepSummary>,
     },
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     Info,
@@ -78,14 +80,14 @@ pub enum Level {
     Error,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StepInfo {
     pub name: String,
     pub stage: String,
     pub needs: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     Passed,
@@ -112,7 +114,7 @@ impl StepStatus {
 }
 
 /// How a step ended.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StepSummary {
     pub step: String,
     pub status: StepStatus,
@@ -124,14 +126,15 @@ pub struct StepSummary {
     /// Why it was skipped, or what went wrong.
     pub message: Option<String>,
     /// When the step started, from the start of the run.
-    #[serde(serialize_with = "secs")]
+    #[serde(serialize_with = "secs", deserialize_with = "from_secs")]
     pub started: Duration,
-    #[serde(serialize_with = "secs")]
+    #[serde(serialize_with = "secs", deserialize_with = "from_secs")]
     pub duration: Duration,
     /// Artifacts kept from the step.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub artifacts: Vec<crate::exec::ArtifactFile>,
-    /// Whether steps that need this one see it as failed.
+    /// Whether steps that need this one see it as failed: the scheduler's own bookkeeping,
+    /// not part of the stream (it reads back as false).
     #[serde(skip)]
     pub blocks_dependents: bool,
 }
@@ -155,7 +158,7 @@ impl StepSummary {
     }
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     Success,
@@ -209,4 +212,60 @@ pub fn tally(steps: &[StepSummary], names: bool) -> String {
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64((d.as_secs_f64() * 1000.0).round() / 1000.0)
+}
+
+fn from_secs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = f64::deserialize(d)?;
+    Duration::try_from_secs_f64(s).map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `orch ci --json` writes reads back as the same events: the stream can be sent
+    /// to another process (an agent's to its server) and consumed there as here.
+    #[test]
+    fn events_read_back_from_their_json() {
+        let summary = StepSummary {
+            exit_code: Some(3),
+            attempts: 2,
+            started: Duration::from_millis(1500),
+            duration: Duration::from_millis(2250),
+            artifacts: vec![crate::exec::ArtifactFile { path: "dist/app".into(), size: 12 }],
+            blocks_dependents: false,
+            ..StepSummary::new("t[v=a b]", StepStatus::TimedOut, Some("timed out after 1s".into()))
+        };
+        let events = vec![
+            RunEvent::RunStarted {
+                run_id: "r".into(),
+                steps: vec![StepInfo { name: "a".into(), stage: "build".into(), needs: vec![] }],
+                skipped: vec![SkippedStep {
+                    name: "d".into(),
+                    step: "d".into(),
+                    stage: "deploy".into(),
+                    reason: "branch `x` is not `main`".into(),
+                }],
+                jobs: 2,
+            },
+            RunEvent::StepStarted { step: "a".into(), attempt: 1, attempts: 2 },
+            RunEvent::StepLog { step: "a".into(), stream: Stream::Stderr, line: "héllo \u{1b}[31m".into() },
+            RunEvent::StepRetrying { step: "a".into(), attempt: 1, exit_code: 137 },
+            RunEvent::CacheRestored { step: "a".into(), key: "k".into(), hit: true, fallback: false, size: 9 },
+            RunEvent::CacheSaved { step: "a".into(), key: "k".into(), size: 9 },
+            RunEvent::ArtifactsCollected { step: "a".into(), dir: "/x".into(), files: summary.artifacts.clone() },
+            RunEvent::RunMessage { level: Level::Warning, message: "m".into() },
+            RunEvent::StepFinished(summary.clone()),
+            RunEvent::RunFinished {
+                status: RunStatus::Failure,
+                duration: Duration::from_millis(4000),
+                steps: vec![summary],
+            },
+        ];
+        for ev in events {
+            let text = serde_json::to_string(&ev).unwrap();
+            let back: RunEvent = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(back, ev, "{text}");
+        }
+    }
 }

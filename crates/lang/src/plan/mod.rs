@@ -118,7 +118,7 @@ pub struct PlannedStep {
     pub matrix: IndexMap<String, String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct SkippedStep {
     pub name: String,
     pub step: String,
