@@ -110,7 +110,7 @@ pub struct Collected {
 }
 
 /// A file collected as an artifact.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ArtifactFile {
     /// Relative to the workspace.
     pub path: String,
@@ -129,7 +129,7 @@ pub struct StepHandle {
 }
 
 /// Which stream a chunk of output came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stream {
     Stdout,
