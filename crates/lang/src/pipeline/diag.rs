@@ -133,7 +133,7 @@ impl Diagnostic {
         let pos = self.position(src);
         match pos {
             Some(p) => {
-                let line_text = src.lines().nth(p.line - 1).unwrap_or("");
+                let line_text = yaml::line_text(src, p.line);
                 // An empty value (`key:` or a bare `-`) is placed just past the end of its
                 // line: point at the last character there instead of at nothing.
                 let len = line_text.chars().count();
@@ -310,6 +310,15 @@ mod tests {
         assert_eq!(did_you_mean("NODE", ["os", "node"]), Some("node"));
         // Lengths in characters: three wide characters are no near-miss of `b`.
         assert_eq!(did_you_mean("日本語", ["b", "build"]), None);
+    }
+
+    #[test]
+    fn the_line_shown_is_the_line_yaml_counts() {
+        // Found by the `load` fuzz target: after a lone `\r` (a line break to YAML), the
+        // source line shown was another one, or none.
+        let src = "steps:\r  a: [1,\r  b: 2\r";
+        let out = Diagnostic::syntax(yaml::parse(src).unwrap_err()).render("f.yml", src);
+        assert!(out.contains(" --> f.yml:2:6\n  |\n2 |   a: [1,\n  |      ^\n"), "{out}");
     }
 
     #[test]

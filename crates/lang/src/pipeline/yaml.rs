@@ -169,10 +169,36 @@ fn split_mark(s: &str) -> (&str, Option<(usize, usize)>) {
     }
 }
 
+/// The lines of `src` as the parser counts them, and so as every [`Pos`] numbers them, each
+/// with its byte offset: a line ends at `\r\n`, `\n`, a lone `\r`, or (YAML 1.1, as libyaml
+/// reads it) U+0085, U+2028 or U+2029. As `str::lines`, a final line break ends the last
+/// line rather than starting an empty one.
+pub fn lines(src: &str) -> impl Iterator<Item = (usize, &str)> {
+    let mut start = Some(0);
+    std::iter::from_fn(move || {
+        let at = start?;
+        let rest = &src[at..];
+        let Some((i, c)) =
+            rest.char_indices().find(|(_, c)| matches!(c, '\r' | '\n' | '\u{85}' | '\u{2028}' | '\u{2029}'))
+        else {
+            start = None;
+            return (!rest.is_empty()).then_some((at, rest));
+        };
+        let crlf = c == '\r' && rest[i + 1..].starts_with('\n');
+        let next = at + i + c.len_utf8() + usize::from(crlf);
+        start = (next < src.len()).then_some(next);
+        Some((at, &rest[..i]))
+    })
+}
+
+/// The text of a 1-based line of `src`, as [`lines`] splits it ("" past the end).
+pub fn line_text(src: &str, line: usize) -> &str {
+    line.checked_sub(1).and_then(|n| lines(src).nth(n)).map_or("", |(_, text)| text)
+}
+
 /// The byte offset of a 1-based line and column in `src`.
 fn offset_of(src: &str, line: usize, column: usize) -> usize {
-    let start: usize = src.split_inclusive('\n').take(line.saturating_sub(1)).map(str::len).sum();
-    let text = src[start..].split('\n').next().unwrap_or("");
+    let Some((start, text)) = line.checked_sub(1).and_then(|n| lines(src).nth(n)) else { return src.len() };
     start + text.char_indices().nth(column.saturating_sub(1)).map_or(text.len(), |(i, _)| i)
 }
 
@@ -217,7 +243,7 @@ fn syntax_error(msg: &str, pos: Option<Pos>, src: &str) -> SyntaxError {
             _ => {}
         }
     }
-    let line_text = pos.and_then(|p| src.lines().nth(p.line - 1)).unwrap_or("");
+    let line_text = pos.map_or("", |p| line_text(src, p.line));
     let help = if line_text.trim_start_matches(' ').starts_with('\t') {
         Some("YAML does not allow tabs for indentation: indent with spaces".to_string())
     } else if problem == "mapping values are not allowed in this context" {
@@ -545,6 +571,23 @@ mod tests {
         assert_eq!(e.pos.map(|p| (p.line, p.column)), Some((1, 4)), "{e:?}");
         let e = parse("a:\n\tb: 1\n").unwrap_err();
         assert!(e.help.unwrap().contains("tabs"));
+    }
+
+    #[test]
+    fn lines_are_counted_as_the_parser_counts_them() {
+        // Found by the `load` fuzz target: a lone `\r` is a line break to libyaml, not to
+        // `str::lines`, so diagnostics showed another line (or none) than the one meant.
+        let src = "a: 1\rb: [1,\r\nc\u{2028}d: [x\n";
+        let got: Vec<(usize, &str)> = lines(src).collect();
+        assert_eq!(got, [(0, "a: 1"), (5, "b: [1,"), (13, "c"), (17, "d: [x")]);
+        assert_eq!(lines("").count(), 0);
+        assert_eq!(lines("x\r\n").collect::<Vec<_>>(), [(0, "x")]);
+        assert_eq!(lines("\r\r").collect::<Vec<_>>(), [(0, ""), (1, "")]);
+        assert_eq!((line_text(src, 4), line_text(src, 5), line_text(src, 0)), ("d: [x", "", ""));
+        let e = parse("a: 1\rb: [1, 2\rc: 3\r").unwrap_err();
+        let p = e.pos.unwrap();
+        assert_eq!((p.line, p.column, p.offset), (2, 4, 8), "{e:?}");
+        assert_eq!(&"a: 1\rb: [1, 2\rc: 3\r"[p.offset..p.offset + 1], "[");
     }
 
     #[test]
