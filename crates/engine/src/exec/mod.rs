@@ -348,8 +348,11 @@ fn archive_rel(raw: &str, rebase: &str, strip: &str) -> Option<String> {
         return None;
     }
     let rel = if rebase.is_empty() { raw } else { format!("{rebase}/{raw}") };
-    let rel = rel.trim_end_matches('/').to_string();
-    (!rel.is_empty()).then_some(rel)
+    // `a/./b`, `a//b`, `./a` and `a/.` are the files `a/b` and `a`: matched, written and
+    // reported under that name. A leading `/` stays, to be refused.
+    let lead = if rel.starts_with('/') { "/" } else { "" };
+    let parts: Vec<&str> = rel.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    (!parts.is_empty()).then(|| format!("{lead}{}", parts.join("/")))
 }
 
 /// Whether `rel`, or a directory above it, matches one of `patterns` (each hit recorded).
@@ -607,6 +610,19 @@ mod tests {
         assert_eq!(std::fs::read_link(d.join("site/abs.html")).unwrap(), Path::new("sub/page.html"));
         assert_eq!(std::fs::read_to_string(d.join("site/index.html")).unwrap(), "hi");
         assert_eq!(std::fs::read_to_string(d.join("site/copy.html")).unwrap(), "hi");
+    }
+
+    #[test]
+    fn names_with_dot_components_are_reported_as_written() {
+        // Found by the `extract` fuzz target: `a/.` was written as `a` and reported as `a/.`.
+        let u = unpack(&[E::File("a/.", "x"), E::File("./b//c/.", "y"), E::Link("./l/", "b/./c")], &["**"]);
+        let (files, _) = u.result.as_ref().unwrap();
+        assert_eq!(files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["a", "b/c", "l"]);
+        assert_eq!(std::fs::read_to_string(u.dest.path().join("a")).unwrap(), "x");
+        assert_eq!(std::fs::read_to_string(u.dest.path().join("l")).unwrap(), "y");
+        assert_eq!(archive_rel("/x/./y", "", ""), Some("/x/y".to_string()), "an absolute name stays one");
+        assert_eq!(archive_rel("workspace/./", "", "workspace"), None);
+        assert_eq!(archive_rel("./x", "a", ""), Some("a/x".to_string()));
     }
 
     #[test]
