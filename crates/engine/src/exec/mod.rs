@@ -412,7 +412,10 @@ fn escapes(p: &Path) -> bool {
 
 /// A glob matcher for an artifact pattern: `*` stays within one directory, `**` crosses.
 pub fn artifact_matcher(pattern: &str) -> Result<globset::GlobMatcher, String> {
-    globset::GlobBuilder::new(pattern.trim_end_matches('/'))
+    // Written as the names it is matched against are (`archive_rel`): `./dist/*` is `dist/*`.
+    let lead = if pattern.starts_with('/') { "/" } else { "" };
+    let parts: Vec<&str> = pattern.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    globset::GlobBuilder::new(&format!("{lead}{}", parts.join("/")))
         .literal_separator(true)
         .build()
         .map(|g| g.compile_matcher())
@@ -623,6 +626,14 @@ mod tests {
         assert_eq!(archive_rel("/x/./y", "", ""), Some("/x/y".to_string()), "an absolute name stays one");
         assert_eq!(archive_rel("workspace/./", "", "workspace"), None);
         assert_eq!(archive_rel("./x", "a", ""), Some("a/x".to_string()));
+    }
+
+    #[test]
+    fn patterns_are_written_as_names_are() {
+        // `./a/*` matches what the archive calls `./a/s`, reported as `a/s`.
+        let u = unpack(&[E::File("./a/s", "x"), E::File("./b/t", "y")], &["./a/*", "b//t/"]);
+        let (files, _) = u.result.as_ref().unwrap();
+        assert_eq!(files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["a/s", "b/t"]);
     }
 
     #[test]
