@@ -313,14 +313,7 @@ steps:
     let b = FakeBackend::new().script("with", vec![FakeAttempt::exit(0).out("the token is hunter2\n")]);
     let backend_envs = {
         let o = run(yaml, b).await;
-        let lines: Vec<&str> = o
-            .events
-            .iter()
-            .filter_map(|e| match e {
-                RunEvent::StepLog { line, .. } => Some(line.as_str()),
-                _ => None,
-            })
-            .collect();
+        let lines = output_lines(&o.events);
         assert_eq!(lines, ["the token is ***"]);
         o
     };
@@ -352,14 +345,7 @@ steps:
 ";
     let b = FakeBackend::new().script("a", vec![FakeAttempt::exit(0).out("one\ntw").out("o\nthree")]);
     let o = run(yaml, b).await;
-    let lines: Vec<&str> = o
-        .events
-        .iter()
-        .filter_map(|e| match e {
-            RunEvent::StepLog { line, .. } => Some(line.as_str()),
-            _ => None,
-        })
-        .collect();
+    let lines = output_lines(&o.events);
     assert_eq!(lines, ["one", "two", "three"]);
     assert!(matches!(o.events.first(), Some(RunEvent::RunStarted { .. })));
     assert!(matches!(o.events.last(), Some(RunEvent::RunFinished { status: RunStatus::Success, .. })));
@@ -468,14 +454,7 @@ steps:
             if message.contains("secret `PIN` is shorter than 4 characters"))
     });
     assert!(warned, "{:?}", o.events);
-    let lines: Vec<&str> = o
-        .events
-        .iter()
-        .filter_map(|e| match e {
-            RunEvent::StepLog { line, .. } => Some(line.as_str()),
-            _ => None,
-        })
-        .collect();
+    let lines = output_lines(&o.events);
     assert_eq!(lines, ["step 1 of 3"]);
 }
 
@@ -497,17 +476,21 @@ steps:
     let o = execute_plan(yaml, Arc::new(b), opts, Cancel::default()).await;
     assert_eq!(o.status, RunStatus::Success, "the step goes on and passes");
     // The log files are written from these events (report::logfile).
-    let lines: Vec<&str> = o
-        .events
-        .iter()
-        .filter_map(|e| match e {
-            RunEvent::StepLog { line, .. } => Some(line.as_str()),
-            _ => None,
-        })
-        .collect();
+    let lines = output_lines(&o.events);
     let kept: usize = lines.iter().map(|l| l.len() + 1).sum();
     assert!(kept as u64 <= (1 << 20) + 200, "{kept} bytes kept");
     assert_eq!(lines.last().copied(), Some(orch::sched::truncation_notice(1 << 20).as_str()));
-    let shown = o.events.iter().filter(|e| matches!(e, RunEvent::StepLog { .. })).count();
-    assert!(shown < 1100, "{shown} lines sent on after the limit");
+    assert!(lines.len() < 1100, "{} lines sent on after the limit", lines.len());
+}
+
+/// The lines of every step's output, in order.
+fn output_lines(events: &[RunEvent]) -> Vec<&str> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            RunEvent::StepOutput { text, .. } => Some(orch::sched::logs::lines_of(text)),
+            _ => None,
+        })
+        .flatten()
+        .collect()
 }

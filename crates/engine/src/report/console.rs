@@ -116,26 +116,43 @@ impl Console {
                     self.flush();
                 }
             }
-            RunEvent::StepLog { step, line, .. } => {
+            RunEvent::StepOutput { step, text, .. } => {
                 let max = self.total_width.saturating_sub(self.width + 3).max(20);
-                if let Some(bar) = self.bars.get(step) {
-                    let short: String = line.chars().take(max).collect();
+                if let Some(bar) = self.bars.get(step)
+                    && let Some(last) = crate::sched::logs::lines_of(text).last()
+                {
+                    let short: String = last.chars().take(max).collect();
                     bar.set_message(short);
                 }
                 if self.multi.is_some() {
-                    let l = format!("{} {line}", self.prefix(step));
+                    // One print above the bars for the whole batch.
+                    let p = self.prefix(step);
+                    let mut l = String::with_capacity(text.len() + p.len());
+                    for line in crate::sched::logs::lines_of(text) {
+                        if !l.is_empty() {
+                            l.push('\n');
+                        }
+                        l.push_str(&p);
+                        l.push(' ');
+                        l.push_str(line);
+                    }
                     self.line(&l);
                 } else {
-                    // The hot path of a step printing a lot: no formatting, one buffered write.
+                    // The hot path of a step printing a lot: no formatting, buffered writes.
                     if !self.prefixes.contains_key(step) {
-                        let p = self.prefix(step);
+                        let mut p = self.prefix(step);
+                        p.push(' ');
                         self.prefixes.insert(step.clone(), p);
                     }
-                    let p = &self.prefixes[step];
-                    let _ = self.out.write_all(p.as_bytes());
-                    let _ = self.out.write_all(b" ");
-                    let _ = self.out.write_all(line.as_bytes());
-                    let _ = self.out.write_all(b"\n");
+                    let p = self.prefixes[step].as_bytes();
+                    for line in memchr::memchr_iter(b'\n', text.as_bytes()).scan(0, |start, nl| {
+                        let l = &text.as_bytes()[*start..=nl];
+                        *start = nl + 1;
+                        Some(l)
+                    }) {
+                        let _ = self.out.write_all(p);
+                        let _ = self.out.write_all(line);
+                    }
                 }
             }
             RunEvent::StepRetrying { step, attempt, exit_code } => {

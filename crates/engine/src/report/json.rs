@@ -15,6 +15,16 @@ struct Line<'a> {
     event: &'a RunEvent,
 }
 
+/// One line of a step's output, as `orch ci --json` has always written it.
+#[derive(Serialize)]
+struct LogLine<'a> {
+    t: f64,
+    event: &'static str,
+    step: &'a str,
+    stream: crate::exec::Stream,
+    line: &'a str,
+}
+
 pub struct JsonReporter<W: Write> {
     out: std::io::BufWriter<W>,
     start: Instant,
@@ -27,14 +37,22 @@ impl<W: Write> JsonReporter<W> {
 
     pub fn event(&mut self, ev: &RunEvent) {
         let t = (self.start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+        if let RunEvent::StepOutput { step, stream, text } = ev {
+            // The documented schema: a `step_log` object per line.
+            for line in crate::sched::logs::lines_of(text) {
+                let l = LogLine { t, event: "step_log", step, stream: *stream, line };
+                if serde_json::to_writer(&mut self.out, &l).is_ok() {
+                    let _ = self.out.write_all(b"\n");
+                }
+            }
+            return;
+        }
         if serde_json::to_writer(&mut self.out, &Line { t, event: ev }).is_ok() {
             let _ = self.out.write_all(b"\n");
         }
-        // Lines are buffered during a step's output; everything else is flushed at once so
-        // a tool reading the stream sees steps start and end when they do.
-        if !matches!(ev, RunEvent::StepLog { .. }) {
-            let _ = self.out.flush();
-        }
+        // Lines are buffered during a step's output (above); everything else is flushed at
+        // once so a tool reading the stream sees steps start and end when they do.
+        let _ = self.out.flush();
     }
 }
 

@@ -13,11 +13,12 @@ use std::path::PathBuf;
 
 use crate::sched::RunEvent;
 
-/// What [`LogFiles::event`] wrote: a line of `step`'s log, which ends at byte `end`.
+/// What [`LogFiles::event`] wrote: whole lines of `step`'s log (each ending with `\n`),
+/// which end at byte `end` of its file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Written {
     pub step: String,
-    pub line: String,
+    pub text: String,
     pub end: u64,
 }
 
@@ -49,21 +50,22 @@ impl LogFiles {
         self.open.get_mut(step)
     }
 
-    fn write(&mut self, step: &str, line: &str) -> Option<Written> {
+    /// Writes `text`, whole lines.
+    fn write(&mut self, step: &str, text: &str) -> Option<Written> {
         let f = self.file(step)?;
         // A failed write (a full disk) loses log lines, never the run.
-        f.w.write_all(line.as_bytes()).and_then(|()| f.w.write_all(b"\n")).ok()?;
-        f.len += line.len() as u64 + 1;
-        Some(Written { step: step.to_string(), line: line.to_string(), end: f.len })
+        f.w.write_all(text.as_bytes()).ok()?;
+        f.len += text.len() as u64;
+        Some(Written { step: step.to_string(), text: text.to_string(), end: f.len })
     }
 
     /// Writes what `ev` puts in a log; returns the line written, if any.
     pub fn event(&mut self, ev: &RunEvent) -> Option<Written> {
         match ev {
             RunEvent::StepStarted { step, attempt, .. } if *attempt > 1 => {
-                self.write(step, &format!("--- attempt {attempt} ---"))
+                self.write(step, &format!("--- attempt {attempt} ---\n"))
             }
-            RunEvent::StepLog { step, line, .. } => self.write(step, line),
+            RunEvent::StepOutput { step, text, .. } => self.write(step, text),
             RunEvent::StepFinished(s) => {
                 // The step's file is complete: closed now, not at the end of the run.
                 if let Some(mut f) = self.open.remove(&s.step) {
@@ -95,7 +97,7 @@ mod tests {
     use crate::exec::Stream;
 
     fn log(step: &str, line: &str) -> RunEvent {
-        RunEvent::StepLog { step: step.into(), stream: Stream::Stdout, line: line.into() }
+        RunEvent::StepOutput { step: step.into(), stream: Stream::Stdout, text: format!("{line}\n") }
     }
 
     #[test]
@@ -103,7 +105,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mut f = LogFiles::new(d.path());
         let w = f.event(&log("a", "one")).unwrap();
-        assert_eq!((w.end, w.line.as_str()), (4, "one"));
+        assert_eq!((w.end, w.text.as_str()), (4, "one\n"));
         f.event(&log("t[v=x y]", "variant"));
         f.event(&RunEvent::StepStarted { step: "a".into(), attempt: 2, attempts: 2 });
         assert_eq!(f.event(&log("a", "two")).unwrap().end, 4 + 18 + 4);

@@ -26,11 +26,13 @@ pub enum RunEvent {
         attempt: u32,
         attempts: u32,
     },
-    /// One line of a step's output, secrets masked.
-    StepLog {
+    /// Lines of a step's output, secrets masked: `text` is one or more whole lines, each
+    /// ending with `\n` (what one read of the output finished; `orch ci --json` writes
+    /// them as `step_log` objects, a line each).
+    StepOutput {
         step: String,
         stream: Stream,
-        line: String,
+        text: String,
     },
     /// An attempt failed with a retryable exit code; another follows.
     StepRetrying {
@@ -249,7 +251,7 @@ mod tests {
                 jobs: 2,
             },
             RunEvent::StepStarted { step: "a".into(), attempt: 1, attempts: 2 },
-            RunEvent::StepLog { step: "a".into(), stream: Stream::Stderr, line: "héllo \u{1b}[31m".into() },
+            RunEvent::StepOutput { step: "a".into(), stream: Stream::Stderr, text: "héllo \u{1b}[31m\n\nx\n".into() },
             RunEvent::StepRetrying { step: "a".into(), attempt: 1, exit_code: 137 },
             RunEvent::CacheRestored { step: "a".into(), key: "k".into(), hit: true, fallback: false, size: 9 },
             RunEvent::CacheSaved { step: "a".into(), key: "k".into(), size: 9 },

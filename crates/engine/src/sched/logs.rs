@@ -1,7 +1,12 @@
 //! Step output: raw chunks become masked lines, written to the step's log file and sent on
 //! as events. Memory is bounded by the longest line kept (`MAX_LINE`), whatever the output.
+//!
+//! The work is per chunk, not per line: a chunk's finished lines are found with one
+//! backwards scan, masked with one automaton pass (which skips text holding no secret's
+//! first byte) and handed on as one buffer. A flood of short lines costs what its bytes
+//! cost.
 
-use std::io::Write;
+use aho_corasick::{AhoCorasick, MatchKind};
 
 use crate::exec::Stream;
 
@@ -16,8 +21,11 @@ pub const MIN_LINE: usize = crate::secrets::MIN_MASKED;
 /// Replaces secret values with `***`.
 #[derive(Debug, Clone, Default)]
 pub struct Masker {
-    /// Longest first, so that a secret containing another is masked whole.
-    secrets: Vec<Vec<u8>>,
+    /// Leftmost-longest: where two secrets start at the same byte, the longer is masked
+    /// whole. None when there is no secret.
+    finder: Option<AhoCorasick>,
+    /// The longest secret's length.
+    longest: usize,
 }
 
 impl Masker {
@@ -40,31 +48,45 @@ impl Masker {
             .collect();
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         secrets.dedup();
-        Masker { secrets }
+        let longest = secrets.first().map_or(0, Vec::len);
+        // Building fails only past the automaton's size limits, far beyond any set of
+        // secrets; masking nothing is never the fallback, so the plain search is.
+        let finder = (!secrets.is_empty()).then(|| {
+            AhoCorasick::builder().match_kind(MatchKind::LeftmostLongest).build(&secrets).unwrap_or_else(|_| {
+                AhoCorasick::builder()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .kind(Some(aho_corasick::AhoCorasickKind::NoncontiguousNFA))
+                    .build(&secrets)
+                    // The NFA fails only past 2^31 states: secrets of gigabytes.
+                    .expect("a noncontiguous automaton of the secrets")
+            })
+        });
+        Masker { finder, longest }
     }
 
     /// Bytes a split secret can leave at the end of a buffer.
     fn overlap(&self) -> usize {
-        self.secrets.first().map_or(0, |s| s.len() - 1)
+        self.longest.saturating_sub(1)
+    }
+
+    /// Appends `data` to `out` with every secret replaced.
+    pub fn mask_into(&self, data: &[u8], out: &mut Vec<u8>) {
+        let Some(finder) = &self.finder else {
+            out.extend_from_slice(data);
+            return;
+        };
+        let mut last = 0;
+        for m in finder.find_iter(data) {
+            out.extend_from_slice(&data[last..m.start()]);
+            out.extend_from_slice(MASK.as_bytes());
+            last = m.end();
+        }
+        out.extend_from_slice(&data[last..]);
     }
 
     pub fn mask(&self, data: &[u8]) -> Vec<u8> {
-        if self.secrets.is_empty() {
-            return data.to_vec();
-        }
         let mut out = Vec::with_capacity(data.len());
-        let mut i = 0;
-        'outer: while i < data.len() {
-            for s in &self.secrets {
-                if data[i..].starts_with(s) {
-                    out.extend_from_slice(MASK.as_bytes());
-                    i += s.len();
-                    continue 'outer;
-                }
-            }
-            out.push(data[i]);
-            i += 1;
-        }
+        self.mask_into(data, &mut out);
         out
     }
 }
@@ -73,41 +95,83 @@ impl Masker {
 /// split across two chunks is still caught.
 #[derive(Debug, Default)]
 pub struct LineSplitter {
+    /// The line begun and not finished yet.
     buf: Vec<u8>,
 }
 
 impl LineSplitter {
-    /// Feeds a chunk; calls `emit` with each finished (masked) line, without its newline.
-    pub fn push(&mut self, chunk: &[u8], masker: &Masker, mut emit: impl FnMut(Vec<u8>)) {
-        self.buf.extend_from_slice(chunk);
-        let mut start = 0;
-        while let Some(nl) = self.buf[start..].iter().position(|&b| b == b'\n') {
-            let mut line = &self.buf[start..start + nl];
-            if line.last() == Some(&b'\r') {
-                line = &line[..line.len() - 1];
+    /// Feeds a chunk; appends the lines it finishes to `out`, masked, each ending with
+    /// `\n` (a `\r` before it dropped).
+    pub fn push(&mut self, mut chunk: &[u8], masker: &Masker, out: &mut Vec<u8>) {
+        if !self.buf.is_empty() {
+            let Some(nl) = memchr::memchr(b'\n', chunk) else {
+                self.buf.extend_from_slice(chunk);
+                self.cut_long(masker, out);
+                return;
+            };
+            self.buf.extend_from_slice(&chunk[..=nl]);
+            finished(&self.buf, masker, out);
+            self.buf.clear();
+            chunk = &chunk[nl + 1..];
+        }
+        match memchr::memrchr(b'\n', chunk) {
+            Some(nl) => {
+                finished(&chunk[..=nl], masker, out);
+                self.buf.extend_from_slice(&chunk[nl + 1..]);
             }
-            emit(masker.mask(line));
-            start += nl + 1;
+            None => self.buf.extend_from_slice(chunk),
         }
-        self.buf.drain(..start);
-        if self.buf.len() > MAX_LINE {
-            // Mask first, then keep back what could be the start of a secret that the next
-            // chunk completes.
-            let masked = masker.mask(&self.buf);
-            let keep = masker.overlap().min(masked.len());
-            let cut = masked.len() - keep;
-            emit(masked[..cut].to_vec());
-            self.buf = masked[cut..].to_vec();
+        self.cut_long(masker, out);
+    }
+
+    /// A line longer than [`MAX_LINE`] goes out in pieces. Mask first, then keep back what
+    /// could be the start of a secret that the next chunk completes.
+    fn cut_long(&mut self, masker: &Masker, out: &mut Vec<u8>) {
+        if self.buf.len() <= MAX_LINE {
+            return;
         }
+        let masked = masker.mask(&self.buf);
+        let keep = masker.overlap().min(masked.len());
+        let cut = masked.len() - keep;
+        out.extend_from_slice(&masked[..cut]);
+        out.push(b'\n');
+        self.buf = masked[cut..].to_vec();
     }
 
     /// The last line, when the output did not end with a newline.
-    pub fn finish(&mut self, masker: &Masker, mut emit: impl FnMut(Vec<u8>)) {
+    pub fn finish(&mut self, masker: &Masker, out: &mut Vec<u8>) {
         if !self.buf.is_empty() {
-            emit(masker.mask(&self.buf));
+            masker.mask_into(&self.buf, out);
+            out.push(b'\n');
             self.buf.clear();
         }
     }
+}
+
+/// Appends whole lines (`text` ends with `\n`) masked, with `\r\n` made `\n`. Secrets hold
+/// no `\n` and never end with `\r`, so a match never spans lines nor a dropped `\r`, and
+/// masking the whole text is masking each line.
+fn finished(text: &[u8], masker: &Masker, out: &mut Vec<u8>) {
+    let start = out.len();
+    masker.mask_into(text, out);
+    if memchr::memchr(b'\r', &out[start..]).is_none() {
+        return;
+    }
+    let mut w = start;
+    let mut r = start;
+    while let Some(i) = memchr::memmem::find(&out[r..], b"\r\n") {
+        out.copy_within(r..r + i, w);
+        w += i;
+        r += i + 1; // the `\n` is copied with the next segment
+    }
+    let rest = out.len() - r;
+    out.copy_within(r.., w);
+    out.truncate(w + rest);
+}
+
+/// The lines of a text of whole lines, without their `\n`.
+pub fn lines_of(text: &str) -> impl Iterator<Item = &str> {
+    text.strip_suffix('\n').unwrap_or(text).split('\n').filter(move |_| !text.is_empty())
 }
 
 /// Both streams of a step attempt.
@@ -126,12 +190,6 @@ impl StepLines {
     }
 }
 
-/// Appends a line to a log file (buffered by the caller's `BufWriter`).
-pub fn write_line(w: &mut impl Write, line: &[u8]) -> std::io::Result<()> {
-    w.write_all(line)?;
-    w.write_all(b"\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,10 +199,10 @@ mod tests {
         let mut s = LineSplitter::default();
         let mut out = Vec::new();
         for c in chunks {
-            s.push(c, &m, |l| out.push(String::from_utf8(l).unwrap()));
+            s.push(c, &m, &mut out);
         }
-        s.finish(&m, |l| out.push(String::from_utf8(l).unwrap()));
-        out
+        s.finish(&m, &mut out);
+        lines_of(&String::from_utf8(out).unwrap()).map(String::from).collect()
     }
 
     #[test]
@@ -192,6 +250,65 @@ mod tests {
         // `1` would turn every 1 of every log into `***`; the run warns about it instead.
         assert_eq!(lines(&[b"build 1 of 10\n"], &["1", "ab"]), ["build 1 of 10"]);
         assert_eq!(lines(&[b"pin 1234\n"], &["1234"]), ["pin ***"]);
+    }
+
+    /// The per-line reference: split on `\n`, drop a `\r` before it, at each byte the
+    /// longest secret that starts there.
+    fn reference(input: &[u8], secrets: &[&str]) -> Vec<String> {
+        let mut secrets: Vec<&[u8]> = secrets.iter().map(|s| s.as_bytes()).collect();
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        let mut out = Vec::new();
+        let mut parts: Vec<&[u8]> = input.split(|&b| b == b'\n').collect();
+        if parts.last().is_some_and(|l| l.is_empty()) {
+            parts.pop();
+        }
+        let n = parts.len();
+        for (k, mut line) in parts.into_iter().enumerate() {
+            let ended = k + 1 < n || input.ends_with(b"\n");
+            if ended && line.last() == Some(&b'\r') {
+                line = &line[..line.len() - 1];
+            }
+            let mut masked = Vec::new();
+            let mut i = 0;
+            'outer: while i < line.len() {
+                for s in &secrets {
+                    if line[i..].starts_with(s) {
+                        masked.extend_from_slice(MASK.as_bytes());
+                        i += s.len();
+                        continue 'outer;
+                    }
+                }
+                masked.push(line[i]);
+                i += 1;
+            }
+            out.push(String::from_utf8(masked).unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn any_chunking_gives_the_lines_of_the_per_line_reference() {
+        let secrets = ["hunter2", "hunter22x", "abcd", "a\rbc"];
+        let alphabet = b"hunter2x abcd\r\n\n";
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..2000 {
+            let len = (next() % 200) as usize;
+            let input: Vec<u8> = (0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect();
+            let mut chunks = Vec::new();
+            let mut at = 0;
+            while at < input.len() {
+                let n = 1 + (next() % 12) as usize;
+                chunks.push(&input[at..(at + n).min(input.len())]);
+                at += n;
+            }
+            assert_eq!(lines(&chunks, &secrets), reference(&input, &secrets), "{:?}", String::from_utf8_lossy(&input));
+        }
     }
 
     #[test]

@@ -137,6 +137,7 @@ pub async fn execute<B: Backend>(
     }
     let mut summaries = Vec::new();
     let mut status = RunStatus::Success;
+    let removals = Removals::default();
     if !plan.steps.is_empty() {
         let prepared = backend
             .prepare(&RunSpec {
@@ -147,7 +148,7 @@ pub async fn execute<B: Backend>(
             .await;
         match prepared {
             Ok(()) => {
-                summaries = run_steps(&backend, plan, &opts, &events, &cancel, started).await;
+                summaries = run_steps(&backend, plan, &opts, &events, &cancel, started, &removals).await;
                 status = overall(&summaries, cancel.graceful.is_cancelled());
             }
             Err(e) => {
@@ -161,7 +162,11 @@ pub async fn execute<B: Backend>(
             }
         }
     }
-    match tokio::time::timeout(CLEANUP_TIMEOUT, backend.destroy(&opts.run_id)).await {
+    let cleanup = async {
+        removals.wait().await;
+        backend.destroy(&opts.run_id).await
+    };
+    match tokio::time::timeout(CLEANUP_TIMEOUT, cleanup).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             let _ = events
@@ -212,6 +217,7 @@ async fn run_steps<B: Backend>(
     events: &mpsc::Sender<RunEvent>,
     cancel: &Cancel,
     run_start: Instant,
+    removals: &Removals,
 ) -> Vec<StepSummary> {
     let n = plan.steps.len();
     let index: HashMap<&str, usize> = plan.steps.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
@@ -318,6 +324,7 @@ async fn run_steps<B: Backend>(
                     events: events.clone(),
                     cancel: cancel.clone(),
                     run_start,
+                    removals: removals.clone(),
                 };
                 let handle = tasks.spawn(async move { (i, unit.run().await) });
                 task_index.insert(handle.id(), i);
@@ -393,6 +400,30 @@ struct Unit<B> {
     events: mpsc::Sender<RunEvent>,
     cancel: Cancel,
     run_start: Instant,
+    removals: Removals,
+}
+
+/// Removals of step containers still under way: a step's end is announced (and its
+/// dependents start) while its container is being removed, which in a chain saves a
+/// round trip of the daemon's per step. The run's cleanup waits for them first.
+#[derive(Clone, Default)]
+struct Removals(Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>);
+
+impl Removals {
+    fn push(&self, task: tokio::task::JoinHandle<()>) {
+        match self.0.lock() {
+            Ok(mut v) => v.push(task),
+            // Poisoned only by a panic while pushing: the run's destroy still removes it.
+            Err(_) => drop(task),
+        }
+    }
+
+    async fn wait(&self) {
+        let tasks = self.0.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
 }
 
 /// A cache of the step, resolved: its key and the container paths it holds.
@@ -478,16 +509,24 @@ impl<B: Backend> Unit<B> {
                             summary.message = Some(m.clone());
                         }
                     }
-                    if let Some(h) = handle {
-                        let _ = self.backend.remove(&h).await;
-                    }
                     let retryable = match ended {
                         Ended::Exit(code, _) if code != 0 => {
                             self.step.retry.on_exit_codes.is_empty() || self.step.retry.on_exit_codes.contains(&code)
                         }
                         _ => false,
                     };
-                    if retryable && attempt < attempts && !self.cancel.graceful.is_cancelled() {
+                    let retry = retryable && attempt < attempts && !self.cancel.graceful.is_cancelled();
+                    if let Some(h) = handle {
+                        if retry {
+                            let _ = self.backend.remove(&h).await;
+                        } else {
+                            let backend = self.backend.clone();
+                            self.removals.push(tokio::spawn(async move {
+                                let _ = backend.remove(&h).await;
+                            }));
+                        }
+                    }
+                    if retry {
                         let _ = self
                             .events
                             .send(RunEvent::StepRetrying {
@@ -738,9 +777,10 @@ pub fn truncation_notice(limit: u64) -> String {
     )
 }
 
-/// Turns one attempt's output into masked `StepLog` events, until the output ends. Past
-/// `limit` bytes for the step (all attempts together; 0: no limit) one notice is sent and
-/// the rest is drained and dropped, so the container never waits on a full log.
+/// Turns one attempt's output into masked `StepOutput` events (one per chunk read, holding
+/// the lines it finished), until the output ends. Past `limit` bytes for the step (all
+/// attempts together; 0: no limit) one notice is sent and the rest is drained and dropped,
+/// so the container never waits on a full log.
 async fn pump_logs(
     mut rx: mpsc::Receiver<LogChunk>,
     masker: Masker,
@@ -753,32 +793,52 @@ async fn pump_logs(
     let mut kept = logged.load(Ordering::SeqCst);
     let mut full = limit > 0 && kept >= limit;
     let mut lines = StepLines::default();
-    let mut pending: Vec<(crate::exec::Stream, Vec<u8>)> = Vec::new();
-    let mut done = false;
-    while !done {
-        match rx.recv().await {
-            Some(chunk) => lines.splitter(chunk.stream).push(&chunk.data, &masker, |l| pending.push((chunk.stream, l))),
-            None => {
-                for stream in [crate::exec::Stream::Stdout, crate::exec::Stream::Stderr] {
-                    lines.splitter(stream).finish(&masker, |l| pending.push((stream, l)));
-                }
-                done = true;
-            }
+    let mut text = Vec::new();
+    while let Some(chunk) = rx.recv().await {
+        if full {
+            continue;
         }
-        for (stream, line) in pending.drain(..) {
-            if full {
-                continue;
-            }
-            let line = String::from_utf8(line).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-            let line = if limit > 0 && kept + line.len() as u64 + 1 > limit {
-                full = true;
-                truncation_notice(limit)
-            } else {
-                line
-            };
-            kept += line.len() as u64 + 1;
-            let _ = events.send(RunEvent::StepLog { step: step.clone(), stream, line }).await;
+        lines.splitter(chunk.stream).push(&chunk.data, &masker, &mut text);
+        send_output(&events, &step, chunk.stream, &mut text, limit, &mut kept, &mut full).await;
+    }
+    // What each stream left unfinished, as events of their own.
+    for stream in [crate::exec::Stream::Stdout, crate::exec::Stream::Stderr] {
+        lines.splitter(stream).finish(&masker, &mut text);
+        if full {
+            break;
         }
+        send_output(&events, &step, stream, &mut text, limit, &mut kept, &mut full).await;
     }
     logged.store(kept, Ordering::SeqCst);
+}
+
+/// Sends `text` (whole lines) as one event and empties it; the lines that pass the limit
+/// become one notice, and `full` is set.
+async fn send_output(
+    events: &mpsc::Sender<RunEvent>,
+    step: &str,
+    stream: crate::exec::Stream,
+    text: &mut Vec<u8>,
+    limit: u64,
+    kept: &mut u64,
+    full: &mut bool,
+) {
+    if text.is_empty() {
+        return;
+    }
+    if limit > 0 && *kept + text.len() as u64 > limit {
+        // Whole lines up to the limit, then the notice.
+        let room = limit.saturating_sub(*kept) as usize;
+        let cut = memchr::memrchr(b'\n', &text[..room.min(text.len())]).map_or(0, |i| i + 1);
+        text.truncate(cut);
+        text.extend_from_slice(truncation_notice(limit).as_bytes());
+        text.push(b'\n');
+        *full = true;
+    }
+    *kept += text.len() as u64;
+    let text = match String::from_utf8(std::mem::take(text)) {
+        Ok(t) => t,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    };
+    let _ = events.send(RunEvent::StepOutput { step: step.to_string(), stream, text }).await;
 }

@@ -1,4 +1,4 @@
-//! Live logs: the runs executing in this server broadcast each log line as it is written,
+//! Live logs: the runs executing in this server broadcast the log lines as they are written,
 //! and followers (the API's SSE, so `orch logs --follow` and the dashboard) subscribe.
 //! Nothing polls: a line reaches a follower as soon as the step printed it.
 //!
@@ -17,8 +17,9 @@ use super::status::{RunState, StepState};
 /// What a live run sends its followers.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Item {
-    /// A line of `step`'s log, which ends at byte `end` of its file.
-    Line { step: String, line: Arc<str>, end: u64 },
+    /// Whole lines of `step`'s log (each ending with `\n`), which end at byte `end` of its
+    /// file.
+    Lines { step: String, text: Arc<str>, end: u64 },
     /// The step ended with this status.
     StepDone { step: String, status: StepState },
     /// The run ended with this status.
@@ -38,7 +39,7 @@ pub struct Feed {
     steps: Mutex<HashMap<String, StepLog>>,
 }
 
-/// Lines kept for a follower that fell behind, before it reads the file instead.
+/// Batches of lines kept for a follower that fell behind, before it reads the file instead.
 const BACKLOG: usize = 4096;
 
 impl Feed {
@@ -51,7 +52,7 @@ impl Feed {
         let Ok(mut steps) = self.steps.lock() else { return };
         for item in items {
             match &item {
-                Item::Line { step, end, .. } => steps.entry(step.clone()).or_default().len = *end,
+                Item::Lines { step, end, .. } => steps.entry(step.clone()).or_default().len = *end,
                 Item::StepDone { step, status } => steps.entry(step.clone()).or_default().done = Some(*status),
                 Item::RunDone { .. } => {}
             }
@@ -107,14 +108,14 @@ mod tests {
     async fn a_follower_gets_what_comes_after_its_snapshot() {
         let live = Live::default();
         let feed = live.start(1);
-        feed.send(vec![Item::Line { step: "a".into(), line: "one".into(), end: 4 }]);
+        feed.send(vec![Item::Lines { step: "a".into(), text: "one\n".into(), end: 4 }]);
         let (mut rx, len, done) = feed.follow("a");
         assert_eq!((len, done), (4, None));
         feed.send(vec![
-            Item::Line { step: "a".into(), line: "two".into(), end: 8 },
+            Item::Lines { step: "a".into(), text: "two\n".into(), end: 8 },
             Item::StepDone { step: "a".into(), status: StepState::Passed },
         ]);
-        assert_eq!(rx.recv().await.unwrap(), Item::Line { step: "a".into(), line: "two".into(), end: 8 });
+        assert_eq!(rx.recv().await.unwrap(), Item::Lines { step: "a".into(), text: "two\n".into(), end: 8 });
         assert!(matches!(rx.recv().await.unwrap(), Item::StepDone { .. }));
         live.end(1, RunState::Success);
         assert_eq!(rx.recv().await.unwrap(), Item::RunDone { status: RunState::Success });

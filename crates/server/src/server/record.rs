@@ -32,7 +32,7 @@ pub(super) async fn record(st: Arc<AppState>, rr: RunRef, logs: PathBuf, mut rx:
         // What is there now, as one batch: one flush, one broadcast.
         while let Some(ev) = next.take() {
             if let Some(w) = files.event(&ev) {
-                items.push(Item::Line { step: w.step, line: w.line.into(), end: w.end });
+                items.push(Item::Lines { step: w.step, text: w.text.into(), end: w.end });
             }
             match ev {
                 RunEvent::StepStarted { step, attempt, .. } => {

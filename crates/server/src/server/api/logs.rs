@@ -181,11 +181,19 @@ fn follow(st: Arc<AppState>, run: i64, step: String, file: PathBuf, start: u64) 
                         _ = tx.closed() => return,
                     };
                     match item {
-                        Ok(live::Item::Line { step: s, line, end }) if s == step && end > lines.pos => {
-                            lines.pos = end;
-                            if tx.send(Event::default().id(end.to_string()).data(shown(line.as_bytes()))).await.is_err()
-                            {
-                                return;
+                        Ok(live::Item::Lines { step: s, text, end }) if s == step && end > lines.pos => {
+                            // An event per line, its id the byte where it ends.
+                            let mut at = end - text.len() as u64;
+                            for line in text.split_inclusive('\n') {
+                                at += line.len() as u64;
+                                if at <= lines.pos {
+                                    continue;
+                                }
+                                lines.pos = at;
+                                let ev = Event::default().id(at.to_string()).data(shown(line.as_bytes()));
+                                if tx.send(ev).await.is_err() {
+                                    return;
+                                }
                             }
                         }
                         Ok(live::Item::StepDone { step: s, status }) if s == step => {
