@@ -224,10 +224,17 @@ pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
     let mut isolation = args.isolation.resolve(|_| None, None).map_err(Error::Usage)?;
     isolation.docker_socket = args.docker_socket;
     isolation.privileged = args.privileged;
+    // The firewall's rules (a dozen `iptables` calls the first time in a process) are put
+    // in place while the run is set up; steps start only after they are.
+    let firewall = isolation.block_host.then(|| tokio::task::spawn_blocking(crate::exec::firewall::ensure));
     let workspace = if args.bind {
         Workspace::Bind(root.clone())
     } else {
-        Workspace::Copy { files: git::workspace_files(&root)?, root: root.clone() }
+        Workspace::Copy {
+            files: git::workspace_files(&root)?,
+            root: root.clone(),
+            base: Some(root.join(".orch").join("workspace")),
+        }
     };
     let cache = (!args.no_cache).then(|| CacheSettings {
         store: Arc::new(cache_store(args.cache_dir.clone())),
@@ -284,7 +291,13 @@ pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
             return Ok(exit::INFRA);
         }
     };
-    if let Ok(report) = backend.gc(true).await
+    let (gc, firewall) = tokio::join!(backend.gc(true), async {
+        match firewall {
+            Some(task) => task.await.unwrap_or_else(|e| Err(e.to_string())),
+            None => Ok(()),
+        }
+    });
+    if let Ok(report) = gc
         && !report.runs.is_empty()
     {
         let _ = tx
@@ -300,9 +313,7 @@ pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
             })
             .await;
     }
-    if prepared.options.isolation.block_host
-        && let Err(why) = crate::exec::firewall::ensure()
-    {
+    if let Err(why) = firewall {
         let message = format!("steps can reach this machine's services: {why} (--step-host-access allows it quietly)");
         let _ = tx.send(RunEvent::RunMessage { level: Level::Warning, message }).await;
     }

@@ -578,8 +578,8 @@ steps:
 
 /// Starts `orch ci --json ARGS` on a project whose step `long` runs for a minute; returns
 /// once that step's container is up, after checking the owner labels on everything the run
-/// created: `containers` containers, the run's network and the step's when `network`, the
-/// workspace volume.
+/// created: `containers` containers, the step's network when `network` (the others sit on
+/// the shared steps' network, which no run owns), the workspace volume (and its layer's).
 fn start_long_step(p: &Project, args: &[&str], containers: usize, network: bool) -> Running {
     let mut all = vec!["--json"];
     all.extend_from_slice(args);
@@ -605,16 +605,20 @@ fn start_long_step(p: &Project, args: &[&str], containers: usize, network: bool)
     let networks = docker(&["network", "ls", "--filter", &filter, "--format", "{{.Name}}"]);
     let mut networks: Vec<&str> = networks.lines().collect();
     networks.sort();
-    let run_net = format!("orch-{id}");
-    let mut want = vec![run_net.as_str()];
-    if network {
-        want.push(&step_container);
-    }
+    let want: Vec<&str> = if network { vec![&step_container] } else { vec![] };
     assert_eq!(networks, want, "the run's networks");
     let volumes = docker(&["volume", "ls", "--filter", &filter, "--format", "{{.Name}}"]);
-    assert_eq!(volumes, format!("orch-{id}-workspace"), "the run's workspace volume");
-    let owner = docker(&["volume", "inspect", "--format", r#"{{index .Labels "orch.pid"}}"#, &volumes]);
-    assert_eq!(owner, orch.pid().to_string(), "the volume's orch.pid label");
+    let mut volumes: Vec<&str> = volumes.lines().collect();
+    volumes.sort();
+    // As root the workspace is an overlay whose writes live in a second volume.
+    let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
+    let (layer, workspace) = (format!("orch-{id}-layer"), format!("orch-{id}-workspace"));
+    let want: Vec<&str> = if root { vec![&layer, &workspace] } else { vec![&workspace] };
+    assert_eq!(volumes, want, "the run's volumes");
+    for v in volumes {
+        let owner = docker(&["volume", "inspect", "--format", r#"{{index .Labels "orch.pid"}}"#, v]);
+        assert_eq!(owner, orch.pid().to_string(), "the volume's orch.pid label");
+    }
     orch
 }
 
@@ -794,4 +798,90 @@ fn docker_unreachable_is_an_infrastructure_error() {
     let run = Running::spawn(cmd).finish(RUN_LIMIT);
     run.assert_code(3);
     assert!(run.stderr.contains("cannot reach the Docker daemon"), "{}", run.describe());
+}
+
+/// Steps without services share one network, kept between runs, on which they cannot
+/// reach one another: two steps running at once, one listening, the other refused; the
+/// listener itself answers on the same address.
+#[test]
+fn steps_on_the_shared_network_cannot_reach_each_other() {
+    require_docker!();
+    let p = Project::new(
+        r#"
+steps:
+  listen:
+    image: busybox:latest
+    needs: []
+    commands:
+      - (while true; do nc -l -p 8080 -e echo hi; done) &
+      - ip=$(hostname -i) && echo $ip > ip.txt
+      - sleep 1 && if nc -w 3 $ip 8080 </dev/null | grep -q hi; then echo self:reached; else echo self:blocked; fi
+      - for i in $(seq 100); do [ -f done.txt ] && break; sleep 0.2; done
+  probe:
+    image: busybox:latest
+    needs: []
+    commands:
+      - for i in $(seq 100); do [ -f ip.txt ] && break; sleep 0.2; done
+      - sleep 1 && if nc -w 3 $(cat ip.txt) 8080 </dev/null | grep -q hi; then echo peer:reached; else echo peer:blocked; fi
+      - touch done.txt
+"#,
+    );
+    let run = p.run_json(&["--jobs", "2"]);
+    run.assert_code(0);
+    let d = run.describe();
+    assert!(run.log_lines("listen").iter().any(|l| l == "self:reached"), "{d}");
+    assert!(run.log_lines("probe").iter().any(|l| l == "peer:blocked"), "{d}");
+    let net = docker(&[
+        "network",
+        "inspect",
+        "orch-steps",
+        "--format",
+        r#"{{index .Options "com.docker.network.bridge.enable_icc"}} {{index .Labels "orch.shared"}}"#,
+    ]);
+    assert_eq!(net, "false steps", "the shared network stays, inter-container traffic off");
+    assert_no_leftovers(&run.run_id());
+}
+
+/// The workspace of `orch ci` (as root, on the daemon's machine) is a copy-on-write layer
+/// over a base that follows the tree: a run's writes reach neither the project nor the
+/// next run; a change to the project reaches the next run; a file the project lost is gone.
+#[test]
+fn each_run_starts_from_the_tree_whatever_the_last_one_wrote() {
+    require_docker!();
+    let p = Project::new(
+        r#"
+steps:
+  mess:
+    image: busybox:latest
+    commands:
+      - echo "a=$(cat a.txt) b=$(cat sub/b.txt 2>/dev/null || echo none) new=$(cat new.txt 2>/dev/null || echo none)"
+      - echo changed > a.txt && rm -rf sub && echo made > new.txt && mkdir -p d && echo x > d/y
+"#,
+    )
+    .with("a.txt", "one\n")
+    .with("sub/b.txt", "bee\n");
+    let before = p.snapshot();
+    let first = p.run_json(&[]);
+    first.assert_code(0);
+    assert!(first.log_lines("mess").iter().any(|l| l == "a=one b=bee new=none"), "{}", first.describe());
+    assert_eq!(p.snapshot(), before, "the project is untouched");
+
+    let second = p.run_json(&[]);
+    second.assert_code(0);
+    assert!(second.log_lines("mess").iter().any(|l| l == "a=one b=bee new=none"), "{}", second.describe());
+
+    // The project changes between runs: the next run sees it.
+    p.write("a.txt", "two, longer\n");
+    std::fs::remove_file(p.path().join("sub/b.txt")).unwrap();
+    let third = p.run_json(&[]);
+    third.assert_code(0);
+    assert!(third.log_lines("mess").iter().any(|l| l == "a=two, longer b=none new=none"), "{}", third.describe());
+    let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
+    if root {
+        // The layered workspace was used (its base is there) and holds only the tree.
+        let base = p.path().join(".orch/workspace/tree");
+        assert_eq!(std::fs::read_to_string(base.join("a.txt")).unwrap(), "two, longer\n");
+        assert!(!base.join("new.txt").exists() && !base.join("sub").exists() && !base.join("d").exists());
+    }
+    assert_no_leftovers(&third.run_id());
 }

@@ -240,6 +240,22 @@ impl Root {
         }
     }
 
+    /// The status of what is at `rel`, without following a final symbolic link; `None` if
+    /// nothing is.
+    pub fn stat(&self, rel: impl AsRef<Path>) -> io::Result<Option<rustix::fs::Stat>> {
+        let rel = rel.as_ref();
+        let (parent, name) = match self.parent_of(rel) {
+            Ok(p) => p,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Some(st)),
+            Err(rustix::io::Errno::NOENT) => Ok(None),
+            Err(e) => Err(about(rel, from_rustix(e))),
+        }
+    }
+
     /// The target of the symbolic link at `rel`.
     pub fn read_link(&self, rel: impl AsRef<Path>) -> io::Result<PathBuf> {
         let rel = rel.as_ref();

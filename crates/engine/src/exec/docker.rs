@@ -17,9 +17,10 @@ use bollard::models::{
     NetworkingConfig, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptions, DownloadFromContainerOptions, KillContainerOptions,
-    ListContainersOptions, ListNetworksOptions, ListVolumesOptions, LogsOptions, RemoveContainerOptions,
-    RemoveVolumeOptions, StartContainerOptions, StopContainerOptions, UploadToContainerOptions, WaitContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, DownloadFromContainerOptions, InspectNetworkOptions,
+    KillContainerOptions, ListContainersOptions, ListNetworksOptions, ListVolumesOptions, LogsOptions,
+    RemoveContainerOptions, RemoveVolumeOptions, StartContainerOptions, StopContainerOptions, UploadToContainerOptions,
+    WaitContainerOptions,
 };
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -35,6 +36,8 @@ pub struct DockerBackend {
     /// Workspaces still to fill, by run: the first step container created fills it, the
     /// others wait for that.
     fills: std::sync::Mutex<HashMap<String, Arc<Fill>>>,
+    /// The workspace bases held by runs whose workspace is a layer over one, by run.
+    leases: std::sync::Mutex<HashMap<String, super::base::Lease>>,
 }
 
 struct Fill {
@@ -131,6 +134,7 @@ impl DockerBackend {
             pid: std::process::id().to_string(),
             host: hostname(),
             fills: std::sync::Mutex::new(HashMap::new()),
+            leases: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -365,10 +369,13 @@ impl DockerBackend {
 
 const CHUNK: usize = 256 * 1024;
 
-/// The run's own network: every step without services sits on it (its bridge is one of
-/// orch's, which the firewall rules match).
-pub fn run_network(run_id: &str) -> String {
-    format!("orch-{run_id}")
+/// The network of every step without services: one per daemon, kept between runs (as the
+/// firewall's chains are). Its containers cannot reach one another (ICC off), so runs are
+/// as far apart as on networks of their own, without a network made and removed per run
+/// (about 0.4 s of the daemon's each). Its bridge is one of orch's, which the firewall
+/// rules match; runs allowed to reach the host get the other one.
+pub fn steps_network(block_host: bool) -> &'static str {
+    if block_host { "orch-steps" } else { "orch-steps-open" }
 }
 
 /// Docker's options for a bridge network named `name` whose Linux bridge is one of orch's
@@ -405,6 +412,58 @@ fn isolated(iso: &Isolation, mut h: HostConfig) -> HostConfig {
         h.binds = Some(binds);
     }
     h
+}
+
+/// The directory of a volume at `mountpoint` when this process can write it and it is the
+/// daemon's (the daemon is on this machine: reached through a Unix socket).
+fn local_volume_dir(mountpoint: &str) -> Option<Root> {
+    let local = std::env::var("DOCKER_HOST").map_or(true, |h| h.starts_with("unix://"));
+    if !local || mountpoint.is_empty() {
+        return None;
+    }
+    let dir = Root::open(mountpoint).ok()?;
+    rustix::fs::access(mountpoint, rustix::fs::Access::WRITE_OK).ok()?;
+    Some(dir)
+}
+
+/// Copies the work tree's `files` into `dest` as the upload's archive would: contents,
+/// permission bits, modification times, owners (when orch may set them), links as links.
+/// Both sides resolve beneath their directories.
+fn copy_tree(root: &Path, dest: &Root, files: &[PathBuf]) -> std::io::Result<()> {
+    let tree = Root::open(root)?;
+    let chown = rustix::process::geteuid().is_root();
+    for rel in files {
+        let Some((kind, _)) = tree.kind(rel)? else { continue };
+        match kind {
+            Kind::File => super::base::copy_file(&tree, dest, rel, chown)?,
+            Kind::Symlink => dest.symlink(&tree.read_link(rel)?, rel)?,
+            Kind::Dir => dest.create_dir_all(rel)?,
+            Kind::Other => {}
+        }
+    }
+    Ok(())
+}
+
+/// Whether an overlay can join `lower` (the base) and `upper` (a volume's directory): the
+/// kernel has overlayfs, both sit on file systems known to work with it, and the paths
+/// can be written in mount options.
+fn overlay_fits(lower: &Path, upper: &Path) -> bool {
+    static KERNEL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let kernel = *KERNEL.get_or_init(|| {
+        std::fs::read_to_string("/proc/filesystems").is_ok_and(|f| f.lines().any(|l| l.ends_with("\toverlay")))
+    });
+    // ext4, xfs, btrfs, tmpfs, zfs; overlay too as a lower layer.
+    const UPPER: [i64; 5] = [0xEF53, 0x5846_5342, 0x9123_683E, 0x0102_1994, 0x2FC1_2FC1];
+    // `f_type` is a C long here and an unsigned int on some architectures.
+    #[allow(clippy::unnecessary_cast)]
+    let fs = |p: &Path| rustix::fs::statfs(p).map(|s| s.f_type as i64).unwrap_or(0);
+    let plain = |p: &Path| p.to_str().is_some_and(|s| !s.contains([',', ':', '\n']));
+    let lower_fs = fs(lower);
+    kernel
+        && (UPPER.contains(&lower_fs) || lower_fs == 0x794C_7630)
+        && UPPER.contains(&fs(upper))
+        && plain(lower)
+        && plain(upper)
 }
 
 /// The daemon's socket on this host (`DOCKER_HOST=unix://...`, else the default).
@@ -482,6 +541,111 @@ fn create_error(e: DockerError, image: &str) -> BackendError {
 }
 
 impl DockerBackend {
+    /// Creates a volume of the run (local driver, with `options` if given).
+    async fn create_volume(
+        &self,
+        run_id: &str,
+        name: String,
+        options: Option<HashMap<String, String>>,
+    ) -> Result<bollard::models::Volume, BackendError> {
+        self.docker
+            .create_volume(VolumeCreateRequest {
+                name: Some(name),
+                labels: Some(self.labels(run_id, None)),
+                driver_opts: options,
+                ..Default::default()
+            })
+            .await
+            .map_err(api)
+    }
+
+    /// Makes the run's workspace a copy-on-write layer over the tree's base (see
+    /// [`super::base`]): the base is brought in line (only what changed is copied), a
+    /// volume of the run holds the layer's writes, and the workspace volume is the
+    /// overlay of the two, which the daemon mounts. False (and nothing made that the run's
+    /// cleanup would not remove) where this cannot be done: the caller copies instead.
+    async fn layered(&self, run_id: &str, root: &Path, files: &[PathBuf], base: &Path) -> Result<bool, BackendError> {
+        let local = std::env::var("DOCKER_HOST").map_or(true, |h| h.starts_with("unix://"));
+        if !local || !rustix::process::geteuid().is_root() {
+            return Ok(false);
+        }
+        let (r, f, b) = (root.to_path_buf(), files.to_vec(), base.to_path_buf());
+        let Ok(Ok(Some(lease))) = tokio::task::spawn_blocking(move || super::base::lease(&r, &f, &b)).await else {
+            return Ok(false);
+        };
+        let layer = self.create_volume(run_id, format!("orch-{run_id}-layer"), None).await?;
+        let Some(dir) = local_volume_dir(&layer.mountpoint) else { return Ok(false) };
+        let upper = Path::new(&layer.mountpoint);
+        if !overlay_fits(&lease.tree, upper)
+            || dir.create_dir_all("upper").is_err()
+            || dir.create_dir_all("work").is_err()
+        {
+            return Ok(false);
+        }
+        let options = HashMap::from([
+            ("type".to_string(), "overlay".to_string()),
+            ("device".to_string(), "overlay".to_string()),
+            (
+                "o".to_string(),
+                format!(
+                    "lowerdir={},upperdir={}/upper,workdir={}/work",
+                    lease.tree.display(),
+                    upper.display(),
+                    upper.display()
+                ),
+            ),
+        ]);
+        self.create_volume(run_id, volume_name(run_id), Some(options)).await?;
+        if let Ok(mut l) = self.leases.lock() {
+            l.insert(run_id.to_string(), lease);
+        }
+        Ok(true)
+    }
+
+    /// Makes the steps' network unless it is there; one that is there but not orch's (made
+    /// by hand, without the firewall's bridge name or with ICC on) is an error, not used.
+    async fn ensure_steps_network(&self, block_host: bool) -> Result<(), BackendError> {
+        let name = steps_network(block_host);
+        let options = HashMap::from([
+            ("com.docker.network.bridge.name".to_string(), super::firewall::bridge_name(name, block_host)),
+            ("com.docker.network.bridge.enable_icc".to_string(), "false".to_string()),
+        ]);
+        for _ in 0..2 {
+            match self.docker.inspect_network(name, None::<InspectNetworkOptions>).await {
+                Ok(n) => {
+                    let have = n.options.unwrap_or_default();
+                    if options.iter().any(|(k, v)| have.get(k) != Some(v)) {
+                        return Err(BackendError::Api(format!(
+                            "the network `{name}` is not the one orch makes (its bridge name or its \
+                             inter-container setting differ): remove it (`docker network rm {name}`) \
+                             and orch makes it again"
+                        )));
+                    }
+                    return Ok(());
+                }
+                Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {}
+                Err(e) => return Err(api(e)),
+            }
+            let created = self
+                .docker
+                .create_network(NetworkCreateRequest {
+                    name: name.to_string(),
+                    driver: Some("bridge".into()),
+                    labels: Some(HashMap::from([(LABEL_SHARED.to_string(), "steps".to_string())])),
+                    options: Some(options.clone()),
+                    ..Default::default()
+                })
+                .await;
+            match created {
+                Ok(_) => return Ok(()),
+                // Made at the same moment by another orch: look again.
+                Err(DockerError::DockerResponseServerError { status_code: 409, .. }) => {}
+                Err(e) => return Err(api(e)),
+            }
+        }
+        Err(BackendError::Api(format!("the network `{name}` could not be made")))
+    }
+
     /// Creates the step's private network, starts its services on it and waits until each
     /// is ready. On error, what was started is removed before returning.
     async fn start_services(&self, step: &StepSpec, handle: &mut StepHandle) -> Result<(), BackendError> {
@@ -741,18 +905,27 @@ impl DockerBackend {
                     // A tiny init as PID 1 forwards SIGTERM to the shell and reaps zombies, so
                     // a graceful stop is graceful.
                     init: Some(true),
-                    // The services' network, else the run's.
-                    network_mode: Some(handle.network.clone().unwrap_or_else(|| run_network(&step.run_id))),
+                    // The services' network, else the steps'.
+                    network_mode: Some(
+                        handle.network.clone().unwrap_or_else(|| steps_network(step.isolation.block_host).into()),
+                    ),
                     ..Default::default()
                 },
             )),
             ..Default::default()
         };
-        let created = self
-            .docker
-            .create_container(Some(CreateContainerOptions { name: Some(name), ..Default::default() }), body)
-            .await
-            .map_err(|e| create_error(e, &step.image))?;
+        let options = CreateContainerOptions { name: Some(name), ..Default::default() };
+        let created = match self.docker.create_container(Some(options.clone()), body.clone()).await {
+            // The steps' network was removed since (`docker network prune`): made again.
+            Err(DockerError::DockerResponseServerError { status_code: 404, message })
+                if handle.network.is_none() && message.contains("network") =>
+            {
+                self.ensure_steps_network(step.isolation.block_host).await?;
+                self.docker.create_container(Some(options), body).await
+            }
+            r => r,
+        }
+        .map_err(|e| create_error(e, &step.image))?;
         handle.id = created.id.clone();
         let id = created.id;
         // The first step container of the run fills the shared workspace before it starts.
@@ -839,33 +1012,35 @@ impl DockerBackend {
 
 impl Backend for DockerBackend {
     async fn prepare(&self, run: &RunSpec) -> Result<(), BackendError> {
-        // The run's network and its workspace volume at once (the network is the slower:
-        // the daemon programs a bridge and its firewall rules).
-        let net = run_network(&run.run_id);
-        let network = self.docker.create_network(NetworkCreateRequest {
-            name: net.clone(),
-            driver: Some("bridge".into()),
-            labels: Some(self.labels(&run.run_id, None)),
-            options: Some(bridge_options(&net, run.block_host)),
-            ..Default::default()
-        });
+        // The steps' network (made once per daemon) and the run's workspace volume at once.
+        let network = self.ensure_steps_network(run.block_host);
         let volume = async {
-            if matches!(run.workspace, Workspace::Bind(_)) {
-                return Ok(());
+            let Workspace::Copy { root, files, base } = &run.workspace else {
+                if matches!(run.workspace, Workspace::Empty) {
+                    self.create_volume(&run.run_id, volume_name(&run.run_id), None).await?;
+                }
+                return Ok(false);
+            };
+            if let Some(base) = base
+                && self.layered(&run.run_id, root, files, base).await?
+            {
+                return Ok(true);
             }
-            self.docker
-                .create_volume(VolumeCreateRequest {
-                    name: Some(volume_name(&run.run_id)),
-                    labels: Some(self.labels(&run.run_id, None)),
-                    ..Default::default()
-                })
-                .await
-                .map(|_| ())
+            let v = self.create_volume(&run.run_id, volume_name(&run.run_id), None).await?;
+            // On the daemon's own machine, where orch may write the volume's directory (as
+            // root, or with rootless Docker), the tree is copied straight in: no archive for
+            // the daemon to unpack. Anything else (or a copy that fails) takes the upload.
+            let Some(dest) = local_volume_dir(&v.mountpoint) else { return Ok(false) };
+            let (root, files) = (root.clone(), files.clone());
+            let copied = tokio::task::spawn_blocking(move || copy_tree(&root, &dest, &files)).await;
+            Ok(matches!(copied, Ok(Ok(()))))
         };
-        let (network, volume) = tokio::join!(network, volume);
-        network.map_err(api)?;
-        volume.map_err(api)?;
-        if let Workspace::Copy { root, files } = &run.workspace {
+        let (network, filled) = tokio::join!(network, volume);
+        network?;
+        let filled = filled?;
+        if let Workspace::Copy { root, files, .. } = &run.workspace
+            && !filled
+        {
             let fill = Fill { root: root.clone(), files: files.clone(), done: tokio::sync::OnceCell::new() };
             if let Ok(mut f) = self.fills.lock() {
                 f.insert(run.run_id.clone(), Arc::new(fill));
@@ -933,7 +1108,12 @@ impl Backend for DockerBackend {
         if let Ok(mut f) = self.fills.lock() {
             f.remove(run_id);
         }
-        self.destroy_counted(run_id).await.map(|_| ())
+        let done = self.destroy_counted(run_id).await.map(|_| ());
+        // The layer is gone with the volumes: the base is free for a run of a changed tree.
+        if let Ok(mut l) = self.leases.lock() {
+            l.remove(run_id);
+        }
+        done
     }
 
     async fn export(&self, handle: &StepHandle, path: &str, dest: &Path) -> Result<bool, BackendError> {

@@ -9,9 +9,11 @@
 //!   `start`: "already gone" is success.
 //! - `destroy` removes everything the run created, whatever state it is in; it is the
 //!   cleanup that always runs, and it must be safe to call twice.
-//! - Everything a backend creates carries the run's id ([`LABEL_RUN`]) so `orch gc` can find
-//!   leftovers of a killed orch.
+//! - Everything a backend creates for a run carries the run's id ([`LABEL_RUN`]) so
+//!   `orch gc` can find leftovers of a killed orch. The one shared object, the steps'
+//!   network (`docker::steps_network`), carries [`LABEL_SHARED`] instead and stays.
 
+pub mod base;
 pub mod docker;
 pub mod fake;
 pub mod firewall;
@@ -35,6 +37,8 @@ pub const LABEL_STEP: &str = "orch.step";
 pub const LABEL_PID: &str = "orch.pid";
 /// Label: host name of that process.
 pub const LABEL_HOST: &str = "orch.host";
+/// Label on what orch keeps between runs (the steps' network): what it is for.
+pub const LABEL_SHARED: &str = "orch.shared";
 
 /// What a run shares between its steps.
 #[derive(Debug, Clone)]
@@ -49,8 +53,10 @@ pub struct RunSpec {
 #[derive(Debug, Clone)]
 pub enum Workspace {
     /// Copy these files (relative to `root`) into a fresh volume: the user's tree is
-    /// never written to.
-    Copy { root: PathBuf, files: Vec<PathBuf> },
+    /// never written to. With `base` (a directory of orch's own), a backend that can may
+    /// keep the files mirrored there between runs and give each run a copy-on-write layer
+    /// over them instead ([`base`]).
+    Copy { root: PathBuf, files: Vec<PathBuf>, base: Option<PathBuf> },
     /// Mount the directory itself (`orch ci --bind`): fast, and steps write into it.
     Bind(PathBuf),
     /// An empty volume.

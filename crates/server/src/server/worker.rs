@@ -281,7 +281,7 @@ async fn prepare_and_run(
         },
         run_dir: dir.to_path_buf(),
         docker_run_id: docker_run_id(&st.cfg.data_dir, run.id, run.attempts),
-        workspace: Workspace::Copy { root: work.to_path_buf(), files },
+        workspace: Workspace::Copy { root: work.to_path_buf(), files, base: None },
         cache: Some(CacheSettings { store: Arc::new(cache), scopes: cache_scopes }),
         source_root: Some(work.to_path_buf()),
         reuse,
