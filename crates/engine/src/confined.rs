@@ -244,12 +244,21 @@ impl Root {
     /// nothing is.
     pub fn stat(&self, rel: impl AsRef<Path>) -> io::Result<Option<rustix::fs::Stat>> {
         let rel = rel.as_ref();
-        let (parent, name) = match self.parent_of(rel) {
-            Ok(p) => p,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+        let parts = plain_components(rel)?;
+        let found = match parts.as_slice() {
+            // A plain name in the root itself: no parent to open (what a caller walking a
+            // directory asks, many times).
+            [name] => rustix::fs::statat(&self.fd, *name, AtFlags::SYMLINK_NOFOLLOW),
+            _ => {
+                let (parent, name) = match self.parent_of(rel) {
+                    Ok(p) => p,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(e),
+                };
+                rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW)
+            }
         };
-        match rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+        match found {
             Ok(st) => Ok(Some(st)),
             Err(rustix::io::Errno::NOENT) => Ok(None),
             Err(e) => Err(about(rel, from_rustix(e))),

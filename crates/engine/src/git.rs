@@ -121,22 +121,27 @@ pub fn workspace_files(dir: &Path) -> Result<Vec<PathBuf>, GitError> {
     for e in index.iter() {
         files.push(PathBuf::from(String::from_utf8_lossy(&e.path).into_owned()));
     }
+    // The work tree against the index only (the index against HEAD is not needed here, and
+    // reading HEAD's trees is most of a status of a large tree).
     let mut opts = StatusOptions::new();
-    opts.include_untracked(true).recurse_untracked_dirs(true).include_ignored(false);
+    opts.show(git2::StatusShow::Workdir).include_untracked(true).recurse_untracked_dirs(true).include_ignored(false);
+    let mut deleted = std::collections::HashSet::new();
     for s in repo.statuses(Some(&mut opts))?.iter() {
-        if s.status().is_wt_new()
-            && let Ok(p) = s.path()
-        {
+        let Ok(p) = s.path() else { continue };
+        if s.status().is_wt_new() {
             files.push(PathBuf::from(p));
+        } else if s.status().is_wt_deleted() {
+            deleted.insert(PathBuf::from(p));
         }
     }
+    // A file deleted in the work tree but still in the index is not copied.
+    files.retain(|f| !deleted.contains(f));
     let mut files: Vec<PathBuf> =
         files.into_iter().filter_map(|f| f.strip_prefix(&prefix).ok().map(Path::to_path_buf)).collect();
     files.sort();
     files.dedup();
-    // A file deleted in the work tree but still in the index is not copied; neither is
-    // orch's own run directory.
-    files.retain(|f| !f.starts_with(".orch") && dir.join(f).symlink_metadata().is_ok());
+    // Nor is orch's own directory.
+    files.retain(|f| !f.starts_with(".orch"));
     Ok(files)
 }
 
@@ -160,6 +165,32 @@ fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_workspace_is_the_index_and_untracked_files_but_not_deleted_or_ignored_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let git = |args: &[&str]| {
+            let ok = std::process::Command::new("git").args(args).current_dir(d).status().unwrap();
+            assert!(ok.success(), "git {args:?}");
+        };
+        git(&["init", "-q"]);
+        for (f, text) in [("kept.txt", "k"), ("gone.txt", "g"), (".gitignore", "*.log\n"), ("sub/staged.txt", "s")] {
+            std::fs::create_dir_all(d.join(f).parent().unwrap()).unwrap();
+            std::fs::write(d.join(f), text).unwrap();
+        }
+        git(&["add", "kept.txt", "gone.txt", ".gitignore"]);
+        git(&["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "x"]);
+        git(&["add", "sub/staged.txt"]);
+        std::fs::remove_file(d.join("gone.txt")).unwrap();
+        std::fs::write(d.join("new.txt"), "n").unwrap();
+        std::fs::write(d.join("build.log"), "ignored").unwrap();
+        std::fs::create_dir_all(d.join(".orch/runs")).unwrap();
+        std::fs::write(d.join(".orch/runs/x"), "orch's").unwrap();
+        let files = workspace_files(d).unwrap();
+        let names: Vec<&str> = files.iter().map(|p| p.to_str().unwrap()).collect();
+        assert_eq!(names, [".gitignore", "kept.txt", "new.txt", "sub/staged.txt"]);
+    }
 
     #[test]
     fn a_repository_without_commits_has_its_branch() {

@@ -58,8 +58,10 @@ pub fn lease(root: &Path, files: &[PathBuf], base: &Path) -> io::Result<Option<L
 /// whether `dst` holds them (after the changes, when writing).
 fn sync(src: &Root, dst: &Root, files: &[PathBuf], chown: bool, write: bool) -> io::Result<bool> {
     let mut keep: HashSet<PathBuf> = HashSet::new();
+    // Each directory is opened once on each side, and its files are looked at by name.
+    let mut dirs = Dirs::default();
     for rel in files {
-        let Some(st) = src.stat(rel)? else { continue };
+        let Some(st) = dirs.stat(src, dst, rel, Side::Src)? else { continue };
         let kind = kind_of(&st);
         if kind == Kind::Other {
             continue;
@@ -68,7 +70,7 @@ fn sync(src: &Root, dst: &Root, files: &[PathBuf], chown: bool, write: bool) -> 
             keep.insert(a.to_path_buf());
         }
         keep.insert(rel.clone());
-        let have = dst.stat(rel)?;
+        let have = dirs.stat(src, dst, rel, Side::Dst)?;
         let same = match (&have, kind) {
             (Some(d), Kind::File) => {
                 kind_of(d) == Kind::File
@@ -97,8 +99,53 @@ fn sync(src: &Root, dst: &Root, files: &[PathBuf], chown: bool, write: bool) -> 
             Kind::Dir => dst.create_dir_all(rel)?,
             Kind::Other => {}
         }
+        // A directory may have been made or replaced: opened again when next needed.
+        dirs.dst = None;
     }
     prune(dst, Path::new(""), &keep, write)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    Src,
+    Dst,
+}
+
+/// The directory of the file looked at last, opened on each side (`None`: not there).
+#[derive(Default)]
+struct Dirs {
+    at: Option<PathBuf>,
+    src: Option<Option<Root>>,
+    dst: Option<Option<Root>>,
+}
+
+impl Dirs {
+    /// The status of `rel` on one side, through its directory opened once.
+    fn stat(&mut self, src: &Root, dst: &Root, rel: &Path, side: Side) -> io::Result<Option<rustix::fs::Stat>> {
+        let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+            return if side == Side::Src { src.stat(rel) } else { dst.stat(rel) };
+        };
+        if self.at.as_deref() != Some(parent) {
+            self.at = Some(parent.to_path_buf());
+            (self.src, self.dst) = (None, None);
+        }
+        let (root, slot) = match side {
+            Side::Src => (src, &mut self.src),
+            Side::Dst => (dst, &mut self.dst),
+        };
+        if slot.is_none() {
+            *slot = Some(match root.sub(parent) {
+                Ok(d) => Some(d),
+                Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => None,
+                // A link leaving the tree, and the like: judged per file, by the full path.
+                Err(_) => return root.stat(rel),
+            });
+        }
+        match slot {
+            Some(Some(d)) => d.stat(Path::new(name)),
+            _ => Ok(None),
+        }
+    }
 }
 
 /// Removes what is under `dir` of `dst` and not in `keep`; with `write` false only says
