@@ -466,6 +466,21 @@ fn overlay_fits(lower: &Path, upper: &Path) -> bool {
         && plain(upper)
 }
 
+/// Mounts an overlay with `options` on a directory of `dir` and unmounts it again.
+fn try_overlay(dir: &Root, options: &str) -> std::io::Result<()> {
+    dir.create_dir_all("probe")?;
+    let target = dir.path().join("probe");
+    let data = std::ffi::CString::new(options).map_err(std::io::Error::other)?;
+    let mounted =
+        rustix::mount::mount("overlay", &target, "overlay", rustix::mount::MountFlags::empty(), data.as_c_str());
+    if mounted.is_ok() {
+        // Still mounted, the probe is left alone (removing it would write through the overlay).
+        rustix::mount::unmount(&target, rustix::mount::UnmountFlags::DETACH)?;
+    }
+    dir.remove_all("probe")?;
+    Ok(mounted?)
+}
+
 /// The daemon's socket on this host (`DOCKER_HOST=unix://...`, else the default).
 fn docker_socket_path() -> String {
     std::env::var("DOCKER_HOST")
@@ -582,18 +597,21 @@ impl DockerBackend {
         {
             return Ok(false);
         }
+        let mount_options = format!(
+            "lowerdir={},upperdir={}/upper,workdir={}/work",
+            lease.tree.display(),
+            upper.display(),
+            upper.display()
+        );
+        // The daemon mounts the overlay only when a step starts: the same mount, tried here
+        // first, turns a kernel that refuses it into a plain copy instead of a failed step.
+        if try_overlay(&dir, &mount_options).is_err() {
+            return Ok(false);
+        }
         let options = HashMap::from([
             ("type".to_string(), "overlay".to_string()),
             ("device".to_string(), "overlay".to_string()),
-            (
-                "o".to_string(),
-                format!(
-                    "lowerdir={},upperdir={}/upper,workdir={}/work",
-                    lease.tree.display(),
-                    upper.display(),
-                    upper.display()
-                ),
-            ),
+            ("o".to_string(), mount_options),
         ]);
         self.create_volume(run_id, volume_name(run_id), Some(options)).await?;
         if let Ok(mut l) = self.leases.lock() {
@@ -1242,6 +1260,30 @@ impl Backend for DockerBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// As root (CI): the overlay a layered workspace asks the daemon for is tried first, and
+    /// a refused one leaves nothing mounted or made.
+    #[test]
+    fn an_overlay_is_tried_and_undone_before_the_daemon_is_asked() {
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        let lower = tempfile::tempdir().unwrap();
+        std::fs::write(lower.path().join("a.txt"), "a").unwrap();
+        let vol = tempfile::tempdir().unwrap();
+        let dir = Root::open(vol.path()).unwrap();
+        dir.create_dir_all("upper").unwrap();
+        dir.create_dir_all("work").unwrap();
+        let up = vol.path().display();
+        let good = format!("lowerdir={},upperdir={up}/upper,workdir={up}/work", lower.path().display());
+        if overlay_fits(lower.path(), vol.path()) {
+            try_overlay(&dir, &good).unwrap();
+            assert!(!vol.path().join("probe").exists(), "the probe is unmounted and removed");
+        }
+        let bad = format!("lowerdir={}/missing,upperdir={up}/upper,workdir={up}/work", lower.path().display());
+        assert!(try_overlay(&dir, &bad).is_err());
+        assert!(!vol.path().join("probe").exists(), "a refused mount leaves no probe");
+    }
 
     #[test]
     fn the_system_error_under_a_docker_error_is_found() {
