@@ -2,7 +2,8 @@
 //!
 //! Sets `ORCH_GIT_COMMIT` to `git rev-parse --short HEAD`, or to "unknown" when git or the
 //! repository is absent (a build from a source tarball). Cargo reruns this when HEAD moves:
-//! on a checkout (`HEAD`) and on a commit (the branch's ref file, or `packed-refs`).
+//! on a checkout (`HEAD`) and on a commit (the branch's ref file and its directory, or
+//! `packed-refs`).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -23,6 +24,11 @@ fn main() {
     // Only files that exist: a missing one would make cargo rerun this on every build.
     let mut watch = vec!["HEAD".to_string(), "packed-refs".to_string()];
     if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        // The branch's directory too: a branch packed by `git gc` gets its ref file back
+        // at the next commit, which no watch on a file that did not exist would see.
+        if let Some((dir, _)) = r.rsplit_once('/') {
+            watch.push(dir.to_string());
+        }
         watch.push(r);
     }
     for name in watch {

@@ -651,6 +651,35 @@ fn github_failing_twice_is_retried_and_the_run_is_unaffected() {
     assert!(orch.leftovers().is_empty(), "{:?}", orch.leftovers());
 }
 
+/// GitHub under load: a secondary rate limit (403, `Retry-After: 1`), then a 502. The
+/// status waits the time GitHub named, is sent again, and every status arrives in order.
+#[test]
+fn a_rate_limited_github_is_waited_out() {
+    require_docker!();
+    let git = GitServer::start();
+    let sha = git.commit(None, &project(BUILD_OK, TEST_OK), "first");
+    git.set_ref(&sha, "refs/heads/main");
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    gh.rate_limit_next(OP_STATUS, 1, 1);
+    gh.fail_next(OP_STATUS, 1, 502);
+    let orch = Orch::start(token_args(&gh, &git));
+
+    let id = orch.deliver("push", &push_event("main", ZERO_SHA, &sha)).run_id();
+    let run = orch.wait_run_done(id);
+    assert_eq!(run["run"]["status"], "success", "{run:#}");
+    let statuses = gh.wait_final_status(&sha, "orch (push)", id);
+    assert_eq!(statuses_states(&statuses), ["pending", "pending", "success"], "{statuses:#?}");
+
+    let posts: Vec<Recorded> = gh.requests().into_iter().filter(|r| r.op == OP_STATUS).collect();
+    let codes: Vec<u16> = posts.iter().map(|r| r.status).collect();
+    assert_eq!(codes, [403, 502, 201, 201, 201], "{posts:#?}");
+    // The server's backoff is 20 ms here: a second's wait is GitHub's Retry-After.
+    let waited = posts[1].at.duration_since(posts[0].at);
+    assert!(waited >= Duration::from_secs(1), "retried after {waited:?}, before Retry-After's 1 s");
+    gh.assert_no_violations();
+    assert!(orch.leftovers().is_empty(), "{:?}", orch.leftovers());
+}
+
 #[test]
 fn kill_9_and_restart_loses_no_delivery() {
     require_docker!();

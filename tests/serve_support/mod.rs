@@ -926,6 +926,8 @@ pub struct Recorded {
     pub body: Value,
     /// The answer's status code.
     pub status: u16,
+    /// When it came.
+    pub at: std::time::Instant,
 }
 
 /// How the fake authenticates requests, as GitHub would.
@@ -942,8 +944,11 @@ pub enum GhAuth {
 struct GhState {
     requests: Vec<Recorded>,
     violations: Vec<String>,
-    /// (operation, how many more to fail, with which code)
-    failures: Vec<(String, usize, u16)>,
+    /// (operation, how many more to fail, with which code, a secondary rate limit's
+    /// `Retry-After` seconds)
+    failures: Vec<(String, usize, u16, Option<u64>)>,
+    /// The `Retry-After` of the answer being made.
+    retry_after: Option<u64>,
     next_id: u64,
     tokens: Vec<String>,
     check_runs: HashMap<u64, Value>,
@@ -1057,7 +1062,14 @@ impl Shared {
         Ok(())
     }
 
-    fn answer(&self, method: &str, path: &str, headers: HashMap<String, String>, raw: &[u8]) -> (u16, Value) {
+    /// The status, the body and a `Retry-After` header's seconds.
+    fn answer(
+        &self,
+        method: &str,
+        path: &str,
+        headers: HashMap<String, String>,
+        raw: &[u8],
+    ) -> (u16, Value, Option<u64>) {
         let (op, params) = match_operation(method, path).unwrap_or_else(|| ("?".into(), HashMap::new()));
         let body: Result<Value, String> = if raw.is_empty() {
             Ok(Value::Null)
@@ -1077,8 +1089,9 @@ impl Shared {
             headers,
             body: body.unwrap_or(Value::Null),
             status,
+            at: std::time::Instant::now(),
         });
-        (status, reply)
+        (status, reply, st.retry_after.take())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1162,9 +1175,15 @@ impl Shared {
             }
         }
         // A scripted failure?
-        if let Some(f) = st.failures.iter_mut().find(|(o, n, _)| o == op && *n > 0) {
+        if let Some(f) = st.failures.iter_mut().find(|(o, n, _, _)| o == op && *n > 0) {
             f.1 -= 1;
-            let code = f.2;
+            let (code, retry_after) = (f.2, f.3);
+            if let Some(secs) = retry_after {
+                st.retry_after = Some(secs);
+                // GitHub's words for it.
+                let m = "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.";
+                return (code, error(code, m), None);
+            }
             return (code, error(code, "Server Error"), None);
         }
         st.next_id += 1;
@@ -1275,12 +1294,17 @@ impl FakeGitHub {
             }
             let sh2 = sh.clone();
             let path = uri.path().to_string();
-            let (status, reply) =
+            let (status, reply, retry_after) =
                 tokio::task::spawn_blocking(move || sh2.answer(method.as_str(), &path, headers, &body))
                     .await
                     .expect("the fake's handler");
             let code = StatusCode::from_u16(status).unwrap();
-            (code, [("content-type", "application/json; charset=utf-8")], reply.to_string()).into_response()
+            let mut r =
+                (code, [("content-type", "application/json; charset=utf-8")], reply.to_string()).into_response();
+            if let Some(secs) = retry_after {
+                r.headers_mut().insert("retry-after", secs.into());
+            }
+            r
         }
         let app = axum::Router::new().fallback(handle).layer(DefaultBodyLimit::disable()).with_state(shared.clone());
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the fake GitHub");
@@ -1314,7 +1338,13 @@ impl FakeGitHub {
 
     /// Answers the next `n` requests of `op` with `code` (after checking them).
     pub fn fail_next(&self, op: &str, n: usize, code: u16) {
-        self.shared.state.lock().unwrap().failures.push((op.to_string(), n, code));
+        self.shared.state.lock().unwrap().failures.push((op.to_string(), n, code, None));
+    }
+
+    /// Answers the next `n` requests of `op` as GitHub's secondary rate limit does: 403,
+    /// `Retry-After: secs`.
+    pub fn rate_limit_next(&self, op: &str, n: usize, secs: u64) {
+        self.shared.state.lock().unwrap().failures.push((op.to_string(), n, 403, Some(secs)));
     }
 
     pub fn requests(&self) -> Vec<Recorded> {

@@ -1,7 +1,8 @@
 //! Reporting runs back to GitHub: commit statuses (personal access token) or check runs with
 //! a summary and annotations (GitHub App). One task sends the updates in order; a request
-//! GitHub answers with 5xx, 429 or not at all is retried with backoff; a run never fails
-//! and intake never waits because of reporting.
+//! GitHub answers with 5xx, 408, 429, a rate-limit 403 or not at all is retried, after the
+//! time GitHub's headers name (`Retry-After`, `x-ratelimit-reset`) or with backoff; a run
+//! never fails and intake never waits because of reporting.
 //!
 //! `Github` (here) is the shared core: the credentials' client, retries, request counters,
 //! an App's installation tokens. `report`: the reporter task (statuses or check runs).
@@ -26,6 +27,9 @@ pub const MAX_DESCRIPTION: usize = 140;
 pub const MAX_ANNOTATIONS: usize = 50;
 const MAX_SUMMARY: usize = 65_535;
 const ATTEMPTS: u32 = 6;
+/// The longest wait for one retry, whatever GitHub's headers say: the reporter sends in
+/// order, so one wait holds every later update.
+const MAX_WAIT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub enum Auth {
@@ -262,27 +266,37 @@ impl Github {
         self.app
     }
 
-    /// Sends one request, retrying transient failures with exponential backoff.
-    async fn request<F, Fut>(&self, what: &str, mut f: F) -> Result<Value, ReportError>
+    /// Sends one request (`f` sends it and hands back GitHub's raw answer), retrying what
+    /// [`judge`] says may pass later: after the time GitHub names, else with exponential
+    /// backoff.
+    async fn request<F, Fut, B>(&self, what: &str, mut f: F) -> Result<Value, ReportError>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = octocrab::Result<Value>>,
+        Fut: std::future::Future<Output = octocrab::Result<http::Response<B>>>,
+        B: http_body::Body,
+        B::Error: std::fmt::Display,
     {
         let mut delay = self.backoff;
         for attempt in 1..=ATTEMPTS {
-            let r = f().await;
+            let r = match f().await {
+                Ok(answer) => judge(answer).await,
+                Err(e) => {
+                    let (retry, msg) = classify(&e);
+                    Err(Failure { retry, after: None, msg })
+                }
+            };
             let which = if r.is_ok() { &self.counters.ok } else { &self.counters.error };
             which.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             match r {
                 Ok(v) => return Ok(v),
                 Err(e) => {
-                    let (retry, msg) = classify(&e);
-                    if !retry || attempt == ATTEMPTS {
-                        tracing::warn!(request = what, attempt, "GitHub refused: {msg}");
-                        return Err(ReportError(format!("{what}: {msg}")));
+                    if !e.retry || attempt == ATTEMPTS {
+                        tracing::warn!(request = what, attempt, "GitHub refused: {}", e.msg);
+                        return Err(ReportError(format!("{what}: {}", e.msg)));
                     }
-                    tracing::info!(request = what, attempt, "GitHub failed ({msg}); retrying in {delay:?}");
-                    tokio::time::sleep(delay).await;
+                    let wait = e.after.unwrap_or(delay).min(MAX_WAIT);
+                    tracing::info!(request = what, attempt, "GitHub failed ({}); retrying in {wait:?}", e.msg);
+                    tokio::time::sleep(wait).await;
                     delay = (delay * 2).min(Duration::from_secs(30));
                 }
             }
@@ -315,7 +329,7 @@ impl Github {
             Some(id) => id,
             None => {
                 let route = format!("/repos/{repo}/installation");
-                let v = self.request(&format!("GET {route}"), || app.get(route.clone(), None::<&()>)).await?;
+                let v = self.request(&format!("GET {route}"), || app._get(route.as_str())).await?;
                 v.get("id").and_then(Value::as_u64).ok_or_else(|| ReportError("no installation id".into()))?
             }
         };
@@ -324,7 +338,7 @@ impl Github {
             return Ok((m.token.clone(), m.client.clone()));
         }
         let route = format!("/app/installations/{id}/access_tokens");
-        let v = self.request(&format!("POST {route}"), || app.post(route.clone(), None::<&()>)).await?;
+        let v = self.request(&format!("POST {route}"), || app._post(route.as_str(), None::<&()>)).await?;
         let token =
             v.get("token").and_then(Value::as_str).ok_or_else(|| ReportError("no token in the answer".into()))?;
         let client = builder(&self.api_url)?
@@ -357,7 +371,63 @@ impl Github {
     }
 }
 
-/// Whether an error is worth retrying, and what to say about it.
+/// A request GitHub did not do: whether it may pass later, after how long if GitHub said.
+#[derive(Debug, PartialEq)]
+struct Failure {
+    retry: bool,
+    after: Option<Duration>,
+    msg: String,
+}
+
+/// Reads GitHub's answer: the JSON of a success (`null` for an empty body), else a
+/// [`Failure`]. 5xx, 408 and 429 may pass later; so may a 403 that is a rate limit, primary
+/// (`x-ratelimit-remaining: 0`, until `x-ratelimit-reset`) or secondary (`Retry-After`, or
+/// GitHub's message; a minute when no header says), while any other 403 is a permission
+/// GitHub refuses, final.
+async fn judge<B>(answer: http::Response<B>) -> Result<Value, Failure>
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Display,
+{
+    use http_body_util::BodyExt;
+    let status = answer.status().as_u16();
+    let header = |name: &str| answer.headers().get(name).and_then(|v| v.to_str().ok()).map(|v| v.trim().to_string());
+    let retry_after = header("retry-after").and_then(|v| v.parse::<u64>().ok()).map(Duration::from_secs);
+    let exhausted = header("x-ratelimit-remaining").as_deref() == Some("0");
+    let reset = header("x-ratelimit-reset").and_then(|v| v.parse::<u64>().ok()).map(|at| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        Duration::from_secs(at.saturating_sub(now.as_secs()) + 1)
+    });
+    let body = match answer.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return Err(Failure { retry: true, after: None, msg: format!("HTTP {status}, body cut: {e}") }),
+    };
+    let json: Option<Value> = serde_json::from_slice(&body).ok();
+    if (200..300).contains(&status) {
+        return match json {
+            Some(v) => Ok(v),
+            None if body.is_empty() => Ok(Value::Null),
+            None => {
+                Err(Failure { retry: false, after: None, msg: format!("HTTP {status}: an answer that is not JSON") })
+            }
+        };
+    }
+    let message = json.as_ref().and_then(|v| v.get("message")).and_then(Value::as_str).unwrap_or("").to_string();
+    let rate_limited = status == 429
+        || (status == 403 && (retry_after.is_some() || exhausted || message.to_lowercase().contains("rate limit")));
+    let after = if rate_limited {
+        Some(retry_after.or(if exhausted { reset } else { None }).unwrap_or(Duration::from_secs(60)))
+    } else {
+        retry_after
+    };
+    Err(Failure {
+        retry: rate_limited || status >= 500 || status == 408,
+        after,
+        msg: format!("HTTP {status}: {message}"),
+    })
+}
+
+/// Whether an error before GitHub's answer is worth retrying, and what to say about it.
 fn classify(e: &octocrab::Error) -> (bool, String) {
     match e {
         octocrab::Error::GitHub { source, .. } => {
@@ -373,6 +443,53 @@ fn classify(e: &octocrab::Error) -> (bool, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> Result<Value, Failure> {
+        let mut b = http::Response::builder().status(status);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let r = b.body(http_body_util::Full::new(bytes::Bytes::from(body.to_string()))).unwrap();
+        futures_util::FutureExt::now_or_never(judge(r)).expect("a full body is ready")
+    }
+
+    #[test]
+    fn answers_are_judged_by_status_and_rate_limit_headers() {
+        assert_eq!(answer(201, &[], r#"{"id": 1}"#), Ok(serde_json::json!({"id": 1})));
+        assert_eq!(answer(204, &[], ""), Ok(Value::Null));
+        let secondary =
+            answer(403, &[("retry-after", "7")], r#"{"message": "You have exceeded a secondary rate limit"}"#);
+        assert_eq!(secondary.as_ref().map_err(|f| (f.retry, f.after)), Err((true, Some(Duration::from_secs(7)))));
+        // A secondary limit without a header: a minute, as GitHub asks.
+        let bare = answer(403, &[], r#"{"message": "You have exceeded a secondary rate limit."}"#).unwrap_err();
+        assert_eq!((bare.retry, bare.after), (true, Some(Duration::from_secs(60))));
+        // The primary limit: until the reset time.
+        let reset =
+            (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 30).to_string();
+        let primary = answer(
+            403,
+            &[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", &reset)],
+            r#"{"message": "API rate limit exceeded"}"#,
+        )
+        .unwrap_err();
+        assert!(
+            primary.retry
+                && primary.after.is_some_and(|a| a >= Duration::from_secs(29) && a <= Duration::from_secs(31)),
+            "{primary:?}"
+        );
+        // A permission GitHub refuses is final.
+        let denied = answer(
+            403,
+            &[("x-ratelimit-remaining", "4999")],
+            r#"{"message": "Resource not accessible by integration"}"#,
+        )
+        .unwrap_err();
+        assert_eq!((denied.retry, denied.msg.as_str()), (false, "HTTP 403: Resource not accessible by integration"));
+        assert!(answer(502, &[], "<html>bad gateway</html>").unwrap_err().retry);
+        let limited = answer(429, &[("retry-after", "2")], "{}").unwrap_err();
+        assert_eq!((limited.retry, limited.after), (true, Some(Duration::from_secs(2))));
+        assert!(!answer(422, &[], r#"{"message": "Validation Failed"}"#).unwrap_err().retry);
+    }
 
     #[test]
     fn descriptions_fit() {

@@ -55,10 +55,12 @@ impl Reporter {
         self.gh.client_for(&run.repo, run.installation_id).await
     }
 
-    async fn with_retry<F, Fut>(&self, what: &str, f: F) -> Result<Value, ReportError>
+    async fn with_retry<F, Fut, B>(&self, what: &str, f: F) -> Result<Value, ReportError>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = octocrab::Result<Value>>,
+        Fut: std::future::Future<Output = octocrab::Result<http::Response<B>>>,
+        B: http_body::Body,
+        B::Error: std::fmt::Display,
     {
         self.gh.request(what, f).await
     }
@@ -72,7 +74,7 @@ impl Reporter {
             "context": context,
         });
         let route = format!("/repos/{}/statuses/{}", run.repo, run.sha);
-        self.with_retry(&format!("POST {route}"), || client.post(route.clone(), Some(&body))).await.map(|_| ())
+        self.with_retry(&format!("POST {route}"), || client._post(route.as_str(), Some(&body))).await.map(|_| ())
     }
 
     /// The status context or check run name of `run`'s event. A commit pushed to a branch
@@ -101,7 +103,7 @@ impl Reporter {
                 });
                 let route = format!("/repos/{}/check-runs", run.repo);
                 let created =
-                    self.with_retry(&format!("POST {route}"), || client.post(route.clone(), Some(&body))).await?;
+                    self.with_retry(&format!("POST {route}"), || client._post(route.as_str(), Some(&body))).await?;
                 self.created_check_run(run.id, &created);
                 Ok(())
             }
@@ -154,12 +156,12 @@ impl Reporter {
             create["external_id"] = json!(run.id.to_string());
             let route = format!("/repos/{}/check-runs", run.repo);
             let created =
-                self.with_retry(&format!("POST {route}"), || client.post(route.clone(), Some(&create))).await?;
+                self.with_retry(&format!("POST {route}"), || client._post(route.as_str(), Some(&create))).await?;
             self.created_check_run(run.id, &created);
             return Ok(());
         };
         let route = format!("/repos/{}/check-runs/{id}", run.repo);
-        self.with_retry(&format!("PATCH {route}"), || client.patch(route.clone(), Some(&body))).await.map(|_| ())
+        self.with_retry(&format!("PATCH {route}"), || client._patch(route.as_str(), Some(&body))).await.map(|_| ())
     }
 }
 
