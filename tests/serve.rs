@@ -680,6 +680,30 @@ fn a_rate_limited_github_is_waited_out() {
     assert!(orch.leftovers().is_empty(), "{:?}", orch.leftovers());
 }
 
+/// A server stopped right after a run ended still delivers the run's statuses that GitHub
+/// kept waiting (a secondary rate limit on the first five writes: the last statuses are
+/// still queued when the stop comes).
+#[test]
+fn a_stopping_server_delivers_the_statuses_it_still_owes() {
+    require_docker!();
+    let git = GitServer::start();
+    let sha = git.commit(None, &project(BUILD_OK, TEST_OK), "first");
+    git.set_ref(&sha, "refs/heads/main");
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    gh.rate_limit_next(OP_STATUS, 5, 1);
+    let mut orch = Orch::start(token_args(&gh, &git));
+
+    let id = orch.deliver("push", &push_event("main", ZERO_SHA, &sha)).run_id();
+    let run = orch.wait_run_done(id);
+    assert_eq!(run["run"]["status"], "success", "{run:#}");
+    let owed = gh.statuses_of(&sha, "orch (push)").len();
+    assert!(owed < 3, "the statuses were meant to be still queued at the stop ({owed} delivered)");
+    orch.stop();
+    let statuses = gh.statuses_of(&sha, "orch (push)");
+    assert_eq!(statuses_states(&statuses), ["pending", "pending", "success"], "{statuses:#?}");
+    gh.assert_no_violations();
+}
+
 #[test]
 fn kill_9_and_restart_loses_no_delivery() {
     require_docker!();

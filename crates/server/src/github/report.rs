@@ -168,25 +168,47 @@ impl Reporter {
 /// Starts the reporting task. Updates are applied in order; the channel is large, and a
 /// full channel drops the update (with a log line) rather than stall the caller.
 pub fn spawn(mut reporter: Reporter) -> ReportSender {
-    let (tx, mut rx) = mpsc::channel::<Update>(10_000);
+    let (tx, mut rx) = mpsc::channel::<Msg>(10_000);
     tokio::spawn(async move {
-        while let Some(u) = rx.recv().await {
-            if let Err(e) = reporter.send(&u).await {
-                tracing::warn!("{e}");
+        while let Some(m) = rx.recv().await {
+            match m {
+                Msg::Update(u) => {
+                    if let Err(e) = reporter.send(&u).await {
+                        tracing::warn!("{e}");
+                    }
+                }
+                // Everything sent before is done with.
+                Msg::Flush(done) => {
+                    let _ = done.send(());
+                }
             }
         }
     });
     ReportSender { tx }
 }
 
+/// What the reporter task is handed, in order.
+enum Msg {
+    Update(Update),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
 #[derive(Clone)]
 pub struct ReportSender {
-    tx: mpsc::Sender<Update>,
+    tx: mpsc::Sender<Msg>,
 }
 
 impl ReportSender {
+    /// Waits until every update sent before is delivered or given up, at most `within`;
+    /// false when time ran out first.
+    pub async fn flush(&self, within: std::time::Duration) -> bool {
+        let (done, delivered) = tokio::sync::oneshot::channel();
+        let waited = async { self.tx.send(Msg::Flush(done)).await.is_ok() && delivered.await.is_ok() };
+        tokio::time::timeout(within, waited).await.unwrap_or(false)
+    }
+
     pub fn send(&self, u: Update) {
-        if self.tx.try_send(u).is_err() {
+        if self.tx.try_send(Msg::Update(u)).is_err() {
             tracing::warn!("GitHub reporting is behind; an update was dropped");
         }
     }

@@ -201,8 +201,16 @@ pub async fn serve_on(
     }
     let _ = worker.await;
     let _ = retention.await;
+    // The updates still queued for GitHub (the final statuses of runs that just ended
+    // among them) go out before the server ends, within a bound.
+    if !st.report.flush(REPORT_DRAIN).await {
+        tracing::warn!("GitHub updates still queued after {REPORT_DRAIN:?} were not sent");
+    }
     Ok(())
 }
+
+/// How long a stopping server waits for its queued GitHub updates.
+const REPORT_DRAIN: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub(crate) fn reply(code: StatusCode, body: serde_json::Value) -> Response {
     (code, [(header::CONTENT_TYPE, "application/json")], body.to_string() + "\n").into_response()
