@@ -704,6 +704,46 @@ fn a_stopping_server_delivers_the_statuses_it_still_owes() {
     gh.assert_no_violations();
 }
 
+/// Updates owed to GitHub are stored: a server killed (-9) while GitHub holds its statuses
+/// up (a secondary rate limit on the first five writes) sends them after its next start.
+#[test]
+fn statuses_owed_at_a_kill_9_are_sent_after_the_restart() {
+    require_docker!();
+    let git = GitServer::start();
+    let sha = git.commit(None, &project(BUILD_OK, TEST_OK), "first");
+    git.set_ref(&sha, "refs/heads/main");
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    gh.rate_limit_next(OP_STATUS, 5, 1);
+    let dir = temp_dir("orch-serve-owed-");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let env = [
+        ("ORCH_GITHUB_URL", gh.url.clone()),
+        ("ORCH_GITHUB_TOKEN", TOKEN.to_string()),
+        ("ORCH_CLONE_REWRITE", git.rewrite()),
+        ("ORCH_GITHUB_BACKOFF", "20".to_string()),
+    ];
+    let log = dir.path().join("orch.log");
+    let mut server = OrchProcess::spawn(&data, &env, &log);
+    let id = server.deliver("push", &push_event("main", ZERO_SHA, &sha)).run_id();
+    let run = server.wait_run_done(id);
+    assert_eq!(run["run"]["status"], "success", "{run:#}");
+    server.kill9();
+    let owed = server.count("SELECT COUNT(*) FROM outbox");
+    assert!(owed > 0, "nothing was owed at the kill: the test proves nothing");
+    assert!(gh.statuses_of(&sha, "orch (push)").iter().all(|s| s["state"] == "pending"));
+
+    let mut server = OrchProcess::spawn(&data, &env, &log);
+    let statuses = gh.wait_final_status(&sha, "orch (push)", id);
+    assert_eq!(statuses.last().unwrap()["state"], "success", "{statuses:#?}");
+    wait_for(Duration::from_secs(30), "the outbox to empty", || match server.count("SELECT COUNT(*) FROM outbox") {
+        0 => Ok(()),
+        n => Err(format!("{n} owed")),
+    });
+    gh.assert_no_violations();
+    server.terminate();
+}
+
 #[test]
 fn kill_9_and_restart_loses_no_delivery() {
     require_docker!();

@@ -5,14 +5,15 @@
 //! never fails and intake never waits because of reporting.
 //!
 //! `Github` (here) is the shared core: the credentials' client, retries, request counters,
-//! an App's installation tokens. `report`: the reporter task (statuses or check runs).
+//! an App's installation tokens. `report`: the reporter (statuses or check runs), which
+//! the server's outbox feeds in order.
 //! `annotations`: annotations from failed logs.
 
 mod annotations;
 mod report;
 
 pub use annotations::annotations_from_log;
-pub use report::{ReportSender, Reporter, spawn};
+pub use report::Reporter;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -51,7 +52,7 @@ pub struct Config {
 }
 
 /// Which run an update is about.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RunRef {
     pub id: i64,
     /// owner/name
@@ -64,7 +65,7 @@ pub struct RunRef {
     pub check_run_id: Option<u64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Annotation {
     pub path: String,
     pub start_line: u32,
@@ -81,7 +82,7 @@ pub struct Annotation {
 }
 
 /// The final state of a run as GitHub shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Conclusion {
     Success,
     Failure,
@@ -112,7 +113,8 @@ impl Conclusion {
     }
 }
 
-#[derive(Debug, Clone)]
+/// What a run tells GitHub. It is stored (serialized) until sent: see `server::outbox`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Update {
     Queued(RunRef),
     Started(RunRef),

@@ -1,12 +1,11 @@
-//! The reporter: one task sends a run's updates to GitHub in order, as commit statuses
-//! (a token) or check runs (an App).
+//! The reporter: sends a run's updates to GitHub, as commit statuses (a token) or check
+//! runs (an App). The server's outbox hands it the stored updates one at a time, in order.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use octocrab::Octocrab;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
 use super::*;
 
@@ -162,54 +161,5 @@ impl Reporter {
         };
         let route = format!("/repos/{}/check-runs/{id}", run.repo);
         self.with_retry(&format!("PATCH {route}"), || client._patch(route.as_str(), Some(&body))).await.map(|_| ())
-    }
-}
-
-/// Starts the reporting task. Updates are applied in order; the channel is large, and a
-/// full channel drops the update (with a log line) rather than stall the caller.
-pub fn spawn(mut reporter: Reporter) -> ReportSender {
-    let (tx, mut rx) = mpsc::channel::<Msg>(10_000);
-    tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
-            match m {
-                Msg::Update(u) => {
-                    if let Err(e) = reporter.send(&u).await {
-                        tracing::warn!("{e}");
-                    }
-                }
-                // Everything sent before is done with.
-                Msg::Flush(done) => {
-                    let _ = done.send(());
-                }
-            }
-        }
-    });
-    ReportSender { tx }
-}
-
-/// What the reporter task is handed, in order.
-enum Msg {
-    Update(Update),
-    Flush(tokio::sync::oneshot::Sender<()>),
-}
-
-#[derive(Clone)]
-pub struct ReportSender {
-    tx: mpsc::Sender<Msg>,
-}
-
-impl ReportSender {
-    /// Waits until every update sent before is delivered or given up, at most `within`;
-    /// false when time ran out first.
-    pub async fn flush(&self, within: std::time::Duration) -> bool {
-        let (done, delivered) = tokio::sync::oneshot::channel();
-        let waited = async { self.tx.send(Msg::Flush(done)).await.is_ok() && delivered.await.is_ok() };
-        tokio::time::timeout(within, waited).await.unwrap_or(false)
-    }
-
-    pub fn send(&self, u: Update) {
-        if self.tx.try_send(Msg::Update(u)).is_err() {
-            tracing::warn!("GitHub reporting is behind; an update was dropped");
-        }
     }
 }

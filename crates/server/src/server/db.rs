@@ -80,6 +80,11 @@ CREATE TABLE IF NOT EXISTS steps (
     message TEXT,
     PRIMARY KEY (run_id, name)
 );
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    body TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
 ";
 
 /// What a delivery asks to run, as stored.
@@ -416,6 +421,38 @@ impl Db {
             Ok(interrupted)
         })
         .await
+    }
+
+    /// Stores an update owed to GitHub (the outbox), durably; its id orders it.
+    pub async fn owe(&self, body: String) -> Result<i64, DbError> {
+        self.write(move |t| {
+            t.execute("INSERT INTO outbox (body, created_at) VALUES (?1, ?2)", params![body, now()])?;
+            Ok(t.last_insert_rowid())
+        })
+        .await
+    }
+
+    /// The oldest updates owed, at most `limit`, in order.
+    pub async fn owed(&self, limit: i64) -> Result<Vec<(i64, String)>, DbError> {
+        self.read(move |c| {
+            let mut q = c.prepare("SELECT id, body FROM outbox ORDER BY id LIMIT ?1")?;
+            let rows = q.query_map(params![limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// An owed update is done with (delivered, or given up).
+    pub async fn paid(&self, id: i64) -> Result<(), DbError> {
+        self.write(move |t| {
+            t.execute("DELETE FROM outbox WHERE id = ?1", params![id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn count_owed(&self) -> Result<i64, DbError> {
+        self.read(|c| c.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))).await
     }
 
     pub async fn set_check_run(&self, id: i64, check_run_id: i64) -> Result<(), DbError> {

@@ -11,6 +11,7 @@ pub mod dashboard;
 pub mod db;
 pub mod limit;
 pub mod live;
+pub mod outbox;
 mod record;
 pub mod retention;
 pub mod status;
@@ -31,7 +32,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::github::{self, ReportSender, Update};
+use crate::github::{self, Update};
 use crate::sched::Cancel;
 use config::Config;
 use db::{Db, Stored};
@@ -53,7 +54,8 @@ pub struct Counters {
 pub struct AppState {
     pub cfg: Config,
     pub db: Db,
-    pub report: ReportSender,
+    /// What is owed to GitHub, sent in order (see `outbox`).
+    pub report: outbox::Outbox,
     /// Credentials for clones and branch lookups (an App's installation tokens).
     pub github: github::Github,
     /// Wakes the worker when a run is queued.
@@ -137,7 +139,7 @@ pub async fn state(cfg: Config) -> Result<Arc<AppState>, ServeError> {
         });
     });
     Ok(Arc::new(AppState {
-        report: github::spawn(reporter),
+        report: outbox::Outbox::start(db.clone(), reporter),
         github: gh,
         cfg,
         db,
@@ -201,10 +203,10 @@ pub async fn serve_on(
     }
     let _ = worker.await;
     let _ = retention.await;
-    // The updates still queued for GitHub (the final statuses of runs that just ended
-    // among them) go out before the server ends, within a bound.
-    if !st.report.flush(REPORT_DRAIN).await {
-        tracing::warn!("GitHub updates still queued after {REPORT_DRAIN:?} were not sent");
+    // The updates still owed to GitHub (the final statuses of runs that just ended among
+    // them) go out before the server ends, within a bound; the rest stay stored.
+    if !st.report.drain(REPORT_DRAIN).await {
+        tracing::warn!("GitHub updates still owed after {REPORT_DRAIN:?}: the next start sends them");
     }
     Ok(())
 }
@@ -331,7 +333,7 @@ async fn accept(
         Stored::New { run, cancel, cancelled } => {
             // A delivery of an older event than a run it would supersede is cancelled itself.
             let stale = cancelled.iter().find(|r| Some(r.id) == run).and_then(|r| r.reason.clone());
-            report_cancelled(&st, cancelled);
+            report_cancelled(&st, cancelled).await;
             if let Some(reason) = stale {
                 tracing::info!(%delivery, run = run.unwrap_or_default(), "{reason}");
                 return reply(
@@ -358,7 +360,7 @@ async fn accept(
                     for id in running {
                         st.cancel_run(id, &format!("pull request #{pr} was closed"));
                     }
-                    report_cancelled(&st, cancelled);
+                    report_cancelled(&st, cancelled).await;
                 }
                 Err(e) => tracing::error!("cannot cancel the runs of #{pr}: {e}"),
             }
@@ -368,7 +370,7 @@ async fn accept(
             let id = run_id.unwrap_or_default();
             st.counters.runs_queued.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%delivery, run = id, repo = %r.repo, sha = %r.sha, event = %r.event, "run queued");
-            st.report.send(Update::Queued(worker::new_run_ref(id, &r)));
+            st.report.owe(Update::Queued(worker::new_run_ref(id, &r))).await;
             st.wake.notify_one();
             reply(StatusCode::ACCEPTED, json!({ "status": "queued", "run": id, "delivery": delivery }))
         }
@@ -396,16 +398,18 @@ pub(crate) async fn clone_source(
 
 /// Tells GitHub about queued runs that were cancelled before they started (superseded, or
 /// their pull request closed): their commits would show "Queued" for ever otherwise.
-pub(crate) fn report_cancelled(st: &AppState, runs: Vec<db::Run>) {
+pub(crate) async fn report_cancelled(st: &AppState, runs: Vec<db::Run>) {
     for run in runs {
         let reason = run.reason.clone().unwrap_or_else(|| "cancelled".into());
         tracing::info!(run = run.id, "cancelled before it started: {reason}");
-        st.report.send(Update::Finished {
-            run: worker::run_ref(&run),
-            conclusion: github::Conclusion::Cancelled,
-            summary: reason.clone(),
-            description: reason,
-            annotations: Vec::new(),
-        });
+        st.report
+            .owe(Update::Finished {
+                run: worker::run_ref(&run),
+                conclusion: github::Conclusion::Cancelled,
+                summary: reason.clone(),
+                description: reason,
+                annotations: Vec::new(),
+            })
+            .await;
     }
 }

@@ -58,12 +58,14 @@ pub(super) async fn record(st: Arc<AppState>, rr: RunRef, logs: PathBuf, mut rx:
                     let row = step_row(&s);
                     let status = row.status;
                     let _ = st.db.upsert_step(run_id, row).await;
-                    st.report.send(Update::Step {
-                        run: rr.clone(),
-                        step: s.step.clone(),
-                        conclusion: step_conclusion(&s),
-                        description: step_line(&s),
-                    });
+                    st.report
+                        .owe(Update::Step {
+                            run: rr.clone(),
+                            step: s.step.clone(),
+                            conclusion: step_conclusion(&s),
+                            description: step_line(&s),
+                        })
+                        .await;
                     items.push(Item::StepDone { step: s.step, status });
                 }
                 _ => {}

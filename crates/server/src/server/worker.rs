@@ -128,7 +128,7 @@ async fn execute(st: Arc<AppState>, run: Run) {
         m.insert(run.id, (cancel.clone(), "cancelled".into()));
     }
     let rr = run_ref(&run);
-    st.report.send(Update::Started(rr.clone()));
+    st.report.owe(Update::Started(rr.clone())).await;
     tracing::info!(run = run.id, repo = %run.spec.repo, sha = %run.spec.sha, "run started");
     let dir = run_dir(&st.cfg, run.id);
     let work = st.cfg.data_dir.join("work").join(run.id.to_string());
@@ -152,13 +152,15 @@ async fn execute(st: Arc<AppState>, run: Run) {
     }
     st.live.end(run.id, outcome.status);
     tracing::info!(run = run.id, status = outcome.status.as_str(), "run finished: {reason}");
-    st.report.send(Update::Finished {
-        run: rr,
-        conclusion: outcome.conclusion,
-        description: reason,
-        summary: outcome.summary,
-        annotations: outcome.annotations,
-    });
+    st.report
+        .owe(Update::Finished {
+            run: rr,
+            conclusion: outcome.conclusion,
+            description: reason,
+            summary: outcome.summary,
+            annotations: outcome.annotations,
+        })
+        .await;
 }
 
 async fn prepare_and_run(

@@ -19,9 +19,9 @@ use super::*;
 // ---------------------------------------------------------------------------------------
 // Actions
 
-fn queued(st: &AppState, id: i64, r: &NewRun) {
+async fn queued(st: &AppState, id: i64, r: &NewRun) {
     st.counters.runs_queued.fetch_add(1, Ordering::Relaxed);
-    st.report.send(Update::Queued(super::worker::new_run_ref(id, r)));
+    st.report.owe(Update::Queued(super::worker::new_run_ref(id, r))).await;
     st.wake.notify_one();
 }
 
@@ -39,7 +39,7 @@ pub(super) async fn cancel(State(st): State<Arc<AppState>>, headers: HeaderMap, 
         RunState::Queued => match st.db.cancel_queued(run.id, reason.clone()).await {
             Ok(true) => {
                 let run = st.db.run(run.id).await.ok().flatten().unwrap_or(run);
-                crate::server::report_cancelled(&st, vec![run.clone()]);
+                crate::server::report_cancelled(&st, vec![run.clone()]).await;
                 return reply(StatusCode::ACCEPTED, json!({ "status": "cancelled", "run": run.id }));
             }
             // Claimed in between: it is running now.
@@ -89,7 +89,7 @@ pub(super) async fn rerun(
     match st.db.queue_rerun(spec.clone(), run.id, failed).await {
         Ok(new) => {
             tracing::info!(run = new, of = run.id, failed, "re-run queued through the API");
-            queued(&st, new, &spec);
+            queued(&st, new, &spec).await;
             reply(
                 StatusCode::ACCEPTED,
                 json!({ "status": "queued", "run": new, "rerun_of": run.id, "failed_only": failed }),
@@ -194,7 +194,7 @@ pub(super) async fn manual_run(State(st): State<Arc<AppState>>, headers: HeaderM
     match st.db.queue_run(spec.clone(), false).await {
         Ok((id, _, _)) => {
             tracing::info!(run = id, repo = %spec.repo, sha = %spec.sha, "manual run queued through the API");
-            queued(&st, id, &spec);
+            queued(&st, id, &spec).await;
             reply(StatusCode::ACCEPTED, json!({ "status": "queued", "run": id, "sha": spec.sha }))
         }
         Err(e) => internal(e),
