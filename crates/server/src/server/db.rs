@@ -311,7 +311,15 @@ impl Db {
     /// Stores a delivery and queues its run, atomically: a delivery id seen before does
     /// nothing. Queued runs it supersedes are cancelled here; running ones are returned for
     /// the caller to stop.
-    pub async fn store_delivery(&self, d: Delivery, run: Option<NewRun>, supersede: bool) -> Result<Stored, DbError> {
+    /// `owe` gives the update owed to GitHub for the queued run (by its id), stored in the
+    /// same commit unless the run is cancelled at once (an older event).
+    pub async fn store_delivery(
+        &self,
+        d: Delivery,
+        run: Option<NewRun>,
+        supersede: bool,
+        owe: Option<Box<dyn FnOnce(i64) -> String + Send>>,
+    ) -> Result<Stored, DbError> {
         self.write(move |t| {
             let Delivery { id, event, action, headers, body, outcome } = d;
             let repo = run.as_ref().map(|r| r.repo.clone());
@@ -336,6 +344,11 @@ impl Db {
             let (mut cancel, mut cancelled) = (Vec::new(), Vec::new());
             if let (true, Some(key)) = (supersede, &run.concurrency_key) {
                 (cancel, cancelled) = supersede_older(t, key, run_id, run.event_time)?;
+            }
+            if let Some(owe) = owe
+                && !cancelled.iter().any(|r: &Run| r.id == run_id)
+            {
+                t.execute("INSERT INTO outbox (body, created_at) VALUES (?1, ?2)", params![owe(run_id), now()])?;
             }
             Ok(Stored::New { run: Some(run_id), cancel, cancelled })
         })
@@ -836,7 +849,7 @@ mod tests {
                 body: if id == "old" { vec![b'x'; 4 << 20] } else { Vec::new() },
                 outcome: "ping".into(),
             };
-            db.store_delivery(d, None, false).await.unwrap();
+            db.store_delivery(d, None, false, None).await.unwrap();
             let id = id.to_string();
             db.write(move |t| t.execute("UPDATE deliveries SET received_at = ?2 WHERE id = ?1", params![id, at]))
                 .await

@@ -301,6 +301,11 @@ async fn accept(
         Action::CancelPullRequest { .. } => ("cancel".to_string(), None),
         Action::Ignore(why) => (format!("ignored: {why}"), None),
     };
+    // The run's first update for GitHub is owed in the commit that queues it.
+    let queued_update = run.clone().map(|r| {
+        Box::new(move |id| outbox::body(&Update::Queued(worker::new_run_ref(id, &r))))
+            as Box<dyn FnOnce(i64) -> String + Send>
+    });
     let stored = st
         .db
         .store_delivery(
@@ -314,6 +319,7 @@ async fn accept(
             },
             run,
             st.cfg.cancel_superseded,
+            queued_update,
         )
         .await;
     let stored = match stored {
@@ -370,7 +376,8 @@ async fn accept(
             let id = run_id.unwrap_or_default();
             st.counters.runs_queued.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%delivery, run = id, repo = %r.repo, sha = %r.sha, event = %r.event, "run queued");
-            st.report.owe(Update::Queued(worker::new_run_ref(id, &r))).await;
+            // Its `Queued` update was stored with it.
+            st.report.poke();
             st.wake.notify_one();
             reply(StatusCode::ACCEPTED, json!({ "status": "queued", "run": id, "delivery": delivery }))
         }

@@ -32,14 +32,15 @@ impl Outbox {
     /// Stores `u` (sent after every update stored before it). A database that cannot take
     /// it loses the update, with a log line: reporting never fails a run.
     pub async fn owe(&self, u: Update) {
-        let body = match serde_json::to_string(&u) {
-            Ok(b) => b,
-            Err(e) => return tracing::warn!("cannot store a GitHub update: {e}"),
-        };
-        match self.db.owe(body).await {
+        match self.db.owe(body(&u)).await {
             Ok(_) => self.wake.notify_one(),
             Err(e) => tracing::warn!("cannot store a GitHub update: {e}"),
         }
+    }
+
+    /// Something was stored for GitHub elsewhere (with a run, in its commit): send it.
+    pub fn poke(&self) {
+        self.wake.notify_one();
     }
 
     /// Waits until nothing is owed, at most `within`; false when time ran out first.
@@ -55,6 +56,12 @@ impl Outbox {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// How an update is stored.
+pub fn body(u: &Update) -> String {
+    // An enum of strings, numbers and vectors of them: serializing cannot fail.
+    serde_json::to_string(u).unwrap_or_default()
 }
 
 /// Sends the owed updates, oldest first, forever.
