@@ -1277,7 +1277,11 @@ mod tests {
         let up = vol.path().display();
         let good = format!("lowerdir={},upperdir={up}/upper,workdir={up}/work", lower.path().display());
         if overlay_fits(lower.path(), vol.path()) {
-            try_overlay(&dir, &good).unwrap();
+            match try_overlay(&dir, &good) {
+                // Root without the right to mount (a container): nothing to try here.
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return,
+                r => r.unwrap(),
+            }
             assert!(!vol.path().join("probe").exists(), "the probe is unmounted and removed");
         }
         let bad = format!("lowerdir={}/missing,upperdir={up}/upper,workdir={up}/work", lower.path().display());
