@@ -230,6 +230,7 @@ fn reads_filters_pages_errors_auth_metrics_and_the_cli() {
     assert_eq!(metric(&text, "orch_queue_wait_seconds_count"), 8.0);
     assert_eq!(metric(&text, "orch_containers_running"), 0.0);
     assert_eq!(metric(&text, "orch_github_requests_total{result=\"ok\"}"), 0.0);
+    assert_eq!(metric(&text, "orch_github_owed"), 0.0);
 
     // Every path and method of the OpenAPI description the server serves is routed.
     let spec = orch.get("/api/openapi.yaml");

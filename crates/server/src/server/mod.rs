@@ -302,7 +302,7 @@ async fn accept(
         Action::Ignore(why) => (format!("ignored: {why}"), None),
     };
     // The run's first update for GitHub is owed in the commit that queues it.
-    let queued_update = run.clone().map(|r| {
+    let queued_update = run.clone().filter(|_| st.report.enabled()).map(|r| {
         Box::new(move |id| outbox::body(&Update::Queued(worker::new_run_ref(id, &r))))
             as Box<dyn FnOnce(i64) -> String + Send>
     });

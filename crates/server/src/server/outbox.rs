@@ -18,13 +18,15 @@ use crate::github::{Reporter, Update};
 pub struct Outbox {
     db: Db,
     wake: Arc<Notify>,
+    /// Without GitHub credentials nothing is stored, nothing sent.
+    enabled: bool,
 }
 
 impl Outbox {
     /// The outbox of `db`, and its sender task, which starts with what a previous server
     /// left owed.
     pub fn start(db: Db, reporter: Reporter) -> Outbox {
-        let outbox = Outbox { db, wake: Arc::new(Notify::new()) };
+        let outbox = Outbox { db, wake: Arc::new(Notify::new()), enabled: reporter.enabled() };
         tokio::spawn(send_owed(outbox.clone(), reporter));
         outbox
     }
@@ -32,10 +34,23 @@ impl Outbox {
     /// Stores `u` (sent after every update stored before it). A database that cannot take
     /// it loses the update, with a log line: reporting never fails a run.
     pub async fn owe(&self, u: Update) {
+        if !self.enabled {
+            return;
+        }
         match self.db.owe(body(&u)).await {
             Ok(_) => self.wake.notify_one(),
             Err(e) => tracing::warn!("cannot store a GitHub update: {e}"),
         }
+    }
+
+    /// Whether updates are stored and sent (there are GitHub credentials).
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// How many updates are owed now.
+    pub async fn owed(&self) -> Result<i64, super::db::DbError> {
+        self.db.count_owed().await
     }
 
     /// Something was stored for GitHub elsewhere (with a run, in its commit): send it.

@@ -83,6 +83,8 @@ pub(super) async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap)
     o.push_str("# HELP orch_github_requests_total Requests to GitHub's API (each attempt).\n# TYPE orch_github_requests_total counter\n");
     let _ = writeln!(o, "orch_github_requests_total{{result=\"ok\"}} {}", load(&c.github.ok));
     let _ = writeln!(o, "orch_github_requests_total{{result=\"error\"}} {}", load(&c.github.error));
+    o.push_str("# HELP orch_github_owed Updates stored for GitHub and not sent yet.\n# TYPE orch_github_owed gauge\n");
+    let _ = writeln!(o, "orch_github_owed {}", st.report.owed().await.unwrap_or(0));
     o.push_str("# HELP orch_containers_running Step containers running now.\n# TYPE orch_containers_running gauge\n");
     let _ = writeln!(o, "orch_containers_running {}", c.containers_running.load(Ordering::Relaxed).max(0));
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], o).into_response()
