@@ -265,6 +265,28 @@ fn a_clone_that_fails_gives_an_error_status() {
     gh.assert_no_violations();
 }
 
+/// The branch was force-pushed between the delivery and the fetch: the delivered commit
+/// is in the repository no more. The run is an error, with git's reason, and says so on
+/// the commit.
+#[test]
+fn a_commit_gone_before_the_fetch_gives_an_error_status() {
+    let git = GitServer::start();
+    let kept = git.commit(None, &project(BUILD_OK, TEST_OK), "first");
+    git.set_ref(&kept, "refs/heads/main");
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let orch = Orch::start(token_args(&gh, &git));
+    let gone = "0123456789abcdef0123456789abcdef01234567";
+
+    let id = orch.deliver("push", &push_event("main", ZERO_SHA, gone)).run_id();
+    let run = orch.wait_run_done(id);
+    assert_eq!(run["run"]["status"], "error", "{run:#}");
+    let reason = run["run"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("could not fetch the commit") && reason.contains(gone), "{run:#}");
+    let statuses = gh.wait_final_status(gone, "orch (push)", id);
+    assert_eq!(statuses.last().unwrap()["state"], "error", "{statuses:#?}");
+    gh.assert_no_violations();
+}
+
 #[test]
 fn a_missing_or_invalid_orch_yml_gives_a_failure_status() {
     let git = GitServer::start();
