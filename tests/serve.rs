@@ -1017,3 +1017,59 @@ fn a_github_app_run_interrupted_by_a_restart_completes_its_own_check_run() {
     gh.assert_no_violations();
     assert!(orch.leftovers().is_empty(), "{:?}", orch.leftovers());
 }
+
+/// The data directory's disk fills up: deliveries are refused with 503 (GitHub shows them
+/// failed, to be redelivered), the server keeps answering, what was stored stays sound, and
+/// intake takes deliveries again by itself once there is space. Needs root (a tmpfs of its
+/// own); skipped without.
+#[test]
+fn a_full_disk_refuses_deliveries_with_503_and_intake_recovers() {
+    let dir = temp_dir("orch-serve-full-");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(&data)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(data.clone());
+    let mut orch = Orch::start(ServeArgs { data_dir: Some(data.clone()), ..base_args() });
+    // Pings: stored like any delivery, no run. Each body its own (a body seen is a duplicate).
+    let ping = |n: u32| json!({ "zen": format!("ping {n}"), "hook_id": n });
+    let first = orch.deliver("ping", &ping(1));
+    assert_eq!(first.response.status, 200, "{}", first.response.text());
+
+    // Fill the disk.
+    let mut filler = std::fs::File::create(data.join("filler")).unwrap();
+    let block = vec![0u8; 64 * 1024];
+    while std::io::Write::write_all(&mut filler, &block).is_ok() {}
+    drop(filler);
+    for n in 2..5 {
+        let refused = orch.deliver("ping", &ping(n));
+        assert_eq!(refused.response.status, 503, "{}", refused.response.text());
+    }
+    assert_eq!(orch.get("/healthz").status, 200, "the server keeps answering");
+
+    // Space again: intake recovers without a restart.
+    std::fs::remove_file(data.join("filler")).unwrap();
+    let after = orch.deliver("ping", &ping(5));
+    assert_eq!(after.response.status, 200, "{}", after.response.text());
+    let again = orch.deliver_as("ping", &after.guid, &ping(5));
+    assert_eq!(again.response.json()["status"], "duplicate", "the stored one is there");
+    orch.stop();
+    let c = rusqlite::Connection::open(data.join("orch.db")).unwrap();
+    let check: String = c.query_row("PRAGMA quick_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(check, "ok");
+    let stored: i64 = c.query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0)).unwrap();
+    assert_eq!(stored, 2, "the first and the one after, nothing from the full disk");
+}
