@@ -1073,3 +1073,46 @@ fn a_full_disk_refuses_deliveries_with_503_and_intake_recovers() {
     let stored: i64 = c.query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0)).unwrap();
     assert_eq!(stored, 2, "the first and the one after, nothing from the full disk");
 }
+
+/// The disk of the run directories fills up while a step prints: the run ends as `error`,
+/// saying its log could not be written, and the commit's status says so (a verdict nobody
+/// can check is not a pass). Needs root (a tmpfs of its own); skipped without.
+#[test]
+fn a_run_whose_log_cannot_be_written_is_an_error() {
+    require_docker!();
+    let git = GitServer::start();
+    let sha =
+        git.commit(None, &project("yes 0123456789abcdef | head -c 8000000\necho built > out.txt\n", TEST_OK), "first");
+    git.set_ref(&sha, "refs/heads/main");
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let dir = temp_dir("orch-serve-logfull-");
+    let data = dir.path().join("data");
+    let runs = data.join("runs");
+    std::fs::create_dir_all(&runs).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&runs)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(runs.clone());
+    let orch = Orch::start(ServeArgs { data_dir: Some(data.clone()), ..token_args(&gh, &git) });
+
+    let id = orch.deliver("push", &push_event("main", ZERO_SHA, &sha)).run_id();
+    let run = orch.wait_run_done(id);
+    assert_eq!(run["run"]["status"], "error", "{run:#}");
+    let reason = run["run"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("could not be written") && reason.contains("No space left"), "{run:#}");
+    let statuses = gh.wait_final_status(&sha, "orch (push)", id);
+    assert_eq!(statuses.last().unwrap()["state"], "error", "{statuses:#?}");
+    gh.assert_no_violations();
+}

@@ -31,19 +31,27 @@ struct StepFile {
 pub struct LogFiles {
     dir: PathBuf,
     open: HashMap<String, StepFile>,
+    /// The first failure to keep a log (a full disk): lines were lost from then on.
+    lost: Option<String>,
 }
 
 impl LogFiles {
     /// Log files in `dir` (which must exist).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        LogFiles { dir: dir.into(), open: HashMap::new() }
+        LogFiles { dir: dir.into(), open: HashMap::new(), lost: None }
     }
 
     /// The file of `step`, opened (to append) on first use.
     fn file(&mut self, step: &str) -> Option<&mut StepFile> {
         if !self.open.contains_key(step) {
             let path = self.dir.join(format!("{}.log", crate::plan::slug(step)));
-            let f = std::fs::OpenOptions::new().create(true).append(true).open(path).ok()?;
+            let f = match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+                Ok(f) => f,
+                Err(e) => {
+                    self.lose(step, &e);
+                    return None;
+                }
+            };
             let len = f.metadata().map(|m| m.len()).unwrap_or(0);
             self.open.insert(step.to_string(), StepFile { w: BufWriter::with_capacity(64 * 1024, f), len });
         }
@@ -53,10 +61,25 @@ impl LogFiles {
     /// Writes `text`, whole lines.
     fn write(&mut self, step: &str, text: &str) -> Option<Written> {
         let f = self.file(step)?;
-        // A failed write (a full disk) loses log lines, never the run.
-        f.w.write_all(text.as_bytes()).ok()?;
+        // A failed write (a full disk) loses log lines; the run goes on, and the face that
+        // owns it hears of it ([`LogFiles::lost`]).
+        if let Err(e) = f.w.write_all(text.as_bytes()) {
+            self.lose(step, &e);
+            return None;
+        }
         f.len += text.len() as u64;
         Some(Written { step: step.to_string(), text: text.to_string(), end: f.len })
+    }
+
+    fn lose(&mut self, step: &str, e: &std::io::Error) {
+        if self.lost.is_none() {
+            self.lost = Some(format!("the log of step `{step}` could not be written: {e}"));
+        }
+    }
+
+    /// Why lines were lost from a log, if they were.
+    pub fn lost(&self) -> Option<&str> {
+        self.lost.as_deref()
     }
 
     /// Writes what `ev` puts in a log; returns the line written, if any.
@@ -68,8 +91,10 @@ impl LogFiles {
             RunEvent::StepOutput { step, text, .. } => self.write(step, text),
             RunEvent::StepFinished(s) => {
                 // The step's file is complete: closed now, not at the end of the run.
-                if let Some(mut f) = self.open.remove(&s.step) {
-                    let _ = f.w.flush();
+                if let Some(mut f) = self.open.remove(&s.step)
+                    && let Err(e) = f.w.flush()
+                {
+                    self.lose(&s.step, &e);
                 }
                 None
             }
@@ -79,8 +104,14 @@ impl LogFiles {
 
     /// Hands everything written so far to the files.
     pub fn flush(&mut self) {
-        for f in self.open.values_mut() {
-            let _ = f.w.flush();
+        let mut failed = None;
+        for (step, f) in &mut self.open {
+            if let Err(e) = f.w.flush() {
+                failed.get_or_insert((step.clone(), e));
+            }
+        }
+        if let Some((step, e)) = failed {
+            self.lose(&step, &e);
         }
     }
 }
@@ -98,6 +129,18 @@ mod tests {
 
     fn log(step: &str, line: &str) -> RunEvent {
         RunEvent::StepOutput { step: step.into(), stream: Stream::Stdout, text: format!("{line}\n") }
+    }
+
+    #[test]
+    fn a_log_that_cannot_be_written_is_reported() {
+        let d = tempfile::tempdir().unwrap();
+        let mut f = LogFiles::new(d.path().join("gone"));
+        assert!(f.event(&log("a", "one")).is_none());
+        assert!(f.lost().is_some_and(|w| w.starts_with("the log of step `a` could not be written")), "{:?}", f.lost());
+        let mut ok = LogFiles::new(d.path());
+        ok.event(&log("a", "one"));
+        ok.flush();
+        assert_eq!(ok.lost(), None);
     }
 
     #[test]

@@ -65,4 +65,8 @@ pub async fn run(opts: ReportOptions, mut rx: mpsc::Receiver<RunEvent>) {
     if let Shown::Console(r) = &mut shown {
         r.finish();
     }
+    // The terminal showed every line; the files did not keep them all.
+    if let Some(why) = files.as_ref().and_then(|f| f.lost()) {
+        eprintln!("warning: {why}; the run's log files are not whole");
+    }
 }

@@ -16,7 +16,14 @@ use crate::sched::{RunEvent, StepStatus, StepSummary};
 /// the per-step GitHub updates and the running-containers gauge. Lines are flushed to their
 /// files before followers hear of them, and a step's row is written before its end is
 /// announced.
-pub(super) async fn record(st: Arc<AppState>, rr: RunRef, logs: PathBuf, mut rx: mpsc::Receiver<RunEvent>) {
+/// Returns why log lines were lost, if they were (the run is then an error: its record is
+/// not whole).
+pub(super) async fn record(
+    st: Arc<AppState>,
+    rr: RunRef,
+    logs: PathBuf,
+    mut rx: mpsc::Receiver<RunEvent>,
+) -> Option<String> {
     use super::live::Item;
     let run_id = rr.id;
     let feed = st.live.start(run_id);
@@ -76,6 +83,8 @@ pub(super) async fn record(st: Arc<AppState>, rr: RunRef, logs: PathBuf, mut rx:
         feed.send(items);
     }
     st.counters.containers_running.fetch_sub(up.len() as i64, Ordering::Relaxed);
+    files.flush();
+    files.lost().map(str::to_string)
 }
 
 fn step_row(s: &StepSummary) -> StepRow {

@@ -322,7 +322,7 @@ async fn prepare_and_run(
     let (tx, rx) = mpsc::channel::<RunEvent>(1024);
     let recorder = tokio::spawn(super::record::record(st.clone(), run_ref(run), prepared.log_dir.clone(), rx));
     let result = sched::execute(backend, &prepared.plan, prepared.options, tx, cancel).await;
-    let _ = recorder.await;
+    let lost = recorder.await.ok().flatten();
     // Artifacts copied for a step the scheduler did not keep (something it needs ran again)
     // and that did not collect new ones are not this run's.
     for s in result.steps.iter().filter(|s| offered.contains(&s.step)) {
@@ -351,6 +351,19 @@ async fn prepare_and_run(
         if let Ok(f) = std::fs::File::open(&log) {
             annotations.extend(annotations_from_log(std::io::BufReader::new(f), 1000));
         }
+    }
+    // A run whose logs are not whole is not a verdict anyone can check: an error of the
+    // machine (its disk), whatever the steps did.
+    if let Some(why) = lost
+        && status != RunState::Cancelled
+    {
+        return Ok(Outcome {
+            status: RunState::Error,
+            conclusion: Conclusion::Error,
+            reason: why.clone(),
+            summary: format!("{why}\n\n{}", summary(&result.steps, result.duration)),
+            annotations,
+        });
     }
     Ok(Outcome {
         status,
