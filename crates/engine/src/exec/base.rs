@@ -54,6 +54,13 @@ pub fn lease(root: &Path, files: &[PathBuf], base: &Path) -> io::Result<Option<L
     Ok(Some(Lease { _lock: lock, tree: base.join("tree") }))
 }
 
+/// Copies `files` of the tree at `root` into `dest` (an empty directory): a base made
+/// once, for a run that cannot hold one.
+pub fn copy(root: &Path, dest: &Root, files: &[PathBuf]) -> io::Result<()> {
+    let chown = rustix::process::geteuid().is_root();
+    sync(&Root::open(root)?, dest, files, chown, true).map(|_| ())
+}
+
 /// Makes `dst` hold exactly `files` of `src`; with `write` false only compares. Returns
 /// whether `dst` holds them (after the changes, when writing).
 fn sync(src: &Root, dst: &Root, files: &[PathBuf], chown: bool, write: bool) -> io::Result<bool> {

@@ -414,34 +414,21 @@ fn isolated(iso: &Isolation, mut h: HostConfig) -> HostConfig {
     h
 }
 
+/// Whether the daemon runs on this machine (reached through a Unix socket), so that paths
+/// it names are paths here.
+fn daemon_is_local() -> bool {
+    std::env::var("DOCKER_HOST").map_or(true, |h| h.starts_with("unix://"))
+}
+
 /// The directory of a volume at `mountpoint` when this process can write it and it is the
 /// daemon's (the daemon is on this machine: reached through a Unix socket).
 fn local_volume_dir(mountpoint: &str) -> Option<Root> {
-    let local = std::env::var("DOCKER_HOST").map_or(true, |h| h.starts_with("unix://"));
-    if !local || mountpoint.is_empty() {
+    if !daemon_is_local() || mountpoint.is_empty() {
         return None;
     }
     let dir = Root::open(mountpoint).ok()?;
     rustix::fs::access(mountpoint, rustix::fs::Access::WRITE_OK).ok()?;
     Some(dir)
-}
-
-/// Copies the work tree's `files` into `dest` as the upload's archive would: contents,
-/// permission bits, modification times, owners (when orch may set them), links as links.
-/// Both sides resolve beneath their directories.
-fn copy_tree(root: &Path, dest: &Root, files: &[PathBuf]) -> std::io::Result<()> {
-    let tree = Root::open(root)?;
-    let chown = rustix::process::geteuid().is_root();
-    for rel in files {
-        let Some((kind, _)) = tree.kind(rel)? else { continue };
-        match kind {
-            Kind::File => super::base::copy_file(&tree, dest, rel, chown)?,
-            Kind::Symlink => dest.symlink(&tree.read_link(rel)?, rel)?,
-            Kind::Dir => dest.create_dir_all(rel)?,
-            Kind::Other => {}
-        }
-    }
-    Ok(())
 }
 
 /// Whether an overlay can join `lower` (the base) and `upper` (a volume's directory): the
@@ -580,8 +567,7 @@ impl DockerBackend {
     /// overlay of the two, which the daemon mounts. False (and nothing made that the run's
     /// cleanup would not remove) where this cannot be done: the caller copies instead.
     async fn layered(&self, run_id: &str, root: &Path, files: &[PathBuf], base: &Path) -> Result<bool, BackendError> {
-        let local = std::env::var("DOCKER_HOST").map_or(true, |h| h.starts_with("unix://"));
-        if !local || !rustix::process::geteuid().is_root() {
+        if !daemon_is_local() || !rustix::process::geteuid().is_root() {
             return Ok(false);
         }
         let (r, f, b) = (root.to_path_buf(), files.to_vec(), base.to_path_buf());
@@ -1050,7 +1036,7 @@ impl Backend for DockerBackend {
             // the daemon to unpack. Anything else (or a copy that fails) takes the upload.
             let Some(dest) = local_volume_dir(&v.mountpoint) else { return Ok(false) };
             let (root, files) = (root.clone(), files.clone());
-            let copied = tokio::task::spawn_blocking(move || copy_tree(&root, &dest, &files)).await;
+            let copied = tokio::task::spawn_blocking(move || super::base::copy(&root, &dest, &files)).await;
             Ok(matches!(copied, Ok(Ok(()))))
         };
         let (network, filled) = tokio::join!(network, volume);

@@ -431,11 +431,8 @@ where
 
 /// Whether an error before GitHub's answer is worth retrying, and what to say about it.
 fn classify(e: &octocrab::Error) -> (bool, String) {
+    // GitHub's own answers are judged by `judge`: the raw calls never map them to errors.
     match e {
-        octocrab::Error::GitHub { source, .. } => {
-            let code = source.status_code.as_u16();
-            (code >= 500 || code == 429 || code == 408, format!("HTTP {code}: {}", source.message))
-        }
         // JSON that did not parse: the request itself went through.
         octocrab::Error::Serde { .. } | octocrab::Error::Json { .. } => (false, e.to_string()),
         other => (true, other.to_string()),

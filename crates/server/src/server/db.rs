@@ -348,7 +348,7 @@ impl Db {
             if let Some(owe) = owe
                 && !cancelled.iter().any(|r: &Run| r.id == run_id)
             {
-                t.execute("INSERT INTO outbox (body, created_at) VALUES (?1, ?2)", params![owe(run_id), now()])?;
+                insert_owed(t, owe(run_id))?;
             }
             Ok(Stored::New { run: Some(run_id), cancel, cancelled })
         })
@@ -438,11 +438,7 @@ impl Db {
 
     /// Stores an update owed to GitHub (the outbox), durably; its id orders it.
     pub async fn owe(&self, body: String) -> Result<i64, DbError> {
-        self.write(move |t| {
-            t.execute("INSERT INTO outbox (body, created_at) VALUES (?1, ?2)", params![body, now()])?;
-            Ok(t.last_insert_rowid())
-        })
-        .await
+        self.write(move |t| insert_owed(t, body)).await
     }
 
     /// The oldest updates owed, at most `limit`, in order.
@@ -655,6 +651,12 @@ impl Db {
 fn ids(c: &Connection, sql: &str, args: impl rusqlite::Params) -> rusqlite::Result<Vec<i64>> {
     let mut st = c.prepare(sql)?;
     st.query_map(args, |r| r.get(0))?.collect()
+}
+
+/// Stores an update owed to GitHub; its id orders it.
+fn insert_owed(t: &Transaction, body: String) -> rusqlite::Result<i64> {
+    t.execute("INSERT INTO outbox (body, created_at) VALUES (?1, ?2)", params![body, now()])?;
+    Ok(t.last_insert_rowid())
 }
 
 fn insert_run(t: &Transaction, delivery: Option<&str>, r: &NewRun) -> rusqlite::Result<i64> {
