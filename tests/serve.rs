@@ -1116,3 +1116,120 @@ fn a_run_whose_log_cannot_be_written_is_an_error() {
     assert_eq!(statuses.last().unwrap()["state"], "error", "{statuses:#?}");
     gh.assert_no_violations();
 }
+
+/// An update GitHub refuses for good (a 403 that is no rate limit: the token lacks the
+/// permission) is not retried for ever: it is given up, and the run shows why.
+#[test]
+fn an_update_github_refuses_for_good_is_shown_on_the_run() {
+    let git = GitServer::start();
+    let sha = git.commit(None, &project(BUILD_OK, TEST_OK), "first");
+    git.set_ref(&sha, "refs/heads/main");
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    gh.fail_next(OP_STATUS, 1000, 403);
+    // The clone goes nowhere: the run ends (as an error) without Docker.
+    let wrong = format!("https://github.com/=git://127.0.0.1:{}/nowhere/", git.port);
+    let orch = Orch::start(ServeArgs { clone_rewrite: vec![wrong], ..token_args(&gh, &git) });
+    let id = orch.deliver("push", &push_event("main", ZERO_SHA, &sha)).run_id();
+    orch.wait_run_done(id);
+    let run = orch.wait_run(id, "the given-up update shown", |r| r["run"]["report_error"].is_string());
+    let why = run["run"]["report_error"].as_str().unwrap();
+    assert!(why.contains("403"), "{run:#}");
+    // Each update was tried once: a permission error is final.
+    let tries = gh.requests().iter().filter(|r| r.op == OP_STATUS).count();
+    assert_eq!(tries, 3, "{:#?}", gh.requests());
+    let page = orch.get(&format!("/runs/{id}")).text();
+    assert!(page.contains("an update was given up"), "{page}");
+}
+
+/// In App mode an update can be stored before its run's check run exists (the run was
+/// claimed while GitHub held the creation up). Sent by the next server after a kill -9, it
+/// updates the check run the first server made; it does not make a second one.
+#[test]
+fn an_update_owed_across_a_kill_9_updates_the_check_run_made_before() {
+    require_docker!();
+    const APP_ID: u64 = 4244;
+    const INSTALLATION: u64 = 79;
+    let git = GitServer::start();
+    let sha = git.commit(None, &project("echo building\nsleep 2\necho built > out.txt\n", TEST_OK), "first");
+    git.set_ref(&sha, "refs/heads/main");
+    let keys = temp_dir("orch-serve-app-");
+    let (key, public_key) = app_key(keys.path());
+    let gh = FakeGitHub::start(GhAuth::App { app_id: APP_ID, public_key, installation_id: INSTALLATION });
+    // The creation waits 2 s (the run is claimed meanwhile, its `Started` stored without
+    // a check run); the first update of it waits 60 s, and the server is killed then.
+    gh.rate_limit_next(OP_CHECK_CREATE, 1, 2);
+    gh.rate_limit_next(OP_CHECK_UPDATE, 1, 60);
+    let dir = temp_dir("orch-serve-app-kill-");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let env = [
+        ("ORCH_GITHUB_URL", gh.url.clone()),
+        ("ORCH_GITHUB_APP_ID", APP_ID.to_string()),
+        ("ORCH_GITHUB_APP_KEY", key.display().to_string()),
+        ("ORCH_CLONE_REWRITE", git.rewrite()),
+        ("ORCH_GITHUB_BACKOFF", "20".to_string()),
+    ];
+    let log = dir.path().join("orch.log");
+    let mut push = push_event("main", ZERO_SHA, &sha);
+    push["installation"]["id"] = json!(INSTALLATION);
+    let mut server = OrchProcess::spawn(&data, &env, &log);
+    let id = server.deliver("push", &push).run_id();
+    wait_for(Duration::from_secs(30), "the check run, and its first update held up", || {
+        let held = gh.requests().iter().any(|r| r.op == OP_CHECK_UPDATE);
+        if gh.check_runs().len() == 1 && held { Ok(()) } else { Err(format!("{:#?}", gh.requests())) }
+    });
+    wait_for(Duration::from_secs(10), "the check run recorded", || {
+        match server.count(&format!("SELECT COUNT(*) FROM runs WHERE id = {id} AND check_run_id IS NOT NULL")) {
+            1 => Ok(()),
+            _ => Err("not yet".into()),
+        }
+    });
+    server.kill9();
+    let owed = server.count(r#"SELECT COUNT(*) FROM outbox WHERE body LIKE '%"check_run_id":null%'"#);
+    assert!(owed > 0, "nothing owed without a check run at the kill: the test proves nothing");
+
+    let mut server = OrchProcess::spawn(&data, &env, &log);
+    let run = server.wait_run_done(id);
+    assert_eq!(run["run"]["status"], "success", "{run:#}\n{}", server.log_text());
+    let all = wait_for(Duration::from_secs(60), "the check run to complete", || {
+        let all = gh.check_runs();
+        if all.values().any(|c| c["status"] == "completed") { Ok(all) } else { Err(format!("{all:#?}")) }
+    });
+    assert_eq!(all.len(), 1, "one check run for the run: {all:#?}");
+    gh.assert_no_violations();
+    server.terminate();
+}
+
+/// A repository larger than `max-repo-size` is not fetched whole: the download stops at the
+/// limit, and the run ends as an error saying so, on the commit too.
+#[test]
+fn a_repository_larger_than_the_limit_gives_an_error_status() {
+    let git = GitServer::start();
+    // 4 MiB of hex digits of a pseudo-random sequence: about 2 MiB however it is packed.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let noise: String = (0..4 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from_digit((x & 15) as u32, 16).unwrap()
+        })
+        .collect();
+    let sha = git.commit(None, &[(".orch.yml", PIPELINE), ("noise.txt", &noise)], "big");
+    git.set_ref(&sha, "refs/heads/main");
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let orch = Orch::start(ServeArgs { max_repo_size: Some("1M".into()), ..token_args(&gh, &git) });
+
+    let id = orch.deliver("push", &push_event("main", ZERO_SHA, &sha)).run_id();
+    let run = orch.wait_run_done(id);
+    assert_eq!(run["run"]["status"], "error", "{run:#}");
+    let reason = run["run"]["reason"].as_str().unwrap_or_default();
+    assert_eq!(
+        reason, "could not fetch the commit: the repository is larger than the limit of 1.0 MiB (max-repo-size)",
+        "{run:#}"
+    );
+    let statuses = gh.wait_final_status(&sha, "orch (push)", id);
+    let last = statuses.last().unwrap();
+    assert_eq!((&last["state"], &last["description"]), (&json!("error"), &json!(reason)), "{statuses:#?}");
+    gh.assert_no_violations();
+}

@@ -26,6 +26,8 @@ pub struct FetchSpec {
     pub depth: i32,
     /// What to answer when the server asks for credentials.
     pub auth: Option<Auth>,
+    /// Bytes the fetch may download, and the checked-out files may hold; 0: no limit.
+    pub max_size: u64,
 }
 
 /// Credentials for one origin. The callback hands them out only to a request for that
@@ -242,10 +244,24 @@ pub fn branch_head(url: &str, branch: &str, auth: Option<&Auth>) -> Result<Strin
 
 /// Fetches `refspec` from `spec`'s remote into `repo`, as shallowly as `spec` says, with its
 /// token for the credentials callback and no tags.
-fn fetch_refspec(repo: &Repository, spec: &FetchSpec, refspec: &str) -> Result<(), git2::Error> {
+/// With a size limit, a fetch that outgrows it is stopped, and `too_big` says so.
+fn fetch_refspec(
+    repo: &Repository,
+    spec: &FetchSpec,
+    refspec: &str,
+    too_big: &std::cell::Cell<bool>,
+) -> Result<(), git2::Error> {
     let mut remote = repo.remote_anonymous(&spec.url)?;
     let mut fo = FetchOptions::new();
-    fo.remote_callbacks(callbacks(spec.auth.as_ref()));
+    let mut cb = callbacks(spec.auth.as_ref());
+    if spec.max_size > 0 {
+        cb.transfer_progress(|p| {
+            let over = p.received_bytes() as u64 > spec.max_size;
+            too_big.set(over);
+            !over
+        });
+    }
+    fo.remote_callbacks(cb);
     // libgit2's local transport cannot fetch shallowly.
     let local = spec.url.starts_with("file://") || spec.url.starts_with('/');
     if !local && spec.depth > 0 {
@@ -262,25 +278,64 @@ pub fn fetch(dir: &Path, spec: &FetchSpec) -> Result<(), CheckoutError> {
     std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
     let repo = Repository::init(dir).map_err(g)?;
     let want = Oid::from_str(&spec.sha).map_err(|_| err(format!("`{}` is not a commit SHA", spec.sha)))?;
-    let run_fetch = |refspec: &str| fetch_refspec(&repo, spec, refspec);
-    run_fetch(&format!("+{}:refs/orch/target", spec.git_ref)).map_err(g)?;
+    let too_big = std::cell::Cell::new(false);
+    let limit =
+        || format!("the repository is larger than the limit of {} (max-repo-size)", crate::fmt::size(spec.max_size));
+    let run_fetch = |refspec: &str| {
+        fetch_refspec(&repo, spec, refspec, &too_big).map_err(|e| if too_big.get() { err(limit()) } else { g(e) })
+    };
+    run_fetch(&format!("+{}:refs/orch/target", spec.git_ref))?;
     let got = repo.refname_to_id("refs/orch/target").map_err(g)?;
     let got = repo.find_object(got, None).and_then(|o| o.peel_to_commit()).map(|c| c.id()).map_err(g)?;
     if got != want {
         // The ref moved on since the delivery (a newer push): ask for the commit itself.
         run_fetch(&format!("+{}:refs/orch/sha", spec.sha)).map_err(|e| {
+            if too_big.get() {
+                return e;
+            }
             err(format!(
                 "{} now points at {got}, and the server would not send {} itself ({})",
-                spec.git_ref,
-                spec.sha,
-                e.message()
+                spec.git_ref, spec.sha, e.message
             ))
         })?;
     }
     let commit = repo.find_commit(want).map_err(|e| err(format!("commit {} is missing: {}", spec.sha, e.message())))?;
+    // A small download can hold large files (they compress well): the files are counted too.
+    if spec.max_size > 0 {
+        let files = tree_size(&repo, &commit.tree().map_err(g)?, spec.max_size).map_err(g)?;
+        if files > spec.max_size {
+            return Err(err(format!(
+                "the files of {} are larger than the limit of {} (max-repo-size)",
+                spec.sha,
+                crate::fmt::size(spec.max_size)
+            )));
+        }
+    }
     repo.set_head_detached(commit.id()).map_err(g)?;
     repo.checkout_head(Some(CheckoutBuilder::new().force())).map_err(g)?;
     Ok(())
+}
+
+/// The bytes of the files in `tree`, counted until they pass `stop`.
+fn tree_size(repo: &Repository, tree: &git2::Tree, stop: u64) -> Result<u64, git2::Error> {
+    let odb = repo.odb()?;
+    let mut total = 0u64;
+    let mut failed = None;
+    tree.walk(git2::TreeWalkMode::PreOrder, |_, entry| {
+        if entry.kind() != Some(git2::ObjectType::Blob) {
+            return git2::TreeWalkResult::Ok;
+        }
+        match odb.read_header(entry.id()) {
+            Ok((len, _)) => total += len as u64,
+            Err(e) => failed = Some(e),
+        }
+        if failed.is_some() || total > stop { git2::TreeWalkResult::Abort } else { git2::TreeWalkResult::Ok }
+    })
+    .or_else(|e| if e.code() == git2::ErrorCode::User && failed.is_none() { Ok(()) } else { Err(e) })?;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(total),
+    }
 }
 
 /// The files a pull request changes, for `paths` conditions: its head (checked out in `dir`
@@ -295,7 +350,14 @@ pub fn pull_request_changes(dir: &Path, spec: &FetchSpec, base_branch: &str) -> 
     if let Ok(mut stale) = repo.find_reference("refs/orch/base") {
         stale.delete().map_err(g)?;
     }
-    fetch_refspec(&repo, spec, &format!("+refs/heads/{base_branch}:refs/orch/base")).map_err(g)?;
+    let too_big = std::cell::Cell::new(false);
+    fetch_refspec(&repo, spec, &format!("+refs/heads/{base_branch}:refs/orch/base"), &too_big).map_err(|e| {
+        if too_big.get() {
+            err(format!("larger than the limit of {} (max-repo-size)", crate::fmt::size(spec.max_size)))
+        } else {
+            g(e)
+        }
+    })?;
     // A ref the server does not have fetches nothing, without an error.
     let base = repo.refname_to_id("refs/orch/base").map_err(|_| err("the server has no such branch".into()))?;
     let head = repo.head().and_then(|h| h.peel_to_commit()).map_err(g)?;
@@ -337,12 +399,19 @@ mod tests {
         let url = format!("file://{}", src.path().display());
 
         let dest = tempfile::tempdir().unwrap();
-        let spec = FetchSpec { url: url.clone(), git_ref: "refs/heads/main".into(), sha: second, depth: 1, auth: None };
+        let spec = FetchSpec {
+            url: url.clone(),
+            git_ref: "refs/heads/main".into(),
+            sha: second,
+            depth: 1,
+            auth: None,
+            max_size: 0,
+        };
         fetch(&dest.path().join("w"), &spec).unwrap();
         assert_eq!(std::fs::read_to_string(dest.path().join("w/a.txt")).unwrap(), "two");
 
         // The branch moved on: the older commit is fetched by its SHA.
-        let spec = FetchSpec { url, git_ref: "refs/heads/main".into(), sha: first, depth: 1, auth: None };
+        let spec = FetchSpec { url, git_ref: "refs/heads/main".into(), sha: first, depth: 1, auth: None, max_size: 0 };
         fetch(&dest.path().join("w2"), &spec).unwrap();
         assert_eq!(std::fs::read_to_string(dest.path().join("w2/a.txt")).unwrap(), "one");
 
@@ -352,9 +421,37 @@ mod tests {
             sha: "a".repeat(40),
             depth: 1,
             auth: None,
+            max_size: 0,
         };
         let e = fetch(&dest.path().join("w3"), &bad).unwrap_err();
         assert!(e.to_string().contains("cannot fetch refs/heads/main"), "{e}");
+    }
+
+    /// 3 MiB of zeros compress to a few KiB: the download is small, the files are not.
+    #[test]
+    fn files_larger_than_the_limit_are_not_checked_out() {
+        let src = tempfile::tempdir().unwrap();
+        git(src.path(), &["init", "-q", "-b", "main"]);
+        std::fs::write(src.path().join("zeros.bin"), vec![0u8; 3 << 20]).unwrap();
+        std::fs::write(src.path().join("small.txt"), "small").unwrap();
+        git(src.path(), &["add", "."]);
+        git(src.path(), &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "big"]);
+        let sha = git(src.path(), &["rev-parse", "HEAD"]);
+        let url = format!("file://{}", src.path().display());
+        let spec = |max_size| FetchSpec {
+            url: url.clone(),
+            git_ref: "refs/heads/main".into(),
+            sha: sha.clone(),
+            depth: 1,
+            auth: None,
+            max_size,
+        };
+        let dest = tempfile::tempdir().unwrap();
+        let e = fetch(&dest.path().join("small"), &spec(1 << 20)).unwrap_err();
+        assert_eq!(e.message, format!("the files of {sha} are larger than the limit of 1.0 MiB (max-repo-size)"));
+        assert!(!dest.path().join("small/zeros.bin").exists());
+        fetch(&dest.path().join("big"), &spec(4 << 20)).unwrap();
+        assert_eq!(std::fs::metadata(dest.path().join("big/zeros.bin")).unwrap().len(), 3 << 20);
     }
 
     #[test]
@@ -386,6 +483,7 @@ mod tests {
             sha: head,
             depth: 1,
             auth: None,
+            max_size: 0,
         };
         let dest = tempfile::tempdir().unwrap();
         fetch(dest.path(), &spec).unwrap();

@@ -46,15 +46,26 @@ struct Fill {
     done: tokio::sync::OnceCell<Result<(), String>>,
 }
 
+/// The innermost error's message: "Connection refused (os error 111)", not the HTTP
+/// client's wrapping of it.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut at = e;
+    while let Some(inner) = at.source() {
+        at = inner;
+    }
+    at.to_string()
+}
+
 fn api(e: DockerError) -> BackendError {
     match e {
         DockerError::DockerResponseServerError { status_code, message } => {
             BackendError::Api(format!("{message} (HTTP {status_code})"))
         }
         DockerError::SocketNotFoundError(p) => BackendError::Unreachable { detail: format!("no socket at {p}") },
-        DockerError::HyperResponseError { .. } | DockerError::IOError { .. } | DockerError::RequestTimeoutError => {
-            BackendError::Unreachable { detail: e.to_string() }
-        }
+        DockerError::HyperResponseError { .. }
+        | DockerError::HyperLegacyError { .. }
+        | DockerError::IOError { .. }
+        | DockerError::RequestTimeoutError => BackendError::Unreachable { detail: root_cause(&e) },
         other => BackendError::Api(other.to_string()),
     }
 }
@@ -184,6 +195,20 @@ impl DockerBackend {
     /// Removes what orch runs left behind. With `only_stale`, runs whose orch process is
     /// still alive on this host are kept.
     pub async fn gc(&self, only_stale: bool) -> Result<GcReport, BackendError> {
+        // A run is live when its orch process is: on this host, when that pid exists; on
+        // another host sharing this daemon, always (only `--all` removes those).
+        self.sweep(|_, labels| {
+            only_stale
+                && match labels.get(LABEL_HOST) {
+                    Some(h) if *h != self.host => true,
+                    _ => labels.get(LABEL_PID).is_some_and(|p| pid_alive(p)),
+                }
+        })
+        .await
+    }
+
+    /// Removes every run's objects unless `keep(run, labels)` holds for one of them.
+    pub async fn sweep(&self, keep: impl Fn(&str, &HashMap<String, String>) -> bool) -> Result<GcReport, BackendError> {
         let mut report = GcReport::default();
         let containers = self
             .docker
@@ -194,40 +219,11 @@ impl DockerBackend {
             }))
             .await
             .map_err(api)?;
-        // A run is live when its orch process is: on this host, when that pid exists; on
-        // another host sharing this daemon, always (only `--all` removes those).
-        let live = |labels: &HashMap<String, String>| {
-            only_stale
-                && match labels.get(LABEL_HOST) {
-                    Some(h) if *h != self.host => true,
-                    _ => labels.get(LABEL_PID).is_some_and(|p| pid_alive(p)),
-                }
-        };
-        let mut dead_runs = std::collections::BTreeSet::new();
-        let mut live_runs = std::collections::HashSet::new();
-        for c in &containers {
-            let labels = c.labels.clone().unwrap_or_default();
-            let run = labels.get(LABEL_RUN).cloned().unwrap_or_default();
-            if live(&labels) {
-                live_runs.insert(run);
-            } else {
-                dead_runs.insert(run);
-            }
-        }
         let networks = self
             .docker
             .list_networks(Some(ListNetworksOptions { filters: Some(label_filter(LABEL_RUN, None)) }))
             .await
             .map_err(api)?;
-        for n in &networks {
-            let labels = n.labels.clone().unwrap_or_default();
-            let run = labels.get(LABEL_RUN).cloned().unwrap_or_default();
-            if live(&labels) {
-                live_runs.insert(run);
-            } else {
-                dead_runs.insert(run);
-            }
-        }
         let volumes = self
             .docker
             .list_volumes(Some(ListVolumesOptions { filters: Some(label_filter(LABEL_RUN, None)) }))
@@ -235,9 +231,16 @@ impl DockerBackend {
             .map_err(api)?
             .volumes
             .unwrap_or_default();
-        for v in &volumes {
-            let run = v.labels.get(LABEL_RUN).cloned().unwrap_or_default();
-            if live(&v.labels) {
+        let labelled = containers
+            .into_iter()
+            .map(|c| c.labels.unwrap_or_default())
+            .chain(networks.into_iter().map(|n| n.labels.unwrap_or_default()))
+            .chain(volumes.into_iter().map(|v| v.labels));
+        let mut dead_runs = std::collections::BTreeSet::new();
+        let mut live_runs = std::collections::HashSet::new();
+        for labels in labelled {
+            let run = labels.get(LABEL_RUN).cloned().unwrap_or_default();
+            if keep(&run, &labels) {
                 live_runs.insert(run);
             } else {
                 dead_runs.insert(run);
@@ -1070,21 +1073,27 @@ impl Backend for DockerBackend {
     async fn wait(&self, handle: &mut StepHandle) -> Result<ExitInfo, BackendError> {
         let mut stream =
             self.docker.wait_container(&handle.id, Some(WaitContainerOptions { condition: "not-running".into() }));
+        let lost = |e: BackendError| match e {
+            BackendError::Unreachable { detail } => BackendError::DaemonLost { detail },
+            other => other,
+        };
         let code = match stream.next().await {
             Some(Ok(r)) => r.status_code,
             // bollard reports a non-zero exit as an error carrying the code.
             Some(Err(DockerError::DockerContainerWaitError { code, .. })) => code,
-            Some(Err(e)) => return Err(api(e)),
+            Some(Err(e)) => return Err(lost(api(e))),
             None => return Err(BackendError::Api("the wait stream ended without an exit status".into())),
         };
-        let oom_killed = self
-            .docker
-            .inspect_container(&handle.id, None)
-            .await
-            .ok()
-            .and_then(|i| i.state)
-            .and_then(|s| s.oom_killed)
-            .unwrap_or(false);
+        // A daemon that stops kills its containers first and closes its API: an exit by
+        // that signal is no verdict on the step. The inspect tells the two apart.
+        let inspected = self.docker.inspect_container(&handle.id, None).await;
+        let oom_killed = match inspected {
+            Ok(i) => i.state.and_then(|s| s.oom_killed).unwrap_or(false),
+            Err(e) => match api(e) {
+                BackendError::Unreachable { detail } => return Err(BackendError::DaemonLost { detail }),
+                _ => false,
+            },
+        };
         if let Some(pump) = handle.pump.take() {
             let _ = pump.await;
         }

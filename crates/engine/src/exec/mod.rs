@@ -159,6 +159,9 @@ pub struct ExitInfo {
 pub enum BackendError {
     #[error("cannot reach the Docker daemon ({detail}); is it running? (scripts/setup starts it)")]
     Unreachable { detail: String },
+    /// The daemon stopped or restarted while a step ran: the step's own result is unknown.
+    #[error("the Docker daemon went away while the step ran ({detail}); its result is unknown")]
+    DaemonLost { detail: String },
     #[error(
         "the Docker daemon's socket refuses this user (permission denied); add the user to the \
          `docker` group and log in again, or run orch as root"

@@ -143,6 +143,13 @@ impl Update {
             Update::Step { run, .. } | Update::Finished { run, .. } => run,
         }
     }
+
+    pub fn run_mut(&mut self) -> &mut RunRef {
+        match self {
+            Update::Queued(run) | Update::Started(run) => run,
+            Update::Step { run, .. } | Update::Finished { run, .. } => run,
+        }
+    }
 }
 
 /// The GitHub event a run's event comes from: a tag is pushed.

@@ -14,35 +14,38 @@ pub struct Reporter {
     gh: Github,
     /// Check run ids (App mode), by run id.
     check_runs: HashMap<i64, u64>,
-    /// Told each check run created (run id, check run id), to keep it across restarts.
-    on_check_run: Option<Box<dyn Fn(i64, u64) + Send + Sync>>,
+    /// Check runs created since [`Reporter::take_created`] last looked: (run, check run).
+    created: Vec<(i64, u64)>,
 }
 
 impl Reporter {
     pub fn new(cfg: Config, gh: Github) -> Reporter {
-        Reporter { cfg, gh, check_runs: HashMap::new(), on_check_run: None }
-    }
-
-    /// Calls `f(run id, check run id)` for each check run created.
-    pub fn on_check_run(mut self, f: impl Fn(i64, u64) + Send + Sync + 'static) -> Reporter {
-        self.on_check_run = Some(Box::new(f));
-        self
+        Reporter { cfg, gh, check_runs: HashMap::new(), created: Vec::new() }
     }
 
     fn created_check_run(&mut self, run: i64, created: &Value) {
         if let Some(id) = created.get("id").and_then(Value::as_u64) {
             self.check_runs.insert(run, id);
-            if let Some(f) = &self.on_check_run {
-                f(run, id);
-            }
+            self.created.push((run, id));
         }
+    }
+
+    /// The check runs created since the last call, for the caller to keep across restarts.
+    pub fn take_created(&mut self) -> Vec<(i64, u64)> {
+        std::mem::take(&mut self.created)
+    }
+
+    /// Whether this reporter knows the check run of `run` (it created it, and the run has
+    /// not finished).
+    pub fn knows_check_run(&self, run: i64) -> bool {
+        self.check_runs.contains_key(&run)
     }
 
     pub fn enabled(&self) -> bool {
         self.gh.enabled()
     }
 
-    fn is_app(&self) -> bool {
+    pub fn is_app(&self) -> bool {
         self.gh.is_app()
     }
 
@@ -86,6 +89,15 @@ impl Reporter {
 
     /// Applies one update. Errors are returned for logging; nothing else depends on them.
     pub async fn send(&mut self, u: &Update) -> Result<(), ReportError> {
+        let sent = self.send_one(u).await;
+        if let Update::Finished { run, .. } = u {
+            // Nothing more goes to this run's check run (it is in the database too).
+            self.check_runs.remove(&run.id);
+        }
+        sent
+    }
+
+    async fn send_one(&mut self, u: &Update) -> Result<(), ReportError> {
         if !self.gh.enabled() {
             return Ok(());
         }

@@ -94,6 +94,11 @@ pub struct ServeArgs {
     /// on [default: 100M].
     #[arg(long, env = "ORCH_LOG_LIMIT", value_name = "SIZE")]
     pub log_limit: Option<String>,
+    /// The largest repository a run fetches and checks out (`500M`, `2G`, `none`): what is
+    /// downloaded and the checked-out files each; a larger one ends the run as an error
+    /// [default: 2G].
+    #[arg(long, env = "ORCH_MAX_REPO_SIZE", value_name = "SIZE")]
+    pub max_repo_size: Option<String>,
     #[command(flatten)]
     pub isolation: crate::exec::isolation::IsolationArgs,
     /// Repositories (owner/name) whose pushes, tags and manual runs get the Docker socket
@@ -133,6 +138,8 @@ pub struct Config {
     pub retention_runs: u64,
     pub cache_max: u64,
     pub log_limit: u64,
+    /// Bytes a run may fetch, and check out; 0: no limit.
+    pub max_repo_size: u64,
     /// How long a cancelled step gets between SIGTERM and SIGKILL.
     pub grace: Duration,
     /// What step containers are allowed (before the trust settings below).
@@ -206,6 +213,9 @@ fn read_file(path: &PathBuf) -> Result<Vec<(String, Vec<String>)>, ConfigError> 
     Ok(out)
 }
 
+/// The default of `max-repo-size`.
+pub const DEFAULT_MAX_REPO_SIZE: u64 = 2 << 30;
+
 const KEYS: &[&str] = &[
     "listen",
     "webhook-secret",
@@ -230,6 +240,7 @@ const KEYS: &[&str] = &[
     "retention-runs",
     "cache-max",
     "log-limit",
+    "max-repo-size",
     "grace",
     "trust-docker-socket",
     "trust-privileged",
@@ -393,6 +404,15 @@ impl ServeArgs {
                 None => crate::cache::DEFAULT_MAX_BYTES,
             },
             log_limit,
+            max_repo_size: match self.max_repo_size.clone().or_else(|| one("max-repo-size")) {
+                Some(s) if matches!(s.trim().to_ascii_lowercase().as_str(), "none" | "0" | "unlimited") => 0,
+                Some(s) => crate::cache::parse_size(&s).ok_or_else(|| {
+                    ConfigError::Invalid(format!(
+                        "`max-repo-size` must be a size such as 500M or 2G, or `none`, got `{s}`"
+                    ))
+                })?,
+                None => DEFAULT_MAX_REPO_SIZE,
+            },
             grace: Duration::from_secs(match self.grace {
                 Some(n) => n,
                 None => {

@@ -127,6 +127,8 @@ pub struct Run {
     pub finished_at: Option<i64>,
     pub attempts: i64,
     pub check_run_id: Option<i64>,
+    /// Why an update of this run never reached GitHub (it was given up), if one did not.
+    pub report_error: Option<String>,
     /// The run this one re-runs (`POST /api/runs/{id}/rerun`).
     pub rerun_of: Option<i64>,
     /// A re-run of the failed steps only: the passed steps of `rerun_of` are kept.
@@ -220,6 +222,7 @@ impl Db {
             ("runs", "failed_only", "INTEGER NOT NULL DEFAULT 0"),
             ("runs", "event_time", "INTEGER"),
             ("deliveries", "digest", "TEXT"),
+            ("runs", "report_error", "TEXT"),
         ] {
             let has: bool = w
                 .prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"))?
@@ -319,6 +322,7 @@ impl Db {
         run: Option<NewRun>,
         supersede: bool,
         owe: Option<Box<dyn FnOnce(i64) -> String + Send>>,
+        owe_cancelled: Option<OweCancelled>,
     ) -> Result<Stored, DbError> {
         self.write(move |t| {
             let Delivery { id, event, action, headers, body, outcome } = d;
@@ -350,6 +354,7 @@ impl Db {
             {
                 insert_owed(t, owe(run_id))?;
             }
+            owe_for(t, owe_cancelled, &cancelled)?;
             Ok(Stored::New { run: Some(run_id), cancel, cancelled })
         })
         .await
@@ -386,12 +391,23 @@ impl Db {
         .await
     }
 
-    pub async fn finish(&self, id: i64, status: RunState, reason: Option<String>) -> Result<(), DbError> {
+    /// Records a run's end and, in the same commit, what it owes GitHub for it (`owed`, the
+    /// outbox body): a kill -9 keeps both or neither.
+    pub async fn finish(
+        &self,
+        id: i64,
+        status: RunState,
+        reason: Option<String>,
+        owed: Option<String>,
+    ) -> Result<(), DbError> {
         self.write(move |t| {
             t.execute(
                 "UPDATE runs SET status = ?2, reason = ?3, finished_at = ?4 WHERE id = ?1",
                 params![id, status, reason, now()],
             )?;
+            if let Some(body) = owed {
+                insert_owed(t, body)?;
+            }
             Ok(())
         })
         .await
@@ -408,7 +424,13 @@ impl Db {
 
     /// Marks runs of a pull request (or any key) cancelled when queued; returns the running
     /// ones for the caller to stop, and the queued ones it cancelled for the caller to report.
-    pub async fn cancel_key(&self, key: String, reason: String) -> Result<(Vec<i64>, Vec<Run>), DbError> {
+    /// `owe_cancelled` gives what the cancelled ones owe GitHub, stored in the same commit.
+    pub async fn cancel_key(
+        &self,
+        key: String,
+        reason: String,
+        owe_cancelled: Option<OweCancelled>,
+    ) -> Result<(Vec<i64>, Vec<Run>), DbError> {
         self.write(move |t| {
             let running = ids(t, "SELECT id FROM runs WHERE concurrency_key = ?1 AND status = 'running'", [&key])?;
             let queued = ids(t, "SELECT id FROM runs WHERE concurrency_key = ?1 AND status = 'queued'", [&key])?;
@@ -417,7 +439,9 @@ impl Db {
                  WHERE concurrency_key = ?1 AND status = 'queued'",
                 params![key, reason, now()],
             )?;
-            Ok((running, runs_by_id(t, &queued)?))
+            let cancelled = runs_by_id(t, &queued)?;
+            owe_for(t, owe_cancelled, &cancelled)?;
+            Ok((running, cancelled))
         })
         .await
     }
@@ -451,25 +475,40 @@ impl Db {
         .await
     }
 
-    /// An owed update is done with (delivered, or given up).
-    pub async fn paid(&self, id: i64) -> Result<(), DbError> {
+    /// An owed update is done with (delivered, or given up), in one commit with what its
+    /// sending learnt: the check runs it created (`(run, check run)`), and why it was given
+    /// up (`(run, reason)`), shown on the run.
+    pub async fn paid(
+        &self,
+        id: i64,
+        created: Vec<(i64, u64)>,
+        given_up: Option<(i64, String)>,
+    ) -> Result<(), DbError> {
         self.write(move |t| {
             t.execute("DELETE FROM outbox WHERE id = ?1", params![id])?;
+            for (run, check_run) in &created {
+                t.execute("UPDATE runs SET check_run_id = ?2 WHERE id = ?1", params![run, *check_run as i64])?;
+            }
+            if let Some((run, why)) = &given_up {
+                t.execute("UPDATE runs SET report_error = ?2 WHERE id = ?1", params![run, why])?;
+            }
             Ok(())
+        })
+        .await
+    }
+
+    /// The check run recorded for a run, if any.
+    pub async fn check_run_of(&self, run: i64) -> Result<Option<u64>, DbError> {
+        self.read(move |c| {
+            c.query_row("SELECT check_run_id FROM runs WHERE id = ?1", params![run], |r| r.get::<_, Option<i64>>(0))
+                .optional()
+                .map(|o| o.flatten().map(|n| n as u64))
         })
         .await
     }
 
     pub async fn count_owed(&self) -> Result<i64, DbError> {
         self.read(|c| c.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))).await
-    }
-
-    pub async fn set_check_run(&self, id: i64, check_run_id: i64) -> Result<(), DbError> {
-        self.write(move |t| {
-            t.execute("UPDATE runs SET check_run_id = ?2 WHERE id = ?1", params![id, check_run_id])?;
-            Ok(())
-        })
-        .await
     }
 
     pub async fn upsert_step(&self, run_id: i64, s: StepRow) -> Result<(), DbError> {
@@ -549,14 +588,25 @@ impl Db {
         .await
     }
 
-    /// Cancels a queued run; false when it is not queued (any more).
-    pub async fn cancel_queued(&self, id: i64, reason: String) -> Result<bool, DbError> {
+    /// Cancels a queued run and stores what that owes GitHub in the same commit; `None`
+    /// when it is not queued (any more).
+    pub async fn cancel_queued(
+        &self,
+        id: i64,
+        reason: String,
+        owe_cancelled: Option<OweCancelled>,
+    ) -> Result<Option<Run>, DbError> {
         self.write(move |t| {
             let n = t.execute(
                 "UPDATE runs SET status = 'cancelled', reason = ?2, finished_at = ?3 WHERE id = ?1 AND status = 'queued'",
                 params![id, reason, now()],
             )?;
-            Ok(n == 1)
+            if n == 0 {
+                return Ok(None);
+            }
+            let cancelled = runs_by_id(t, &[id])?;
+            owe_for(t, owe_cancelled, &cancelled)?;
+            Ok(cancelled.into_iter().next())
         })
         .await
     }
@@ -653,6 +703,18 @@ fn ids(c: &Connection, sql: &str, args: impl rusqlite::Params) -> rusqlite::Resu
     st.query_map(args, |r| r.get(0))?.collect()
 }
 
+/// What a run cancelled before it started owes GitHub (an outbox body).
+pub type OweCancelled = fn(&Run) -> String;
+
+fn owe_for(t: &Transaction, owe: Option<OweCancelled>, runs: &[Run]) -> rusqlite::Result<()> {
+    if let Some(owe) = owe {
+        for r in runs {
+            insert_owed(t, owe(r))?;
+        }
+    }
+    Ok(())
+}
+
 /// Stores an update owed to GitHub; its id orders it.
 fn insert_owed(t: &Transaction, body: String) -> rusqlite::Result<i64> {
     t.execute("INSERT INTO outbox (body, created_at) VALUES (?1, ?2)", params![body, now()])?;
@@ -738,7 +800,7 @@ fn runs_by_id(c: &Connection, ids: &[i64]) -> rusqlite::Result<Vec<Run>> {
 
 const RUN_COLUMNS: &str = "id, delivery_id, repo, clone_url, event, branch, base_branch, tag, sha, pr, fork, changed,
     installation_id, author, title, status, reason, created_at, started_at, finished_at, attempts, check_run_id,
-    concurrency_key, default_branch, rerun_of, failed_only, event_time";
+    concurrency_key, default_branch, rerun_of, failed_only, event_time, report_error";
 
 fn row_to_run(r: &rusqlite::Row) -> rusqlite::Result<Run> {
     let changed: Option<String> = r.get(11)?;
@@ -772,6 +834,7 @@ fn row_to_run(r: &rusqlite::Row) -> rusqlite::Result<Run> {
         check_run_id: r.get(21)?,
         rerun_of: r.get(24)?,
         failed_only: r.get(25)?,
+        report_error: r.get(27)?,
     })
 }
 
@@ -820,7 +883,7 @@ mod tests {
             run_ids.push(db.queue_run(spec(b), false).await.unwrap().0);
         }
         for &id in &run_ids[..4] {
-            db.finish(id, RunState::Success, None).await.unwrap();
+            db.finish(id, RunState::Success, None, None).await.unwrap();
             db.upsert_step(
                 id,
                 StepRow {
@@ -851,7 +914,7 @@ mod tests {
                 body: if id == "old" { vec![b'x'; 4 << 20] } else { Vec::new() },
                 outcome: "ping".into(),
             };
-            db.store_delivery(d, None, false, None).await.unwrap();
+            db.store_delivery(d, None, false, None, None).await.unwrap();
             let id = id.to_string();
             db.write(move |t| t.execute("UPDATE deliveries SET received_at = ?2 WHERE id = ?1", params![id, at]))
                 .await

@@ -60,6 +60,8 @@ pub struct AppState {
     pub github: github::Github,
     /// Wakes the worker when a run is queued.
     pub wake: Notify,
+    /// Wakes the janitor when a run may have left Docker objects behind (see `worker`).
+    pub janitor: Notify,
     /// Running runs, to stop them (superseded, closed pull request, shutdown).
     pub running: std::sync::Mutex<HashMap<i64, (Cancel, String)>>,
     pub counters: Counters,
@@ -127,23 +129,14 @@ pub async fn state(cfg: Config) -> Result<Arc<AppState>, ServeError> {
         github::Config { public_url: cfg.public_url.clone(), step_statuses: cfg.step_statuses, context: "orch".into() },
         gh.clone(),
     );
-    // A run queued again after a restart updates the check run it has, not a new one.
-    let keep = db.clone();
     let counters = Counters { github: gh.counters(), ..Counters::default() };
-    let reporter = reporter.on_check_run(move |run, check_run| {
-        let db = keep.clone();
-        tokio::spawn(async move {
-            if let Err(e) = db.set_check_run(run, check_run as i64).await {
-                tracing::warn!(run, "cannot record the check run: {e}");
-            }
-        });
-    });
     Ok(Arc::new(AppState {
         report: outbox::Outbox::start(db.clone(), reporter),
         github: gh,
         cfg,
         db,
         wake: Notify::new(),
+        janitor: Notify::new(),
         running: std::sync::Mutex::new(HashMap::new()),
         counters,
         shutting_down: AtomicBool::new(false),
@@ -320,6 +313,7 @@ async fn accept(
             run,
             st.cfg.cancel_superseded,
             queued_update,
+            st.report.owe_cancelled(),
         )
         .await;
     let stored = match stored {
@@ -339,7 +333,7 @@ async fn accept(
         Stored::New { run, cancel, cancelled } => {
             // A delivery of an older event than a run it would supersede is cancelled itself.
             let stale = cancelled.iter().find(|r| Some(r.id) == run).and_then(|r| r.reason.clone());
-            report_cancelled(&st, cancelled).await;
+            report_cancelled(&st, &cancelled);
             if let Some(reason) = stale {
                 tracing::info!(%delivery, run = run.unwrap_or_default(), "{reason}");
                 return reply(
@@ -361,12 +355,12 @@ async fn accept(
         }
         Action::CancelPullRequest { repo, pr } => {
             let key = format!("{repo}#pr:{pr}");
-            match st.db.cancel_key(key, format!("pull request #{pr} was closed")).await {
+            match st.db.cancel_key(key, format!("pull request #{pr} was closed"), st.report.owe_cancelled()).await {
                 Ok((running, cancelled)) => {
                     for id in running {
                         st.cancel_run(id, &format!("pull request #{pr} was closed"));
                     }
-                    report_cancelled(&st, cancelled).await;
+                    report_cancelled(&st, &cancelled);
                 }
                 Err(e) => tracing::error!("cannot cancel the runs of #{pr}: {e}"),
             }
@@ -403,20 +397,13 @@ pub(crate) async fn clone_source(
     (source.url, auth)
 }
 
-/// Tells GitHub about queued runs that were cancelled before they started (superseded, or
-/// their pull request closed): their commits would show "Queued" for ever otherwise.
-pub(crate) async fn report_cancelled(st: &AppState, runs: Vec<db::Run>) {
+/// Queued runs were cancelled before they started (superseded, or their pull request
+/// closed); their final updates were stored with the cancel: send them.
+pub(crate) fn report_cancelled(st: &AppState, runs: &[db::Run]) {
     for run in runs {
-        let reason = run.reason.clone().unwrap_or_else(|| "cancelled".into());
-        tracing::info!(run = run.id, "cancelled before it started: {reason}");
-        st.report
-            .owe(Update::Finished {
-                run: worker::run_ref(&run),
-                conclusion: github::Conclusion::Cancelled,
-                summary: reason.clone(),
-                description: reason,
-                annotations: Vec::new(),
-            })
-            .await;
+        tracing::info!(run = run.id, "cancelled before it started: {}", run.reason.as_deref().unwrap_or("cancelled"));
+    }
+    if !runs.is_empty() {
+        st.report.poke();
     }
 }

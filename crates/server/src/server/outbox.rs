@@ -43,6 +43,26 @@ impl Outbox {
         }
     }
 
+    /// Records a run's end with its final update, in one commit (see [`Db::finish`]).
+    pub async fn finish(
+        &self,
+        run: i64,
+        status: super::db::RunState,
+        reason: String,
+        u: Update,
+    ) -> Result<(), super::db::DbError> {
+        let owed = self.enabled.then(|| body(&u));
+        self.db.finish(run, status, Some(reason), owed).await?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// What a run cancelled before it started owes GitHub, for the database to store with
+    /// the cancel; `None` when nothing is sent.
+    pub fn owe_cancelled(&self) -> Option<super::db::OweCancelled> {
+        self.enabled.then_some(cancelled_body as super::db::OweCancelled)
+    }
+
     /// Whether updates are stored and sent (there are GitHub credentials).
     pub fn enabled(&self) -> bool {
         self.enabled
@@ -79,6 +99,19 @@ pub fn body(u: &Update) -> String {
     serde_json::to_string(u).unwrap_or_default()
 }
 
+/// The final update of a run cancelled before it started: its commit would show "Queued"
+/// for ever otherwise.
+fn cancelled_body(run: &super::db::Run) -> String {
+    let reason = run.reason.clone().unwrap_or_else(|| "cancelled".into());
+    body(&Update::Finished {
+        run: super::worker::run_ref(run),
+        conclusion: crate::github::Conclusion::Cancelled,
+        summary: reason.clone(),
+        description: reason,
+        annotations: Vec::new(),
+    })
+}
+
 /// Sends the owed updates, oldest first, forever.
 async fn send_owed(outbox: Outbox, mut reporter: Reporter) {
     loop {
@@ -97,17 +130,30 @@ async fn send_owed(outbox: Outbox, mut reporter: Reporter) {
             continue;
         }
         for (id, body) in owed {
+            let mut given_up = None;
             match serde_json::from_str::<Update>(&body) {
-                Ok(u) => {
+                Ok(mut u) => {
+                    let run = u.run().id;
+                    // Stored before its run's check run was created (or by a server since
+                    // killed): the database knows the check run, and a second one must
+                    // not be made.
+                    if reporter.is_app() && u.run().check_run_id.is_none() && !reporter.knows_check_run(run) {
+                        match outbox.db.check_run_of(run).await {
+                            Ok(c) => u.run_mut().check_run_id = c,
+                            Err(e) => tracing::warn!(run, "cannot read the run's check run: {e}"),
+                        }
+                    }
                     if let Err(e) = reporter.send(&u).await {
-                        tracing::warn!("given up: {e}");
+                        tracing::warn!(run, "given up: {e}");
+                        given_up = Some((run, e.to_string()));
                     }
                 }
                 Err(e) => tracing::warn!(id, "a stored GitHub update does not read back: {e}"),
             }
-            // Done with: delivered, or given up after the reporter's retries. If this
-            // write fails the update is sent again, which GitHub takes as the same state.
-            if let Err(e) = outbox.db.paid(id).await {
+            // Done with: delivered, or given up after the reporter's retries (the reason
+            // goes on the run). If this write fails the update is sent again, which GitHub
+            // takes as the same state.
+            if let Err(e) = outbox.db.paid(id, reporter.take_created(), given_up).await {
                 tracing::warn!(id, "cannot mark a GitHub update sent: {e}");
             }
         }

@@ -42,14 +42,21 @@ pub fn docker_run_id(data_dir: &std::path::Path, run: i64, attempt: i64) -> Stri
 
 /// Claims and executes runs until `stop`, at most `concurrency` at once.
 pub async fn run(st: Arc<AppState>, stop: CancellationToken) {
+    // Whether Docker answered since the start. From then on, runs are not claimed while it
+    // does not (a restart of the daemon): they wait queued rather than fail. A server that
+    // never reached Docker claims them, and they fail saying why.
+    let mut seen_up = false;
+    let mut waiting = false;
     // Containers of runs a killed server left behind.
     if let Ok(backend) = DockerBackend::connect().await {
+        seen_up = true;
         match backend.gc(true).await {
             Ok(r) if !r.runs.is_empty() => tracing::warn!(runs = ?r.runs, "removed what killed runs left in Docker"),
             Ok(_) => {}
             Err(e) => tracing::warn!("cleanup of stale runs failed: {e}"),
         }
     }
+    let janitor = tokio::spawn(janitor(st.clone(), stop.clone()));
     let slots = Arc::new(Semaphore::new(st.cfg.concurrency));
     let mut tasks = tokio::task::JoinSet::new();
     loop {
@@ -57,6 +64,27 @@ pub async fn run(st: Arc<AppState>, stop: CancellationToken) {
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             _ = stop.cancelled() => break,
         };
+        match DockerBackend::connect().await {
+            Ok(_) => {
+                if waiting {
+                    tracing::info!("Docker answers again: queued runs go on");
+                }
+                (seen_up, waiting) = (true, false);
+            }
+            Err(e) if seen_up => {
+                if !waiting {
+                    tracing::warn!("Docker does not answer ({e}): queued runs wait for it");
+                }
+                waiting = true;
+                drop(permit);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.cancelled() => break,
+                }
+                continue;
+            }
+            Err(_) => {}
+        }
         match st.db.claim().await {
             Ok(Some(run)) => {
                 let st = st.clone();
@@ -82,6 +110,49 @@ pub async fn run(st: Arc<AppState>, stop: CancellationToken) {
         while tasks.try_join_next().is_some() {}
     }
     while tasks.join_next().await.is_some() {}
+    let _ = janitor.await;
+}
+
+/// Removes the Docker objects of this server's runs that are not running any more: those
+/// whose cleanup failed (the daemon was stopped or restarting) go once it answers again.
+/// It looks every minute, and soon after a run ended in an error, retrying with backoff
+/// while the daemon does not answer.
+async fn janitor(st: Arc<AppState>, stop: CancellationToken) {
+    const QUIET: Duration = Duration::from_secs(60);
+    let prefix = format!("s{}-", instance_tag(&st.cfg.data_dir));
+    let mut wait = QUIET;
+    let mut owed = false;
+    loop {
+        tokio::select! {
+            _ = st.janitor.notified() => { owed = true; }
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => return,
+        }
+        let keep = |run: &str, _: &std::collections::HashMap<String, String>| {
+            let Some(id) = run.strip_prefix(&prefix).and_then(|r| r.split('-').next()?.parse::<i64>().ok()) else {
+                return true;
+            };
+            st.running.lock().map_or(true, |m| m.contains_key(&id))
+        };
+        let swept = match DockerBackend::connect().await {
+            Ok(b) => b.sweep(keep).await,
+            Err(e) => Err(e),
+        };
+        match swept {
+            Ok(r) => {
+                if !r.runs.is_empty() {
+                    tracing::info!(runs = ?r.runs, containers = r.containers, networks = r.networks,
+                        volumes = r.volumes, "removed what ended runs left in Docker");
+                }
+                (owed, wait) = (false, QUIET);
+            }
+            Err(e) if owed => {
+                wait = if wait >= QUIET { Duration::from_secs(1) } else { (wait * 2).min(Duration::from_secs(30)) };
+                tracing::debug!("leftovers of ended runs stay until Docker answers: {e}");
+            }
+            Err(_) => wait = QUIET,
+        }
+    }
 }
 
 pub(crate) fn run_ref(run: &Run) -> RunRef {
@@ -147,20 +218,21 @@ async fn execute(st: Arc<AppState>, run: Run) {
     }
     let reason =
         if outcome.status == RunState::Cancelled { reason_override.unwrap_or(outcome.reason) } else { outcome.reason };
-    if let Err(e) = st.db.finish(run.id, outcome.status, Some(reason.clone())).await {
+    let update = Update::Finished {
+        run: rr,
+        conclusion: outcome.conclusion,
+        description: reason.clone(),
+        summary: outcome.summary,
+        annotations: outcome.annotations,
+    };
+    if let Err(e) = st.report.finish(run.id, outcome.status, reason.clone(), update).await {
         tracing::error!(run = run.id, "cannot record the run's end: {e}");
     }
     st.live.end(run.id, outcome.status);
+    if outcome.status == RunState::Error {
+        st.janitor.notify_one();
+    }
     tracing::info!(run = run.id, status = outcome.status.as_str(), "run finished: {reason}");
-    st.report
-        .owe(Update::Finished {
-            run: rr,
-            conclusion: outcome.conclusion,
-            description: reason,
-            summary: outcome.summary,
-            annotations: outcome.annotations,
-        })
-        .await;
 }
 
 async fn prepare_and_run(
@@ -186,7 +258,14 @@ async fn prepare_and_run(
         _ => run.spec.sha.clone(),
     };
     let (url, auth) = super::clone_source(st, &run.spec.clone_url, &run.spec.repo, run.spec.installation_id).await;
-    let spec = FetchSpec { auth, url, git_ref, sha: run.spec.sha.clone(), depth: st.cfg.clone_depth };
+    let spec = FetchSpec {
+        auth,
+        url,
+        git_ref,
+        sha: run.spec.sha.clone(),
+        depth: st.cfg.clone_depth,
+        max_size: st.cfg.max_repo_size,
+    };
     let w = work.to_path_buf();
     let fetch_spec = spec.clone();
     let fetched = tokio::task::spawn_blocking(move || checkout::fetch(&w, &fetch_spec)).await;
@@ -431,7 +510,13 @@ fn short(sha: &str) -> &str {
 
 /// One line for a status description: `3 passed, 1 failed (unit) in 12.3s`.
 fn describe(steps: &[StepSummary], took: Duration) -> String {
-    format!("{} in {}", sched::tally(steps, true), crate::fmt::duration(took))
+    let tally = format!("{} in {}", sched::tally(steps, true), crate::fmt::duration(took));
+    // A step that could not run says why (the machine's fault, not the pipeline's).
+    let errored = steps.iter().find(|s| s.status == StepStatus::Error && !s.allowed_failure);
+    match errored.and_then(|s| Some((&s.step, s.message.as_deref()?))) {
+        Some((step, why)) => format!("{tally}; {step}: {why}"),
+        None => tally,
+    }
 }
 
 /// The check run summary: a Markdown table of steps.

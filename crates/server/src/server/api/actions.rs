@@ -36,14 +36,13 @@ pub(super) async fn cancel(State(st): State<Arc<AppState>>, headers: HeaderMap, 
     };
     let reason = "cancelled through the API".to_string();
     match run.status {
-        RunState::Queued => match st.db.cancel_queued(run.id, reason.clone()).await {
-            Ok(true) => {
-                let run = st.db.run(run.id).await.ok().flatten().unwrap_or(run);
-                crate::server::report_cancelled(&st, vec![run.clone()]).await;
+        RunState::Queued => match st.db.cancel_queued(run.id, reason.clone(), st.report.owe_cancelled()).await {
+            Ok(Some(run)) => {
+                crate::server::report_cancelled(&st, std::slice::from_ref(&run));
                 return reply(StatusCode::ACCEPTED, json!({ "status": "cancelled", "run": run.id }));
             }
             // Claimed in between: it is running now.
-            Ok(false) => {}
+            Ok(None) => {}
             Err(e) => return internal(e),
         },
         RunState::Running => {}

@@ -313,6 +313,7 @@ mod tests {
             finished_at: None,
             attempts: 1,
             check_run_id: None,
+            report_error: None,
             rerun_of: None,
             failed_only: false,
         };

@@ -205,6 +205,9 @@ pub(super) fn render_head(v: &RunView) -> String {
     if r.attempts > 1 {
         item("Attempts", r.attempts.to_string());
     }
+    if let Some(why) = &r.report_error {
+        item("GitHub", format!("an update was given up: {}", esc(why)));
+    }
     let reason = r
         .reason
         .as_deref()
