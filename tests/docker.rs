@@ -885,3 +885,22 @@ steps:
     }
     assert_no_leftovers(&third.run_id());
 }
+
+/// A step's output reaches stdout while the step runs, in both formats, when stdout is a
+/// pipe (`orch ci | tee log`, a tool reading `--json`), not only when the step ends.
+#[test]
+fn output_is_live_on_a_pipe_in_both_formats() {
+    require_docker!();
+    let p = Project::new(
+        "defaults:\n  image: busybox:latest\nsteps:\n  talk:\n    commands:\n      - echo first-line\n      - sleep 60\n",
+    );
+    for args in [&["--json"][..], &["--no-progress"][..]] {
+        let mut orch = Running::spawn(p.ci(args));
+        let line = orch.wait_line("the step's first line", Duration::from_secs(40), |l| {
+            l.contains("first-line") && !l.contains("echo")
+        });
+        assert!(orch.alive(), "{args:?}: the run ended before its output was seen: {line}");
+        orch.signal("INT");
+        orch.finish(Duration::from_secs(60)).assert_code(130);
+    }
+}

@@ -176,10 +176,14 @@ fn a_docker_daemon_that_stops_mid_run_gives_errors_and_leaves_nothing_once_back(
         .expect("orch ci starts");
 
     let id = server.deliver("push", &push_event("main", ZERO_SHA, &slow)).run_id();
-    server.wait_step_running(id, "wait");
+    // The step's container runs (a step is "running" from before its container starts).
+    let pid = server.pid();
+    wait_for(Duration::from_secs(60), "the step's container to run", || {
+        if running_step_containers(pid, "wait").is_empty() { Err(server.log_text()) } else { Ok(()) }
+    });
     wait_for(Duration::from_secs(60), "orch ci's step to run", || {
         let out = std::fs::read_to_string(dir.path().join("ci.out")).unwrap_or_default();
-        if out.contains("started") { Ok(()) } else { Err(out) }
+        if out.contains("+ echo started") { Ok(()) } else { Err(out) }
     });
 
     let stopped = Instant::now();

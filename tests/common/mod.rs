@@ -224,6 +224,27 @@ impl Running {
         }
     }
 
+    /// Waits for the first stdout line (from now on) that `pred` accepts, whatever the
+    /// format; returns it.
+    pub fn wait_line(&mut self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => {
+                    let hit = pred(&line);
+                    self.stdout.push(line.clone());
+                    if hit {
+                        return line;
+                    }
+                }
+                Err(_) => {
+                    self.abort();
+                    panic!("no {what} within {timeout:?}; stdout so far:\n{}", self.stdout.join("\n"));
+                }
+            }
+        }
+    }
+
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

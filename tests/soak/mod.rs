@@ -12,7 +12,8 @@
 //! - nothing of the server's is left in Docker.
 //!
 //! Settings come from `SOAK_DELIVERIES`, `SOAK_RATE` (per second), `SOAK_KILLS`,
-//! `SOAK_RESTARTS` (of the daemon), `SOAK_CONCURRENCY` and `SOAK_SEED`.
+//! `SOAK_RESTARTS` (of the daemon), `SOAK_CONCURRENCY`, `SOAK_SLEEP` (the step's seconds)
+//! and `SOAK_SEED`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -86,16 +87,15 @@ impl Rng {
     }
 }
 
-const PIPELINE: &str = "\
-defaults:
-  image: busybox:latest
-  timeout: 2m
-steps:
-  work:
-    commands:
-      - echo \"soak at $ORCH_COMMIT_SHORT on $ORCH_BRANCH\"
-      - sleep 1
-";
+/// The one-step pipeline of every delivery; its step sleeps `SOAK_SLEEP` seconds (1), so
+/// that kills and restarts find steps running.
+fn pipeline() -> String {
+    let sleep: f64 = std::env::var("SOAK_SLEEP").ok().and_then(|v| v.parse().ok()).unwrap_or(1.0);
+    format!(
+        "defaults:\n  image: busybox:latest\n  timeout: 2m\nsteps:\n  work:\n    commands:\n      \
+         - echo \"soak at $ORCH_COMMIT_SHORT on $ORCH_BRANCH\"\n      - sleep {sleep}\n"
+    )
+}
 const BRANCHES: usize = 8;
 const CONTEXT: &str = "orch (push)";
 
@@ -126,10 +126,11 @@ pub fn run(s: Settings) -> Report {
     let mut rng = Rng(seed);
     let mut daemon = Daemon::default();
     let git = GitServer::start();
+    let pipeline = pipeline();
     let shas: Vec<String> = (0..BRANCHES)
         .map(|b| {
             let n = b.to_string();
-            let sha = git.commit(None, &[(".orch.yml", PIPELINE), ("n.txt", &n)], &format!("soak {b}"));
+            let sha = git.commit(None, &[(".orch.yml", &pipeline), ("n.txt", &n)], &format!("soak {b}"));
             git.set_ref(&sha, &format!("refs/heads/soak-{b}"));
             sha
         })

@@ -153,6 +153,8 @@ impl Console {
                         let _ = self.out.write_all(p);
                         let _ = self.out.write_all(line);
                     }
+                    // One write per batch: output piped to a file or `tee` is live too.
+                    self.flush();
                 }
             }
             RunEvent::StepRetrying { step, attempt, exit_code } => {

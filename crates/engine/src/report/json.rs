@@ -45,13 +45,11 @@ impl<W: Write> JsonReporter<W> {
                     let _ = self.out.write_all(b"\n");
                 }
             }
-            return;
-        }
-        if serde_json::to_writer(&mut self.out, &Line { t, event: ev }).is_ok() {
+        } else if serde_json::to_writer(&mut self.out, &Line { t, event: ev }).is_ok() {
             let _ = self.out.write_all(b"\n");
         }
-        // Lines are buffered during a step's output (above); everything else is flushed at
-        // once so a tool reading the stream sees steps start and end when they do.
+        // One write per event (a batch of output lines is one event), so a tool reading the
+        // stream sees output, starts and ends when they happen.
         let _ = self.out.flush();
     }
 }
