@@ -1233,3 +1233,46 @@ fn a_repository_larger_than_the_limit_gives_an_error_status() {
     assert_eq!((&last["state"], &last["description"]), (&json!("error"), &json!(reason)), "{statuses:#?}");
     gh.assert_no_violations();
 }
+
+/// GitHub out of reach (connections refused), then failing every write for a while (502s,
+/// past the reporter's own retries): the updates stay owed, in order, and all reach GitHub
+/// once it takes them; none is given up.
+#[test]
+fn updates_wait_for_a_github_that_is_down_and_all_arrive_in_order() {
+    let git = GitServer::start();
+    let sha = git.commit(None, &project(BUILD_OK, TEST_OK), "first");
+    git.set_ref(&sha, "refs/heads/main");
+    // Nothing listens on the GitHub URL's port yet.
+    let port = free_port();
+    let wrong = format!("https://github.com/=git://127.0.0.1:{}/nowhere/", git.port);
+    let orch = Orch::start(ServeArgs {
+        github_url: Some(format!("http://127.0.0.1:{port}")),
+        github_token: Some(TOKEN.into()),
+        clone_rewrite: vec![wrong],
+        ..base_args()
+    });
+    let first = orch.deliver("push", &push_event("main", ZERO_SHA, &sha)).run_id();
+    orch.wait_run_done(first);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(orch.count("SELECT COUNT(*) FROM outbox"), 3, "the run's three updates are owed");
+
+    let gh = FakeGitHub::start_on(GhAuth::Token(TOKEN.into()), port);
+    let statuses = gh.wait_final_status(&sha, "orch (push)", first);
+    assert_eq!(statuses_states(&statuses), ["pending", "pending", "error"], "{statuses:#?}");
+
+    // Twenty 502s in a row: three rounds of the reporter's six attempts, and more.
+    gh.fail_next(OP_STATUS, 20, 502);
+    let second = orch.deliver("push", &push_event("main", &sha, &sha)).run_id();
+    let statuses = gh.wait_final_status(&sha, "orch (push)", second);
+    assert_eq!(statuses_states(&statuses), ["pending", "pending", "error"], "{statuses:#?}");
+    let refused = gh.requests().iter().filter(|r| r.op == OP_STATUS && r.status == 502).count();
+    assert_eq!(refused, 20);
+    for id in [first, second] {
+        assert!(orch.run(id)["run"]["report_error"].is_null(), "nothing was given up");
+    }
+    wait_for(Duration::from_secs(10), "the outbox to empty", || match orch.count("SELECT COUNT(*) FROM outbox") {
+        0 => Ok(()),
+        n => Err(format!("{n} owed")),
+    });
+    gh.assert_no_violations();
+}

@@ -1260,6 +1260,11 @@ impl Shared {
 
 impl FakeGitHub {
     pub fn start(auth: GhAuth) -> FakeGitHub {
+        FakeGitHub::start_on(auth, 0)
+    }
+
+    /// The fake on loopback port `port` (0: any free one).
+    pub fn start_on(auth: GhAuth, port: u16) -> FakeGitHub {
         use axum::extract::{DefaultBodyLimit, State};
         use axum::http::{HeaderMap, Method, StatusCode, Uri};
         use axum::response::IntoResponse;
@@ -1307,7 +1312,7 @@ impl FakeGitHub {
             r
         }
         let app = axum::Router::new().fallback(handle).layer(DefaultBodyLimit::disable()).with_state(shared.clone());
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the fake GitHub");
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the fake GitHub");
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -162,8 +162,19 @@ fn github_event(event: &str) -> &str {
 
 /// A request GitHub did not accept in the end.
 #[derive(Debug, thiserror::Error)]
-#[error("GitHub: {0}")]
-pub struct ReportError(pub String);
+#[error("GitHub: {msg}")]
+pub struct ReportError {
+    pub msg: String,
+    /// GitHub did not answer, was rate limiting, or kept failing (5xx): the same request
+    /// may pass later. Otherwise GitHub refused it for good.
+    pub transient: bool,
+}
+
+impl ReportError {
+    pub fn new(msg: impl Into<String>) -> ReportError {
+        ReportError { msg: msg.into(), transient: false }
+    }
+}
 
 /// Cuts `s` to at most `max` characters, ending with `…` when cut.
 pub fn truncate(s: &str, max: usize) -> String {
@@ -230,7 +241,7 @@ fn builder(
     >,
     ReportError,
 > {
-    Octocrab::builder().base_uri(api_url).map_err(|e| ReportError(format!("bad GitHub URL `{api_url}`: {e}"))).map(
+    Octocrab::builder().base_uri(api_url).map_err(|e| ReportError::new(format!("bad GitHub URL `{api_url}`: {e}"))).map(
         |b| {
             b.add_retry_config(octocrab::service::middleware::retry::RetryConfig::None)
                 .set_connect_timeout(Some(Duration::from_secs(10)))
@@ -244,12 +255,18 @@ impl Github {
         let client = match auth {
             Auth::None => None,
             Auth::Token(t) => {
-                Some(builder(api_url)?.personal_token(t.clone()).build().map_err(|e| ReportError(e.to_string()))?)
+                Some(builder(api_url)?.personal_token(t.clone()).build().map_err(|e| ReportError::new(e.to_string()))?)
             }
             Auth::App { app_id, key_pem } => {
-                let key = octocrab::EncodingKey::from_rsa_pem(key_pem)
-                    .map_err(|e| ReportError(format!("the GitHub App key is not an RSA private key in PEM: {e}")))?;
-                Some(builder(api_url)?.app((*app_id).into(), key).build().map_err(|e| ReportError(e.to_string()))?)
+                let key = octocrab::EncodingKey::from_rsa_pem(key_pem).map_err(|e| {
+                    ReportError::new(format!("the GitHub App key is not an RSA private key in PEM: {e}"))
+                })?;
+                Some(
+                    builder(api_url)?
+                        .app((*app_id).into(), key)
+                        .build()
+                        .map_err(|e| ReportError::new(e.to_string()))?,
+                )
             }
         };
         Ok(Github {
@@ -301,7 +318,7 @@ impl Github {
                 Err(e) => {
                     if !e.retry || attempt == ATTEMPTS {
                         tracing::warn!(request = what, attempt, "GitHub refused: {}", e.msg);
-                        return Err(ReportError(format!("{what}: {}", e.msg)));
+                        return Err(ReportError { msg: format!("{what}: {}", e.msg), transient: e.retry });
                     }
                     let wait = e.after.unwrap_or(delay).min(MAX_WAIT);
                     tracing::info!(request = what, attempt, "GitHub failed ({}); retrying in {wait:?}", e.msg);
@@ -310,12 +327,12 @@ impl Github {
                 }
             }
         }
-        Err(ReportError(format!("{what}: gave up")))
+        Err(ReportError { msg: format!("{what}: gave up"), transient: true })
     }
 
     /// The client that acts for `repo`: the token client, or (App) the installation's.
     async fn client_for(&self, repo: &str, installation: Option<u64>) -> Result<Arc<Octocrab>, ReportError> {
-        let Some(base) = &self.client else { return Err(ReportError("no GitHub credentials".into())) };
+        let Some(base) = &self.client else { return Err(ReportError::new("no GitHub credentials")) };
         if !self.app {
             return Ok(Arc::new(base.clone()));
         }
@@ -331,7 +348,7 @@ impl Github {
         installation: Option<u64>,
     ) -> Result<(String, Arc<Octocrab>), ReportError> {
         let Some(app) = self.client.as_ref().filter(|_| self.app) else {
-            return Err(ReportError("not a GitHub App".into()));
+            return Err(ReportError::new("not a GitHub App"));
         };
         let mut inst = self.installations.lock().await;
         let id = match installation.or_else(|| inst.by_repo.get(repo).copied()) {
@@ -339,7 +356,7 @@ impl Github {
             None => {
                 let route = format!("/repos/{repo}/installation");
                 let v = self.request(&format!("GET {route}"), || app._get(route.as_str())).await?;
-                v.get("id").and_then(Value::as_u64).ok_or_else(|| ReportError("no installation id".into()))?
+                v.get("id").and_then(Value::as_u64).ok_or_else(|| ReportError::new("no installation id"))?
             }
         };
         inst.by_repo.insert(repo.to_string(), id);
@@ -348,12 +365,11 @@ impl Github {
         }
         let route = format!("/app/installations/{id}/access_tokens");
         let v = self.request(&format!("POST {route}"), || app._post(route.as_str(), None::<&()>)).await?;
-        let token =
-            v.get("token").and_then(Value::as_str).ok_or_else(|| ReportError("no token in the answer".into()))?;
+        let token = v.get("token").and_then(Value::as_str).ok_or_else(|| ReportError::new("no token in the answer"))?;
         let client = builder(&self.api_url)?
             .personal_token(token.to_string())
             .build()
-            .map_err(|e| ReportError(e.to_string()))?;
+            .map_err(|e| ReportError::new(e.to_string()))?;
         let m = Minted {
             token: token.to_string(),
             until: std::time::Instant::now() + TOKEN_LIFE,

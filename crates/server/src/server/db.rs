@@ -465,11 +465,11 @@ impl Db {
         self.write(move |t| insert_owed(t, body)).await
     }
 
-    /// The oldest updates owed, at most `limit`, in order.
-    pub async fn owed(&self, limit: i64) -> Result<Vec<(i64, String)>, DbError> {
+    /// The oldest updates owed, at most `limit`, in order: id, body, when stored.
+    pub async fn owed(&self, limit: i64) -> Result<Vec<(i64, String, i64)>, DbError> {
         self.read(move |c| {
-            let mut q = c.prepare("SELECT id, body FROM outbox ORDER BY id LIMIT ?1")?;
-            let rows = q.query_map(params![limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let mut q = c.prepare("SELECT id, body, created_at FROM outbox ORDER BY id LIMIT ?1")?;
+            let rows = q.query_map(params![limit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
             rows.collect()
         })
         .await
@@ -486,15 +486,18 @@ impl Db {
     ) -> Result<(), DbError> {
         self.write(move |t| {
             t.execute("DELETE FROM outbox WHERE id = ?1", params![id])?;
-            for (run, check_run) in &created {
-                t.execute("UPDATE runs SET check_run_id = ?2 WHERE id = ?1", params![run, *check_run as i64])?;
-            }
+            record_check_runs(t, &created)?;
             if let Some((run, why)) = &given_up {
                 t.execute("UPDATE runs SET report_error = ?2 WHERE id = ?1", params![run, why])?;
             }
             Ok(())
         })
         .await
+    }
+
+    /// Records check runs created (`(run, check run)`) by an update still owed.
+    pub async fn check_runs_made(&self, created: Vec<(i64, u64)>) -> Result<(), DbError> {
+        self.write(move |t| record_check_runs(t, &created)).await
     }
 
     /// The check run recorded for a run, if any.
@@ -701,6 +704,13 @@ impl Db {
 fn ids(c: &Connection, sql: &str, args: impl rusqlite::Params) -> rusqlite::Result<Vec<i64>> {
     let mut st = c.prepare(sql)?;
     st.query_map(args, |r| r.get(0))?.collect()
+}
+
+fn record_check_runs(t: &Transaction, created: &[(i64, u64)]) -> rusqlite::Result<()> {
+    for (run, check_run) in created {
+        t.execute("UPDATE runs SET check_run_id = ?2 WHERE id = ?1", params![run, *check_run as i64])?;
+    }
+    Ok(())
 }
 
 /// What a run cancelled before it started owes GitHub (an outbox body).

@@ -131,7 +131,7 @@ pub async fn state(cfg: Config) -> Result<Arc<AppState>, ServeError> {
     );
     let counters = Counters { github: gh.counters(), ..Counters::default() };
     Ok(Arc::new(AppState {
-        report: outbox::Outbox::start(db.clone(), reporter),
+        report: outbox::Outbox::start(db.clone(), reporter, cfg.github_backoff * 10),
         github: gh,
         cfg,
         db,

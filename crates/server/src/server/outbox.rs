@@ -25,9 +25,11 @@ pub struct Outbox {
 impl Outbox {
     /// The outbox of `db`, and its sender task, which starts with what a previous server
     /// left owed.
-    pub fn start(db: Db, reporter: Reporter) -> Outbox {
+    /// An update GitHub could not take for a while (unreachable, rate limiting, failing)
+    /// is tried again after `pause`, doubled each time up to a minute.
+    pub fn start(db: Db, reporter: Reporter, pause: Duration) -> Outbox {
         let outbox = Outbox { db, wake: Arc::new(Notify::new()), enabled: reporter.enabled() };
-        tokio::spawn(send_owed(outbox.clone(), reporter));
+        tokio::spawn(send_owed(outbox.clone(), reporter, pause));
         outbox
     }
 
@@ -112,9 +114,15 @@ fn cancelled_body(run: &super::db::Run) -> String {
     })
 }
 
-/// Sends the owed updates, oldest first, forever.
-async fn send_owed(outbox: Outbox, mut reporter: Reporter) {
-    loop {
+/// How long an update may stay owed while GitHub cannot take it before it is given up.
+const PATIENCE: i64 = 24 * 3600;
+
+/// Sends the owed updates, oldest first, forever. One GitHub cannot take now (it does not
+/// answer, or keeps failing, past the reporter's own retries) stays owed, and it and all
+/// after it wait: they go, in order, once GitHub takes them.
+async fn send_owed(outbox: Outbox, mut reporter: Reporter, pause: Duration) {
+    let mut wait = pause;
+    'sending: loop {
         // Registered before looking, so an update stored meanwhile is not slept through.
         let woken = outbox.wake.notified();
         let owed = match outbox.db.owed(64).await {
@@ -129,7 +137,7 @@ async fn send_owed(outbox: Outbox, mut reporter: Reporter) {
             woken.await;
             continue;
         }
-        for (id, body) in owed {
+        for (id, body, stored_at) in owed {
             let mut given_up = None;
             match serde_json::from_str::<Update>(&body) {
                 Ok(mut u) => {
@@ -143,9 +151,24 @@ async fn send_owed(outbox: Outbox, mut reporter: Reporter) {
                             Err(e) => tracing::warn!(run, "cannot read the run's check run: {e}"),
                         }
                     }
-                    if let Err(e) = reporter.send(&u).await {
-                        tracing::warn!(run, "given up: {e}");
-                        given_up = Some((run, e.to_string()));
+                    match reporter.send(&u).await {
+                        Ok(()) => wait = pause,
+                        Err(e) if e.transient && super::db::now() - stored_at < PATIENCE => {
+                            tracing::warn!(run, "GitHub cannot take an update now ({e}); trying again in {wait:?}");
+                            let created = reporter.take_created();
+                            if !created.is_empty()
+                                && let Err(e) = outbox.db.check_runs_made(created).await
+                            {
+                                tracing::warn!(run, "cannot record the check run: {e}");
+                            }
+                            tokio::time::sleep(wait).await;
+                            wait = (wait * 2).min(Duration::from_secs(60));
+                            continue 'sending;
+                        }
+                        Err(e) => {
+                            tracing::warn!(run, "given up: {e}");
+                            given_up = Some((run, e.to_string()));
+                        }
                     }
                 }
                 Err(e) => tracing::warn!(id, "a stored GitHub update does not read back: {e}"),
