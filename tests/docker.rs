@@ -904,3 +904,44 @@ fn output_is_live_on_a_pipe_in_both_formats() {
         orch.finish(Duration::from_secs(60)).assert_code(130);
     }
 }
+
+/// Steps that follow one another share a network lane (a namespace set up once, see
+/// `exec/docker.rs`), and that changes nothing a step can see: what a step left listening
+/// is gone when the next one starts, and steps that run at once never share one.
+#[test]
+fn chained_steps_share_a_clean_lane_and_parallel_steps_do_not() {
+    require_docker!();
+    let p = Project::new(
+        r#"
+defaults:
+  image: busybox:latest
+steps:
+  first:
+    commands:
+      - hostname > first-host
+      # A server left running in the background when the step ends.
+      - httpd -p 8080 -h .
+  second:
+    needs: [first]
+    commands:
+      # The same lane as `first`...
+      - test "$(hostname)" = "$(cat first-host)"
+      # ...and nothing of `first` in it: its port is free.
+      - httpd -f -p 8080 -h . & sleep 1; kill -0 $!
+  left:
+    needs: [second]
+    commands:
+      - httpd -f -p 9090 -h . & sleep 3; kill -0 $!
+  right:
+    needs: [second]
+    commands:
+      - httpd -f -p 9090 -h . & sleep 3; kill -0 $!
+"#,
+    );
+    let run = p.run_json(&[]);
+    run.assert_code(0);
+    for s in ["first", "second", "left", "right"] {
+        assert_eq!(run.status(s), "passed", "{}", run.describe());
+    }
+    assert_no_leftovers(&run.run_id());
+}

@@ -38,7 +38,25 @@ pub struct DockerBackend {
     fills: std::sync::Mutex<HashMap<String, Arc<Fill>>>,
     /// The workspace bases held by runs whose workspace is a layer over one, by run.
     leases: std::sync::Mutex<HashMap<String, super::base::Lease>>,
+    /// Network lanes, by run.
+    lanes: std::sync::Mutex<HashMap<String, Vec<Lane>>>,
 }
+
+/// A network lane: a container that does nothing but hold a network namespace on the
+/// steps' network. Step containers of its run join it (`network_mode: container:<id>`),
+/// one at a time, one after another: joining costs a fraction of attaching a container to
+/// a bridge (the veth pair, the address and Docker's embedded DNS are set up once per
+/// lane). A step whose container has stopped left nothing in the namespace (its processes
+/// are gone), so the next one finds it as a fresh container would, and steps that run at
+/// once never share one. Lanes are a run's own: runs stay apart as on the bridge.
+struct Lane {
+    id: String,
+    network: String,
+    /// The step container using it now, by a number handed out once.
+    user: Option<u64>,
+}
+
+static LANE_USERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 struct Fill {
     root: PathBuf,
@@ -146,6 +164,7 @@ impl DockerBackend {
             host: hostname(),
             fills: std::sync::Mutex::new(HashMap::new()),
             leases: std::sync::Mutex::new(HashMap::new()),
+            lanes: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -879,6 +898,72 @@ impl DockerBackend {
         }
     }
 
+    /// Starts a lane for `run_id` on `network` (see [`Lane`]), with `image`'s shell
+    /// waiting on a stdin nobody writes to, and makes it free for the run's steps.
+    async fn start_lane(&self, run_id: &str, image: &str, network: &str) -> Result<(), BackendError> {
+        let n = self.lanes.lock().map(|l| l.get(run_id).map_or(0, Vec::len)).unwrap_or(0);
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
+            cmd: Some(vec!["read _".into()]),
+            open_stdin: Some(true),
+            labels: Some(self.labels(run_id, None)),
+            host_config: Some(HostConfig {
+                log_config: Some(HostConfigLogConfig { typ: Some("none".into()), config: None }),
+                network_mode: Some(network.to_string()),
+                cap_drop: Some(vec!["ALL".into()]),
+                security_opt: Some(vec!["no-new-privileges:true".into()]),
+                pids_limit: Some(4),
+                memory: Some(32 << 20),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let name = format!("orch-{run_id}-lane-{}", n + 1);
+        let options = CreateContainerOptions { name: Some(name), ..Default::default() };
+        let id = self.docker.create_container(Some(options), body).await.map_err(|e| create_error(e, image))?.id;
+        if let Err(e) = self.docker.start_container(&id, None::<StartContainerOptions>).await {
+            let _ = self
+                .docker
+                .remove_container(&id, Some(RemoveContainerOptions { force: true, ..Default::default() }))
+                .await;
+            return Err(api(e));
+        }
+        if let Ok(mut lanes) = self.lanes.lock() {
+            lanes.entry(run_id.to_string()).or_default().push(Lane { id, network: network.into(), user: None });
+        }
+        Ok(())
+    }
+
+    /// A free lane of `run_id` on `network`, now taken: (its id, the taker's number).
+    fn take_lane(&self, run_id: &str, network: &str) -> Option<(String, u64)> {
+        let mut lanes = self.lanes.lock().ok()?;
+        let lane = lanes.get_mut(run_id)?.iter_mut().find(|l| l.user.is_none() && l.network == network)?;
+        let user = LANE_USERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        lane.user = Some(user);
+        Some((lane.id.clone(), user))
+    }
+
+    /// Frees the lane `taken` holds (only if it still does: freeing twice is harmless).
+    fn free_lane(&self, taken: &(String, u64)) {
+        if let Ok(mut lanes) = self.lanes.lock() {
+            for lane in lanes.values_mut().flatten() {
+                if lane.id == taken.0 && lane.user == Some(taken.1) {
+                    lane.user = None;
+                }
+            }
+        }
+    }
+
+    /// Forgets a lane that cannot be joined (its container is gone).
+    fn drop_lane(&self, id: &str) {
+        if let Ok(mut lanes) = self.lanes.lock() {
+            for run in lanes.values_mut() {
+                run.retain(|l| l.id != id);
+            }
+        }
+    }
+
     async fn start_inner(
         &self,
         step: &StepSpec,
@@ -894,7 +979,11 @@ impl DockerBackend {
             Some(dir) => Workspace::Bind(dir.clone()),
             None => Workspace::Empty,
         };
-        let body = ContainerCreateBody {
+        let steps_net = steps_network(step.isolation.block_host);
+        if handle.network.is_none() {
+            handle.lane = self.take_lane(&step.run_id, steps_net);
+        }
+        let mut body = ContainerCreateBody {
             image: Some(step.image.clone()),
             entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
             cmd: Some(vec![step.script.clone()]),
@@ -912,17 +1001,32 @@ impl DockerBackend {
                     // A tiny init as PID 1 forwards SIGTERM to the shell and reaps zombies, so
                     // a graceful stop is graceful.
                     init: Some(true),
-                    // The services' network, else the steps'.
-                    network_mode: Some(
-                        handle.network.clone().unwrap_or_else(|| steps_network(step.isolation.block_host).into()),
-                    ),
+                    // The services' network, else a lane of the steps' network, else that.
+                    network_mode: Some(match (&handle.network, &handle.lane) {
+                        (Some(net), _) => net.clone(),
+                        (None, Some((lane, _))) => format!("container:{lane}"),
+                        (None, None) => steps_net.into(),
+                    }),
                     ..Default::default()
                 },
             )),
             ..Default::default()
         };
         let options = CreateContainerOptions { name: Some(name), ..Default::default() };
-        let created = match self.docker.create_container(Some(options.clone()), body.clone()).await {
+        let mut created = self.docker.create_container(Some(options.clone()), body.clone()).await;
+        // A lane whose container is gone (removed by hand, the daemon restarted): the step
+        // goes on the steps' network itself.
+        if let (Err(DockerError::DockerResponseServerError { message, .. }), Some((lane, _))) = (&created, &handle.lane)
+            && message.contains(lane.as_str())
+        {
+            self.drop_lane(lane);
+            handle.lane = None;
+            if let Some(h) = body.host_config.as_mut() {
+                h.network_mode = Some(steps_net.into());
+            }
+            created = self.docker.create_container(Some(options.clone()), body.clone()).await;
+        }
+        let created = match created {
             // The steps' network was removed since (`docker network prune`): made again.
             Err(DockerError::DockerResponseServerError { status_code: 404, message })
                 if handle.network.is_none() && message.contains("network") =>
@@ -990,6 +1094,9 @@ impl DockerBackend {
     }
 
     async fn cleanup_handle(&self, handle: &StepHandle) -> Result<(), BackendError> {
+        if let Some(lane) = &handle.lane {
+            self.free_lane(lane);
+        }
         let mut result = if handle.id.is_empty() {
             Ok(())
         } else {
@@ -1019,8 +1126,17 @@ impl DockerBackend {
 
 impl Backend for DockerBackend {
     async fn prepare(&self, run: &RunSpec) -> Result<(), BackendError> {
-        // The steps' network (made once per daemon) and the run's workspace volume at once.
-        let network = self.ensure_steps_network(run.block_host);
+        // The steps' network (made once per daemon) and a lane on it, and the run's
+        // workspace volume, at once. A lane that cannot start is no error: steps go on the
+        // network itself.
+        let network = async {
+            self.ensure_steps_network(run.block_host).await?;
+            if let Some(image) = &run.lane_image {
+                // A missing image is the first step's own error, reported when it starts.
+                let _ = self.start_lane(&run.run_id, image, steps_network(run.block_host)).await;
+            }
+            Ok::<_, BackendError>(())
+        };
         let volume = async {
             let Workspace::Copy { root, files, base } = &run.workspace else {
                 if matches!(run.workspace, Workspace::Empty) {
@@ -1057,7 +1173,7 @@ impl Backend for DockerBackend {
     }
 
     async fn start(&self, step: &StepSpec, logs: mpsc::Sender<LogChunk>) -> Result<StepHandle, BackendError> {
-        let mut handle = StepHandle { id: String::new(), services: Vec::new(), network: None, pump: None };
+        let mut handle = StepHandle { id: String::new(), services: Vec::new(), network: None, lane: None, pump: None };
         match self.start_inner(step, logs, &mut handle).await {
             Ok(()) => Ok(handle),
             Err(e) => {
@@ -1094,6 +1210,10 @@ impl Backend for DockerBackend {
                 _ => false,
             },
         };
+        // The container has stopped: nothing of it is left in its lane.
+        if let Some(lane) = handle.lane.take() {
+            self.free_lane(&lane);
+        }
         if let Some(pump) = handle.pump.take() {
             let _ = pump.await;
         }
@@ -1120,6 +1240,9 @@ impl Backend for DockerBackend {
     async fn destroy(&self, run_id: &str) -> Result<(), BackendError> {
         if let Ok(mut f) = self.fills.lock() {
             f.remove(run_id);
+        }
+        if let Ok(mut l) = self.lanes.lock() {
+            l.remove(run_id);
         }
         let done = self.destroy_counted(run_id).await.map(|_| ());
         // The layer is gone with the volumes: the base is free for a run of a changed tree.

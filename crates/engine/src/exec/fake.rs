@@ -101,7 +101,7 @@ impl Backend for FakeBackend {
                 _ = rx.wait_for(|v| v.is_some()) => {}
             }
         });
-        Ok(StepHandle { id, services: Vec::new(), network: None, pump: Some(pump) })
+        Ok(StepHandle { id, services: Vec::new(), network: None, lane: None, pump: Some(pump) })
     }
 
     async fn wait(&self, handle: &mut StepHandle) -> Result<ExitInfo, BackendError> {

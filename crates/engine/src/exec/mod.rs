@@ -47,6 +47,10 @@ pub struct RunSpec {
     pub workspace: Workspace,
     /// Whether the run's network is one the firewall keeps from the host.
     pub block_host: bool,
+    /// The image of the run's first step when steps follow one another (a `needs` chain):
+    /// a backend that can may start a network lane with it while the workspace is filled,
+    /// for those steps to share one after another (see `docker.rs`, lanes).
+    pub lane_image: Option<String>,
 }
 
 /// Where the workspace's initial content comes from.
@@ -130,6 +134,8 @@ pub struct StepHandle {
     /// Service containers and the network they share with the step.
     pub services: Vec<String>,
     pub network: Option<String>,
+    /// The network lane the step's container joined (backend-defined), freed once it ends.
+    pub lane: Option<(String, u64)>,
     /// Finishes when the step's output stream has ended.
     pub(crate) pump: Option<tokio::task::JoinHandle<()>>,
 }

@@ -144,6 +144,7 @@ pub async fn execute<B: Backend>(
                 run_id: opts.run_id.clone(),
                 workspace: opts.workspace.clone(),
                 block_host: opts.isolation.block_host,
+                lane_image: lane_image(plan),
             })
             .await;
         match prepared {
@@ -188,6 +189,14 @@ pub async fn execute<B: Backend>(
     let duration = started.elapsed();
     let _ = events.send(RunEvent::RunFinished { status, duration, steps: summaries.clone() }).await;
     RunResult { status, steps: summaries, duration }
+}
+
+/// The image of the first step to run, when steps without services follow one another:
+/// they can share a network lane, one after the other, instead of each paying for its own.
+fn lane_image(plan: &Plan) -> Option<String> {
+    let chained = plan.steps.iter().any(|s| s.services.is_empty() && !s.needs.is_empty());
+    let first = plan.steps.iter().find(|s| s.needs.is_empty() && s.services.is_empty())?;
+    chained.then(|| first.image.clone())
 }
 
 fn overall(steps: &[StepSummary], cancelled: bool) -> RunStatus {
