@@ -248,12 +248,7 @@ steps:
     git.set_ref(&sha, "refs/heads/main");
     let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
     let data = temp_dir("orch-attack-logs-");
-    let env = [
-        ("ORCH_GITHUB_URL", gh.url.clone()),
-        ("ORCH_GITHUB_TOKEN", TOKEN.to_string()),
-        ("ORCH_CLONE_REWRITE", git.rewrite()),
-        ("ORCH_LOG_LIMIT", "50M".to_string()),
-    ];
+    let env = token_env(&gh, &git, &[("ORCH_LOG_LIMIT", "50M".to_string())]);
     let p = OrchProcess::spawn(data.path(), &env, &data.path().join("serve.log"));
     let id = p.deliver("push", &push_event("main", ZERO_SHA, &sha)).run_id();
     let run = p.wait_run_done(id);
@@ -488,12 +483,7 @@ fn a_broken_secrets_file_is_reported_without_its_text() {
     let secrets = data.path().join("secrets.env");
     // Line 2 is half of a secret that lost its `NAME=`.
     std::fs::write(&secrets, "TOKEN=abcd1234\nhunter2-second-half-of-a-key\n").unwrap();
-    let env = [
-        ("ORCH_GITHUB_URL", gh.url.clone()),
-        ("ORCH_GITHUB_TOKEN", TOKEN.to_string()),
-        ("ORCH_CLONE_REWRITE", git.rewrite()),
-        ("ORCH_SECRETS_FILE", secrets.display().to_string()),
-    ];
+    let env = token_env(&gh, &git, &[("ORCH_SECRETS_FILE", secrets.display().to_string())]);
     let p = OrchProcess::spawn(data.path(), &env, &data.path().join("serve.log"));
     let id = p.deliver("push", &push_event("main", ZERO_SHA, &sha)).run_id();
     p.wait_run_done(id);

@@ -21,15 +21,20 @@ mod soak;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// Whether this machine's Docker daemon may be stopped by the tests.
-fn daemon_tests() -> bool {
-    let on = std::env::var("ORCH_DAEMON_TESTS").is_ok_and(|v| v == "1");
+/// The turn of a test that stops the Docker daemon (they run one at a time), or `None`
+/// when they may not run here (noted on stderr): they need `ORCH_DOCKER_TESTS=1`,
+/// `ORCH_DAEMON_TESTS=1` and root.
+fn daemon_turn() -> Option<std::sync::MutexGuard<'static, ()>> {
+    let on = docker_enabled() && std::env::var("ORCH_DAEMON_TESTS").is_ok_and(|v| v == "1");
     if !on {
         eprintln!(
-            "skipped: tests that stop the Docker daemon run only with ORCH_DAEMON_TESTS=1 (scripts/test sets it)"
+            "skipped: tests that stop the Docker daemon run only with ORCH_DOCKER_TESTS=1 and ORCH_DAEMON_TESTS=1 \
+             (scripts/test sets both)"
         );
+        return None;
     }
-    on
+    assert!(is_root(), "the tests that stop dockerd need root");
+    Some(ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 const PIDFILE: &str = "/var/run/docker.pid";
@@ -121,15 +126,6 @@ steps:
       - echo hello
 ";
 
-fn server_env(gh: &FakeGitHub, git: &GitServer) -> Vec<(&'static str, String)> {
-    vec![
-        ("ORCH_GITHUB_URL", gh.url.clone()),
-        ("ORCH_GITHUB_TOKEN", TOKEN.to_string()),
-        ("ORCH_CLONE_REWRITE", git.rewrite()),
-        ("ORCH_GITHUB_BACKOFF", "20".to_string()),
-    ]
-}
-
 fn final_state(gh: &FakeGitHub, sha: &str, run: i64) -> String {
     let statuses = gh.wait_final_status(sha, "orch (push)", run);
     statuses.last().and_then(|s| s["state"].as_str()).unwrap_or_default().to_string()
@@ -142,12 +138,7 @@ fn final_state(gh: &FakeGitHub, sha: &str, run: i64) -> String {
 /// waiting runs run.
 #[test]
 fn a_docker_daemon_that_stops_mid_run_gives_errors_and_leaves_nothing_once_back() {
-    require_docker!();
-    if !daemon_tests() {
-        return;
-    }
-    assert!(is_root(), "the daemon tests stop dockerd: they need root");
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(_turn) = daemon_turn() else { return };
     let mut daemon = Daemon::default();
 
     let git = GitServer::start();
@@ -156,10 +147,8 @@ fn a_docker_daemon_that_stops_mid_run_gives_errors_and_leaves_nothing_once_back(
     let quick = git.commit(None, &[(".orch.yml", QUICK)], "quick");
     git.set_ref(&quick, "refs/heads/quick");
     let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
-    let dir = temp_dir("orch-faults-daemon-");
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let mut server = OrchProcess::spawn(&data, &server_env(&gh, &git), &dir.path().join("orch.log"));
+    let (dir, data) = data_dir("orch-faults-daemon-");
+    let mut server = OrchProcess::spawn(&data, &token_env(&gh, &git, &[]), &dir.path().join("orch.log"));
 
     // `orch ci` on the same slow pipeline, beside it.
     let local = dir.path().join("local");
@@ -239,12 +228,7 @@ fn a_docker_daemon_that_stops_mid_run_gives_errors_and_leaves_nothing_once_back(
 /// runs the long one.
 #[test]
 fn soak_short() {
-    require_docker!();
-    if !daemon_tests() {
-        return;
-    }
-    assert!(is_root(), "the soak restarts dockerd: it needs root");
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(_turn) = daemon_turn() else { return };
     let report = soak::run(soak::Settings::from_env(soak::Settings {
         deliveries: 200,
         rate: 10.0,
@@ -259,11 +243,7 @@ fn soak_short() {
 #[test]
 #[ignore]
 fn soak_long() {
-    require_docker!();
-    if !daemon_tests() {
-        return;
-    }
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(_turn) = daemon_turn() else { return };
     let report = soak::run(soak::Settings::from_env(soak::Settings {
         deliveries: 10_000,
         rate: 10.0,

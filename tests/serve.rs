@@ -736,15 +736,8 @@ fn statuses_owed_at_a_kill_9_are_sent_after_the_restart() {
     git.set_ref(&sha, "refs/heads/main");
     let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
     gh.rate_limit_next(OP_STATUS, 5, 1);
-    let dir = temp_dir("orch-serve-owed-");
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let env = [
-        ("ORCH_GITHUB_URL", gh.url.clone()),
-        ("ORCH_GITHUB_TOKEN", TOKEN.to_string()),
-        ("ORCH_CLONE_REWRITE", git.rewrite()),
-        ("ORCH_GITHUB_BACKOFF", "20".to_string()),
-    ];
+    let (dir, data) = data_dir("orch-serve-owed-");
+    let env = token_env(&gh, &git, &[]);
     let log = dir.path().join("orch.log");
     let mut server = OrchProcess::spawn(&data, &env, &log);
     let id = server.deliver("push", &push_event("main", ZERO_SHA, &sha)).run_id();
@@ -776,16 +769,8 @@ fn kill_9_and_restart_loses_no_delivery() {
         git.set_ref(&sha, &format!("refs/heads/{b}"));
     }
     let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
-    let dir = temp_dir("orch-serve-kill-");
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let env = [
-        ("ORCH_GITHUB_URL", gh.url.clone()),
-        ("ORCH_GITHUB_TOKEN", TOKEN.to_string()),
-        ("ORCH_CLONE_REWRITE", git.rewrite()),
-        ("ORCH_CONCURRENCY", "1".to_string()),
-        ("ORCH_GITHUB_BACKOFF", "20".to_string()),
-    ];
+    let (dir, data) = data_dir("orch-serve-kill-");
+    let env = token_env(&gh, &git, &[("ORCH_CONCURRENCY", "1".to_string())]);
     let log = dir.path().join("orch.log");
     let mut server = OrchProcess::spawn(&data, &env, &log);
     let posted: Vec<Posted> = branches.iter().map(|b| server.deliver("push", &push_event(b, ZERO_SHA, &sha))).collect();
@@ -1024,9 +1009,7 @@ fn a_github_app_run_interrupted_by_a_restart_completes_its_own_check_run() {
 /// own); skipped without.
 #[test]
 fn a_full_disk_refuses_deliveries_with_503_and_intake_recovers() {
-    let dir = temp_dir("orch-serve-full-");
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
+    let (_dir, data) = data_dir("orch-serve-full-");
     let mounted = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
         .arg(&data)
@@ -1159,9 +1142,7 @@ fn an_update_owed_across_a_kill_9_updates_the_check_run_made_before() {
     // a check run); the first update of it waits 60 s, and the server is killed then.
     gh.rate_limit_next(OP_CHECK_CREATE, 1, 2);
     gh.rate_limit_next(OP_CHECK_UPDATE, 1, 60);
-    let dir = temp_dir("orch-serve-app-kill-");
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
+    let (dir, data) = data_dir("orch-serve-app-kill-");
     let env = [
         ("ORCH_GITHUB_URL", gh.url.clone()),
         ("ORCH_GITHUB_APP_ID", APP_ID.to_string()),

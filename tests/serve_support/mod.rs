@@ -48,6 +48,7 @@ pub fn docker_enabled() -> bool {
 }
 
 /// Returns from the test (which then counts as passed) unless `ORCH_DOCKER_TESTS=1`.
+#[allow(unused_macros)] // not every test binary that shares this module needs it
 macro_rules! require_docker {
     () => {
         if !$crate::serve_support::docker_enabled() {
@@ -56,6 +57,7 @@ macro_rules! require_docker {
         }
     };
 }
+#[allow(unused_imports)]
 pub(crate) use require_docker;
 
 /// Logs of in-process servers on stderr with `ORCH_TEST_LOG=info` (or any filter).
@@ -1833,6 +1835,27 @@ pub fn token_args(gh: &FakeGitHub, git: &GitServer) -> orch::server::config::Ser
         clone_rewrite: vec![git.rewrite()],
         ..base_args()
     }
+}
+
+/// The environment of an `orch serve` process that reports to `gh` with its token and
+/// clones from `git` (GitHub's failures retried 20 ms apart), and `more`.
+pub fn token_env(gh: &FakeGitHub, git: &GitServer, more: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("ORCH_GITHUB_URL", gh.url.clone()),
+        ("ORCH_GITHUB_TOKEN", TOKEN.to_string()),
+        ("ORCH_CLONE_REWRITE", git.rewrite()),
+        ("ORCH_GITHUB_BACKOFF", "20".to_string()),
+    ];
+    env.extend_from_slice(more);
+    env
+}
+
+/// A temporary directory with an empty `data` directory in it, for a server.
+pub fn data_dir(prefix: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = temp_dir(prefix);
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("the data directory");
+    (dir, data)
 }
 
 /// `orch::server::serve_on` on its own runtime thread. Dropping it stops the server (runs

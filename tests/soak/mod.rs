@@ -136,17 +136,12 @@ pub fn run(s: Settings) -> Report {
         })
         .collect();
     let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
-    let dir = temp_dir("orch-soak-");
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let env = [
-        ("ORCH_GITHUB_URL", gh.url.clone()),
-        ("ORCH_GITHUB_TOKEN", TOKEN.to_string()),
-        ("ORCH_CLONE_REWRITE", git.rewrite()),
-        ("ORCH_GITHUB_BACKOFF", "20".to_string()),
-        ("ORCH_CONCURRENCY", s.concurrency.to_string()),
-        ("ORCH_CANCEL_SUPERSEDED", "false".to_string()),
-    ];
+    let (dir, data) = data_dir("orch-soak-");
+    let env = token_env(
+        &gh,
+        &git,
+        &[("ORCH_CONCURRENCY", s.concurrency.to_string()), ("ORCH_CANCEL_SUPERSEDED", "false".to_string())],
+    );
     let log = dir.path().join("orch.log");
     let started = Instant::now();
     let mut server = OrchProcess::spawn(&data, &env, &log);
