@@ -200,6 +200,8 @@ fn a_docker_daemon_that_stops_mid_run_gives_errors_and_leaves_nothing_once_back(
     std::thread::sleep(Duration::from_secs(3));
     let run = server.run(during);
     assert_eq!(run["run"]["status"], "queued", "{run:#}");
+    let waiting = || server.get("/metrics").text().lines().any(|l| l == "orch_waiting_for_docker 1");
+    assert!(waiting(), "{}", server.get("/metrics").text());
 
     // The stopped daemon kept the killed step's container: the server removes it once the
     // daemon answers again, and the waiting run runs.
@@ -207,6 +209,7 @@ fn a_docker_daemon_that_stops_mid_run_gives_errors_and_leaves_nothing_once_back(
     let run = server.wait_run_done(during);
     assert_eq!(run["run"]["status"], "success", "{run:#}\n{}", server.log_text());
     assert_eq!(final_state(&gh, &quick, during), "success");
+    assert!(!waiting());
     wait_for(Duration::from_secs(90), "the server to remove what its runs left", || {
         let left = server.leftovers();
         if left.is_empty() { Ok(()) } else { Err(format!("{left:?}")) }

@@ -47,6 +47,8 @@ pub struct Counters {
     pub runs_queued: AtomicU64,
     /// Steps whose container is running now.
     pub containers_running: std::sync::atomic::AtomicI64,
+    /// Whether queued runs wait because Docker, which answered before, does not now.
+    pub waiting_for_docker: AtomicBool,
     /// GitHub requests, counted by the reporter.
     pub github: Arc<github::RequestCounters>,
 }

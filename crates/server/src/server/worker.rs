@@ -70,12 +70,14 @@ pub async fn run(st: Arc<AppState>, stop: CancellationToken) {
                     tracing::info!("Docker answers again: queued runs go on");
                 }
                 (seen_up, waiting) = (true, false);
+                st.counters.waiting_for_docker.store(false, Ordering::Relaxed);
             }
             Err(e) if seen_up => {
                 if !waiting {
                     tracing::warn!("Docker does not answer ({e}): queued runs wait for it");
                 }
                 waiting = true;
+                st.counters.waiting_for_docker.store(true, Ordering::Relaxed);
                 drop(permit);
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}

@@ -85,6 +85,11 @@ pub(super) async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap)
     let _ = writeln!(o, "orch_github_requests_total{{result=\"error\"}} {}", load(&c.github.error));
     o.push_str("# HELP orch_github_owed Updates stored for GitHub and not sent yet.\n# TYPE orch_github_owed gauge\n");
     let _ = writeln!(o, "orch_github_owed {}", st.report.owed().await.unwrap_or(0));
+    o.push_str(
+        "# HELP orch_waiting_for_docker 1 while queued runs wait because Docker does not answer.\n\
+         # TYPE orch_waiting_for_docker gauge\n",
+    );
+    let _ = writeln!(o, "orch_waiting_for_docker {}", u8::from(c.waiting_for_docker.load(Ordering::Relaxed)));
     o.push_str("# HELP orch_containers_running Step containers running now.\n# TYPE orch_containers_running gauge\n");
     let _ = writeln!(o, "orch_containers_running {}", c.containers_running.load(Ordering::Relaxed).max(0));
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], o).into_response()
