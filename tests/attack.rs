@@ -62,8 +62,7 @@ steps:
 "#
     );
     let git = GitServer::start();
-    let base = git.commit(None, &[("README", "base")], "base");
-    git.set_ref(&base, "refs/heads/main");
+    let base = git.on_branch("main", &[("README", "base")], "base");
     let sha = git.commit(Some(&base), &[(".orch.yml", pipeline.as_str())], "hostile");
     let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
     let orch = Orch::start(token_args(&gh, &git));
@@ -93,8 +92,7 @@ fn foreign_http(git: &GitServer) -> GitHttp {
 #[test]
 fn the_github_token_never_goes_to_another_host() {
     let git = GitServer::start();
-    let sha = git.commit(None, &[("README", "x")], "first");
-    git.set_ref(&sha, "refs/heads/main");
+    let sha = git.on_branch("main", &[("README", "x")], "first");
     let foreign = foreign_http(&git);
     let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
     let orch = Orch::start(ServeArgs { api_token: Some(API_TOKEN.into()), ..token_args(&gh, &git) });
@@ -244,8 +242,7 @@ steps:
       - cat after.txt >&2
 "#;
     let git = GitServer::start();
-    let sha = git.commit(None, &[(".orch.yml", pipeline)], "loud");
-    git.set_ref(&sha, "refs/heads/main");
+    let sha = git.on_branch("main", &[(".orch.yml", pipeline)], "loud");
     let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
     let data = temp_dir("orch-attack-logs-");
     let env = token_env(&gh, &git, &[("ORCH_LOG_LIMIT", "50M".to_string())]);
@@ -374,8 +371,7 @@ fn steps_are_isolated_and_only_trusted_pushes_get_more() {
     let (port, connections) = host_service();
     let pipeline = probe_pipeline(port);
     let git = GitServer::start();
-    let base = git.commit(None, &[(".orch.yml", pipeline.as_str())], "base");
-    git.set_ref(&base, "refs/heads/main");
+    let base = git.on_branch("main", &[(".orch.yml", pipeline.as_str())], "base");
     let sha = git.commit(Some(&base), &[("change", "x")], "pr");
     let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
 
@@ -432,8 +428,7 @@ steps:
     commands: ['echo "value=${v}"']
 "#;
     let git = GitServer::start();
-    let sha = git.commit(None, &[(".orch.yml", pipeline)], "matrix");
-    git.set_ref(&sha, "refs/heads/main");
+    let sha = git.on_branch("main", &[(".orch.yml", pipeline)], "matrix");
     let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
     let orch = Orch::start(token_args(&gh, &git));
     let id = orch.deliver("push", &push_event("main", ZERO_SHA, &sha)).run_id();
@@ -476,8 +471,7 @@ fn a_broken_secrets_file_is_reported_without_its_text() {
     require_docker!();
     let git = GitServer::start();
     let pipeline = "steps:\n  s:\n    image: busybox:latest\n    commands: [true]\n";
-    let sha = git.commit(None, &[(".orch.yml", pipeline)], "s");
-    git.set_ref(&sha, "refs/heads/main");
+    let sha = git.on_branch("main", &[(".orch.yml", pipeline)], "s");
     let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
     let data = temp_dir("orch-attack-secrets-");
     let secrets = data.path().join("secrets.env");

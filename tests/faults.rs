@@ -142,10 +142,8 @@ fn a_docker_daemon_that_stops_mid_run_gives_errors_and_leaves_nothing_once_back(
     let mut daemon = Daemon::default();
 
     let git = GitServer::start();
-    let slow = git.commit(None, &[(".orch.yml", SLOW)], "slow");
-    git.set_ref(&slow, "refs/heads/main");
-    let quick = git.commit(None, &[(".orch.yml", QUICK)], "quick");
-    git.set_ref(&quick, "refs/heads/quick");
+    let slow = git.on_branch("main", &[(".orch.yml", SLOW)], "slow");
+    let quick = git.on_branch("quick", &[(".orch.yml", QUICK)], "quick");
     let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
     let (dir, data) = data_dir("orch-faults-daemon-");
     let mut server = OrchProcess::spawn(&data, &token_env(&gh, &git, &[]), &dir.path().join("orch.log"));

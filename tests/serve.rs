@@ -243,8 +243,7 @@ fn a_redelivery_gives_one_run() {
 #[test]
 fn a_clone_that_fails_gives_an_error_status() {
     let git = GitServer::start();
-    let sha = git.commit(None, &project(BUILD_OK, TEST_OK), "first");
-    git.set_ref(&sha, "refs/heads/main");
+    let sha = git.on_branch("main", &project(BUILD_OK, TEST_OK), "first");
     let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
     // The rewrite sends the clone to a path the git server does not have.
     let wrong = format!("https://github.com/=git://127.0.0.1:{}/nowhere/", git.port);
@@ -271,8 +270,7 @@ fn a_clone_that_fails_gives_an_error_status() {
 #[test]
 fn a_commit_gone_before_the_fetch_gives_an_error_status() {
     let git = GitServer::start();
-    let kept = git.commit(None, &project(BUILD_OK, TEST_OK), "first");
-    git.set_ref(&kept, "refs/heads/main");
+    git.on_branch("main", &project(BUILD_OK, TEST_OK), "first");
     let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
     let orch = Orch::start(token_args(&gh, &git));
     let gone = "0123456789abcdef0123456789abcdef01234567";
@@ -290,11 +288,9 @@ fn a_commit_gone_before_the_fetch_gives_an_error_status() {
 #[test]
 fn a_missing_or_invalid_orch_yml_gives_a_failure_status() {
     let git = GitServer::start();
-    let missing = git.commit(None, &[("README.md", "no pipeline here\n")], "no pipeline");
-    git.set_ref(&missing, "refs/heads/nopipeline");
+    let missing = git.on_branch("nopipeline", &[("README.md", "no pipeline here\n")], "no pipeline");
     let invalid_yml = "steps:\n  build:\n    image: busybox:latest\n    comands: [true]\n    needs: [nosuchstep]\n";
-    let invalid = git.commit(None, &[(".orch.yml", invalid_yml)], "broken pipeline");
-    git.set_ref(&invalid, "refs/heads/invalid");
+    let invalid = git.on_branch("invalid", &[(".orch.yml", invalid_yml)], "broken pipeline");
     let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
     let orch = Orch::start(token_args(&gh, &git));
 
@@ -324,8 +320,7 @@ fn a_missing_or_invalid_orch_yml_gives_a_failure_status() {
 fn a_push_runs_once_and_reports_pending_then_success() {
     require_docker!();
     let git = GitServer::start();
-    let sha = git.commit(None, &project(BUILD_OK, TEST_OK), "first");
-    git.set_ref(&sha, "refs/heads/main");
+    let sha = git.on_branch("main", &project(BUILD_OK, TEST_OK), "first");
     let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
     let orch = Orch::start(token_args(&gh, &git));
 
@@ -367,8 +362,7 @@ fn a_push_runs_once_and_reports_pending_then_success() {
 fn a_failing_step_reports_failure_with_step_statuses() {
     require_docker!();
     let git = GitServer::start();
-    let sha = git.commit(None, &project(BUILD_OK, TEST_FAILS), "breaks the tests");
-    git.set_ref(&sha, "refs/heads/main");
+    let sha = git.on_branch("main", &project(BUILD_OK, TEST_FAILS), "breaks the tests");
     let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
     let orch = Orch::start(ServeArgs { step_statuses: Some(true), ..token_args(&gh, &git) });
 
@@ -410,8 +404,7 @@ fn a_newer_pull_request_push_cancels_the_older_run_and_closing_cancels_the_last(
     require_docker!();
     const SLOW: &str = "echo slow build\nsleep 60\n";
     let git = GitServer::start();
-    let base = git.commit(None, &project(BUILD_OK, TEST_OK), "base");
-    git.set_ref(&base, "refs/heads/main");
+    let base = git.on_branch("main", &project(BUILD_OK, TEST_OK), "base");
     let slow = git.commit(Some(&base), &[("ci/build.sh", SLOW)], "slow");
     git.set_ref(&slow, "refs/heads/feature");
     git.set_ref(&slow, "refs/pull/7/head");
@@ -482,8 +475,7 @@ steps:
       - echo "deploying with $TOKEN (${#TOKEN} characters)"
 "#;
     let git = GitServer::start();
-    let base = git.commit(None, &[(".orch.yml", "steps: {}\n")], "base");
-    git.set_ref(&base, "refs/heads/main");
+    let base = git.on_branch("main", &[(".orch.yml", "steps: {}\n")], "base");
     let head = git.commit(Some(&base), &[(".orch.yml", SECRETS_PIPELINE)], "deploy step");
     git.set_ref(&head, "refs/pull/7/head");
     git.set_ref(&head, "refs/pull/8/head");
@@ -554,8 +546,7 @@ steps:
     const APP_ID: u64 = 4242;
     const INSTALLATION: u64 = 77;
     let git = GitServer::start();
-    let sha = git.commit(None, &[(".orch.yml", APP_PIPELINE), ("ci/compile.sh", COMPILE)], "does not compile");
-    git.set_ref(&sha, "refs/heads/main");
+    let sha = git.on_branch("main", &[(".orch.yml", APP_PIPELINE), ("ci/compile.sh", COMPILE)], "does not compile");
     let keys = temp_dir("orch-serve-app-");
     let (key, public_key) = app_key(keys.path());
     let gh = FakeGitHub::start(GhAuth::App { app_id: APP_ID, public_key, installation_id: INSTALLATION });
@@ -653,8 +644,7 @@ steps:
 fn github_failing_twice_is_retried_and_the_run_is_unaffected() {
     require_docker!();
     let git = GitServer::start();
-    let sha = git.commit(None, &project(BUILD_OK, TEST_OK), "first");
-    git.set_ref(&sha, "refs/heads/main");
+    let sha = git.on_branch("main", &project(BUILD_OK, TEST_OK), "first");
     let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
     gh.fail_next(OP_STATUS, 2, 500);
     let orch = Orch::start(token_args(&gh, &git));
@@ -679,8 +669,7 @@ fn github_failing_twice_is_retried_and_the_run_is_unaffected() {
 fn a_rate_limited_github_is_waited_out() {
     require_docker!();
     let git = GitServer::start();
-    let sha = git.commit(None, &project(BUILD_OK, TEST_OK), "first");
-    git.set_ref(&sha, "refs/heads/main");
+    let sha = git.on_branch("main", &project(BUILD_OK, TEST_OK), "first");
     let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
     gh.rate_limit_next(OP_STATUS, 1, 1);
     gh.fail_next(OP_STATUS, 1, 502);
@@ -709,8 +698,7 @@ fn a_rate_limited_github_is_waited_out() {
 fn a_stopping_server_delivers_the_statuses_it_still_owes() {
     require_docker!();
     let git = GitServer::start();
-    let sha = git.commit(None, &project(BUILD_OK, TEST_OK), "first");
-    git.set_ref(&sha, "refs/heads/main");
+    let sha = git.on_branch("main", &project(BUILD_OK, TEST_OK), "first");
     let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
     gh.rate_limit_next(OP_STATUS, 5, 1);
     let mut orch = Orch::start(token_args(&gh, &git));
@@ -732,8 +720,7 @@ fn a_stopping_server_delivers_the_statuses_it_still_owes() {
 fn statuses_owed_at_a_kill_9_are_sent_after_the_restart() {
     require_docker!();
     let git = GitServer::start();
-    let sha = git.commit(None, &project(BUILD_OK, TEST_OK), "first");
-    git.set_ref(&sha, "refs/heads/main");
+    let sha = git.on_branch("main", &project(BUILD_OK, TEST_OK), "first");
     let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
     gh.rate_limit_next(OP_STATUS, 5, 1);
     let (dir, data) = data_dir("orch-serve-owed-");
@@ -821,8 +808,7 @@ fn a_push_run_that_is_not_triggered_cannot_hide_a_failed_pull_request_run() {
     let git = GitServer::start();
     let pipeline = format!("on:\n  push: {{branches: [main]}}\n  pull_request: {{}}\n{PIPELINE}");
     let files = [(".orch.yml", pipeline.as_str()), ("ci/build.sh", BUILD_OK), ("ci/test.sh", TEST_FAILS)];
-    let base = git.commit(None, &files, "base");
-    git.set_ref(&base, "refs/heads/main");
+    let base = git.on_branch("main", &files, "base");
     let head = git.commit(Some(&base), &[("README.md", "change\n")], "change");
     git.set_ref(&head, "refs/heads/feature");
     git.set_ref(&head, "refs/pull/5/head");
@@ -864,8 +850,8 @@ steps:
     when: {paths: [\"*.md\"]}
     commands: [echo docs]
 ";
-    let base = git.commit(None, &[(".orch.yml", pipeline), ("src/lib.rs", "one\n"), ("README.md", "one\n")], "base");
-    git.set_ref(&base, "refs/heads/main");
+    let base =
+        git.on_branch("main", &[(".orch.yml", pipeline), ("src/lib.rs", "one\n"), ("README.md", "one\n")], "base");
     let head = git.commit(Some(&base), &[("README.md", "two\n")], "docs only");
     git.set_ref(&head, "refs/pull/3/head");
     let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
@@ -886,8 +872,7 @@ steps:
 fn runs_cancelled_before_they_start_get_a_final_status() {
     require_docker!();
     let git = GitServer::start();
-    let base = git.commit(None, &project(BUILD_OK, TEST_OK), "base");
-    git.set_ref(&base, "refs/heads/main");
+    let base = git.on_branch("main", &project(BUILD_OK, TEST_OK), "base");
     let busy = git.commit(Some(&base), &[("ci/build.sh", "echo busy\nsleep 5\necho built > out.txt\n")], "slow");
     git.set_ref(&busy, "refs/heads/busy");
     let m1 = git.commit(Some(&base), &[("README.md", "one\n")], "one");
@@ -936,8 +921,7 @@ fn a_github_app_clones_a_private_repository_with_its_installation_token() {
     const APP_ID: u64 = 4244;
     const INSTALLATION: u64 = 79;
     let git = GitServer::start();
-    let sha = git.commit(None, &project(BUILD_OK, TEST_OK), "first");
-    git.set_ref(&sha, "refs/heads/main");
+    let sha = git.on_branch("main", &project(BUILD_OK, TEST_OK), "first");
     let keys = temp_dir("orch-serve-app-");
     let (key, public_key) = app_key(keys.path());
     let gh = FakeGitHub::start(GhAuth::App { app_id: APP_ID, public_key, installation_id: INSTALLATION });
@@ -967,8 +951,7 @@ fn a_github_app_run_interrupted_by_a_restart_completes_its_own_check_run() {
     const APP_ID: u64 = 4243;
     const INSTALLATION: u64 = 78;
     let git = GitServer::start();
-    let sha = git.commit(None, &project("echo building\nsleep 4\necho built > out.txt\n", TEST_OK), "first");
-    git.set_ref(&sha, "refs/heads/main");
+    let sha = git.on_branch("main", &project("echo building\nsleep 4\necho built > out.txt\n", TEST_OK), "first");
     let keys = temp_dir("orch-serve-app-");
     let (key, public_key) = app_key(keys.path());
     let gh = FakeGitHub::start(GhAuth::App { app_id: APP_ID, public_key, installation_id: INSTALLATION });
@@ -1105,8 +1088,7 @@ fn a_run_whose_log_cannot_be_written_is_an_error() {
 #[test]
 fn an_update_github_refuses_for_good_is_shown_on_the_run() {
     let git = GitServer::start();
-    let sha = git.commit(None, &project(BUILD_OK, TEST_OK), "first");
-    git.set_ref(&sha, "refs/heads/main");
+    let sha = git.on_branch("main", &project(BUILD_OK, TEST_OK), "first");
     let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
     gh.fail_next(OP_STATUS, 1000, 403);
     // The clone goes nowhere: the run ends (as an error) without Docker.
@@ -1133,8 +1115,7 @@ fn an_update_owed_across_a_kill_9_updates_the_check_run_made_before() {
     const APP_ID: u64 = 4244;
     const INSTALLATION: u64 = 79;
     let git = GitServer::start();
-    let sha = git.commit(None, &project("echo building\nsleep 2\necho built > out.txt\n", TEST_OK), "first");
-    git.set_ref(&sha, "refs/heads/main");
+    let sha = git.on_branch("main", &project("echo building\nsleep 2\necho built > out.txt\n", TEST_OK), "first");
     let keys = temp_dir("orch-serve-app-");
     let (key, public_key) = app_key(keys.path());
     let gh = FakeGitHub::start(GhAuth::App { app_id: APP_ID, public_key, installation_id: INSTALLATION });
@@ -1196,8 +1177,7 @@ fn a_repository_larger_than_the_limit_gives_an_error_status() {
             char::from_digit((x & 15) as u32, 16).unwrap()
         })
         .collect();
-    let sha = git.commit(None, &[(".orch.yml", PIPELINE), ("noise.txt", &noise)], "big");
-    git.set_ref(&sha, "refs/heads/main");
+    let sha = git.on_branch("main", &[(".orch.yml", PIPELINE), ("noise.txt", &noise)], "big");
     let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
     let orch = Orch::start(ServeArgs { max_repo_size: Some("1M".into()), ..token_args(&gh, &git) });
 
@@ -1221,8 +1201,7 @@ fn a_repository_larger_than_the_limit_gives_an_error_status() {
 #[test]
 fn updates_wait_for_a_github_that_is_down_and_all_arrive_in_order() {
     let git = GitServer::start();
-    let sha = git.commit(None, &project(BUILD_OK, TEST_OK), "first");
-    git.set_ref(&sha, "refs/heads/main");
+    let sha = git.on_branch("main", &project(BUILD_OK, TEST_OK), "first");
     // Nothing listens on the GitHub URL's port yet.
     let port = free_port();
     let wrong = format!("https://github.com/=git://127.0.0.1:{}/nowhere/", git.port);

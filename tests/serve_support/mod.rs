@@ -378,6 +378,13 @@ impl GitServer {
         git(&self.work, &["rev-parse", "HEAD"])
     }
 
+    /// A root commit of `files` that `branch` points at; its SHA.
+    pub fn on_branch(&self, branch: &str, files: &[(&str, &str)], message: &str) -> String {
+        let sha = self.commit(None, files, message);
+        self.set_ref(&sha, &format!("refs/heads/{branch}"));
+        sha
+    }
+
     /// Points `refname` of the served repository at `sha` (a push, forced).
     pub fn set_ref(&self, sha: &str, refname: &str) {
         git(&self.work, &["push", "-q", "-f", self.bare.to_str().unwrap(), &format!("{sha}:{refname}")]);

@@ -130,9 +130,7 @@ pub fn run(s: Settings) -> Report {
     let shas: Vec<String> = (0..BRANCHES)
         .map(|b| {
             let n = b.to_string();
-            let sha = git.commit(None, &[(".orch.yml", &pipeline), ("n.txt", &n)], &format!("soak {b}"));
-            git.set_ref(&sha, &format!("refs/heads/soak-{b}"));
-            sha
+            git.on_branch(&format!("soak-{b}"), &[(".orch.yml", &pipeline), ("n.txt", &n)], &format!("soak {b}"))
         })
         .collect();
     let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));

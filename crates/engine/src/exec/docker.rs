@@ -74,6 +74,16 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     at.to_string()
 }
 
+/// Why a ping got no answer: the socket refuses this user, is not there, or the daemon
+/// does not answer on it.
+fn unanswered(e: DockerError) -> BackendError {
+    match io_cause(&e).map(std::io::Error::kind) {
+        Some(std::io::ErrorKind::PermissionDenied) => BackendError::Denied,
+        Some(std::io::ErrorKind::NotFound) => BackendError::Unreachable { detail: "no socket".into() },
+        _ => BackendError::Unreachable { detail: root_cause(&e) },
+    }
+}
+
 fn api(e: DockerError) -> BackendError {
     match e {
         DockerError::DockerResponseServerError { status_code, message } => {
@@ -152,11 +162,7 @@ impl DockerBackend {
     /// answers.
     pub async fn connect() -> Result<Self, BackendError> {
         let docker = Docker::connect_with_local_defaults().map_err(api)?;
-        docker.ping().await.map_err(|e| match io_cause(&e).map(std::io::Error::kind) {
-            Some(std::io::ErrorKind::PermissionDenied) => BackendError::Denied,
-            Some(std::io::ErrorKind::NotFound) => BackendError::Unreachable { detail: "no socket".into() },
-            _ => BackendError::Unreachable { detail: e.to_string() },
-        })?;
+        docker.ping().await.map_err(unanswered)?;
         let docker = docker.negotiate_version().await.map_err(api)?;
         Ok(DockerBackend {
             docker,
@@ -166,6 +172,11 @@ impl DockerBackend {
             leases: std::sync::Mutex::new(HashMap::new()),
             lanes: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Whether the daemon answers now.
+    pub async fn ping(&self) -> Result<(), BackendError> {
+        self.docker.ping().await.map(|_| ()).map_err(unanswered)
     }
 
     pub fn client(&self) -> &Docker {

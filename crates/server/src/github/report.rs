@@ -1,7 +1,6 @@
 //! The reporter: sends a run's updates to GitHub, as commit statuses (a token) or check
 //! runs (an App). The server's outbox hands it the stored updates one at a time, in order.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use octocrab::Octocrab;
@@ -12,20 +11,18 @@ use super::*;
 pub struct Reporter {
     cfg: Config,
     gh: Github,
-    /// Check run ids (App mode), by run id.
-    check_runs: HashMap<i64, u64>,
     /// Check runs created since [`Reporter::take_created`] last looked: (run, check run).
+    /// The caller records them with the run; an update carries its run's check run.
     created: Vec<(i64, u64)>,
 }
 
 impl Reporter {
     pub fn new(cfg: Config, gh: Github) -> Reporter {
-        Reporter { cfg, gh, check_runs: HashMap::new(), created: Vec::new() }
+        Reporter { cfg, gh, created: Vec::new() }
     }
 
     fn created_check_run(&mut self, run: i64, created: &Value) {
         if let Some(id) = created.get("id").and_then(Value::as_u64) {
-            self.check_runs.insert(run, id);
             self.created.push((run, id));
         }
     }
@@ -33,12 +30,6 @@ impl Reporter {
     /// The check runs created since the last call, for the caller to keep across restarts.
     pub fn take_created(&mut self) -> Vec<(i64, u64)> {
         std::mem::take(&mut self.created)
-    }
-
-    /// Whether this reporter knows the check run of `run` (it created it, and the run has
-    /// not finished).
-    pub fn knows_check_run(&self, run: i64) -> bool {
-        self.check_runs.contains_key(&run)
     }
 
     pub fn enabled(&self) -> bool {
@@ -89,15 +80,6 @@ impl Reporter {
 
     /// Applies one update. Errors are returned for logging; nothing else depends on them.
     pub async fn send(&mut self, u: &Update) -> Result<(), ReportError> {
-        let sent = self.send_one(u).await;
-        if let Update::Finished { run, .. } = u {
-            // Nothing more goes to this run's check run (it is in the database too).
-            self.check_runs.remove(&run.id);
-        }
-        sent
-    }
-
-    async fn send_one(&mut self, u: &Update) -> Result<(), ReportError> {
         if !self.gh.enabled() {
             return Ok(());
         }
@@ -158,7 +140,9 @@ impl Reporter {
 
     async fn patch_check_run(&mut self, run: &RunRef, body: Value) -> Result<(), ReportError> {
         let client = self.client_for(run).await?;
-        let Some(id) = self.check_runs.get(&run.id).copied().or(run.check_run_id) else {
+        // One made earlier in this update (the first of several annotation chunks).
+        let made = self.created.iter().rev().find(|(r, _)| *r == run.id).map(|&(_, id)| id);
+        let Some(id) = run.check_run_id.or(made) else {
             // The queued update never reached GitHub: create the check run now.
             let mut create = body.clone();
             create["name"] = json!(self.context_of(run));

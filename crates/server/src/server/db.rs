@@ -461,7 +461,7 @@ impl Db {
     }
 
     /// Stores an update owed to GitHub (the outbox), durably; its id orders it.
-    pub async fn owe(&self, body: String) -> Result<i64, DbError> {
+    pub async fn owe(&self, body: String) -> Result<(), DbError> {
         self.write(move |t| insert_owed(t, body)).await
     }
 
@@ -726,9 +726,9 @@ fn owe_for(t: &Transaction, owe: Option<OweCancelled>, runs: &[Run]) -> rusqlite
 }
 
 /// Stores an update owed to GitHub; its id orders it.
-fn insert_owed(t: &Transaction, body: String) -> rusqlite::Result<i64> {
+fn insert_owed(t: &Transaction, body: String) -> rusqlite::Result<()> {
     t.execute("INSERT INTO outbox (body, created_at) VALUES (?1, ?2)", params![body, now()])?;
-    Ok(t.last_insert_rowid())
+    Ok(())
 }
 
 fn insert_run(t: &Transaction, delivery: Option<&str>, r: &NewRun) -> rusqlite::Result<i64> {

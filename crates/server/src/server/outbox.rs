@@ -24,9 +24,8 @@ pub struct Outbox {
 
 impl Outbox {
     /// The outbox of `db`, and its sender task, which starts with what a previous server
-    /// left owed.
-    /// An update GitHub could not take for a while (unreachable, rate limiting, failing)
-    /// is tried again after `pause`, doubled each time up to a minute.
+    /// left owed. An update GitHub cannot take for a while (unreachable, rate limiting,
+    /// failing) is tried again after `pause`, doubled each time up to a minute.
     pub fn start(db: Db, reporter: Reporter, pause: Duration) -> Outbox {
         let outbox = Outbox { db, wake: Arc::new(Notify::new()), enabled: reporter.enabled() };
         tokio::spawn(send_owed(outbox.clone(), reporter, pause));
@@ -138,47 +137,66 @@ async fn send_owed(outbox: Outbox, mut reporter: Reporter, pause: Duration) {
             continue;
         }
         for (id, body, stored_at) in owed {
-            let mut given_up = None;
-            match serde_json::from_str::<Update>(&body) {
-                Ok(mut u) => {
-                    let run = u.run().id;
-                    // Stored before its run's check run was created (or by a server since
-                    // killed): the database knows the check run, and a second one must
-                    // not be made.
-                    if reporter.is_app() && u.run().check_run_id.is_none() && !reporter.knows_check_run(run) {
-                        match outbox.db.check_run_of(run).await {
-                            Ok(c) => u.run_mut().check_run_id = c,
-                            Err(e) => tracing::warn!(run, "cannot read the run's check run: {e}"),
-                        }
+            let given_up = match send(&outbox.db, &mut reporter, id, &body, stored_at).await {
+                Sent::Done { given_up } => given_up,
+                Sent::Later => {
+                    // What the attempt made is kept; the update itself is tried again.
+                    let created = reporter.take_created();
+                    if !created.is_empty()
+                        && let Err(e) = outbox.db.check_runs_made(created).await
+                    {
+                        tracing::warn!(id, "cannot record a check run: {e}");
                     }
-                    match reporter.send(&u).await {
-                        Ok(()) => wait = pause,
-                        Err(e) if e.transient && super::db::now() - stored_at < PATIENCE => {
-                            tracing::warn!(run, "GitHub cannot take an update now ({e}); trying again in {wait:?}");
-                            let created = reporter.take_created();
-                            if !created.is_empty()
-                                && let Err(e) = outbox.db.check_runs_made(created).await
-                            {
-                                tracing::warn!(run, "cannot record the check run: {e}");
-                            }
-                            tokio::time::sleep(wait).await;
-                            wait = (wait * 2).min(Duration::from_secs(60));
-                            continue 'sending;
-                        }
-                        Err(e) => {
-                            tracing::warn!(run, "given up: {e}");
-                            given_up = Some((run, e.to_string()));
-                        }
-                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(60));
+                    continue 'sending;
                 }
-                Err(e) => tracing::warn!(id, "a stored GitHub update does not read back: {e}"),
-            }
-            // Done with: delivered, or given up after the reporter's retries (the reason
-            // goes on the run). If this write fails the update is sent again, which GitHub
-            // takes as the same state.
+            };
+            wait = pause;
+            // Done with: delivered, or given up (the reason goes on the run). If this write
+            // fails the update is sent again, which GitHub takes as the same state.
             if let Err(e) = outbox.db.paid(id, reporter.take_created(), given_up).await {
                 tracing::warn!(id, "cannot mark a GitHub update sent: {e}");
             }
+        }
+    }
+}
+
+/// What became of one owed update.
+enum Sent {
+    /// GitHub took it, or it was given up: `(run, why)`.
+    Done { given_up: Option<(i64, String)> },
+    /// GitHub cannot take it now; it stays owed.
+    Later,
+}
+
+async fn send(db: &Db, reporter: &mut Reporter, id: i64, body: &str, stored_at: i64) -> Sent {
+    let mut u = match serde_json::from_str::<Update>(body) {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::warn!(id, "a stored GitHub update does not read back: {e}");
+            return Sent::Done { given_up: None };
+        }
+    };
+    let run = u.run().id;
+    // Stored before its run's check run was made (an update sent before this one made it,
+    // or a server since killed did): the database knows it, and a second one must not be
+    // made.
+    if reporter.is_app() && u.run().check_run_id.is_none() {
+        match db.check_run_of(run).await {
+            Ok(c) => u.run_mut().check_run_id = c,
+            Err(e) => tracing::warn!(run, "cannot read the run's check run: {e}"),
+        }
+    }
+    match reporter.send(&u).await {
+        Ok(()) => Sent::Done { given_up: None },
+        Err(e) if e.transient && super::db::now() - stored_at < PATIENCE => {
+            tracing::warn!(run, "GitHub cannot take an update now, it stays owed: {e}");
+            Sent::Later
+        }
+        Err(e) => {
+            tracing::warn!(run, "given up: {e}");
+            Sent::Done { given_up: Some((run, e.to_string())) }
         }
     }
 }

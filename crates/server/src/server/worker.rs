@@ -42,14 +42,12 @@ pub fn docker_run_id(data_dir: &std::path::Path, run: i64, attempt: i64) -> Stri
 
 /// Claims and executes runs until `stop`, at most `concurrency` at once.
 pub async fn run(st: Arc<AppState>, stop: CancellationToken) {
-    // Whether Docker answered since the start. From then on, runs are not claimed while it
-    // does not (a restart of the daemon): they wait queued rather than fail. A server that
-    // never reached Docker claims them, and they fail saying why.
-    let mut seen_up = false;
-    let mut waiting = false;
+    // The daemon, once it has answered: one client for every run. From then on, runs are
+    // not claimed while it does not answer (it is restarting): they wait queued rather than
+    // fail. A server that never reached Docker claims them, and they fail saying why.
+    let mut docker = DockerBackend::connect().await.ok().map(Arc::new);
     // Containers of runs a killed server left behind.
-    if let Ok(backend) = DockerBackend::connect().await {
-        seen_up = true;
+    if let Some(backend) = &docker {
         match backend.gc(true).await {
             Ok(r) if !r.runs.is_empty() => tracing::warn!(runs = ?r.runs, "removed what killed runs left in Docker"),
             Ok(_) => {}
@@ -64,20 +62,21 @@ pub async fn run(st: Arc<AppState>, stop: CancellationToken) {
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             _ = stop.cancelled() => break,
         };
-        match DockerBackend::connect().await {
-            Ok(_) => {
-                if waiting {
+        let answers = match &docker {
+            Some(backend) => backend.ping().await,
+            None => DockerBackend::connect().await.map(|b| docker = Some(Arc::new(b))),
+        };
+        let waiting = &st.counters.waiting_for_docker;
+        match answers {
+            Ok(()) => {
+                if waiting.swap(false, Ordering::Relaxed) {
                     tracing::info!("Docker answers again: queued runs go on");
                 }
-                (seen_up, waiting) = (true, false);
-                st.counters.waiting_for_docker.store(false, Ordering::Relaxed);
             }
-            Err(e) if seen_up => {
-                if !waiting {
+            Err(e) if docker.is_some() => {
+                if !waiting.swap(true, Ordering::Relaxed) {
                     tracing::warn!("Docker does not answer ({e}): queued runs wait for it");
                 }
-                waiting = true;
-                st.counters.waiting_for_docker.store(true, Ordering::Relaxed);
                 drop(permit);
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -90,8 +89,9 @@ pub async fn run(st: Arc<AppState>, stop: CancellationToken) {
         match st.db.claim().await {
             Ok(Some(run)) => {
                 let st = st.clone();
+                let docker = docker.clone();
                 tasks.spawn(async move {
-                    execute(st, run).await;
+                    execute(st, run, docker).await;
                     drop(permit);
                 });
             }
@@ -195,7 +195,8 @@ impl Outcome {
     }
 }
 
-async fn execute(st: Arc<AppState>, run: Run) {
+/// Executes a claimed run, on `docker` (else a connection made for it).
+async fn execute(st: Arc<AppState>, run: Run, docker: Option<Arc<DockerBackend>>) {
     let cancel = Cancel::default();
     if let Ok(mut m) = st.running.lock() {
         m.insert(run.id, (cancel.clone(), "cancelled".into()));
@@ -206,7 +207,7 @@ async fn execute(st: Arc<AppState>, run: Run) {
     let dir = run_dir(&st.cfg, run.id);
     let work = st.cfg.data_dir.join("work").join(run.id.to_string());
     let _ = std::fs::remove_dir_all(&work);
-    let outcome = match prepare_and_run(&st, &run, &dir, &work, cancel.clone()).await {
+    let outcome = match prepare_and_run(&st, &run, &dir, &work, cancel.clone(), docker).await {
         Ok(o) | Err(o) => o,
     };
     let _ = std::fs::remove_dir_all(&work);
@@ -243,6 +244,7 @@ async fn prepare_and_run(
     dir: &std::path::Path,
     work: &std::path::Path,
     cancel: Cancel,
+    docker: Option<Arc<DockerBackend>>,
 ) -> Result<Outcome, Outcome> {
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs).map_err(|e| {
@@ -396,9 +398,12 @@ async fn prepare_and_run(
     }
 
     // 3. Execute.
-    let backend = match DockerBackend::connect().await {
-        Ok(b) => Arc::new(b),
-        Err(e) => return Err(Outcome::early(RunState::Error, Conclusion::Error, e.to_string())),
+    let backend = match docker {
+        Some(b) => b,
+        None => match DockerBackend::connect().await {
+            Ok(b) => Arc::new(b),
+            Err(e) => return Err(Outcome::early(RunState::Error, Conclusion::Error, e.to_string())),
+        },
     };
     let (tx, rx) = mpsc::channel::<RunEvent>(1024);
     let recorder = tokio::spawn(super::record::record(st.clone(), run_ref(run), prepared.log_dir.clone(), rx));
