@@ -247,6 +247,10 @@ pub fn http(
 // git
 
 fn git(dir: &Path, args: &[&str]) -> String {
+    try_git(dir, args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn try_git(dir: &Path, args: &[&str]) -> Result<String, String> {
     let out = Command::new("git")
         .current_dir(dir)
         .env("GIT_CONFIG_NOSYSTEM", "1")
@@ -255,8 +259,10 @@ fn git(dir: &Path, args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("git runs");
-    assert!(out.status.success(), "git {args:?} in {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    if !out.status.success() {
+        return Err(format!("git {args:?} in {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// A bare repository `acme/hello.git` served by `git daemon` on loopback, and a work
@@ -310,12 +316,24 @@ impl GitServer {
                     break;
                 }
                 if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    // Its stderr is not read from here on: let it go nowhere.
-                    drop(daemon.stderr.take());
-                    let g = GitServer { dir, bare, work, port, daemon };
-                    // The daemon serves the (still empty) repository.
-                    git(&g.work, &["ls-remote", &g.url()]);
-                    return g;
+                    // What answered may be another test's listener that took the port between
+                    // `free_port` and the daemon's bind (the daemon then exits): the daemon is
+                    // up only when it is still running and serves the (still empty) repository.
+                    let url = format!("git://127.0.0.1:{port}/{REPO}.git");
+                    let served = try_git(&work, &["ls-remote", &url]);
+                    match (served, daemon.try_wait()) {
+                        (Ok(_), Ok(None)) => {
+                            // Its stderr is not read from here on: let it go nowhere.
+                            drop(daemon.stderr.take());
+                            return GitServer { dir, bare, work, port, daemon };
+                        }
+                        (served, _) => {
+                            let _ = daemon.kill();
+                            let _ = daemon.wait();
+                            last = format!("git daemon on port {port} did not serve: {served:?}");
+                            break;
+                        }
+                    }
                 }
                 if up.elapsed() > Duration::from_secs(10) {
                     let _ = daemon.kill();
