@@ -799,6 +799,95 @@ fn selection_of_an_unknown_step() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Agent labels: `runs_on`
+
+const LABELS: &str = "
+runs_on: [linux, big]
+defaults: { image: busybox }
+steps:
+  build: { stage: build, commands: [make], runs_on: [gpu, linux, gpu] }
+  unit: { commands: [make test] }
+  arm: { commands: [make arm], runs_on: arm64, when: { branch: main } }
+";
+
+fn runs_on<'a>(p: &'a Plan, name: &str) -> Vec<&'a str> {
+    step(p, name).runs_on.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn runs_on_is_the_pipelines_labels_and_the_steps_own() {
+    let p = plan_for(LABELS, &push("dev"));
+    assert_eq!(runs_on(&p, "build"), ["big", "gpu", "linux"], "sorted, each once");
+    assert_eq!(runs_on(&p, "unit"), ["big", "linux"], "the pipeline's alone");
+    // `arm` is skipped: its label is not asked for.
+    assert_eq!(skipped(&p), ["arm"]);
+    assert_eq!(p.labels(), ["big", "gpu", "linux"]);
+
+    let p = plan_for(LABELS, &push("main"));
+    assert_eq!(runs_on(&p, "arm"), ["arm64", "big", "linux"], "a single string is a list of one");
+    assert_eq!(p.labels(), ["arm64", "big", "gpu", "linux"]);
+}
+
+#[test]
+fn labels_of_steps_not_selected_or_not_triggered_do_not_count() {
+    let p = select(LABELS, &push("main"), &["unit"]).unwrap();
+    assert_eq!(names(&p), ["build", "unit"], "unit waits for build");
+    assert_eq!(p.labels(), ["big", "gpu", "linux"]);
+
+    let src = format!("on: {{ push: {{ branches: [main] }} }}\n{LABELS}");
+    let p = plan_for(&src, &push("dev"));
+    assert!(p.steps.is_empty());
+    assert!(p.labels().is_empty(), "no step runs: no label is needed");
+}
+
+#[test]
+fn without_runs_on_no_label_is_needed() {
+    let p = plan_for(CASCADE, &push("main"));
+    assert!(p.steps.iter().all(|s| s.runs_on.is_empty()));
+    assert!(p.labels().is_empty());
+    assert!(!render::text(&p).contains("Runs on"), "{}", render::text(&p));
+}
+
+#[test]
+fn matrix_variants_have_their_steps_labels() {
+    let src = "steps:\n  t:\n    image: busybox\n    runs_on: [linux]\n    matrix: {v: [a, b]}\n    commands: [x]\n";
+    let p = plan_for(src, &push("main"));
+    assert_eq!(runs_on(&p, "t[v=a]"), ["linux"]);
+    assert_eq!(runs_on(&p, "t[v=b]"), ["linux"]);
+    assert_eq!(p.labels(), ["linux"]);
+}
+
+#[test]
+fn labels_render() {
+    let p = plan_for(LABELS, &push("dev"));
+    let expected = "\
+Plan for push on branch dev at 01234567
+Runs on an agent with labels: big, gpu, linux
+
+  grp  step   stage  needs
+    1  build  build  -  (labels big gpu linux)
+    2  unit   test   build  (labels big linux)
+
+Skipped:
+  arm  when.branch: `dev` does not match `main`
+
+2 steps to run in 2 parallel groups, 1 skipped
+";
+    assert_eq!(render::text(&p), expected, "actual:\n{}", render::text(&p));
+
+    // Every step asks for the same labels: the run's line says it all.
+    let src = "runs_on: linux\nsteps:\n  a: { image: busybox, commands: [x] }\n";
+    let text = render::text(&plan_for(src, &push("main")));
+    assert!(text.contains("\nRuns on an agent with labels: linux\n"), "{text}");
+    assert!(!text.contains("(labels"), "{text}");
+
+    let v: serde_json::Value = serde_json::from_str(&render::json(&p)).unwrap();
+    assert_eq!(v["labels"], serde_json::json!(["big", "gpu", "linux"]));
+    assert_eq!(v["steps"][0]["runs_on"], serde_json::json!(["big", "gpu", "linux"]));
+    assert_eq!(v["steps"][1]["runs_on"], serde_json::json!(["big", "linux"]));
+}
+
+// ---------------------------------------------------------------------------------------
 // Renders
 
 #[test]
@@ -809,7 +898,10 @@ fn json_render() {
     let obj = v.as_object().expect("an object");
     let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
     keys.sort_unstable();
-    assert_eq!(keys, ["context", "not_triggered_reason", "skipped", "stages", "steps", "triggered", "version"]);
+    assert_eq!(
+        keys,
+        ["context", "labels", "not_triggered_reason", "skipped", "stages", "steps", "triggered", "version"]
+    );
     assert_eq!(v["version"], render::JSON_VERSION);
     assert_eq!(v["triggered"], true);
     assert!(v["not_triggered_reason"].is_null());
@@ -821,6 +913,8 @@ fn json_render() {
     assert_eq!(steps[0]["name"], "compile");
     assert_eq!(steps[0]["group"], 0);
     assert!(steps[0]["env"].is_object());
+    assert_eq!(steps[0]["runs_on"], serde_json::json!([]));
+    assert_eq!(v["labels"], serde_json::json!([]));
     let skipped = v["skipped"].as_array().unwrap();
     assert_eq!(skipped[0]["name"], "deploy");
     assert_eq!(skipped[0]["reason"], "when.branch: `feature` does not match `main`");

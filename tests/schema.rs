@@ -251,6 +251,7 @@ fn name_for(names: Names) -> &'static str {
         Names::Identifier => "X",
         Names::Step => "a",
         Names::Host => "db",
+        Names::Label => "linux",
     }
 }
 
@@ -408,6 +409,7 @@ fn bad_content(ty: &Ty) -> Vec<Value> {
         Ty::Duration => vec![json!("10 minutes"), json!("5x")],
         Ty::Int { min, max } => vec![json!(max + 1), json!(min - 1)],
         Ty::Enum(_) | Ty::Words(_) | Ty::Template => vec![json!("nope")],
+        Ty::Strings { names: Some(_), .. } => vec![json!("a b"), json!(["a", ""])],
         Ty::Def(_, inner) => bad_content(inner),
         Ty::AnyOf(tys) => tys.iter().flat_map(bad_content).collect(),
         _ => Vec::new(),
@@ -488,6 +490,22 @@ fn loader_and_schema_agree_on_every_key() {
                 path: vec![Seg::Key(at.into())],
                 valid: names.check(name),
             });
+        }
+    }
+    // Agent labels, at the top and in a step.
+    for name in ["linux", "x86_64", "cuda-12.4", "A.b_c-1", "", "a b", "a/b", "a:b", "é"] {
+        for at in ["top", "step"] {
+            let mut doc = base();
+            if at == "top" {
+                doc["runs_on"] = json!([name]);
+            } else {
+                doc["steps"]["a"]["runs_on"] = json!(name);
+            }
+            let path = match at {
+                "top" => vec![Seg::Key("runs_on".into())],
+                _ => vec![Seg::Key("steps".into()), Seg::Key("a".into()), Seg::Key("runs_on".into())],
+            };
+            cases.push(Case { what: format!("label {name:?} ({at})"), doc, path, valid: Names::Label.check(name) });
         }
     }
     let schema_says = validate_with_python(&cases.iter().map(|c| c.doc.clone()).collect::<Vec<_>>(), &[]);

@@ -16,6 +16,8 @@ pub struct Pipeline {
     pub defaults: Defaults,
     /// Services every step gets (a step's own services are added to these).
     pub services: IndexMap<String, Service>,
+    /// `runs_on`: agent labels every step needs (a step's own are added to these).
+    pub runs_on: Vec<String>,
     pub steps: IndexMap<String, Step>,
 }
 
@@ -67,6 +69,8 @@ pub struct Patterns {
 pub struct Step {
     pub stage: String,
     pub image: Option<String>,
+    /// `runs_on`: agent labels the step needs, besides the pipeline's.
+    pub runs_on: Vec<String>,
     pub commands: Vec<String>,
     pub env: IndexMap<String, String>,
     pub workdir: Option<String>,
@@ -109,7 +113,7 @@ impl Default for StatusCond {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
 pub enum Event {
     Push,

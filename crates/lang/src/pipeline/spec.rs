@@ -24,8 +24,10 @@ pub enum Ty {
     /// `90s`, `10m`, `1h30m`, `500ms`, or a number of seconds.
     Duration,
     /// A string, or a list of strings; `min` is the least number of items a list may have.
+    /// With `names`, each string must follow that rule.
     Strings {
         min: usize,
+        names: Option<Names>,
     },
     /// Shell commands: one string, or a list whose items are strings (numbers and booleans
     /// are taken as their text).
@@ -88,6 +90,8 @@ pub enum Names {
     Step,
     /// Service names: they are host names on the step's network.
     Host,
+    /// Agent labels (`runs_on`): letters, digits, `.`, `_` and `-`, at least one.
+    Label,
 }
 
 impl Names {
@@ -106,6 +110,9 @@ impl Names {
                     && !s.ends_with('-')
                     && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
             }
+            Names::Label => {
+                !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            }
         }
     }
 
@@ -115,6 +122,7 @@ impl Names {
             Names::Identifier => "^[A-Za-z_][A-Za-z0-9_]*$",
             Names::Step => "^[A-Za-z0-9][A-Za-z0-9._-]*$",
             Names::Host => "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+            Names::Label => "^[A-Za-z0-9._-]+$",
         }
     }
 }
@@ -132,7 +140,8 @@ pub const MAX_RETRIES: i64 = 10;
 const STR: Ty = Ty::Str;
 const BOOL: Ty = Ty::Bool;
 const DURATION: Ty = Ty::Def("duration", &Ty::Duration);
-const STRINGS: Ty = Ty::Strings { min: 0 };
+const STRINGS: Ty = Ty::Strings { min: 0, names: None };
+const LABELS: Ty = Ty::Def("labels", &Ty::Strings { min: 0, names: Some(Names::Label) });
 const PORT: Ty = Ty::Int { min: 1, max: 65535 };
 const ENV: Ty = Ty::Def("env", &Ty::Dict { names: Names::Identifier, value: &Ty::Scalar, min: 0, nullable: true });
 const PATTERNS: Ty =
@@ -274,7 +283,7 @@ pub const WHEN: Obj = Obj {
 pub const CACHE: Obj = Obj {
     fields: &[
         required("key", &STR, "The cache's key; `${hash:GLOB}` hashes files, e.g. `deps-${hash:Cargo.lock}`."),
-        required("paths", &Ty::Strings { min: 1 }, "Directories (in the workspace) to restore and save."),
+        required("paths", &Ty::Strings { min: 1, names: None }, "Directories (in the workspace) to restore and save."),
     ],
     nullable: false,
     extra: None,
@@ -311,6 +320,11 @@ pub const STEP: Obj = Obj {
     fields: &[
         field("stage", &STR, "The stage the step belongs to. Default `test`."),
         field("image", &STR, "The Docker image the step runs in (local: orch never pulls)."),
+        field(
+            "runs_on",
+            &LABELS,
+            "Agent labels this step needs, added to the pipeline's: the run goes to an agent that has them all.",
+        ),
         required("commands", &Ty::Commands, "Shell commands, run in order with `set -e`."),
         field("env", &ENV, "Environment variables of the step."),
         field("workdir", &STR, "The working directory, relative to the workspace."),
@@ -370,9 +384,14 @@ pub const PIPELINE: Obj = Obj {
         ),
         field("on", &Ty::Obj(&ON), "Which pushes, pull requests and manual runs start the pipeline."),
         field("env", &ENV, "Environment variables of every step."),
-        field("stages", &Ty::Strings { min: 1 }, "Stage names in order. Default [build, test, deploy]."),
+        field("stages", &Ty::Strings { min: 1, names: None }, "Stage names in order. Default [build, test, deploy]."),
         field("defaults", &Ty::Obj(&DEFAULTS), "Settings for steps that set none."),
         field("services", &SERVICES, "Services that every step gets."),
+        field(
+            "runs_on",
+            &LABELS,
+            "Agent labels the run needs: it goes to an agent that has these and those of every step that runs.",
+        ),
         required(
             "steps",
             &Ty::Dict { names: Names::Step, value: &Ty::Def("step", &Ty::Obj(&STEP)), min: 1, nullable: false },
@@ -544,9 +563,13 @@ fn schema(ty: &Ty, defs: &mut Map<String, Value>, required: bool) -> Value {
             ],
             "examples": ["90s", "10m", "1h30m"]
         }),
-        Ty::Strings { min } => json!({
-            "anyOf": [{ "type": "string" }, { "type": "array", "items": { "type": "string" }, "minItems": min }]
-        }),
+        Ty::Strings { min, names } => {
+            let item = match names {
+                Some(n) => json!({ "type": "string", "pattern": n.pattern() }),
+                None => json!({ "type": "string" }),
+            };
+            json!({ "anyOf": [item, { "type": "array", "items": item, "minItems": min }] })
+        }
         Ty::Commands => json!({
             "anyOf": [
                 { "type": "string" },
@@ -603,5 +626,19 @@ mod tests {
         for k in STEP.keys() {
             assert!(step.get(k).is_some(), "{k}");
         }
+    }
+
+    #[test]
+    fn labels() {
+        for ok in ["linux", "x86_64", "cuda-12.4", "A", "1", "-", "."] {
+            assert!(Names::Label.check(ok), "{ok}");
+        }
+        for bad in ["", "big machine", "linux/amd64", "é", "a:b", "a,b"] {
+            assert!(!Names::Label.check(bad), "{bad}");
+        }
+        let s = json_schema();
+        assert_eq!(s["properties"]["runs_on"]["$ref"], "#/$defs/labels");
+        assert_eq!(s["$defs"]["step"]["properties"]["runs_on"]["$ref"], "#/$defs/labels");
+        assert_eq!(s["$defs"]["labels"]["anyOf"][1]["items"]["pattern"], Names::Label.pattern());
     }
 }

@@ -18,7 +18,7 @@ use crate::pipeline::{Event, Patterns, Pipeline, Retry, Service, StatusCond, Ste
 pub const WORKSPACE: &str = "/workspace";
 
 /// What triggered a run: the facts `when` and `on` are judged against.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Context {
     pub event: Option<Event>,
     /// The branch pushed, or a pull request's head branch.
@@ -96,6 +96,9 @@ pub struct PlannedStep {
     /// The step's key in the file.
     pub step: String,
     pub stage: String,
+    /// Agent labels the step needs: the pipeline's `runs_on` and the step's own, sorted,
+    /// each once.
+    pub runs_on: Vec<String>,
     /// Parallel group: 0 for steps that need nothing, else one more than the highest group
     /// among its needs.
     pub group: usize,
@@ -116,6 +119,23 @@ pub struct PlannedStep {
     pub cache: Vec<crate::pipeline::Cache>,
     pub artifacts: Option<crate::pipeline::Artifacts>,
     pub matrix: IndexMap<String, String>,
+}
+
+impl Plan {
+    /// The agent labels the run needs: every label a planned step asks for (skipped steps
+    /// do not count), sorted, each once. A run executes on one machine, so it goes to an
+    /// agent that has all of them. Empty when no step runs.
+    pub fn labels(&self) -> Vec<String> {
+        sorted_union(self.steps.iter().map(|s| &s.runs_on))
+    }
+}
+
+/// The labels of every list, sorted, each once.
+fn sorted_union<'a>(lists: impl IntoIterator<Item = &'a Vec<String>>) -> Vec<String> {
+    let mut out: Vec<String> = lists.into_iter().flatten().cloned().collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
@@ -416,6 +436,7 @@ fn resolve(
         name: name.to_string(),
         step: base.to_string(),
         stage: stage.to_string(),
+        runs_on: sorted_union([&p.runs_on, &step.runs_on]),
         group,
         image,
         commands: step.commands.clone(),

@@ -28,6 +28,12 @@ pub fn text(plan: &Plan) -> String {
     let commit =
         if c.commit.is_empty() { String::new() } else { format!(" at {}", &c.commit[..c.commit.len().min(8)]) };
     let _ = writeln!(out, "Plan for {ev} on {what}{commit}");
+    let labels = plan.labels();
+    if !labels.is_empty() {
+        let _ = writeln!(out, "Runs on an agent with labels: {}", labels.join(", "));
+    }
+    // When steps ask for different labels, each step says which it asks for.
+    let mixed = plan.steps.iter().any(|s| s.runs_on != labels);
     if let Some(why) = &plan.not_triggered {
         let _ = writeln!(out, "\nThe pipeline does not run: {why}");
     }
@@ -48,6 +54,9 @@ pub fn text(plan: &Plan) -> String {
             }
             if s.status.on_failure {
                 extra.push(if s.status.on_success { "always".into() } else { "on failure".to_string() });
+            }
+            if mixed && !s.runs_on.is_empty() {
+                extra.push(format!("labels {}", s.runs_on.join(" ")));
             }
             let needs = if s.needs.is_empty() { "-".to_string() } else { s.needs.join(", ") };
             let extra = if extra.is_empty() { String::new() } else { format!("  ({})", extra.join(", ")) };
@@ -78,6 +87,7 @@ pub fn json(plan: &Plan) -> String {
         "version": JSON_VERSION,
         "context": plan.context,
         "stages": plan.stages,
+        "labels": plan.labels(),
         "triggered": plan.not_triggered.is_none(),
         "not_triggered_reason": plan.not_triggered,
         "steps": plan.steps,

@@ -37,6 +37,8 @@ const ALIASES: &[(&str, &str)] = &[
     ("branches", "branch"),
     ("events", "event"),
     ("ref", "branch"),
+    ("tags", "runs_on"),
+    ("labels", "runs_on"),
 ];
 
 /// Loads a pipeline from its parsed document. `Err` holds every problem found.
@@ -205,6 +207,39 @@ impl Loader {
         }
     }
 
+    /// Agent labels (`runs_on`): a list of strings (a single string is a list of one), each
+    /// a [`Names::Label`]. Every item is looked at, and every problem reported; the valid
+    /// labels are kept.
+    fn labels(&mut self, node: &Node, path: &[Seg]) -> Vec<String> {
+        let items: Vec<(&Node, Vec<Seg>)> = match node {
+            Node::Str(_) => vec![(node, path.to_vec())],
+            Node::Seq(items) => items.iter().enumerate().map(|(i, it)| (it, index(path, i))).collect(),
+            _ => {
+                self.wrong_type(path, node, "a list of strings");
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for (item, p) in items {
+            let Some(label) = self.string(item, &p) else { continue };
+            if Names::Label.check(&label) {
+                out.push(label);
+                continue;
+            }
+            let msg = if label.is_empty() {
+                "an agent label is empty".into()
+            } else {
+                format!("agent label `{label}` is not valid")
+            };
+            self.err_help(
+                &p,
+                msg,
+                "a label is made of letters, digits, `.`, `_` and `-`, e.g. `runs_on: [linux, big]`",
+            );
+        }
+        out
+    }
+
     fn duration(&mut self, node: &Node, path: &[Seg]) -> Option<std::time::Duration> {
         let text = match node {
             Node::Str(s) => s.clone(),
@@ -336,6 +371,7 @@ impl Loader {
             stages: DEFAULT_STAGES.iter().map(|s| s.to_string()).collect(),
             defaults: Defaults::default(),
             services: IndexMap::new(),
+            runs_on: Vec::new(),
             steps: IndexMap::new(),
         };
         let mut saw_steps = false;
@@ -367,6 +403,7 @@ impl Loader {
                 }
                 "defaults" => p.defaults = self.defaults(v, &path),
                 "services" => p.services = self.services(v, &path),
+                "runs_on" => p.runs_on = self.labels(v, &path),
                 "steps" => {
                     saw_steps = true;
                     p.steps = self.steps(v, &path);
@@ -661,6 +698,7 @@ impl Loader {
         let mut s = Step {
             stage: DEFAULT_STAGE.to_string(),
             image: None,
+            runs_on: Vec::new(),
             commands: Vec::new(),
             env: IndexMap::new(),
             workdir: None,
@@ -684,6 +722,7 @@ impl Loader {
                     }
                 }
                 "image" => s.image = self.string(v, &p),
+                "runs_on" => s.runs_on = self.labels(v, &p),
                 "commands" => s.commands = self.commands(v, &p),
                 "env" => s.env = self.env(v, &p),
                 "workdir" => s.workdir = self.string(v, &p),
