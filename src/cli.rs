@@ -34,6 +34,18 @@ pub enum Command {
     Ci(CiArgs),
     /// Run the server: GitHub webhooks in, runs in Docker, statuses or check runs out.
     Serve(crate::server::config::ServeArgs),
+    /// Execute a server's runs on this machine's Docker: connect to the server, take the
+    /// jobs this machine's labels fit, send their logs and results back.
+    Agent(crate::agent::AgentArgs),
+    /// Create, list or revoke the tokens agents present (run where the server's data is).
+    AgentToken {
+        #[command(subcommand)]
+        command: crate::agent::TokenCommand,
+        /// The server's data directory [default: /var/lib/orch as root, else
+        /// ~/.local/share/orch].
+        #[arg(long, env = "ORCH_DATA_DIR", global = true)]
+        data_dir: Option<PathBuf>,
+    },
     /// List or clear the step caches kept on this machine.
     Cache {
         #[command(subcommand)]
@@ -180,6 +192,8 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Ci(args) => crate::ci::ci_command(args).await,
         Command::Gc { all } => crate::ci::gc_command(all).await,
         Command::Serve(args) => serve(args).await,
+        Command::Agent(args) => crate::agent::run(args).await,
+        Command::AgentToken { command, data_dir } => crate::agent::token(command, data_dir).await,
         Command::Cache { command, cache_dir } => crate::ci::cache_command(command, cache_dir),
         Command::Runs { repo, branch, status, limit, json, server } => {
             crate::client::runs(&server, repo, branch, status, limit, json).await

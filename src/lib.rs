@@ -7,10 +7,11 @@
 //! of a server, `orch doctor`, `orch init`. The language, the engine and the server are
 //! crates of their own (`crates/`), re-exported here under their old paths.
 
-pub use orch_engine::{cache, clock, confined, exec, fmt, git, report, sched, secrets, setup};
+pub use orch_engine::{cache, clock, confined, exec, fmt, git, job, report, sched, secrets, setup, tree};
 pub use orch_lang::{pipeline, plan};
 pub use orch_server::{checkout, github, server};
 
+pub mod agent;
 pub mod ci;
 pub mod cli;
 pub mod client;

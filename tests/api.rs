@@ -240,7 +240,8 @@ fn reads_filters_pages_errors_auth_metrics_and_the_cli() {
     assert!(paths.len() >= 9);
     for (path, ops) in paths {
         let orch::pipeline::yaml::Node::Map(ops) = ops else { panic!("{path}") };
-        let concrete = path.replace("{id}", "999").replace("{step}", "s").replace("{path}", "p");
+        let concrete =
+            path.replace("{id}", "999").replace("{step}", "s").replace("{path}", "p").replace("{attempt}", "1");
         for (method, _) in ops {
             let r = orch.request(&method.to_uppercase(), &concrete, &[], b"");
             assert!(r.status != 405 && !(r.status == 404 && r.body.is_empty()), "{method} {path}: {}", r.status);

@@ -94,13 +94,20 @@ fn sql_lives_in_the_database_module() {
 
 #[test]
 fn runs_are_set_up_in_one_place() {
-    // `orch ci` and the server's worker build runs with setup::prepare; no face plans and
-    // executes on its own.
+    // `orch ci` builds its runs with setup::prepare, the server's worker and `orch agent`
+    // theirs with job::prepare (which calls it); no face plans and executes on its own.
     let faces: Vec<PathBuf> = files("src").into_iter().chain(files("crates/server/src")).collect();
     let bad = offenders(&faces, &["RunOptions {"]);
     let executes: Vec<String> = offenders(&faces, &["sched::execute("]);
     assert!(bad.is_empty(), "a face builds a run by hand:\n{}", bad.join("\n"));
-    assert_eq!(executes.len(), 2, "sched::execute is called by orch ci and the worker only:\n{}", executes.join("\n"));
+    assert_eq!(
+        executes.len(),
+        3,
+        "sched::execute is called by orch ci, the worker and the agent only:\n{}",
+        executes.join("\n")
+    );
+    let jobs = offenders(&faces, &["job::prepare("]);
+    assert_eq!(jobs.len(), 2, "the worker and the agent set their jobs up with job::prepare:\n{}", jobs.join("\n"));
 }
 
 #[test]

@@ -20,6 +20,8 @@ pub enum Secrets {
     FileThenEnvironment(Option<PathBuf>),
     /// A dotenv file only (the server's `secrets_file`).
     File(Option<PathBuf>),
+    /// These values (what the server read for a job it gives an agent).
+    Values(HashMap<String, String>),
     /// None at all, on purpose (a pull request from a fork): the steps that name one
     /// error, the others run.
     Withheld,
@@ -137,16 +139,18 @@ fn collect_secrets(plan: &Plan, source: &Secrets) -> Result<HashMap<String, Stri
     let (file, environment, withheld) = match source {
         Secrets::FileThenEnvironment(f) => (f.as_ref(), true, false),
         Secrets::File(f) => (f.as_ref(), false, false),
+        Secrets::Values(_) => (None, false, false),
         Secrets::Withheld => (None, false, true),
     };
-    let from_file = match file {
-        Some(f) => {
+    let from_file = match (file, source) {
+        (_, Secrets::Values(v)) => v.clone(),
+        (Some(f), _) => {
             let text = std::fs::read_to_string(f)
                 .map_err(|source| SetupError::Io { what: format!("cannot read {}", f.display()), source })?;
             crate::secrets::parse_dotenv(&text)
                 .map_err(|message| SetupError::SecretsFile { path: f.display().to_string(), message })?
         }
-        None => HashMap::new(),
+        (None, _) => HashMap::new(),
     };
     let mut secrets = HashMap::new();
     let mut missing = Vec::new();
@@ -171,6 +175,7 @@ fn collect_secrets(plan: &Plan, source: &Secrets) -> Result<HashMap<String, Stri
     let hint = match (environment, file.is_some()) {
         (true, _) => format!("set {it} in the environment or pass --secret-file"),
         (false, true) => format!("add {it} to the server's secrets file"),
+        (false, false) if matches!(source, Secrets::Values(_)) => format!("the server's secrets file lacks {it}"),
         (false, false) => "the server has no secrets file (secrets_file)".to_string(),
     };
     Err(SetupError::MissingSecrets { missing, hint })

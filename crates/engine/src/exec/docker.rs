@@ -26,7 +26,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::confined::{Kind, Root};
+use crate::confined::Root;
 use crate::plan::WORKSPACE;
 
 pub struct DockerBackend {
@@ -372,14 +372,8 @@ impl DockerBackend {
         let root = root.to_path_buf();
         let files = files.to_vec();
         let writer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let mut b = tar::Builder::new(ChannelWriter { tx, buf: Vec::with_capacity(CHUNK) });
-            // Every file is read beneath the tree: a path through a link cannot make orch
-            // copy a host file into the workspace (links themselves are copied as links).
-            let tree = Root::open(&root)?;
-            for f in &files {
-                append_confined(&mut b, &tree, f)?;
-            }
-            let mut w = b.into_inner()?;
+            // Every file is read beneath the tree (see `tree::write`).
+            let mut w = crate::tree::write(ChannelWriter { tx, buf: Vec::with_capacity(CHUNK) }, &root, &files)?;
             w.flush()
         });
         let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
@@ -507,37 +501,6 @@ fn docker_socket_path() -> String {
         .ok()
         .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
         .unwrap_or_else(|| "/var/run/docker.sock".to_string())
-}
-
-/// Appends the file, link or directory `rel` of `tree` to `b` (devices, FIFOs and sockets
-/// are left out, as git cannot hold them anyway).
-fn append_confined<W: Write>(b: &mut tar::Builder<W>, tree: &Root, rel: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let Some((kind, _)) = tree.kind(rel)? else { return Ok(()) };
-    let mut h = tar::Header::new_gnu();
-    h.set_mtime(0);
-    match kind {
-        Kind::File => {
-            let f = tree.open_file(rel)?;
-            let md = f.metadata()?;
-            h.set_metadata_in_mode(&md, tar::HeaderMode::Complete);
-            h.set_mtime(u64::try_from(md.mtime()).unwrap_or(0));
-            b.append_data(&mut h, rel, f)
-        }
-        Kind::Symlink => {
-            h.set_entry_type(tar::EntryType::Symlink);
-            h.set_mode(0o777);
-            h.set_size(0);
-            b.append_link(&mut h, rel, tree.read_link(rel)?)
-        }
-        Kind::Dir => {
-            h.set_entry_type(tar::EntryType::Directory);
-            h.set_mode(0o755);
-            h.set_size(0);
-            b.append_data(&mut h, rel, std::io::empty())
-        }
-        Kind::Other => Ok(()),
-    }
 }
 
 /// A `Write` that hands fixed-size chunks to an async channel (bounded: the tar writer

@@ -81,7 +81,7 @@ pub const DEFAULT_MEMORY: u64 = 4 << 30;
 pub const DEFAULT_PIDS: i64 = 4096;
 
 /// What a step container is allowed. `Default` is the safe set.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Isolation {
     /// `no-new-privileges`: a setuid program does not gain privileges.
     pub no_new_privileges: bool,

@@ -42,9 +42,24 @@ pub struct ServeArgs {
     /// The URL people reach this server at; statuses link to its run pages.
     #[arg(long, env = "ORCH_PUBLIC_URL")]
     pub public_url: Option<String>,
-    /// Runs at once [default: 2].
+    /// Runs at once on this machine [default: 2].
     #[arg(long, env = "ORCH_CONCURRENCY")]
     pub concurrency: Option<usize>,
+    /// Runs this server executes itself at once; 0: only agents (`orch agent`) execute runs
+    /// [default: the concurrency].
+    #[arg(long, env = "ORCH_LOCAL_CAPACITY")]
+    pub local_capacity: Option<usize>,
+    /// The labels of this server as an executor (pipelines ask for them with `runs_on`).
+    #[arg(long = "labels", env = "ORCH_LABELS", value_delimiter = ',')]
+    pub labels: Vec<String>,
+    /// Seconds an agent's job stays its own without a word from it: past that it is queued
+    /// again for another executor [default: 30].
+    #[arg(long, env = "ORCH_AGENT_LEASE", value_name = "SECS")]
+    pub agent_lease: Option<u64>,
+    /// Times a run is queued again because its agent was lost; after that it is an error
+    /// [default: 2].
+    #[arg(long, env = "ORCH_AGENT_RETRIES")]
+    pub agent_retries: Option<u64>,
     /// Steps at once within a run [default: 8].
     #[arg(long, env = "ORCH_JOBS")]
     pub jobs: Option<usize>,
@@ -121,6 +136,14 @@ pub struct Config {
     pub github_app: Option<(u64, Vec<u8>)>,
     pub public_url: String,
     pub concurrency: usize,
+    /// Runs this server executes itself at once (0: only agents do).
+    pub local_capacity: usize,
+    /// This server's labels as an executor.
+    pub labels: Vec<String>,
+    /// How long an agent's job stays its own without a word from it.
+    pub agent_lease: Duration,
+    /// Times a run is queued again after its agent was lost.
+    pub agent_retries: u64,
     pub jobs: usize,
     pub allow_repos: Vec<String>,
     pub clone_depth: i32,
@@ -169,7 +192,8 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-fn default_data_dir() -> PathBuf {
+/// `/var/lib/orch` as root, else `~/.local/share/orch`.
+pub fn default_data_dir() -> PathBuf {
     let root = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false);
     if root {
         return PathBuf::from("/var/lib/orch");
@@ -227,6 +251,10 @@ const KEYS: &[&str] = &[
     "github-app-key",
     "public-url",
     "concurrency",
+    "local-capacity",
+    "labels",
+    "agent-lease",
+    "agent-retries",
     "jobs",
     "allow-repos",
     "clone-depth",
@@ -353,6 +381,19 @@ impl ServeArgs {
             github_app,
             public_url: self.public_url.clone().or_else(|| one("public-url")).unwrap_or(listen_url),
             concurrency,
+            local_capacity: match self.local_capacity {
+                Some(n) => n,
+                None => parse_num("local-capacity", one("local-capacity"))?.map_or(concurrency, |n| n.max(0) as usize),
+            },
+            labels: crate::job::parse_labels(&list(&self.labels, "labels")),
+            agent_lease: Duration::from_secs(match self.agent_lease {
+                Some(n) => n,
+                None => parse_num("agent-lease", one("agent-lease"))?.map_or(30, |n| n.max(1) as u64),
+            }),
+            agent_retries: match self.agent_retries {
+                Some(n) => n,
+                None => parse_num("agent-retries", one("agent-retries"))?.map_or(2, |n| n.max(0) as u64),
+            },
             jobs: match self.jobs {
                 Some(n) => n,
                 None => parse_num("jobs", one("jobs"))?.map_or(8, |n| n as usize),

@@ -80,6 +80,17 @@ CREATE TABLE IF NOT EXISTS steps (
     message TEXT,
     PRIMARY KEY (run_id, name)
 );
+CREATE TABLE IF NOT EXISTS agents (
+    name TEXT PRIMARY KEY,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER,
+    labels TEXT,
+    capacity INTEGER,
+    running INTEGER NOT NULL DEFAULT 0,
+    last_seen INTEGER,
+    version TEXT
+);
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     body TEXT NOT NULL,
@@ -133,6 +144,14 @@ pub struct Run {
     pub rerun_of: Option<i64>,
     /// A re-run of the failed steps only: the passed steps of `rerun_of` are kept.
     pub failed_only: bool,
+    /// The agent that executes (or executed) it; `None`: the server itself.
+    pub agent: Option<String>,
+    /// The labels an executor needs (known once the run is planned).
+    pub labels: Option<Vec<String>>,
+    /// Times it was queued again because its agent was lost.
+    pub lost: i64,
+    /// When an executor took it.
+    pub dispatched_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -145,6 +164,20 @@ pub struct StepRow {
     pub started: Option<f64>,
     pub duration: Option<f64>,
     pub message: Option<String>,
+}
+
+/// An agent, as `GET /api/agents` and the dashboard show it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentRow {
+    pub name: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+    pub labels: Vec<String>,
+    pub capacity: Option<i64>,
+    /// Runs it executes now.
+    pub running: i64,
+    pub last_seen: Option<i64>,
+    pub version: Option<String>,
 }
 
 /// What `GET /api/runs` filters by.
@@ -223,6 +256,17 @@ impl Db {
             ("runs", "event_time", "INTEGER"),
             ("deliveries", "digest", "TEXT"),
             ("runs", "report_error", "TEXT"),
+            // Set once the server has fetched and planned the run: what an executor gets.
+            ("runs", "job", "TEXT"),
+            ("runs", "labels", "TEXT"),
+            // The agent executing it (NULL: the server itself), its lease (Unix ms).
+            ("runs", "agent", "TEXT"),
+            ("runs", "lease_until", "INTEGER"),
+            // Times it was queued again because its agent was lost.
+            ("runs", "lost", "INTEGER NOT NULL DEFAULT 0"),
+            ("runs", "dispatched_at", "INTEGER"),
+            // Being fetched and planned by this server now.
+            ("runs", "planning", "INTEGER NOT NULL DEFAULT 0"),
         ] {
             let has: bool = w
                 .prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"))?
@@ -322,7 +366,7 @@ impl Db {
         run: Option<NewRun>,
         supersede: bool,
         owe: Option<Box<dyn FnOnce(i64) -> String + Send>>,
-        owe_cancelled: Option<OweCancelled>,
+        owe_ended: Option<OweEnded>,
     ) -> Result<Stored, DbError> {
         self.write(move |t| {
             let Delivery { id, event, action, headers, body, outcome } = d;
@@ -354,7 +398,7 @@ impl Db {
             {
                 insert_owed(t, owe(run_id))?;
             }
-            owe_for(t, owe_cancelled, &cancelled)?;
+            owe_for(t, owe_ended, &cancelled)?;
             Ok(Stored::New { run: Some(run_id), cancel, cancelled })
         })
         .await
@@ -374,19 +418,247 @@ impl Db {
         .await
     }
 
-    /// Takes the oldest queued run and marks it running.
+    /// Takes the oldest queued run not planned yet, to fetch and plan it. It stays queued
+    /// (a cancel takes it at once) while it is planned.
     pub async fn claim(&self) -> Result<Option<Run>, DbError> {
         self.write(|t| {
             let id: Option<i64> = t
-                .query_row("SELECT id FROM runs WHERE status = 'queued' ORDER BY id LIMIT 1", [], |r| r.get(0))
+                .query_row(
+                    "SELECT id FROM runs WHERE status = 'queued' AND job IS NULL AND planning = 0 ORDER BY id LIMIT 1",
+                    [],
+                    |r| r.get(0),
+                )
                 .optional()?;
             let Some(id) = id else { return Ok(None) };
             t.execute(
-                "UPDATE runs SET status = 'running', started_at = ?2, attempts = attempts + 1 WHERE id = ?1",
+                "UPDATE runs SET planning = 1, started_at = COALESCE(started_at, ?2) WHERE id = ?1",
                 params![id, now()],
             )?;
-            t.execute("DELETE FROM steps WHERE run_id = ?1", params![id])?;
             get_run(t, id)
+        })
+        .await
+    }
+
+    /// A planned run waits for an executor with `labels`, with what an executor gets
+    /// (`job`, JSON). False when it is not queued any more (cancelled meanwhile).
+    pub async fn plan_ready(&self, id: i64, job: String, labels: Vec<String>, reason: String) -> Result<bool, DbError> {
+        let labels = serde_json::to_string(&labels).unwrap_or_else(|_| "[]".into());
+        self.write(move |t| {
+            let n = t.execute(
+                "UPDATE runs SET job = ?2, labels = ?3, reason = ?4, planning = 0 WHERE id = ?1 AND status = 'queued'",
+                params![id, job, labels, reason],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    /// Forgets a queued run's plan (its checkout is gone): it is fetched and planned again.
+    pub async fn unplan(&self, id: i64) -> Result<(), DbError> {
+        self.write(move |t| {
+            t.execute("UPDATE runs SET job = NULL, labels = NULL WHERE id = ?1 AND status = 'queued'", params![id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Takes the oldest planned run whose labels `have` holds, for `agent` (`None`: the
+    /// server itself) with a lease until `lease_until` (Unix ms): it is running, in its next
+    /// attempt. Returns it and its job (JSON).
+    pub async fn dispatch(
+        &self,
+        agent: Option<String>,
+        have: Vec<String>,
+        lease_until: Option<i64>,
+    ) -> Result<Option<(Run, String)>, DbError> {
+        self.write(move |t| {
+            let mut st = t.prepare(
+                "SELECT id, labels, job FROM runs WHERE status = 'queued' AND job IS NOT NULL ORDER BY id LIMIT 1000",
+            )?;
+            let rows = st
+                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, String>(2)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            let found = rows.into_iter().find(|(_, labels, _)| {
+                let need: Vec<String> =
+                    labels.as_deref().and_then(|l| serde_json::from_str(l).ok()).unwrap_or_default();
+                crate::job::fits(&need, &have)
+            });
+            let Some((id, _, job)) = found else { return Ok(None) };
+            t.execute(
+                "UPDATE runs SET status = 'running', attempts = attempts + 1, agent = ?2, lease_until = ?3,
+                    dispatched_at = ?4, started_at = ?4, reason = NULL WHERE id = ?1",
+                params![id, agent, lease_until, now()],
+            )?;
+            t.execute("DELETE FROM steps WHERE run_id = ?1", params![id])?;
+            Ok(get_run(t, id)?.map(|r| (r, job)))
+        })
+        .await
+    }
+
+    /// Extends the lease of attempt `attempt` of run `id` held by `agent` to `until` (Unix
+    /// ms). False when that attempt is not the run's running one any more (the lease was
+    /// lost and the run queued again, or it ended): its agent must stop.
+    pub async fn extend_lease(&self, id: i64, attempt: i64, agent: String, until: i64) -> Result<bool, DbError> {
+        self.write(move |t| {
+            let n = t.execute(
+                "UPDATE runs SET lease_until = MAX(COALESCE(lease_until, 0), ?4)
+                 WHERE id = ?1 AND attempts = ?2 AND agent = ?3 AND status = 'running'",
+                params![id, attempt, agent, until],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    /// Gives a running attempt back to the queue, to be planned again (its checkout is
+    /// gone): only while it is still `agent`'s (`None`: the server's own).
+    pub async fn release(&self, id: i64, attempt: i64, agent: Option<String>, reason: String) -> Result<bool, DbError> {
+        self.write(move |t| {
+            let n = t.execute(
+                "UPDATE runs SET status = 'queued', job = NULL, labels = NULL, agent = NULL, lease_until = NULL,
+                    reason = ?4 WHERE id = ?1 AND attempts = ?2 AND agent IS ?3 AND status = 'running'",
+                params![id, attempt, agent, reason],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    /// Whether attempt `attempt` of run `id` is `agent`'s running one.
+    pub async fn holds(&self, id: i64, attempt: i64, agent: String) -> Result<bool, DbError> {
+        self.read(move |c| {
+            c.prepare("SELECT 1 FROM runs WHERE id = ?1 AND attempts = ?2 AND agent = ?3 AND status = 'running'")?
+                .exists(params![id, attempt, agent])
+        })
+        .await
+    }
+
+    /// Runs whose agent's lease ran out before `now_ms`: queued again (planned, for
+    /// another executor) while lost fewer than `max_lost` times, else ended as errors
+    /// (with what that owes GitHub, in the same commit). Returns (the queued again, the
+    /// ended).
+    pub async fn reap_lost(
+        &self,
+        now_ms: i64,
+        max_lost: i64,
+        owe_ended: Option<OweEnded>,
+    ) -> Result<(Vec<Run>, Vec<Run>), DbError> {
+        self.write(move |t| {
+            let expired = {
+                let mut st = t.prepare(
+                    "SELECT id, agent, lost FROM runs WHERE status = 'running' AND agent IS NOT NULL AND lease_until < ?1",
+                )?;
+                st.query_map(params![now_ms], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()?
+            };
+            let (mut again, mut ended) = (Vec::new(), Vec::new());
+            for (id, agent, lost) in expired {
+                if lost < max_lost {
+                    t.execute(
+                        "UPDATE runs SET status = 'queued', agent = NULL, lease_until = NULL, lost = lost + 1,
+                            reason = ?2 WHERE id = ?1",
+                        params![id, format!("queued again: agent `{agent}` was lost")],
+                    )?;
+                    again.extend(get_run(t, id)?);
+                } else {
+                    let times = if lost + 1 == 1 { "once".to_string() } else { format!("{} times", lost + 1) };
+                    t.execute(
+                        "UPDATE runs SET status = 'error', lease_until = NULL, lost = lost + 1, reason = ?2,
+                            finished_at = ?3 WHERE id = ?1",
+                        params![id, format!("its agent was lost {times} (last: `{agent}`)"), now()],
+                    )?;
+                    ended.extend(get_run(t, id)?);
+                }
+            }
+            owe_for(t, owe_ended, &ended)?;
+            Ok((again, ended))
+        })
+        .await
+    }
+
+    /// The agent whose (unrevoked) token hashes to `token_hash`.
+    pub async fn agent_by_token(&self, token_hash: String) -> Result<Option<String>, DbError> {
+        self.read(move |c| {
+            c.query_row(
+                "SELECT name FROM agents WHERE token_hash = ?1 AND revoked_at IS NULL",
+                params![token_hash],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+        .await
+    }
+
+    /// Registers an agent's token (its hash). False when the name is taken.
+    pub async fn create_agent(&self, name: String, token_hash: String) -> Result<bool, DbError> {
+        self.write(move |t| {
+            let n = t.execute(
+                "INSERT OR IGNORE INTO agents (name, token_hash, created_at) VALUES (?1, ?2, ?3)",
+                params![name, token_hash, now()],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    /// Revokes an agent's token. False when there is no such agent (or it was revoked).
+    pub async fn revoke_agent(&self, name: String) -> Result<bool, DbError> {
+        self.write(move |t| {
+            let n = t.execute(
+                "UPDATE agents SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
+                params![name, now()],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    /// What an agent said of itself when it last asked for work.
+    pub async fn agent_seen(
+        &self,
+        name: String,
+        labels: Vec<String>,
+        capacity: i64,
+        running: i64,
+        version: String,
+    ) -> Result<(), DbError> {
+        let labels = serde_json::to_string(&labels).unwrap_or_else(|_| "[]".into());
+        self.write(move |t| {
+            t.execute(
+                "UPDATE agents SET labels = ?2, capacity = ?3, running = ?4, last_seen = ?5, version = ?6 WHERE name = ?1",
+                params![name, labels, capacity, running, now(), version],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every agent, by name.
+    pub async fn agents(&self) -> Result<Vec<AgentRow>, DbError> {
+        self.read(|c| {
+            let mut st = c.prepare(
+                "SELECT a.name, a.created_at, a.revoked_at, a.labels, a.capacity, a.last_seen, a.version,
+                    (SELECT COUNT(*) FROM runs r WHERE r.agent = a.name AND r.status = 'running')
+                 FROM agents a ORDER BY a.name",
+            )?;
+            st.query_map([], |r| {
+                Ok(AgentRow {
+                    name: r.get(0)?,
+                    created_at: r.get(1)?,
+                    revoked_at: r.get(2)?,
+                    labels: r
+                        .get::<_, Option<String>>(3)?
+                        .and_then(|l| serde_json::from_str(&l).ok())
+                        .unwrap_or_default(),
+                    capacity: r.get(4)?,
+                    last_seen: r.get(5)?,
+                    version: r.get(6)?,
+                    running: r.get(7)?,
+                })
+            })?
+            .collect()
         })
         .await
     }
@@ -401,11 +673,13 @@ impl Db {
         owed: Option<String>,
     ) -> Result<(), DbError> {
         self.write(move |t| {
-            t.execute(
-                "UPDATE runs SET status = ?2, reason = ?3, finished_at = ?4 WHERE id = ?1",
+            // A run that ended already (cancelled while it was planned) keeps its end.
+            let n = t.execute(
+                "UPDATE runs SET status = ?2, reason = ?3, finished_at = ?4, planning = 0
+                 WHERE id = ?1 AND status IN ('queued', 'running')",
                 params![id, status, reason, now()],
             )?;
-            if let Some(body) = owed {
+            if let (1, Some(body)) = (n, owed) {
                 insert_owed(t, body)?;
             }
             Ok(())
@@ -416,7 +690,12 @@ impl Db {
     /// Queues a run again (the server stopped while it ran).
     pub async fn requeue(&self, id: i64, reason: String) -> Result<(), DbError> {
         self.write(move |t| {
-            t.execute("UPDATE runs SET status = 'queued', reason = ?2 WHERE id = ?1", params![id, reason])?;
+            // Planned again at the next start (its checkout may be gone by then).
+            t.execute(
+                "UPDATE runs SET status = 'queued', reason = ?2, job = NULL, labels = NULL, agent = NULL,
+                    lease_until = NULL WHERE id = ?1",
+                params![id, reason],
+            )?;
             Ok(())
         })
         .await
@@ -424,12 +703,12 @@ impl Db {
 
     /// Marks runs of a pull request (or any key) cancelled when queued; returns the running
     /// ones for the caller to stop, and the queued ones it cancelled for the caller to report.
-    /// `owe_cancelled` gives what the cancelled ones owe GitHub, stored in the same commit.
+    /// `owe_ended` gives what the cancelled ones owe GitHub, stored in the same commit.
     pub async fn cancel_key(
         &self,
         key: String,
         reason: String,
-        owe_cancelled: Option<OweCancelled>,
+        owe_ended: Option<OweEnded>,
     ) -> Result<(Vec<i64>, Vec<Run>), DbError> {
         self.write(move |t| {
             let running = ids(t, "SELECT id FROM runs WHERE concurrency_key = ?1 AND status = 'running'", [&key])?;
@@ -440,7 +719,7 @@ impl Db {
                 params![key, reason, now()],
             )?;
             let cancelled = runs_by_id(t, &queued)?;
-            owe_for(t, owe_cancelled, &cancelled)?;
+            owe_for(t, owe_ended, &cancelled)?;
             Ok((running, cancelled))
         })
         .await
@@ -449,9 +728,13 @@ impl Db {
     /// After a crash: runs that were running are queued again. Returns them.
     pub async fn requeue_interrupted(&self) -> Result<Vec<i64>, DbError> {
         self.write(|t| {
+            t.execute("UPDATE runs SET planning = 0 WHERE planning = 1", [])?;
             let interrupted = ids(t, "SELECT id FROM runs WHERE status = 'running'", [])?;
+            // An agent's run too: its events went to this server's recorder, which is gone;
+            // the next attempt's number fences the agent off (its next report is refused).
             t.execute(
-                "UPDATE runs SET status = 'queued', reason = 'queued again: the server stopped while it ran'
+                "UPDATE runs SET status = 'queued', agent = NULL, lease_until = NULL, job = NULL, labels = NULL,
+                    reason = 'queued again: the server stopped while it ran'
                  WHERE status = 'running'",
                 [],
             )?;
@@ -597,7 +880,7 @@ impl Db {
         &self,
         id: i64,
         reason: String,
-        owe_cancelled: Option<OweCancelled>,
+        owe_ended: Option<OweEnded>,
     ) -> Result<Option<Run>, DbError> {
         self.write(move |t| {
             let n = t.execute(
@@ -608,7 +891,7 @@ impl Db {
                 return Ok(None);
             }
             let cancelled = runs_by_id(t, &[id])?;
-            owe_for(t, owe_cancelled, &cancelled)?;
+            owe_for(t, owe_ended, &cancelled)?;
             Ok(cancelled.into_iter().next())
         })
         .await
@@ -623,10 +906,16 @@ impl Db {
         .await
     }
 
-    /// Seconds each started run waited in the queue.
+    /// Seconds each run waited in the queue.
     pub async fn queue_waits(&self) -> Result<Vec<f64>, DbError> {
         self.read(|c| {
-            let mut st = c.prepare("SELECT started_at - created_at FROM runs WHERE started_at IS NOT NULL")?;
+            // Until an executor took it, or until it ended without one (planning found
+            // nothing to run, or a broken file); a run cancelled in the queue never waited
+            // to the end.
+            let mut st = c.prepare(
+                "SELECT COALESCE(dispatched_at, finished_at) - created_at FROM runs
+                 WHERE dispatched_at IS NOT NULL OR (finished_at IS NOT NULL AND status != 'cancelled')",
+            )?;
             st.query_map([], |r| Ok(r.get::<_, i64>(0)?.max(0) as f64))?.collect()
         })
         .await
@@ -686,6 +975,27 @@ impl Db {
         .await
     }
 
+    /// The runs queued or running.
+    pub async fn live_ids(&self) -> Result<std::collections::HashSet<i64>, DbError> {
+        self.read(|c| {
+            let mut st = c.prepare("SELECT id FROM runs WHERE status IN ('queued', 'running')")?;
+            st.query_map([], |r| r.get(0))?.collect()
+        })
+        .await
+    }
+
+    /// The labels of each planned run that waits for an executor.
+    pub async fn ready_labels(&self) -> Result<Vec<Vec<String>>, DbError> {
+        self.read(|c| {
+            let mut st = c.prepare("SELECT labels FROM runs WHERE status = 'queued' AND job IS NOT NULL")?;
+            st.query_map([], |r| {
+                Ok(r.get::<_, Option<String>>(0)?.and_then(|l| serde_json::from_str(&l).ok()).unwrap_or_default())
+            })?
+            .collect()
+        })
+        .await
+    }
+
     /// Whether the database answers a query.
     pub async fn ping(&self) -> Result<(), DbError> {
         self.read(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))).await.map(|_| ())
@@ -713,10 +1023,11 @@ fn record_check_runs(t: &Transaction, created: &[(i64, u64)]) -> rusqlite::Resul
     Ok(())
 }
 
-/// What a run cancelled before it started owes GitHub (an outbox body).
-pub type OweCancelled = fn(&Run) -> String;
+/// What a run that ended without an executor's verdict (cancelled before it started, its
+/// agent lost too often) owes GitHub (an outbox body).
+pub type OweEnded = fn(&Run) -> String;
 
-fn owe_for(t: &Transaction, owe: Option<OweCancelled>, runs: &[Run]) -> rusqlite::Result<()> {
+fn owe_for(t: &Transaction, owe: Option<OweEnded>, runs: &[Run]) -> rusqlite::Result<()> {
     if let Some(owe) = owe {
         for r in runs {
             insert_owed(t, owe(r))?;
@@ -810,7 +1121,7 @@ fn runs_by_id(c: &Connection, ids: &[i64]) -> rusqlite::Result<Vec<Run>> {
 
 const RUN_COLUMNS: &str = "id, delivery_id, repo, clone_url, event, branch, base_branch, tag, sha, pr, fork, changed,
     installation_id, author, title, status, reason, created_at, started_at, finished_at, attempts, check_run_id,
-    concurrency_key, default_branch, rerun_of, failed_only, event_time, report_error";
+    concurrency_key, default_branch, rerun_of, failed_only, event_time, report_error, agent, labels, lost, dispatched_at";
 
 fn row_to_run(r: &rusqlite::Row) -> rusqlite::Result<Run> {
     let changed: Option<String> = r.get(11)?;
@@ -845,6 +1156,10 @@ fn row_to_run(r: &rusqlite::Row) -> rusqlite::Result<Run> {
         rerun_of: r.get(24)?,
         failed_only: r.get(25)?,
         report_error: r.get(27)?,
+        agent: r.get(28)?,
+        labels: r.get::<_, Option<String>>(29)?.and_then(|l| serde_json::from_str(&l).ok()),
+        lost: r.get(30)?,
+        dispatched_at: r.get(31)?,
     })
 }
 

@@ -5,6 +5,7 @@
 //! answer) -> `worker` claims queued runs from the database, fetches the commit, plans and
 //! executes -> events become step rows, log files and GitHub updates (`github`).
 
+pub mod agents;
 pub mod api;
 pub mod config;
 pub mod dashboard;
@@ -72,6 +73,11 @@ pub struct AppState {
     pub limiter: limit::AuthLimiter,
     /// The live log feeds of the runs executing now.
     pub live: live::Live,
+    /// Counts up when a planned run waits for an executor: wakes this server's executor and
+    /// the agents waiting for work.
+    pub ready: tokio::sync::watch::Sender<u64>,
+    /// The runs agents execute now, by run id (see `agents`).
+    pub remote: agents::Remotes,
 }
 
 impl AppState {
@@ -144,6 +150,8 @@ pub async fn state(cfg: Config) -> Result<Arc<AppState>, ServeError> {
         shutting_down: AtomicBool::new(false),
         limiter: limit::AuthLimiter::default(),
         live: live::Live::default(),
+        ready: tokio::sync::watch::Sender::new(0),
+        remote: agents::Remotes::default(),
     }))
 }
 
@@ -153,6 +161,7 @@ pub fn router(st: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(dashboard::routes())
         .merge(api::routes())
+        .merge(agents::routes())
         .layer(axum::middleware::from_fn_with_state(st.clone(), limit::auth_limit))
         .with_state(st)
 }
@@ -315,7 +324,7 @@ async fn accept(
             run,
             st.cfg.cancel_superseded,
             queued_update,
-            st.report.owe_cancelled(),
+            st.report.owe_ended(),
         )
         .await;
     let stored = match stored {
@@ -357,7 +366,7 @@ async fn accept(
         }
         Action::CancelPullRequest { repo, pr } => {
             let key = format!("{repo}#pr:{pr}");
-            match st.db.cancel_key(key, format!("pull request #{pr} was closed"), st.report.owe_cancelled()).await {
+            match st.db.cancel_key(key, format!("pull request #{pr} was closed"), st.report.owe_ended()).await {
                 Ok((running, cancelled)) => {
                     for id in running {
                         st.cancel_run(id, &format!("pull request #{pr} was closed"));

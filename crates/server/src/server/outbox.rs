@@ -58,10 +58,11 @@ impl Outbox {
         Ok(())
     }
 
-    /// What a run cancelled before it started owes GitHub, for the database to store with
-    /// the cancel; `None` when nothing is sent.
-    pub fn owe_cancelled(&self) -> Option<super::db::OweCancelled> {
-        self.enabled.then_some(cancelled_body as super::db::OweCancelled)
+    /// What a run that ended without an executor's verdict (cancelled before it started,
+    /// its agent lost too often) owes GitHub, for the database to store with the change;
+    /// `None` when nothing is sent.
+    pub fn owe_ended(&self) -> Option<super::db::OweEnded> {
+        self.enabled.then_some(ended_body as super::db::OweEnded)
     }
 
     /// Whether updates are stored and sent (there are GitHub credentials).
@@ -100,13 +101,17 @@ pub fn body(u: &Update) -> String {
     serde_json::to_string(u).unwrap_or_default()
 }
 
-/// The final update of a run cancelled before it started: its commit would show "Queued"
-/// for ever otherwise.
-fn cancelled_body(run: &super::db::Run) -> String {
-    let reason = run.reason.clone().unwrap_or_else(|| "cancelled".into());
+/// The final update of a run that ended without an executor's verdict: its commit would
+/// show "Queued" (or "Running") for ever otherwise.
+fn ended_body(run: &super::db::Run) -> String {
+    let reason = run.reason.clone().unwrap_or_else(|| run.status.as_str().into());
+    let conclusion = match run.status {
+        super::db::RunState::Error => crate::github::Conclusion::Error,
+        _ => crate::github::Conclusion::Cancelled,
+    };
     body(&Update::Finished {
         run: super::worker::run_ref(run),
-        conclusion: crate::github::Conclusion::Cancelled,
+        conclusion,
         summary: reason.clone(),
         description: reason,
         annotations: Vec::new(),

@@ -16,9 +16,10 @@ use crate::checkout::{self, FetchSpec};
 use crate::exec::Workspace;
 use crate::exec::docker::DockerBackend;
 use crate::github::{Annotation, Conclusion, RunRef, Update, annotations_from_log};
+use crate::job::Job;
 use crate::pipeline::{self, Event};
 use crate::plan::{Context, Selection};
-use crate::sched::{self, CacheSettings, Cancel, RunEvent, RunStatus, StepStatus, StepSummary};
+use crate::sched::{self, Cancel, RunEvent, RunStatus, StepStatus, StepSummary};
 use crate::setup::{self, Secrets, Settings, Setup, SetupError};
 
 pub fn run_dir(cfg: &Config, id: i64) -> PathBuf {
@@ -40,12 +41,13 @@ pub fn docker_run_id(data_dir: &std::path::Path, run: i64, attempt: i64) -> Stri
     format!("s{}-{run}-{attempt}", instance_tag(data_dir))
 }
 
-/// Claims and executes runs until `stop`, at most `concurrency` at once.
+/// Plans queued runs (fetch, `.orch.yml`, secrets, labels) and, with a local capacity,
+/// executes planned ones here, until `stop`. Agents take planned runs through `agents`.
 pub async fn run(st: Arc<AppState>, stop: CancellationToken) {
     // The daemon, once it has answered: one client for every run. From then on, runs are
-    // not claimed while it does not answer (it is restarting): they wait queued rather than
-    // fail. A server that never reached Docker claims them, and they fail saying why.
-    let mut docker = DockerBackend::connect().await.ok().map(Arc::new);
+    // not taken while it does not answer (it is restarting): they wait queued rather than
+    // fail. A server that never reached Docker takes them, and they fail saying why.
+    let docker = if st.cfg.local_capacity > 0 { DockerBackend::connect().await.ok().map(Arc::new) } else { None };
     // Containers of runs a killed server left behind.
     if let Some(backend) = &docker {
         match backend.gc(true).await {
@@ -55,8 +57,68 @@ pub async fn run(st: Arc<AppState>, stop: CancellationToken) {
         }
     }
     let janitor = tokio::spawn(janitor(st.clone(), stop.clone()));
-    let slots = Arc::new(Semaphore::new(st.cfg.concurrency));
+    let reaper = tokio::spawn(super::agents::reaper(st.clone(), stop.clone()));
+    let local = (st.cfg.local_capacity > 0).then(|| tokio::spawn(execute_here(st.clone(), stop.clone(), docker)));
+    plan_queued(&st, &stop).await;
+    if let Some(l) = local {
+        let _ = l.await;
+    }
+    let _ = janitor.await;
+    let _ = reaper.await;
+}
+
+/// Runs planned at once.
+const PLANNERS: usize = 2;
+
+/// Takes queued runs that are not planned yet and plans them, while the planned runs that
+/// wait for an executor that exists are fewer than the executors' room (so checkouts are
+/// not made far ahead of the runs).
+async fn plan_queued(st: &Arc<AppState>, stop: &CancellationToken) {
+    let slots = Arc::new(Semaphore::new(PLANNERS));
     let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = stop.cancelled() => break,
+        };
+        let claimed = match super::agents::room_to_plan(st).await {
+            Ok(true) => st.db.claim().await,
+            Ok(false) => Ok(None),
+            Err(e) => Err(e),
+        };
+        match claimed {
+            Ok(Some(run)) => {
+                let st = st.clone();
+                tasks.spawn(async move {
+                    plan_run(st, run).await;
+                    drop(permit);
+                });
+            }
+            Ok(None) => {
+                drop(permit);
+                tokio::select! {
+                    _ = st.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = stop.cancelled() => break,
+                }
+            }
+            Err(e) => {
+                drop(permit);
+                tracing::error!("cannot claim a run: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// This server as an executor: takes planned runs its labels fit, at most
+/// `local_capacity` at once.
+async fn execute_here(st: Arc<AppState>, stop: CancellationToken, mut docker: Option<Arc<DockerBackend>>) {
+    let slots = Arc::new(Semaphore::new(st.cfg.local_capacity));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut ready = st.ready.subscribe();
     loop {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
@@ -86,33 +148,34 @@ pub async fn run(st: Arc<AppState>, stop: CancellationToken) {
             }
             Err(_) => {}
         }
-        match st.db.claim().await {
-            Ok(Some(run)) => {
+        // Seen before looking: a run planned meanwhile wakes the wait below.
+        ready.borrow_and_update();
+        match st.db.dispatch(None, st.cfg.labels.clone(), None).await {
+            Ok(Some((run, job))) => {
                 let st = st.clone();
                 let docker = docker.clone();
                 tasks.spawn(async move {
-                    execute(st, run, docker).await;
+                    execute(st, run, job, docker).await;
                     drop(permit);
                 });
             }
             Ok(None) => {
                 drop(permit);
                 tokio::select! {
-                    _ = st.wake.notified() => {}
+                    _ = ready.changed() => {}
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {}
                     _ = stop.cancelled() => break,
                 }
             }
             Err(e) => {
                 drop(permit);
-                tracing::error!("cannot claim a run: {e}");
+                tracing::error!("cannot take a run: {e}");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
         while tasks.try_join_next().is_some() {}
     }
     while tasks.join_next().await.is_some() {}
-    let _ = janitor.await;
 }
 
 /// Removes the Docker objects of this server's runs that are not running any more: those
@@ -136,6 +199,7 @@ async fn janitor(st: Arc<AppState>, stop: CancellationToken) {
             };
             st.running.lock().map_or(true, |m| m.contains_key(&id))
         };
+        remove_stale_checkouts(&st).await;
         let swept = match DockerBackend::connect().await {
             Ok(b) => b.sweep(keep).await,
             Err(e) => Err(e),
@@ -155,6 +219,24 @@ async fn janitor(st: Arc<AppState>, stop: CancellationToken) {
             Err(_) => wait = QUIET,
         }
     }
+}
+
+/// Removes the checkouts of runs that ended while they waited for an executor (cancelled,
+/// pruned): what runs and waits keeps its own.
+async fn remove_stale_checkouts(st: &AppState) {
+    let Ok(live) = st.db.live_ids().await else { return };
+    let Ok(dirs) = std::fs::read_dir(st.cfg.data_dir.join("work")) else { return };
+    for d in dirs.flatten() {
+        let id = d.file_name().to_str().and_then(|n| n.parse::<i64>().ok());
+        if id.is_some_and(|id| !live.contains(&id)) {
+            let _ = std::fs::remove_dir_all(d.path());
+        }
+    }
+}
+
+/// Where the server keeps a run's checkout from its planning to its end.
+pub fn work_dir(cfg: &Config, id: i64) -> PathBuf {
+    cfg.data_dir.join("work").join(id.to_string())
 }
 
 pub(crate) fn run_ref(run: &Run) -> RunRef {
@@ -181,7 +263,7 @@ fn repo_cache_scopes(repo: &str, ctx: &crate::plan::Context, default_branch: Opt
 }
 
 /// How a run ended, for the database and GitHub.
-struct Outcome {
+pub(crate) struct Outcome {
     status: RunState,
     conclusion: Conclusion,
     reason: String,
@@ -190,39 +272,169 @@ struct Outcome {
 }
 
 impl Outcome {
-    fn early(status: RunState, conclusion: Conclusion, reason: String) -> Outcome {
+    pub(crate) fn early(status: RunState, conclusion: Conclusion, reason: String) -> Outcome {
         Outcome { status, conclusion, summary: reason.clone(), reason, annotations: Vec::new() }
     }
 }
 
-/// Executes a claimed run, on `docker` (else a connection made for it).
-async fn execute(st: Arc<AppState>, run: Run, docker: Option<Arc<DockerBackend>>) {
+/// What the server stores of a planned run for its executor: the job, without the
+/// secrets' values (read again when it is handed out, never stored).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Planned {
+    job: Job,
+    /// The secrets the steps name (their values go with the job).
+    secrets: Vec<String>,
+    withheld: bool,
+}
+
+/// Plans a claimed run: fetches its commit into its checkout, loads and plans
+/// `.orch.yml`, checks its secrets; then it waits for an executor (or ends, when there is
+/// nothing to run or the file is broken).
+async fn plan_run(st: Arc<AppState>, run: Run) {
+    tracing::info!(run = run.id, repo = %run.spec.repo, sha = %run.spec.sha, "planning the run");
+    let dir = run_dir(&st.cfg, run.id);
+    let work = work_dir(&st.cfg, run.id);
+    let _ = std::fs::remove_dir_all(&work);
+    match plan(&st, &run, &dir, &work).await {
+        Ok(p) => {
+            let labels = p.job.labels.clone();
+            let waiting = if labels.is_empty() {
+                "waiting for an executor".to_string()
+            } else {
+                format!("waiting for an executor labelled {}", labels.join(", "))
+            };
+            let text = serde_json::to_string(&p).unwrap_or_default();
+            match st.db.plan_ready(run.id, text, labels, waiting).await {
+                Ok(true) => {
+                    st.ready.send_modify(|n| *n += 1);
+                }
+                Ok(false) => {
+                    // Cancelled while it was planned.
+                    let _ = std::fs::remove_dir_all(&work);
+                }
+                Err(e) => tracing::error!(run = run.id, "cannot store the run's plan: {e}"),
+            }
+        }
+        Err(outcome) => {
+            let _ = std::fs::remove_dir_all(&work);
+            finish(&st, &run, outcome).await;
+        }
+    }
+}
+
+/// Executes a run taken from the queue here, on `docker` (else a connection made for it).
+async fn execute(st: Arc<AppState>, run: Run, planned: String, docker: Option<Arc<DockerBackend>>) {
+    st.wake.notify_one();
     let cancel = Cancel::default();
     if let Ok(mut m) = st.running.lock() {
         m.insert(run.id, (cancel.clone(), "cancelled".into()));
     }
-    let rr = run_ref(&run);
-    st.report.owe(Update::Started(rr.clone())).await;
-    tracing::info!(run = run.id, repo = %run.spec.repo, sha = %run.spec.sha, "run started");
-    let dir = run_dir(&st.cfg, run.id);
-    let work = st.cfg.data_dir.join("work").join(run.id.to_string());
-    let _ = std::fs::remove_dir_all(&work);
-    let outcome = match prepare_and_run(&st, &run, &dir, &work, cancel.clone(), docker).await {
+    st.report.owe(Update::Started(run_ref(&run))).await;
+    tracing::info!(run = run.id, attempt = run.attempts, "run executes here");
+    let outcome = match execute_job(&st, &run, &planned, cancel, docker).await {
         Ok(o) | Err(o) => o,
     };
-    let _ = std::fs::remove_dir_all(&work);
+    finish(&st, &run, outcome).await;
+}
+
+async fn execute_job(
+    st: &Arc<AppState>,
+    run: &Run,
+    planned: &str,
+    cancel: Cancel,
+    docker: Option<Arc<DockerBackend>>,
+) -> Result<Outcome, Outcome> {
+    let job = job_for(st, run, planned).map_err(|e| Outcome::early(RunState::Error, Conclusion::Error, e))?;
+    let dir = run_dir(&st.cfg, run.id);
+    let work = work_dir(&st.cfg, run.id);
+    if !work.is_dir() {
+        // Planned again (fetched again) from the queue.
+        let why = "queued again: its checkout was gone".to_string();
+        let _ = st.db.release(run.id, run.attempts, None, why).await;
+        return Err(Outcome::early(RunState::Queued, Conclusion::Cancelled, String::new()));
+    }
+    fresh_logs(&dir).map_err(|e| Outcome::early(RunState::Error, Conclusion::Error, e))?;
+    let cache = Arc::new(crate::cache::CacheStore::new(st.cfg.data_dir.join("cache"), st.cfg.cache_max));
+    let (j, w, d) = (job.clone(), work.clone(), dir.clone());
+    let prepared = tokio::task::spawn_blocking(move || crate::job::prepare(&j, &w, &d, Some(cache))).await;
+    let prepared = match prepared {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => return Err(Outcome::early(RunState::Error, Conclusion::Error, e.to_string())),
+        Err(e) => return Err(Outcome::early(RunState::Error, Conclusion::Error, format!("set-up task failed: {e}"))),
+    };
+    let backend = match docker {
+        Some(b) => b,
+        None => match DockerBackend::connect().await {
+            Ok(b) => Arc::new(b),
+            Err(e) => return Err(Outcome::early(RunState::Error, Conclusion::Error, e.to_string())),
+        },
+    };
+    let (tx, rx) = mpsc::channel::<RunEvent>(1024);
+    let recorder = tokio::spawn(super::record::record(st.clone(), run_ref(run), prepared.log_dir.clone(), rx));
+    let result = sched::execute(backend, &prepared.plan, prepared.options, tx, cancel).await;
+    let lost = recorder.await.ok().flatten();
+    let offered: Vec<String> = job.reuse.keys().cloned().collect();
+    Ok(conclude(&dir, &offered, result.status, &result.steps, result.duration, lost))
+}
+
+/// Empties a run's log directory for an attempt: the logs are the attempt's own (an
+/// earlier attempt's agent was lost, or the server stopped).
+pub(crate) fn fresh_logs(run_dir: &std::path::Path) -> Result<PathBuf, String> {
+    let logs = run_dir.join("logs");
+    let _ = std::fs::remove_dir_all(&logs);
+    std::fs::create_dir_all(&logs).map_err(|e| format!("cannot create {}: {e}", logs.display()))?;
+    Ok(logs)
+}
+
+/// The job of a run taken from the queue: its plan as stored, this attempt, and the
+/// secrets' values read now.
+pub(crate) fn job_for(st: &AppState, run: &Run, planned: &str) -> Result<Job, String> {
+    let p: Planned = serde_json::from_str(planned).map_err(|e| format!("the stored plan is unreadable: {e}"))?;
+    let mut job = p.job;
+    job.attempt = run.attempts;
+    // Three reports within a lease: one lost or late does not lose it.
+    job.heartbeat_ms = (st.cfg.agent_lease.as_millis() as u64 / 3).max(200);
+    job.docker_run_id = docker_run_id(&st.cfg.data_dir, run.id, run.attempts);
+    job.secrets = if p.withheld {
+        None
+    } else {
+        let all = match &st.cfg.secrets_file {
+            Some(f) => {
+                let text = std::fs::read_to_string(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+                crate::secrets::parse_dotenv(&text).map_err(|e| format!("{}: {e}", f.display()))?
+            }
+            None => Default::default(),
+        };
+        let mut values = std::collections::HashMap::new();
+        for name in p.secrets {
+            let v = all.get(&name).ok_or_else(|| format!("secret `{name}` is not in the secrets file any more"))?;
+            values.insert(name, v.clone());
+        }
+        Some(values)
+    };
+    Ok(job)
+}
+
+/// Records a run's end (and what it owes GitHub), unless the server is stopping and the
+/// run stopped with it: then it is queued again for the next start.
+pub(crate) async fn finish(st: &AppState, run: &Run, outcome: Outcome) {
     let reason_override = st.running.lock().ok().and_then(|mut m| m.remove(&run.id)).map(|(_, r)| r);
-    // A run stopped because the server is stopping runs again at the next start.
+    if outcome.status == RunState::Queued {
+        // Given back to the queue, not ended.
+        st.wake.notify_one();
+        return;
+    }
     if outcome.status == RunState::Cancelled && st.shutting_down.load(Ordering::SeqCst) {
         let _ = st.db.requeue(run.id, "queued again: the server stopped while it ran".into()).await;
         tracing::info!(run = run.id, "run stopped with the server; it is queued again");
         st.live.end(run.id, RunState::Queued);
         return;
     }
+    let _ = std::fs::remove_dir_all(work_dir(&st.cfg, run.id));
     let reason =
         if outcome.status == RunState::Cancelled { reason_override.unwrap_or(outcome.reason) } else { outcome.reason };
     let update = Update::Finished {
-        run: rr,
+        run: run_ref(run),
         conclusion: outcome.conclusion,
         description: reason.clone(),
         summary: outcome.summary,
@@ -235,17 +447,18 @@ async fn execute(st: Arc<AppState>, run: Run, docker: Option<Arc<DockerBackend>>
     if outcome.status == RunState::Error {
         st.janitor.notify_one();
     }
+    st.wake.notify_one();
     tracing::info!(run = run.id, status = outcome.status.as_str(), "run finished: {reason}");
 }
 
-async fn prepare_and_run(
+/// Fetches the run's commit into `work` and plans it; what an executor needs, or how the
+/// run ends without one.
+async fn plan(
     st: &Arc<AppState>,
     run: &Run,
     dir: &std::path::Path,
     work: &std::path::Path,
-    cancel: Cancel,
-    docker: Option<Arc<DockerBackend>>,
-) -> Result<Outcome, Outcome> {
+) -> Result<Planned, Outcome> {
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs).map_err(|e| {
         Outcome::early(RunState::Error, Conclusion::Error, format!("cannot create {}: {e}", logs.display()))
@@ -331,7 +544,7 @@ async fn prepare_and_run(
     let Some(event) = Event::parse(&run.spec.event) else {
         return Err(Outcome::early(RunState::Error, Conclusion::Error, format!("unknown event `{}`", run.spec.event)));
     };
-    let ctx = Context {
+    let context = Context {
         event: Some(event),
         branch: run.spec.branch.clone(),
         base_branch: run.spec.base_branch.clone(),
@@ -348,28 +561,27 @@ async fn prepare_and_run(
         (Some(of), true) => kept_steps(st, of, dir).await,
         _ => Default::default(),
     };
-    let offered: Vec<String> = reuse.keys().cloned().collect();
-    let cache = crate::cache::CacheStore::new(st.cfg.data_dir.join("cache"), st.cfg.cache_max);
-    let cache_scopes = repo_cache_scopes(&run.spec.repo, &ctx, run.spec.default_branch.as_deref());
+    let cache_scopes = repo_cache_scopes(&run.spec.repo, &context, run.spec.default_branch.as_deref());
+    let settings = Settings {
+        jobs: st.cfg.jobs,
+        grace: st.cfg.grace,
+        log_limit: st.cfg.log_limit,
+        isolation: st.cfg.isolation_for(&run.spec.repo, &run.spec.event),
+    };
     let prepared = setup::prepare(Setup {
         pipeline: &pipeline,
-        context: ctx,
+        context: context.clone(),
         selection: Selection::default(),
         env: Vec::new(),
         // Code from a fork must not see the repository's secrets.
         secrets: if run.spec.fork { Secrets::Withheld } else { Secrets::File(st.cfg.secrets_file.clone()) },
-        settings: Settings {
-            jobs: st.cfg.jobs,
-            grace: st.cfg.grace,
-            log_limit: st.cfg.log_limit,
-            isolation: st.cfg.isolation_for(&run.spec.repo, &run.spec.event),
-        },
+        settings: settings.clone(),
         run_dir: dir.to_path_buf(),
-        docker_run_id: docker_run_id(&st.cfg.data_dir, run.id, run.attempts),
+        docker_run_id: String::new(),
         workspace: Workspace::Copy { root: work.to_path_buf(), files, base: None },
-        cache: Some(CacheSettings { store: Arc::new(cache), scopes: cache_scopes }),
+        cache: None,
         source_root: Some(work.to_path_buf()),
-        reuse,
+        reuse: reuse.clone(),
     });
     let prepared = match prepared {
         Ok(p) => p,
@@ -397,32 +609,55 @@ async fn prepare_and_run(
         return Err(Outcome::early(RunState::Skipped, Conclusion::Skipped, "no step runs for this event".into()));
     }
 
-    // 3. Execute.
-    let backend = match docker {
-        Some(b) => b,
-        None => match DockerBackend::connect().await {
-            Ok(b) => Arc::new(b),
-            Err(e) => return Err(Outcome::early(RunState::Error, Conclusion::Error, e.to_string())),
+    let mut secrets: Vec<String> = prepared.plan.steps.iter().flat_map(|s| s.secrets.iter().cloned()).collect();
+    secrets.sort();
+    secrets.dedup();
+    Ok(Planned {
+        job: Job {
+            run: run.id,
+            attempt: 0,
+            docker_run_id: String::new(),
+            context,
+            secrets: None,
+            jobs: settings.jobs,
+            grace_ms: settings.grace.as_millis() as u64,
+            log_limit: settings.log_limit,
+            isolation: settings.isolation,
+            reuse,
+            cache_scopes,
+            labels: prepared.plan.labels(),
+            heartbeat_ms: 0,
         },
-    };
-    let (tx, rx) = mpsc::channel::<RunEvent>(1024);
-    let recorder = tokio::spawn(super::record::record(st.clone(), run_ref(run), prepared.log_dir.clone(), rx));
-    let result = sched::execute(backend, &prepared.plan, prepared.options, tx, cancel).await;
-    let lost = recorder.await.ok().flatten();
+        secrets,
+        withheld: run.spec.fork,
+    })
+}
+
+/// How a run ended, from what its executor reports: the steps' verdicts, and whether its
+/// logs are whole.
+pub(crate) fn conclude(
+    dir: &std::path::Path,
+    offered: &[String],
+    status: RunStatus,
+    steps: &[StepSummary],
+    took: Duration,
+    lost: Option<String>,
+) -> Outcome {
+    let logs = dir.join("logs");
     // Artifacts copied for a step the scheduler did not keep (something it needs ran again)
     // and that did not collect new ones are not this run's.
-    for s in result.steps.iter().filter(|s| offered.contains(&s.step)) {
+    for s in steps.iter().filter(|s| offered.contains(&s.step)) {
         let kept = s.status == StepStatus::Passed && s.attempts == 0;
         if !kept && s.artifacts.is_empty() {
             let _ = std::fs::remove_dir_all(dir.join("artifacts").join(crate::plan::slug(&s.step)));
         }
     }
 
-    let (status, conclusion) = match result.status {
+    let (status, conclusion) = match status {
         RunStatus::Success => (RunState::Success, Conclusion::Success),
         RunStatus::Failure => (
             RunState::Failure,
-            if result.steps.iter().any(|s| s.status == StepStatus::TimedOut && !s.allowed_failure) {
+            if steps.iter().any(|s| s.status == StepStatus::TimedOut && !s.allowed_failure) {
                 Conclusion::TimedOut
             } else {
                 Conclusion::Failure
@@ -432,7 +667,7 @@ async fn prepare_and_run(
         RunStatus::Error => (RunState::Error, Conclusion::Error),
     };
     let mut annotations = Vec::new();
-    for s in result.steps.iter().filter(|s| matches!(s.status, StepStatus::Failed | StepStatus::TimedOut)) {
+    for s in steps.iter().filter(|s| matches!(s.status, StepStatus::Failed | StepStatus::TimedOut)) {
         let log = logs.join(format!("{}.log", crate::plan::slug(&s.step)));
         if let Ok(f) = std::fs::File::open(&log) {
             annotations.extend(annotations_from_log(std::io::BufReader::new(f), 1000));
@@ -443,21 +678,15 @@ async fn prepare_and_run(
     if let Some(why) = lost
         && status != RunState::Cancelled
     {
-        return Ok(Outcome {
+        return Outcome {
             status: RunState::Error,
             conclusion: Conclusion::Error,
             reason: why.clone(),
-            summary: format!("{why}\n\n{}", summary(&result.steps, result.duration)),
+            summary: format!("{why}\n\n{}", summary(steps, took)),
             annotations,
-        });
+        };
     }
-    Ok(Outcome {
-        status,
-        conclusion,
-        reason: describe(&result.steps, result.duration),
-        summary: summary(&result.steps, result.duration),
-        annotations,
-    })
+    Outcome { status, conclusion, reason: describe(steps, took), summary: summary(steps, took), annotations }
 }
 
 /// The steps of run `of` that passed, to keep in a re-run of its failed steps; their

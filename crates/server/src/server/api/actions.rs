@@ -36,7 +36,7 @@ pub(super) async fn cancel(State(st): State<Arc<AppState>>, headers: HeaderMap, 
     };
     let reason = "cancelled through the API".to_string();
     match run.status {
-        RunState::Queued => match st.db.cancel_queued(run.id, reason.clone(), st.report.owe_cancelled()).await {
+        RunState::Queued => match st.db.cancel_queued(run.id, reason.clone(), st.report.owe_ended()).await {
             Ok(Some(run)) => {
                 crate::server::report_cancelled(&st, std::slice::from_ref(&run));
                 return reply(StatusCode::ACCEPTED, json!({ "status": "cancelled", "run": run.id }));

@@ -64,10 +64,10 @@ pub(super) async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap)
     for s in RunState::ALL {
         let _ = writeln!(o, "orch_runs{{status=\"{s}\"}} {}", count(*s));
     }
-    o.push_str("# HELP orch_queue_length Runs waiting for a worker.\n# TYPE orch_queue_length gauge\n");
+    o.push_str("# HELP orch_queue_length Runs waiting for an executor (this server or an agent).\n# TYPE orch_queue_length gauge\n");
     let _ = writeln!(o, "orch_queue_length {}", count(RunState::Queued));
     o.push_str(
-        "# HELP orch_queue_wait_seconds Time from queued to started.\n# TYPE orch_queue_wait_seconds histogram\n",
+        "# HELP orch_queue_wait_seconds Time from queued to taken by an executor.\n# TYPE orch_queue_wait_seconds histogram\n",
     );
     histogram(&mut o, "orch_queue_wait_seconds", "", WAIT_BUCKETS, &waits);
     o.push_str(
@@ -90,6 +90,25 @@ pub(super) async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap)
          # TYPE orch_waiting_for_docker gauge\n",
     );
     let _ = writeln!(o, "orch_waiting_for_docker {}", u8::from(c.waiting_for_docker.load(Ordering::Relaxed)));
+    let now = crate::server::db::now();
+    let agents = st.db.agents().await.unwrap_or_default();
+    let connected: Vec<_> = agents
+        .iter()
+        .filter(|a| a.revoked_at.is_none() && a.last_seen.is_some_and(|t| now - t <= crate::server::agents::CONNECTED))
+        .collect();
+    o.push_str(
+        "# HELP orch_agents_connected Agents that asked for work or reported in the last minute.\n\
+         # TYPE orch_agents_connected gauge\n",
+    );
+    let _ = writeln!(o, "orch_agents_connected {}", connected.len());
+    o.push_str(
+        "# HELP orch_agents_capacity Runs the connected agents execute at once.\n# TYPE orch_agents_capacity gauge\n",
+    );
+    let _ = writeln!(o, "orch_agents_capacity {}", connected.iter().map(|a| a.capacity.unwrap_or(0)).sum::<i64>());
+    o.push_str("# HELP orch_agent_runs Runs agents execute now, by agent.\n# TYPE orch_agent_runs gauge\n");
+    for a in &agents {
+        let _ = writeln!(o, "orch_agent_runs{{agent=\"{}\"}} {}", a.name, a.running);
+    }
     o.push_str("# HELP orch_containers_running Step containers running now.\n# TYPE orch_containers_running gauge\n");
     let _ = writeln!(o, "orch_containers_running {}", c.containers_running.load(Ordering::Relaxed).max(0));
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], o).into_response()
@@ -107,12 +126,16 @@ pub(super) async fn readyz(State(st): State<Arc<AppState>>, headers: HeaderMap) 
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("no answer in 5s".to_string()),
     };
+    // A server that executes nothing itself (only agents do) needs no Docker.
     let docker = match tokio::time::timeout(limit, crate::exec::docker::DockerBackend::connect()).await {
+        _ if st.cfg.local_capacity == 0 => Ok(()),
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("no answer in 5s".to_string()),
     };
+    let unused = st.cfg.local_capacity == 0;
     let show = |r: &Result<(), String>| match r {
+        Ok(()) if unused && std::ptr::eq(r, &docker) => json!("not used"),
         Ok(()) => json!("ok"),
         Err(e) if detailed => json!(e),
         Err(_) => json!("unavailable"),

@@ -316,6 +316,10 @@ mod tests {
             report_error: None,
             rerun_of: None,
             failed_only: false,
+            agent: None,
+            labels: None,
+            lost: 0,
+            dispatched_at: None,
         };
         let plan: PlanFile = serde_json::from_value(json!({
             "steps": [{"name": "build", "stage": "build", "needs": []}, {"name": "test", "stage": "test", "needs": ["build"]},

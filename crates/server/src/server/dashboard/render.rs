@@ -205,6 +205,21 @@ pub(super) fn render_head(v: &RunView) -> String {
     if r.attempts > 1 {
         item("Attempts", r.attempts.to_string());
     }
+    if r.dispatched_at.is_some() || r.agent.is_some() {
+        let on = match &r.agent {
+            Some(a) => format!("agent <code class=\"mono\">{}</code>", esc(a)),
+            None => "this server".into(),
+        };
+        let lost = if r.lost > 0 {
+            format!(" (its agent was lost {} time{})", r.lost, if r.lost == 1 { "" } else { "s" })
+        } else {
+            String::new()
+        };
+        item("Executed by", format!("{on}{lost}"));
+    }
+    if let Some(labels) = r.labels.as_ref().filter(|l| !l.is_empty()) {
+        item("Runs on", esc(&labels.join(", ")));
+    }
     if let Some(why) = &r.report_error {
         item("GitHub", format!("an update was given up: {}", esc(why)));
     }

@@ -1,0 +1,463 @@
+//! Agents (`orch agent`, the built binary) executing a real server's runs: the queue shared
+//! by several agents (none run twice), an agent killed mid-run (its run goes to another
+//! agent within the lease; its late report is refused), labels, tokens, cancel. The server
+//! runs in this process with no local capacity; agents are processes on this machine's
+//! Docker. Needs `ORCH_DOCKER_TESTS=1`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod serve_support;
+
+use serde_json::{Value, json};
+use serve_support::*;
+
+const PIPELINE: &str = "\
+defaults:
+  image: busybox:latest
+  timeout: 2m
+steps:
+  build:
+    commands:
+      - echo \"built by $(hostname)\" > out.txt
+      - echo built
+    artifacts: [out.txt]
+  test:
+    needs: [build]
+    commands:
+      - grep -q built out.txt
+      - echo tests passed
+";
+
+/// A server that executes nothing itself, reporting to `gh` and cloning from `git`.
+fn server(gh: &FakeGitHub, git: &GitServer, lease: u64) -> Orch {
+    Orch::start(orch::server::config::ServeArgs {
+        local_capacity: Some(0),
+        agent_lease: Some(lease),
+        agent_retries: Some(2),
+        ..token_args(gh, git)
+    })
+}
+
+/// `orch agent-token create NAME` against the server's data directory: the token.
+fn create_token(data_dir: &Path, name: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_orch"))
+        .args(["agent-token", "create", name])
+        .env("ORCH_DATA_DIR", data_dir)
+        .output()
+        .expect("orch agent-token runs");
+    assert!(out.status.success(), "agent-token create: {}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(token.starts_with("orch_agent_") && token.len() > 40, "{token}");
+    token
+}
+
+fn agent_token_cmd(data_dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_orch"))
+        .arg("agent-token")
+        .args(args)
+        .env("ORCH_DATA_DIR", data_dir)
+        .output()
+        .expect("orch agent-token runs")
+}
+
+/// An `orch agent` process; killed (-9) when dropped.
+struct Agent {
+    child: Child,
+    _dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(server: &Orch, token: &str, labels: &str, capacity: usize) -> Agent {
+        let dir = temp_dir("orch-agent-");
+        let log = dir.path().join("agent.log");
+        let f = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_orch"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("ORCH_") {
+                cmd.env_remove(k);
+            }
+        }
+        let child = cmd
+            .arg("agent")
+            .env("ORCH_SERVER", format!("http://{}", server.addr))
+            .env("ORCH_AGENT_TOKEN", token)
+            .env("ORCH_LABELS", labels)
+            .env("ORCH_CAPACITY", capacity.to_string())
+            .env("ORCH_AGENT_DIR", dir.path().join("data"))
+            .env("ORCH_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .expect("orch agent starts");
+        Agent { child, _dir: dir, log }
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the agent to exit; its code.
+    fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// `POST /api/agent/...` with an agent's token.
+fn agent_post(orch: &Orch, token: &str, path: &str, body: &Value) -> HttpResponse {
+    orch.request(
+        "POST",
+        path,
+        &[("authorization", &format!("Bearer {token}")), ("content-type", "application/json")],
+        body.to_string().as_bytes(),
+    )
+}
+
+fn push(orch: &Orch, git: &GitServer, branch: &str, files: &[(&str, &str)]) -> (i64, String) {
+    let sha = git.on_branch(branch, files, &format!("commit on {branch} {}", new_guid()));
+    let id = orch.deliver("push", &push_event(branch, ZERO_SHA, &sha)).run_id();
+    (id, sha)
+}
+
+#[test]
+fn three_agents_run_thirty_queued_runs_once_each_with_their_logs_artifacts_and_statuses() {
+    if !docker_enabled() {
+        return;
+    }
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let git = GitServer::start();
+    let orch = server(&gh, &git, 30);
+    let sha = git.on_branch("main", &[(".orch.yml", PIPELINE)], "the pipeline");
+    // Thirty runs queued before any agent exists: they wait.
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        git.set_ref(&sha, &format!("refs/heads/b{i}"));
+        let payload = push_event(&format!("b{i}"), ZERO_SHA, &sha);
+        ids.push(orch.deliver("push", &payload).run_id());
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    for id in &ids {
+        assert_eq!(orch.run(*id)["run"]["status"], "queued", "no executor yet: {}", orch.run(*id));
+    }
+    let tokens: Vec<String> = ["a1", "a2", "a3"].iter().map(|n| create_token(&orch.data_dir, n)).collect();
+    let agents: Vec<Agent> = tokens.iter().map(|t| Agent::start(&orch, t, "linux", 1)).collect();
+    let mut by_agent = std::collections::HashMap::<String, usize>::new();
+    for id in &ids {
+        let r = wait_for(Duration::from_secs(300), "the run to end", || {
+            let r = orch.run(*id);
+            if TERMINAL.contains(&r["run"]["status"].as_str().unwrap_or("")) { Ok(r) } else { Err(r.to_string()) }
+        });
+        let logs = agents.iter().map(|a| a.log_text()).collect::<Vec<_>>().join("\n---\n");
+        assert_eq!(r["run"]["status"], "success", "{r:#}\n{logs}");
+        // Taken once: one attempt, by one agent.
+        assert_eq!(r["run"]["attempts"], 1, "{r:#}");
+        *by_agent.entry(r["run"]["agent"].as_str().unwrap_or("?").to_string()).or_default() += 1;
+        let log = orch.get(&format!("/api/runs/{id}/logs/test"));
+        assert_eq!(log.status, 200);
+        assert!(log.text().contains("tests passed"), "{}", log.text());
+        // The artifact came up from the agent.
+        let art = orch.get(&format!("/api/runs/{id}/artifacts/build/out.txt"));
+        assert_eq!(art.status, 200, "{}", art.text());
+        assert!(art.text().starts_with("built by "), "{}", art.text());
+    }
+    assert_eq!(by_agent.values().sum::<usize>(), 30);
+    assert!(by_agent.keys().all(|k| ["a1", "a2", "a3"].contains(&k.as_str())), "{by_agent:?}");
+    assert!(by_agent.len() >= 2, "the queue was shared: {by_agent:?}");
+    // Each run reported once to GitHub, ending in success.
+    let statuses = gh.statuses_of(&sha, "orch (push)");
+    let finals = statuses.iter().filter(|s| s["state"] == "success").count();
+    assert_eq!(finals, 30, "{statuses:#?}");
+    // The agents as the API shows them.
+    let list = orch.get_json("/api/agents");
+    let names: Vec<&str> = list["agents"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["a1", "a2", "a3"]);
+    assert!(list["agents"].as_array().unwrap().iter().all(|a| a["labels"] == json!(["linux"])), "{list:#}");
+    let metrics = orch.get("/metrics").text();
+    assert!(metrics.contains("orch_agents_connected 3"), "{metrics}");
+    assert!(metrics.contains("orch_queue_length 0"), "{metrics}");
+    drop(agents);
+    gh.assert_no_violations();
+}
+
+#[test]
+fn a_killed_agent_s_run_goes_to_another_within_the_lease_and_its_late_report_is_refused() {
+    if !docker_enabled() {
+        return;
+    }
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let git = GitServer::start();
+    let lease = 4;
+    let orch = server(&gh, &git, lease);
+    let slow = "steps:\n  slow:\n    image: busybox:latest\n    commands:\n      - echo started\n      - sleep 6\n      - echo finished\n";
+    let (t1, t2) = (create_token(&orch.data_dir, "doomed"), create_token(&orch.data_dir, "spare"));
+    let mut doomed = Agent::start(&orch, &t1, "", 1);
+    let (id, _) = push(&orch, &git, "main", &[(".orch.yml", slow)]);
+    let r = orch.wait_run(id, "the run on the first agent", |r| {
+        r["run"]["agent"] == "doomed" && r["run"]["status"] == "running"
+    });
+    assert_eq!(r["run"]["attempts"], 1);
+    wait_for(Duration::from_secs(60), "the step's output", || {
+        let t = orch.get(&format!("/api/runs/{id}/logs/slow")).text();
+        if t.contains("started") { Ok(()) } else { Err(t) }
+    });
+    let spare = Agent::start(&orch, &t2, "", 1);
+    let killed = Instant::now();
+    doomed.kill9();
+    let r = orch.wait_run(id, "the run on the second agent", |r| r["run"]["agent"] == "spare");
+    let moved = killed.elapsed();
+    assert_eq!(r["run"]["attempts"], 2, "{r:#}");
+    assert!(moved < Duration::from_secs(lease + 10), "re-run {moved:?} after the kill (lease {lease}s)");
+    let r = orch.wait_run_done(id);
+    assert_eq!(r["run"]["status"], "success", "{r:#}\n{}", spare.log_text());
+    assert_eq!(r["run"]["lost"], 1, "{r:#}");
+    let log = orch.get(&format!("/api/runs/{id}/logs/slow")).text();
+    assert!(
+        log.contains("finished") && log.lines().filter(|l| *l == "started").count() == 1,
+        "the second attempt's log only: {log}"
+    );
+    // The killed agent's attempt 1, late: refused, and nothing of it is recorded.
+    let late = json!({ "events": [{ "event": "step_output", "step": "slow", "stream": "stdout", "text": "late\n" }] });
+    let r = agent_post(&orch, &t1, &format!("/api/agent/runs/{id}/1/events"), &late);
+    assert_eq!(r.status, 409, "{}", r.text());
+    // Nor may the other agent write into an attempt that is not its own.
+    let r = agent_post(&orch, &t2, &format!("/api/agent/runs/{id}/1/events"), &late);
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(!orch.get(&format!("/api/runs/{id}/logs/slow")).text().contains("late"));
+    // The killed agent, started again, removes what its killed run left in Docker.
+    let prefix = format!("{}{id}-1", orch.docker_prefix());
+    let _again = Agent::start(&orch, &t1, "", 1);
+    wait_for(Duration::from_secs(60), "the killed attempt's containers to go", || {
+        let left = docker_objects(&prefix);
+        if left.is_empty() { Ok(()) } else { Err(format!("{left:?}")) }
+    });
+    gh.assert_no_violations();
+}
+
+#[test]
+fn labels_decide_which_agent_runs_and_bad_or_revoked_tokens_get_401() {
+    if !docker_enabled() {
+        return;
+    }
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let git = GitServer::start();
+    let orch = server(&gh, &git, 30);
+    let gpu = "runs_on: [linux]\nsteps:\n  train:\n    image: busybox:latest\n    runs_on: gpu\n    commands: [echo trained]\n";
+    let plain_token = create_token(&orch.data_dir, "plain");
+    let plain = Agent::start(&orch, &plain_token, "linux", 2);
+    let (id, _) = push(&orch, &git, "main", &[(".orch.yml", gpu)]);
+    let r = orch.wait_run(id, "the run to be planned", |r| r["run"]["labels"].is_array());
+    assert_eq!(r["run"]["labels"], json!(["gpu", "linux"]));
+    // An agent without `gpu` never gets it.
+    std::thread::sleep(Duration::from_secs(3));
+    let r = orch.run(id);
+    assert_eq!(r["run"]["status"], "queued", "{r:#}");
+    assert_eq!(r["run"]["reason"], "waiting for an executor labelled gpu, linux");
+    // Other runs still go to that agent meanwhile.
+    let (other, _) =
+        push(&orch, &git, "other", &[(".orch.yml", "steps:\n  a:\n    image: busybox:latest\n    commands: [true]\n")]);
+    let r = orch.wait_run_done(other);
+    assert_eq!((r["run"]["status"].as_str(), r["run"]["agent"].as_str()), (Some("success"), Some("plain")), "{r:#}");
+    let big_token = create_token(&orch.data_dir, "big");
+    let _big = Agent::start(&orch, &big_token, "gpu,linux,big", 1);
+    let r = orch.wait_run_done(id);
+    assert_eq!((r["run"]["status"].as_str(), r["run"]["agent"].as_str()), (Some("success"), Some("big")), "{r:#}");
+
+    // Tokens: none, unknown, revoked: 401, and no work.
+    let claim = json!({ "labels": [], "capacity": 1, "wait_ms": 0 });
+    let none = orch.request("POST", "/api/agent/claim", &[("content-type", "application/json")], b"{}");
+    assert_eq!(none.status, 401);
+    assert_eq!(agent_post(&orch, "orch_agent_nope", "/api/agent/claim", &claim).status, 401);
+    assert_eq!(agent_post(&orch, &plain_token, "/api/agent/claim", &claim).status, 204);
+    let out = agent_token_cmd(&orch.data_dir, &["revoke", "plain"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(agent_post(&orch, &plain_token, "/api/agent/claim", &claim).status, 401);
+    // The running agent with the revoked token stops, saying why.
+    let mut plain = plain;
+    assert_eq!(plain.wait_exit(Duration::from_secs(40)), Some(2), "{}", plain.log_text());
+    assert!(plain.log_text().contains("refused this agent's token"), "{}", plain.log_text());
+    let list = String::from_utf8_lossy(&agent_token_cmd(&orch.data_dir, &["list"]).stdout).to_string();
+    assert!(list.contains("plain revoked") && list.contains("big\tlabels: big,gpu,linux"), "{list}");
+    // A name is taken once.
+    assert!(!agent_token_cmd(&orch.data_dir, &["create", "big"]).status.success());
+    gh.assert_no_violations();
+}
+
+#[test]
+fn a_run_on_an_agent_can_be_cancelled() {
+    if !docker_enabled() {
+        return;
+    }
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let git = GitServer::start();
+    let orch = Orch::start(orch::server::config::ServeArgs {
+        local_capacity: Some(0),
+        api_token: Some("api-token".into()),
+        grace: Some(2),
+        ..token_args(&gh, &git)
+    });
+    let token = create_token(&orch.data_dir, "a");
+    let agent = Agent::start(&orch, &token, "", 1);
+    let sleepy = "steps:\n  nap:\n    image: busybox:latest\n    commands: [echo napping, sleep 60]\n";
+    let (id, _) = push(&orch, &git, "main", &[(".orch.yml", sleepy)]);
+    orch.wait_run(id, "the run on the agent", |r| r["run"]["status"] == "running" && r["run"]["agent"] == "a");
+    wait_for(Duration::from_secs(60), "the step's output", || {
+        let t = orch.get(&format!("/api/runs/{id}/logs/nap")).text();
+        if t.contains("napping") { Ok(()) } else { Err(t) }
+    });
+    let cancel = Instant::now();
+    let r = orch.request("POST", &format!("/api/runs/{id}/cancel"), &[("authorization", "Bearer api-token")], b"");
+    assert!(r.status < 300, "{}", r.text());
+    let r = orch.wait_run_done(id);
+    assert_eq!(r["run"]["status"], "cancelled", "{r:#}\n{}", agent.log_text());
+    assert!(cancel.elapsed() < Duration::from_secs(20), "cancelled after {:?}", cancel.elapsed());
+    wait_for(Duration::from_secs(30), "the run's containers to go", || {
+        let left = docker_objects(&format!("{}{id}-", orch.docker_prefix()));
+        if left.is_empty() { Ok(()) } else { Err(format!("{left:?}")) }
+    });
+}
+
+#[test]
+fn the_shipped_agent_settings_are_the_agent_s_and_a_bad_server_url_is_refused() {
+    let help = Command::new(env!("CARGO_BIN_EXE_orch")).args(["agent", "--help"]).output().unwrap();
+    // Whatever the help's wrapping.
+    let help = String::from_utf8_lossy(&help.stdout).split_whitespace().collect::<Vec<_>>().join(" ");
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/runners/agent/orch-agent.env")).unwrap();
+    let keys: Vec<&str> =
+        shipped.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split_once('=')).map(|(k, _)| k).collect();
+    assert!(keys.len() >= 5, "{keys:?}");
+    for k in keys.iter().filter(|k| **k != "ORCH_LOG") {
+        assert!(help.contains(&format!("[env: {k}")), "`orch agent` does not read {k}:\n{help}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_orch"))
+        .args(["agent", "--server", "ftp://x", "--token", "t"])
+        .env_remove("ORCH_SERVER")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("http://"));
+}
+
+/// A tar of `entries`: (name, link target or None for a file with `data`).
+fn tar_of(entries: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, link, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        match link {
+            Some(target) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                b.append_link(&mut h, name, target).unwrap();
+            }
+            None => {
+                h.set_size(data.len() as u64);
+                h.set_mode(0o644);
+                b.append_data(&mut h, name, *data).unwrap();
+            }
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+/// A server and two agents played over HTTP by the test (no Docker): what a leased agent
+/// may send is kept inside its own run; another agent's run is out of its reach.
+#[test]
+fn an_agent_writes_only_inside_its_own_run_and_reads_only_its_own_checkout() {
+    let git = GitServer::start();
+    let orch = Orch::start(orch::server::config::ServeArgs {
+        local_capacity: Some(0),
+        clone_rewrite: vec![git.rewrite()],
+        ..base_args()
+    });
+    let (mine, other) = (create_token(&orch.data_dir, "mine"), create_token(&orch.data_dir, "other"));
+    let pipeline = "steps:\n  a:\n    image: busybox:latest\n    commands: [true]\n";
+    let (id, _) = push(&orch, &git, "main", &[(".orch.yml", pipeline), ("src/lib.txt", "hello")]);
+    let claim = json!({ "labels": [], "capacity": 1, "wait_ms": 20000 });
+    let job = agent_post(&orch, &mine, "/api/agent/claim", &claim);
+    assert_eq!(job.status, 200, "{}", job.text());
+    let job = job.json();
+    assert_eq!((job["run"].as_i64(), job["attempt"].as_i64()), (Some(id), Some(1)), "{job:#}");
+    let bearer = |t: &str| format!("Bearer {t}");
+    let src = format!("/api/agent/runs/{id}/1/source");
+    // Its checkout, to it only.
+    let tar = orch.request("GET", &src, &[("authorization", &bearer(&mine))], b"");
+    assert_eq!(tar.status, 200);
+    let mut names: Vec<String> = tar::Archive::new(&tar.body[..])
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, [".orch.yml", "src/lib.txt"]);
+    assert_eq!(orch.request("GET", &src, &[("authorization", &bearer(&other))], b"").status, 409);
+    assert_eq!(orch.request("GET", &src, &[], b"").status, 401);
+    assert_eq!(
+        orch.request("GET", &format!("/api/agent/runs/{id}/2/source"), &[("authorization", &bearer(&mine))], b"")
+            .status,
+        409
+    );
+
+    // Artifacts that try to leave the run's directory: refused, nothing written outside.
+    let outside = temp_dir("orch-agent-outside-");
+    let art = format!("/api/agent/runs/{id}/1/artifacts");
+    let put = |token: &str, body: &[u8]| orch.request("PUT", &art, &[("authorization", &bearer(token))], body);
+    let through_link =
+        tar_of(&[("a/out", Some(outside.path().to_str().unwrap()), b""), ("a/out/evil.txt", None, b"evil")]);
+    let r = put(&mine, &through_link);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(!outside.path().join("evil.txt").exists());
+    let mut dotdot = tar::Header::new_gnu();
+    dotdot.as_old_mut().name[..22].copy_from_slice(b"../../../../escape.txt");
+    dotdot.set_size(4);
+    dotdot.set_mode(0o644);
+    dotdot.set_cksum();
+    let mut raw = dotdot.as_bytes().to_vec();
+    raw.extend_from_slice(b"evil");
+    raw.resize(512 * 4, 0);
+    assert_eq!(put(&mine, &raw).status, 400);
+    assert!(!orch.data_dir.join("escape.txt").exists() && !orch.data_dir.join("runs/escape.txt").exists());
+    // Nor may another agent put anything into this run.
+    let fine = tar_of(&[("a/ok.txt", None, b"ok")]);
+    assert_eq!(put(&other, &fine).status, 409);
+    assert_eq!(put(&mine, &fine).status, 200);
+    assert_eq!(orch.get(&format!("/api/runs/{id}/artifacts/a/ok.txt")).text(), "ok");
+
+    // The run's end, from its agent: recorded.
+    let events = json!({ "events": [
+        { "event": "step_started", "step": "a", "attempt": 1, "attempts": 1 },
+        { "event": "step_output", "step": "a", "stream": "stdout", "text": "from the agent\n" },
+        { "event": "step_finished", "step": "a", "status": "passed", "exit_code": 0, "attempts": 1,
+          "duration": 0.1, "started": 0.0, "allowed_failure": false, "message": null },
+        { "event": "run_finished", "status": "success", "duration": 0.2, "steps": [] },
+    ]});
+    let other_post = agent_post(&orch, &other, &format!("/api/agent/runs/{id}/1/events"), &events);
+    assert_eq!(other_post.status, 409);
+    let r = agent_post(&orch, &mine, &format!("/api/agent/runs/{id}/1/events"), &events);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let run = orch.wait_run_done(id);
+    assert_eq!(run["run"]["status"], "success", "{run:#}");
+    assert_eq!(orch.get(&format!("/api/runs/{id}/logs/a")).text(), "from the agent\n");
+    // After its end, nothing more from it.
+    assert_eq!(agent_post(&orch, &mine, &format!("/api/agent/runs/{id}/1/events"), &events).status, 409);
+}
