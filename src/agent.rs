@@ -331,6 +331,9 @@ impl Agent {
             let data = data.map_err(|e| format!("the checkout's download broke off: {e}"))?;
             tokio::io::AsyncWriteExt::write_all(&mut file, &data).await.map_err(|e| e.to_string())?;
         }
+        // tokio's file writes in the background: the last one must be done before the
+        // spool is read.
+        tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(|e| e.to_string())?;
         let (job, work, run_dir, cache) = (job.clone(), work.to_path_buf(), run_dir.to_path_buf(), self.cache.clone());
         tokio::task::spawn_blocking(move || {
             let root = crate::confined::Root::create(&work).map_err(|e| e.to_string())?;

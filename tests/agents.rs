@@ -193,6 +193,13 @@ fn three_agents_run_thirty_queued_runs_once_each_with_their_logs_artifacts_and_s
     let names: Vec<&str> = list["agents"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["a1", "a2", "a3"]);
     assert!(list["agents"].as_array().unwrap().iter().all(|a| a["labels"] == json!(["linux"])), "{list:#}");
+    // And as the dashboard shows them.
+    let page = orch.get("/agents").text();
+    assert!(["a1", "a2", "a3"].iter().all(|a| page.contains(&format!(">{a}</code>"))), "{page}");
+    assert_eq!(page.matches("<td>connected</td>").count(), 3, "{page}");
+    assert!(page.contains("executes no runs itself"), "{page}");
+    let run_page = orch.get(&format!("/runs/{}", ids[0])).text();
+    assert!(run_page.contains("<dt>Executed by</dt><dd>agent <code class=\"mono\">a"), "{run_page}");
     let metrics = orch.get("/metrics").text();
     assert!(metrics.contains("orch_agents_connected 3"), "{metrics}");
     assert!(metrics.contains("orch_queue_length 0"), "{metrics}");

@@ -217,6 +217,16 @@ fn start(st: &Arc<AppState>, run: &super::db::Run, planned: &str, agent: &str) -
     Ok(job)
 }
 
+/// Forgets an agent's run that left it (queued again, or ended by the server): its
+/// recorder ends here (the next attempt starts a new one).
+async fn forget(st: &AppState, id: i64) {
+    if let Some(r) = st.remote.take(id) {
+        drop(r.events);
+        let _ = r.recorder.await;
+    }
+    st.running.lock().ok().map(|mut m| m.remove(&id));
+}
+
 /// Checks that `attempt` of run `id` is `agent`'s and extends its lease.
 async fn fence(st: &AppState, agent: &str, id: i64, attempt: i64) -> Result<(), Response> {
     let until = now_ms() + st.cfg.agent_lease.as_millis() as i64;
@@ -241,6 +251,14 @@ async fn source(
         return r;
     }
     let work = worker::work_dir(&st.cfg, id);
+    if !work.is_dir() {
+        let why = "queued again: its checkout was gone from the server".to_string();
+        if st.db.release(id, attempt, Some(name.clone()), why).await.unwrap_or(false) {
+            forget(&st, id).await;
+            st.wake.notify_one();
+        }
+        return error(StatusCode::CONFLICT, format!("run {id}'s checkout is gone: it is queued again"));
+    }
     let (tx, rx) = mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(16);
     tokio::task::spawn_blocking(move || {
         let files = match crate::git::workspace_files(&work) {
@@ -400,6 +418,11 @@ async fn artifacts(
             return error(StatusCode::INSUFFICIENT_STORAGE, format!("cannot spool the artifacts: {e}"));
         }
     }
+    // tokio's file writes in the background: the last one must be done before the spool
+    // is read.
+    if let Err(e) = tokio::io::AsyncWriteExt::flush(&mut file).await {
+        return error(StatusCode::INSUFFICIENT_STORAGE, format!("cannot spool the artifacts: {e}"));
+    }
     let dest = worker::run_dir(&st.cfg, id).join("artifacts");
     let unpacked = tokio::task::spawn_blocking(move || -> std::io::Result<usize> {
         let root = crate::confined::Root::create(&dest)?;
@@ -469,12 +492,7 @@ pub async fn reaper(st: Arc<AppState>, stop: CancellationToken) {
             }
         };
         for run in again.iter().chain(&ended) {
-            // Its old agent's recorder ends here: the next attempt starts a new one.
-            if let Some(r) = st.remote.take(run.id) {
-                drop(r.events);
-                let _ = r.recorder.await;
-            }
-            st.running.lock().ok().map(|mut m| m.remove(&run.id));
+            forget(&st, run.id).await;
         }
         for run in &again {
             tracing::warn!(run = run.id, "{}", run.reason.as_deref().unwrap_or("queued again"));

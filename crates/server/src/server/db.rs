@@ -975,15 +975,6 @@ impl Db {
         .await
     }
 
-    /// The runs queued or running.
-    pub async fn live_ids(&self) -> Result<std::collections::HashSet<i64>, DbError> {
-        self.read(|c| {
-            let mut st = c.prepare("SELECT id FROM runs WHERE status IN ('queued', 'running')")?;
-            st.query_map([], |r| r.get(0))?.collect()
-        })
-        .await
-    }
-
     /// The labels of each planned run that waits for an executor.
     pub async fn ready_labels(&self) -> Result<Vec<Vec<String>>, DbError> {
         self.read(|c| {

@@ -224,11 +224,17 @@ async fn janitor(st: Arc<AppState>, stop: CancellationToken) {
 /// Removes the checkouts of runs that ended while they waited for an executor (cancelled,
 /// pruned): what runs and waits keeps its own.
 async fn remove_stale_checkouts(st: &AppState) {
-    let Ok(live) = st.db.live_ids().await else { return };
     let Ok(dirs) = std::fs::read_dir(st.cfg.data_dir.join("work")) else { return };
     for d in dirs.flatten() {
-        let id = d.file_name().to_str().and_then(|n| n.parse::<i64>().ok());
-        if id.is_some_and(|id| !live.contains(&id)) {
+        let Some(id) = d.file_name().to_str().and_then(|n| n.parse::<i64>().ok()) else { continue };
+        // Asked run by run, after its directory was seen: a run planned meanwhile is live
+        // (its row exists before its checkout does); one pruned is gone.
+        let ended = match st.db.run(id).await {
+            Ok(Some(run)) => !run.status.is_active(),
+            Ok(None) => true,
+            Err(_) => false,
+        };
+        if ended {
             let _ = std::fs::remove_dir_all(d.path());
         }
     }

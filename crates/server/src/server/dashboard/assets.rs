@@ -33,6 +33,8 @@ h1{font-size:20px;margin:0;font-weight:600;overflow-wrap:anywhere}h2{font-size:1
 .pill.k-skip{color:var(--skip);background:var(--skip-bg);border:1px dashed var(--line)}.pill.k-wait{color:var(--wait);background:var(--wait-bg)}
 /* runs list */
 .runs{background:var(--card);border:1px solid var(--line);border-radius:10px;overflow:hidden}
+table.agents{width:100%;border-collapse:collapse}table.agents th,table.agents td{text-align:left;padding:8px 16px;border-top:1px solid var(--soft)}
+table.agents th{border-top:0;background:var(--soft);color:var(--muted);font-size:12px;font-weight:600}
 .run,.runs-head{display:grid;grid-template-columns:120px minmax(0,1fr) 90px 110px;gap:12px;align-items:center;padding:10px 16px;border-top:1px solid var(--soft);color:inherit}
 .runs-head{border-top:0;background:var(--soft);color:var(--muted);font-size:12px;font-weight:600;padding:8px 16px}
 .run:hover{background:var(--bg);text-decoration:none}.run .t{font-weight:600;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
@@ -110,7 +112,7 @@ pub(super) fn page(title: &str, body: &str, script: &str, signed_in: bool) -> St
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
          <meta name=\"color-scheme\" content=\"light dark\"><title>{}</title><style>{CSS}</style></head>\
-         <body><header class=\"top\"><a class=\"brand\" href=\"/\">{LOGO}orch</a><a href=\"/\">Runs</a><span class=\"sp\"></span>\
+         <body><header class=\"top\"><a class=\"brand\" href=\"/\">{LOGO}orch</a><a href=\"/\">Runs</a><a href=\"/agents\">Agents</a><span class=\"sp\"></span>\
          <span class=\"live\" id=\"live\"><span class=\"dot\"></span>live</span>{signout}</header><main>{body}</main>\
          <script>{script}</script></body></html>",
         esc(title)

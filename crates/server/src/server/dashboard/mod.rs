@@ -45,6 +45,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/", get(index))
         .route("/ui/runs", get(runs_fragment))
         .route("/runs/{id}", get(run_page))
+        .route("/agents", get(agents_page))
         .route("/ui/runs/{id}", get(run_parts))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
@@ -156,6 +157,64 @@ async fn index(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response 
         runs_rows(&runs)
     );
     Html(page("orch · runs", &body, INDEX_JS, st.cfg.api_private)).into_response()
+}
+
+/// `GET /agents`: the agents, what they said of themselves and what they run.
+async fn agents_page(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Some(r) = private(&st, &headers, "/agents") {
+        return r;
+    }
+    let agents = match st.db.agents().await {
+        Ok(a) => a,
+        Err(e) => return internal(e),
+    };
+    let now = now();
+    let mut rows = String::new();
+    for a in &agents {
+        let state = match (a.revoked_at, a.last_seen) {
+            (Some(_), _) => "<span class=\"muted\">revoked</span>".to_string(),
+            (None, Some(t)) if now - t <= super::agents::CONNECTED => "connected".to_string(),
+            (None, Some(_)) => "<span class=\"muted\">away</span>".to_string(),
+            (None, None) => "<span class=\"muted\">never seen</span>".to_string(),
+        };
+        let _ = write!(
+            rows,
+            "<tr><td><code class=\"mono\">{}</code></td><td>{state}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&a.name),
+            if a.labels.is_empty() { "—".into() } else { esc(&a.labels.join(", ")) },
+            a.capacity.map_or("—".into(), |c| c.to_string()),
+            a.running,
+            a.last_seen.map_or("—".into(), |t| time_tag(t, now)),
+        );
+    }
+    let local = if st.cfg.local_capacity > 0 {
+        format!(
+            "This server executes runs too: {} at once{}.",
+            st.cfg.local_capacity,
+            if st.cfg.labels.is_empty() {
+                String::new()
+            } else {
+                format!(", labelled {}", esc(&st.cfg.labels.join(", ")))
+            }
+        )
+    } else {
+        "This server executes no runs itself: agents do.".to_string()
+    };
+    let table = if agents.is_empty() {
+        "<div class=\"empty\">No agents. Create one with <code>orch agent-token create NAME</code> on this \
+         machine, then run <code>orch agent</code> on another (docs/agents.md).</div>"
+            .to_string()
+    } else {
+        format!(
+            "<table class=\"agents\"><thead><tr><th>Agent</th><th>State</th><th>Labels</th><th>Capacity</th>\
+             <th>Running</th><th>Last seen</th></tr></thead><tbody>{rows}</tbody></table>"
+        )
+    };
+    let body = format!(
+        "<div class=\"titlebar\" style=\"margin-bottom:14px\"><h1>Agents</h1></div><p class=\"muted\">{local}</p>\
+         <div class=\"runs\">{table}</div>"
+    );
+    Html(page("orch · agents", &body, "", st.cfg.api_private)).into_response()
 }
 
 fn url_part(s: &str) -> String {
