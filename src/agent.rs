@@ -14,9 +14,9 @@ use axum::http::{Method, Request, StatusCode, header};
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -28,7 +28,8 @@ use crate::sched::{self, Cancel, RunEvent};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct AgentArgs {
-    /// The orch server (http://; a server behind https: its reverse proxy's http side).
+    /// The orch server: https:// (a TLS-terminating reverse proxy in front of it), or
+    /// http:// on a network you trust (jobs carry the secrets their steps name).
     #[arg(long, env = "ORCH_SERVER")]
     pub server: String,
     /// This agent's token (`orch agent-token create NAME` on the server).
@@ -59,7 +60,7 @@ pub enum TokenCommand {
     Revoke { name: String },
 }
 
-type Http = Client<HttpConnector, BoxBody<Bytes, std::io::Error>>;
+type Http = Client<HttpsConnector<HttpConnector>, BoxBody<Bytes, std::io::Error>>;
 
 /// The agent's side of the server.
 struct Server {
@@ -89,7 +90,11 @@ impl Server {
             .header(header::CONTENT_TYPE, "application/json")
             .body(body)
             .map_err(|e| e.to_string())?;
-        let resp = self.http.request(req).await.map_err(|e| format!("cannot reach {}: {e}", self.base))?;
+        let resp = self
+            .http
+            .request(req)
+            .await
+            .map_err(|e| format!("cannot reach {}: {}", self.base, crate::fmt::root_cause(&e)))?;
         Ok(resp.map(axum::body::Body::new))
     }
 
@@ -119,12 +124,7 @@ fn full(b: Bytes) -> BoxBody<Bytes, std::io::Error> {
 
 /// `orch agent`.
 pub async fn run(args: AgentArgs) -> Result<u8, Error> {
-    let base = args.server.trim_end_matches('/').to_string();
-    if !base.starts_with("http://") {
-        return Err(Error::Usage(format!(
-            "--server must be an http:// URL (behind https: the reverse proxy's http side), got `{base}`"
-        )));
-    }
+    let base = crate::client::server_base(&args.server, "--server")?;
     if args.capacity == 0 {
         return Err(Error::Usage("--capacity must be at least 1".into()));
     }
@@ -152,8 +152,7 @@ pub async fn run(args: AgentArgs) -> Result<u8, Error> {
     {
         tracing::warn!(runs = ?r.runs, "removed what killed runs left in Docker");
     }
-    let server =
-        Arc::new(Server { base, token: args.token.clone(), http: Client::builder(TokioExecutor::new()).build_http() });
+    let server = Arc::new(Server { base, token: args.token.clone(), http: crate::client::http_client()? });
     let agent = Arc::new(Agent {
         server,
         docker,

@@ -1,12 +1,13 @@
 //! The CLI side of the runs API: `orch runs`, `orch logs`, `orch cancel`, `orch rerun`
-//! against an `orch serve` (plain HTTP; put a server behind https through a reverse proxy
-//! and point `--server` at its http side, or use an SSH tunnel).
+//! against an `orch serve`, over http:// or https:// (a server behind a TLS-terminating
+//! reverse proxy).
 
 use std::io::Write;
 
 use axum::http::{Method, Request, StatusCode, header};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -17,7 +18,7 @@ use crate::error::{Error, exit};
 /// Where the server is and the token for actions.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerArgs {
-    /// The orch server (http:// only; https needs a reverse proxy or a tunnel).
+    /// The orch server (http://, or https:// through a TLS-terminating reverse proxy).
     #[arg(long, env = "ORCH_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
     pub server: String,
     /// The server's API token (needed for cancel, rerun and trigger, and for reads on a private
@@ -29,7 +30,33 @@ pub struct ServerArgs {
 pub struct Api {
     base: String,
     token: Option<String>,
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+/// The HTTP client of orch's commands that talk to a server (`orch runs` and the others,
+/// `orch agent`): `http://`, or `https://` checked against the system's roots
+/// (`SSL_CERT_FILE` or `SSL_CERT_DIR` point at others, e.g. a private CA).
+pub fn http_client<B>() -> Result<Client<HttpsConnector<HttpConnector>, B>, Error>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_native_roots()
+        .map_err(|e| Error::io("cannot read the system's TLS root certificates", e))?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).build(https))
+}
+
+/// A server's base URL from `--server` (`flag`): `http://` or `https://`, no trailing `/`.
+pub fn server_base(url: &str, flag: &str) -> Result<String, Error> {
+    let base = url.trim_end_matches('/').to_string();
+    if !(base.starts_with("http://") || base.starts_with("https://")) {
+        return Err(Error::Usage(format!("{flag} must be an http:// or https:// URL, got `{base}`")));
+    }
+    Ok(base)
 }
 
 fn remote(msg: impl Into<String>) -> Error {
@@ -38,16 +65,8 @@ fn remote(msg: impl Into<String>) -> Error {
 
 impl Api {
     pub fn new(args: &ServerArgs) -> Result<Api, Error> {
-        let base = args.server.trim_end_matches('/').to_string();
-        if base.starts_with("https://") {
-            return Err(Error::Usage(format!(
-                "{base}: orch talks plain http only; use the http address behind your reverse proxy or an SSH tunnel"
-            )));
-        }
-        if !base.starts_with("http://") {
-            return Err(Error::Usage(format!("--server must be an http:// URL, got `{base}`")));
-        }
-        Ok(Api { base, token: args.token.clone(), http: Client::builder(TokioExecutor::new()).build_http() })
+        let base = server_base(&args.server, "--server")?;
+        Ok(Api { base, token: args.token.clone(), http: http_client()? })
     }
 
     async fn send(
@@ -70,7 +89,11 @@ impl Api {
             None => Bytes::new(),
         };
         let req = req.body(Full::new(bytes)).map_err(|e| Error::Usage(format!("{url}: {e}")))?;
-        let resp = self.http.request(req).await.map_err(|e| remote(format!("cannot reach {}: {e}", self.base)))?;
+        let resp = self
+            .http
+            .request(req)
+            .await
+            .map_err(|e| remote(format!("cannot reach {}: {}", self.base, crate::fmt::root_cause(&e))))?;
         Ok(resp.map(axum::body::Body::new))
     }
 

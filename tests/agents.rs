@@ -71,6 +71,10 @@ struct Agent {
 
 impl Agent {
     fn start(server: &Orch, token: &str, labels: &str, capacity: usize) -> Agent {
+        Agent::start_at(&format!("http://{}", server.addr), token, labels, capacity, &[])
+    }
+
+    fn start_at(url: &str, token: &str, labels: &str, capacity: usize, env: &[(&str, &str)]) -> Agent {
         let dir = temp_dir("orch-agent-");
         let log = dir.path().join("agent.log");
         let f = std::fs::File::create(&log).unwrap();
@@ -82,7 +86,8 @@ impl Agent {
         }
         let child = cmd
             .arg("agent")
-            .env("ORCH_SERVER", format!("http://{}", server.addr))
+            .env("ORCH_SERVER", url)
+            .envs(env.iter().copied())
             .env("ORCH_AGENT_TOKEN", token)
             .env("ORCH_LABELS", labels)
             .env("ORCH_CAPACITY", capacity.to_string())
@@ -467,4 +472,133 @@ fn an_agent_writes_only_inside_its_own_run_and_reads_only_its_own_checkout() {
     assert_eq!(orch.get(&format!("/api/runs/{id}/logs/a")).text(), "from the agent\n");
     // After its end, nothing more from it.
     assert_eq!(agent_post(&orch, &mine, &format!("/api/agent/runs/{id}/1/events"), &events).status, 409);
+}
+
+/// A TLS-terminating proxy on loopback in front of `upstream` (as a reverse proxy would
+/// be), with a certificate for `localhost` from a private CA made by openssl (`ca`).
+struct TlsProxy {
+    port: u16,
+    ca: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsProxy {
+    fn start(upstream: std::net::SocketAddr) -> TlsProxy {
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        let dir = temp_dir("orch-tls-");
+        let p = |name: &str| dir.path().join(name).display().to_string();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).output().expect("openssl runs");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        // A private CA, and the server's certificate signed by it (a CA's own certificate is
+        // no server's).
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+        openssl(
+            &[
+                &["req", "-x509"],
+                &ec[..],
+                &["-days", "1", "-subj", "/CN=orch test CA", "-keyout", &p("ca.key"), "-out", &p("ca.pem")],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[&["req"], &ec[..], &["-subj", "/CN=localhost", "-keyout", &p("key.pem"), "-out", &p("req.csr")]].concat(),
+        );
+        std::fs::write(p("ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &p("req.csr"),
+            "-CA",
+            &p("ca.pem"),
+            "-CAkey",
+            &p("ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &p("ext"),
+            "-out",
+            &p("cert.pem"),
+        ]);
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let certs: Vec<_> =
+            rustls::pki_types::CertificateDer::pem_file_iter(&cert).unwrap().collect::<Result<_, _>>().unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&key).unwrap();
+        let config = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(certs, key).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                while let Ok((tcp, _)) = listener.accept().await {
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                        let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else { return };
+                        let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+                    });
+                }
+            });
+        });
+        TlsProxy { port, ca: dir.path().join("ca.pem"), _dir: dir }
+    }
+}
+
+/// An agent and the CLI reach a server through https (a TLS-terminating proxy), checking
+/// its certificate against the roots they are given; without them, they refuse it.
+#[test]
+fn agents_and_the_cli_speak_https_and_check_the_certificate() {
+    if !docker_enabled() {
+        return;
+    }
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let git = GitServer::start();
+    let orch = server(&gh, &git, 30);
+    let proxy = TlsProxy::start(orch.addr);
+    let url = format!("https://localhost:{}", proxy.port);
+    let ca = proxy.ca.to_str().unwrap();
+    let token = create_token(&orch.data_dir, "tls");
+    let agent = Agent::start_at(&url, &token, "", 1, &[("SSL_CERT_FILE", ca)]);
+    let (id, _) = push(&orch, &git, "main", &[(".orch.yml", PIPELINE)]);
+    let r = wait_for(RUN_LIMIT, "the run over https", || {
+        let r = orch.run(id);
+        let done = TERMINAL.contains(&r["run"]["status"].as_str().unwrap_or(""));
+        if done { Ok(r) } else { Err(format!("{}\nagent: {}", r["run"], agent.log_text())) }
+    });
+    assert_eq!(r["run"]["status"], "success", "{r:#}\n{}", agent.log_text());
+    assert_eq!(r["run"]["agent"], "tls");
+    let cli = |env: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_orch"))
+            .args(["runs", "--server", &url])
+            .env_remove("ORCH_API_TOKEN")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, out, err) = cli(&[("SSL_CERT_FILE", ca)]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.lines().nth(1).is_some_and(|l| l.starts_with(&id.to_string())), "{out}");
+    // A certificate nothing vouches for: refused (the system's roots do not hold it).
+    let empty = temp_dir("orch-no-ca-");
+    let none = empty.path().join("none.pem");
+    std::fs::write(&none, "").unwrap();
+    let (code, _, err) = cli(&[("SSL_CERT_FILE", none.to_str().unwrap())]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("cannot reach"), "{err}");
+    let mut refused = Agent::start_at(&url, &token, "", 1, &[("SSL_CERT_FILE", none.to_str().unwrap())]);
+    std::thread::sleep(Duration::from_secs(3));
+    refused.kill9();
+    assert!(refused.log_text().contains("cannot get work"), "{}", refused.log_text());
 }

@@ -282,9 +282,13 @@ fn reads_filters_pages_errors_auth_metrics_and_the_cli() {
     let (code, _, err) = cli(&orch, &["trigger", "acme/hello", "--branch", "main"], false);
     assert_eq!(code, 3);
     assert!(err.contains("401"), "{err}");
-    let (code, _, err) = cli(&orch, &["runs", "--server", "https://ci.example.com"], false);
+    let (code, _, err) = cli(&orch, &["runs", "--server", "ftp://ci.example.com"], false);
     assert_eq!(code, 2);
-    assert!(err.contains("reverse proxy"), "{err}");
+    assert!(err.contains("http:// or https://"), "{err}");
+    // https:// is spoken (tests/agents.rs goes through a TLS proxy); nothing answers here.
+    let (code, _, err) = cli(&orch, &["runs", "--server", "https://127.0.0.1:1"], false);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("cannot reach https://127.0.0.1:1"), "{err}");
 }
 
 #[test]

@@ -36,6 +36,16 @@ pub fn size(n: u64) -> String {
     if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }
 
+/// The innermost error's message: "Connection refused (os error 111)", not an HTTP
+/// client's wrapping of it.
+pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut at = e;
+    while let Some(inner) = at.source() {
+        at = inner;
+    }
+    at.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

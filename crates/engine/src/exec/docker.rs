@@ -64,23 +64,13 @@ struct Fill {
     done: tokio::sync::OnceCell<Result<(), String>>,
 }
 
-/// The innermost error's message: "Connection refused (os error 111)", not the HTTP
-/// client's wrapping of it.
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut at = e;
-    while let Some(inner) = at.source() {
-        at = inner;
-    }
-    at.to_string()
-}
-
 /// Why a ping got no answer: the socket refuses this user, is not there, or the daemon
 /// does not answer on it.
 fn unanswered(e: DockerError) -> BackendError {
     match io_cause(&e).map(std::io::Error::kind) {
         Some(std::io::ErrorKind::PermissionDenied) => BackendError::Denied,
         Some(std::io::ErrorKind::NotFound) => BackendError::Unreachable { detail: "no socket".into() },
-        _ => BackendError::Unreachable { detail: root_cause(&e) },
+        _ => BackendError::Unreachable { detail: crate::fmt::root_cause(&e) },
     }
 }
 
@@ -93,7 +83,7 @@ fn api(e: DockerError) -> BackendError {
         DockerError::HyperResponseError { .. }
         | DockerError::HyperLegacyError { .. }
         | DockerError::IOError { .. }
-        | DockerError::RequestTimeoutError => BackendError::Unreachable { detail: root_cause(&e) },
+        | DockerError::RequestTimeoutError => BackendError::Unreachable { detail: crate::fmt::root_cause(&e) },
         other => BackendError::Api(other.to_string()),
     }
 }
