@@ -602,3 +602,86 @@ fn agents_and_the_cli_speak_https_and_check_the_certificate() {
     refused.kill9();
     assert!(refused.log_text().contains("cannot get work"), "{}", refused.log_text());
 }
+
+/// A TCP forwarder on a fixed loopback port whose upstream can change: the agent's server
+/// address stays the same across a server's restart on another port.
+struct Forwarder {
+    port: u16,
+    upstream: std::sync::Arc<std::sync::Mutex<std::net::SocketAddr>>,
+}
+
+impl Forwarder {
+    fn start(upstream: std::net::SocketAddr) -> Forwarder {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = std::sync::Arc::new(std::sync::Mutex::new(upstream));
+        let target = up.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                while let Ok((mut down, _)) = listener.accept().await {
+                    let to = *target.lock().unwrap();
+                    tokio::spawn(async move {
+                        if let Ok(mut up) = tokio::net::TcpStream::connect(to).await {
+                            let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                        }
+                    });
+                }
+            });
+        });
+        Forwarder { port, upstream: up }
+    }
+}
+
+/// The server restarts while an agent runs a job: the run is queued again (the events of
+/// its attempt went to a recorder that is gone), the agent's next report for the old
+/// attempt is refused and it stops it, and the run's next attempt runs to its end.
+#[test]
+fn a_server_restart_fences_an_agent_s_attempt_and_the_run_goes_on() {
+    if !docker_enabled() {
+        return;
+    }
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let git = GitServer::start();
+    let (_keep, data) = data_dir("orch-agent-restart-");
+    let args = || orch::server::config::ServeArgs {
+        local_capacity: Some(0),
+        data_dir: Some(data.clone()),
+        grace: Some(2),
+        ..token_args(&gh, &git)
+    };
+    let mut first = Orch::start(args());
+    let fwd = Forwarder::start(first.addr);
+    let token = create_token(&data, "steady");
+    let agent = Agent::start_at(&format!("http://127.0.0.1:{}", fwd.port), &token, "", 1, &[]);
+    let slow = "steps:\n  slow:\n    image: busybox:latest\n    commands: [echo started, sleep 4, echo finished]\n";
+    let (id, sha) = push(&first, &git, "main", &[(".orch.yml", slow)]);
+    first.wait_run(id, "the run on the agent", |r| r["run"]["agent"] == "steady" && r["run"]["status"] == "running");
+    wait_for(Duration::from_secs(60), "the step's output", || {
+        let t = first.get(&format!("/api/runs/{id}/logs/slow")).text();
+        if t.contains("started") { Ok(()) } else { Err(t) }
+    });
+    first.stop();
+    drop(first);
+    let second = Orch::start(args());
+    *fwd.upstream.lock().unwrap() = second.addr;
+    let r = wait_for(RUN_LIMIT, "the run's end after the restart", || {
+        let r = second.run(id);
+        let done = TERMINAL.contains(&r["run"]["status"].as_str().unwrap_or(""));
+        if done { Ok(r) } else { Err(format!("{}\nagent: {}", r["run"], agent.log_text())) }
+    });
+    assert_eq!(r["run"]["status"], "success", "{r:#}\n{}", agent.log_text());
+    assert!(r["run"]["attempts"].as_i64().unwrap() >= 2, "{r:#}");
+    let log = second.get(&format!("/api/runs/{id}/logs/slow")).text();
+    assert_eq!(log.lines().filter(|l| *l == "started").count(), 1, "one attempt's log: {log}");
+    assert!(log.contains("finished"), "{log}");
+    // The final status is the run's success; the agent ran its first attempt no further.
+    let statuses = gh.wait_final_status(&sha, "orch (push)", id);
+    assert_eq!(statuses.last().unwrap()["state"], "success", "{statuses:#?}");
+    wait_for(Duration::from_secs(30), "the first attempt's containers to go", || {
+        let left = docker_objects(&format!("{}{id}-1", second.docker_prefix()));
+        if left.is_empty() { Ok(()) } else { Err(format!("{left:?}")) }
+    });
+}
