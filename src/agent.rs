@@ -463,23 +463,12 @@ async fn upload_artifacts(server: &Server, path: &str, dir: &Path) {
     if !dir.is_dir() {
         return;
     }
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
-    let root = dir.to_path_buf();
-    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        let tree = crate::confined::Root::open(&root)?;
-        let files: Vec<PathBuf> = tree
-            .walk("", crate::exec::MAX_ARTIFACT_FILES)?
-            .into_iter()
-            .filter(|f| !matches!(f.kind, crate::confined::Kind::Dir))
-            .map(|f| f.path)
-            .collect();
-        let w = crate::tree::write(ChunkWriter { tx, buf: Vec::new() }, &root, &files)?;
-        let mut w = w;
-        std::io::Write::flush(&mut w)
+    let (chunks, writer) = crate::tree::stream(dir.to_path_buf(), |root| {
+        let tree = crate::confined::Root::open(root)?;
+        let files = tree.walk("", crate::exec::MAX_ARTIFACT_FILES)?;
+        Ok(files.into_iter().filter(|f| !matches!(f.kind, crate::confined::Kind::Dir)).map(|f| f.path).collect())
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item.map(http_body::Frame::data), rx))
-    });
+    let stream = futures_util::StreamExt::map(chunks, |item| item.map(http_body::Frame::data));
     let body = BodyExt::boxed(StreamBody::new(stream));
     match server.request(Method::PUT, &format!("{path}/artifacts"), body).await {
         Ok(r) if r.status().is_success() => {}
@@ -487,29 +476,6 @@ async fn upload_artifacts(server: &Server, path: &str, dir: &Path) {
         Err(e) => tracing::warn!("{path}: the artifacts did not go up: {e}"),
     }
     let _ = writer.await;
-}
-
-/// A `Write` that hands chunks to a channel (a request body).
-struct ChunkWriter {
-    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
-    buf: Vec<u8>,
-}
-
-impl std::io::Write for ChunkWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= 256 * 1024 {
-            self.flush()?;
-        }
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = Bytes::from(std::mem::take(&mut self.buf));
-        self.tx.blocking_send(Ok(chunk)).map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "gone"))
-    }
 }
 
 /// `orch agent-token`: on the server's machine, against its database.

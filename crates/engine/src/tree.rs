@@ -19,6 +19,74 @@ pub fn write<W: Write>(w: W, root: &Path, files: &[PathBuf]) -> std::io::Result<
     b.into_inner()
 }
 
+/// A tar stream of the files of `root` that `list` names (called off the async threads,
+/// as the reading is), in chunks for an HTTP body or Docker's upload; the handle says how
+/// the writing ended (an error also ends the stream with it).
+pub fn stream(
+    root: PathBuf,
+    list: impl FnOnce(&Path) -> std::io::Result<Vec<PathBuf>> + Send + 'static,
+) -> (Chunks, tokio::task::JoinHandle<std::io::Result<()>>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let writer = tokio::task::spawn_blocking(move || {
+        let written = list(&root).and_then(|files| {
+            let mut w = write(ChannelWriter::new(tx.clone()), &root, &files)?;
+            w.flush()
+        });
+        if let Err(e) = &written {
+            let _ = tx.blocking_send(Err(std::io::Error::new(e.kind(), e.to_string())));
+        }
+        written
+    });
+    (Chunks(rx), writer)
+}
+
+/// The chunks of a [`stream`].
+pub struct Chunks(tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>);
+
+impl futures_util::Stream for Chunks {
+    type Item = std::io::Result<bytes::Bytes>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+const CHUNK: usize = 256 * 1024;
+
+/// A `Write` that hands fixed-size chunks to an async channel (bounded: the writer waits
+/// for the reader, so memory stays flat whatever the tree's size).
+pub struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    pub fn new(tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>) -> ChannelWriter {
+        ChannelWriter { tx, buf: Vec::with_capacity(CHUNK) }
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = bytes::Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the reader of the stream went away"))
+    }
+}
+
 /// Appends the file, link or directory `rel` of `tree` to `b`.
 pub fn append<W: Write>(b: &mut tar::Builder<W>, tree: &Root, rel: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;

@@ -358,15 +358,9 @@ impl DockerBackend {
     /// Streams the work tree's files into `container`'s workspace (a created, not yet
     /// started step container: no helper container is needed).
     async fn upload_files(&self, container: &str, root: &Path, files: &[PathBuf]) -> Result<(), BackendError> {
-        let (tx, rx) = mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(16);
-        let root = root.to_path_buf();
+        // Every file is read beneath the tree (see `tree::write`).
         let files = files.to_vec();
-        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            // Every file is read beneath the tree (see `tree::write`).
-            let mut w = crate::tree::write(ChannelWriter { tx, buf: Vec::with_capacity(CHUNK) }, &root, &files)?;
-            w.flush()
-        });
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+        let (stream, writer) = crate::tree::stream(root.to_path_buf(), move |_| Ok(files));
         let upload = self
             .docker
             .upload_to_container(
@@ -383,8 +377,6 @@ impl DockerBackend {
         upload.map_err(|e| BackendError::Workspace(format!("upload failed: {}", api(e))))
     }
 }
-
-const CHUNK: usize = 256 * 1024;
 
 /// The network of every step without services: one per daemon, kept between runs (as the
 /// firewall's chains are). Its containers cannot reach one another (ICC off), so runs are
@@ -491,32 +483,6 @@ fn docker_socket_path() -> String {
         .ok()
         .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
         .unwrap_or_else(|| "/var/run/docker.sock".to_string())
-}
-
-/// A `Write` that hands fixed-size chunks to an async channel (bounded: the tar writer
-/// waits for the upload, so memory stays flat whatever the tree's size).
-struct ChannelWriter {
-    tx: mpsc::Sender<Result<bytes::Bytes, std::io::Error>>,
-    buf: Vec<u8>,
-}
-
-impl Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= CHUNK {
-            self.flush()?;
-        }
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = bytes::Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
-        self.tx
-            .blocking_send(Ok(chunk))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "upload ended early"))
-    }
 }
 
 fn create_error(e: DockerError, image: &str) -> BackendError {
@@ -809,7 +775,7 @@ impl DockerBackend {
         let tar_file = tar_file.to_path_buf();
         let missing = parent.strip_prefix(at).map(Path::to_path_buf).unwrap_or_default();
         let writer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let mut b = tar::Builder::new(ChannelWriter { tx, buf: Vec::with_capacity(CHUNK) });
+            let mut b = tar::Builder::new(crate::tree::ChannelWriter::new(tx));
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
             let mut dir = PathBuf::new();
             for c in missing.components() {

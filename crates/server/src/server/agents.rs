@@ -106,7 +106,20 @@ fn error(code: StatusCode, msg: impl Into<String>) -> Response {
     super::reply(code, json!({ "error": msg.into() }))
 }
 
-/// The agent a request's bearer token names; 401 for none, an unknown or a revoked one.
+/// The agent a request's bearer token names: the extractor of every agent endpoint; 401
+/// for none, an unknown or a revoked token.
+struct Agent(String);
+
+impl axum::extract::FromRequestParts<Arc<AppState>> for Agent {
+    type Rejection = Response;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        st: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        agent(st, &parts.headers).await.map(Agent)
+    }
+}
+
 async fn agent(st: &AppState, headers: &HeaderMap) -> Result<String, Response> {
     let token = headers
         .get(header::AUTHORIZATION)
@@ -141,11 +154,7 @@ struct ClaimBody {
 }
 
 /// `POST /api/agent/claim`.
-async fn claim(State(st): State<Arc<AppState>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    let name = match agent(&st, &headers).await {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
+async fn claim(State(st): State<Arc<AppState>>, Agent(name): Agent, body: axum::body::Bytes) -> Response {
     let body: ClaimBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("the body is not a claim: {e}")),
@@ -240,13 +249,9 @@ async fn fence(st: &AppState, agent: &str, id: i64, attempt: i64) -> Result<(), 
 /// `GET /api/agent/runs/{id}/{attempt}/source`: the run's checkout as a tar stream.
 async fn source(
     State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
+    Agent(name): Agent,
     Path((id, attempt)): Path<(i64, i64)>,
 ) -> Response {
-    let name = match agent(&st, &headers).await {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
     if let Err(r) = fence(&st, &name, id, attempt).await {
         return r;
     }
@@ -259,50 +264,8 @@ async fn source(
         }
         return error(StatusCode::CONFLICT, format!("run {id}'s checkout is gone: it is queued again"));
     }
-    let (tx, rx) = mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(16);
-    tokio::task::spawn_blocking(move || {
-        let files = match crate::git::workspace_files(&work) {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
-                return;
-            }
-        };
-        let w = ChunkWriter { tx: tx.clone(), buf: Vec::new() };
-        match crate::tree::write(w, &work, &files) {
-            Ok(mut w) => {
-                let _ = std::io::Write::flush(&mut w);
-            }
-            Err(e) => {
-                let _ = tx.blocking_send(Err(e));
-            }
-        }
-    });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let (stream, _) = crate::tree::stream(work, |w| crate::git::workspace_files(w).map_err(std::io::Error::other));
     ([(header::CONTENT_TYPE, "application/x-tar")], Body::from_stream(stream)).into_response()
-}
-
-/// A `Write` that hands chunks to a channel (the response body).
-struct ChunkWriter {
-    tx: mpsc::Sender<Result<bytes::Bytes, std::io::Error>>,
-    buf: Vec<u8>,
-}
-
-impl std::io::Write for ChunkWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= 256 * 1024 {
-            self.flush()?;
-        }
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = bytes::Bytes::from(std::mem::take(&mut self.buf));
-        self.tx.blocking_send(Ok(chunk)).map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "gone"))
-    }
 }
 
 #[derive(Deserialize)]
@@ -316,14 +279,10 @@ struct EventsBody {
 /// `POST /api/agent/runs/{id}/{attempt}/events`.
 async fn events(
     State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
+    Agent(name): Agent,
     Path((id, attempt)): Path<(i64, i64)>,
     body: axum::body::Bytes,
 ) -> Response {
-    let name = match agent(&st, &headers).await {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
     let body: EventsBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("the body is not a batch of events: {e}")),
@@ -386,14 +345,10 @@ async fn end(
 /// `PUT /api/agent/runs/{id}/{attempt}/artifacts`: unpacked beneath the run's artifacts.
 async fn artifacts(
     State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
+    Agent(name): Agent,
     Path((id, attempt)): Path<(i64, i64)>,
     body: Body,
 ) -> Response {
-    let name = match agent(&st, &headers).await {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
     if let Err(r) = fence(&st, &name, id, attempt).await {
         return r;
     }
