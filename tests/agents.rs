@@ -229,10 +229,7 @@ fn a_killed_agent_s_run_goes_to_another_within_the_lease_and_its_late_report_is_
         r["run"]["agent"] == "doomed" && r["run"]["status"] == "running"
     });
     assert_eq!(r["run"]["attempts"], 1);
-    wait_for(Duration::from_secs(60), "the step's output", || {
-        let t = orch.get(&format!("/api/runs/{id}/logs/slow")).text();
-        if t.contains("started") { Ok(()) } else { Err(t) }
-    });
+    orch.wait_log(id, "slow", "started");
     let spare = Agent::start(&orch, &t2, "", 1);
     let killed = Instant::now();
     doomed.kill9();
@@ -333,10 +330,7 @@ fn a_run_on_an_agent_can_be_cancelled() {
     let sleepy = "steps:\n  nap:\n    image: busybox:latest\n    commands: [echo napping, sleep 60]\n";
     let (id, _) = push(&orch, &git, "main", &[(".orch.yml", sleepy)]);
     orch.wait_run(id, "the run on the agent", |r| r["run"]["status"] == "running" && r["run"]["agent"] == "a");
-    wait_for(Duration::from_secs(60), "the step's output", || {
-        let t = orch.get(&format!("/api/runs/{id}/logs/nap")).text();
-        if t.contains("napping") { Ok(()) } else { Err(t) }
-    });
+    orch.wait_log(id, "nap", "napping");
     let cancel = Instant::now();
     let r = orch.request("POST", &format!("/api/runs/{id}/cancel"), &[("authorization", "Bearer api-token")], b"");
     assert!(r.status < 300, "{}", r.text());
@@ -659,10 +653,7 @@ fn a_server_restart_fences_an_agent_s_attempt_and_the_run_goes_on() {
     let slow = "steps:\n  slow:\n    image: busybox:latest\n    commands: [echo started, sleep 4, echo finished]\n";
     let (id, sha) = push(&first, &git, "main", &[(".orch.yml", slow)]);
     first.wait_run(id, "the run on the agent", |r| r["run"]["agent"] == "steady" && r["run"]["status"] == "running");
-    wait_for(Duration::from_secs(60), "the step's output", || {
-        let t = first.get(&format!("/api/runs/{id}/logs/slow")).text();
-        if t.contains("started") { Ok(()) } else { Err(t) }
-    });
+    first.wait_log(id, "slow", "started");
     first.stop();
     drop(first);
     let second = Orch::start(args());

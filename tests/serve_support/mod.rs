@@ -1713,6 +1713,14 @@ impl Client {
         self.wait_run(id, "ended", |r| TERMINAL.contains(&r["run"]["status"].as_str().unwrap_or("")))
     }
 
+    /// Waits until the log of `step` of run `id` holds `text`; returns the log.
+    pub fn wait_log(&self, id: i64, step: &str, text: &str) -> String {
+        wait_for(RUN_LIMIT, &format!("run {id}: `{text}` in the log of {step}"), || {
+            let t = self.get(&format!("/api/runs/{id}/logs/{step}")).text();
+            if t.contains(text) { Ok(t) } else { Err(t) }
+        })
+    }
+
     /// Waits until `step` of the run is running.
     pub fn wait_step_running(&self, id: i64, step: &str) -> Value {
         self.wait_run(id, &format!("step `{step}` running"), |r| {

@@ -505,6 +505,8 @@ impl Db {
                  WHERE id = ?1 AND attempts = ?2 AND agent = ?3 AND status = 'running'",
                 params![id, attempt, agent, until],
             )?;
+            // A report is a sign of life too (a busy agent asks for no work).
+            t.execute("UPDATE agents SET last_seen = ?2 WHERE name = ?1", params![agent, now()])?;
             Ok(n == 1)
         })
         .await
