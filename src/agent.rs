@@ -159,6 +159,7 @@ pub async fn run(args: AgentArgs) -> Result<u8, Error> {
         labels,
         capacity: args.capacity,
         running: AtomicUsize::new(0),
+        docker_away: std::sync::atomic::AtomicBool::new(false),
         cache: Arc::new(crate::cache::CacheStore::new(dir.join("cache"), cache_max)),
         dir,
     });
@@ -217,6 +218,8 @@ struct Agent {
     labels: Vec<String>,
     capacity: usize,
     running: AtomicUsize,
+    /// Whether this machine's Docker stopped answering (said once).
+    docker_away: std::sync::atomic::AtomicBool,
     cache: Arc<crate::cache::CacheStore>,
     dir: PathBuf,
 }
@@ -226,6 +229,21 @@ impl Agent {
     async fn slot(self: Arc<Self>, drain: CancellationToken, kill: CancellationToken) -> Result<(), Error> {
         let mut backoff = Duration::from_millis(500);
         while !drain.is_cancelled() {
+            // No work is taken while this machine's Docker does not answer (restarting):
+            // the server's runs wait for an agent that can run them.
+            if let Err(e) = self.docker.ping().await {
+                if !self.docker_away.swap(true, Ordering::Relaxed) {
+                    tracing::warn!("Docker does not answer ({e}): no work is taken until it does");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = drain.cancelled() => break,
+                }
+                continue;
+            }
+            if self.docker_away.swap(false, Ordering::Relaxed) {
+                tracing::info!("Docker answers again: taking work");
+            }
             let claim = json!({
                 "labels": self.labels,
                 "capacity": self.capacity,

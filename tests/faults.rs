@@ -227,6 +227,56 @@ fn a_docker_daemon_that_stops_mid_run_gives_errors_and_leaves_nothing_once_back(
 /// The short soak: a few hundred deliveries, a few kill -9s of the server and one restart
 /// of the Docker daemon; nothing lost, nothing doubled, nothing left over. `bench/soak`
 /// runs the long one.
+/// An agent whose Docker stops takes no work (the run waits, queued, for an agent that can
+/// run it), and takes it once the daemon is back.
+#[test]
+fn an_agent_takes_no_work_while_its_docker_does_not_answer() {
+    let Some(_turn) = daemon_turn() else { return };
+    let mut daemon = Daemon::default();
+    let git = GitServer::start();
+    let quick = git.on_branch("quick", &[(".orch.yml", QUICK)], "quick");
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let (dir, data) = data_dir("orch-faults-agent-");
+    let server = OrchProcess::spawn(
+        &data,
+        &token_env(&gh, &git, &[("ORCH_LOCAL_CAPACITY", "0".into())]),
+        &dir.path().join("orch.log"),
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_orch"))
+        .args(["agent-token", "create", "a"])
+        .env("ORCH_DATA_DIR", &data)
+        .output()
+        .unwrap();
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let log = dir.path().join("agent.log");
+    let f = std::fs::File::create(&log).unwrap();
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_orch"))
+        .arg("agent")
+        .env("ORCH_SERVER", format!("http://{}", server.addr))
+        .env("ORCH_AGENT_TOKEN", &token)
+        .env("ORCH_AGENT_DIR", dir.path().join("agent"))
+        .stdin(Stdio::null())
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap();
+    // It works, then its daemon stops.
+    let first = server.deliver("push", &push_event("quick", ZERO_SHA, &quick)).run_id();
+    assert_eq!(server.wait_run_done(first)["run"]["status"], "success");
+    daemon.stop();
+    let during = server.deliver("push", &push_event("quick", &quick, &quick)).run_id();
+    std::thread::sleep(Duration::from_secs(5));
+    let run = server.run(during);
+    assert_eq!((run["run"]["status"].as_str(), run["run"]["agent"].as_str()), (Some("queued"), None), "{run:#}");
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(said.contains("Docker does not answer"), "{said}");
+    daemon.start();
+    let run = server.wait_run_done(during);
+    assert_eq!((run["run"]["status"].as_str(), run["run"]["agent"].as_str()), (Some("success"), Some("a")), "{run:#}");
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
+
 #[test]
 fn soak_short() {
     let Some(_turn) = daemon_turn() else { return };

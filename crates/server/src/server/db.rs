@@ -472,18 +472,20 @@ impl Db {
         lease_until: Option<i64>,
     ) -> Result<Option<(Run, String)>, DbError> {
         self.write(move |t| {
-            let mut st = t.prepare(
-                "SELECT id, labels, job FROM runs WHERE status = 'queued' AND job IS NOT NULL ORDER BY id LIMIT 1000",
-            )?;
+            // Every planned run, oldest first (the planner keeps those an executor fits
+            // few; those none fits must not hide the others).
+            let mut st =
+                t.prepare("SELECT id, labels FROM runs WHERE status = 'queued' AND job IS NOT NULL ORDER BY id")?;
             let rows = st
-                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, String>(2)?)))?
+                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?)))?
                 .collect::<Result<Vec<_>, _>>()?;
-            let found = rows.into_iter().find(|(_, labels, _)| {
+            let found = rows.into_iter().find(|(_, labels)| {
                 let need: Vec<String> =
                     labels.as_deref().and_then(|l| serde_json::from_str(l).ok()).unwrap_or_default();
                 crate::job::fits(&need, &have)
             });
-            let Some((id, _, job)) = found else { return Ok(None) };
+            let Some((id, _)) = found else { return Ok(None) };
+            let job: String = t.query_row("SELECT job FROM runs WHERE id = ?1", params![id], |r| r.get(0))?;
             t.execute(
                 "UPDATE runs SET status = 'running', attempts = attempts + 1, agent = ?2, lease_until = ?3,
                     dispatched_at = ?4, started_at = ?4, reason = NULL WHERE id = ?1",
@@ -1190,6 +1192,67 @@ mod tests {
         assert_eq!(mode, 2, "incremental");
         let kept: i64 = db.read(|c| c.query_row("SELECT x FROM t", [], |r| r.get(0))).await.unwrap();
         assert_eq!(kept, 1);
+    }
+
+    /// The queue of agents: a run is planned, taken only by an executor its labels fit,
+    /// leased, fenced by its attempt, queued again when its lease runs out (a bounded number
+    /// of times), then ended; an ended run keeps its end.
+    #[tokio::test]
+    async fn leases_fence_attempts_and_a_lost_run_is_queued_again_then_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("orch.db")).unwrap();
+        let (id, _, _) = db.queue_run(spec("main"), false).await.unwrap();
+        let planning = db.claim().await.unwrap().unwrap();
+        assert_eq!((planning.id, planning.status), (id, RunState::Queued), "planned while queued");
+        assert!(db.claim().await.unwrap().is_none(), "planned once");
+        assert!(db.dispatch(None, vec![], None).await.unwrap().is_none(), "not planned yet");
+        assert!(db.plan_ready(id, "{}".into(), vec!["gpu".into()], "waiting".into()).await.unwrap());
+        assert!(db.dispatch(Some("a".into()), vec!["linux".into()], Some(1)).await.unwrap().is_none());
+        let (run, job) =
+            db.dispatch(Some("a".into()), vec!["gpu".into(), "linux".into()], Some(1000)).await.unwrap().unwrap();
+        assert_eq!(
+            (run.status, run.attempts, run.agent.as_deref(), job.as_str()),
+            (RunState::Running, 1, Some("a"), "{}")
+        );
+        assert!(db.extend_lease(id, 1, "a".into(), 2000).await.unwrap());
+        assert!(!db.extend_lease(id, 2, "a".into(), 2000).await.unwrap(), "another attempt");
+        assert!(!db.extend_lease(id, 1, "b".into(), 2000).await.unwrap(), "another agent");
+        // Not expired yet; then expired: queued again, for anyone with the labels.
+        let (again, ended) = db.reap_lost(1999, 1, None).await.unwrap();
+        assert!(again.is_empty() && ended.is_empty());
+        let (again, ended) = db.reap_lost(2001, 1, None).await.unwrap();
+        assert_eq!((again.len(), ended.len()), (1, 0));
+        assert_eq!((again[0].status, again[0].agent.as_deref(), again[0].lost), (RunState::Queued, None, 1));
+        assert!(!db.holds(id, 1, "a".into()).await.unwrap(), "the old attempt is fenced off");
+        let (run, _) = db.dispatch(Some("b".into()), vec!["gpu".into()], Some(3000)).await.unwrap().unwrap();
+        assert_eq!((run.attempts, run.agent.as_deref()), (2, Some("b")));
+        assert!(db.holds(id, 2, "b".into()).await.unwrap());
+        // Lost again, past the retries: an error, and it keeps that end.
+        let (again, ended) = db.reap_lost(3001, 1, None).await.unwrap();
+        assert_eq!((again.len(), ended.len()), (0, 1));
+        assert_eq!(ended[0].status, RunState::Error);
+        assert!(ended[0].reason.as_deref().unwrap().contains("lost 2 times (last: `b`)"), "{:?}", ended[0].reason);
+        db.finish(id, RunState::Success, Some("late".into()), Some("owed".into())).await.unwrap();
+        let run = db.run(id).await.unwrap().unwrap();
+        assert_eq!((run.status, run.reason.as_deref()), (RunState::Error, ended[0].reason.as_deref()));
+        assert_eq!(db.count_owed().await.unwrap(), 0, "nothing owed for an end that did not happen");
+        assert!(!db.extend_lease(id, 2, "b".into(), 9000).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn agent_tokens_are_stored_hashed_named_once_and_revocable() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("orch.db")).unwrap();
+        assert!(db.create_agent("a".into(), "h1".into()).await.unwrap());
+        assert!(!db.create_agent("a".into(), "h2".into()).await.unwrap(), "a name is taken once");
+        assert_eq!(db.agent_by_token("h1".into()).await.unwrap().as_deref(), Some("a"));
+        assert_eq!(db.agent_by_token("h2".into()).await.unwrap(), None);
+        db.agent_seen("a".into(), vec!["x".into()], 2, 0, "v".into()).await.unwrap();
+        let rows = db.agents().await.unwrap();
+        assert_eq!((rows[0].labels.clone(), rows[0].capacity), (vec!["x".to_string()], Some(2)));
+        assert!(db.revoke_agent("a".into()).await.unwrap());
+        assert!(!db.revoke_agent("a".into()).await.unwrap());
+        assert_eq!(db.agent_by_token("h1".into()).await.unwrap(), None);
     }
 
     #[tokio::test]
