@@ -56,6 +56,98 @@ pub struct EventArgs {
     /// A changed file, for `paths` conditions (repeat it) [default: from git].
     #[arg(long = "changed", value_name = "PATH")]
     pub changed: Vec<String>,
+    /// A GitHub webhook delivery's payload (saved, or copied from the webhook's "Recent
+    /// Deliveries"): plan for it as the server would. `--event` then names GitHub's event
+    /// (push or pull_request) when the payload's shape does not tell.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["branch", "base_branch", "tag", "pr", "commit"])]
+    pub payload: Option<PathBuf>,
+}
+
+/// What a saved delivery asks of the server.
+pub enum Delivery {
+    Run(Box<crate::server::db::NewRun>),
+    /// The server runs nothing for it, and why.
+    NoRun(String),
+}
+
+/// Reads a delivery's payload and classifies it as the server does.
+pub fn read_payload(path: &Path, event: Option<Event>) -> Result<Delivery, Error> {
+    use crate::server::webhook::{Action, classify};
+    use serde_json::Value;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+    let v: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Usage(format!("{}: not a JSON payload: {e}", path.display())))?;
+    let name = match event {
+        Some(Event::Push) => "push",
+        Some(Event::PullRequest) => "pull_request",
+        Some(other) => {
+            return Err(Error::Usage(format!(
+                "with --payload, --event names GitHub's event (push or pull_request), not `{}`",
+                other.as_str()
+            )));
+        }
+        None if v.get("pull_request").is_some() => "pull_request",
+        None if v.get("check_run").is_some() => "check_run",
+        None if v.get("check_suite").is_some() => "check_suite",
+        None if v.get("zen").is_some() => "ping",
+        None if v.get("ref").is_some() && v.get("after").is_some() => "push",
+        None => {
+            return Err(Error::Usage(format!(
+                "{}: cannot tell which GitHub event this payload is: add --event push or --event pull_request",
+                path.display()
+            )));
+        }
+    };
+    Ok(match classify(name, &v) {
+        Action::Run(r) => Delivery::Run(r),
+        Action::Ignore(why) => Delivery::NoRun(why),
+        Action::CancelPullRequest { pr, .. } => {
+            Delivery::NoRun(format!("pull request #{pr} was closed: the server cancels its runs"))
+        }
+        Action::Ping => Delivery::NoRun("a ping".into()),
+    })
+}
+
+/// The planner's facts: from a payload (`--payload`, as the server has them), else from
+/// the flags, then what the checkout says. `Err` with the reason when the server would run
+/// nothing for the payload.
+pub fn facts(ev: &EventArgs, co: &Checkout, run_id: &str) -> Result<Result<Context, String>, Error> {
+    let Some(path) = &ev.payload else { return Ok(Ok(context(ev, co, run_id))) };
+    let spec = match read_payload(path, ev.event)? {
+        Delivery::Run(spec) => spec,
+        Delivery::NoRun(why) => return Ok(Err(why)),
+    };
+    if co.is_git && !co.commit.is_empty() && co.commit != spec.sha {
+        eprintln!(
+            "note: the payload is for commit {}; the files are this checkout's, at {}",
+            short(&spec.sha),
+            short(&co.commit)
+        );
+    }
+    // As the server: the files the delivery lists; for a pull request, those since its
+    // base branch (here, the checkout's copy of it); else unknown.
+    let changed = if !ev.changed.is_empty() {
+        Some(ev.changed.clone())
+    } else {
+        match (&spec.changed, spec.event.as_str(), &spec.base_branch) {
+            (Some(c), _, _) => Some(c.clone()),
+            (None, "pull_request", Some(base)) => {
+                let found = git::changed_against_branch(&co.root, base).ok().flatten();
+                if found.is_none() {
+                    eprintln!("note: no branch `{base}` here: the changed files are unknown (every `paths` holds)");
+                }
+                found
+            }
+            _ => None,
+        }
+    };
+    crate::server::worker::context_of(&spec, run_id, changed)
+        .map(Ok)
+        .ok_or_else(|| Error::Usage(format!("the payload's event `{}` is not one orch runs", spec.event)))
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(8)]
 }
 
 fn parse_event(s: &str) -> Result<Event, String> {
@@ -177,7 +269,13 @@ pub fn plan_command(args: PlanArgs) -> Result<u8, Error> {
     let pipeline = pipeline::load_file(&args.file)?;
     let dir = args.file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let co = git::inspect(dir)?;
-    let ctx = context(&args.event, &co, "plan");
+    let ctx = match facts(&args.event, &co, "plan")? {
+        Ok(ctx) => ctx,
+        Err(why) => {
+            println!("the server runs nothing for this delivery: {why}");
+            return Ok(exit::SUCCESS);
+        }
+    };
     let plan = plan::plan(&pipeline, &ctx, &Selection { steps: args.steps })?;
     let out = match args.format {
         PlanFormat::Text => render::text(&plan),
@@ -214,7 +312,13 @@ pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
     };
     let pipeline = pipeline::load_file(&file)?;
     let run_id = new_run_id();
-    let ctx = context(&args.event, &co, &run_id);
+    let ctx = match facts(&args.event, &co, &run_id)? {
+        Ok(ctx) => ctx,
+        Err(why) => {
+            eprintln!("the server runs nothing for this delivery: {why}");
+            return Ok(exit::SUCCESS);
+        }
+    };
     let mut env = Vec::new();
     for kv in &args.env {
         let (k, v) = kv.split_once('=').ok_or_else(|| Error::Usage(format!("--env takes NAME=VALUE, got `{kv}`")))?;

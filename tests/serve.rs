@@ -10,6 +10,7 @@
 //! fake GitHub and server, so they run in parallel; servers are stopped and their Docker
 //! objects removed even when a test fails. See `serve_support` for the parts.
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use orch::server::config::ServeArgs;
@@ -1240,4 +1241,132 @@ fn updates_wait_for_a_github_that_is_down_and_all_arrive_in_order() {
         n => Err(format!("{n} owed")),
     });
     gh.assert_no_violations();
+}
+
+/// `orch plan --payload` plans a saved delivery as the server does: for a push, a tag, a
+/// pull request (its changed files from the base branch), the same plan as the server's
+/// `plan.json` for the same delivery; a delivery the server runs nothing for says so.
+#[test]
+fn orch_plan_with_a_payload_plans_as_the_server_does() {
+    let git = GitServer::start();
+    let pipeline = "\
+on:
+  push: {branches: [main, topic], tags: [\"v*\"]}
+  pull_request: {branches: [main]}
+defaults: {image: busybox:latest}
+steps:
+  code:
+    when: {paths: [\"src/**\"]}
+    commands: [echo code]
+  docs:
+    when: {paths: [\"*.md\"]}
+    commands: [echo docs]
+  release:
+    when: {event: tag}
+    commands: [echo \"$ORCH_TAG\"]
+  main-only:
+    when: {branch: main, event: push}
+    commands: [echo main]
+";
+    let base =
+        git.on_branch("main", &[(".orch.yml", pipeline), ("src/lib.rs", "one\n"), ("README.md", "one\n")], "base");
+    let head = git.commit(Some(&base), &[("README.md", "two\n")], "docs only");
+    git.set_ref(&head, "refs/heads/topic");
+    git.set_ref(&head, "refs/pull/3/head");
+    git.set_ref(&base, "refs/tags/v1.0");
+    // The server plans (it executes nothing: no local capacity, no Docker needed).
+    let orch = Orch::start(ServeArgs { local_capacity: Some(0), clone_rewrite: vec![git.rewrite()], ..base_args() });
+    let mut tag = push_event("main", ZERO_SHA, &base);
+    tag["ref"] = json!("refs/tags/v1.0");
+    let deliveries = [
+        ("push", push_event("main", ZERO_SHA, &base)),
+        ("push", push_event("topic", &base, &head)),
+        ("push", tag),
+        ("pull_request", pr_event("opened", 3, "topic", &head, "main", &base)),
+    ];
+    // The user's checkout: a clone of the repository at the pull request's head.
+    let user = temp_dir("orch-payload-");
+    let clone = user.path().join("hello");
+    let out = Command::new("git").args(["clone", "-q", &git.url()]).arg(&clone).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for (i, (event, payload)) in deliveries.iter().enumerate() {
+        let id = orch.deliver(event, payload).run_id();
+        let plan_file = orch.data_dir.join("runs").join(id.to_string()).join("plan.json");
+        let server: Value = wait_for(Duration::from_secs(60), "the server's plan", || {
+            std::fs::read_to_string(&plan_file)
+                .map_err(|e| e.to_string())
+                .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+        });
+        let sha = payload.pointer("/pull_request/head/sha").or(payload.get("after")).and_then(Value::as_str).unwrap();
+        let co = Command::new("git").args(["checkout", "-q", "--detach", sha]).current_dir(&clone).output().unwrap();
+        assert!(co.status.success(), "{}", String::from_utf8_lossy(&co.stderr));
+        let file = user.path().join(format!("delivery-{i}.json"));
+        std::fs::write(&file, payload.to_string()).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_orch"))
+            .args(["plan", "--format", "json", "--payload"])
+            .arg(&file)
+            .current_dir(&clone)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let mut local: Value = serde_json::from_slice(&out.stdout).unwrap();
+        // The run's id is the one thing that differs (`plan` for `orch plan`).
+        local["context"]["run_id"] = json!(id.to_string());
+        for step in local["steps"].as_array_mut().unwrap() {
+            assert_eq!(step["env"]["ORCH_RUN_ID"], "plan");
+            step["env"]["ORCH_RUN_ID"] = json!(id.to_string());
+        }
+        assert_eq!(local, server, "delivery {i} ({event}): the plans differ");
+        assert!(server["context"]["repo"] == REPO, "{server:#}");
+    }
+    // What each plan ran, to see the deliveries were told apart.
+    let names = |i: i64| -> Vec<String> {
+        let p: Value = serde_json::from_str(
+            &std::fs::read_to_string(orch.data_dir.join("runs").join(i.to_string()).join("plan.json")).unwrap(),
+        )
+        .unwrap();
+        p["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_string()).collect()
+    };
+    // The pushes list README.md as changed; the pull request's change is README.md too.
+    assert_eq!(names(1), ["docs", "main-only"]);
+    assert_eq!(names(2), ["docs"]);
+    assert_eq!(names(3), ["docs", "release"]);
+    assert_eq!(names(4), ["docs"]);
+    // A delivery the server runs nothing for.
+    let closed = user.path().join("closed.json");
+    std::fs::write(&closed, pr_event("closed", 3, "topic", &head, "main", &base).to_string()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_orch"))
+        .args(["plan", "--payload"])
+        .arg(&closed)
+        .current_dir(&clone)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "the server runs nothing for this delivery: pull request #3 was closed: the server cancels its runs\n"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_orch"))
+        .args(["ci", "--payload"])
+        .arg(&closed)
+        .current_dir(&clone)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("runs nothing for this delivery"));
+    // `orch ci` runs the tag delivery with the server's facts (Docker).
+    if docker_enabled() {
+        let co = Command::new("git").args(["checkout", "-q", "--detach", &base]).current_dir(&clone).output().unwrap();
+        assert!(co.status.success());
+        let out = Command::new(env!("CARGO_BIN_EXE_orch"))
+            .args(["ci", "--no-progress", "--payload"])
+            .arg(user.path().join("delivery-2.json"))
+            .current_dir(&clone)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("main-only skipped: when.event: `tag` is not one of push"), "{text}");
+        assert!(text.lines().any(|l| l.starts_with("release") && l.ends_with("| v1.0")), "{text}");
+    }
 }

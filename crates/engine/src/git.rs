@@ -101,6 +101,37 @@ fn changed_files(repo: &Repository, branch: Option<&str>) -> Result<Vec<String>,
     Ok(files)
 }
 
+/// The files a pull request changes, as the server finds them: from the merge base of
+/// `base` and HEAD to HEAD's tree (committed changes; a rename counts both paths), sorted.
+pub fn changes_since(repo: &Repository, base: git2::Oid) -> Result<Vec<String>, git2::Error> {
+    let head = repo.head()?.peel_to_commit()?;
+    let from = repo.merge_base(base, head.id()).unwrap_or(base);
+    let from_tree = repo.find_commit(from)?.tree()?;
+    let diff = repo.diff_tree_to_tree(Some(&from_tree), Some(&head.tree()?), None)?;
+    let mut files: Vec<String> = diff
+        .deltas()
+        .flat_map(|d| [d.old_file().path(), d.new_file().path()])
+        .flatten()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+/// [`changes_since`] the local branch `base` (or `origin/base`) of the checkout at `dir`;
+/// `None` when the checkout has no such branch.
+pub fn changed_against_branch(dir: &Path, base: &str) -> Result<Option<Vec<String>>, GitError> {
+    let repo = Repository::discover(dir)?;
+    let target = [format!("refs/heads/{base}"), format!("refs/remotes/origin/{base}")]
+        .iter()
+        .find_map(|r| repo.find_reference(r).ok().and_then(|r| r.resolve().ok()).and_then(|r| r.target()));
+    match target {
+        Some(oid) => Ok(Some(changes_since(&repo, oid)?)),
+        None => Ok(None),
+    }
+}
+
 /// The files under `dir` that a copy into the workspace takes, relative to `dir`: tracked
 /// files and untracked ones that are not ignored (what `git status` shows). Outside a
 /// repository: every file, minus `.git` and orch's own `.orch` directory.

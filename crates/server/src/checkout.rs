@@ -360,19 +360,7 @@ pub fn pull_request_changes(dir: &Path, spec: &FetchSpec, base_branch: &str) -> 
     })?;
     // A ref the server does not have fetches nothing, without an error.
     let base = repo.refname_to_id("refs/orch/base").map_err(|_| err("the server has no such branch".into()))?;
-    let head = repo.head().and_then(|h| h.peel_to_commit()).map_err(g)?;
-    let from = repo.merge_base(base, head.id()).unwrap_or(base);
-    let from_tree = repo.find_commit(from).and_then(|c| c.tree()).map_err(g)?;
-    let diff = repo.diff_tree_to_tree(Some(&from_tree), Some(&head.tree().map_err(g)?), None).map_err(g)?;
-    let mut files: Vec<String> = diff
-        .deltas()
-        .flat_map(|d| [d.old_file().path(), d.new_file().path()])
-        .flatten()
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect();
-    files.sort();
-    files.dedup();
-    Ok(files)
+    crate::git::changes_since(&repo, base).map_err(g)
 }
 
 #[cfg(test)]

@@ -421,6 +421,22 @@ pub(crate) fn job_for(st: &AppState, run: &Run, planned: &str) -> Result<Job, St
     Ok(job)
 }
 
+/// The planner's facts of a run a delivery asked for (`orch ci --payload` uses it too, so
+/// both plan a delivery alike); `None` for an event orch does not know.
+pub fn context_of(spec: &super::db::NewRun, run_id: &str, changed: Option<Vec<String>>) -> Option<Context> {
+    Some(Context {
+        event: Some(Event::parse(&spec.event)?),
+        branch: spec.branch.clone(),
+        base_branch: spec.base_branch.clone(),
+        tag: spec.tag.clone(),
+        commit: spec.sha.clone(),
+        pr: spec.pr,
+        repo: spec.repo.clone(),
+        run_id: run_id.to_string(),
+        changed,
+    })
+}
+
 /// Records a run's end (and what it owes GitHub), unless the server is stopping and the
 /// run stopped with it: then it is queued again for the next start.
 pub(crate) async fn finish(st: &AppState, run: &Run, outcome: Outcome) {
@@ -547,19 +563,8 @@ async fn plan(
             Err(e) => tracing::warn!(run = run.id, "changed files unknown: {e}"),
         }
     }
-    let Some(event) = Event::parse(&run.spec.event) else {
+    let Some(context) = context_of(&run.spec, &run.id.to_string(), changed) else {
         return Err(Outcome::early(RunState::Error, Conclusion::Error, format!("unknown event `{}`", run.spec.event)));
-    };
-    let context = Context {
-        event: Some(event),
-        branch: run.spec.branch.clone(),
-        base_branch: run.spec.base_branch.clone(),
-        tag: run.spec.tag.clone(),
-        commit: run.spec.sha.clone(),
-        pr: run.spec.pr,
-        repo: run.spec.repo.clone(),
-        run_id: run.id.to_string(),
-        changed,
     };
     let files = crate::git::workspace_files(work)
         .map_err(|e| Outcome::early(RunState::Error, Conclusion::Error, e.to_string()))?;
