@@ -263,6 +263,14 @@ impl Agent {
                             return Err(Error::Remote(format!("the server sent a job this agent cannot read: {e}")));
                         }
                     };
+                    // Docker may have stopped while the claim waited: the run goes back.
+                    if let Err(e) = self.docker.ping().await {
+                        let path = format!("/api/agent/runs/{}/{}/events", job.run, job.attempt);
+                        let body = json!({ "events": [], "give_back": format!("Docker does not answer: {e}") });
+                        let _ = self.server.call(Method::POST, &path, Some(&body)).await;
+                        tracing::warn!(run = job.run, "Docker does not answer ({e}): the run goes back to the server");
+                        continue;
+                    }
                     self.running.fetch_add(1, Ordering::Relaxed);
                     self.execute(job, kill.clone()).await;
                     self.running.fetch_sub(1, Ordering::Relaxed);

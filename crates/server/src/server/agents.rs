@@ -9,9 +9,10 @@
 //! - `POST /api/agent/claim` `{labels, capacity, running, version}`: 200 with a [`Job`],
 //!   or 204 after [`MAX_WAIT`] without one.
 //! - `GET /api/agent/runs/{id}/{attempt}/source`: the checkout, a tar stream.
-//! - `POST /api/agent/runs/{id}/{attempt}/events` `{events: [RunEvent], failed}`: the run's
-//!   events in order (at least every few seconds: it is the lease's heartbeat); `failed`:
-//!   the agent could not run it, and why. Answers `{cancel}`: whether to stop the run.
+//! - `POST /api/agent/runs/{id}/{attempt}/events` `{events: [RunEvent], failed, give_back}`:
+//!   the run's events in order (at least every few seconds: it is the lease's heartbeat);
+//!   `failed`: the agent could not run it, and why; `give_back`: it will not (its Docker
+//!   does not answer), and the run is queued again. Answers `{cancel}`: whether to stop.
 //! - `PUT /api/agent/runs/{id}/{attempt}/artifacts`: the artifacts, a tar stream, before the
 //!   event that ends the run.
 //!
@@ -274,6 +275,9 @@ struct EventsBody {
     events: Vec<RunEvent>,
     /// The agent could not run the job, and why.
     failed: Option<String>,
+    /// The agent gives the run back unstarted (its Docker does not answer), and why: it
+    /// is queued again for another executor.
+    give_back: Option<String>,
 }
 
 /// `POST /api/agent/runs/{id}/{attempt}/events`.
@@ -299,6 +303,15 @@ async fn events(
         }
         return error(StatusCode::CONFLICT, format!("run {id} is not executing on this server: it is queued again"));
     };
+    if let Some(why) = body.give_back {
+        let reason = format!("queued again: agent `{name}` gave it back ({why})");
+        if st.db.give_back(id, attempt, name.clone(), reason).await.unwrap_or(false) {
+            drop(tx);
+            forget(&st, id).await;
+            st.ready.send_modify(|n| *n += 1);
+        }
+        return super::reply(StatusCode::OK, json!({ "cancel": false, "done": true }));
+    }
     let mut finished = None;
     for ev in body.events {
         if let RunEvent::RunFinished { status, duration, steps } = &ev {

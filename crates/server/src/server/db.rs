@@ -528,6 +528,21 @@ impl Db {
         .await
     }
 
+    /// An agent gives a run it took back (its Docker stopped answering): queued again with
+    /// its plan, for any executor, without counting as lost. Only while it is still that
+    /// attempt of that agent's.
+    pub async fn give_back(&self, id: i64, attempt: i64, agent: String, reason: String) -> Result<bool, DbError> {
+        self.write(move |t| {
+            let n = t.execute(
+                "UPDATE runs SET status = 'queued', agent = NULL, lease_until = NULL, reason = ?4
+                 WHERE id = ?1 AND attempts = ?2 AND agent = ?3 AND status = 'running'",
+                params![id, attempt, agent, reason],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
     /// Whether attempt `attempt` of run `id` is `agent`'s running one.
     pub async fn holds(&self, id: i64, attempt: i64, agent: String) -> Result<bool, DbError> {
         self.read(move |c| {
