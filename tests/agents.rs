@@ -676,3 +676,32 @@ fn a_server_restart_fences_an_agent_s_attempt_and_the_run_goes_on() {
         if left.is_empty() { Ok(()) } else { Err(format!("{left:?}")) }
     });
 }
+
+/// With no executor connected, the server plans only so many runs ahead (their checkouts
+/// wait on its disk); the rest stay queued, unplanned, and are planned as executors come.
+#[test]
+fn runs_no_executor_fits_are_planned_only_so_far_ahead() {
+    let git = GitServer::start();
+    let orch = Orch::start(orch::server::config::ServeArgs {
+        local_capacity: Some(0),
+        clone_rewrite: vec![git.rewrite()],
+        ..base_args()
+    });
+    let sha =
+        git.on_branch("main", &[(".orch.yml", "steps:\n  a:\n    image: busybox:latest\n    commands: [true]\n")], "p");
+    let cap = orch::server::agents::MAX_UNFIT;
+    let n = cap + 6;
+    for i in 0..n {
+        git.set_ref(&sha, &format!("refs/heads/b{i}"));
+        orch.deliver("push", &push_event(&format!("b{i}"), ZERO_SHA, &sha)).run_id();
+    }
+    wait_for(Duration::from_secs(120), "the planner to stop", || {
+        let planned = orch.count("SELECT COUNT(*) FROM runs WHERE job IS NOT NULL");
+        if planned == cap { Ok(()) } else { Err(format!("{planned} planned")) }
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(orch.count("SELECT COUNT(*) FROM runs WHERE job IS NOT NULL"), cap, "no more planned");
+    assert_eq!(orch.count("SELECT COUNT(*) FROM runs WHERE status = 'queued'"), n, "all still queued");
+    let checkouts = std::fs::read_dir(orch.data_dir.join("work")).unwrap().count() as i64;
+    assert_eq!(checkouts, cap, "one checkout per planned run");
+}

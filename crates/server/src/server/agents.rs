@@ -419,8 +419,13 @@ async fn list(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
 /// Agents that asked for work or reported within this long count as connected.
 pub const CONNECTED: i64 = 60;
 
+/// Planned runs that no connected executor fits (their agents are away) kept at most: their
+/// checkouts wait on the server's disk. Past it nothing more is planned until one goes.
+pub const MAX_UNFIT: i64 = 64;
+
 /// Whether the planner may plan another run: the planned runs waiting for an executor that
-/// exists (this server, or an agent connected lately) are fewer than those executors' room.
+/// exists (this server, or an agent connected lately) are fewer than those executors' room,
+/// and those none fits are fewer than [`MAX_UNFIT`].
 pub async fn room_to_plan(st: &AppState) -> Result<bool, super::db::DbError> {
     let mut executors: Vec<(Vec<String>, i64)> = Vec::new();
     if st.cfg.local_capacity > 0 {
@@ -433,14 +438,10 @@ pub async fn room_to_plan(st: &AppState) -> Result<bool, super::db::DbError> {
         }
     }
     let room: i64 = executors.iter().map(|(_, c)| c).sum::<i64>() + 2;
-    let waiting = st
-        .db
-        .ready_labels()
-        .await?
-        .into_iter()
-        .filter(|need| executors.iter().any(|(have, _)| crate::job::fits(need, have)))
-        .count() as i64;
-    Ok(waiting < room)
+    let ready = st.db.ready_labels().await?;
+    let fit = ready.iter().filter(|need| executors.iter().any(|(have, _)| crate::job::fits(need, have))).count() as i64;
+    let unfit = ready.len() as i64 - fit;
+    Ok(fit < room && unfit < MAX_UNFIT)
 }
 
 /// Queues again the runs whose agent's lease ran out (or ends them, past the retries), every
