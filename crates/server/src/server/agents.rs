@@ -441,7 +441,9 @@ pub async fn room_to_plan(st: &AppState) -> Result<bool, super::db::DbError> {
     let ready = st.db.ready_labels().await?;
     let fit = ready.iter().filter(|need| executors.iter().any(|(have, _)| crate::job::fits(need, have))).count() as i64;
     let unfit = ready.len() as i64 - fit;
-    Ok(fit < room && unfit < MAX_UNFIT)
+    // Those being planned count on both sides: their labels are not known yet.
+    let planning = st.db.count_planning().await?;
+    Ok(fit + planning < room && unfit + planning < MAX_UNFIT)
 }
 
 /// Queues again the runs whose agent's lease ran out (or ends them, past the retries), every

@@ -994,6 +994,14 @@ impl Db {
         .await
     }
 
+    /// Runs being planned now (their labels are not known yet).
+    pub async fn count_planning(&self) -> Result<i64, DbError> {
+        self.read(|c| {
+            c.query_row("SELECT COUNT(*) FROM runs WHERE planning = 1 AND status = 'queued'", [], |r| r.get(0))
+        })
+        .await
+    }
+
     /// The labels of each planned run that waits for an executor.
     pub async fn ready_labels(&self) -> Result<Vec<Vec<String>>, DbError> {
         self.read(|c| {
