@@ -398,8 +398,9 @@ pub(crate) fn job_for(st: &AppState, run: &Run, planned: &str) -> Result<Job, St
     let p: Planned = serde_json::from_str(planned).map_err(|e| format!("the stored plan is unreadable: {e}"))?;
     let mut job = p.job;
     job.attempt = run.attempts;
-    // Three reports within a lease: one lost or late does not lose it.
-    job.heartbeat_ms = (st.cfg.agent_lease.as_millis() as u64 / 3).max(200);
+    // Three reports within a lease (one lost or late does not lose it), and at least every
+    // 5 s: a cancel reaches the agent in its answer.
+    job.heartbeat_ms = (st.cfg.agent_lease.as_millis() as u64 / 3).clamp(200, 5000);
     job.docker_run_id = docker_run_id(&st.cfg.data_dir, run.id, run.attempts);
     job.secrets = if p.withheld {
         None
