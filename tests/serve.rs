@@ -767,15 +767,16 @@ fn kill_9_and_restart_loses_no_delivery() {
     let posted: Vec<Posted> = branches.iter().map(|b| server.deliver("push", &push_event(b, ZERO_SHA, &sha))).collect();
     let ids: Vec<i64> = posted.iter().map(Posted::run_id).collect();
 
-    // Kill it while the first run is in its step and the others wait.
+    // Kill it while one run is in its step and the others wait.
     let pid = server.pid();
-    wait_for(Duration::from_secs(60), "the first run's step container", || {
+    wait_for(Duration::from_secs(60), "a run's step container", || {
         if running_step_containers(pid, "build").is_empty() { Err(server.log_text()) } else { Ok(()) }
     });
     server.kill9();
     let runs = server.runs_from_db();
-    let state: Vec<&str> = runs.iter().map(|r| r.1.as_str()).collect();
-    assert_eq!(state, ["running", "queued", "queued", "queued"], "{runs:#?}");
+    let interrupted: Vec<i64> = runs.iter().filter(|r| r.1 == "running").map(|r| r.0).collect();
+    assert_eq!(interrupted.len(), 1, "{runs:#?}");
+    assert_eq!(runs.iter().filter(|r| r.1 == "queued").count(), 3, "{runs:#?}");
     let left = docker_objects_of_pid(pid);
     assert!(left.iter().any(|o| o.starts_with("container ")), "the killed server left no container: {left:?}");
 
@@ -792,8 +793,11 @@ fn kill_9_and_restart_loses_no_delivery() {
         assert_eq!(mine.len(), 1, "delivery {}: {runs:#?}", p.guid);
         assert_eq!(mine[0]["id"], json!(id));
     }
-    let attempts: Vec<i64> = runs.iter().map(|r| r["attempts"].as_i64().unwrap()).collect();
-    assert_eq!(attempts, [2, 1, 1, 1], "{runs:#?}");
+    // The interrupted one ran again; the others once.
+    for r in &runs {
+        let want = if r["id"] == json!(interrupted[0]) { 2 } else { 1 };
+        assert_eq!(r["attempts"], want, "{runs:#?}");
+    }
     assert_eq!(server.count("SELECT COUNT(*) FROM deliveries"), 4);
     for &id in &ids {
         let s = gh.wait_final_status(&sha, "orch (push)", id);
@@ -1103,10 +1107,14 @@ fn an_update_github_refuses_for_good_is_shown_on_the_run() {
     let run = orch.wait_run(id, "the given-up update shown", |r| r["run"]["report_error"].is_string());
     let why = run["run"]["report_error"].as_str().unwrap();
     assert!(why.contains("403"), "{run:#}");
-    // Each update (queued, the end: the run never reached an executor) was tried once: a
-    // permission error is final.
-    let tries = gh.requests().iter().filter(|r| r.op == OP_STATUS).count();
-    assert_eq!(tries, 2, "{:#?}", gh.requests());
+    // Each update (queued, the end: the run never reached an executor) is tried once: a
+    // permission error is final. (The first one given up shows before the second is sent.)
+    let tries = || gh.requests().iter().filter(|r| r.op == OP_STATUS).count();
+    wait_for(Duration::from_secs(30), "both updates tried", || {
+        if tries() == 2 { Ok(()) } else { Err(tries().to_string()) }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(tries(), 2, "{:#?}", gh.requests());
     let page = orch.get(&format!("/runs/{id}")).text();
     assert!(page.contains("an update was given up"), "{page}");
 }

@@ -67,8 +67,9 @@ pub async fn run(st: Arc<AppState>, stop: CancellationToken) {
     let _ = reaper.await;
 }
 
-/// Runs planned at once.
-const PLANNERS: usize = 2;
+/// Runs planned at once: one, so runs are planned, and taken, in the order they came (a
+/// fetch is tens of milliseconds; executors take planned runs oldest first).
+const PLANNERS: usize = 1;
 
 /// Takes queued runs that are not planned yet and plans them, while the planned runs that
 /// wait for an executor that exists are fewer than the executors' room (so checkouts are
