@@ -233,6 +233,8 @@ pub fn http(
                     break Ok(r);
                 }
             }
+            // A signal (a child process ending) interrupts a read with a timeout: read on.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => break parse_response(&buf, true).ok_or(e),
         }
     };
@@ -477,7 +479,11 @@ fn serve_git_http(
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break i;
         }
-        let n = conn.read(&mut chunk)?;
+        let n = match conn.read(&mut chunk) {
+            // A signal (a child process ending) interrupts a read with a timeout: read on.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => other?,
+        };
         if n == 0 {
             return Ok(());
         }
