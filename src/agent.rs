@@ -296,8 +296,7 @@ impl Agent {
     async fn execute(&self, job: Job, kill: CancellationToken) {
         let path = format!("/api/agent/runs/{}/{}", job.run, job.attempt);
         tracing::info!(run = job.run, attempt = job.attempt, "job taken");
-        let work = self.dir.join("work").join(&job.docker_run_id);
-        let run_dir = self.dir.join("runs").join(&job.docker_run_id);
+        let (work, run_dir) = job_dirs(&self.dir, &job);
         let _ = std::fs::remove_dir_all(&work);
         let _ = std::fs::remove_dir_all(&run_dir);
         let cancel = Cancel::default();
@@ -370,6 +369,13 @@ impl Agent {
         .await
         .map_err(|e| e.to_string())?
     }
+}
+
+/// The checkout and the run directory of a job beneath the agent's directory, named by
+/// its numbers only: nothing the server sends names a path on this machine.
+fn job_dirs(dir: &Path, job: &Job) -> (PathBuf, PathBuf) {
+    let name = format!("{}-{}", job.run, job.attempt);
+    (dir.join("work").join(&name), dir.join("runs").join(name))
 }
 
 /// How long a report is retried while the server cannot be reached (past it, the lease is
@@ -553,4 +559,23 @@ pub async fn token(command: TokenCommand, data_dir: Option<PathBuf>) -> Result<u
         }
     }
     Ok(exit::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_s_directories_stay_beneath_the_agent_s_whatever_its_docker_id() {
+        let job: Job = serde_json::from_value(json!({
+            "run": 7, "attempt": 2, "docker_run_id": "../../../etc",
+            "context": crate::plan::Context::default(),
+            "secrets": null, "jobs": 1, "grace_ms": 0, "log_limit": 0,
+            "isolation": crate::exec::Isolation::default(), "reuse": {}, "cache_scopes": [], "labels": [],
+        }))
+        .unwrap();
+        let (work, run_dir) = job_dirs(Path::new("/var/lib/orch-agent"), &job);
+        assert_eq!(work, Path::new("/var/lib/orch-agent/work/7-2"));
+        assert_eq!(run_dir, Path::new("/var/lib/orch-agent/runs/7-2"));
+    }
 }

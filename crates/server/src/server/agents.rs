@@ -68,16 +68,6 @@ impl Remotes {
         let m = self.0.lock().ok()?;
         m.get(&id).filter(|r| r.attempt == attempt && r.agent == agent).map(|r| r.events.clone())
     }
-    /// Agents executing runs now, by name, and how many each.
-    pub fn by_agent(&self) -> HashMap<String, usize> {
-        let mut out = HashMap::new();
-        if let Ok(m) = self.0.lock() {
-            for r in m.values() {
-                *out.entry(r.agent.clone()).or_default() += 1;
-            }
-        }
-        out
-    }
 }
 
 pub fn routes() -> Router<Arc<AppState>> {

@@ -543,15 +543,6 @@ impl Db {
         .await
     }
 
-    /// Whether attempt `attempt` of run `id` is `agent`'s running one.
-    pub async fn holds(&self, id: i64, attempt: i64, agent: String) -> Result<bool, DbError> {
-        self.read(move |c| {
-            c.prepare("SELECT 1 FROM runs WHERE id = ?1 AND attempts = ?2 AND agent = ?3 AND status = 'running'")?
-                .exists(params![id, attempt, agent])
-        })
-        .await
-    }
-
     /// Runs whose agent's lease ran out before `now_ms`: queued again (planned, for
     /// another executor) while lost fewer than `max_lost` times, else ended as errors
     /// (with what that owes GitHub, in the same commit). Returns (the queued again, the
@@ -1246,10 +1237,10 @@ mod tests {
         let (again, ended) = db.reap_lost(2001, 1, None).await.unwrap();
         assert_eq!((again.len(), ended.len()), (1, 0));
         assert_eq!((again[0].status, again[0].agent.as_deref(), again[0].lost), (RunState::Queued, None, 1));
-        assert!(!db.holds(id, 1, "a".into()).await.unwrap(), "the old attempt is fenced off");
+        assert!(!db.extend_lease(id, 1, "a".into(), 2500).await.unwrap(), "the old attempt is fenced off");
         let (run, _) = db.dispatch(Some("b".into()), vec!["gpu".into()], Some(3000)).await.unwrap().unwrap();
         assert_eq!((run.attempts, run.agent.as_deref()), (2, Some("b")));
-        assert!(db.holds(id, 2, "b".into()).await.unwrap());
+        assert!(db.extend_lease(id, 2, "b".into(), 3000).await.unwrap());
         // Lost again, past the retries: an error, and it keeps that end.
         let (again, ended) = db.reap_lost(3001, 1, None).await.unwrap();
         assert_eq!((again.len(), ended.len()), (0, 1));
