@@ -28,6 +28,22 @@ pub enum Command {
         #[arg(default_value = ".orch.yml")]
         file: PathBuf,
     },
+    /// Translate GitHub Actions workflows into a .orch.yml; what cannot be translated is
+    /// reported on stderr, by workflow line.
+    Import {
+        /// The workflow files (.github/workflows/*.yml); several are merged into one pipeline.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Write the pipeline to this file [default: stdout].
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// The image of jobs without `container:` [default: debian:bookworm].
+        #[arg(long, value_name = "IMAGE")]
+        image: Option<String>,
+        /// Print one JSON object (the pipeline and every finding) on stdout instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show which steps run for an event, in what order, and why the others are skipped.
     Plan(PlanArgs),
     /// Run the pipeline of the current checkout in Docker.
@@ -188,6 +204,7 @@ fn ignore_empty_env(cmd: clap::Command) -> clap::Command {
 pub async fn run(cli: Cli) -> u8 {
     let result = match cli.command {
         Command::Validate { file } => validate(&file),
+        Command::Import { files, output, image, json } => crate::import::run(&files, output.as_deref(), image, json),
         Command::Plan(args) => crate::ci::plan_command(args),
         Command::Ci(args) => crate::ci::ci_command(args).await,
         Command::Gc { all } => crate::ci::gc_command(all).await,

@@ -31,6 +31,10 @@ pub enum Error {
     /// `orch serve` could not start or stopped on an error.
     #[error(transparent)]
     Serve(#[from] crate::server::ServeError),
+    /// orch's own output failed its own checks (`orch import`'s pipeline does not
+    /// validate): a bug to report, not the user's input.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl Error {
@@ -39,7 +43,7 @@ impl Error {
             Error::Config(_) | Error::Plan(_) | Error::Usage(_) => exit::INVALID,
             Error::Setup(e) if e.is_usage() => exit::INVALID,
             Error::Setup(_) => exit::INFRA,
-            Error::Git(_) | Error::Io { .. } | Error::Backend(_) | Error::Remote(_) => exit::INFRA,
+            Error::Git(_) | Error::Io { .. } | Error::Backend(_) | Error::Remote(_) | Error::Internal(_) => exit::INFRA,
             // Settings are the operator's input; a port taken, a database or Docker that
             // fails are the machine's.
             Error::Serve(crate::server::ServeError::Config(_)) => exit::INVALID,

@@ -17,4 +17,5 @@ pub mod cli;
 pub mod client;
 pub mod doctor;
 pub mod error;
+pub mod import;
 pub mod init;

@@ -2,5 +2,6 @@
 //! runs for an event. Pure: no Docker, no network, no clock; the only I/O is reading
 //! pipeline files (and their includes).
 
+pub mod import;
 pub mod pipeline;
 pub mod plan;
