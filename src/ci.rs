@@ -231,6 +231,15 @@ pub struct CiArgs {
     /// trust.
     #[arg(long)]
     pub privileged: bool,
+    /// Open an interactive shell in the container of the first step that fails: its image,
+    /// environment, services, and the workspace as the step left it, at its working
+    /// directory. With STEP: after that step runs, whatever its result. Needs a terminal.
+    #[arg(long, value_name = "STEP", num_args = 0..=1, default_missing_value = "", conflicts_with = "json")]
+    pub shell: Option<String>,
+    /// Open the shell before STEP runs (in its image, with its environment and services, in
+    /// the workspace as the steps before it left it) instead.
+    #[arg(long, value_name = "STEP", conflicts_with_all = ["shell", "json"])]
+    pub shell_before: Option<String>,
 }
 
 /// The event context: flags first, then what the checkout says.
@@ -311,6 +320,19 @@ pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
         None => root.join(".orch.yml"),
     };
     let pipeline = pipeline::load_file(&file)?;
+    let shell_at = match (&args.shell, &args.shell_before) {
+        (Some(s), _) if s.is_empty() => Some(sched::ShellAt::Failure),
+        (Some(s), _) => Some(sched::ShellAt::After(s.clone())),
+        (None, Some(s)) => Some(sched::ShellAt::Before(s.clone())),
+        (None, None) => None,
+    };
+    if shell_at.is_some() && !crate::terminal::available() {
+        return Err(Error::Usage(
+            "--shell opens an interactive shell and needs a terminal: standard input and output are not one \
+             (run it from a terminal, not a pipe, a script or CI)"
+                .into(),
+        ));
+    }
     let run_id = new_run_id();
     let ctx = match facts(&args.event, &co, &run_id)? {
         Ok(ctx) => ctx,
@@ -360,17 +382,40 @@ pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
         reuse: HashMap::new(),
     })?;
     let log_dir = prepared.log_dir.clone();
+    let mut prepared = prepared;
+    // The reporter prints holding `screen`; an open shell holds it.
+    let screen = Arc::new(tokio::sync::Mutex::new(()));
+    if let Some(at) = shell_at {
+        if let sched::ShellAt::Before(name) | sched::ShellAt::After(name) = &at
+            && !prepared.plan.steps.iter().any(|s| s.name == *name || s.step == *name)
+        {
+            return Err(Error::Usage(format!(
+                "--shell: no step `{name}` runs in this run (steps: {})",
+                prepared.plan.steps.iter().map(|s| format!("`{}`", s.name)).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        prepared.options.shell = Some(Arc::new(sched::Shell::new(at, Arc::new(crate::terminal::Tty), screen.clone())));
+    }
 
     let mode = if args.json {
         Mode::Json
-    } else if args.no_progress || !std::io::stdout().is_terminal() || std::env::var_os("CI").is_some() {
+    } else if prepared.options.shell.is_some()
+        || args.no_progress
+        || !std::io::stdout().is_terminal()
+        || std::env::var_os("CI").is_some()
+    {
         Mode::Plain
     } else {
         Mode::Progress
     };
     let (tx, rx) = mpsc::channel::<RunEvent>(1024);
     let reporter = tokio::spawn(report::run(
-        ReportOptions { mode, log_dir: Some(relative_to(&log_dir, &cwd)), log_files: Some(log_dir.clone()) },
+        ReportOptions {
+            mode,
+            log_dir: Some(relative_to(&log_dir, &cwd)),
+            log_files: Some(log_dir.clone()),
+            screen: Some(screen),
+        },
         rx,
     ));
 

@@ -19,3 +19,4 @@ pub mod doctor;
 pub mod error;
 pub mod import;
 pub mod init;
+pub mod terminal;

@@ -43,6 +43,7 @@ fn options() -> RunOptions {
         reuse: Default::default(),
         isolation: Default::default(),
         log_limit: 0,
+        shell: None,
     }
 }
 
@@ -493,4 +494,93 @@ fn output_lines(events: &[RunEvent]) -> Vec<&str> {
         })
         .flatten()
         .collect()
+}
+
+/// A terminal for `--shell` tests: what is "typed" is given, what the shell prints is kept.
+struct FakeTerminal {
+    typed: &'static str,
+    screen: Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+struct Screen(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Screen {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl orch::sched::Terminal for FakeTerminal {
+    fn open(&self) -> Result<orch::exec::ShellIo, String> {
+        Ok(orch::exec::ShellIo {
+            input: Box::new(std::io::Cursor::new(self.typed.as_bytes().to_vec())),
+            output: Box::new(Screen(self.screen.clone())),
+            size: None,
+            resized: None,
+        })
+    }
+}
+
+#[tokio::test]
+async fn one_shell_opens_where_the_first_step_failed_before_its_container_goes() {
+    use orch::sched::{Shell, ShellAt};
+    let yaml = "
+defaults: { image: img }
+steps:
+  first: { commands: [x], secrets: [TOKEN] }
+  second: { commands: [x], needs: [first], when: { status: always } }
+  third: { commands: [x], needs: [second], when: { status: always } }
+";
+    let b = FakeBackend::new()
+        .script("first", vec![FakeAttempt::exit(2)])
+        .script("second", vec![FakeAttempt::exit(0)])
+        .script("third", vec![FakeAttempt::exit(5)]);
+    let screen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let terminal = Arc::new(FakeTerminal { typed: "echo typed\n", screen: screen.clone() });
+    let shell = Arc::new(Shell::new(ShellAt::Failure, terminal, Arc::new(tokio::sync::Mutex::new(()))));
+    let opts = RunOptions { shell: Some(shell.clone()), ..options() };
+    let o = execute_plan(yaml, Arc::new(b), opts, Cancel::default()).await;
+    // The run's result is the steps': the shell's exit code changes nothing.
+    assert_eq!(o.status, RunStatus::Failure);
+    assert_eq!(o.step("first").status, StepStatus::Failed);
+    assert!(shell.opened());
+    let shells: Vec<&String> = o.calls.iter().filter(|c| c.starts_with("shell ")).collect();
+    assert_eq!(shells, ["shell first after first#1"], "one shell, at the first failure: {:?}", o.calls);
+    // In the stopped container, before it is removed and before what needs the step starts.
+    let at = |call: &str| o.calls.iter().position(|c| c == call).unwrap_or_else(|| panic!("no {call}: {:?}", o.calls));
+    assert!(at("shell first after first#1") < at("remove first#1"), "{:?}", o.calls);
+    assert!(at("shell first after first#1") < at("start second#1"), "{:?}", o.calls);
+    // The step's environment, its secret masked on the screen; what was typed reached it.
+    let shown = String::from_utf8(screen.lock().unwrap().clone()).unwrap();
+    assert!(shown.contains("TOKEN=***") && !shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("echo typed"), "{shown}");
+    let said = |needle: &str| {
+        o.events.iter().any(|e| matches!(e, RunEvent::RunMessage { message, .. } if message.contains(needle)))
+    };
+    assert!(said("opening a shell in step `first` where it failed"), "{:?}", o.events);
+    assert!(said("the shell in step `first` ended (exit code 0)"), "{:?}", o.events);
+}
+
+#[tokio::test]
+async fn a_shell_before_a_named_step_opens_before_its_first_attempt() {
+    use orch::sched::{Shell, ShellAt};
+    let yaml = "
+defaults: { image: img }
+steps:
+  build: { commands: [x] }
+  deploy: { commands: [x], needs: [build] }
+";
+    let b = FakeBackend::new();
+    let terminal = Arc::new(FakeTerminal { typed: "", screen: Default::default() });
+    let at = ShellAt::Before("deploy".into());
+    let shell = Arc::new(Shell::new(at, terminal, Arc::new(tokio::sync::Mutex::new(()))));
+    let o = execute_plan(yaml, Arc::new(b), RunOptions { shell: Some(shell), ..options() }, Cancel::default()).await;
+    assert_eq!(o.status, RunStatus::Success);
+    let pos = |call: &str| o.calls.iter().position(|c| c == call).unwrap_or_else(|| panic!("no {call}: {:?}", o.calls));
+    assert!(pos("start build#1") < pos("shell deploy before"), "{:?}", o.calls);
+    assert!(pos("shell deploy before") < pos("start deploy#1"), "{:?}", o.calls);
 }

@@ -416,6 +416,11 @@ fn run_objects(run_id: &str) -> Vec<(&'static str, String, bool)> {
             }
         }
     }
+    // Images only by label: `orch ci --shell` starts from a copy of a step's container.
+    let filter = format!("label=orch.run={run_id}");
+    for id in docker(&["images", "--filter", &filter, "--format", "{{.ID}}"]).lines().filter(|l| !l.trim().is_empty()) {
+        out.push(("image", id.trim().to_string(), true));
+    }
     out
 }
 
@@ -447,6 +452,7 @@ pub fn remove_run(run_id: &str) {
         ("container", &["rm", "-f", "-v"][..]),
         ("network", &["network", "rm"][..]),
         ("volume", &["volume", "rm", "-f"][..]),
+        ("image", &["rmi", "-f"][..]),
     ] {
         let names: Vec<&str> = objects.iter().filter(|(k, ..)| *k == kind).map(|(_, n, _)| n.as_str()).collect();
         if !names.is_empty() {

@@ -128,6 +128,7 @@ pub fn prepare(s: Setup) -> Result<Prepared, SetupError> {
         source_root: s.source_root,
         artifact_dir: Some(s.run_dir.join("artifacts")),
         reuse: s.reuse,
+        shell: None,
         isolation: s.settings.isolation,
         log_limit: s.settings.log_limit,
     };

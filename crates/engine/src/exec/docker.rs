@@ -58,6 +58,14 @@ struct Lane {
 
 static LANE_USERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
+/// What a shell made, removed once it ends.
+struct ShellMade {
+    container: Option<String>,
+    image: Option<String>,
+    /// Services started for a shell before a step, and their network.
+    services: StepHandle,
+}
+
 struct Fill {
     root: PathBuf,
     files: Vec<PathBuf>,
@@ -251,11 +259,24 @@ impl DockerBackend {
             .map_err(api)?
             .volumes
             .unwrap_or_default();
+        // Images too: an `orch ci --shell` killed while its shell was open leaves the copy
+        // of the step's container it started from.
+        let images = self
+            .docker
+            .list_images(Some(bollard::query_parameters::ListImagesOptions {
+                filters: Some(label_filter(LABEL_RUN, None)),
+                ..Default::default()
+            }))
+            .await
+            .map_err(api)?;
+        let image_runs: Vec<(String, String)> =
+            images.iter().map(|i| (i.id.clone(), i.labels.get(LABEL_RUN).cloned().unwrap_or_default())).collect();
         let labelled = containers
             .into_iter()
             .map(|c| c.labels.unwrap_or_default())
             .chain(networks.into_iter().map(|n| n.labels.unwrap_or_default()))
-            .chain(volumes.into_iter().map(|v| v.labels));
+            .chain(volumes.into_iter().map(|v| v.labels))
+            .chain(images.into_iter().map(|i| i.labels));
         let mut dead_runs = std::collections::BTreeSet::new();
         let mut live_runs = std::collections::HashSet::new();
         for labels in labelled {
@@ -272,6 +293,13 @@ impl DockerBackend {
             report.networks += n;
             report.volumes += v;
             report.runs.push(run.clone());
+            for (image, _) in image_runs.iter().filter(|(_, r)| r == run) {
+                let options = bollard::query_parameters::RemoveImageOptions { force: true, ..Default::default() };
+                match self.docker.remove_image(image, Some(options), None).await {
+                    Ok(_) | Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {}
+                    Err(e) => return Err(api(e)),
+                }
+            }
         }
         Ok(report)
     }
@@ -970,18 +998,7 @@ impl DockerBackend {
         handle.id = created.id.clone();
         let id = created.id;
         // The first step container of the run fills the shared workspace before it starts.
-        let fill = self.fills.lock().ok().and_then(|f| f.get(&step.run_id).cloned());
-        if let Some(fill) = fill {
-            let filled = fill
-                .done
-                .get_or_init(|| async {
-                    self.upload_files(&id, &fill.root, &fill.files).await.map_err(|e| e.to_string())
-                })
-                .await;
-            if let Err(e) = filled {
-                return Err(BackendError::Workspace(e.trim_start_matches("workspace: ").to_string()));
-            }
-        }
+        self.fill_workspace(&step.run_id, &id).await?;
         self.restore(&id, &step.restore).await?;
         let attached = self
             .docker
@@ -1019,6 +1036,156 @@ impl DockerBackend {
                 return Err(BackendError::NoShell { image: step.image.clone() });
             }
             return Err(api(e));
+        }
+        Ok(())
+    }
+
+    /// The shell of [`Backend::shell`]; what it makes is recorded in `made` for the caller
+    /// to remove, whatever happens.
+    async fn shell_inner(
+        &self,
+        step: &StepSpec,
+        after: Option<&StepHandle>,
+        io: ShellIo,
+        made: &mut ShellMade,
+    ) -> Result<i64, BackendError> {
+        let steps_net = steps_network(step.isolation.block_host);
+        let (image, network) = match after {
+            Some(h) if !h.id.is_empty() => {
+                // What the step left outside the workspace (installed packages, files in
+                // /tmp) is in its container's file system: the shell starts from a copy.
+                let options = bollard::query_parameters::CommitContainerOptions {
+                    container: Some(h.id.clone()),
+                    comment: Some(format!("orch ci --shell: step `{}` of run {}", step.step, step.run_id)),
+                    pause: false,
+                    ..Default::default()
+                };
+                let config = bollard::models::ContainerConfig {
+                    labels: Some(self.labels(&step.run_id, Some(&step.step))),
+                    ..Default::default()
+                };
+                let committed = self.docker.commit_container(options, config).await.map_err(api)?;
+                made.image = Some(committed.id.clone());
+                (committed.id, h.network.clone().unwrap_or_else(|| steps_net.to_string()))
+            }
+            _ => {
+                // Before the step: its services as it would get them, started afresh.
+                let spec = StepSpec { attempt: 0, ..step.clone() };
+                if !spec.services.is_empty() {
+                    self.start_services(&spec, &mut made.services).await?;
+                }
+                (step.image.clone(), made.services.network.clone().unwrap_or_else(|| steps_net.to_string()))
+            }
+        };
+        let workspace = match &step.bind {
+            Some(dir) => Workspace::Bind(dir.clone()),
+            None => Workspace::Empty,
+        };
+        let env: Vec<String> = step.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let body = ContainerCreateBody {
+            image: Some(image),
+            entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
+            cmd: Some(vec!["if command -v bash >/dev/null 2>&1; then exec bash; else exec sh; fi".into()]),
+            env: Some(env),
+            working_dir: Some(step.workdir.clone()),
+            labels: Some(self.labels(&step.run_id, Some(&step.step))),
+            tty: Some(true),
+            open_stdin: Some(true),
+            stdin_once: Some(true),
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            host_config: Some(isolated(
+                &step.isolation,
+                HostConfig {
+                    mounts: Some(vec![self.workspace_mount(&step.run_id, &workspace)]),
+                    log_config: Some(HostConfigLogConfig { typ: Some("none".into()), config: None }),
+                    init: Some(true),
+                    network_mode: Some(network),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        };
+        let name = format!("orch-{}-{}-shell", step.run_id, crate::plan::slug(&step.step));
+        let options = CreateContainerOptions { name: Some(name), ..Default::default() };
+        let id = self.docker.create_container(Some(options), body).await.map_err(|e| create_error(e, &step.image))?.id;
+        made.container = Some(id.clone());
+        if after.is_none() {
+            self.fill_workspace(&step.run_id, &id).await?;
+            self.restore(&id, &step.restore).await?;
+        }
+        let attach = AttachContainerOptions {
+            stream: true,
+            stdin: true,
+            stdout: true,
+            stderr: true,
+            logs: false,
+            ..Default::default()
+        };
+        let attached = self.docker.attach_container(&id, Some(attach)).await.map_err(api)?;
+        self.docker.start_container(&id, None::<StartContainerOptions>).await.map_err(api)?;
+        let resize = async |size: (u16, u16)| {
+            let options = bollard::query_parameters::ResizeContainerTTYOptions { w: size.0.into(), h: size.1.into() };
+            let _ = self.docker.resize_container_tty(&id, options).await;
+        };
+        if let Some(size) = io.size {
+            resize(size).await;
+        }
+        let ShellIo { mut input, mut output, mut resized, .. } = io;
+        let mut to_container = attached.input;
+        let mut from_container = attached.output;
+        let mut buf = vec![0u8; 8192];
+        let mut input_open = true;
+        loop {
+            tokio::select! {
+                chunk = from_container.next() => match chunk {
+                    Some(Ok(out)) => {
+                        let _ = output.write_all(&out.into_bytes());
+                        let _ = output.flush();
+                    }
+                    // The stream ends when the shell exits.
+                    _ => break,
+                },
+                n = tokio::io::AsyncReadExt::read(&mut input, &mut buf), if input_open => match n {
+                    Ok(0) | Err(_) => {
+                        input_open = false;
+                        let _ = tokio::io::AsyncWriteExt::shutdown(&mut to_container).await;
+                    }
+                    Ok(n) => {
+                        if tokio::io::AsyncWriteExt::write_all(&mut to_container, &buf[..n]).await.is_err() {
+                            input_open = false;
+                        }
+                    }
+                },
+                size = async { resized.as_mut()?.recv().await }, if resized.is_some() => match size {
+                    Some(size) => resize(size).await,
+                    None => resized = None,
+                },
+            }
+        }
+        let mut wait = self.docker.wait_container(&id, Some(WaitContainerOptions { condition: "not-running".into() }));
+        match wait.next().await {
+            Some(Ok(r)) => Ok(r.status_code),
+            Some(Err(DockerError::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(api(e)),
+            None => Ok(-1),
+        }
+    }
+
+    /// The first container of a run fills its workspace (a step's, or a shell's before it).
+    async fn fill_workspace(&self, run_id: &str, container: &str) -> Result<(), BackendError> {
+        let fill = self.fills.lock().ok().and_then(|f| f.get(run_id).cloned());
+        if let Some(fill) = fill {
+            let filled = fill
+                .done
+                .get_or_init(|| async {
+                    self.upload_files(container, &fill.root, &fill.files).await.map_err(|e| e.to_string())
+                })
+                .await;
+            if let Err(e) = filled {
+                return Err(BackendError::Workspace(e.trim_start_matches("workspace: ").to_string()));
+            }
         }
         Ok(())
     }
@@ -1165,6 +1332,22 @@ impl Backend for DockerBackend {
 
     async fn remove(&self, handle: &StepHandle) -> Result<(), BackendError> {
         self.cleanup_handle(handle).await
+    }
+
+    async fn shell(&self, step: &StepSpec, after: Option<&StepHandle>, io: ShellIo) -> Result<i64, BackendError> {
+        let empty = StepHandle { id: String::new(), services: Vec::new(), network: None, lane: None, pump: None };
+        let mut made = ShellMade { container: None, image: None, services: empty };
+        let result = self.shell_inner(step, after, io, &mut made).await;
+        let remove = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+        if let Some(id) = &made.container {
+            let _ = gone_is_ok(self.docker.remove_container(id, Some(remove)).await);
+        }
+        if let Some(image) = &made.image {
+            let options = bollard::query_parameters::RemoveImageOptions { force: true, ..Default::default() };
+            let _ = self.docker.remove_image(image, Some(options), None).await;
+        }
+        let _ = self.cleanup_handle(&made.services).await;
+        result
     }
 
     async fn destroy(&self, run_id: &str) -> Result<(), BackendError> {

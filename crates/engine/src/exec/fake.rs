@@ -2,6 +2,7 @@
 //! codes per attempt, output, delays, start failures), and every call is recorded.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -179,5 +180,19 @@ impl Backend for FakeBackend {
             out.push(ArtifactFile { path: p.clone(), size: 1 });
         }
         Ok(Collected { files: out, unmatched })
+    }
+
+    /// Records the call, prints the step's environment, then copies the input to the
+    /// output until it ends; exit code 0.
+    async fn shell(&self, step: &StepSpec, after: Option<&StepHandle>, mut io: ShellIo) -> Result<i64, BackendError> {
+        let at = after.map_or_else(|| "before".to_string(), |h| format!("after {}", h.id));
+        self.record(format!("shell {} {at}", step.step));
+        let env: Vec<String> = step.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(io.output, "{}", env.join(" "));
+        let mut input = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut io.input, &mut input).await;
+        let _ = io.output.write_all(&input);
+        let _ = io.output.flush();
+        Ok(0)
     }
 }

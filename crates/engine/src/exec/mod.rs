@@ -191,6 +191,17 @@ pub enum BackendError {
     Cache(String),
 }
 
+/// A terminal lent to [`Backend::shell`]: keystrokes in, screen out. Whoever made it keeps
+/// the terminal in raw mode while it lives and restores it when it is dropped.
+pub struct ShellIo {
+    pub input: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    /// What the shell prints (the caller masks secrets on the way).
+    pub output: Box<dyn std::io::Write + Send>,
+    /// The terminal's size (columns, rows), and later sizes as the window changes.
+    pub size: Option<(u16, u16)>,
+    pub resized: Option<mpsc::Receiver<(u16, u16)>>,
+}
+
 /// What runs steps. See the module docs for the contract.
 pub trait Backend: Send + Sync + 'static {
     fn prepare(&self, run: &RunSpec) -> impl Future<Output = Result<(), BackendError>> + Send;
@@ -222,6 +233,16 @@ pub trait Backend: Send + Sync + 'static {
         optional: bool,
         dest: &Path,
     ) -> impl Future<Output = Result<Collected, BackendError>> + Send;
+    /// Opens an interactive shell for `step` on `io` and returns its exit code once it
+    /// ends: in the step's image (`after`: `None`), or in what the stopped step container
+    /// `after` left (its file system), with the step's environment, services, workspace
+    /// and working directory. Everything it makes is removed before it returns.
+    fn shell(
+        &self,
+        step: &StepSpec,
+        after: Option<&StepHandle>,
+        io: ShellIo,
+    ) -> impl Future<Output = Result<i64, BackendError>> + Send;
 }
 
 /// The absolute container path of a cache path: relative paths are in the workspace, `~`

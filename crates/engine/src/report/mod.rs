@@ -29,11 +29,14 @@ pub struct ReportOptions {
     pub log_dir: Option<PathBuf>,
     /// Where to write the step log files ([`logfile::LogFiles`]); `None`: none written.
     pub log_files: Option<PathBuf>,
+    /// Held while events are shown: whoever else holds it (`orch ci --shell`) has the
+    /// terminal to itself meanwhile.
+    pub screen: Option<std::sync::Arc<tokio::sync::Mutex<()>>>,
 }
 
 /// Consumes events until the channel closes: shows them, and writes the log files.
 pub async fn run(opts: ReportOptions, mut rx: mpsc::Receiver<RunEvent>) {
-    let mut files = opts.log_files.map(logfile::LogFiles::new);
+    let mut files = opts.log_files.clone().map(logfile::LogFiles::new);
     enum Shown {
         Json(json::JsonReporter<std::io::Stdout>),
         Console(Box<console::Console>),
@@ -41,10 +44,14 @@ pub async fn run(opts: ReportOptions, mut rx: mpsc::Receiver<RunEvent>) {
     let mut shown = match opts.mode {
         Mode::Json => Shown::Json(json::JsonReporter::new(std::io::stdout())),
         Mode::Progress | Mode::Plain => {
-            Shown::Console(Box::new(console::Console::new(opts.mode == Mode::Progress, opts.log_dir)))
+            Shown::Console(Box::new(console::Console::new(opts.mode == Mode::Progress, opts.log_dir.clone())))
         }
     };
     while let Some(ev) = rx.recv().await {
+        let _screen = match &opts.screen {
+            Some(m) => Some(m.lock().await),
+            None => None,
+        };
         let mut next = Some(ev);
         // Everything there is, then the files are flushed: batches when output is fast,
         // each line at once when it is slow.

@@ -75,6 +75,8 @@ pub struct RunOptions {
     /// not started, their `StepFinished` says `Passed` with the summary's message. A step
     /// whose needs are not all kept runs (or is skipped) as usual.
     pub reuse: HashMap<String, StepSummary>,
+    /// `orch ci --shell`: the one interactive shell the run may open.
+    pub shell: Option<Arc<Shell>>,
 }
 
 #[derive(Clone)]
@@ -334,6 +336,7 @@ async fn run_steps<B: Backend>(
                     cancel: cancel.clone(),
                     run_start,
                     removals: removals.clone(),
+                    shell: opts.shell.clone(),
                 };
                 let handle = tasks.spawn(async move { (i, unit.run().await) });
                 task_index.insert(handle.id(), i);
@@ -410,6 +413,67 @@ struct Unit<B> {
     cancel: Cancel,
     run_start: Instant,
     removals: Removals,
+    shell: Option<Arc<Shell>>,
+}
+
+/// When, in a step's life, a shell may open.
+#[derive(Clone, Copy)]
+enum Moment {
+    Before,
+    After { failed: bool },
+}
+
+/// `orch ci --shell`: where a run opens its one interactive shell, and on what terminal.
+pub struct Shell {
+    pub at: ShellAt,
+    pub terminal: Arc<dyn Terminal>,
+    /// The reporter prints holding this; the shell holds it while it is open.
+    pub screen: Arc<tokio::sync::Mutex<()>>,
+    opened: std::sync::atomic::AtomicBool,
+}
+
+impl Shell {
+    pub fn new(at: ShellAt, terminal: Arc<dyn Terminal>, screen: Arc<tokio::sync::Mutex<()>>) -> Shell {
+        Shell { at, terminal, screen, opened: Default::default() }
+    }
+
+    /// Whether the shell was opened (or tried).
+    pub fn opened(&self) -> bool {
+        self.opened.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Where `orch ci --shell` opens its shell: at the first step that fails, or before or
+/// after the named step (a matrix step's name covers its variants: the first one to get
+/// there).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShellAt {
+    Failure,
+    Before(String),
+    After(String),
+}
+
+/// The terminal a shell is opened on (in raw mode while the returned `ShellIo` lives).
+pub trait Terminal: Send + Sync {
+    fn open(&self) -> Result<crate::exec::ShellIo, String>;
+}
+
+/// Masks secrets in what a shell prints. Per write: a value split across two writes
+/// shows (an interactive stream cannot wait for the rest of a line).
+struct MaskedWriter {
+    inner: Box<dyn std::io::Write + Send>,
+    masker: Masker,
+}
+
+impl std::io::Write for MaskedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.inner.write_all(&self.masker.mask(buf))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Removals of step containers still under way: a step's end is announced (and its
@@ -463,6 +527,9 @@ impl<B: Backend> Unit<B> {
         let missing: Vec<&String> =
             self.step.secrets.iter().filter(|s| !self.secrets.iter().any(|(k, _)| k == *s)).collect();
         let mut summary = StepSummary { started, ..StepSummary::new(&self.step.name, StepStatus::Error, None) };
+        // The last attempt's container, removed once the step is over (and its shell, if one
+        // is owed, is closed).
+        let mut last: Option<(u32, StepHandle)> = None;
         let prepared = if missing.is_empty() {
             self.caches().await
         } else {
@@ -474,6 +541,10 @@ impl<B: Backend> Unit<B> {
         match prepared {
             Err(m) => summary.message = Some(m),
             Ok((caches, restore)) => {
+                if self.shell.is_some() {
+                    let spec = self.spec(1, &env, &restore);
+                    self.shell_at(Moment::Before, &spec, None, &masker).await;
+                }
                 for attempt in 1..=attempts {
                     summary.attempts = attempt;
                     let _ = self
@@ -529,10 +600,7 @@ impl<B: Backend> Unit<B> {
                         if retry {
                             let _ = self.backend.remove(&h).await;
                         } else {
-                            let backend = self.backend.clone();
-                            self.removals.push(tokio::spawn(async move {
-                                let _ = backend.remove(&h).await;
-                            }));
+                            last = Some((attempt, h));
                         }
                     }
                     if retry {
@@ -555,6 +623,18 @@ impl<B: Backend> Unit<B> {
         summary.allowed_failure = failed && self.step.allow_failure && summary.status != StepStatus::Cancelled;
         summary.blocks_dependents = failed && !summary.allowed_failure;
         let _ = self.events.send(RunEvent::StepFinished(summary.clone())).await;
+        if self.shell.is_some() {
+            let failed = matches!(summary.status, StepStatus::Failed | StepStatus::TimedOut | StepStatus::Error);
+            let spec = self.spec(last.as_ref().map_or(1, |(a, _)| *a), &env, &[]);
+            let handle = last.as_ref().map(|(_, h)| h);
+            self.shell_at(Moment::After { failed }, &spec, handle, &masker).await;
+        }
+        if let Some((_, h)) = last {
+            let backend = self.backend.clone();
+            self.removals.push(tokio::spawn(async move {
+                let _ = backend.remove(&h).await;
+            }));
+        }
         summary
     }
 
@@ -689,16 +769,9 @@ impl<B: Backend> Unit<B> {
         Ok(())
     }
 
-    /// One attempt: start, stream logs, wait with the timeout and cancellation. The
-    /// container is returned (stopped) for the caller to save from and remove.
-    async fn attempt(
-        &self,
-        attempt: u32,
-        env: &[(String, String)],
-        masker: &Masker,
-        restore: &[Restore],
-    ) -> (Ended, Option<StepHandle>) {
-        let spec = StepSpec {
+    /// What the backend gets for one attempt of the step.
+    fn spec(&self, attempt: u32, env: &[(String, String)], restore: &[Restore]) -> StepSpec {
+        StepSpec {
             run_id: self.run_id.clone(),
             step: self.step.name.clone(),
             attempt,
@@ -722,7 +795,71 @@ impl<B: Backend> Unit<B> {
             restore: restore.to_vec(),
             isolation: self.isolation.clone(),
             cancel: self.cancel.graceful.clone(),
+        }
+    }
+
+    /// Opens the run's shell (`orch ci --shell`) if it is owed at this moment of the step:
+    /// once the reporter has shown everything before it, with the terminal to itself.
+    async fn shell_at(&self, moment: Moment, spec: &StepSpec, handle: Option<&StepHandle>, masker: &Masker) {
+        let Some(shell) = &self.shell else { return };
+        let name = &self.step;
+        let wanted = match (&shell.at, moment) {
+            (ShellAt::Before(s), Moment::Before) | (ShellAt::After(s), Moment::After { .. }) => {
+                *s == name.name || *s == name.step
+            }
+            (ShellAt::Failure, Moment::After { failed }) => failed,
+            _ => false,
         };
+        if !wanted || shell.opened.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let when = match moment {
+            Moment::Before => "before it runs",
+            Moment::After { failed: true } => "where it failed",
+            Moment::After { failed: false } => "after it ran",
+        };
+        let _ = self
+            .events
+            .send(RunEvent::RunMessage {
+                level: Level::Info,
+                message: format!(
+                    "opening a shell in step `{}` {when}; `exit` to go on (the run's result stays as it is)",
+                    name.name
+                ),
+            })
+            .await;
+        // Everything sent so far is shown before the shell takes the terminal: the reporter
+        // has taken it all off the channel (bounded wait), and prints under `screen`.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.events.capacity() < self.events.max_capacity() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let screen = shell.screen.lock().await;
+        let result = match shell.terminal.open() {
+            Ok(mut io) => {
+                io.output = Box::new(MaskedWriter { inner: io.output, masker: masker.clone() });
+                self.backend.shell(spec, handle, io).await.map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e),
+        };
+        drop(screen);
+        let (level, message) = match result {
+            Ok(code) => (Level::Info, format!("the shell in step `{}` ended (exit code {code})", name.name)),
+            Err(e) => (Level::Error, format!("cannot open a shell in step `{}`: {e}", name.name)),
+        };
+        let _ = self.events.send(RunEvent::RunMessage { level, message }).await;
+    }
+
+    /// One attempt: start, stream logs, wait with the timeout and cancellation. The
+    /// container is returned (stopped) for the caller to save from and remove.
+    async fn attempt(
+        &self,
+        attempt: u32,
+        env: &[(String, String)],
+        masker: &Masker,
+        restore: &[Restore],
+    ) -> (Ended, Option<StepHandle>) {
+        let spec = self.spec(attempt, env, restore);
         let (tx, rx) = mpsc::channel::<LogChunk>(64);
         let log_task = tokio::spawn(pump_logs(
             rx,
