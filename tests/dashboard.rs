@@ -219,7 +219,7 @@ steps:
   slow:
     commands:
       - echo started
-      - sleep 3
+      - sleep 5
       - echo finished-slow
   after:
     needs: [slow]
@@ -238,7 +238,9 @@ steps:
     assert!(has(&served, "data-step=\"slow\" data-status=\"running\""), "{served}");
     // The log's stream holds the virtual clock until the step ends; the page's next poll
     // then shows it passed.
-    let dom = chromium(&tmp.path().join("profile"), &["--dump-dom"], &orch.url(&format!("/runs/{id}")));
+    // The step is named in the address: on a loaded machine the browser may start only
+    // once `slow` ended and `after` runs, which the page would otherwise show.
+    let dom = chromium(&tmp.path().join("profile"), &["--dump-dom"], &orch.url(&format!("/runs/{id}#step=slow")));
     assert!(has(&dom, "data-step=\"slow\" data-status=\"passed\""), "the step's end, live:\n{dom}");
     let log = dom.split("id=\"log\"").nth(1).unwrap_or("");
     assert!(log.contains("started") && log.contains("finished-slow"), "the log, followed:\n{log}");
