@@ -303,9 +303,8 @@ pub fn plan_command(args: PlanArgs) -> Result<u8, Error> {
 /// A run id that sorts by time and is unique enough on one machine: `YYYYMMDD-HHMMSS-xxxx`.
 pub fn new_run_id() -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let (y, m, d, h, mi, s) = crate::clock::utc(now.as_secs() as i64);
     let salt = (now.subsec_nanos() ^ std::process::id().wrapping_mul(2_654_435_761)) & 0xffff;
-    format!("{y:04}{m:02}{d:02}-{h:02}{mi:02}{s:02}-{salt:04x}")
+    format!("{}-{salt:04x}", crate::clock::format_utc(now.as_secs() as i64, "%Y%m%d-%H%M%S"))
 }
 
 pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
