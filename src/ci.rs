@@ -35,7 +35,7 @@ pub enum CacheCommand {
 /// The event a pipeline is planned for. Unset fields come from the git checkout.
 #[derive(Debug, Args, Clone)]
 pub struct EventArgs {
-    /// The event: push, pull_request, tag or manual [default: push, or tag with --tag].
+    /// The event: push, pull_request, tag, manual or schedule [default: push, or tag with --tag].
     #[arg(long, value_parser = parse_event)]
     pub event: Option<Event>,
     /// The branch pushed (a pull request's head branch) [default: the checkout's branch].
@@ -50,6 +50,9 @@ pub struct EventArgs {
     /// A pull request number.
     #[arg(long)]
     pub pr: Option<u64>,
+    /// The `on.schedule` name, for a schedule event (`ORCH_SCHEDULE`).
+    #[arg(long, value_name = "NAME")]
+    pub schedule: Option<String>,
     /// The commit SHA [default: the checkout's HEAD].
     #[arg(long)]
     pub commit: Option<String>,
@@ -59,7 +62,7 @@ pub struct EventArgs {
     /// A GitHub webhook delivery's payload (saved, or copied from the webhook's "Recent
     /// Deliveries"): plan for it as the server would. `--event` then names GitHub's event
     /// (push or pull_request) when the payload's shape does not tell.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["branch", "base_branch", "tag", "pr", "commit"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["branch", "base_branch", "tag", "pr", "commit", "schedule"])]
     pub payload: Option<PathBuf>,
 }
 
@@ -151,7 +154,7 @@ fn short(sha: &str) -> &str {
 }
 
 fn parse_event(s: &str) -> Result<Event, String> {
-    Event::parse(s).ok_or_else(|| format!("unknown event `{s}` (expected push, pull_request, tag or manual)"))
+    Event::parse(s).ok_or_else(|| format!("unknown event `{s}` (expected push, pull_request, tag, manual or schedule)"))
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -271,6 +274,7 @@ pub fn context(ev: &EventArgs, co: &Checkout, run_id: &str) -> Context {
         repo,
         run_id: run_id.to_string(),
         changed,
+        schedule: ev.schedule.clone(),
     }
 }
 
@@ -299,9 +303,8 @@ pub fn plan_command(args: PlanArgs) -> Result<u8, Error> {
 /// A run id that sorts by time and is unique enough on one machine: `YYYYMMDD-HHMMSS-xxxx`.
 pub fn new_run_id() -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let (y, m, d, h, mi, s) = crate::clock::utc(now.as_secs() as i64);
     let salt = (now.subsec_nanos() ^ std::process::id().wrapping_mul(2_654_435_761)) & 0xffff;
-    format!("{y:04}{m:02}{d:02}-{h:02}{mi:02}{s:02}-{salt:04x}")
+    format!("{}-{salt:04x}", crate::clock::format_utc(now.as_secs() as i64, "%Y%m%d-%H%M%S"))
 }
 
 pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {

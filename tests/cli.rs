@@ -382,3 +382,31 @@ fn local_image_templates_run_end_to_end_after_init() {
         }
     }
 }
+
+#[test]
+fn plan_for_a_schedule_event() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join(".orch.yml");
+    std::fs::write(
+        &file,
+        "on:\n  push: {branches: [main]}\n  schedule:\n    - {cron: \"0 3 * * 1-5\", timezone: Europe/Berlin, name: nightly}\n\
+         steps:\n  build: {image: alpine, commands: [make]}\n  slow:\n    image: alpine\n    commands: [make slow]\n    when: {event: schedule}\n",
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let out =
+        orch(&["plan", f, "--event", "schedule", "--schedule", "nightly", "--branch", "main", "--format", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let steps: Vec<&str> = v["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(steps, ["build", "slow"]);
+    assert_eq!(v["steps"][1]["env"]["ORCH_EVENT"], "schedule");
+    assert_eq!(v["steps"][1]["env"]["ORCH_SCHEDULE"], "nightly");
+    // A push plans without the schedule-only step.
+    let push = stdout_of(&["plan", f, "--event", "push", "--branch", "main"]);
+    assert!(push.contains("build") && !push.contains("make slow"), "{push}");
+    // A pipeline without `on.schedule` is not triggered by one.
+    std::fs::write(&file, "on: {push: {}}\nsteps:\n  build: {image: alpine, commands: [make]}\n").unwrap();
+    let text = stdout_of(&["plan", f, "--event", "schedule"]);
+    assert!(text.contains("`on` has no `schedule`"), "{text}");
+}

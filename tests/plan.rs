@@ -1106,3 +1106,54 @@ fn two_variants_with_one_name_are_refused() {
     let e = plan(&pipeline(src), &push("main"), &Selection::default()).unwrap_err();
     assert!(e.to_string().contains("would share the file and container name"), "{e}");
 }
+
+// ---------------------------------------------------------------------------------------
+// `on.schedule`
+
+const SCHEDULED: &str = r#"
+on:
+  push: {branches: [main]}
+  schedule:
+    - cron: "0 3 * * 1-5"
+      timezone: Europe/Berlin
+      name: nightly
+    - cron: "*/30 * * * *"
+steps:
+  build:
+    image: alpine
+    commands: [make]
+  night-only:
+    image: alpine
+    commands: [make slow-tests]
+    when: {event: schedule}
+"#;
+
+fn scheduled(name: &str) -> Context {
+    Context { branch: Some("main".into()), schedule: Some(name.into()), ..ctx(Event::Schedule) }
+}
+
+#[test]
+fn schedules_load_with_their_defaults() {
+    let on = pipeline(SCHEDULED).on.unwrap();
+    let got: Vec<_> = on.schedule.iter().map(|s| (s.name.as_str(), s.cron.as_str(), s.timezone.as_str())).collect();
+    assert_eq!(got, [("nightly", "0 3 * * 1-5", "Europe/Berlin"), ("*/30 * * * *", "*/30 * * * *", "UTC")]);
+}
+
+#[test]
+fn a_schedule_event_runs_a_pipeline_with_a_schedule_and_when_event_selects_it() {
+    let p = plan_for(SCHEDULED, &scheduled("nightly"));
+    assert_eq!(p.not_triggered, None);
+    assert_eq!(names(&p), ["build", "night-only"]);
+    let find = |p: &Plan, n: &str| p.steps.iter().find(|s| s.name == n).cloned().unwrap();
+    let env = &find(&p, "night-only").env;
+    assert_eq!(env.get("ORCH_EVENT").map(String::as_str), Some("schedule"));
+    assert_eq!(env.get("ORCH_SCHEDULE").map(String::as_str), Some("nightly"));
+    // A push does not run the schedule-only step, and has an empty ORCH_SCHEDULE.
+    let p = plan_for(SCHEDULED, &push("main"));
+    assert_eq!(names(&p), ["build"]);
+    assert_eq!(find(&p, "build").env.get("ORCH_SCHEDULE").map(String::as_str), Some(""));
+    // Without `on.schedule`, a schedule event is not triggered; without `on`, it is.
+    let no_schedule = "on: {push: {}}\nsteps: {a: {image: alpine, commands: [x]}}\n";
+    assert_eq!(triggered(no_schedule, &scheduled("x")), Err("`on` has no `schedule`".into()));
+    assert_eq!(triggered("steps: {a: {image: alpine, commands: [x]}}\n", &scheduled("x")), Ok(()));
+}

@@ -212,6 +212,9 @@ fn sample(ty: &Ty, key: &str) -> Value {
         ("steps", _) => base()["steps"].clone(),
         ("needs", _) => json!([]),
         ("exclude", Ty::List { .. }) => json!([]),
+        // Strings the loader reads further (the schema says only "a string").
+        ("cron", _) => json!("0 3 * * *"),
+        ("timezone", _) => json!("Europe/Berlin"),
         (_, Ty::Str) => json!("x"),
         (_, Ty::Bool) => json!(true),
         (_, Ty::Scalar) => json!("1"),

@@ -317,6 +317,50 @@ fn a_missing_or_invalid_orch_yml_gives_a_failure_status() {
     gh.assert_no_violations();
 }
 
+/// The default branch's `on.schedule` is recorded when its push is planned (the API and
+/// the dashboard show the next times), replaced by a later push, and another branch's is
+/// not. Nothing executes (no executor here): the push itself is not triggered.
+#[test]
+fn the_default_branch_s_schedules_are_recorded_from_its_pushes() {
+    let git = GitServer::start();
+    let scheduled = "on:\n  schedule:\n    - {cron: \"0 3 * * 1-5\", timezone: Europe/Berlin, name: nightly}\n\
+                     steps:\n  a: {image: busybox:latest, commands: [\"true\"]}\n";
+    let first = git.on_branch("main", &[(".orch.yml", scheduled)], "schedule");
+    let other = git.on_branch("topic", &[(".orch.yml", &scheduled.replace("nightly", "topic"))], "topic");
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let orch = Orch::start(ServeArgs { local_capacity: Some(0), ..token_args(&gh, &git) });
+    let push = |branch: &str, sha: &str| {
+        let mut p = push_event(branch, ZERO_SHA, sha);
+        p["repository"]["default_branch"] = json!("main");
+        orch.wait_run_done(orch.deliver("push", &p).run_id())
+    };
+    let r = push("main", &first);
+    assert_eq!(r["run"]["status"], "skipped", "{r:#}");
+    let list = orch.get("/api/schedules").json();
+    let s = &list["schedules"][0];
+    assert_eq!(
+        (s["repo"].as_str(), s["name"].as_str(), s["branch"].as_str()),
+        (Some(REPO), Some("nightly"), Some("main"))
+    );
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let next = s["next_at"].as_i64().unwrap();
+    assert!(next > now && next <= now + 4 * 86_400, "{s}");
+    // 03:00 in Berlin, whichever half of the year this is.
+    let local = s["next_local"].as_str().unwrap();
+    assert!(local.ends_with(" 03:00 CET") || local.ends_with(" 03:00 CEST"), "{s}");
+    let page = orch.get("/").text();
+    assert!(page.contains("Schedules") && page.contains("nightly") && page.contains("Europe/Berlin"), "{page}");
+    // Another branch's schedules are not the repository's.
+    push("topic", &other);
+    assert_eq!(orch.get("/api/schedules").json()["schedules"].as_array().unwrap().len(), 1);
+    // The default branch drops `on.schedule`: no schedule left.
+    let without = "on: {push: {branches: [release]}}\nsteps:\n  a: {image: busybox:latest, commands: [\"true\"]}\n";
+    let second = git.commit(Some(&first), &[(".orch.yml", without)], "no schedule");
+    git.set_ref(&second, "refs/heads/main");
+    push("main", &second);
+    assert_eq!(orch.get("/api/schedules").json()["schedules"], json!([]));
+}
+
 // ---------------------------------------------------------------------------------------
 // With Docker
 

@@ -6,7 +6,7 @@
 pub const BUILTINS: &[(&str, &str)] = &[
     ("CI", "always `true`"),
     ("ORCH", "always `true`"),
-    ("ORCH_EVENT", "push, pull_request, tag or manual"),
+    ("ORCH_EVENT", "push, pull_request, tag, manual or schedule"),
     ("ORCH_BRANCH", "the branch (for a pull request: its head branch); empty for a tag"),
     ("ORCH_BASE_BRANCH", "a pull request's base branch; empty otherwise"),
     ("ORCH_TAG", "the tag for a tag event; empty otherwise"),
@@ -15,6 +15,7 @@ pub const BUILTINS: &[(&str, &str)] = &[
     ("ORCH_PR", "the pull request number; empty otherwise"),
     ("ORCH_REPO", "owner/name of the repository (the directory name locally)"),
     ("ORCH_RUN_ID", "the run's id"),
+    ("ORCH_SCHEDULE", "the name of the schedule that started the run; empty otherwise"),
     ("ORCH_STEP", "the step's name, matrix values included"),
     ("ORCH_STAGE", "the step's stage"),
     ("ORCH_WORKSPACE", "the workspace path inside the container"),

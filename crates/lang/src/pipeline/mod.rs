@@ -4,6 +4,7 @@
 //! collects every problem as a [`Diagnostic`] that `diag` renders with file, line and column;
 //! `include` merges the files a pipeline includes (and knows which file each node came from).
 
+pub mod cron;
 pub mod diag;
 pub mod include;
 pub mod interp;

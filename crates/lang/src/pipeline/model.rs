@@ -41,6 +41,19 @@ pub struct Triggers {
     pub pull_request: Option<PullRequestTrigger>,
     /// `manual: false` refuses manual runs; they are allowed by default.
     pub manual: bool,
+    /// `schedule`: times the server runs the default branch (empty: none).
+    pub schedule: Vec<Schedule>,
+}
+
+/// One `on.schedule` item: a cron expression in a time zone, checked when loaded (see
+/// `pipeline::cron`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Schedule {
+    /// Unique within the pipeline; the cron text when none is written.
+    pub name: String,
+    pub cron: String,
+    /// An IANA name; `UTC` when none is written.
+    pub timezone: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -120,10 +133,11 @@ pub enum Event {
     PullRequest,
     Tag,
     Manual,
+    Schedule,
 }
 
 impl Event {
-    pub const ALL: [Event; 4] = [Event::Push, Event::PullRequest, Event::Tag, Event::Manual];
+    pub const ALL: [Event; 5] = [Event::Push, Event::PullRequest, Event::Tag, Event::Manual, Event::Schedule];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -131,6 +145,7 @@ impl Event {
             Event::PullRequest => "pull_request",
             Event::Tag => "tag",
             Event::Manual => "manual",
+            Event::Schedule => "schedule",
         }
     }
 

@@ -202,8 +202,29 @@ pub const ON: Obj = Obj {
         field("push", &Ty::Obj(&PUSH), "Pushes of branches and tags."),
         field("pull_request", &Ty::Obj(&PULL_REQUEST), "Pull requests opened, updated or reopened."),
         field("manual", &BOOL, "Runs started by hand (API, dashboard). Default true."),
+        field(
+            "schedule",
+            &Ty::List { item: &Ty::Obj(&SCHEDULE), min: 1 },
+            "Times `orch serve` runs the default branch: cron expressions, read from the default branch's file.",
+        ),
     ],
     nullable: true,
+    extra: None,
+    needs_one: &[],
+    extensions: false,
+};
+
+pub const SCHEDULE: Obj = Obj {
+    fields: &[
+        required("cron", &STR, "Five fields: minute hour day-of-month month day-of-week (`0 3 * * 1-5`), as crontab."),
+        field("timezone", &STR, "The IANA time zone the fields are read in (`Europe/Berlin`). Default UTC."),
+        field(
+            "name",
+            &STR,
+            "A name, unique in the file, shown in the run's title and `ORCH_SCHEDULE`. Default the cron text.",
+        ),
+    ],
+    nullable: false,
     extra: None,
     needs_one: &[],
     extensions: false,
@@ -259,7 +280,7 @@ pub const SERVICE: Obj = Obj {
 const SERVICES: Ty =
     Ty::Def("services", &Ty::Dict { names: Names::Host, value: &Ty::Obj(&SERVICE), min: 0, nullable: true });
 
-pub const EVENTS: &[&str] = &["push", "pull_request", "tag", "manual"];
+pub const EVENTS: &[&str] = &["push", "pull_request", "tag", "manual", "schedule"];
 pub const STATUSES: &[&str] = &["success", "failure", "always"];
 
 pub const WHEN: Obj = Obj {
@@ -382,7 +403,7 @@ pub const PIPELINE: Obj = Obj {
             &Ty::AnyOf(&[Ty::Null, Ty::List { item: &INCLUDE_ITEM, min: 0 }, INCLUDE_ITEM]),
             "Files merged under this one: paths in this repository, or `{template: NAME}`.",
         ),
-        field("on", &Ty::Obj(&ON), "Which pushes, pull requests and manual runs start the pipeline."),
+        field("on", &Ty::Obj(&ON), "Which pushes, pull requests, manual runs and schedules start the pipeline."),
         field("env", &ENV, "Environment variables of every step."),
         field("stages", &Ty::Strings { min: 1, names: None }, "Stage names in order. Default [build, test, deploy]."),
         field("defaults", &Ty::Obj(&DEFAULTS), "Settings for steps that set none."),

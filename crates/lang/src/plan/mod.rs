@@ -32,6 +32,9 @@ pub struct Context {
     pub run_id: String,
     /// Files changed by the event; `None` when unknown (path conditions then hold).
     pub changed: Option<Vec<String>>,
+    /// The name of the `on.schedule` item that started a `schedule` run.
+    #[serde(default)]
+    pub schedule: Option<String>,
 }
 
 impl Context {
@@ -64,6 +67,7 @@ impl Context {
             ("ORCH_PR", self.pr.map(|n| n.to_string()).unwrap_or_default()),
             ("ORCH_REPO", self.repo.clone()),
             ("ORCH_RUN_ID", self.run_id.clone()),
+            ("ORCH_SCHEDULE", self.schedule.clone().unwrap_or_default()),
             ("ORCH_WORKSPACE", WORKSPACE.to_string()),
         ];
         vals.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
@@ -569,6 +573,13 @@ pub fn check_triggers(p: &Pipeline, ctx: &Context) -> Result<(), String> {
                 Ok(())
             } else {
                 Err("`on.manual` is false".into())
+            }
+        }
+        Event::Schedule => {
+            if on.schedule.is_empty() {
+                Err("`on` has no `schedule`".into())
+            } else {
+                Ok(())
             }
         }
         Event::Push => {

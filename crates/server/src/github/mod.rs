@@ -188,8 +188,7 @@ pub fn truncate(s: &str, max: usize) -> String {
 
 fn iso(t: std::time::SystemTime) -> String {
     let secs = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-    let (y, m, d, h, mi, s) = crate::clock::utc(secs);
-    format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+    crate::clock::format_utc(secs, "%Y-%m-%dT%H:%M:%SZ")
 }
 
 /// GitHub requests made (every attempt), for `/metrics`.

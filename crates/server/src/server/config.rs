@@ -98,6 +98,10 @@ pub struct ServeArgs {
     /// Finished runs kept at most, newest first [default: 0 = no limit].
     #[arg(long, env = "ORCH_RETENTION_RUNS")]
     pub retention_runs: Option<u64>,
+    /// Seconds a schedule's time may have passed (the server was down) and still run once;
+    /// a time missed by longer is skipped [default: 3600; at least 60].
+    #[arg(long, env = "ORCH_SCHEDULE_CATCH_UP", value_name = "SECS")]
+    pub schedule_catch_up: Option<u64>,
     /// The step caches' size limit (`500M`, `20G`), least recently used evicted first
     /// [default: 5G].
     #[arg(long, env = "ORCH_CACHE_MAX")]
@@ -159,6 +163,8 @@ pub struct Config {
     pub api_private: bool,
     pub retention_days: u64,
     pub retention_runs: u64,
+    /// How late a schedule's time may be noticed and still run (see `schedule`).
+    pub schedule_catch_up: Duration,
     pub cache_max: u64,
     pub log_limit: u64,
     /// Bytes a run may fetch, and check out; 0: no limit.
@@ -266,6 +272,7 @@ const KEYS: &[&str] = &[
     "api-private",
     "retention-days",
     "retention-runs",
+    "schedule-catch-up",
     "cache-max",
     "log-limit",
     "max-repo-size",
@@ -438,6 +445,13 @@ impl ServeArgs {
                 Some(n) => n,
                 None => parse_num("retention-runs", one("retention-runs"))?.map_or(0, |n| n.max(0) as u64),
             },
+            schedule_catch_up: Duration::from_secs(
+                match self.schedule_catch_up {
+                    Some(n) => n,
+                    None => parse_num("schedule-catch-up", one("schedule-catch-up"))?.map_or(3600, |n| n.max(0) as u64),
+                }
+                .max(60),
+            ),
             cache_max: match self.cache_max.clone().or_else(|| one("cache-max")) {
                 Some(s) => crate::cache::parse_size(&s).ok_or_else(|| {
                     ConfigError::Invalid(format!("`cache-max` must be a size such as 500M or 20G, got `{s}`"))

@@ -91,6 +91,23 @@ CREATE TABLE IF NOT EXISTS agents (
     last_seen INTEGER,
     version TEXT
 );
+CREATE TABLE IF NOT EXISTS schedules (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    repo TEXT NOT NULL,
+    name TEXT NOT NULL,
+    cron TEXT NOT NULL,
+    timezone TEXT NOT NULL,
+    clone_url TEXT NOT NULL,
+    default_branch TEXT NOT NULL,
+    installation_id INTEGER,
+    next_at INTEGER,
+    last_fired_at INTEGER,
+    last_run INTEGER,
+    last_error TEXT,
+    updated_at INTEGER NOT NULL,
+    UNIQUE (repo, name)
+);
+CREATE INDEX IF NOT EXISTS schedules_by_next ON schedules(next_at);
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     body TEXT NOT NULL,
@@ -123,6 +140,50 @@ pub struct NewRun {
     /// When the event happened (Unix seconds: a push's `pushed_at`, a pull request's
     /// `updated_at`): an older event never supersedes a run of a newer one.
     pub event_time: Option<i64>,
+    /// The `on.schedule` name of a schedule run.
+    pub schedule: Option<String>,
+}
+
+/// A repository's `on.schedule` item as the server keeps it (`schedules` table).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScheduleRow {
+    pub id: i64,
+    pub repo: String,
+    pub name: String,
+    pub cron: String,
+    pub timezone: String,
+    pub clone_url: String,
+    pub default_branch: String,
+    pub installation_id: Option<u64>,
+    /// When it fires next (Unix seconds); `None`: never (no such date).
+    pub next_at: Option<i64>,
+    /// The scheduled time it last fired for.
+    pub last_fired_at: Option<i64>,
+    /// The run it last queued.
+    pub last_run: Option<i64>,
+    /// Why its last time queued no run (missed while no server ran, the branch not found).
+    pub last_error: Option<String>,
+}
+
+/// One schedule of a repository's default branch, as read from its `.orch.yml`, with its
+/// first time from now.
+#[derive(Debug, Clone)]
+pub struct NewSchedule {
+    pub name: String,
+    pub cron: String,
+    pub timezone: String,
+    pub next_at: Option<i64>,
+}
+
+/// What firing a schedule's due time did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fired {
+    /// Another server fired it first, or the schedule changed meanwhile: nothing done.
+    Lost,
+    /// Its time was passed on without a run (`last_error` says why).
+    Skipped,
+    /// The run it queued.
+    Queued(i64),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -267,6 +328,8 @@ impl Db {
             ("runs", "dispatched_at", "INTEGER"),
             // Being fetched and planned by this server now.
             ("runs", "planning", "INTEGER NOT NULL DEFAULT 0"),
+            // The `on.schedule` name of a schedule run.
+            ("runs", "schedule", "TEXT"),
         ] {
             let has: bool = w
                 .prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"))?
@@ -1006,6 +1069,111 @@ impl Db {
     }
 
     /// Whether the database answers a query.
+    /// Replaces `repo`'s schedules with `set` (read from its default branch): a schedule
+    /// not in it is deleted; one whose cron and zone did not change keeps its next time
+    /// (and what it last did), so a push never moves or repeats a time. Returns whether
+    /// anything changed.
+    pub async fn set_schedules(
+        &self,
+        repo: String,
+        clone_url: String,
+        default_branch: String,
+        installation_id: Option<u64>,
+        set: Vec<NewSchedule>,
+    ) -> Result<bool, DbError> {
+        self.write(move |t| {
+            let names: Vec<&str> = set.iter().map(|s| s.name.as_str()).collect();
+            let names_json = serde_json::to_string(&names).unwrap_or_else(|_| "[]".into());
+            let mut changed = t.execute(
+                "DELETE FROM schedules WHERE repo = ?1 AND name NOT IN (SELECT value FROM json_each(?2))",
+                params![repo, names_json],
+            )? > 0;
+            let inst = installation_id.map(|n| n as i64);
+            for s in &set {
+                // Same cron and zone: only where it is fetched from may change.
+                let kept = t.execute(
+                    "UPDATE schedules SET clone_url = ?3, default_branch = ?4, installation_id = ?5, updated_at = ?6
+                     WHERE repo = ?1 AND name = ?2 AND cron = ?7 AND timezone = ?8",
+                    params![repo, s.name, clone_url, default_branch, inst, now(), s.cron, s.timezone],
+                )?;
+                if kept == 0 {
+                    changed = true;
+                    t.execute(
+                        "INSERT INTO schedules (repo, name, cron, timezone, clone_url, default_branch, installation_id,
+                           next_at, updated_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                         ON CONFLICT (repo, name) DO UPDATE SET cron = excluded.cron, timezone = excluded.timezone,
+                           clone_url = excluded.clone_url, default_branch = excluded.default_branch,
+                           installation_id = excluded.installation_id, next_at = excluded.next_at,
+                           last_error = NULL, updated_at = excluded.updated_at",
+                        params![repo, s.name, s.cron, s.timezone, clone_url, default_branch, inst, s.next_at, now()],
+                    )?;
+                }
+            }
+            Ok(changed)
+        })
+        .await
+    }
+
+    /// Every schedule, by repository and name.
+    pub async fn schedules(&self) -> Result<Vec<ScheduleRow>, DbError> {
+        self.read(|c| {
+            let mut st = c.prepare(&format!("SELECT {SCHEDULE_COLUMNS} FROM schedules ORDER BY repo, name"))?;
+            st.query_map([], row_to_schedule)?.collect()
+        })
+        .await
+    }
+
+    /// The schedules due at `now` (their next time is not after it), earliest first.
+    pub async fn due_schedules(&self, now: i64) -> Result<Vec<ScheduleRow>, DbError> {
+        self.read(move |c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE next_at <= ?1 ORDER BY next_at, id"
+            ))?;
+            st.query_map(params![now], row_to_schedule)?.collect()
+        })
+        .await
+    }
+
+    /// The earliest next time of any schedule.
+    pub async fn next_schedule_at(&self) -> Result<Option<i64>, DbError> {
+        self.read(|c| c.query_row("SELECT MIN(next_at) FROM schedules", [], |r| r.get(0))).await
+    }
+
+    /// Fires schedule `id` for its time `due`: moves it to `next` and, with `run`, queues
+    /// the run (with `owe`'s update for GitHub), all in one commit, only if its next time
+    /// is still `due`. That compare-and-set is what makes several servers on one database
+    /// fire a time once: the others find it moved and get `Fired::Lost`. Without `run`,
+    /// `error` says why the time queued nothing.
+    pub async fn fire_schedule(
+        &self,
+        id: i64,
+        due: i64,
+        next: Option<i64>,
+        run: Option<NewRun>,
+        error: Option<String>,
+        owe: Option<Box<dyn FnOnce(i64) -> String + Send>>,
+    ) -> Result<Fired, DbError> {
+        self.write(move |t| {
+            let moved = t.execute(
+                "UPDATE schedules SET next_at = ?3, last_fired_at = ?2, last_error = ?4
+                 WHERE id = ?1 AND next_at = ?2",
+                params![id, due, next, error],
+            )?;
+            if moved == 0 {
+                return Ok(Fired::Lost);
+            }
+            let Some(run) = run else { return Ok(Fired::Skipped) };
+            let run_id = insert_run(t, None, &run)?;
+            t.execute("UPDATE schedules SET last_run = ?2 WHERE id = ?1", params![id, run_id])?;
+            if let Some(owe) = owe {
+                insert_owed(t, owe(run_id))?;
+            }
+            Ok(Fired::Queued(run_id))
+        })
+        .await
+    }
+
     pub async fn ping(&self) -> Result<(), DbError> {
         self.read(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))).await.map(|_| ())
     }
@@ -1055,8 +1223,8 @@ fn insert_run(t: &Transaction, delivery: Option<&str>, r: &NewRun) -> rusqlite::
     let changed = r.changed.as_ref().map(|c| serde_json::to_string(c).unwrap_or_default());
     t.execute(
         "INSERT INTO runs (delivery_id, repo, clone_url, event, branch, base_branch, tag, sha, pr, fork, changed,
-           installation_id, author, title, status, created_at, concurrency_key, default_branch, event_time)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'queued', ?15, ?16, ?17, ?18)",
+           installation_id, author, title, status, created_at, concurrency_key, default_branch, event_time, schedule)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'queued', ?15, ?16, ?17, ?18, ?19)",
         params![
             delivery,
             r.repo,
@@ -1076,6 +1244,7 @@ fn insert_run(t: &Transaction, delivery: Option<&str>, r: &NewRun) -> rusqlite::
             r.concurrency_key,
             r.default_branch,
             r.event_time,
+            r.schedule,
         ],
     )?;
     Ok(t.last_insert_rowid())
@@ -1130,7 +1299,7 @@ fn runs_by_id(c: &Connection, ids: &[i64]) -> rusqlite::Result<Vec<Run>> {
 
 const RUN_COLUMNS: &str = "id, delivery_id, repo, clone_url, event, branch, base_branch, tag, sha, pr, fork, changed,
     installation_id, author, title, status, reason, created_at, started_at, finished_at, attempts, check_run_id,
-    concurrency_key, default_branch, rerun_of, failed_only, event_time, report_error, agent, labels, lost, dispatched_at";
+    concurrency_key, default_branch, rerun_of, failed_only, event_time, report_error, agent, labels, lost, dispatched_at, schedule";
 
 fn row_to_run(r: &rusqlite::Row) -> rusqlite::Result<Run> {
     let changed: Option<String> = r.get(11)?;
@@ -1154,6 +1323,7 @@ fn row_to_run(r: &rusqlite::Row) -> rusqlite::Result<Run> {
             concurrency_key: r.get(22)?,
             default_branch: r.get(23)?,
             event_time: r.get(26)?,
+            schedule: r.get(32)?,
         },
         status: r.get(15)?,
         reason: r.get(16)?,
@@ -1169,6 +1339,26 @@ fn row_to_run(r: &rusqlite::Row) -> rusqlite::Result<Run> {
         labels: r.get::<_, Option<String>>(29)?.and_then(|l| serde_json::from_str(&l).ok()),
         lost: r.get(30)?,
         dispatched_at: r.get(31)?,
+    })
+}
+
+const SCHEDULE_COLUMNS: &str = "id, repo, name, cron, timezone, clone_url, default_branch, installation_id, next_at,
+    last_fired_at, last_run, last_error";
+
+fn row_to_schedule(r: &rusqlite::Row) -> rusqlite::Result<ScheduleRow> {
+    Ok(ScheduleRow {
+        id: r.get(0)?,
+        repo: r.get(1)?,
+        name: r.get(2)?,
+        cron: r.get(3)?,
+        timezone: r.get(4)?,
+        clone_url: r.get(5)?,
+        default_branch: r.get(6)?,
+        installation_id: r.get::<_, Option<i64>>(7)?.map(|n| n as u64),
+        next_at: r.get(8)?,
+        last_fired_at: r.get(9)?,
+        last_run: r.get(10)?,
+        last_error: r.get(11)?,
     })
 }
 

@@ -15,6 +15,7 @@ pub mod live;
 pub mod outbox;
 mod record;
 pub mod retention;
+pub mod schedule;
 pub mod status;
 pub mod webhook;
 pub mod worker;
@@ -78,6 +79,10 @@ pub struct AppState {
     pub ready: tokio::sync::watch::Sender<u64>,
     /// The runs agents execute now, by run id (see `agents`).
     pub remote: agents::Remotes,
+    /// "Now" for the schedules (the system's; tests set their own).
+    pub clock: Arc<dyn schedule::Clock>,
+    /// Wakes the schedule task when this server changed the schedules.
+    pub schedules: Notify,
 }
 
 impl AppState {
@@ -116,6 +121,11 @@ pub enum ServeError {
 /// Builds the state: opens the database, re-queues runs a previous server left running,
 /// starts the GitHub reporter.
 pub async fn state(cfg: Config) -> Result<Arc<AppState>, ServeError> {
+    state_with_clock(cfg, Arc::new(schedule::SystemClock)).await
+}
+
+/// [`state`] with the clock schedules go by.
+pub async fn state_with_clock(cfg: Config, clock: Arc<dyn schedule::Clock>) -> Result<Arc<AppState>, ServeError> {
     // Fail closed: a server that cannot keep steps from the host does not start.
     if cfg.isolation.block_host {
         crate::exec::firewall::ensure().map_err(ServeError::Firewall)?;
@@ -152,6 +162,8 @@ pub async fn state(cfg: Config) -> Result<Arc<AppState>, ServeError> {
         live: live::Live::default(),
         ready: tokio::sync::watch::Sender::new(0),
         remote: agents::Remotes::default(),
+        clock,
+        schedules: Notify::new(),
     }))
 }
 
@@ -187,6 +199,7 @@ pub async fn serve_on(
     let stop = CancellationToken::new();
     let worker = tokio::spawn(worker::run(st.clone(), stop.clone()));
     let retention = tokio::spawn(retention::retention(st.clone(), stop.clone()));
+    let schedules = tokio::spawn(schedule::run(st.clone(), stop.clone()));
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(%addr, data_dir = %st.cfg.data_dir.display(), "orch serve listening");
     let st2 = st.clone();
@@ -207,6 +220,7 @@ pub async fn serve_on(
     }
     let _ = worker.await;
     let _ = retention.await;
+    let _ = schedules.await;
     // The updates still owed to GitHub (the final statuses of runs that just ended among
     // them) go out before the server ends, within a bound; the rest stay stored.
     if !st.report.drain(REPORT_DRAIN).await {

@@ -129,6 +129,7 @@ pub fn classify(event: &str, payload: &Value) -> Action {
                 author: head.and_then(|h| s(h, &["author", "username"]).or_else(|| s(h, &["author", "name"]))),
                 title: head.and_then(|h| s(h, &["message"])).map(|m| m.lines().next().unwrap_or("").to_string()),
                 event_time: time(payload, &["repository", "pushed_at"]),
+                schedule: None,
             }))
         }
         "pull_request" => {
@@ -164,6 +165,7 @@ pub fn classify(event: &str, payload: &Value) -> Action {
                 author: s(pr, &["user", "login"]),
                 title: s(pr, &["title"]),
                 event_time: time(pr, &["updated_at"]),
+                schedule: None,
             }))
         }
         "check_suite" | "check_run" => {
@@ -206,6 +208,7 @@ pub fn classify(event: &str, payload: &Value) -> Action {
                         title: Some(format!("re-run requested from GitHub ({event})")),
                         // A person asked for this re-run now, whatever its commit's age.
                         event_time: None,
+                        schedule: None,
                     }))
                 }
                 None => {
@@ -230,6 +233,7 @@ pub fn classify(event: &str, payload: &Value) -> Action {
                         title: Some(format!("re-run requested from GitHub ({event})")),
                         // A person asked for this re-run now, whatever its commit's age.
                         event_time: None,
+                        schedule: None,
                     }))
                 }
             }

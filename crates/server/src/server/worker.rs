@@ -436,6 +436,7 @@ pub fn context_of(spec: &super::db::NewRun, run_id: &str, changed: Option<Vec<St
         repo: spec.repo.clone(),
         run_id: run_id.to_string(),
         changed,
+        schedule: spec.schedule.clone(),
     })
 }
 
@@ -473,6 +474,19 @@ pub(crate) async fn finish(st: &AppState, run: &Run, outcome: Outcome) {
     }
     st.wake.notify_one();
     tracing::info!(run = run.id, status = outcome.status.as_str(), "run finished: {reason}");
+}
+
+/// The default branch's `.orch.yml` says which schedules its repository has (see
+/// `schedule`). A failure is logged: the run goes on.
+async fn record_schedules(st: &AppState, run: &Run, default_branch: &str, p: Option<&pipeline::Pipeline>) {
+    match super::schedule::record(&st.db, &run.spec, default_branch, p, st.clock.now()).await {
+        Ok(true) => {
+            tracing::info!(run = run.id, repo = %run.spec.repo, "schedules updated from the default branch");
+            st.schedules.notify_one();
+        }
+        Ok(false) => {}
+        Err(e) => tracing::error!(run = run.id, "cannot record the schedules: {e}"),
+    }
 }
 
 /// Fetches the run's commit into `work` and plans it; what an executor needs, or how the
@@ -525,7 +539,14 @@ async fn plan(
 
     // 2. The pipeline, planned for the event.
     let file = work.join(".orch.yml");
+    let default_branch =
+        run.spec.default_branch.as_deref().filter(|d| {
+            matches!(run.spec.event.as_str(), "push" | "schedule") && run.spec.branch.as_deref() == Some(*d)
+        });
     if !file.exists() {
+        if let Some(d) = default_branch {
+            record_schedules(st, run, d, None).await;
+        }
         return Err(Outcome::early(
             RunState::Failure,
             Conclusion::Failure,
@@ -537,7 +558,13 @@ async fn plan(
     let loaded =
         loaded.map_err(|e| Outcome::early(RunState::Error, Conclusion::Error, format!("loading .orch.yml: {e}")))?;
     let pipeline = match loaded {
-        Ok(p) => p,
+        Ok(p) => {
+            if let Some(d) = default_branch {
+                record_schedules(st, run, d, Some(&p)).await;
+            }
+            p
+        }
+        // An invalid file on the default branch keeps the schedules recorded before.
         Err(e) => {
             let text = e.to_string().replace(&work.display().to_string(), "");
             write_error(&text);

@@ -459,10 +459,79 @@ impl Loader {
                     t.pull_request = Some(pr);
                 }
                 "manual" => t.manual = self.boolean(v, &p).unwrap_or(true),
+                "schedule" => t.schedule = self.schedules(v, &p),
                 _ => {}
             }
         }
         Some(t)
+    }
+
+    fn schedules(&mut self, node: &Node, path: &[Seg]) -> Vec<Schedule> {
+        let Node::Seq(items) = node else {
+            self.wrong_type(path, node, "a list of `{cron: ...}` mappings");
+            return Vec::new();
+        };
+        if items.is_empty() {
+            self.err_help(path, "`schedule` is empty", "remove the key, or add `- cron: \"0 3 * * *\"`");
+        }
+        let mut out: Vec<Schedule> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let ip = index(path, i);
+            let Some(entries) = self.map(item, &ip, Some(&spec::SCHEDULE), "a schedule") else { continue };
+            let (mut cron, mut zone, mut name) = (None, None, None);
+            for (k, v) in entries {
+                let p = child(&ip, k);
+                match k.as_str() {
+                    "cron" => {
+                        cron = self.string(v, &p).filter(|c| match super::cron::check_expr(c) {
+                            Ok(_) => true,
+                            Err(e) => {
+                                self.err_help(
+                                    &p,
+                                    format!("`{c}` is not a valid cron expression: {e}"),
+                                    "five fields: minute hour day-of-month month day-of-week, e.g. `0 3 * * 1-5`",
+                                );
+                                false
+                            }
+                        })
+                    }
+                    "timezone" => {
+                        zone = self.string(v, &p).filter(|z| match super::cron::check_zone(z) {
+                            Ok(_) => true,
+                            Err(e) => {
+                                let help = match did_you_mean(z, chrono_tz::TZ_VARIANTS.iter().map(|t| t.name())) {
+                                    Some(s) => format!("did you mean `{s}`?"),
+                                    None => "an IANA name such as `Europe/Berlin`, `America/New_York` or `UTC`".into(),
+                                };
+                                self.err_help(&p, e, help);
+                                false
+                            }
+                        })
+                    }
+                    "name" => name = self.string(v, &p),
+                    _ => {}
+                }
+            }
+            if !has_key(entries, "cron", &spec::SCHEDULE) {
+                self.diags.push(
+                    Diagnostic::new(&ip, "a schedule needs a `cron`").at_key().help("e.g. `- cron: \"0 3 * * 1-5\"`"),
+                );
+            }
+            let (Some(cron), Some(timezone)) = (cron, zone.or_else(|| Some(super::cron::DEFAULT_ZONE.into()))) else {
+                continue;
+            };
+            let name = name.unwrap_or_else(|| cron.clone());
+            if out.iter().any(|s| s.name == name) {
+                self.err_help(
+                    &ip,
+                    format!("two schedules are named `{name}`"),
+                    "give each a `name`: the server keeps one next time per name",
+                );
+                continue;
+            }
+            out.push(Schedule { name, cron, timezone });
+        }
+        out
     }
 
     fn defaults(&mut self, node: &Node, path: &[Seg]) -> Defaults {

@@ -39,6 +39,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/runs/{id}/artifacts/{step}/{*path}", get(logs::get_artifact))
         .route("/api/runs/{id}/cancel", post(actions::cancel))
         .route("/api/runs/{id}/rerun", post(actions::rerun))
+        .route("/api/schedules", get(list_schedules))
         .route("/api/openapi.yaml", get(ops::openapi))
         .route("/metrics", get(ops::metrics))
         .route("/readyz", get(ops::readyz))
@@ -82,6 +83,33 @@ fn truthy(q: &HashMap<String, String>, key: &str) -> bool {
 // Reads
 
 /// `GET /api/runs?repo=&branch=&status=&limit=&before=`
+/// `GET /api/schedules`: every repository's schedules and their next times.
+async fn list_schedules(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize_read(&st, &headers) {
+        return *r;
+    }
+    match st.db.schedules().await {
+        Ok(rows) => {
+            let list: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|s| {
+                    let local = crate::pipeline::cron::Cron::new(&s.cron, &s.timezone)
+                        .ok()
+                        .zip(s.next_at)
+                        .map(|(c, t)| c.local(t));
+                    json!({
+                        "repo": s.repo, "name": s.name, "cron": s.cron, "timezone": s.timezone,
+                        "branch": s.default_branch, "next_at": s.next_at, "next_local": local,
+                        "last_fired_at": s.last_fired_at, "last_run": s.last_run, "last_error": s.last_error,
+                    })
+                })
+                .collect();
+            reply(StatusCode::OK, json!({ "schedules": list }))
+        }
+        Err(e) => internal(e),
+    }
+}
+
 async fn list_runs(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,

@@ -150,13 +150,57 @@ async fn index(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response 
         Ok(r) => r,
         Err(e) => return internal(e),
     };
+    let schedules = match st.db.schedules().await {
+        Ok(s) => s,
+        Err(e) => return internal(e),
+    };
     let body = format!(
         "<div class=\"titlebar\" style=\"margin-bottom:14px\"><h1>Runs</h1></div><div class=\"runs\">\
          <div class=\"runs-head\"><span>Status</span><span>Commit</span><span style=\"text-align:right\">Duration</span>\
-         <span style=\"text-align:right\">Started</span></div><div id=\"rows\">{}</div></div>",
-        runs_rows(&runs)
+         <span style=\"text-align:right\">Started</span></div><div id=\"rows\">{}</div></div>{}",
+        runs_rows(&runs),
+        schedules_table(&schedules, st.clock.now()),
     );
     Html(page("orch · runs", &body, INDEX_JS, st.cfg.api_private)).into_response()
+}
+
+/// The schedules of the repositories' default branches, with their next times (none: no
+/// section).
+fn schedules_table(rows: &[super::db::ScheduleRow], now: i64) -> String {
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut out = String::new();
+    for s in rows {
+        let cron = crate::pipeline::cron::Cron::new(&s.cron, &s.timezone);
+        let next = match (s.next_at, &cron) {
+            (Some(t), Ok(c)) => format!(
+                "<span title=\"{}\">{}</span> <span class=\"muted\">(in {})</span>",
+                absolute(t),
+                esc(&c.local(t)),
+                human((t - now).max(0) as f64)
+            ),
+            _ => "<span class=\"muted\">never</span>".into(),
+        };
+        let last = match (s.last_run, &s.last_error) {
+            (Some(id), None) => format!("<a href=\"/runs/{id}\">#{id}</a>"),
+            (_, Some(e)) => format!("<span class=\"muted\">{}</span>", esc(e)),
+            (None, None) => "—".into(),
+        };
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td><code class=\"mono\">{}</code> {}</td><td>{next}</td><td>{last}</td></tr>",
+            esc(&s.repo),
+            esc(&s.name),
+            esc(&s.cron),
+            esc(&s.timezone),
+        );
+    }
+    format!(
+        "<div class=\"titlebar\" style=\"margin:22px 0 14px\"><h1>Schedules</h1></div><div class=\"runs\">\
+         <table class=\"agents schedules\"><thead><tr><th>Repository</th><th>Schedule</th><th>Cron</th><th>Next</th>\
+         <th>Last</th></tr></thead><tbody>{out}</tbody></table></div>"
+    )
 }
 
 /// `GET /agents`: the agents, what they said of themselves and what they run.

@@ -99,8 +99,7 @@ pub(super) fn pill(status: impl Into<Shown>) -> String {
 
 /// `2026-11-26 15:04:05 UTC`
 pub(super) fn absolute(epoch: i64) -> String {
-    let (y, m, d, h, mi, s) = crate::clock::utc(epoch);
-    format!("{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
+    crate::clock::format_utc(epoch, "%Y-%m-%d %H:%M:%S UTC")
 }
 
 pub(super) fn relative(epoch: i64, now: i64) -> String {
