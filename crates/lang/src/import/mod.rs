@@ -477,12 +477,39 @@ impl Translator<'_> {
                         );
                     }
                 }
-                "schedule" => self.warn(
-                    &p,
-                    &none,
-                    "`schedule` has no equivalent".into(),
-                    Some("start a manual run from cron: `orch trigger REPO --branch B` (or `POST /api/runs`)".into()),
-                ),
+                "schedule" => {
+                    // GitHub reads its crons in UTC, orch's default zone.
+                    let mut crons: Vec<String> = Vec::new();
+                    let items = match value {
+                        Node::Seq(items) => items.as_slice(),
+                        _ => &[],
+                    };
+                    for (i, item) in items.iter().enumerate() {
+                        let Some(cron) = item.get("cron").and_then(Node::as_text) else { continue };
+                        match crate::pipeline::cron::check_expr(&cron) {
+                            Ok(_) if !crons.contains(&cron) => crons.push(cron),
+                            Ok(_) => {}
+                            Err(why) => self.warn(
+                                &child(&child(&p, Seg::Index(i)), key("cron")),
+                                &none,
+                                format!("`{cron}` is not a cron expression orch reads: {why}"),
+                                None,
+                            ),
+                        }
+                    }
+                    if !crons.is_empty() {
+                        let list = crons
+                            .into_iter()
+                            .map(|c| {
+                                let mut m = Out::map();
+                                m.put("cron", Out::str(c));
+                                Item { comments: vec![], value: m }
+                            })
+                            .collect();
+                        out.put("schedule", Out::Seq(list));
+                        events.push("schedule".into());
+                    }
+                }
                 other => self.warn(&p, &none, format!("the event `{other}` has no equivalent"), None),
             }
         }

@@ -55,7 +55,13 @@ fn on_filters_map_to_orch_triggers() {
     assert_eq!(at(&n, "on.pull_request.branches.exclude"), &strs(&["wip"]));
     assert_eq!(at(&n, "on.manual"), &Node::Bool(false));
     assert!(has(&f, 8, "`types`"), "{f:?}");
-    assert!(has(&f, 9, "`schedule`"), "{f:?}");
+    assert!(!has(&f, 9, "`schedule`"), "{f:?}");
+    match at(&n, "on.schedule") {
+        Node::Seq(items) => {
+            assert_eq!(items.iter().map(|i| at(i, "cron")).collect::<Vec<_>>(), [&Node::Str("0 0 * * *".into())])
+        }
+        other => panic!("on.schedule: {other:?}"),
+    }
     let (n, _) = tree("on: [push, workflow_dispatch]\njobs:\n  a:\n    runs-on: x\n    steps: [{run: make}]\n");
     assert_eq!(at(&n, "on.push"), &Node::Map(vec![]));
     assert!(n.get("on").unwrap().get("manual").is_none(), "manual runs are allowed by default");
