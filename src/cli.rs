@@ -251,7 +251,7 @@ fn completions(shell: CompletionShell) -> Result<u8, Error> {
     };
     let mut out = Vec::new();
     clap_complete::generate(shell, &mut Cli::command(), "orch", &mut out);
-    write_stdout(&out)
+    crate::error::write_stdout(&out)
 }
 
 /// Writes the man page, generated from these clap definitions.
@@ -259,25 +259,14 @@ fn man() -> Result<u8, Error> {
     use clap::CommandFactory;
     let mut out = Vec::new();
     clap_mangen::Man::new(Cli::command()).render(&mut out).map_err(|e| Error::io("cannot render the man page", e))?;
-    write_stdout(&out)
+    crate::error::write_stdout(&out)
 }
 
 /// Writes the JSON Schema of a pipeline file, generated from the loader's own key tables.
 fn schema() -> Result<u8, Error> {
     let mut out = crate::pipeline::spec::schema_text();
     out.push('\n');
-    write_stdout(out.as_bytes())
-}
-
-fn write_stdout(bytes: &[u8]) -> Result<u8, Error> {
-    use std::io::Write;
-    let mut stdout = std::io::stdout().lock();
-    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
-        Ok(()) => Ok(exit::SUCCESS),
-        // `orch man | head`: a closed pipe is not an error.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(exit::SUCCESS),
-        Err(e) => Err(Error::io("cannot write to stdout", e)),
-    }
+    crate::error::write_stdout(out.as_bytes())
 }
 
 fn validate(file: &std::path::Path) -> Result<u8, Error> {

@@ -70,3 +70,14 @@ pub fn report(e: &Error) {
         eprint!("{text}");
     }
 }
+
+/// Writes a command's output to stdout. A closed pipe (`orch man | head`) is not an error.
+pub fn write_stdout(bytes: &[u8]) -> Result<u8, Error> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => Ok(exit::SUCCESS),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(exit::SUCCESS),
+        Err(e) => Err(Error::io("cannot write to stdout", e)),
+    }
+}

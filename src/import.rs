@@ -45,7 +45,7 @@ pub fn run(files: &[PathBuf], output: Option<&Path>, image: Option<String>, json
             "findings": imported.findings,
             "pipeline": imported.text,
         });
-        return write_stdout(format!("{report}\n").as_bytes());
+        return crate::error::write_stdout(format!("{report}\n").as_bytes());
     }
     let mut err = std::io::stderr().lock();
     for f in &imported.findings {
@@ -65,20 +65,11 @@ pub fn run(files: &[PathBuf], output: Option<&Path>, image: Option<String>, json
         output.map(|o| format!("; wrote {}", o.display())).unwrap_or_default()
     );
     if output.is_none() {
-        return write_stdout(imported.text.as_bytes());
+        return crate::error::write_stdout(imported.text.as_bytes());
     }
     Ok(exit::SUCCESS)
 }
 
 fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
-}
-
-fn write_stdout(bytes: &[u8]) -> Result<u8, Error> {
-    let mut stdout = std::io::stdout().lock();
-    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
-        Ok(()) => Ok(exit::SUCCESS),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(exit::SUCCESS),
-        Err(e) => Err(Error::io("cannot write to stdout", e)),
-    }
 }
