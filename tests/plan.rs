@@ -1157,3 +1157,74 @@ fn a_schedule_event_runs_a_pipeline_with_a_schedule_and_when_event_selects_it() 
     assert_eq!(triggered(no_schedule, &scheduled("x")), Err("`on` has no `schedule`".into()));
     assert_eq!(triggered("steps: {a: {image: alpine, commands: [x]}}\n", &scheduled("x")), Ok(()));
 }
+
+const DEPLOY: &str = r#"
+environments:
+  production:
+    branches: [main]
+    tags: ["v*"]
+steps:
+  build:
+    image: busybox
+    stage: build
+    commands: [true]
+  ship:
+    image: busybox
+    stage: deploy
+    environment: {name: production, url: "https://prod.example.com/${ORCH_COMMIT_SHORT}"}
+    matrix:
+      region: [eu, us]
+    commands: [true]
+  announce:
+    image: busybox
+    stage: deploy
+    needs: [ship]
+    commands: [true]
+  preview:
+    image: busybox
+    stage: deploy
+    environment: review
+    commands: [true]
+"#;
+
+#[test]
+fn an_environment_refuses_a_branch_its_rules_do_not_allow_with_the_reason() {
+    let p = plan_for(DEPLOY, &push("feature/x"));
+    let why = "environment `production` deploys only from branches main, tags v*: this run is on branch feature/x";
+    assert_eq!(reason(&p, "ship[region=eu]"), why);
+    assert_eq!(reason(&p, "ship[region=us]"), why);
+    // Dependents cascade as for any skip; an environment without rules takes every run.
+    assert_eq!(reason(&p, "announce"), "needs `ship[region=eu]`, which is skipped");
+    assert_eq!(names(&p), ["build", "preview"]);
+    let text = render::text(&p);
+    assert!(text.contains(why), "{text}");
+    assert!(text.contains("deploys to review"), "{text}");
+
+    let pr = plan_for(DEPLOY, &pull_request("main", "main"));
+    assert_eq!(
+        reason(&pr, "ship[region=eu]"),
+        "environment `production` deploys only from branches main, tags v*: this run is a pull request (#42)"
+    );
+    let t = plan_for(DEPLOY, &tag("nightly"));
+    assert!(reason(&t, "ship[region=us]").ends_with("this run is on tag nightly"));
+}
+
+#[test]
+fn an_allowed_run_plans_the_deploy_step_with_its_environment() {
+    for c in [push("main"), tag("v1.2.0")] {
+        let p = plan_for(DEPLOY, &c);
+        assert_eq!(names(&p), ["build", "ship[region=eu]", "ship[region=us]", "preview", "announce"]);
+        // Both legs of the matrix name the one environment: they are one deployment.
+        for leg in ["ship[region=eu]", "ship[region=us]"] {
+            let env = step(&p, leg).environment.as_ref().unwrap();
+            assert_eq!(env.name, "production");
+            assert_eq!(env.url.as_deref(), Some("https://prod.example.com/01234567"));
+        }
+        assert_eq!(step(&p, "preview").environment.as_ref().unwrap().url, None);
+        assert_eq!(step(&p, "build").environment, None);
+        let text = render::text(&p);
+        assert!(text.contains("deploys to production (https://prod.example.com/01234567)"), "{text}");
+        let json = render::json(&p);
+        assert!(json.contains(r#""name": "production""#), "{json}");
+    }
+}

@@ -584,3 +584,40 @@ steps:
     assert!(pos("start build#1") < pos("shell deploy before"), "{:?}", o.calls);
     assert!(pos("shell deploy before") < pos("start deploy#1"), "{:?}", o.calls);
 }
+
+#[tokio::test]
+async fn a_matrix_step_with_an_environment_is_one_deployment_ending_with_its_worst_variant() {
+    use orch::sched::DeploymentStatus;
+    let yaml = "
+defaults: { image: img }
+steps:
+  build: { commands: [x] }
+  ship:
+    needs: [build]
+    environment: { name: production, url: 'https://example.test/${region}' }
+    matrix: { region: [eu, us] }
+    commands: [x]
+  plain: { commands: [x] }
+";
+    let b = FakeBackend::new().script("ship[region=us]", vec![FakeAttempt::exit(1)]);
+    let o = execute_plan(yaml, Arc::new(b), RunOptions { jobs: 1, ..options() }, Cancel::default()).await;
+    let started: Vec<&RunEvent> = o.events.iter().filter(|e| matches!(e, RunEvent::DeploymentStarted { .. })).collect();
+    let finished: Vec<&RunEvent> =
+        o.events.iter().filter(|e| matches!(e, RunEvent::DeploymentFinished { .. })).collect();
+    assert_eq!(started.len(), 1, "one deployment for two variants: {:?}", o.events);
+    assert_eq!(finished.len(), 1, "{:?}", o.events);
+    match finished[0] {
+        RunEvent::DeploymentFinished { step, environment, status, .. } => {
+            assert_eq!((step.as_str(), environment.as_str()), ("ship", "production"));
+            assert_eq!(*status, DeploymentStatus::Failure, "one variant failed");
+        }
+        _ => unreachable!(),
+    }
+    // It starts before the first variant's start and ends after the last variant's end.
+    let pos = |pred: &dyn Fn(&RunEvent) -> bool| o.events.iter().position(pred).unwrap();
+    let first_variant = pos(&|e| matches!(e, RunEvent::StepStarted { step, .. } if step.starts_with("ship")));
+    let last_end =
+        o.events.iter().rposition(|e| matches!(e, RunEvent::StepFinished(s) if s.step.starts_with("ship"))).unwrap();
+    assert!(pos(&|e| matches!(e, RunEvent::DeploymentStarted { .. })) < first_variant, "{:?}", o.events);
+    assert!(pos(&|e| matches!(e, RunEvent::DeploymentFinished { .. })) > last_end, "{:?}", o.events);
+}

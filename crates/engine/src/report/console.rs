@@ -184,6 +184,29 @@ impl Console {
                 let l = self.paint(DIM, &l);
                 self.line(&l);
             }
+            RunEvent::DeploymentStarted { step, environment, url } => {
+                let at = url.as_ref().map(|u| format!(" ({u})")).unwrap_or_default();
+                let l = self.paint(BOLD, &format!("⇒ {step}: deploying to {environment}{at}"));
+                self.line(&l);
+                self.flush();
+            }
+            RunEvent::DeploymentFinished { step, environment, status, .. } => {
+                let l = match status {
+                    crate::sched::events::DeploymentStatus::Success => {
+                        self.paint(GREEN, &format!("⇒ {step}: deployed to {environment}"))
+                    }
+                    other => {
+                        let how = match other {
+                            crate::sched::events::DeploymentStatus::Failure => "failed",
+                            crate::sched::events::DeploymentStatus::Cancelled => "was cancelled",
+                            _ => "erred",
+                        };
+                        self.paint(RED, &format!("⇒ {step}: deployment to {environment} {how}"))
+                    }
+                };
+                self.line(&l);
+                self.flush();
+            }
             RunEvent::CacheSaved { step, key, size } => {
                 let l = self.paint(DIM, &format!("⇡ {step}: cache `{key}` saved ({})", crate::fmt::size(*size)));
                 self.line(&l);

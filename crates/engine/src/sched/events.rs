@@ -61,6 +61,20 @@ pub enum RunEvent {
         dir: String,
         files: Vec<crate::exec::ArtifactFile>,
     },
+    /// A step with an `environment` started deploying: its first variant is starting.
+    DeploymentStarted {
+        /// The step's key in the file (a matrix step's base name).
+        step: String,
+        environment: String,
+        url: Option<String>,
+    },
+    /// A deployment ended: the step's last variant ended.
+    DeploymentFinished {
+        step: String,
+        environment: String,
+        url: Option<String>,
+        status: DeploymentStatus,
+    },
     /// Something that concerns the whole run (e.g. a cleanup problem).
     RunMessage {
         level: Level,
@@ -72,6 +86,17 @@ pub enum RunEvent {
         duration: Duration,
         steps: Vec<StepSummary>,
     },
+}
+
+/// How a deployment ended, worst variant first: `error` over `cancelled` over `failure`
+/// over `success`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentStatus {
+    Success,
+    Failure,
+    Cancelled,
+    Error,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

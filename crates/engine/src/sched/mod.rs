@@ -6,6 +6,7 @@
 //! Architecture invariant: whatever happens (failure, timeout, cancellation, a panicking
 //! step task), `execute` calls `Backend::destroy` for the run before it returns.
 
+mod deploy;
 pub mod events;
 pub mod logs;
 
@@ -241,6 +242,7 @@ async fn run_steps<B: Backend>(
     let mut tasks: JoinSet<(usize, StepSummary)> = JoinSet::new();
     let mut task_index: HashMap<tokio::task::Id, usize> = HashMap::new();
     let mut running = 0;
+    let mut deployments = deploy::Deployments::new(plan);
     let jobs = opts.jobs.max(1);
     loop {
         // Start or skip every step whose needs are done, in plan order.
@@ -285,6 +287,7 @@ async fn run_steps<B: Backend>(
                         ..StepSummary::new(&step.name, StepStatus::Skipped, Some(reason))
                     };
                     let _ = events.send(RunEvent::StepFinished(summary.clone())).await;
+                    deployments.ended(&step.step, &summary, events).await;
                     state[i] = State::Done(summary);
                     progressed = true;
                     continue;
@@ -304,6 +307,7 @@ async fn run_steps<B: Backend>(
                         ..kept.clone()
                     };
                     let _ = events.send(RunEvent::StepFinished(summary.clone())).await;
+                    deployments.ended(&step.step, &summary, events).await;
                     state[i] = State::Done(summary);
                     progressed = true;
                     continue;
@@ -311,6 +315,7 @@ async fn run_steps<B: Backend>(
                 if running >= jobs {
                     continue;
                 }
+                deployments.started(&step.step, events).await;
                 let unit = Unit {
                     backend: backend.clone(),
                     step: step.clone(),
@@ -361,6 +366,7 @@ async fn run_steps<B: Backend>(
                 (i, s)
             }
         };
+        deployments.ended(&plan.steps[i].step, &summary, events).await;
         state[i] = State::Done(summary);
         running -= 1;
     }

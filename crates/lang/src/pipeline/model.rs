@@ -18,7 +18,25 @@ pub struct Pipeline {
     pub services: IndexMap<String, Service>,
     /// `runs_on`: agent labels every step needs (a step's own are added to these).
     pub runs_on: Vec<String>,
+    /// `environments`: the rules of environments, by name (one not listed has none).
+    pub environments: IndexMap<String, EnvironmentRules>,
     pub steps: IndexMap<String, Step>,
+}
+
+/// Which runs may deploy to an environment. A run may when its branch matches `branches`
+/// or its tag matches `tags`; with neither set, every run may.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct EnvironmentRules {
+    pub branches: Option<Patterns>,
+    pub tags: Option<Patterns>,
+}
+
+/// A step's `environment`: the name, and the URL (with `${VAR}`s until planned).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Environment {
+    pub name: String,
+    #[serde(default)]
+    pub url: Option<String>,
 }
 
 /// The stages a pipeline has when it declares none.
@@ -99,6 +117,8 @@ pub struct Step {
     pub cache: Vec<Cache>,
     pub artifacts: Option<Artifacts>,
     pub matrix: Option<Matrix>,
+    /// `environment`: each run of the step is a deployment to it.
+    pub environment: Option<Environment>,
 }
 
 /// When a step runs. Every clause that is set must hold.

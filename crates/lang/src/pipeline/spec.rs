@@ -337,6 +337,28 @@ pub const MATRIX: Obj = Obj {
     extensions: false,
 };
 
+pub const ENVIRONMENT: Obj = Obj {
+    fields: &[
+        required("name", &STR, "The environment's name (`staging`, `production`)."),
+        field("url", &STR, "Where the deployed thing can be seen; `${VAR}` is interpolated."),
+    ],
+    nullable: false,
+    extra: None,
+    needs_one: &[],
+    extensions: false,
+};
+
+pub const ENVIRONMENT_RULES: Obj = Obj {
+    fields: &[
+        field("branches", &PATTERNS, "Branches that may deploy to the environment (globs)."),
+        field("tags", &PATTERNS, "Tags that may deploy to the environment (globs)."),
+    ],
+    nullable: true,
+    extra: None,
+    needs_one: &[],
+    extensions: false,
+};
+
 pub const STEP: Obj = Obj {
     fields: &[
         field("stage", &STR, "The stage the step belongs to. Default `test`."),
@@ -371,6 +393,11 @@ pub const STEP: Obj = Obj {
             "Files kept with the run and handed to later steps.",
         ),
         field("matrix", &Ty::Obj(&MATRIX), "Runs the step once per combination of axis values."),
+        field(
+            "environment",
+            &Ty::AnyOf(&[Ty::Str, Ty::Obj(&ENVIRONMENT)]),
+            "The environment the step deploys to: a name, or `{name, url}`. Each run of the step is a deployment.",
+        ),
     ],
     nullable: false,
     extra: None,
@@ -412,6 +439,11 @@ pub const PIPELINE: Obj = Obj {
             "runs_on",
             &LABELS,
             "Agent labels the run needs: it goes to an agent that has these and those of every step that runs.",
+        ),
+        field(
+            "environments",
+            &Ty::Dict { names: Names::Step, value: &Ty::Obj(&ENVIRONMENT_RULES), min: 0, nullable: true },
+            "Rules of the environments steps deploy to: which branches and tags may deploy.",
         ),
         required(
             "steps",

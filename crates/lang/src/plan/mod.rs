@@ -12,7 +12,9 @@ use indexmap::IndexMap;
 use serde::Serialize;
 
 use crate::pipeline::interp;
-use crate::pipeline::{Event, Patterns, Pipeline, Retry, Service, StatusCond, Step, When};
+use crate::pipeline::{
+    Environment, EnvironmentRules, Event, Patterns, Pipeline, Retry, Service, StatusCond, Step, When,
+};
 
 /// Where every step's workspace is mounted in its container.
 pub const WORKSPACE: &str = "/workspace";
@@ -123,6 +125,10 @@ pub struct PlannedStep {
     pub cache: Vec<crate::pipeline::Cache>,
     pub artifacts: Option<crate::pipeline::Artifacts>,
     pub matrix: IndexMap<String, String>,
+    /// The environment the step deploys to, its URL interpolated. Every variant of a matrix
+    /// step deploys to the same one: together they are one deployment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub environment: Option<Environment>,
 }
 
 impl Plan {
@@ -231,7 +237,12 @@ pub fn plan(pipeline: &Pipeline, ctx: &Context, selection: &Selection) -> Result
         .iter()
         .map(|i| match &not_triggered {
             Some(why) => Some(format!("pipeline not triggered: {why}")),
-            None => check_when(&i.step.when, ctx).err(),
+            None => check_when(&i.step.when, ctx)
+                .and_then(|()| match &i.step.environment {
+                    Some(env) => check_environment(pipeline, &env.name, ctx),
+                    None => Ok(()),
+                })
+                .err(),
         })
         .collect();
 
@@ -436,6 +447,13 @@ fn resolve(
     for c in &mut cache {
         c.key = expand_keeping_escapes(&c.key, &vars).map_err(err)?;
     }
+    let environment = match &step.environment {
+        Some(e) => Some(Environment {
+            name: e.name.clone(),
+            url: e.url.as_deref().map(|u| expand(u, &vars)).transpose().map_err(err)?,
+        }),
+        None => None,
+    };
     Ok(PlannedStep {
         name: name.to_string(),
         step: base.to_string(),
@@ -460,6 +478,7 @@ fn resolve(
         cache,
         artifacts: step.artifacts.clone(),
         matrix: matrix.clone(),
+        environment,
     })
 }
 
@@ -562,6 +581,53 @@ pub fn check_when(w: &When, ctx: &Context) -> Result<(), String> {
         check_paths(p, ctx, "when.paths")?;
     }
     Ok(())
+}
+
+/// Whether this run may deploy to environment `name` (its `environments` rules); `Err`
+/// says why not. An environment without rules takes every run. A pull request never
+/// deploys to one with rules: its branch is whatever its author named it.
+pub fn check_environment(p: &Pipeline, name: &str, ctx: &Context) -> Result<(), String> {
+    let Some(rules) = p.environments.get(name) else { return Ok(()) };
+    let EnvironmentRules { branches, tags } = rules;
+    if branches.is_none() && tags.is_none() {
+        return Ok(());
+    }
+    let ev = ctx.event();
+    let this = match (ev, ctx.tag.as_deref(), ctx.branch.as_deref()) {
+        (Event::PullRequest, _, _) => {
+            format!("this run is a pull request{}", ctx.pr.map(|n| format!(" (#{n})")).unwrap_or_default())
+        }
+        (Event::Tag, Some(tag), _) => {
+            if tags.as_ref().is_some_and(|t| matches(t, tag)) {
+                return Ok(());
+            }
+            format!("this run is on tag {tag}")
+        }
+        (_, _, Some(branch)) if ev != Event::Tag => {
+            if branches.as_ref().is_some_and(|b| matches(b, branch)) {
+                return Ok(());
+            }
+            format!("this run is on branch {branch}")
+        }
+        _ => "this run has no branch or tag".to_string(),
+    };
+    let mut allowed = Vec::new();
+    if let Some(b) = branches {
+        allowed.push(format!("branches {}", plain(b)));
+    }
+    if let Some(t) = tags {
+        allowed.push(format!("tags {}", plain(t)));
+    }
+    Err(format!("environment `{name}` deploys only from {}: {this}", allowed.join(", ")))
+}
+
+/// Patterns as a plain list: `main, release/*` (excluding `release/old`).
+fn plain(p: &Patterns) -> String {
+    let mut s = p.include.join(", ");
+    if !p.exclude.is_empty() {
+        s.push_str(&format!(" (excluding {})", p.exclude.join(", ")));
+    }
+    s
 }
 
 /// Whether the pipeline's `on:` triggers accept the event; `Err` says why not.

@@ -55,6 +55,12 @@ pub fn text(plan: &Plan) -> String {
             if s.status.on_failure {
                 extra.push(if s.status.on_success { "always".into() } else { "on failure".to_string() });
             }
+            if let Some(env) = &s.environment {
+                match &env.url {
+                    Some(url) => extra.push(format!("deploys to {} ({url})", env.name)),
+                    None => extra.push(format!("deploys to {}", env.name)),
+                }
+            }
             if mixed && !s.runs_on.is_empty() {
                 extra.push(format!("labels {}", s.runs_on.join(" ")));
             }

@@ -372,6 +372,7 @@ impl Loader {
             defaults: Defaults::default(),
             services: IndexMap::new(),
             runs_on: Vec::new(),
+            environments: IndexMap::new(),
             steps: IndexMap::new(),
         };
         let mut saw_steps = false;
@@ -404,6 +405,7 @@ impl Loader {
                 "defaults" => p.defaults = self.defaults(v, &path),
                 "services" => p.services = self.services(v, &path),
                 "runs_on" => p.runs_on = self.labels(v, &path),
+                "environments" => p.environments = self.environments(v, &path),
                 "steps" => {
                     saw_steps = true;
                     p.steps = self.steps(v, &path);
@@ -781,6 +783,7 @@ impl Loader {
             cache: Vec::new(),
             artifacts: None,
             matrix: None,
+            environment: None,
         };
         for (k, v) in entries {
             let p = child(path, k);
@@ -829,10 +832,88 @@ impl Loader {
                 }
                 "artifacts" => s.artifacts = self.artifacts(v, &p),
                 "matrix" => s.matrix = self.matrix(v, &p),
+                "environment" => s.environment = self.environment(v, &p),
                 _ => {}
             }
         }
         Some(s)
+    }
+
+    /// `environments`: rules by environment name.
+    fn environments(&mut self, node: &Node, path: &[Seg]) -> IndexMap<String, EnvironmentRules> {
+        let mut out = IndexMap::new();
+        for (name, v) in self.map(node, path, None, "`environments`").unwrap_or(&[]) {
+            let p = child(path, name);
+            if !Names::Step.check(name) {
+                self.diags.push(
+                    Diagnostic::new(&p, format!("environment name `{name}` is not allowed"))
+                        .at_key()
+                        .help("use letters, digits, `-`, `_` and `.`, starting with a letter or digit"),
+                );
+            }
+            let mut rules = EnvironmentRules::default();
+            for (k, rv) in self.map(v, &p, Some(&spec::ENVIRONMENT_RULES), "an environment's rules").unwrap_or(&[]) {
+                let rp = child(&p, k);
+                match k.as_str() {
+                    "branches" => rules.branches = self.patterns(rv, &rp),
+                    "tags" => rules.tags = self.patterns(rv, &rp),
+                    _ => {}
+                }
+            }
+            out.insert(name.clone(), rules);
+        }
+        out
+    }
+
+    /// A step's `environment`: a name, or `{name, url}`.
+    fn environment(&mut self, node: &Node, path: &[Seg]) -> Option<Environment> {
+        let env = match node {
+            Node::Str(name) => Environment { name: name.clone(), url: None },
+            Node::Map(_) => {
+                let entries = self.map(node, path, Some(&spec::ENVIRONMENT), "`environment`")?;
+                let (mut name, mut url) = (None, None);
+                for (k, v) in entries {
+                    let p = child(path, k);
+                    match k.as_str() {
+                        "name" => name = self.string(v, &p),
+                        "url" => url = self.string(v, &p),
+                        _ => {}
+                    }
+                }
+                if name.is_none() {
+                    if !has_key(entries, "name", &spec::ENVIRONMENT) {
+                        self.diags.push(
+                            Diagnostic::new(path, "`environment` needs a `name`")
+                                .at_key()
+                                .help("e.g. `environment: {name: staging, url: https://staging.example.com}`"),
+                        );
+                    }
+                    return None;
+                }
+                Environment { name: name?, url }
+            }
+            other => {
+                self.wrong_type(path, other, "an environment name or a mapping with `name` and `url`");
+                return None;
+            }
+        };
+        let mut ok = true;
+        if !Names::Step.check(&env.name) {
+            ok = false;
+            let p = if matches!(node, Node::Map(_)) { child(path, "name") } else { path.to_vec() };
+            self.err_help(
+                &p,
+                format!("environment name `{}` is not allowed", env.name),
+                "use letters, digits, `-`, `_` and `.`, starting with a letter or digit",
+            );
+        }
+        if let Some(u) = &env.url
+            && let Err(e) = interp::parse(u)
+        {
+            ok = false;
+            self.err(&child(path, "url"), format!("`url`: {e}"));
+        }
+        ok.then_some(env)
     }
 
     fn commands(&mut self, node: &Node, path: &[Seg]) -> Vec<String> {
