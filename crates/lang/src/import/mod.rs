@@ -720,6 +720,55 @@ impl Translator<'_> {
         }
     }
 
+    /// A job's `environment` (a name, or `{name, url}`) to the step's. Its protection rules
+    /// live in GitHub's settings, not in the file: a note says where orch keeps them.
+    fn environment(&mut self, node: &Node, path: &[Seg], jc: &JobCtx, step: &mut Out) {
+        let (name, url) = match node {
+            Node::Map(_) => (node.get("name").and_then(Node::as_text), node.get("url").and_then(Node::as_text)),
+            other => (other.as_text(), None),
+        };
+        let valid = |n: &str| {
+            n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+                && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        };
+        let Some(name) = name.filter(|n| valid(n)) else {
+            self.warn(
+                path,
+                jc,
+                "this `environment` is not translated: orch's names are letters, digits, `.`, `_` and `-`, \
+                 without expressions"
+                    .into(),
+                Some("name the environment on the step: `environment: production`".into()),
+            );
+            return;
+        };
+        let value = match url.as_deref() {
+            Some(u) if !u.contains("${{") => {
+                let mut m = Out::map();
+                m.put("name", Out::str(name.clone()));
+                m.put("url", Out::str(field_text(u, false)));
+                m
+            }
+            Some(_) => {
+                self.warn(
+                    &child(path, key("url")),
+                    jc,
+                    "an `environment.url` with an expression is left out".into(),
+                    None,
+                );
+                Out::str(name.clone())
+            }
+            None => Out::str(name.clone()),
+        };
+        step.put("environment", value);
+        self.note(
+            path,
+            jc,
+            format!("`environment: {name}`: its protection rules are in GitHub's settings, not in the workflow"),
+            Some(format!("say which branches may deploy in `environments: {{{name}: {{branches: [main]}}}}`")),
+        );
+    }
+
     fn job(&mut self, id: &str, job: &Node, wf: &JobCtx, wf_env: &Out, wf_defaults: Option<&Node>) -> Entry {
         let path = vec![key("jobs"), key(id)];
         let mut jc = JobCtx {
@@ -743,7 +792,8 @@ impl Translator<'_> {
         for (k, _) in entries {
             match k.as_str() {
                 "name" | "runs-on" | "container" | "needs" | "if" | "strategy" | "services" | "env" | "steps"
-                | "timeout-minutes" | "continue-on-error" | "defaults" | "permissions" | "concurrency" => {}
+                | "timeout-minutes" | "continue-on-error" | "defaults" | "permissions" | "concurrency"
+                | "environment" => {}
                 "uses" => self.warn(
                     &child(&path, key(k)),
                     &jc,
@@ -886,6 +936,9 @@ impl Translator<'_> {
         }
         if let Some(m) = matrix {
             step.put("matrix", m);
+        }
+        if let Some(e) = job.get("environment") {
+            self.environment(e, &child(&path, key("environment")), &jc, &mut step);
         }
 
         // Services, environment, working directory.

@@ -230,3 +230,19 @@ fn names_are_made_valid() {
     assert_eq!(host_name("My_DB"), "my-db");
     assert_eq!(shell_words("--health-cmd 'a b' --x=\"c d\""), ["--health-cmd", "a b", "--x=c d"]);
 }
+
+#[test]
+fn a_job_environment_becomes_the_step_environment() {
+    let src = "on: push\njobs:\n  deploy:\n    runs-on: x\n    environment:\n      name: production\n      url: https://example.com/${{ github.sha }}\n    steps: [{run: ./deploy.sh}]\n  stage:\n    runs-on: x\n    environment: staging\n    steps: [{run: ./stage.sh}]\n  odd:\n    runs-on: x\n    environment: my env\n    steps: [{run: make}]\n  docs:\n    runs-on: x\n    environment: { name: docs, url: 'https://docs.example.com/a$b' }\n    steps: [{run: make}]\n";
+    let (n, f) = tree(src);
+    assert_eq!(at(&n, "steps.stage.environment"), &Node::Str("staging".into()));
+    // A url with an expression is left out (reported), the name kept.
+    assert_eq!(at(&n, "steps.deploy.environment"), &Node::Str("production".into()));
+    assert!(has(&f, 7, "`environment.url` with an expression"), "{f:?}");
+    assert!(has(&f, 5, "protection rules"), "{f:?}");
+    // A plain url is kept, its `$` as it was (orch interpolates the field).
+    assert_eq!(at(&n, "steps.docs.environment.url"), &Node::Str("https://docs.example.com/a$b".into()));
+    // A name orch cannot take is reported, and the step has no environment.
+    assert!(has(&f, 15, "this `environment` is not translated"), "{f:?}");
+    assert!(n.get("steps").and_then(|s| s.get("odd")).and_then(|s| s.get("environment")).is_none());
+}
