@@ -386,8 +386,6 @@ pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
     })?;
     let log_dir = prepared.log_dir.clone();
     let mut prepared = prepared;
-    // The reporter prints holding `screen`; an open shell holds it.
-    let screen = Arc::new(tokio::sync::Mutex::new(()));
     if let Some(at) = shell_at {
         if let sched::ShellAt::Before(name) | sched::ShellAt::After(name) = &at
             && !prepared.plan.steps.iter().any(|s| s.name == *name || s.step == *name)
@@ -397,7 +395,9 @@ pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
                 prepared.plan.steps.iter().map(|s| format!("`{}`", s.name)).collect::<Vec<_>>().join(", ")
             )));
         }
-        prepared.options.shell = Some(Arc::new(sched::Shell::new(at, Arc::new(crate::terminal::Tty), screen.clone())));
+        // The reporter prints holding the screen lock; an open shell holds it.
+        let screen = Arc::new(tokio::sync::Mutex::new(()));
+        prepared.options.shell = Some(Arc::new(sched::Shell::new(at, Arc::new(crate::terminal::Tty), screen)));
     }
 
     let mode = if args.json {
@@ -417,7 +417,8 @@ pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
             mode,
             log_dir: Some(relative_to(&log_dir, &cwd)),
             log_files: Some(log_dir.clone()),
-            screen: Some(screen),
+            // Only a run that may open a shell shares the screen: others print without a lock.
+            screen: prepared.options.shell.as_ref().map(|s| s.screen.clone()),
         },
         rx,
     ));

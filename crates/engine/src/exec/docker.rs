@@ -922,30 +922,19 @@ impl DockerBackend {
         }
     }
 
-    async fn start_inner(
-        &self,
-        step: &StepSpec,
-        logs: mpsc::Sender<LogChunk>,
-        handle: &mut StepHandle,
-    ) -> Result<(), BackendError> {
-        if !step.services.is_empty() {
-            self.start_services(step, handle).await?;
-        }
-        let name = format!("orch-{}-{}-{}", step.run_id, crate::plan::slug(&step.step), step.attempt);
-        let env: Vec<String> = step.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    /// A container of the step: `image` running `script` in `/bin/sh -c`, with the step's
+    /// environment, working directory, workspace and isolation, on `network`, its output
+    /// attached (the daemon logs nothing).
+    fn container_body(&self, step: &StepSpec, image: String, script: String, network: String) -> ContainerCreateBody {
         let workspace = match &step.bind {
             Some(dir) => Workspace::Bind(dir.clone()),
             None => Workspace::Empty,
         };
-        let steps_net = steps_network(step.isolation.block_host);
-        if handle.network.is_none() {
-            handle.lane = self.take_lane(&step.run_id, steps_net);
-        }
-        let mut body = ContainerCreateBody {
-            image: Some(step.image.clone()),
+        ContainerCreateBody {
+            image: Some(image),
             entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
-            cmd: Some(vec![step.script.clone()]),
-            env: Some(env),
+            cmd: Some(vec![script]),
+            env: Some(step.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             working_dir: Some(step.workdir.clone()),
             labels: Some(self.labels(&step.run_id, Some(&step.step))),
             attach_stdout: Some(true),
@@ -959,17 +948,35 @@ impl DockerBackend {
                     // A tiny init as PID 1 forwards SIGTERM to the shell and reaps zombies, so
                     // a graceful stop is graceful.
                     init: Some(true),
-                    // The services' network, else a lane of the steps' network, else that.
-                    network_mode: Some(match (&handle.network, &handle.lane) {
-                        (Some(net), _) => net.clone(),
-                        (None, Some((lane, _))) => format!("container:{lane}"),
-                        (None, None) => steps_net.into(),
-                    }),
+                    network_mode: Some(network),
                     ..Default::default()
                 },
             )),
             ..Default::default()
+        }
+    }
+
+    async fn start_inner(
+        &self,
+        step: &StepSpec,
+        logs: mpsc::Sender<LogChunk>,
+        handle: &mut StepHandle,
+    ) -> Result<(), BackendError> {
+        if !step.services.is_empty() {
+            self.start_services(step, handle).await?;
+        }
+        let name = format!("orch-{}-{}-{}", step.run_id, crate::plan::slug(&step.step), step.attempt);
+        let steps_net = steps_network(step.isolation.block_host);
+        if handle.network.is_none() {
+            handle.lane = self.take_lane(&step.run_id, steps_net);
+        }
+        // The services' network, else a lane of the steps' network, else that.
+        let network = match (&handle.network, &handle.lane) {
+            (Some(net), _) => net.clone(),
+            (None, Some((lane, _))) => format!("container:{lane}"),
+            (None, None) => steps_net.into(),
         };
+        let mut body = self.container_body(step, step.image.clone(), step.script.clone(), network);
         let options = CreateContainerOptions { name: Some(name), ..Default::default() };
         let mut created = self.docker.create_container(Some(options.clone()), body.clone()).await;
         // A lane whose container is gone (removed by hand, the daemon restarted): the step
@@ -1077,35 +1084,13 @@ impl DockerBackend {
                 (step.image.clone(), made.services.network.clone().unwrap_or_else(|| steps_net.to_string()))
             }
         };
-        let workspace = match &step.bind {
-            Some(dir) => Workspace::Bind(dir.clone()),
-            None => Workspace::Empty,
-        };
-        let env: Vec<String> = step.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let shell = "if command -v bash >/dev/null 2>&1; then exec bash; else exec sh; fi".to_string();
         let body = ContainerCreateBody {
-            image: Some(image),
-            entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
-            cmd: Some(vec!["if command -v bash >/dev/null 2>&1; then exec bash; else exec sh; fi".into()]),
-            env: Some(env),
-            working_dir: Some(step.workdir.clone()),
-            labels: Some(self.labels(&step.run_id, Some(&step.step))),
             tty: Some(true),
             open_stdin: Some(true),
             stdin_once: Some(true),
             attach_stdin: Some(true),
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            host_config: Some(isolated(
-                &step.isolation,
-                HostConfig {
-                    mounts: Some(vec![self.workspace_mount(&step.run_id, &workspace)]),
-                    log_config: Some(HostConfigLogConfig { typ: Some("none".into()), config: None }),
-                    init: Some(true),
-                    network_mode: Some(network),
-                    ..Default::default()
-                },
-            )),
-            ..Default::default()
+            ..self.container_body(step, image, shell, network)
         };
         let name = format!("orch-{}-{}-shell", step.run_id, crate::plan::slug(&step.step));
         let options = CreateContainerOptions { name: Some(name), ..Default::default() };
