@@ -27,6 +27,16 @@ pub struct ServeArgs {
     /// root, else ~/.local/share/orch].
     #[arg(long, env = "ORCH_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// The database: `postgres://USER[:PASSWORD]@HOST:PORT/DB` (shared by several servers;
+    /// no TLS: loopback or a trusted network) [default: the SQLite file orch.db in the data
+    /// directory].
+    #[arg(long, env = "ORCH_DATABASE", hide_env_values = true)]
+    pub database: Option<String>,
+    /// This server's name among several on one PostgreSQL database: the runs it executes
+    /// or leases are its own, queued again when it restarts under the same name [default:
+    /// the host name and the listening port].
+    #[arg(long, env = "ORCH_SERVER_NAME")]
+    pub server_name: Option<String>,
     /// GitHub's API [default: https://api.github.com; Enterprise: https://HOST/api/v3].
     #[arg(long, env = "ORCH_GITHUB_URL")]
     pub github_url: Option<String>,
@@ -135,6 +145,10 @@ pub struct Config {
     pub listen: String,
     pub webhook_secret: Option<String>,
     pub data_dir: PathBuf,
+    /// Where the database is.
+    pub database: crate::server::db::Location,
+    /// This server's name among several (used with PostgreSQL).
+    pub server_name: String,
     pub github_url: String,
     pub github_token: Option<String>,
     pub github_app: Option<(u64, Vec<u8>)>,
@@ -251,6 +265,8 @@ const KEYS: &[&str] = &[
     "webhook-secret",
     "insecure-no-signature",
     "data-dir",
+    "database",
+    "server-name",
     "github-url",
     "github-token",
     "github-app-id",
@@ -375,14 +391,29 @@ impl ServeArgs {
         };
         let clone_access =
             crate::checkout::CloneAccess::new(&github_url, &clone_rewrite).map_err(ConfigError::Invalid)?;
+        let data_dir =
+            self.data_dir.clone().or_else(|| one("data-dir").map(PathBuf::from)).unwrap_or_else(default_data_dir);
+        let database = match self.database.clone().or_else(|| one("database")).filter(|s| !s.trim().is_empty()) {
+            Some(d) if d.contains("://") && !d.starts_with("postgres://") && !d.starts_with("postgresql://") => {
+                return Err(ConfigError::Invalid(format!(
+                    "`database`: `{}` is not a postgres:// URL (or leave it out for the SQLite file in the data directory)",
+                    crate::server::db::Location::Postgres(d.clone()).display()
+                )));
+            }
+            Some(d) => crate::server::db::Location::parse(d.trim()),
+            None => crate::server::db::Location::Sqlite(data_dir.join("orch.db")),
+        };
+        let server_name = self.server_name.clone().or_else(|| one("server-name")).unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+            let port = listen.rsplit(':').next().unwrap_or_default();
+            format!("{}:{port}", if host.is_empty() { "orch" } else { host.as_str() })
+        });
         Ok(Config {
+            data_dir,
+            database,
+            server_name,
             listen,
             webhook_secret,
-            data_dir: self
-                .data_dir
-                .clone()
-                .or_else(|| one("data-dir").map(PathBuf::from))
-                .unwrap_or_else(default_data_dir),
             github_url,
             github_token: self.github_token.clone().or_else(|| one("github-token")).filter(|s| !s.is_empty()),
             github_app,

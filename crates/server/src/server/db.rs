@@ -1,22 +1,71 @@
-//! The server's embedded database (SQLite): deliveries, runs and their steps.
+//! The server's database: deliveries, runs and their steps, agents, schedules, the outbox.
 //!
-//! One writer thread owns the write connection and commits in groups: every write waits
-//! for the commit that contains it (so a delivery is on disk before its 2xx answer), and
-//! concurrent deliveries share one fsync. Reads use their own connection.
+//! Two backends, one schema and one set of queries: the embedded SQLite file in the data
+//! directory (the default, one server), or PostgreSQL (`--database postgres://...`), which
+//! several servers share. One writer thread owns the write connection and commits in
+//! groups: every write waits for the commit that contains it (so a delivery is stored
+//! before its 2xx answer), and concurrent deliveries share one commit. Reads use their own
+//! connection, on their own thread. With PostgreSQL a third connection LISTENs: another
+//! server's commit that queued a run, freed a job or heard from an agent wakes this one
+//! ([`Db::wakes`]).
+//!
+//! # Writing a query
+//!
+//! Every query is a method of [`Db`] that runs a closure on the writer (`self.write(|t|
+//! ...)`, in the next group commit, in a savepoint of its own) or the reader
+//! (`self.read(|c| ...)`). The closure gets a [`Conn`] whatever the backend:
+//!
+//! ```ignore
+//! pub async fn rename(&self, id: i64, name: String) -> Result<bool, DbError> {
+//!     self.write(move |t| Ok(t.execute("UPDATE things SET name = ?2 WHERE id = ?1", params![id, name])? == 1))
+//!         .await
+//! }
+//! let rows = c.query_map("SELECT id, name FROM things WHERE n > ?1 ORDER BY id", params![n], |r| {
+//!     Ok((r.get::<i64>(0)?, r.get::<Option<String>>(1)?))
+//! })?;
+//! let one: Option<i64> = c.query_row("SELECT id FROM things WHERE name = ?1", params![name], |r| r.get(0)).optional()?;
+//! let id: i64 = t.query_row("INSERT INTO things (name) VALUES (?1) RETURNING id", params![name], |r| r.get(0))?;
+//! ```
+//!
+//! The rules that keep one text right for both:
+//! - Placeholders are `?1`, `?2`, ... (rewritten to `$1` for PostgreSQL); each is used where
+//!   PostgreSQL can tell its type (a column it is compared with or stored in), at its first
+//!   use: `(repo = ?2 OR ?2 IS NULL)`, not `(?2 IS NULL OR repo = ?2)`.
+//! - Integers and booleans are `INTEGER` in the schema text ([`SCHEMA`], [`COLUMNS`]): 64-bit
+//!   on both (PostgreSQL's DDL says BIGINT; booleans are 0 and 1); `REAL`, `BLOB`,
+//!   `INTEGER PRIMARY KEY AUTOINCREMENT` are said in PostgreSQL's words for it ([`sql::ddl`]).
+//! - Portable SQL only: `INSERT ... ON CONFLICT (...) DO NOTHING / DO UPDATE SET x =
+//!   excluded.x` (not `INSERT OR IGNORE`), `RETURNING id` (not `last_insert_rowid`),
+//!   `IS NOT DISTINCT FROM` (not `IS` between values), `CASE` (not the two-argument `MAX`),
+//!   no `json_each`, no `LIMIT -1`. What only one backend has goes behind
+//!   [`Conn::is_postgres`] or [`Conn::with_sqlite`].
+//! - A row that one of several servers takes (a queued run, a job) is selected with
+//!   `... FOR UPDATE SKIP LOCKED` (dropped on SQLite, whose single writer claims alone),
+//!   and the update re-checks what made it free (`WHERE id = ?1 AND status = 'queued'`).
+//! - A commit that another server should act on promptly calls `t.notify("what")`
+//!   (PostgreSQL NOTIFY at commit; see [`Db::wakes`] for the words).
+//! - A new table or column goes into [`SCHEMA`] / [`COLUMNS`] (created if missing on both),
+//!   or, for what cannot be said so, into a step of [`migrate`] under a new
+//!   [`SCHEMA_VERSION`].
 
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::Serialize;
 
 pub use super::status::{RunState, StepState};
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
+
+pub mod sql;
+pub mod throwaway;
+
+pub use sql::{Backend, Row};
+use sql::{Conn, OptionalExt, SqlError, params};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("database: {0}")]
-    Sql(#[from] rusqlite::Error),
+    Sql(#[from] SqlError),
     #[error("database: the writer thread is gone")]
     WriterGone,
     #[error("database: {0}")]
@@ -24,11 +73,19 @@ pub enum DbError {
 }
 
 type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
-type Job = Box<dyn FnOnce(&Transaction) -> Reply + Send>;
+/// A write: given the connection (or why there is none), it runs and says how to answer.
+type Job = Box<dyn FnOnce(Result<&Conn, String>) -> Reply + Send>;
+type ReadJob = Box<dyn FnOnce(Result<&Conn, String>) + Send>;
+
+/// The key of the advisory lock held by the server that sends the outbox.
+const OUTBOX_LOCK: i64 = 0x6f72_6368_6f75_7462;
 
 /// Rows written per commit at most.
 const BATCH: usize = 512;
 
+/// The schema's version: a database made by a newer orch is refused. Version 1 is
+/// [`SCHEMA`] with [`COLUMNS`].
+pub const SCHEMA_VERSION: i64 = 1;
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS deliveries (
     id TEXT PRIMARY KEY,
@@ -113,6 +170,39 @@ CREATE TABLE IF NOT EXISTS outbox (
     body TEXT NOT NULL,
     created_at INTEGER NOT NULL
 );
+";
+
+/// Columns added after the first release, `(table, column, definition)`: a database from
+/// before gets them when it is opened.
+const COLUMNS: &[(&str, &str, &str)] = &[
+    ("runs", "rerun_of", "INTEGER"),
+    ("runs", "failed_only", "INTEGER NOT NULL DEFAULT 0"),
+    ("runs", "event_time", "INTEGER"),
+    ("deliveries", "digest", "TEXT"),
+    ("runs", "report_error", "TEXT"),
+    // Set once the server has fetched and planned the run: what an executor gets.
+    ("runs", "job", "TEXT"),
+    ("runs", "labels", "TEXT"),
+    // The agent executing it (NULL: the server itself), its lease (Unix ms).
+    ("runs", "agent", "TEXT"),
+    ("runs", "lease_until", "INTEGER"),
+    // Times it was queued again because its agent was lost.
+    ("runs", "lost", "INTEGER NOT NULL DEFAULT 0"),
+    ("runs", "dispatched_at", "INTEGER"),
+    // Being fetched and planned by a server now.
+    ("runs", "planning", "INTEGER NOT NULL DEFAULT 0"),
+    // The `on.schedule` name of a schedule run.
+    ("runs", "schedule", "TEXT"),
+    // The server that records its events (writes its logs, runs it or leased it to an
+    // agent); NULL: the only one (SQLite), or a run from before.
+    ("runs", "server", "TEXT"),
+];
+
+/// Indexes on [`COLUMNS`].
+const INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS deliveries_by_time ON deliveries(received_at);
+-- One body is one delivery, whatever `X-GitHub-Delivery` says (it is not signed).
+CREATE UNIQUE INDEX IF NOT EXISTS deliveries_by_digest ON deliveries(digest);
 ";
 
 /// What a delivery asks to run, as stored.
@@ -277,14 +367,56 @@ pub enum Stored {
 
 pub use crate::clock::now_secs as now;
 
+/// Where the database is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// The embedded SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL, `postgres://user[:password]@host:port/db` (no TLS).
+    Postgres(String),
+}
+
+impl Location {
+    /// `postgres://...` or `postgresql://...` is PostgreSQL; anything else is a SQLite file.
+    pub fn parse(s: &str) -> Location {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Location::Postgres(s.to_string())
+        } else {
+            Location::Sqlite(PathBuf::from(s))
+        }
+    }
+
+    /// Where, for a log line: a URL without its password.
+    pub fn display(&self) -> String {
+        match self {
+            Location::Sqlite(p) => p.display().to_string(),
+            Location::Postgres(u) => match url::Url::parse(u) {
+                Ok(mut u) => {
+                    if u.password().is_some() {
+                        let _ = u.set_password(Some("***"));
+                    }
+                    u.to_string()
+                }
+                Err(_) => "postgres://(unreadable URL)".into(),
+            },
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Db {
     writer: std::sync::mpsc::SyncSender<Job>,
-    reader: Arc<Mutex<Connection>>,
+    reader: std::sync::mpsc::SyncSender<ReadJob>,
+    backend: Backend,
+    wakes: broadcast::Sender<String>,
+    /// This server's name among several (PostgreSQL); `None`: the only one.
+    server: Option<String>,
+    /// Held by every clone: the listener stops once the last is gone.
+    _alive: Arc<()>,
 }
 
-fn open(path: &Path) -> Result<Connection, DbError> {
-    let c = Connection::open(path)?;
+fn open_sqlite(path: &Path) -> Result<rusqlite::Connection, SqlError> {
+    let c = rusqlite::Connection::open(path)?;
     c.busy_timeout(std::time::Duration::from_secs(10))?;
     // Before anything writes the file's header (WAL does): later, only a VACUUM changes it.
     c.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
@@ -294,96 +426,168 @@ fn open(path: &Path) -> Result<Connection, DbError> {
     Ok(c)
 }
 
-impl Db {
-    /// Opens (creating if needed) the database at `path`.
-    pub fn open(path: &Path) -> Result<Db, DbError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| DbError::Io(format!("{}: {e}", dir.display())))?;
+/// Makes or brings the schema up to [`SCHEMA_VERSION`], in one transaction (on
+/// PostgreSQL under a lock, so servers starting together migrate once).
+fn migrate(c: &Conn) -> Result<(), SqlError> {
+    let backend = c.backend();
+    c.begin()?;
+    let done = (|| {
+        if c.is_postgres() {
+            c.execute_batch("SELECT pg_advisory_xact_lock(8028075640)")?;
         }
-        let mut w = open(path)?;
-        // Pages freed by retention go back to the file system (`prune` runs an incremental
-        // vacuum): webhook bodies are up to 25 MB each. A database made before this setting
-        // existed is converted once, by a VACUUM.
-        let auto_vacuum: i64 = w.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
-        if auto_vacuum != 2 {
-            tracing::info!("database: turning on incremental vacuum (once)");
-            w.execute_batch("VACUUM")?;
+        c.execute_batch(&sql::ddl(SCHEMA, backend))?;
+        c.execute_batch(&sql::ddl("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)", backend))?;
+        let version: Option<i64> = c.query_row("SELECT MAX(version) FROM schema_version", params![], |r| r.get(0))?;
+        if let Some(v) = version
+            && v > SCHEMA_VERSION
+        {
+            return Err(SqlError::Type(
+                0,
+                format!("the database has schema version {v}, made by a newer orch (this one knows {SCHEMA_VERSION})"),
+            ));
         }
-        w.execute_batch(SCHEMA)?;
-        // Columns added after the first release: a database from before gets them here.
-        for (table, col, def) in [
-            ("runs", "rerun_of", "INTEGER"),
-            ("runs", "failed_only", "INTEGER NOT NULL DEFAULT 0"),
-            ("runs", "event_time", "INTEGER"),
-            ("deliveries", "digest", "TEXT"),
-            ("runs", "report_error", "TEXT"),
-            // Set once the server has fetched and planned the run: what an executor gets.
-            ("runs", "job", "TEXT"),
-            ("runs", "labels", "TEXT"),
-            // The agent executing it (NULL: the server itself), its lease (Unix ms).
-            ("runs", "agent", "TEXT"),
-            ("runs", "lease_until", "INTEGER"),
-            // Times it was queued again because its agent was lost.
-            ("runs", "lost", "INTEGER NOT NULL DEFAULT 0"),
-            ("runs", "dispatched_at", "INTEGER"),
-            // Being fetched and planned by this server now.
-            ("runs", "planning", "INTEGER NOT NULL DEFAULT 0"),
-            // The `on.schedule` name of a schedule run.
-            ("runs", "schedule", "TEXT"),
-        ] {
-            let has: bool = w
-                .prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"))?
-                .exists(params![col])?;
-            if !has {
-                w.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {col} {def}"))?;
+        // Columns added after the first release: a SQLite file from before gets them here
+        // (what schema version 1 is on both).
+        for (table, col, def) in COLUMNS {
+            match backend {
+                Backend::Postgres => c.execute_batch(&format!(
+                    "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {col} {}",
+                    sql::ddl(def, backend)
+                ))?,
+                Backend::Sqlite => {
+                    let has = !c
+                        .query(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"), params![col])?
+                        .is_empty();
+                    if !has {
+                        c.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {col} {def}"))?;
+                    }
+                }
             }
         }
-        w.execute_batch("CREATE INDEX IF NOT EXISTS deliveries_by_time ON deliveries(received_at)")?;
-        // One body is one delivery, whatever `X-GitHub-Delivery` says (it is not signed).
-        w.execute_batch("CREATE UNIQUE INDEX IF NOT EXISTS deliveries_by_digest ON deliveries(digest)")?;
-        let reader = open(path)?;
+        c.execute_batch(INDEXES)?;
+        if version.is_none() {
+            c.execute("INSERT INTO schema_version (version) VALUES (?1)", params![SCHEMA_VERSION])?;
+        }
+        // Later versions: `if version < Some(2) { ... }` here, then the stored version moved.
+        Ok(())
+    })();
+    match done {
+        Ok(()) => c.commit(),
+        Err(e) => {
+            let _ = c.rollback();
+            Err(e)
+        }
+    }
+}
+
+/// Connects: a SQLite file or a PostgreSQL URL.
+type Connect = Arc<dyn Fn() -> Result<Conn, SqlError> + Send + Sync>;
+
+impl Db {
+    /// Opens (creating if needed) the SQLite database at `path`.
+    pub fn open(path: &Path) -> Result<Db, DbError> {
+        Db::open_at(&Location::Sqlite(path.to_path_buf()))
+    }
+
+    /// Opens the database at `at`, making or migrating its schema.
+    pub fn open_at(at: &Location) -> Result<Db, DbError> {
+        let (connect, backend): (Connect, Backend) = match at {
+            Location::Sqlite(path) => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| DbError::Io(format!("{}: {e}", dir.display())))?;
+                }
+                let path = path.clone();
+                (Arc::new(move || open_sqlite(&path).map(Conn::sqlite)), Backend::Sqlite)
+            }
+            Location::Postgres(url) => {
+                let url = url.clone();
+                (Arc::new(move || Conn::postgres(&url)), Backend::Postgres)
+            }
+        };
+        let first = connect.clone();
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(4096);
+        let (opened_tx, opened) = std::sync::mpsc::channel::<Result<(), DbError>>();
+        let reconnect = connect.clone();
         std::thread::Builder::new()
             .name("orch-db-writer".into())
             .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    let mut jobs = vec![first];
-                    while jobs.len() < BATCH {
-                        match rx.try_recv() {
-                            Ok(j) => jobs.push(j),
-                            Err(_) => break,
+                let made = first().and_then(|w| {
+                    // Pages freed by retention go back to the file system (`prune` runs an
+                    // incremental vacuum): webhook bodies are up to 25 MB each. A database
+                    // made before this setting existed is converted once, by a VACUUM.
+                    w.with_sqlite(|c| {
+                        let auto_vacuum: i64 = c.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+                        if auto_vacuum != 2 {
+                            tracing::info!("database: turning on incremental vacuum (once)");
+                            c.execute_batch("VACUUM")?;
                         }
+                        Ok(())
+                    })?;
+                    migrate(&w)?;
+                    Ok(w)
+                });
+                match made {
+                    Ok(w) => {
+                        let _ = opened_tx.send(Ok(()));
+                        write_loop(w, rx, reconnect);
                     }
-                    let t = match w.transaction() {
-                        Ok(t) => t,
-                        Err(e) => {
-                            tracing::error!("database: cannot begin a transaction: {e}");
-                            continue;
-                        }
-                    };
-                    let replies: Vec<Reply> = jobs.into_iter().map(|j| j(&t)).collect();
-                    let committed = t.commit().map_err(|e| e.to_string());
-                    for r in replies {
-                        r(committed.clone());
+                    Err(e) => {
+                        let _ = opened_tx.send(Err(DbError::Sql(e)));
                     }
                 }
             })
             .map_err(|e| DbError::Io(e.to_string()))?;
-        Ok(Db { writer: tx, reader: Arc::new(Mutex::new(reader)) })
+        opened.recv().map_err(|_| DbError::WriterGone)??;
+        let reader = start_reader(connect)?;
+        let alive = Arc::new(());
+        let (wakes, _) = broadcast::channel(64);
+        if let Location::Postgres(url) = at {
+            let (url, wakes, alive) = (url.clone(), wakes.clone(), Arc::downgrade(&alive));
+            std::thread::Builder::new()
+                .name("orch-db-listen".into())
+                .spawn(move || listen(&url, &wakes, &alive))
+                .map_err(|e| DbError::Io(e.to_string()))?;
+        }
+        Ok(Db { writer: tx, reader, backend, wakes, server: None, _alive: alive })
     }
 
-    /// Runs `f` in the next group commit; returns once that commit is durable.
+    /// This handle as server `name`'s, one of several on one database: the runs it plans,
+    /// executes or leases are marked its own, and only those are queued again when it
+    /// starts after a stop ([`Db::requeue_interrupted`]).
+    pub fn for_server(mut self, name: String) -> Db {
+        self.server = Some(name);
+        self
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// What other servers' commits announce (PostgreSQL's NOTIFY; nothing on SQLite):
+    /// `queued` (a run to plan), `ready` (a planned run to dispatch), `agent` (an agent
+    /// asked for work), `owed` (an update for GitHub), `schedules` (a repository's
+    /// schedules changed), `all` (the listener reconnected: anything may have happened).
+    pub fn wakes(&self) -> broadcast::Receiver<String> {
+        self.wakes.subscribe()
+    }
+
+    /// Runs `f` in the next group commit, in a savepoint of its own (an error undoes what
+    /// it did and nothing else); returns once that commit is durable.
     pub async fn write<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&Transaction) -> rusqlite::Result<R> + Send + 'static,
+        f: impl FnOnce(&Conn) -> Result<R, SqlError> + Send + 'static,
     ) -> Result<R, DbError> {
         let (tx, rx) = oneshot::channel::<Result<R, DbError>>();
-        let job: Job = Box::new(move |t| {
-            let r = f(t);
+        let job: Job = Box::new(move |c| {
+            let r = match c {
+                Ok(c) => c.savepoint(f).map_err(DbError::Sql),
+                Err(e) => Err(DbError::Io(e)),
+            };
             Box::new(move |committed| {
                 let out = match (r, committed) {
                     (Ok(v), Ok(())) => Ok(v),
-                    (Err(e), _) => Err(DbError::Sql(e)),
+                    (Err(e), _) => Err(e),
                     (Ok(_), Err(e)) => Err(DbError::Io(format!("commit failed: {e}"))),
                 };
                 let _ = tx.send(out);
@@ -407,15 +611,27 @@ impl Db {
     /// Runs a read on the read connection, off the async threads.
     pub async fn read<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+        f: impl FnOnce(&Conn) -> Result<R, SqlError> + Send + 'static,
     ) -> Result<R, DbError> {
-        let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || {
-            let c = reader.lock().map_err(|_| DbError::Io("the read connection is poisoned".into()))?;
-            f(&c).map_err(DbError::Sql)
-        })
-        .await
-        .map_err(|_| DbError::WriterGone)?
+        let (tx, rx) = oneshot::channel::<Result<R, DbError>>();
+        let job: ReadJob = Box::new(move |c| {
+            let _ = tx.send(match c {
+                Ok(c) => f(c).map_err(DbError::Sql),
+                Err(e) => Err(DbError::Io(e)),
+            });
+        });
+        match self.reader.try_send(job) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::TrySendError::Full(job)) => {
+                let reader = self.reader.clone();
+                tokio::task::spawn_blocking(move || reader.send(job))
+                    .await
+                    .map_err(|_| DbError::WriterGone)?
+                    .map_err(|_| DbError::WriterGone)?;
+            }
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return Err(DbError::WriterGone),
+        }
+        rx.await.map_err(|_| DbError::WriterGone)?
     }
 
     /// Stores a delivery and queues its run, atomically: a delivery id seen before does
@@ -441,8 +657,8 @@ impl Db {
             // Either key seen before (the id, or the same signed body under a new id) is a
             // duplicate.
             let inserted = t.execute(
-                "INSERT OR IGNORE INTO deliveries (id, event, action, repo, received_at, headers, body, outcome, digest)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO deliveries (id, event, action, repo, received_at, headers, body, outcome, digest)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT DO NOTHING",
                 params![id, event, action, repo, now(), headers, body, outcome, digest],
             )?;
             if inserted == 0 {
@@ -484,18 +700,20 @@ impl Db {
     /// Takes the oldest queued run not planned yet, to fetch and plan it. It stays queued
     /// (a cancel takes it at once) while it is planned.
     pub async fn claim(&self) -> Result<Option<Run>, DbError> {
-        self.write(|t| {
+        let server = self.server.clone();
+        self.write(move |t| {
             let id: Option<i64> = t
                 .query_row(
-                    "SELECT id FROM runs WHERE status = 'queued' AND job IS NULL AND planning = 0 ORDER BY id LIMIT 1",
-                    [],
+                    "SELECT id FROM runs WHERE status = 'queued' AND job IS NULL AND planning = 0 ORDER BY id LIMIT 1
+                     FOR UPDATE SKIP LOCKED",
+                    params![],
                     |r| r.get(0),
                 )
                 .optional()?;
             let Some(id) = id else { return Ok(None) };
             t.execute(
-                "UPDATE runs SET planning = 1, started_at = COALESCE(started_at, ?2) WHERE id = ?1",
-                params![id, now()],
+                "UPDATE runs SET planning = 1, started_at = COALESCE(started_at, ?2), server = ?3 WHERE id = ?1",
+                params![id, now(), server],
             )?;
             get_run(t, id)
         })
@@ -511,6 +729,7 @@ impl Db {
                 "UPDATE runs SET job = ?2, labels = ?3, reason = ?4, planning = 0 WHERE id = ?1 AND status = 'queued'",
                 params![id, job, labels, reason],
             )?;
+            t.notify("ready");
             Ok(n == 1)
         })
         .await
@@ -534,25 +753,40 @@ impl Db {
         have: Vec<String>,
         lease_until: Option<i64>,
     ) -> Result<Option<(Run, String)>, DbError> {
+        let server = self.server.clone();
         self.write(move |t| {
             // Every planned run, oldest first (the planner keeps those an executor fits
             // few; those none fits must not hide the others).
-            let mut st =
-                t.prepare("SELECT id, labels FROM runs WHERE status = 'queued' AND job IS NOT NULL ORDER BY id")?;
-            let rows = st
-                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?)))?
-                .collect::<Result<Vec<_>, _>>()?;
-            let found = rows.into_iter().find(|(_, labels)| {
+            let rows = t.query_map(
+                "SELECT id, labels FROM runs WHERE status = 'queued' AND job IS NOT NULL ORDER BY id",
+                params![],
+                |r| Ok((r.get::<i64>(0)?, r.get::<Option<String>>(1)?)),
+            )?;
+            let fitting = rows.into_iter().filter(|(_, labels)| {
                 let need: Vec<String> =
                     labels.as_deref().and_then(|l| serde_json::from_str(l).ok()).unwrap_or_default();
                 crate::job::fits(&need, &have)
             });
-            let Some((id, _)) = found else { return Ok(None) };
-            let job: String = t.query_row("SELECT job FROM runs WHERE id = ?1", params![id], |r| r.get(0))?;
+            // The first that no other server is taking now (and still free once locked).
+            let mut found = None;
+            for (id, _) in fitting {
+                found = t
+                    .query_row(
+                        "SELECT id, job FROM runs WHERE id = ?1 AND status = 'queued' AND job IS NOT NULL
+                         FOR UPDATE SKIP LOCKED",
+                        params![id],
+                        |r| Ok((r.get::<i64>(0)?, r.get::<String>(1)?)),
+                    )
+                    .optional()?;
+                if found.is_some() {
+                    break;
+                }
+            }
+            let Some((id, job)) = found else { return Ok(None) };
             t.execute(
                 "UPDATE runs SET status = 'running', attempts = attempts + 1, agent = ?2, lease_until = ?3,
-                    dispatched_at = ?4, started_at = ?4, reason = NULL WHERE id = ?1",
-                params![id, agent, lease_until, now()],
+                    dispatched_at = ?4, started_at = ?4, reason = NULL, server = ?5 WHERE id = ?1",
+                params![id, agent, lease_until, now(), server],
             )?;
             t.execute("DELETE FROM steps WHERE run_id = ?1", params![id])?;
             Ok(get_run(t, id)?.map(|r| (r, job)))
@@ -566,7 +800,7 @@ impl Db {
     pub async fn extend_lease(&self, id: i64, attempt: i64, agent: String, until: i64) -> Result<bool, DbError> {
         self.write(move |t| {
             let n = t.execute(
-                "UPDATE runs SET lease_until = MAX(COALESCE(lease_until, 0), ?4)
+                "UPDATE runs SET lease_until = CASE WHEN lease_until > ?4 THEN lease_until ELSE ?4 END
                  WHERE id = ?1 AND attempts = ?2 AND agent = ?3 AND status = 'running'",
                 params![id, attempt, agent, until],
             )?;
@@ -583,9 +817,10 @@ impl Db {
         self.write(move |t| {
             let n = t.execute(
                 "UPDATE runs SET status = 'queued', job = NULL, labels = NULL, agent = NULL, lease_until = NULL,
-                    reason = ?4 WHERE id = ?1 AND attempts = ?2 AND agent IS ?3 AND status = 'running'",
+                    reason = ?4 WHERE id = ?1 AND attempts = ?2 AND agent IS NOT DISTINCT FROM ?3 AND status = 'running'",
                 params![id, attempt, agent, reason],
             )?;
+            t.notify("queued");
             Ok(n == 1)
         })
         .await
@@ -601,6 +836,7 @@ impl Db {
                  WHERE id = ?1 AND attempts = ?2 AND agent = ?3 AND status = 'running'",
                 params![id, attempt, agent, reason],
             )?;
+            t.notify("ready");
             Ok(n == 1)
         })
         .await
@@ -617,15 +853,13 @@ impl Db {
         owe_ended: Option<OweEnded>,
     ) -> Result<(Vec<Run>, Vec<Run>), DbError> {
         self.write(move |t| {
-            let expired = {
-                let mut st = t.prepare(
-                    "SELECT id, agent, lost FROM runs WHERE status = 'running' AND agent IS NOT NULL AND lease_until < ?1",
-                )?;
-                st.query_map(params![now_ms], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
-                })?
-                .collect::<Result<Vec<_>, _>>()?
-            };
+            // Another server reaping at the same time skips what this one locked.
+            let expired = t.query_map(
+                "SELECT id, agent, lost FROM runs WHERE status = 'running' AND agent IS NOT NULL AND lease_until < ?1
+                 FOR UPDATE SKIP LOCKED",
+                params![now_ms],
+                |r| Ok((r.get::<i64>(0)?, r.get::<String>(1)?, r.get::<i64>(2)?)),
+            )?;
             let (mut again, mut ended) = (Vec::new(), Vec::new());
             for (id, agent, lost) in expired {
                 if lost < max_lost {
@@ -635,6 +869,7 @@ impl Db {
                         params![id, format!("queued again: agent `{agent}` was lost")],
                     )?;
                     again.extend(get_run(t, id)?);
+                    t.notify("ready");
                 } else {
                     let times = if lost + 1 == 1 { "once".to_string() } else { format!("{} times", lost + 1) };
                     t.execute(
@@ -668,7 +903,7 @@ impl Db {
     pub async fn create_agent(&self, name: String, token_hash: String) -> Result<bool, DbError> {
         self.write(move |t| {
             let n = t.execute(
-                "INSERT OR IGNORE INTO agents (name, token_hash, created_at) VALUES (?1, ?2, ?3)",
+                "INSERT INTO agents (name, token_hash, created_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
                 params![name, token_hash, now()],
             )?;
             Ok(n == 1)
@@ -703,6 +938,8 @@ impl Db {
                 "UPDATE agents SET labels = ?2, capacity = ?3, running = ?4, last_seen = ?5, version = ?6 WHERE name = ?1",
                 params![name, labels, capacity, running, now(), version],
             )?;
+            // Its room may let another server's planner plan more.
+            t.notify("agent");
             Ok(())
         })
         .await
@@ -711,27 +948,27 @@ impl Db {
     /// Every agent, by name.
     pub async fn agents(&self) -> Result<Vec<AgentRow>, DbError> {
         self.read(|c| {
-            let mut st = c.prepare(
+            c.query_map(
                 "SELECT a.name, a.created_at, a.revoked_at, a.labels, a.capacity, a.last_seen, a.version,
                     (SELECT COUNT(*) FROM runs r WHERE r.agent = a.name AND r.status = 'running')
                  FROM agents a ORDER BY a.name",
-            )?;
-            st.query_map([], |r| {
-                Ok(AgentRow {
-                    name: r.get(0)?,
-                    created_at: r.get(1)?,
-                    revoked_at: r.get(2)?,
-                    labels: r
-                        .get::<_, Option<String>>(3)?
-                        .and_then(|l| serde_json::from_str(&l).ok())
-                        .unwrap_or_default(),
-                    capacity: r.get(4)?,
-                    last_seen: r.get(5)?,
-                    version: r.get(6)?,
-                    running: r.get(7)?,
-                })
-            })?
-            .collect()
+                params![],
+                |r| {
+                    Ok(AgentRow {
+                        name: r.get(0)?,
+                        created_at: r.get(1)?,
+                        revoked_at: r.get(2)?,
+                        labels: r
+                            .get::<Option<String>>(3)?
+                            .and_then(|l| serde_json::from_str(&l).ok())
+                            .unwrap_or_default(),
+                        capacity: r.get(4)?,
+                        last_seen: r.get(5)?,
+                        version: r.get(6)?,
+                        running: r.get(7)?,
+                    })
+                },
+            )
         })
         .await
     }
@@ -769,6 +1006,7 @@ impl Db {
                     lease_until = NULL WHERE id = ?1",
                 params![id, reason],
             )?;
+            t.notify("queued");
             Ok(())
         })
         .await
@@ -784,8 +1022,9 @@ impl Db {
         owe_ended: Option<OweEnded>,
     ) -> Result<(Vec<i64>, Vec<Run>), DbError> {
         self.write(move |t| {
-            let running = ids(t, "SELECT id FROM runs WHERE concurrency_key = ?1 AND status = 'running'", [&key])?;
-            let queued = ids(t, "SELECT id FROM runs WHERE concurrency_key = ?1 AND status = 'queued'", [&key])?;
+            let running =
+                ids(t, "SELECT id FROM runs WHERE concurrency_key = ?1 AND status = 'running'", params![key])?;
+            let queued = ids(t, "SELECT id FROM runs WHERE concurrency_key = ?1 AND status = 'queued'", params![key])?;
             t.execute(
                 "UPDATE runs SET status = 'cancelled', reason = ?2, finished_at = ?3
                  WHERE concurrency_key = ?1 AND status = 'queued'",
@@ -800,17 +1039,23 @@ impl Db {
 
     /// After a crash: runs that were running are queued again. Returns them.
     pub async fn requeue_interrupted(&self) -> Result<Vec<i64>, DbError> {
-        self.write(|t| {
-            t.execute("UPDATE runs SET planning = 0 WHERE planning = 1", [])?;
-            let interrupted = ids(t, "SELECT id FROM runs WHERE status = 'running'", [])?;
+        let server = self.server.clone();
+        self.write(move |t| {
+            // Only this server's: with several, the others' runs are theirs (NULL: the only
+            // server).
+            const MINE: &str = "(server = ?1 OR ?1 IS NULL)";
+            t.execute(&format!("UPDATE runs SET planning = 0 WHERE planning = 1 AND {MINE}"), params![server])?;
+            let interrupted =
+                ids(t, &format!("SELECT id FROM runs WHERE status = 'running' AND {MINE}"), params![server])?;
             // An agent's run too: its events went to this server's recorder, which is gone;
             // the next attempt's number fences the agent off (its next report is refused).
             t.execute(
                 "UPDATE runs SET status = 'queued', agent = NULL, lease_until = NULL, job = NULL, labels = NULL,
                     reason = 'queued again: the server stopped while it ran'
-                 WHERE status = 'running'",
-                [],
+                 WHERE status = 'running' AND (server = ?1 OR ?1 IS NULL)",
+                params![server],
             )?;
+            t.notify("queued");
             Ok(interrupted)
         })
         .await
@@ -821,12 +1066,39 @@ impl Db {
         self.write(move |t| insert_owed(t, body)).await
     }
 
+    /// Takes the right to send the outbox: with several servers on PostgreSQL one sends at
+    /// a time, in order (a session lock of the writer's connection, let go by
+    /// [`Db::outbox_unlock`] or when that connection ends). False: another server sends now.
+    /// Always true on SQLite.
+    pub async fn outbox_lock(&self) -> Result<bool, DbError> {
+        if self.backend == Backend::Sqlite {
+            return Ok(true);
+        }
+        self.write(|t| t.query_row("SELECT pg_try_advisory_lock(?1)", params![OUTBOX_LOCK], |r| r.get::<bool>(0))).await
+    }
+
+    /// Tells the other servers `what` (PostgreSQL's NOTIFY; nothing on SQLite).
+    pub async fn announce(&self, what: String) -> Result<(), DbError> {
+        if self.backend == Backend::Sqlite {
+            return Ok(());
+        }
+        self.write(move |t| t.query_row("SELECT pg_notify(?1, ?2)", params![sql::CHANNEL, what], |_| Ok(()))).await
+    }
+
+    /// Lets go of [`Db::outbox_lock`].
+    pub async fn outbox_unlock(&self) -> Result<(), DbError> {
+        if self.backend == Backend::Sqlite {
+            return Ok(());
+        }
+        self.write(|t| t.query_row("SELECT pg_advisory_unlock(?1)", params![OUTBOX_LOCK], |_| Ok(()))).await
+    }
+
     /// The oldest updates owed, at most `limit`, in order: id, body, when stored.
     pub async fn owed(&self, limit: i64) -> Result<Vec<(i64, String, i64)>, DbError> {
         self.read(move |c| {
-            let mut q = c.prepare("SELECT id, body, created_at FROM outbox ORDER BY id LIMIT ?1")?;
-            let rows = q.query_map(params![limit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            rows.collect()
+            c.query_map("SELECT id, body, created_at FROM outbox ORDER BY id LIMIT ?1", params![limit], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
         })
         .await
     }
@@ -859,7 +1131,7 @@ impl Db {
     /// The check run recorded for a run, if any.
     pub async fn check_run_of(&self, run: i64) -> Result<Option<u64>, DbError> {
         self.read(move |c| {
-            c.query_row("SELECT check_run_id FROM runs WHERE id = ?1", params![run], |r| r.get::<_, Option<i64>>(0))
+            c.query_row("SELECT check_run_id FROM runs WHERE id = ?1", params![run], |r| r.get::<Option<i64>>(0))
                 .optional()
                 .map(|o| o.flatten().map(|n| n as u64))
         })
@@ -867,7 +1139,7 @@ impl Db {
     }
 
     pub async fn count_owed(&self) -> Result<i64, DbError> {
-        self.read(|c| c.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))).await
+        self.read(|c| c.query_row("SELECT COUNT(*) FROM outbox", params![], |r| r.get(0))).await
     }
 
     pub async fn upsert_step(&self, run_id: i64, s: StepRow) -> Result<(), DbError> {
@@ -875,9 +1147,9 @@ impl Db {
             t.execute(
                 "INSERT INTO steps (run_id, name, stage, status, exit_code, attempts, started, duration, message)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                 ON CONFLICT (run_id, name) DO UPDATE SET stage = COALESCE(excluded.stage, stage),
+                 ON CONFLICT (run_id, name) DO UPDATE SET stage = COALESCE(excluded.stage, steps.stage),
                    status = excluded.status, exit_code = excluded.exit_code, attempts = excluded.attempts,
-                   started = COALESCE(excluded.started, started), duration = excluded.duration,
+                   started = COALESCE(excluded.started, steps.started), duration = excluded.duration,
                    message = excluded.message",
                 params![run_id, s.name, s.stage, s.status, s.exit_code, s.attempts, s.started, s.duration, s.message],
             )?;
@@ -892,23 +1164,23 @@ impl Db {
 
     pub async fn steps(&self, run_id: i64) -> Result<Vec<StepRow>, DbError> {
         self.read(move |c| {
-            let mut st = c.prepare(
+            c.query_map(
                 "SELECT name, stage, status, exit_code, attempts, started, duration, message
                  FROM steps WHERE run_id = ?1 ORDER BY COALESCE(started, 1e18), name",
-            )?;
-            st.query_map(params![run_id], |r| {
-                Ok(StepRow {
-                    name: r.get(0)?,
-                    stage: r.get(1)?,
-                    status: r.get(2)?,
-                    exit_code: r.get(3)?,
-                    attempts: r.get(4)?,
-                    started: r.get(5)?,
-                    duration: r.get(6)?,
-                    message: r.get(7)?,
-                })
-            })?
-            .collect()
+                params![run_id],
+                |r| {
+                    Ok(StepRow {
+                        name: r.get(0)?,
+                        stage: r.get(1)?,
+                        status: r.get(2)?,
+                        exit_code: r.get(3)?,
+                        attempts: r.get(4)?,
+                        started: r.get(5)?,
+                        duration: r.get(6)?,
+                        message: r.get(7)?,
+                    })
+                },
+            )
         })
         .await
     }
@@ -916,9 +1188,11 @@ impl Db {
     /// Runs, newest first.
     pub async fn runs(&self, limit: i64, before: Option<i64>) -> Result<Vec<Run>, DbError> {
         self.read(move |c| {
-            let mut st =
-                c.prepare(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id < ?1 ORDER BY id DESC LIMIT ?2"))?;
-            st.query_map(params![before.unwrap_or(i64::MAX), limit], row_to_run)?.collect()
+            c.query_map(
+                &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id < ?1 ORDER BY id DESC LIMIT ?2"),
+                params![before.unwrap_or(i64::MAX), limit],
+                row_to_run,
+            )
         })
         .await
     }
@@ -926,13 +1200,15 @@ impl Db {
     /// Runs, newest first, filtered; `before` is the cursor (an id).
     pub async fn runs_where(&self, f: RunFilter) -> Result<Vec<Run>, DbError> {
         self.read(move |c| {
-            let mut st = c.prepare(&format!(
-                "SELECT {RUN_COLUMNS} FROM runs WHERE id < ?1
-                   AND (?2 IS NULL OR repo = ?2) AND (?3 IS NULL OR branch = ?3) AND (?4 IS NULL OR status = ?4)
-                 ORDER BY id DESC LIMIT ?5"
-            ))?;
-            st.query_map(params![f.before.unwrap_or(i64::MAX), f.repo, f.branch, f.status, f.limit], row_to_run)?
-                .collect()
+            c.query_map(
+                &format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE id < ?1
+                       AND (repo = ?2 OR ?2 IS NULL) AND (branch = ?3 OR ?3 IS NULL) AND (status = ?4 OR ?4 IS NULL)
+                     ORDER BY id DESC LIMIT ?5"
+                ),
+                params![f.before.unwrap_or(i64::MAX), f.repo, f.branch, f.status, f.limit],
+                row_to_run,
+            )
         })
         .await
     }
@@ -973,8 +1249,9 @@ impl Db {
     /// Runs by status.
     pub async fn status_counts(&self) -> Result<Vec<(RunState, i64)>, DbError> {
         self.read(|c| {
-            let mut st = c.prepare("SELECT status, COUNT(*) FROM runs GROUP BY status ORDER BY status")?;
-            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
+            c.query_map("SELECT status, COUNT(*) FROM runs GROUP BY status ORDER BY status", params![], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
         })
         .await
     }
@@ -985,11 +1262,12 @@ impl Db {
             // Until an executor took it, or until it ended without one (planning found
             // nothing to run, or a broken file); a run cancelled in the queue never waited
             // to the end.
-            let mut st = c.prepare(
+            c.query_map(
                 "SELECT COALESCE(dispatched_at, finished_at) - created_at FROM runs
                  WHERE dispatched_at IS NOT NULL OR (finished_at IS NOT NULL AND status != 'cancelled')",
-            )?;
-            st.query_map([], |r| Ok(r.get::<_, i64>(0)?.max(0) as f64))?.collect()
+                params![],
+                |r| Ok(r.get::<i64>(0)?.max(0) as f64),
+            )
         })
         .await
     }
@@ -997,10 +1275,11 @@ impl Db {
     /// (status, seconds) of every step that ran to an end.
     pub async fn step_durations(&self) -> Result<Vec<(StepState, f64)>, DbError> {
         self.read(|c| {
-            let mut st = c.prepare(
+            c.query_map(
                 "SELECT status, duration FROM steps WHERE duration IS NOT NULL AND status NOT IN ('running', 'skipped')",
-            )?;
-            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
+                params![],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
         })
         .await
     }
@@ -1015,16 +1294,15 @@ impl Db {
             const DONE: &str = "status NOT IN ('queued', 'running')";
             let mut doomed: Vec<i64> = Vec::new();
             if max_age > 0 {
-                let mut st =
-                    t.prepare(&format!("SELECT id FROM runs WHERE {DONE} AND COALESCE(finished_at, created_at) < ?1"))?;
-                doomed.extend(
-                    st.query_map(params![now - max_age], |r| r.get::<_, i64>(0))?.collect::<Result<Vec<_>, _>>()?,
-                );
+                doomed.extend(ids(
+                    t,
+                    &format!("SELECT id FROM runs WHERE {DONE} AND COALESCE(finished_at, created_at) < ?1"),
+                    params![now - max_age],
+                )?);
             }
             if max_runs > 0 {
-                let mut st =
-                    t.prepare(&format!("SELECT id FROM runs WHERE {DONE} ORDER BY id DESC LIMIT -1 OFFSET ?1"))?;
-                doomed.extend(st.query_map(params![max_runs], |r| r.get::<_, i64>(0))?.collect::<Result<Vec<_>, _>>()?);
+                let done = ids(t, &format!("SELECT id FROM runs WHERE {DONE} ORDER BY id DESC"), params![])?;
+                doomed.extend(done.into_iter().skip(usize::try_from(max_runs).unwrap_or(usize::MAX)));
             }
             doomed.sort_unstable();
             doomed.dedup();
@@ -1039,9 +1317,13 @@ impl Db {
             if !doomed.is_empty() || deliveries > 0 {
                 // Give the freed pages back: the file shrinks with what was removed. Each
                 // step of the pragma frees one page, so it is run to its end.
-                let mut st = t.prepare("PRAGMA incremental_vacuum")?;
-                let mut rows = st.query([])?;
-                while rows.next()?.is_some() {}
+                // (PostgreSQL's own autovacuum gives its space back for reuse.)
+                t.with_sqlite(|c| {
+                    let mut st = c.prepare("PRAGMA incremental_vacuum")?;
+                    let mut rows = st.query([])?;
+                    while rows.next()?.is_some() {}
+                    Ok(())
+                })?;
             }
             Ok(doomed)
         })
@@ -1051,7 +1333,7 @@ impl Db {
     /// Runs being planned now (their labels are not known yet).
     pub async fn count_planning(&self) -> Result<i64, DbError> {
         self.read(|c| {
-            c.query_row("SELECT COUNT(*) FROM runs WHERE planning = 1 AND status = 'queued'", [], |r| r.get(0))
+            c.query_row("SELECT COUNT(*) FROM runs WHERE planning = 1 AND status = 'queued'", params![], |r| r.get(0))
         })
         .await
     }
@@ -1059,11 +1341,9 @@ impl Db {
     /// The labels of each planned run that waits for an executor.
     pub async fn ready_labels(&self) -> Result<Vec<Vec<String>>, DbError> {
         self.read(|c| {
-            let mut st = c.prepare("SELECT labels FROM runs WHERE status = 'queued' AND job IS NOT NULL")?;
-            st.query_map([], |r| {
-                Ok(r.get::<_, Option<String>>(0)?.and_then(|l| serde_json::from_str(&l).ok()).unwrap_or_default())
-            })?
-            .collect()
+            c.query_map("SELECT labels FROM runs WHERE status = 'queued' AND job IS NOT NULL", params![], |r| {
+                Ok(r.get::<Option<String>>(0)?.and_then(|l| serde_json::from_str(&l).ok()).unwrap_or_default())
+            })
         })
         .await
     }
@@ -1082,12 +1362,13 @@ impl Db {
         set: Vec<NewSchedule>,
     ) -> Result<bool, DbError> {
         self.write(move |t| {
-            let names: Vec<&str> = set.iter().map(|s| s.name.as_str()).collect();
-            let names_json = serde_json::to_string(&names).unwrap_or_else(|_| "[]".into());
-            let mut changed = t.execute(
-                "DELETE FROM schedules WHERE repo = ?1 AND name NOT IN (SELECT value FROM json_each(?2))",
-                params![repo, names_json],
-            )? > 0;
+            let mut changed = false;
+            let had =
+                t.query_map("SELECT name FROM schedules WHERE repo = ?1", params![repo], |r| r.get::<String>(0))?;
+            for name in had.iter().filter(|n| !set.iter().any(|s| &s.name == *n)) {
+                t.execute("DELETE FROM schedules WHERE repo = ?1 AND name = ?2", params![repo, name])?;
+                changed = true;
+            }
             let inst = installation_id.map(|n| n as i64);
             for s in &set {
                 // Same cron and zone: only where it is fetched from may change.
@@ -1110,6 +1391,9 @@ impl Db {
                     )?;
                 }
             }
+            if changed {
+                t.notify("schedules");
+            }
             Ok(changed)
         })
         .await
@@ -1118,8 +1402,11 @@ impl Db {
     /// Every schedule, by repository and name.
     pub async fn schedules(&self) -> Result<Vec<ScheduleRow>, DbError> {
         self.read(|c| {
-            let mut st = c.prepare(&format!("SELECT {SCHEDULE_COLUMNS} FROM schedules ORDER BY repo, name"))?;
-            st.query_map([], row_to_schedule)?.collect()
+            c.query_map(
+                &format!("SELECT {SCHEDULE_COLUMNS} FROM schedules ORDER BY repo, name"),
+                params![],
+                row_to_schedule,
+            )
         })
         .await
     }
@@ -1127,17 +1414,18 @@ impl Db {
     /// The schedules due at `now` (their next time is not after it), earliest first.
     pub async fn due_schedules(&self, now: i64) -> Result<Vec<ScheduleRow>, DbError> {
         self.read(move |c| {
-            let mut st = c.prepare(&format!(
-                "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE next_at <= ?1 ORDER BY next_at, id"
-            ))?;
-            st.query_map(params![now], row_to_schedule)?.collect()
+            c.query_map(
+                &format!("SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE next_at <= ?1 ORDER BY next_at, id"),
+                params![now],
+                row_to_schedule,
+            )
         })
         .await
     }
 
     /// The earliest next time of any schedule.
     pub async fn next_schedule_at(&self) -> Result<Option<i64>, DbError> {
-        self.read(|c| c.query_row("SELECT MIN(next_at) FROM schedules", [], |r| r.get(0))).await
+        self.read(|c| c.query_row("SELECT MIN(next_at) FROM schedules", params![], |r| r.get(0))).await
     }
 
     /// Fires schedule `id` for its time `due`: moves it to `next` and, with `run`, queues
@@ -1175,11 +1463,11 @@ impl Db {
     }
 
     pub async fn ping(&self) -> Result<(), DbError> {
-        self.read(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))).await.map(|_| ())
+        self.read(|c| c.query_row("SELECT 1", params![], |r| r.get::<i64>(0))).await.map(|_| ())
     }
 
     pub async fn count_deliveries(&self) -> Result<i64, DbError> {
-        self.read(|c| c.query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0))).await
+        self.read(|c| c.query_row("SELECT COUNT(*) FROM deliveries", params![], |r| r.get(0))).await
     }
 
     pub async fn count_runs(&self, status: RunState) -> Result<i64, DbError> {
@@ -1188,12 +1476,11 @@ impl Db {
     }
 }
 
-fn ids(c: &Connection, sql: &str, args: impl rusqlite::Params) -> rusqlite::Result<Vec<i64>> {
-    let mut st = c.prepare(sql)?;
-    st.query_map(args, |r| r.get(0))?.collect()
+fn ids(c: &Conn, sql: &str, args: &[&dyn sql::ToValue]) -> sql::Result<Vec<i64>> {
+    c.query_map(sql, args, |r| r.get(0))
 }
 
-fn record_check_runs(t: &Transaction, created: &[(i64, u64)]) -> rusqlite::Result<()> {
+fn record_check_runs(t: &Conn, created: &[(i64, u64)]) -> sql::Result<()> {
     for (run, check_run) in created {
         t.execute("UPDATE runs SET check_run_id = ?2 WHERE id = ?1", params![run, *check_run as i64])?;
     }
@@ -1204,7 +1491,7 @@ fn record_check_runs(t: &Transaction, created: &[(i64, u64)]) -> rusqlite::Resul
 /// agent lost too often) owes GitHub (an outbox body).
 pub type OweEnded = fn(&Run) -> String;
 
-fn owe_for(t: &Transaction, owe: Option<OweEnded>, runs: &[Run]) -> rusqlite::Result<()> {
+fn owe_for(t: &Conn, owe: Option<OweEnded>, runs: &[Run]) -> sql::Result<()> {
     if let Some(owe) = owe {
         for r in runs {
             insert_owed(t, owe(r))?;
@@ -1214,17 +1501,22 @@ fn owe_for(t: &Transaction, owe: Option<OweEnded>, runs: &[Run]) -> rusqlite::Re
 }
 
 /// Stores an update owed to GitHub; its id orders it.
-fn insert_owed(t: &Transaction, body: String) -> rusqlite::Result<()> {
+fn insert_owed(t: &Conn, body: String) -> sql::Result<()> {
     t.execute("INSERT INTO outbox (body, created_at) VALUES (?1, ?2)", params![body, now()])?;
+    // The server that sends now may be another.
+    t.notify("owed");
     Ok(())
 }
 
-fn insert_run(t: &Transaction, delivery: Option<&str>, r: &NewRun) -> rusqlite::Result<i64> {
+fn insert_run(t: &Conn, delivery: Option<&str>, r: &NewRun) -> sql::Result<i64> {
     let changed = r.changed.as_ref().map(|c| serde_json::to_string(c).unwrap_or_default());
-    t.execute(
+    // Another server's planner may take it.
+    t.notify("queued");
+    t.query_row(
         "INSERT INTO runs (delivery_id, repo, clone_url, event, branch, base_branch, tag, sha, pr, fork, changed,
            installation_id, author, title, status, created_at, concurrency_key, default_branch, event_time, schedule)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'queued', ?15, ?16, ?17, ?18, ?19)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'queued', ?15, ?16, ?17, ?18, ?19)
+         RETURNING id",
         params![
             delivery,
             r.repo,
@@ -1246,20 +1538,15 @@ fn insert_run(t: &Transaction, delivery: Option<&str>, r: &NewRun) -> rusqlite::
             r.event_time,
             r.schedule,
         ],
-    )?;
-    Ok(t.last_insert_rowid())
+        |r| r.get(0),
+    )
 }
 
 /// Cancels the queued runs with `key` older than `newer` (whose event is not newer than
 /// `time`); returns the running ones and the cancelled ones. When a run of the key already
 /// has a newer event (deliveries arrive out of order, or an old body is replayed), `newer`
 /// is the one cancelled: it is the last of the returned cancelled runs.
-fn supersede_older(
-    t: &Transaction,
-    key: &str,
-    newer: i64,
-    time: Option<i64>,
-) -> rusqlite::Result<(Vec<i64>, Vec<Run>)> {
+fn supersede_older(t: &Conn, key: &str, newer: i64, time: Option<i64>) -> sql::Result<(Vec<i64>, Vec<Run>)> {
     if let Some(time) = time {
         let later: Option<i64> = t
             .query_row(
@@ -1278,10 +1565,9 @@ fn supersede_older(
         }
     }
     // An older run whose event time is unknown (a re-run, a manual run) is superseded too.
-    let older = "concurrency_key = ?1 AND id < ?2 AND (?3 IS NULL OR event_time IS NULL OR event_time <= ?3)";
-    let with_status = |status: &str| -> rusqlite::Result<Vec<i64>> {
-        let mut st = t.prepare(&format!("SELECT id FROM runs WHERE {older} AND status = ?4"))?;
-        st.query_map(params![key, newer, time, status], |r| r.get(0))?.collect()
+    let older = "concurrency_key = ?1 AND id < ?2 AND (event_time <= ?3 OR ?3 IS NULL OR event_time IS NULL)";
+    let with_status = |status: &str| -> sql::Result<Vec<i64>> {
+        ids(t, &format!("SELECT id FROM runs WHERE {older} AND status = ?4"), params![key, newer, time, status])
     };
     let (running, queued) = (with_status("running")?, with_status("queued")?);
     t.execute(
@@ -1293,7 +1579,7 @@ fn supersede_older(
     Ok((running, runs_by_id(t, &queued)?))
 }
 
-fn runs_by_id(c: &Connection, ids: &[i64]) -> rusqlite::Result<Vec<Run>> {
+fn runs_by_id(c: &Conn, ids: &[i64]) -> sql::Result<Vec<Run>> {
     ids.iter().filter_map(|&id| get_run(c, id).transpose()).collect()
 }
 
@@ -1301,7 +1587,7 @@ const RUN_COLUMNS: &str = "id, delivery_id, repo, clone_url, event, branch, base
     installation_id, author, title, status, reason, created_at, started_at, finished_at, attempts, check_run_id,
     concurrency_key, default_branch, rerun_of, failed_only, event_time, report_error, agent, labels, lost, dispatched_at, schedule";
 
-fn row_to_run(r: &rusqlite::Row) -> rusqlite::Result<Run> {
+fn row_to_run(r: &Row) -> sql::Result<Run> {
     let changed: Option<String> = r.get(11)?;
     Ok(Run {
         id: r.get(0)?,
@@ -1314,10 +1600,10 @@ fn row_to_run(r: &rusqlite::Row) -> rusqlite::Result<Run> {
             base_branch: r.get(6)?,
             tag: r.get(7)?,
             sha: r.get(8)?,
-            pr: r.get::<_, Option<i64>>(9)?.map(|n| n as u64),
+            pr: r.get::<Option<i64>>(9)?.map(|n| n as u64),
             fork: r.get(10)?,
             changed: changed.and_then(|c| serde_json::from_str(&c).ok()),
-            installation_id: r.get::<_, Option<i64>>(12)?.map(|n| n as u64),
+            installation_id: r.get::<Option<i64>>(12)?.map(|n| n as u64),
             author: r.get(13)?,
             title: r.get(14)?,
             concurrency_key: r.get(22)?,
@@ -1336,7 +1622,7 @@ fn row_to_run(r: &rusqlite::Row) -> rusqlite::Result<Run> {
         failed_only: r.get(25)?,
         report_error: r.get(27)?,
         agent: r.get(28)?,
-        labels: r.get::<_, Option<String>>(29)?.and_then(|l| serde_json::from_str(&l).ok()),
+        labels: r.get::<Option<String>>(29)?.and_then(|l| serde_json::from_str(&l).ok()),
         lost: r.get(30)?,
         dispatched_at: r.get(31)?,
     })
@@ -1345,7 +1631,7 @@ fn row_to_run(r: &rusqlite::Row) -> rusqlite::Result<Run> {
 const SCHEDULE_COLUMNS: &str = "id, repo, name, cron, timezone, clone_url, default_branch, installation_id, next_at,
     last_fired_at, last_run, last_error";
 
-fn row_to_schedule(r: &rusqlite::Row) -> rusqlite::Result<ScheduleRow> {
+fn row_to_schedule(r: &Row) -> sql::Result<ScheduleRow> {
     Ok(ScheduleRow {
         id: r.get(0)?,
         repo: r.get(1)?,
@@ -1354,7 +1640,7 @@ fn row_to_schedule(r: &rusqlite::Row) -> rusqlite::Result<ScheduleRow> {
         timezone: r.get(4)?,
         clone_url: r.get(5)?,
         default_branch: r.get(6)?,
-        installation_id: r.get::<_, Option<i64>>(7)?.map(|n| n as u64),
+        installation_id: r.get::<Option<i64>>(7)?.map(|n| n as u64),
         next_at: r.get(8)?,
         last_fired_at: r.get(9)?,
         last_run: r.get(10)?,
@@ -1362,13 +1648,158 @@ fn row_to_schedule(r: &rusqlite::Row) -> rusqlite::Result<ScheduleRow> {
     })
 }
 
-fn get_run(c: &Connection, id: i64) -> rusqlite::Result<Option<Run>> {
+fn get_run(c: &Conn, id: i64) -> sql::Result<Option<Run>> {
     c.query_row(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"), params![id], row_to_run).optional()
+}
+
+/// A connection that is there: the one given, or (PostgreSQL's was lost) a new one.
+fn ensure(conn: &mut Option<Conn>, connect: &Connect) -> Result<(), String> {
+    if conn.as_ref().is_some_and(|c| !c.is_closed()) {
+        return Ok(());
+    }
+    match connect() {
+        Ok(c) => {
+            *conn = Some(c);
+            Ok(())
+        }
+        Err(e) => {
+            *conn = None;
+            Err(format!("cannot reach the database: {e}"))
+        }
+    }
+}
+
+/// The writer: takes what is queued (up to [`BATCH`]), runs it in one transaction,
+/// commits, answers each.
+fn write_loop(w: Conn, rx: std::sync::mpsc::Receiver<Job>, connect: Connect) {
+    let mut conn = Some(w);
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let began = ensure(&mut conn, &connect)
+            .and_then(|()| conn.as_ref().ok_or_else(|| "no connection".to_string()))
+            .and_then(|c| c.begin().map(|()| c).map_err(|e| format!("cannot begin a transaction: {e}")));
+        let c = match began {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("database: {e}");
+                for j in jobs {
+                    j(Err(e.clone()))(Err(e.clone()));
+                }
+                // Not faster than a reconnect can succeed.
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                continue;
+            }
+        };
+        let replies: Vec<Reply> = jobs.into_iter().map(|j| j(Ok(c))).collect();
+        let committed = c.commit().map_err(|e| e.to_string());
+        if committed.is_err() {
+            let _ = c.rollback();
+        }
+        for r in replies {
+            r(committed.clone());
+        }
+    }
+}
+
+fn start_reader(connect: Connect) -> Result<std::sync::mpsc::SyncSender<ReadJob>, DbError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<ReadJob>(4096);
+    std::thread::Builder::new()
+        .name("orch-db-reader".into())
+        .spawn(move || {
+            let mut conn = None;
+            while let Ok(job) = rx.recv() {
+                match ensure(&mut conn, &connect) {
+                    Ok(()) => match conn.as_ref() {
+                        Some(c) => job(Ok(c)),
+                        None => job(Err("no connection".into())),
+                    },
+                    Err(e) => job(Err(e)),
+                }
+            }
+        })
+        .map_err(|e| DbError::Io(e.to_string()))?;
+    Ok(tx)
+}
+
+/// PostgreSQL: LISTENs for the other servers' NOTIFY and passes each on to [`Db::wakes`],
+/// reconnecting when the connection is lost (then `all`: what was missed is unknown).
+/// Ends once the last [`Db`] is gone.
+fn listen(url: &str, wakes: &broadcast::Sender<String>, alive: &std::sync::Weak<()>) {
+    let mut first = true;
+    while alive.strong_count() > 0 {
+        let mut client = match postgres::Client::connect(url, postgres::NoTls) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("database: cannot listen for the other servers: {e}");
+                std::thread::sleep(std::time::Duration::from_secs(2));
+                continue;
+            }
+        };
+        if let Err(e) = client.batch_execute(&format!("LISTEN {}", sql::CHANNEL)) {
+            tracing::warn!("database: cannot listen for the other servers: {e}");
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            continue;
+        }
+        if !first {
+            let _ = wakes.send("all".into());
+        }
+        first = false;
+        let mut notes = client.notifications();
+        // Wakes up now and then to see whether the server is still there.
+        let mut it = notes.timeout_iter(std::time::Duration::from_secs(2));
+        use postgres::fallible_iterator::FallibleIterator;
+        loop {
+            match it.next() {
+                Ok(Some(n)) => {
+                    let _ = wakes.send(n.payload().to_string());
+                }
+                Ok(None) if alive.strong_count() > 0 => {}
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!("database: the listening connection was lost: {e}");
+                    break;
+                }
+            }
+        }
+        drop(it);
+        drop(notes);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What keeps a test's database there: its directory, or its throwaway PostgreSQL.
+    enum Guard {
+        Dir(#[allow(dead_code)] tempfile::TempDir),
+        Postgres(#[allow(dead_code)] throwaway::TestPostgres),
+    }
+
+    /// A fresh database on each backend: a SQLite file, and (when PostgreSQL is installed,
+    /// always in CI) a database of a throwaway PostgreSQL.
+    async fn backends(name: &str) -> Vec<(Db, Guard)> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut out = vec![(Db::open(&dir.path().join("orch.db")).unwrap(), Guard::Dir(dir))];
+        if let Some((db, pg)) = postgres(name).await {
+            out.push((db, Guard::Postgres(pg)));
+        }
+        out
+    }
+
+    async fn postgres(name: &str) -> Option<(Db, throwaway::TestPostgres)> {
+        let pg = tokio::task::spawn_blocking(throwaway::TestPostgres::start).await.unwrap().unwrap()?;
+        let url = pg.database(name).unwrap();
+        let db = Db::open_at(&Location::Postgres(url)).unwrap();
+        assert_eq!(db.backend(), Backend::Postgres);
+        Some((db, pg))
+    }
 
     fn spec(branch: &str) -> NewRun {
         NewRun {
@@ -1386,16 +1817,139 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("orch.db");
         {
-            let c = Connection::open(&path).unwrap();
+            let c = rusqlite::Connection::open(&path).unwrap();
             c.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);").unwrap();
             let mode: i64 = c.query_row("PRAGMA auto_vacuum", [], |r| r.get(0)).unwrap();
             assert_eq!(mode, 0);
         }
         let db = Db::open(&path).unwrap();
-        let mode: i64 = db.read(|c| c.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))).await.unwrap();
+        let mode: i64 = db.read(|c| c.query_row("PRAGMA auto_vacuum", params![], |r| r.get(0))).await.unwrap();
         assert_eq!(mode, 2, "incremental");
-        let kept: i64 = db.read(|c| c.query_row("SELECT x FROM t", [], |r| r.get(0))).await.unwrap();
+        let kept: i64 = db.read(|c| c.query_row("SELECT x FROM t", params![], |r| r.get(0))).await.unwrap();
         assert_eq!(kept, 1);
+    }
+
+    /// A SQLite file made by an earlier orch (the first release's tables, no version
+    /// table) gets the later columns and schema version 1, and keeps its rows.
+    #[tokio::test]
+    async fn a_sqlite_database_from_an_earlier_release_is_migrated_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orch.db");
+        {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA).unwrap();
+            c.execute_batch(
+                "INSERT INTO runs (repo, clone_url, event, sha, status, created_at) VALUES ('o/r', 'u', 'push', 's', 'success', 1)",
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let run = db.run(1).await.unwrap().unwrap();
+        assert_eq!(
+            (run.spec.repo.as_str(), run.status, run.lost, run.failed_only),
+            ("o/r", RunState::Success, 0, false)
+        );
+        let version: i64 =
+            db.read(|c| c.query_row("SELECT version FROM schema_version", params![], |r| r.get(0))).await.unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        drop(db);
+        // Opened again: nothing to do, the same version, once.
+        let db = Db::open(&path).unwrap();
+        let n: i64 =
+            db.read(|c| c.query_row("SELECT COUNT(*) FROM schema_version", params![], |r| r.get(0))).await.unwrap();
+        assert_eq!(n, 1);
+        // A newer orch's database is refused, not damaged.
+        db.write(|t| t.execute("UPDATE schema_version SET version = 99", params![])).await.unwrap();
+        drop(db);
+        let err = Db::open(&path).err().expect("refused").to_string();
+        assert!(err.contains("schema version 99"), "{err}");
+    }
+
+    /// Two servers on one PostgreSQL database: every queued run is claimed and dispatched
+    /// by exactly one, a delivery stored by both is one run, a schedule's time fires once,
+    /// one sends the outbox at a time, and a run queued by one wakes the other.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_servers_on_one_postgres_take_each_run_once() {
+        let Some((a, pg)) = postgres("two").await else { return };
+        let a = a.for_server("a".into());
+        let url = pg.url("two");
+        let b = Db::open_at(&Location::Postgres(url)).unwrap().for_server("b".into());
+        let mut woken = b.wakes();
+        // Let the listener start before the first NOTIFY.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let (first, _, _) = a.queue_run(spec("main"), false).await.unwrap();
+        let heard = tokio::time::timeout(std::time::Duration::from_secs(10), woken.recv()).await;
+        assert_eq!(heard.expect("woken in time").unwrap(), "queued");
+        for i in 1..40 {
+            a.queue_run(spec(&format!("b{i}")), false).await.unwrap();
+        }
+        // Both plan and dispatch as fast as they can, at once.
+        let work = |db: Db| async move {
+            let (mut planned, mut taken) = (Vec::new(), Vec::new());
+            loop {
+                let claimed = db.claim().await.unwrap();
+                if let Some(r) = &claimed {
+                    assert!(db.plan_ready(r.id, "{}".into(), vec![], "w".into()).await.unwrap());
+                    planned.push(r.id);
+                }
+                let got = db.dispatch(None, vec![], None).await.unwrap();
+                if let Some((r, _)) = &got {
+                    taken.push(r.id);
+                }
+                if claimed.is_none() && got.is_none() && db.count_runs(RunState::Queued).await.unwrap() == 0 {
+                    return (planned, taken);
+                }
+            }
+        };
+        let (x, y) = tokio::join!(tokio::spawn(work(a.clone())), tokio::spawn(work(b.clone())));
+        let ((pa, ta), (pb, tb)) = (x.unwrap(), y.unwrap());
+        let mut planned: Vec<i64> = pa.iter().chain(&pb).copied().collect();
+        let mut taken: Vec<i64> = ta.iter().chain(&tb).copied().collect();
+        planned.sort_unstable();
+        taken.sort_unstable();
+        let all: Vec<i64> = (first..first + 40).collect();
+        assert_eq!(planned, all, "each planned once");
+        assert_eq!(taken, all, "each dispatched once");
+        assert!(!ta.is_empty() && !tb.is_empty(), "both took some: {} and {}", ta.len(), tb.len());
+        // Each server's runs are its own: a restart of `a` queues only a's again.
+        let again = a.requeue_interrupted().await.unwrap();
+        assert_eq!(again.len(), ta.len());
+        // One delivery through both: one run.
+        let d = |id: &str| Delivery {
+            id: id.into(),
+            event: "push".into(),
+            action: None,
+            headers: "{}".into(),
+            body: b"same".to_vec(),
+            outcome: "queued".into(),
+        };
+        let (x, y) = tokio::join!(
+            a.store_delivery(d("d1"), Some(spec("x")), false, None, None),
+            b.store_delivery(d("d1"), Some(spec("x")), false, None, None)
+        );
+        let stored = [x.unwrap(), y.unwrap()];
+        assert_eq!(stored.iter().filter(|s| matches!(s, Stored::Duplicate)).count(), 1, "{stored:?}");
+        // A schedule's time: fired by one.
+        let sched =
+            NewSchedule { name: "n".into(), cron: "0 3 * * *".into(), timezone: "UTC".into(), next_at: Some(100) };
+        a.set_schedules("o/r".into(), "u".into(), "main".into(), None, vec![sched]).await.unwrap();
+        let id = a.schedules().await.unwrap()[0].id;
+        let (x, y) = tokio::join!(
+            a.fire_schedule(id, 100, Some(200), Some(spec("main")), None, None),
+            b.fire_schedule(id, 100, Some(200), Some(spec("main")), None, None)
+        );
+        let fired = [x.unwrap(), y.unwrap()];
+        assert_eq!(fired.iter().filter(|f| matches!(f, Fired::Queued(_))).count(), 1, "{fired:?}");
+        assert!(fired.contains(&Fired::Lost));
+        // The outbox: one sender at a time.
+        assert!(a.outbox_lock().await.unwrap());
+        assert!(!b.outbox_lock().await.unwrap());
+        a.outbox_unlock().await.unwrap();
+        assert!(b.outbox_lock().await.unwrap());
+        assert!(!a.outbox_lock().await.unwrap());
+        b.outbox_unlock().await.unwrap();
+        drop((a, b));
+        drop(pg);
     }
 
     /// The queue of agents: a run is planned, taken only by an executor its labels fit,
@@ -1403,124 +1957,131 @@ mod tests {
     /// of times), then ended; an ended run keeps its end.
     #[tokio::test]
     async fn leases_fence_attempts_and_a_lost_run_is_queued_again_then_ended() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("orch.db")).unwrap();
-        let (id, _, _) = db.queue_run(spec("main"), false).await.unwrap();
-        let planning = db.claim().await.unwrap().unwrap();
-        assert_eq!((planning.id, planning.status), (id, RunState::Queued), "planned while queued");
-        assert!(db.claim().await.unwrap().is_none(), "planned once");
-        assert!(db.dispatch(None, vec![], None).await.unwrap().is_none(), "not planned yet");
-        assert!(db.plan_ready(id, "{}".into(), vec!["gpu".into()], "waiting".into()).await.unwrap());
-        assert!(db.dispatch(Some("a".into()), vec!["linux".into()], Some(1)).await.unwrap().is_none());
-        let (run, job) =
-            db.dispatch(Some("a".into()), vec!["gpu".into(), "linux".into()], Some(1000)).await.unwrap().unwrap();
-        assert_eq!(
-            (run.status, run.attempts, run.agent.as_deref(), job.as_str()),
-            (RunState::Running, 1, Some("a"), "{}")
-        );
-        assert!(db.extend_lease(id, 1, "a".into(), 2000).await.unwrap());
-        assert!(!db.extend_lease(id, 2, "a".into(), 2000).await.unwrap(), "another attempt");
-        assert!(!db.extend_lease(id, 1, "b".into(), 2000).await.unwrap(), "another agent");
-        // Not expired yet; then expired: queued again, for anyone with the labels.
-        let (again, ended) = db.reap_lost(1999, 1, None).await.unwrap();
-        assert!(again.is_empty() && ended.is_empty());
-        let (again, ended) = db.reap_lost(2001, 1, None).await.unwrap();
-        assert_eq!((again.len(), ended.len()), (1, 0));
-        assert_eq!((again[0].status, again[0].agent.as_deref(), again[0].lost), (RunState::Queued, None, 1));
-        assert!(!db.extend_lease(id, 1, "a".into(), 2500).await.unwrap(), "the old attempt is fenced off");
-        let (run, _) = db.dispatch(Some("b".into()), vec!["gpu".into()], Some(3000)).await.unwrap().unwrap();
-        assert_eq!((run.attempts, run.agent.as_deref()), (2, Some("b")));
-        assert!(db.extend_lease(id, 2, "b".into(), 3000).await.unwrap());
-        // Lost again, past the retries: an error, and it keeps that end.
-        let (again, ended) = db.reap_lost(3001, 1, None).await.unwrap();
-        assert_eq!((again.len(), ended.len()), (0, 1));
-        assert_eq!(ended[0].status, RunState::Error);
-        assert!(ended[0].reason.as_deref().unwrap().contains("lost 2 times (last: `b`)"), "{:?}", ended[0].reason);
-        db.finish(id, RunState::Success, Some("late".into()), Some("owed".into())).await.unwrap();
-        let run = db.run(id).await.unwrap().unwrap();
-        assert_eq!((run.status, run.reason.as_deref()), (RunState::Error, ended[0].reason.as_deref()));
-        assert_eq!(db.count_owed().await.unwrap(), 0, "nothing owed for an end that did not happen");
-        assert!(!db.extend_lease(id, 2, "b".into(), 9000).await.unwrap());
+        for (db, _guard) in backends("leases").await {
+            let (id, _, _) = db.queue_run(spec("main"), false).await.unwrap();
+            let planning = db.claim().await.unwrap().unwrap();
+            assert_eq!((planning.id, planning.status), (id, RunState::Queued), "planned while queued");
+            assert!(db.claim().await.unwrap().is_none(), "planned once");
+            assert!(db.dispatch(None, vec![], None).await.unwrap().is_none(), "not planned yet");
+            assert!(db.plan_ready(id, "{}".into(), vec!["gpu".into()], "waiting".into()).await.unwrap());
+            assert!(db.dispatch(Some("a".into()), vec!["linux".into()], Some(1)).await.unwrap().is_none());
+            let (run, job) =
+                db.dispatch(Some("a".into()), vec!["gpu".into(), "linux".into()], Some(1000)).await.unwrap().unwrap();
+            assert_eq!(
+                (run.status, run.attempts, run.agent.as_deref(), job.as_str()),
+                (RunState::Running, 1, Some("a"), "{}")
+            );
+            assert!(db.extend_lease(id, 1, "a".into(), 2000).await.unwrap());
+            assert!(!db.extend_lease(id, 2, "a".into(), 2000).await.unwrap(), "another attempt");
+            assert!(!db.extend_lease(id, 1, "b".into(), 2000).await.unwrap(), "another agent");
+            // Not expired yet; then expired: queued again, for anyone with the labels.
+            let (again, ended) = db.reap_lost(1999, 1, None).await.unwrap();
+            assert!(again.is_empty() && ended.is_empty());
+            let (again, ended) = db.reap_lost(2001, 1, None).await.unwrap();
+            assert_eq!((again.len(), ended.len()), (1, 0));
+            assert_eq!((again[0].status, again[0].agent.as_deref(), again[0].lost), (RunState::Queued, None, 1));
+            assert!(!db.extend_lease(id, 1, "a".into(), 2500).await.unwrap(), "the old attempt is fenced off");
+            let (run, _) = db.dispatch(Some("b".into()), vec!["gpu".into()], Some(3000)).await.unwrap().unwrap();
+            assert_eq!((run.attempts, run.agent.as_deref()), (2, Some("b")));
+            assert!(db.extend_lease(id, 2, "b".into(), 3000).await.unwrap());
+            // Lost again, past the retries: an error, and it keeps that end.
+            let (again, ended) = db.reap_lost(3001, 1, None).await.unwrap();
+            assert_eq!((again.len(), ended.len()), (0, 1));
+            assert_eq!(ended[0].status, RunState::Error);
+            assert!(ended[0].reason.as_deref().unwrap().contains("lost 2 times (last: `b`)"), "{:?}", ended[0].reason);
+            db.finish(id, RunState::Success, Some("late".into()), Some("owed".into())).await.unwrap();
+            let run = db.run(id).await.unwrap().unwrap();
+            assert_eq!((run.status, run.reason.as_deref()), (RunState::Error, ended[0].reason.as_deref()));
+            assert_eq!(db.count_owed().await.unwrap(), 0, "nothing owed for an end that did not happen");
+            assert!(!db.extend_lease(id, 2, "b".into(), 9000).await.unwrap());
+        }
     }
 
     #[tokio::test]
     async fn agent_tokens_are_stored_hashed_named_once_and_revocable() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("orch.db")).unwrap();
-        assert!(db.create_agent("a".into(), "h1".into()).await.unwrap());
-        assert!(!db.create_agent("a".into(), "h2".into()).await.unwrap(), "a name is taken once");
-        assert_eq!(db.agent_by_token("h1".into()).await.unwrap().as_deref(), Some("a"));
-        assert_eq!(db.agent_by_token("h2".into()).await.unwrap(), None);
-        db.agent_seen("a".into(), vec!["x".into()], 2, 0, "v".into()).await.unwrap();
-        let rows = db.agents().await.unwrap();
-        assert_eq!((rows[0].labels.clone(), rows[0].capacity), (vec!["x".to_string()], Some(2)));
-        assert!(db.revoke_agent("a".into()).await.unwrap());
-        assert!(!db.revoke_agent("a".into()).await.unwrap());
-        assert_eq!(db.agent_by_token("h1".into()).await.unwrap(), None);
+        for (db, _guard) in backends("agents").await {
+            assert!(db.create_agent("a".into(), "h1".into()).await.unwrap());
+            assert!(!db.create_agent("a".into(), "h2".into()).await.unwrap(), "a name is taken once");
+            assert_eq!(db.agent_by_token("h1".into()).await.unwrap().as_deref(), Some("a"));
+            assert_eq!(db.agent_by_token("h2".into()).await.unwrap(), None);
+            db.agent_seen("a".into(), vec!["x".into()], 2, 0, "v".into()).await.unwrap();
+            let rows = db.agents().await.unwrap();
+            assert_eq!((rows[0].labels.clone(), rows[0].capacity), (vec!["x".to_string()], Some(2)));
+            assert!(db.revoke_agent("a".into()).await.unwrap());
+            assert!(!db.revoke_agent("a".into()).await.unwrap());
+            assert_eq!(db.agent_by_token("h1".into()).await.unwrap(), None);
+        }
     }
 
     #[tokio::test]
     async fn prune_by_age_and_count_keeps_unfinished_runs() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("orch.db")).unwrap();
-        let mut run_ids = Vec::new();
-        for b in ["a", "b", "c", "d", "e"] {
-            run_ids.push(db.queue_run(spec(b), false).await.unwrap().0);
-        }
-        for &id in &run_ids[..4] {
-            db.finish(id, RunState::Success, None, None).await.unwrap();
-            db.upsert_step(
-                id,
-                StepRow {
-                    name: "s".into(),
-                    stage: None,
-                    status: StepState::Passed,
-                    exit_code: Some(0),
-                    attempts: 1,
-                    started: Some(0.0),
-                    duration: Some(1.0),
-                    message: None,
-                },
-            )
-            .await
-            .unwrap();
-        }
-        let old = now() - 10 * 86_400;
-        db.write(move |t| t.execute("UPDATE runs SET finished_at = ?1, created_at = ?1 WHERE id = 2", params![old]))
-            .await
-            .unwrap();
-        for (id, at) in [("old", old), ("new", now())] {
-            let d = Delivery {
-                id: id.into(),
-                event: "ping".into(),
-                action: None,
-                headers: "{}".into(),
-                // A big body, as a push of many commits has: its pages must be given back.
-                body: if id == "old" { vec![b'x'; 4 << 20] } else { Vec::new() },
-                outcome: "ping".into(),
-            };
-            db.store_delivery(d, None, false, None, None).await.unwrap();
-            let id = id.to_string();
-            db.write(move |t| t.execute("UPDATE deliveries SET received_at = ?2 WHERE id = ?1", params![id, at]))
+        for (db, _guard) in backends("prune").await {
+            let mut run_ids = Vec::new();
+            for b in ["a", "b", "c", "d", "e"] {
+                run_ids.push(db.queue_run(spec(b), false).await.unwrap().0);
+            }
+            for &id in &run_ids[..4] {
+                db.finish(id, RunState::Success, None, None).await.unwrap();
+                db.upsert_step(
+                    id,
+                    StepRow {
+                        name: "s".into(),
+                        stage: None,
+                        status: StepState::Passed,
+                        exit_code: Some(0),
+                        attempts: 1,
+                        started: Some(0.0),
+                        duration: Some(1.0),
+                        message: None,
+                    },
+                )
                 .await
                 .unwrap();
+            }
+            let old = now() - 10 * 86_400;
+            db.write(move |t| {
+                t.execute("UPDATE runs SET finished_at = ?1, created_at = ?1 WHERE id = 2", params![old])
+            })
+            .await
+            .unwrap();
+            for (id, at) in [("old", old), ("new", now())] {
+                let d = Delivery {
+                    id: id.into(),
+                    event: "ping".into(),
+                    action: None,
+                    headers: "{}".into(),
+                    // A big body, as a push of many commits has: its pages must be given back.
+                    body: if id == "old" { vec![b'x'; 4 << 20] } else { Vec::new() },
+                    outcome: "ping".into(),
+                };
+                db.store_delivery(d, None, false, None, None).await.unwrap();
+                let id = id.to_string();
+                db.write(move |t| t.execute("UPDATE deliveries SET received_at = ?2 WHERE id = ?1", params![id, at]))
+                    .await
+                    .unwrap();
+            }
+            let lite = db.backend() == Backend::Sqlite;
+            let pages = || db.read(|c| c.query_row("PRAGMA page_count", params![], |r| r.get::<i64>(0)));
+            let before = if lite { pages().await.unwrap() } else { 0 };
+            // 5 days: run 2 goes; at most 2 finished runs: run 1 goes too. Run 5 is queued: kept.
+            let gone = db.prune(5 * 86_400, 2, 3 * 86_400).await.unwrap();
+            if lite {
+                let after = pages().await.unwrap();
+                assert!(before - after > 900, "the 4 MB body's pages are given back: {before} -> {after}");
+                let free: i64 =
+                    db.read(|c| c.query_row("PRAGMA freelist_count", params![], |r| r.get(0))).await.unwrap();
+                assert_eq!(free, 0);
+            }
+            assert_eq!(gone, [run_ids[0], run_ids[1]]);
+            let left: Vec<i64> = db.read(|c| ids(c, "SELECT id FROM runs ORDER BY id", params![])).await.unwrap();
+            assert_eq!(left, [run_ids[2], run_ids[3], run_ids[4]]);
+            let steps: i64 =
+                db.read(|c| c.query_row("SELECT COUNT(*) FROM steps", params![], |r| r.get(0))).await.unwrap();
+            assert_eq!(steps, 2);
+            assert_eq!(db.count_deliveries().await.unwrap(), 1);
+            // No limits: nothing more goes.
+            assert!(db.prune(0, 0, 0).await.unwrap().is_empty());
+            assert_eq!(db.status_counts().await.unwrap(), [(RunState::Queued, 1), (RunState::Success, 2)]);
         }
-        let pages = || db.read(|c| c.query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0)));
-        let before = pages().await.unwrap();
-        // 5 days: run 2 goes; at most 2 finished runs: run 1 goes too. Run 5 is queued: kept.
-        let gone = db.prune(5 * 86_400, 2, 3 * 86_400).await.unwrap();
-        let after = pages().await.unwrap();
-        assert!(before - after > 900, "the 4 MB body's pages are given back: {before} -> {after}");
-        let free: i64 = db.read(|c| c.query_row("PRAGMA freelist_count", [], |r| r.get(0))).await.unwrap();
-        assert_eq!(free, 0);
-        assert_eq!(gone, [run_ids[0], run_ids[1]]);
-        let left: Vec<i64> = db.read(|c| ids(c, "SELECT id FROM runs ORDER BY id", [])).await.unwrap();
-        assert_eq!(left, [run_ids[2], run_ids[3], run_ids[4]]);
-        let steps: i64 = db.read(|c| c.query_row("SELECT COUNT(*) FROM steps", [], |r| r.get(0))).await.unwrap();
-        assert_eq!(steps, 2);
-        assert_eq!(db.count_deliveries().await.unwrap(), 1);
-        // No limits: nothing more goes.
-        assert!(db.prune(0, 0, 0).await.unwrap().is_empty());
-        assert_eq!(db.status_counts().await.unwrap(), [(RunState::Queued, 1), (RunState::Success, 2)]);
     }
 }

@@ -86,15 +86,70 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Stops a running run, with the reason it will be marked with.
+    /// Stops a running run, with the reason it will be marked with: here, or (several
+    /// servers on PostgreSQL) on the server that runs it.
     pub fn cancel_run(&self, id: i64, reason: &str) {
+        if !self.cancel_here(id, reason) && self.db.backend() == db::Backend::Postgres {
+            let (db, what) = (self.db.clone(), format!("cancel {id} {reason}"));
+            tokio::spawn(async move {
+                if let Err(e) = db.announce(what).await {
+                    tracing::warn!(run = id, "cannot ask the other servers to stop the run: {e}");
+                }
+            });
+        }
+    }
+
+    /// Stops a run if it runs here (or is leased to an agent from here); false if not.
+    fn cancel_here(&self, id: i64, reason: &str) -> bool {
         if let Ok(mut m) = self.running.lock()
             && let Some((c, r)) = m.get_mut(&id)
         {
             *r = reason.to_string();
             c.graceful.cancel();
+            return true;
         }
+        false
     }
+}
+
+/// Passes what other servers' commits announce ([`Db::wakes`]) on to this server's tasks:
+/// the planner, the executors' and agents' waits, the outbox sender, the schedules; and
+/// stops a run another server was asked to cancel. Ends with the state.
+fn follow_other_servers(st: &Arc<AppState>) {
+    let mut wakes = st.db.wakes();
+    let weak = Arc::downgrade(st);
+    tokio::spawn(async move {
+        loop {
+            let what = match wakes.recv().await {
+                Ok(w) => w,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => "all".to_string(),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            };
+            let Some(st) = weak.upgrade() else { break };
+            if let Some(("cancel", rest)) = what.split_once(' ') {
+                let (id, reason) = rest.split_once(' ').unwrap_or((rest, "cancelled"));
+                if let Ok(id) = id.parse() {
+                    st.cancel_here(id, reason);
+                }
+                continue;
+            }
+            match what.as_str() {
+                "queued" | "agent" => st.wake.notify_one(),
+                "ready" => {
+                    st.wake.notify_one();
+                    st.ready.send_modify(|n| *n += 1);
+                }
+                "owed" => st.report.poke(),
+                "schedules" => st.schedules.notify_one(),
+                _ => {
+                    st.wake.notify_one();
+                    st.ready.send_modify(|n| *n += 1);
+                    st.report.poke();
+                    st.schedules.notify_one();
+                }
+            }
+        }
+    });
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,7 +185,8 @@ pub async fn state_with_clock(cfg: Config, clock: Arc<dyn schedule::Clock>) -> R
     if cfg.isolation.block_host {
         crate::exec::firewall::ensure().map_err(ServeError::Firewall)?;
     }
-    let db = Db::open(&cfg.data_dir.join("orch.db"))?;
+    let db = Db::open_at(&cfg.database)?;
+    let db = if db.backend() == db::Backend::Postgres { db.for_server(cfg.server_name.clone()) } else { db };
     let requeued = db.requeue_interrupted().await?;
     if !requeued.is_empty() {
         tracing::warn!(runs = ?requeued, "queued again: runs the previous server left running");
@@ -148,7 +204,7 @@ pub async fn state_with_clock(cfg: Config, clock: Arc<dyn schedule::Clock>) -> R
         gh.clone(),
     );
     let counters = Counters { github: gh.counters(), ..Counters::default() };
-    Ok(Arc::new(AppState {
+    let st = Arc::new(AppState {
         report: outbox::Outbox::start(db.clone(), reporter, cfg.github_backoff * 10),
         github: gh,
         cfg,
@@ -164,7 +220,9 @@ pub async fn state_with_clock(cfg: Config, clock: Arc<dyn schedule::Clock>) -> R
         remote: agents::Remotes::default(),
         clock,
         schedules: Notify::new(),
-    }))
+    });
+    follow_other_servers(&st);
+    Ok(st)
 }
 
 pub fn router(st: Arc<AppState>) -> Router {

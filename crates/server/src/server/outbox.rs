@@ -123,10 +123,11 @@ const PATIENCE: i64 = 24 * 3600;
 
 /// Sends the owed updates, oldest first, forever. One GitHub cannot take now (it does not
 /// answer, or keeps failing, past the reporter's own retries) stays owed, and it and all
-/// after it wait: they go, in order, once GitHub takes them.
+/// after it wait: they go, in order, once GitHub takes them. With several servers on one
+/// database, one sends at a time (the others wait, polling slowly, for its lock).
 async fn send_owed(outbox: Outbox, mut reporter: Reporter, pause: Duration) {
     let mut wait = pause;
-    'sending: loop {
+    loop {
         // Registered before looking, so an update stored meanwhile is not slept through.
         let woken = outbox.wake.notified();
         let owed = match outbox.db.owed(64).await {
@@ -141,30 +142,62 @@ async fn send_owed(outbox: Outbox, mut reporter: Reporter, pause: Duration) {
             woken.await;
             continue;
         }
-        for (id, body, stored_at) in owed {
-            let given_up = match send(&outbox.db, &mut reporter, id, &body, stored_at).await {
-                Sent::Done { given_up } => given_up,
-                Sent::Later => {
-                    // What the attempt made is kept; the update itself is tried again.
-                    let created = reporter.take_created();
-                    if !created.is_empty()
-                        && let Err(e) = outbox.db.check_runs_made(created).await
-                    {
-                        tracing::warn!(id, "cannot record a check run: {e}");
-                    }
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(60));
-                    continue 'sending;
-                }
-            };
-            wait = pause;
-            // Done with: delivered, or given up (the reason goes on the run). If this write
-            // fails the update is sent again, which GitHub takes as the same state.
-            if let Err(e) = outbox.db.paid(id, reporter.take_created(), given_up).await {
-                tracing::warn!(id, "cannot mark a GitHub update sent: {e}");
+        match outbox.db.outbox_lock().await {
+            Ok(true) => {}
+            Ok(false) => {
+                // Another server sends them; it may stop before these.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("cannot take the outbox: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
             }
         }
+        let later = send_batch(&outbox, &mut reporter, &mut wait, pause).await;
+        if let Err(e) = outbox.db.outbox_unlock().await {
+            tracing::warn!("cannot let go of the outbox: {e}");
+        }
+        if later {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(60));
+        }
     }
+}
+
+/// Sends what is owed now, under the outbox's lock (read again: another server may have
+/// sent some meanwhile), until one must wait (true) or all went (false).
+async fn send_batch(outbox: &Outbox, reporter: &mut Reporter, wait: &mut Duration, pause: Duration) -> bool {
+    let owed = match outbox.db.owed(64).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!("cannot read the GitHub updates owed: {e}");
+            return true;
+        }
+    };
+    for (id, body, stored_at) in owed {
+        let given_up = match send(&outbox.db, reporter, id, &body, stored_at).await {
+            Sent::Done { given_up } => given_up,
+            Sent::Later => {
+                // What the attempt made is kept; the update itself is tried again.
+                let created = reporter.take_created();
+                if !created.is_empty()
+                    && let Err(e) = outbox.db.check_runs_made(created).await
+                {
+                    tracing::warn!(id, "cannot record a check run: {e}");
+                }
+                return true;
+            }
+        };
+        *wait = pause;
+        // Done with: delivered, or given up (the reason goes on the run). If this write
+        // fails the update is sent again, which GitHub takes as the same state.
+        if let Err(e) = outbox.db.paid(id, reporter.take_created(), given_up).await {
+            tracing::warn!(id, "cannot mark a GitHub update sent: {e}");
+        }
+    }
+    false
 }
 
 /// What became of one owed update.
