@@ -1952,6 +1952,132 @@ mod tests {
         drop(pg);
     }
 
+    /// Every query once, on both backends (what the other tests do not reach).
+    #[tokio::test]
+    async fn every_query_answers_the_same_on_both_backends() {
+        for (db, _guard) in backends("every").await {
+            let keyed = |t: i64| NewRun { concurrency_key: Some("k".into()), event_time: Some(t), ..spec("main") };
+            let (old, _, _) = db.queue_run(keyed(10), true).await.unwrap();
+            let (new, running, cancelled) = db.queue_run(keyed(20), true).await.unwrap();
+            assert!(running.is_empty());
+            assert_eq!(cancelled.iter().map(|r| r.id).collect::<Vec<_>>(), [old]);
+            // An older event after a newer one: cancelled at once.
+            let (late, _, cancelled) = db.queue_run(keyed(5), true).await.unwrap();
+            assert_eq!(cancelled.iter().map(|r| r.id).collect::<Vec<_>>(), [late]);
+            assert_eq!(db.cancel_queued(late, "x".into(), None).await.unwrap(), None, "not queued");
+            let d = Delivery {
+                id: "d".into(),
+                event: "push".into(),
+                action: None,
+                headers: "{}".into(),
+                body: vec![0, 1, 2, 255],
+                outcome: "queued".into(),
+            };
+            let owe: Box<dyn FnOnce(i64) -> String + Send> = Box::new(|id| format!("owed {id}"));
+            let stored = db.store_delivery(d.clone(), Some(keyed(30)), true, Some(owe), None).await.unwrap();
+            let Stored::New { run: Some(from_delivery), .. } = stored else { panic!("{stored:?}") };
+            let again = Delivery { id: "d2".into(), ..d };
+            assert_eq!(
+                db.store_delivery(again, None, false, None, None).await.unwrap(),
+                Stored::Duplicate,
+                "same body"
+            );
+            assert_eq!(db.count_deliveries().await.unwrap(), 1);
+            let owed = db.owed(10).await.unwrap();
+            assert_eq!(owed.iter().map(|o| o.1.clone()).collect::<Vec<_>>(), [format!("owed {from_delivery}")]);
+            db.check_runs_made(vec![(from_delivery, 77)]).await.unwrap();
+            assert_eq!(db.check_run_of(from_delivery).await.unwrap(), Some(77));
+            db.paid(owed[0].0, vec![], Some((from_delivery, "gone".into()))).await.unwrap();
+            assert_eq!(db.count_owed().await.unwrap(), 0);
+            assert_eq!(db.run(from_delivery).await.unwrap().unwrap().report_error.as_deref(), Some("gone"));
+            // Plan, give back, release, requeue.
+            let claimed = db.claim().await.unwrap().unwrap();
+            assert_eq!(claimed.id, from_delivery);
+            assert_eq!(db.count_planning().await.unwrap(), 1);
+            db.unplan(claimed.id).await.unwrap();
+            assert!(db.plan_ready(claimed.id, "{}".into(), vec!["x".into()], "w".into()).await.unwrap());
+            assert_eq!(db.ready_labels().await.unwrap(), [vec!["x".to_string()]]);
+            let (r, _) = db.dispatch(Some("ag".into()), vec!["x".into()], Some(5)).await.unwrap().unwrap();
+            assert!(db.give_back(r.id, r.attempts, "ag".into(), "busy".into()).await.unwrap());
+            let (r, _) = db.dispatch(None, vec!["x".into()], None).await.unwrap().unwrap();
+            assert!(db.release(r.id, r.attempts, None, "gone".into()).await.unwrap());
+            db.requeue(r.id, "again".into()).await.unwrap();
+            let (running, cancelled) = db.cancel_key("k".into(), "closed".into(), None).await.unwrap();
+            assert!(running.is_empty());
+            assert_eq!(cancelled.iter().map(|r| r.id).collect::<Vec<_>>(), [from_delivery]);
+            let rerun = db.queue_rerun(spec("main"), new, true).await.unwrap();
+            let r = db.run(rerun).await.unwrap().unwrap();
+            assert_eq!((r.rerun_of, r.failed_only), (Some(new), true));
+            let step = StepRow {
+                name: "s".into(),
+                stage: Some("one".into()),
+                status: StepState::Running,
+                exit_code: None,
+                attempts: 1,
+                started: Some(1.5),
+                duration: None,
+                message: None,
+            };
+            db.upsert_step(rerun, step.clone()).await.unwrap();
+            let done =
+                StepRow { stage: None, status: StepState::Failed, exit_code: Some(2), duration: Some(2.25), ..step };
+            db.upsert_step(rerun, done).await.unwrap();
+            let steps = db.steps(rerun).await.unwrap();
+            assert_eq!(
+                (steps[0].stage.as_deref(), steps[0].status, steps[0].started, steps[0].duration),
+                (Some("one"), StepState::Failed, Some(1.5), Some(2.25))
+            );
+            assert_eq!(db.step_durations().await.unwrap(), [(StepState::Failed, 2.25)]);
+            db.finish(rerun, RunState::Failure, Some("red".into()), None).await.unwrap();
+            assert!(db.queue_waits().await.unwrap().len() >= 2);
+            let f = RunFilter {
+                branch: Some("main".into()),
+                status: Some(RunState::Failure),
+                limit: 10,
+                ..Default::default()
+            };
+            assert_eq!(db.runs_where(f).await.unwrap().iter().map(|r| r.id).collect::<Vec<_>>(), [rerun]);
+            let all = RunFilter { limit: 2, ..Default::default() };
+            assert_eq!(db.runs_where(all).await.unwrap().len(), 2);
+            // Every run before the re-run was cancelled (superseded, then the key's cancel).
+            assert_eq!(
+                db.runs(100, Some(rerun)).await.unwrap().len() as i64,
+                db.count_runs(RunState::Cancelled).await.unwrap()
+            );
+            assert_eq!(db.status_counts().await.unwrap().iter().map(|(_, n)| n).sum::<i64>(), 5);
+            // Schedules.
+            let s = |name: &str, at| NewSchedule {
+                name: name.into(),
+                cron: "0 3 * * *".into(),
+                timezone: "UTC".into(),
+                next_at: Some(at),
+            };
+            assert!(
+                db.set_schedules("o/r".into(), "u".into(), "main".into(), Some(9), vec![s("a", 50), s("b", 60)])
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                !db.set_schedules("o/r".into(), "u".into(), "main".into(), Some(9), vec![s("a", 99), s("b", 60)])
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                db.set_schedules("o/r".into(), "u".into(), "main".into(), Some(9), vec![s("b", 60)]).await.unwrap()
+            );
+            assert_eq!(db.next_schedule_at().await.unwrap(), Some(60));
+            let due = db.due_schedules(60).await.unwrap();
+            assert_eq!((due.len(), due[0].name.as_str(), due[0].installation_id), (1, "b", Some(9)));
+            assert_eq!(
+                db.fire_schedule(due[0].id, 60, None, None, Some("missed".into()), None).await.unwrap(),
+                Fired::Skipped
+            );
+            assert_eq!(db.schedules().await.unwrap()[0].last_error.as_deref(), Some("missed"));
+            db.ping().await.unwrap();
+            db.announce("nothing".into()).await.unwrap();
+        }
+    }
+
     /// The queue of agents: a run is planned, taken only by an executor its labels fit,
     /// leased, fenced by its attempt, queued again when its lease runs out (a bounded number
     /// of times), then ended; an ended run keeps its end.

@@ -473,6 +473,9 @@ fn from_pg(r: &postgres::Row) -> Result<Row> {
             r.try_get::<_, Option<f32>>(i)?.map(|f| Value::Real(f.into()))
         } else if *t == Type::BYTEA {
             r.try_get::<_, Option<Vec<u8>>>(i)?.map(Value::Blob)
+        } else if *t == Type::VOID {
+            // pg_notify's and the like.
+            None
         } else if [Type::TEXT, Type::VARCHAR, Type::BPCHAR, Type::NAME].contains(t) {
             r.try_get::<_, Option<String>>(i)?.map(Value::Text)
         } else {
