@@ -511,10 +511,13 @@ async fn upload_artifacts(server: &Server, path: &str, dir: &Path) {
 }
 
 /// `orch agent-token`: on the server's machine, against its database.
-pub async fn token(command: TokenCommand, data_dir: Option<PathBuf>) -> Result<u8, Error> {
-    use crate::server::{agents, db::Db};
-    let dir = data_dir.unwrap_or_else(crate::server::config::default_data_dir);
-    let db = Db::open(&dir.join("orch.db")).map_err(|e| Error::Remote(e.to_string()))?;
+pub async fn token(command: TokenCommand, data_dir: Option<PathBuf>, database: Option<String>) -> Result<u8, Error> {
+    use crate::server::{agents, db};
+    let at = match database.filter(|d| !d.trim().is_empty()) {
+        Some(url) => db::Location::parse(url.trim()),
+        None => db::Location::Sqlite(data_dir.unwrap_or_else(crate::server::config::default_data_dir).join("orch.db")),
+    };
+    let db = db::Db::open_at(&at).map_err(|e| Error::Remote(e.to_string()))?;
     let db_err = |e: crate::server::db::DbError| Error::Remote(e.to_string());
     match command {
         TokenCommand::Create { name } => {

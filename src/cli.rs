@@ -61,6 +61,10 @@ pub enum Command {
         /// ~/.local/share/orch].
         #[arg(long, env = "ORCH_DATA_DIR", global = true)]
         data_dir: Option<PathBuf>,
+        /// The server's database when it is PostgreSQL (`postgres://...`, as `orch serve
+        /// --database`) [default: the SQLite file in the data directory].
+        #[arg(long, env = "ORCH_DATABASE", global = true, hide_env_values = true)]
+        database: Option<String>,
     },
     /// List or clear the step caches kept on this machine.
     Cache {
@@ -210,7 +214,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Gc { all } => crate::ci::gc_command(all).await,
         Command::Serve(args) => serve(args).await,
         Command::Agent(args) => crate::agent::run(args).await,
-        Command::AgentToken { command, data_dir } => crate::agent::token(command, data_dir).await,
+        Command::AgentToken { command, data_dir, database } => crate::agent::token(command, data_dir, database).await,
         Command::Cache { command, cache_dir } => crate::ci::cache_command(command, cache_dir),
         Command::Runs { repo, branch, status, limit, json, server } => {
             crate::client::runs(&server, repo, branch, status, limit, json).await

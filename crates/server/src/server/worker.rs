@@ -36,9 +36,27 @@ pub fn instance_tag(data_dir: &std::path::Path) -> String {
     hex::encode(&sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes())[..4])
 }
 
-/// The Docker run id of a run's attempt: `s<instance tag>-<run>-<attempt>`.
-pub fn docker_run_id(data_dir: &std::path::Path, run: i64, attempt: i64) -> String {
-    format!("s{}-{run}-{attempt}", instance_tag(data_dir))
+/// This server's tag in Docker names: its data directory's ([`instance_tag`]); with
+/// several servers on one PostgreSQL database its name's too (they may share the data
+/// directory and the Docker daemon, and each sweeps only its own leftovers).
+pub fn server_tag(cfg: &super::config::Config) -> String {
+    match cfg.database {
+        super::db::Location::Postgres(_) => {
+            use sha2::Digest;
+            let dir = std::fs::canonicalize(&cfg.data_dir).unwrap_or_else(|_| cfg.data_dir.clone());
+            let mut h = sha2::Sha256::new();
+            h.update(dir.as_os_str().as_encoded_bytes());
+            h.update(b"\n");
+            h.update(cfg.server_name.as_bytes());
+            hex::encode(&h.finalize()[..4])
+        }
+        super::db::Location::Sqlite(_) => instance_tag(&cfg.data_dir),
+    }
+}
+
+/// The Docker run id of a run's attempt: `s<server tag>-<run>-<attempt>`.
+pub fn docker_run_id(cfg: &super::config::Config, run: i64, attempt: i64) -> String {
+    format!("s{}-{run}-{attempt}", server_tag(cfg))
 }
 
 /// Plans queued runs (fetch, `.orch.yml`, secrets, labels) and, with a local capacity,
@@ -185,7 +203,7 @@ async fn execute_here(st: Arc<AppState>, stop: CancellationToken, mut docker: Op
 /// while the daemon does not answer.
 async fn janitor(st: Arc<AppState>, stop: CancellationToken) {
     const QUIET: Duration = Duration::from_secs(60);
-    let prefix = format!("s{}-", instance_tag(&st.cfg.data_dir));
+    let prefix = format!("s{}-", server_tag(&st.cfg));
     let mut wait = QUIET;
     let mut owed = false;
     loop {
@@ -402,7 +420,7 @@ pub(crate) fn job_for(st: &AppState, run: &Run, planned: &str) -> Result<Job, St
     // Three reports within a lease (one lost or late does not lose it), and at least every
     // 5 s: a cancel reaches the agent in its answer.
     job.heartbeat_ms = (st.cfg.agent_lease.as_millis() as u64 / 3).clamp(200, 5000);
-    job.docker_run_id = docker_run_id(&st.cfg.data_dir, run.id, run.attempts);
+    job.docker_run_id = docker_run_id(&st.cfg, run.id, run.attempts);
     job.secrets = if p.withheld {
         None
     } else {

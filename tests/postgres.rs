@@ -1,0 +1,203 @@
+//! Several servers on one PostgreSQL database (a throwaway cluster each test starts:
+//! `initdb` and `pg_ctl` on a loopback port, stopped at the end): two `orch serve`s that
+//! share intake, queue and data directory run a delivery that reached both once; three
+//! agents and a server run queued jobs, none twice. Needs `ORCH_DOCKER_TESTS=1`; without
+//! PostgreSQL installed it skips, saying so, unless `CI` is set.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+mod serve_support;
+
+use orch::server::config::ServeArgs;
+use orch::server::db::throwaway::TestPostgres;
+use serve_support::*;
+
+const PIPELINE: &str = "\
+defaults:
+  image: busybox:latest
+  timeout: 2m
+steps:
+  build:
+    commands:
+      - echo built > out.txt
+  test:
+    needs: [build]
+    commands:
+      - grep -q built out.txt
+      - echo tests passed
+";
+
+/// A throwaway PostgreSQL and the URL of a new database in it; `None`: skipped.
+fn postgres(db: &str) -> Option<(TestPostgres, String)> {
+    let pg = TestPostgres::start().expect("a throwaway PostgreSQL")?;
+    let url = pg.database(db).expect("a database");
+    Some((pg, url))
+}
+
+#[test]
+fn two_servers_on_one_postgres_run_a_delivery_that_reached_both_once() {
+    require_docker!();
+    let Some((_pg, url)) = postgres("two") else { return };
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let git = GitServer::start();
+    // One data directory for both: each run's logs are readable through either.
+    let (_dir, data) = data_dir("orch-pg-");
+    let args = |name: &str| ServeArgs {
+        database: Some(url.clone()),
+        server_name: Some(name.into()),
+        data_dir: Some(data.clone()),
+        ..token_args(&gh, &git)
+    };
+    let a = Orch::start(args("a"));
+    let b = Orch::start(args("b"));
+    let sha = git.on_branch("main", &[(".orch.yml", PIPELINE)], "the pipeline");
+    let payload = push_event("main", ZERO_SHA, &sha);
+    let guid = new_guid();
+    // The same signed delivery reaches both at once (a load balancer trying again on the
+    // other server does that).
+    let (ca, cb): (&Client, &Client) = (&a, &b);
+    let (x, y) = std::thread::scope(|s| {
+        let first = s.spawn(|| ca.deliver_as("push", &guid, &payload));
+        let second = cb.deliver_as("push", &guid, &payload);
+        (first.join().unwrap(), second)
+    });
+    assert!(x.response.status < 300 && y.response.status < 300, "{:?} {:?}", x.response, y.response);
+    let said: Vec<String> = [&x, &y].iter().map(|p| p.response.json()["status"].to_string()).collect();
+    assert_eq!(said.iter().filter(|s| s.contains("duplicate")).count(), 1, "{said:?}");
+    let runs = a.runs();
+    assert_eq!(runs.len(), 1, "one run: {runs:#?}");
+    let ids = |runs: Vec<serde_json::Value>| runs.iter().map(|r| r["id"].as_i64()).collect::<Vec<_>>();
+    assert_eq!(ids(b.runs()), ids(runs.clone()), "both servers show the same runs");
+    let id = runs[0]["id"].as_i64().unwrap();
+    let done = b.wait_run_done(id);
+    assert_eq!(done["run"]["status"], "success", "{done:#}");
+    assert_eq!(done["run"]["attempts"], 1, "{done:#}");
+    for server in [&a, &b] {
+        assert!(server.wait_log(id, "test", "tests passed").contains("tests passed"));
+    }
+    // GitHub was told once: one final status for the run.
+    let statuses = gh.wait_final_status(&sha, "orch (push)", id);
+    assert_eq!(statuses.iter().filter(|s| s["state"] == "success").count(), 1, "{statuses:#?}");
+    // More runs through either server: each runs once, whichever server plans and runs it.
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let branch = format!("b{i}");
+        git.set_ref(&sha, &format!("refs/heads/{branch}"));
+        let server = if i % 2 == 0 { &a } else { &b };
+        ids.push(server.deliver("push", &push_event(&branch, ZERO_SHA, &sha)).run_id());
+    }
+    for id in &ids {
+        let r = a.wait_run_done(*id);
+        assert_eq!((r["run"]["status"].as_str(), r["run"]["attempts"].as_i64()), (Some("success"), Some(1)), "{r:#}");
+    }
+    let finals = gh.statuses_of(&sha, "orch (push)").iter().filter(|s| s["state"] == "success").count();
+    assert_eq!(finals, 7, "each run reported once");
+    gh.assert_no_violations();
+    // Each server's Docker objects are tagged with its name: both cleaned up their own.
+    let tags: Vec<String> = ["a", "b"]
+        .iter()
+        .map(|n| format!("s{}-", orch::server::worker::server_tag(&args(n).resolve().unwrap())))
+        .collect();
+    assert_ne!(tags[0], tags[1]);
+    drop((a, b));
+    for tag in &tags {
+        let left = docker_objects(tag);
+        assert!(left.is_empty(), "left in Docker: {left:?}");
+    }
+}
+
+/// An `orch agent` process; killed when dropped.
+struct Agent {
+    child: Child,
+    _dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(server: &Orch, token: &str) -> Agent {
+        let dir = temp_dir("orch-agent-");
+        let log = dir.path().join("agent.log");
+        let f = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_orch"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("ORCH_") {
+                cmd.env_remove(k);
+            }
+        }
+        let child = cmd
+            .arg("agent")
+            .env("ORCH_SERVER", format!("http://{}", server.addr))
+            .env("ORCH_AGENT_TOKEN", token)
+            .env("ORCH_LABELS", "linux")
+            .env("ORCH_CAPACITY", "1")
+            .env("ORCH_AGENT_DIR", dir.path().join("data"))
+            .env("ORCH_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .expect("orch agent starts");
+        Agent { child, _dir: dir, log }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn three_agents_and_a_server_on_postgres_run_queued_jobs_once_each() {
+    require_docker!();
+    let Some((_pg, url)) = postgres("agents") else { return };
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let git = GitServer::start();
+    let orch = Orch::start(ServeArgs {
+        database: Some(url.clone()),
+        local_capacity: Some(1),
+        labels: vec!["linux".into()],
+        ..token_args(&gh, &git)
+    });
+    let sha = git.on_branch("main", &[(".orch.yml", PIPELINE)], "the pipeline");
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        git.set_ref(&sha, &format!("refs/heads/q{i}"));
+        ids.push(orch.deliver("push", &push_event(&format!("q{i}"), ZERO_SHA, &sha)).run_id());
+    }
+    // The tokens live in PostgreSQL: `orch agent-token` reaches it with ORCH_DATABASE.
+    let tokens: Vec<String> = ["p1", "p2", "p3"]
+        .iter()
+        .map(|name| {
+            let out = Command::new(env!("CARGO_BIN_EXE_orch"))
+                .args(["agent-token", "create", name])
+                .env("ORCH_DATABASE", &url)
+                .env("ORCH_DATA_DIR", &orch.data_dir)
+                .output()
+                .expect("orch agent-token runs");
+            assert!(out.status.success(), "agent-token create: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        })
+        .collect();
+    let agents: Vec<Agent> = tokens.iter().map(|t| Agent::start(&orch, t)).collect();
+    let mut by = std::collections::HashMap::<String, usize>::new();
+    for id in &ids {
+        let r = wait_for(Duration::from_secs(300), "the run to end", || {
+            let r = orch.run(*id);
+            if TERMINAL.contains(&r["run"]["status"].as_str().unwrap_or("")) { Ok(r) } else { Err(r.to_string()) }
+        });
+        let logs = agents.iter().map(|a| std::fs::read_to_string(&a.log).unwrap_or_default()).collect::<Vec<_>>();
+        assert_eq!(r["run"]["status"], "success", "{r:#}\n{}", logs.join("\n---\n"));
+        assert_eq!(r["run"]["attempts"], 1, "taken once: {r:#}");
+        *by.entry(r["run"]["agent"].as_str().unwrap_or("(the server)").to_string()).or_default() += 1;
+        assert!(orch.get(&format!("/api/runs/{id}/logs/test")).text().contains("tests passed"));
+    }
+    assert_eq!(by.values().sum::<usize>(), 12);
+    assert!(by.len() >= 2, "the queue was shared: {by:?}");
+    let finals = gh.statuses_of(&sha, "orch (push)").iter().filter(|s| s["state"] == "success").count();
+    assert_eq!(finals, 12, "each run reported once");
+    gh.assert_no_violations();
+}
