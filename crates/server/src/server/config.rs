@@ -534,6 +534,28 @@ mod tests {
     }
 
     #[test]
+    fn the_database_is_sqlite_in_the_data_dir_or_a_postgres_url() {
+        use crate::server::db::Location;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("orch.yml");
+        let with = |text: &str, flag: Option<&str>| {
+            std::fs::write(&f, format!("webhook_secret: s\ndata_dir: /d\nlisten: 127.0.0.1:81\n{text}")).unwrap();
+            ServeArgs { config: Some(f.clone()), database: flag.map(str::to_string), ..Default::default() }.resolve()
+        };
+        let c = with("", None).unwrap();
+        assert_eq!(c.database, Location::Sqlite("/d/orch.db".into()));
+        assert!(c.server_name.ends_with(":81"), "{}", c.server_name);
+        let c = with("database: postgres://orch:pw@db:5432/orch\nserver_name: ci-1\n", None).unwrap();
+        assert_eq!(c.database, Location::Postgres("postgres://orch:pw@db:5432/orch".into()));
+        assert_eq!(c.database.display(), "postgres://orch:***@db:5432/orch", "no password in logs");
+        assert_eq!(c.server_name, "ci-1");
+        let c = with("database: postgres://a@x/y\n", Some("postgresql://b@z/w")).unwrap();
+        assert_eq!(c.database, Location::Postgres("postgresql://b@z/w".into()), "the flag wins");
+        let e = with("database: mysql://root:pw@db/orch\n", None).unwrap_err().to_string();
+        assert!(e.contains("not a postgres:// URL") && !e.contains("pw"), "{e}");
+    }
+
+    #[test]
     fn the_shipped_example_config_loads() {
         let f = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../runners/server/orch.yml"));
         let c = ServeArgs { config: Some(f), ..Default::default() }.resolve().unwrap();

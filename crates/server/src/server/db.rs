@@ -44,9 +44,19 @@
 //!   and the update re-checks what made it free (`WHERE id = ?1 AND status = 'queued'`).
 //! - A commit that another server should act on promptly calls `t.notify("what")`
 //!   (PostgreSQL NOTIFY at commit; see [`Db::wakes`] for the words).
+//! - In `ON CONFLICT ... DO UPDATE`, qualify the table's own columns (`steps.stage`, next
+//!   to `excluded.stage`): PostgreSQL finds a bare one ambiguous.
 //! - A new table or column goes into [`SCHEMA`] / [`COLUMNS`] (created if missing on both),
 //!   or, for what cannot be said so, into a step of [`migrate`] under a new
 //!   [`SCHEMA_VERSION`].
+//! - Test it on both: the tests here run each scenario on `backends()` (a SQLite file and a
+//!   throwaway PostgreSQL, [`throwaway`]).
+//!
+//! Porting a query written for rusqlite: `&Transaction` / `&Connection` become `&Conn`,
+//! `rusqlite::Result<T>` becomes `sql::Result<T>`, `[]` becomes `params![]`,
+//! `r.get::<_, T>(i)` becomes `r.get::<T>(i)`, `prepare(..)?.query_map(..)?.collect()`
+//! becomes `c.query_map(sql, params![..], |r| ..)`, `INSERT OR IGNORE` becomes `ON CONFLICT
+//! DO NOTHING`, `t.last_insert_rowid()` becomes `RETURNING id` read with `query_row`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

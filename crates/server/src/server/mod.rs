@@ -259,7 +259,7 @@ pub async fn serve_on(
     let retention = tokio::spawn(retention::retention(st.clone(), stop.clone()));
     let schedules = tokio::spawn(schedule::run(st.clone(), stop.clone()));
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    tracing::info!(%addr, data_dir = %st.cfg.data_dir.display(), "orch serve listening");
+    tracing::info!(%addr, data_dir = %st.cfg.data_dir.display(), database = %st.cfg.database.display(), "orch serve listening");
     let st2 = st.clone();
     let stop2 = stop.clone();
     let app = router(st.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
