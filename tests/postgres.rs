@@ -201,3 +201,33 @@ fn three_agents_and_a_server_on_postgres_run_queued_jobs_once_each() {
     assert_eq!(finals, 12, "each run reported once");
     gh.assert_no_violations();
 }
+
+#[test]
+fn a_run_executing_on_one_server_is_cancelled_through_the_other() {
+    require_docker!();
+    let Some((_pg, url)) = postgres("cancel") else { return };
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let git = GitServer::start();
+    let (_dir, data) = data_dir("orch-pg-");
+    let args = |name: &str, capacity: usize| ServeArgs {
+        database: Some(url.clone()),
+        server_name: Some(name.into()),
+        data_dir: Some(data.clone()),
+        local_capacity: Some(capacity),
+        api_token: Some("t0ken".into()),
+        ..token_args(&gh, &git)
+    };
+    // Only `a` executes; `b` is asked to cancel.
+    let a = Orch::start(args("a", 1));
+    let b = Orch::start(args("b", 0));
+    let pipeline = "steps:\n  slow:\n    image: busybox:latest\n    commands: [echo started, sleep 300]\n";
+    let sha = git.on_branch("main", &[(".orch.yml", pipeline)], "a slow pipeline");
+    let id = b.deliver("push", &push_event("main", ZERO_SHA, &sha)).run_id();
+    b.wait_step_running(id, "slow");
+    let asked = b.request("POST", &format!("/api/runs/{id}/cancel"), &[("Authorization", "Bearer t0ken")], b"");
+    assert_eq!(asked.status, 202, "{}", asked.text());
+    let done = a.wait_run_done(id);
+    assert_eq!(done["run"]["status"], "cancelled", "{done:#}");
+    assert_eq!(done["run"]["reason"], "cancelled through the API", "{done:#}");
+    drop((a, b));
+}
