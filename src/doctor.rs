@@ -237,6 +237,14 @@ fn serve_config(args: &crate::server::config::ServeArgs) -> Vec<Check> {
                 ),
             ),
             disk_space("data dir", &cfg.data_dir),
+            match crate::server::db::probe(&cfg.database) {
+                Ok(what) => Check::ok("database", what),
+                Err(e) => Check::fail(
+                    "database",
+                    format!("{}: {e}", cfg.database.display()),
+                    "check ORCH_DATABASE (postgres://USER[:PASSWORD]@HOST:PORT/DB) and that PostgreSQL listens there",
+                ),
+            },
         ],
         Err(e) => {
             vec![Check::fail("serve config", e.to_string(), "fix the setting named; docs/server.md lists them all")]

@@ -231,3 +231,29 @@ fn a_run_executing_on_one_server_is_cancelled_through_the_other() {
     assert_eq!(done["run"]["reason"], "cancelled through the API", "{done:#}");
     drop((a, b));
 }
+
+/// `orch doctor` with a server config on PostgreSQL says whether it answers, changing
+/// nothing; one that does not answer fails with a hint.
+#[test]
+fn doctor_checks_the_postgres_database() {
+    let Some((_pg, url)) = postgres("doctor") else { return };
+    let tmp = temp_dir("orch-doctor-");
+    let doctor = |database: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_orch"))
+            .arg("doctor")
+            .env("ORCH_CACHE_DIR", tmp.path().join("cache"))
+            .env("ORCH_WEBHOOK_SECRET", "s")
+            .env("ORCH_DATA_DIR", tmp.path().join("data"))
+            .env("ORCH_DATABASE", database)
+            .env_remove("ORCH_CONFIG")
+            .output()
+            .expect("orch doctor runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines().find(|l| l.contains("database")).map(str::to_string).unwrap_or_else(|| panic!("{text}"))
+    };
+    let line = doctor(&url);
+    assert!(line.starts_with("ok") && line.contains("PostgreSQL") && line.contains("no schema yet"), "{line}");
+    let closed = format!("postgres://orch:pw@127.0.0.1:{}/x", free_port());
+    let line = doctor(&closed);
+    assert!(line.starts_with("FAIL") && line.contains("ORCH_DATABASE") && !line.contains("pw@"), "{line}");
+}

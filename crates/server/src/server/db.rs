@@ -490,6 +490,31 @@ fn migrate(c: &Conn) -> Result<(), SqlError> {
     }
 }
 
+/// What `orch doctor` says of the database at `at`, changing nothing: a SQLite file is
+/// named; a PostgreSQL database is connected to and asked its version and the schema's.
+pub fn probe(at: &Location) -> Result<String, DbError> {
+    let Location::Postgres(url) = at else {
+        return Ok(format!("SQLite file {}", at.display()));
+    };
+    let url = url.clone();
+    let shown = at.display();
+    // The client runs its own runtime: on a thread of its own.
+    std::thread::spawn(move || -> Result<String, DbError> {
+        let c = Conn::postgres(&url)?;
+        let version: String = c.query_row("SHOW server_version", params![], |r| r.get(0))?;
+        let made: bool = c.query_row("SELECT to_regclass('schema_version') IS NOT NULL", params![], |r| r.get(0))?;
+        let schema = if made {
+            let v: Option<i64> = c.query_row("SELECT MAX(version) FROM schema_version", params![], |r| r.get(0))?;
+            format!("schema version {}", v.unwrap_or(0))
+        } else {
+            "no schema yet (the first server makes it)".into()
+        };
+        Ok(format!("PostgreSQL {version} answers at {shown}, {schema}"))
+    })
+    .join()
+    .map_err(|_| DbError::Io("the database check panicked".into()))?
+}
+
 /// Connects: a SQLite file or a PostgreSQL URL.
 type Connect = Arc<dyn Fn() -> Result<Conn, SqlError> + Send + Sync>;
 
@@ -1743,7 +1768,7 @@ fn start_reader(connect: Connect) -> Result<std::sync::mpsc::SyncSender<ReadJob>
 fn listen(url: &str, wakes: &broadcast::Sender<String>, alive: &std::sync::Weak<()>) {
     let mut first = true;
     while alive.strong_count() > 0 {
-        let mut client = match postgres::Client::connect(url, postgres::NoTls) {
+        let mut client = match sql::pg_connect(url) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!("database: cannot listen for the other servers: {e}");

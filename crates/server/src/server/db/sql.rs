@@ -233,8 +233,7 @@ impl Conn {
     /// Connects to PostgreSQL (`postgres://user@host:port/db`), without TLS. Not from an
     /// async thread: the client runs its own runtime.
     pub fn postgres(url: &str) -> Result<Conn> {
-        let c = postgres::Client::connect(url, postgres::NoTls)?;
-        Ok(Conn::new(Inner::Postgres(Box::new(c))))
+        Ok(Conn::new(Inner::Postgres(Box::new(pg_connect(url)?))))
     }
 
     fn new(inner: Inner) -> Conn {
@@ -390,6 +389,16 @@ impl Conn {
             }
         }
     }
+}
+
+/// A PostgreSQL client for `url`, without TLS, giving up on a host that does not answer
+/// within 10 s (unless the URL says `connect_timeout`).
+pub fn pg_connect(url: &str) -> Result<postgres::Client> {
+    let mut cfg: postgres::Config = url.parse()?;
+    if cfg.get_connect_timeout().is_none() {
+        cfg.connect_timeout(std::time::Duration::from_secs(10));
+    }
+    Ok(cfg.connect(postgres::NoTls)?)
 }
 
 /// The one rewrite between the backends: `?N` placeholders become PostgreSQL's `$N`, and
