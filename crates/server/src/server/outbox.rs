@@ -118,6 +118,9 @@ fn ended_body(run: &super::db::Run) -> String {
     })
 }
 
+/// How often the sender looks for owed updates without being told of any.
+const SAFETY_POLL: Duration = Duration::from_secs(30);
+
 /// How long an update may stay owed while GitHub cannot take it before it is given up.
 const PATIENCE: i64 = 24 * 3600;
 
@@ -139,7 +142,12 @@ async fn send_owed(outbox: Outbox, mut reporter: Reporter, pause: Duration) {
             }
         };
         if owed.is_empty() {
-            woken.await;
+            // A slow look now and then too: with several servers, one that stopped may have
+            // left updates owed that no commit here announces.
+            tokio::select! {
+                _ = woken => {}
+                _ = tokio::time::sleep(SAFETY_POLL) => {}
+            }
             continue;
         }
         match outbox.db.outbox_lock().await {
