@@ -1422,3 +1422,103 @@ steps:
         assert!(text.lines().any(|l| l.starts_with("release") && l.ends_with("| v1.0")), "{text}");
     }
 }
+
+const DEPLOY_PIPELINE: &str = "\
+defaults:
+  image: busybox:latest
+  timeout: 2m
+steps:
+  build:
+    commands:
+      - echo built
+  deploy:
+    needs: [build]
+    matrix:
+      region: [eu, us]
+    environment:
+      name: staging
+      url: https://staging.example.com
+    commands:
+      - sh ci/deploy.sh $region
+";
+
+/// The deployments GitHub holds once the last one's last status is final.
+fn wait_github_deployments(gh: &FakeGitHub, n: usize) -> Vec<Value> {
+    wait_for(Duration::from_secs(30), &format!("{n} GitHub deployments with a final status"), || {
+        let d = gh.deployments();
+        let last_final = d
+            .last()
+            .and_then(|d| d["statuses"].as_array()?.last().cloned())
+            .is_some_and(|s| s["state"] != "in_progress" && s["state"] != "queued" && s["state"] != "pending");
+        if d.len() == n && last_final { Ok(d) } else { Err(format!("{d:#?}")) }
+    })
+}
+
+/// A push whose deploy step has a matrix is one deployment: one row in the database and the
+/// API, one GitHub deployment of the commit with `in_progress` then `success`; a failing
+/// deploy is a second one, `failure`, and what is live stays the first.
+#[test]
+fn a_deploy_step_with_a_matrix_is_one_deployment_recorded_and_posted_to_github() {
+    require_docker!();
+    let git = GitServer::start();
+    let ok = "echo deploying to $1\n";
+    let first = git.on_branch("main", &[(".orch.yml", DEPLOY_PIPELINE), ("ci/deploy.sh", ok)], "deploys");
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let orch = Orch::start(token_args(&gh, &git));
+
+    let id = orch.deliver("push", &push_event("main", ZERO_SHA, &first)).run_id();
+    let run = orch.wait_run_done(id);
+    assert_eq!(run["run"]["status"], "success", "{run:#}");
+    assert_eq!(orch.count("SELECT COUNT(*) FROM deployments"), 1);
+    let deps = orch.get_json(&format!("/api/deployments?repo={REPO}"))["deployments"].clone();
+    assert_eq!(deps.as_array().map(Vec::len), Some(1), "{deps:#}");
+    let d = &deps[0];
+    assert_eq!(
+        (&d["run"], &d["step"], &d["environment"], &d["status"], &d["sha"], &d["ref"], &d["rollback"]),
+        (
+            &json!(id),
+            &json!("deploy"),
+            &json!("staging"),
+            &json!("success"),
+            &json!(first),
+            &json!("main"),
+            &json!(false)
+        ),
+        "{d:#}"
+    );
+    assert_eq!(run["deployments"], deps, "the run's deployments");
+
+    let github = wait_github_deployments(&gh, 1);
+    let g = &github[0];
+    assert_eq!((&g["ref"], &g["environment"], &g["auto_merge"]), (&json!(first), &json!("staging"), &json!(false)));
+    assert_eq!((&g["required_contexts"], &g["payload"]["orch_run"]), (&json!([]), &json!(id)), "{g:#}");
+    let states: Vec<&str> = g["statuses"].as_array().unwrap().iter().map(|s| s["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["in_progress", "success"], "{g:#}");
+    let success = &g["statuses"][1];
+    assert_eq!(success["log_url"], json!(orch.url(&format!("/runs/{id}"))));
+    assert_eq!(success["environment_url"], "https://staging.example.com");
+    wait_for(Duration::from_secs(10), "the GitHub id recorded", || {
+        let d = orch.get_json("/api/deployments")["deployments"][0].clone();
+        if d["github_id"] == g["id"] { Ok(()) } else { Err(format!("{d:#}")) }
+    });
+
+    // A deploy that fails in one region: one deployment, failed; the first is still live.
+    let bad = "echo deploying to $1\ntest $1 = eu\n";
+    let second = git.commit(Some(&first), &[(".orch.yml", DEPLOY_PIPELINE), ("ci/deploy.sh", bad)], "breaks us");
+    git.set_ref(&second, "refs/heads/main");
+    let id2 = orch.deliver("push", &push_event("main", &first, &second)).run_id();
+    assert_eq!(orch.wait_run_done(id2)["run"]["status"], "failure");
+    let github = wait_github_deployments(&gh, 2);
+    let states: Vec<&str> =
+        github[1]["statuses"].as_array().unwrap().iter().map(|s| s["state"].as_str().unwrap()).collect();
+    assert_eq!((states, &github[1]["ref"]), (vec!["in_progress", "failure"], &json!(second)), "{github:#?}");
+    let envs = orch.get_json(&format!("/api/environments?repo={REPO}"))["environments"].clone();
+    assert_eq!(envs.as_array().map(Vec::len), Some(1), "{envs:#}");
+    assert_eq!((&envs[0]["live"]["sha"], &envs[0]["last"]["sha"]), (&json!(first), &json!(second)), "{envs:#}");
+    assert_eq!(envs[0]["last"]["status"], "failure");
+    let page = orch.get("/environments");
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("staging") && page.text().contains(&first[..7]), "{}", page.text());
+    gh.assert_no_violations();
+    assert!(orch.leftovers().is_empty(), "{:?}", orch.leftovers());
+}

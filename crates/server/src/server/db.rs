@@ -108,6 +108,27 @@ CREATE TABLE IF NOT EXISTS schedules (
     UNIQUE (repo, name)
 );
 CREATE INDEX IF NOT EXISTS schedules_by_next ON schedules(next_at);
+CREATE TABLE IF NOT EXISTS deployments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id INTEGER NOT NULL,
+    repo TEXT NOT NULL,
+    step TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    url TEXT,
+    sha TEXT NOT NULL,
+    git_ref TEXT,
+    event TEXT NOT NULL,
+    triggered_by TEXT,
+    approved_by TEXT,
+    created_at INTEGER NOT NULL,
+    started_at INTEGER,
+    finished_at INTEGER,
+    status TEXT NOT NULL,
+    rollback INTEGER NOT NULL DEFAULT 0,
+    github_id INTEGER
+);
+CREATE INDEX IF NOT EXISTS deployments_by_env ON deployments(repo, environment, id);
+CREATE INDEX IF NOT EXISTS deployments_by_run ON deployments(run_id);
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     body TEXT NOT NULL,
@@ -239,6 +260,56 @@ pub struct AgentRow {
     pub running: i64,
     pub last_seen: Option<i64>,
     pub version: Option<String>,
+}
+
+/// One deployment: a step with an `environment` in a run (a matrix step is one).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeploymentRow {
+    pub id: i64,
+    pub run: i64,
+    pub repo: String,
+    /// The step's key in the file (a matrix step's base name).
+    pub step: String,
+    pub environment: String,
+    pub url: Option<String>,
+    pub sha: String,
+    /// The run's tag or branch.
+    #[serde(rename = "ref")]
+    pub git_ref: Option<String>,
+    /// The run's event (push, tag, manual, schedule, deploy, ...).
+    pub event: String,
+    /// Who triggered the run (the pusher, the author).
+    pub triggered_by: Option<String>,
+    /// Who approved it (filled once approval gates exist).
+    pub approved_by: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    /// in_progress, success, failure, cancelled or error.
+    pub status: String,
+    /// A commit that was live in this environment before, deployed again while another is.
+    pub rollback: bool,
+    /// The deployment GitHub made of it, once made.
+    pub github_id: Option<i64>,
+}
+
+/// An environment of a repository: what is live (its last successful deployment) and its
+/// last deployment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EnvironmentRow {
+    pub repo: String,
+    pub environment: String,
+    pub live: Option<DeploymentRow>,
+    pub last: DeploymentRow,
+}
+
+/// What `GET /api/deployments` filters by.
+#[derive(Debug, Clone, Default)]
+pub struct DeploymentFilter {
+    pub repo: Option<String>,
+    pub environment: Option<String>,
+    pub run: Option<i64>,
+    pub limit: i64,
 }
 
 /// What `GET /api/runs` filters by.
@@ -832,17 +903,20 @@ impl Db {
     }
 
     /// An owed update is done with (delivered, or given up), in one commit with what its
-    /// sending learnt: the check runs it created (`(run, check run)`), and why it was given
+    /// sending learnt: the check runs it created (`(run, check run)`), the deployments
+    /// GitHub made (`(deployment, GitHub's id)`), and why it was given
     /// up (`(run, reason)`), shown on the run.
     pub async fn paid(
         &self,
         id: i64,
         created: Vec<(i64, u64)>,
+        deployments: Vec<(i64, u64)>,
         given_up: Option<(i64, String)>,
     ) -> Result<(), DbError> {
         self.write(move |t| {
             t.execute("DELETE FROM outbox WHERE id = ?1", params![id])?;
             record_check_runs(t, &created)?;
+            record_deployments_made(t, &deployments)?;
             if let Some((run, why)) = &given_up {
                 t.execute("UPDATE runs SET report_error = ?2 WHERE id = ?1", params![run, why])?;
             }
@@ -1185,6 +1259,170 @@ impl Db {
     pub async fn count_runs(&self, status: RunState) -> Result<i64, DbError> {
         self.read(move |c| c.query_row("SELECT COUNT(*) FROM runs WHERE status = ?1", params![status], |r| r.get(0)))
             .await
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Deployments. Plain SQL, one query per function: kept portable on purpose.
+
+const DEPLOYMENT_COLUMNS: &str = "id, run_id, repo, step, environment, url, sha, git_ref, event, triggered_by,
+    approved_by, created_at, started_at, finished_at, status, rollback, github_id";
+
+fn row_to_deployment(r: &rusqlite::Row) -> rusqlite::Result<DeploymentRow> {
+    Ok(DeploymentRow {
+        id: r.get(0)?,
+        run: r.get(1)?,
+        repo: r.get(2)?,
+        step: r.get(3)?,
+        environment: r.get(4)?,
+        url: r.get(5)?,
+        sha: r.get(6)?,
+        git_ref: r.get(7)?,
+        event: r.get(8)?,
+        triggered_by: r.get(9)?,
+        approved_by: r.get(10)?,
+        created_at: r.get(11)?,
+        started_at: r.get(12)?,
+        finished_at: r.get(13)?,
+        status: r.get(14)?,
+        rollback: r.get(15)?,
+        github_id: r.get(16)?,
+    })
+}
+
+/// The sha live in `repo`'s `environment` (its last successful deployment's), if any.
+fn live_sha(c: &Connection, repo: &str, environment: &str) -> rusqlite::Result<Option<String>> {
+    c.query_row(
+        "SELECT sha FROM deployments WHERE repo = ?1 AND environment = ?2 AND status = 'success'
+         ORDER BY id DESC LIMIT 1",
+        params![repo, environment],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// Whether `sha` was deployed to `repo`'s `environment` with success before.
+fn was_live(c: &Connection, repo: &str, environment: &str, sha: &str) -> rusqlite::Result<bool> {
+    c.prepare("SELECT 1 FROM deployments WHERE repo = ?1 AND environment = ?2 AND sha = ?3 AND status = 'success'")?
+        .exists(params![repo, environment, sha])
+}
+
+fn insert_deployment(
+    t: &Transaction,
+    run: i64,
+    step: &str,
+    environment: &str,
+    url: Option<&str>,
+    rollback: bool,
+) -> rusqlite::Result<Option<i64>> {
+    let n = t.execute(
+        "INSERT INTO deployments (run_id, repo, step, environment, url, sha, git_ref, event, triggered_by,
+           created_at, started_at, status, rollback)
+         SELECT id, repo, ?2, ?3, ?4, sha, COALESCE(tag, branch), event, author, ?5, ?5, 'in_progress', ?6
+         FROM runs WHERE id = ?1",
+        params![run, step, environment, url, now(), rollback],
+    )?;
+    Ok((n == 1).then(|| t.last_insert_rowid()))
+}
+
+fn run_repo_sha(c: &Connection, run: i64) -> rusqlite::Result<Option<(String, String)>> {
+    c.query_row("SELECT repo, sha FROM runs WHERE id = ?1", params![run], |r| Ok((r.get(0)?, r.get(1)?))).optional()
+}
+
+fn record_deployments_made(t: &Transaction, made: &[(i64, u64)]) -> rusqlite::Result<()> {
+    for (deployment, github) in made {
+        t.execute("UPDATE deployments SET github_id = ?2 WHERE id = ?1", params![deployment, *github as i64])?;
+    }
+    Ok(())
+}
+
+impl Db {
+    /// Records that `step` of `run` started deploying to `environment`; its id (`None`: no
+    /// such run). A commit that was live there before, deployed while another one is, is a
+    /// rollback.
+    pub async fn start_deployment(
+        &self,
+        run: i64,
+        step: String,
+        environment: String,
+        url: Option<String>,
+    ) -> Result<Option<i64>, DbError> {
+        self.write(move |t| {
+            let Some((repo, sha)) = run_repo_sha(t, run)? else { return Ok(None) };
+            let live = live_sha(t, &repo, &environment)?;
+            let rollback = live.is_some_and(|l| l != sha) && was_live(t, &repo, &environment, &sha)?;
+            insert_deployment(t, run, &step, &environment, url.as_deref(), rollback)
+        })
+        .await
+    }
+
+    /// Records a deployment's end: success, failure, cancelled or error.
+    pub async fn finish_deployment(&self, id: i64, status: &'static str) -> Result<(), DbError> {
+        self.write(move |t| {
+            t.execute("UPDATE deployments SET status = ?2, finished_at = ?3 WHERE id = ?1", params![id, status, now()])
+                .map(|_| ())
+        })
+        .await
+    }
+
+    /// Records the deployments GitHub made (`(deployment, GitHub's id)`) for an update still
+    /// owed.
+    pub async fn deployments_made(&self, made: Vec<(i64, u64)>) -> Result<(), DbError> {
+        self.write(move |t| record_deployments_made(t, &made)).await
+    }
+
+    /// The deployment GitHub made of `id`, if it made one.
+    pub async fn github_deployment_of(&self, id: i64) -> Result<Option<u64>, DbError> {
+        self.read(move |c| {
+            c.query_row("SELECT github_id FROM deployments WHERE id = ?1", params![id], |r| r.get::<_, Option<i64>>(0))
+                .optional()
+                .map(|o| o.flatten().map(|n| n as u64))
+        })
+        .await
+    }
+
+    /// Deployments, newest first.
+    pub async fn deployments(&self, f: DeploymentFilter) -> Result<Vec<DeploymentRow>, DbError> {
+        self.read(move |c| {
+            let mut q = c.prepare(&format!(
+                "SELECT {DEPLOYMENT_COLUMNS} FROM deployments
+                 WHERE (?1 IS NULL OR repo = ?1) AND (?2 IS NULL OR environment = ?2) AND (?3 IS NULL OR run_id = ?3)
+                 ORDER BY id DESC LIMIT ?4"
+            ))?;
+            q.query_map(params![f.repo, f.environment, f.run, f.limit], row_to_deployment)?.collect()
+        })
+        .await
+    }
+
+    /// Every environment deployed to (of `repo`, or of all), with what is live and the last
+    /// deployment, by repository and name.
+    pub async fn environments(&self, repo: Option<String>) -> Result<Vec<EnvironmentRow>, DbError> {
+        self.read(move |c| {
+            let mut q = c.prepare(
+                "SELECT DISTINCT repo, environment FROM deployments WHERE (?1 IS NULL OR repo = ?1)
+                 ORDER BY repo, environment",
+            )?;
+            let pairs: Vec<(String, String)> =
+                q.query_map(params![repo], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+            let mut out = Vec::new();
+            for (repo, environment) in pairs {
+                let one = |only_success: bool| {
+                    c.query_row(
+                        &format!(
+                            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE repo = ?1 AND environment = ?2
+                             AND (?3 = 0 OR status = 'success') ORDER BY id DESC LIMIT 1"
+                        ),
+                        params![repo, environment, only_success],
+                        row_to_deployment,
+                    )
+                    .optional()
+                };
+                let Some(last) = one(false)? else { continue };
+                out.push(EnvironmentRow { live: one(true)?, last, repo, environment });
+            }
+            Ok(out)
+        })
+        .await
     }
 }
 
