@@ -412,6 +412,7 @@ pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
         Mode::Progress
     };
     let (tx, rx) = mpsc::channel::<RunEvent>(1024);
+    let (rx, deployments) = collect_deployments(rx);
     let reporter = tokio::spawn(report::run(
         ReportOptions {
             mode,
@@ -440,7 +441,7 @@ pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
                 .await;
             drop(tx);
             let _ = reporter.await;
-            write_result(&run_dir, &run_id, sched::RunStatus::Error, Duration::ZERO, &[]);
+            write_result(&run_dir, &run_id, sched::RunStatus::Error, Duration::ZERO, &[], &[]);
             return Ok(exit::INFRA);
         }
     };
@@ -475,8 +476,32 @@ pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
     let result = sched::execute(backend, &prepared.plan, prepared.options, tx, cancel).await;
     signals.abort();
     let _ = reporter.await;
-    write_result(&run_dir, &run_id, result.status, result.duration, &result.steps);
+    let deployments = deployments.await.unwrap_or_default();
+    write_result(&run_dir, &run_id, result.status, result.duration, &result.steps, &deployments);
     Ok(result.status.exit_code())
+}
+
+/// Passes the run's events on, keeping its deployments (as their `deployment_finished`
+/// events say) for `result.json`.
+fn collect_deployments(
+    mut rx: mpsc::Receiver<RunEvent>,
+) -> (mpsc::Receiver<RunEvent>, tokio::task::JoinHandle<Vec<serde_json::Value>>) {
+    let (tx, out) = mpsc::channel::<RunEvent>(1024);
+    let task = tokio::spawn(async move {
+        let mut deployments = Vec::new();
+        while let Some(ev) = rx.recv().await {
+            if let RunEvent::DeploymentFinished { step, environment, url, status } = &ev {
+                deployments.push(serde_json::json!({
+                    "step": step, "environment": environment, "url": url, "status": status,
+                }));
+            }
+            if tx.send(ev).await.is_err() {
+                break;
+            }
+        }
+        deployments
+    });
+    (out, task)
 }
 
 fn write_result(
@@ -485,12 +510,14 @@ fn write_result(
     status: sched::RunStatus,
     duration: Duration,
     steps: &[sched::StepSummary],
+    deployments: &[serde_json::Value],
 ) {
     let text = serde_json::to_string_pretty(&serde_json::json!({
         "run_id": run_id,
         "status": status,
         "duration": duration.as_secs_f64(),
         "steps": steps,
+        "deployments": deployments,
     }))
     .unwrap_or_default();
     let _ = std::fs::write(run_dir.join("result.json"), text);
