@@ -35,7 +35,8 @@ pub enum CacheCommand {
 /// The event a pipeline is planned for. Unset fields come from the git checkout.
 #[derive(Debug, Args, Clone)]
 pub struct EventArgs {
-    /// The event: push, pull_request, tag, manual or schedule [default: push, or tag with --tag].
+    /// The event: push, pull_request, tag, manual, schedule or deploy [default: push, or tag
+    /// with --tag].
     #[arg(long, value_parser = parse_event)]
     pub event: Option<Event>,
     /// The branch pushed (a pull request's head branch) [default: the checkout's branch].
@@ -53,6 +54,10 @@ pub struct EventArgs {
     /// The `on.schedule` name, for a schedule event (`ORCH_SCHEDULE`).
     #[arg(long, value_name = "NAME")]
     pub schedule: Option<String>,
+    /// The environment a deploy event deploys to: only the steps deploying there run, with
+    /// what they need.
+    #[arg(long, value_name = "NAME")]
+    pub environment: Option<String>,
     /// The commit SHA [default: the checkout's HEAD].
     #[arg(long)]
     pub commit: Option<String>,
@@ -62,7 +67,7 @@ pub struct EventArgs {
     /// A GitHub webhook delivery's payload (saved, or copied from the webhook's "Recent
     /// Deliveries"): plan for it as the server would. `--event` then names GitHub's event
     /// (push or pull_request) when the payload's shape does not tell.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["branch", "base_branch", "tag", "pr", "commit", "schedule"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["branch", "base_branch", "tag", "pr", "commit", "schedule", "environment"])]
     pub payload: Option<PathBuf>,
 }
 
@@ -154,7 +159,8 @@ fn short(sha: &str) -> &str {
 }
 
 fn parse_event(s: &str) -> Result<Event, String> {
-    Event::parse(s).ok_or_else(|| format!("unknown event `{s}` (expected push, pull_request, tag, manual or schedule)"))
+    Event::parse(s)
+        .ok_or_else(|| format!("unknown event `{s}` (expected push, pull_request, tag, manual, schedule or deploy)"))
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -275,6 +281,7 @@ pub fn context(ev: &EventArgs, co: &Checkout, run_id: &str) -> Context {
         run_id: run_id.to_string(),
         changed,
         schedule: ev.schedule.clone(),
+        environment: ev.environment.clone(),
     }
 }
 

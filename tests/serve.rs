@@ -1522,3 +1522,78 @@ fn a_deploy_step_with_a_matrix_is_one_deployment_recorded_and_posted_to_github()
     gh.assert_no_violations();
     assert!(orch.leftovers().is_empty(), "{:?}", orch.leftovers());
 }
+
+/// A rollback through the API (`orch deploy ENV` without a commit): the commit live before
+/// the live one is deployed again by a `deploy` run that runs only the deploy step and what
+/// it needs, and is recorded as a rollback; bad requests are refused with the reason.
+#[test]
+fn a_rollback_redeploys_the_earlier_commit_and_is_recorded_as_one() {
+    require_docker!();
+    const TOKEN_API: &str = "api-token-for-rollback";
+    let pipeline = format!("{DEPLOY_PIPELINE}  extra:\n    commands:\n      - echo extra\n");
+    let files = |script: &'static str| [(".orch.yml", pipeline.clone()), ("ci/deploy.sh", script.to_string())];
+    let git = GitServer::start();
+    let a_files = files("echo deploying A to $1\n");
+    let a = git.on_branch("main", &a_files.iter().map(|(p, c)| (*p, c.as_str())).collect::<Vec<_>>(), "A");
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let orch = Orch::start(ServeArgs { api_token: Some(TOKEN_API.into()), ..token_args(&gh, &git) });
+    let first = orch.deliver("push", &push_event("main", ZERO_SHA, &a)).run_id();
+    assert_eq!(orch.wait_run_done(first)["run"]["status"], "success");
+    let b_files = files("echo deploying B to $1\n");
+    let b = git.commit(Some(&a), &b_files.iter().map(|(p, c)| (*p, c.as_str())).collect::<Vec<_>>(), "B");
+    git.set_ref(&b, "refs/heads/main");
+    let second = orch.deliver("push", &push_event("main", &a, &b)).run_id();
+    assert_eq!(orch.wait_run_done(second)["run"]["status"], "success");
+
+    // Refused: no token, a bad commit id, a commit orch never ran.
+    let deploy = |body: &str, token: bool| {
+        let auth = format!("Bearer {TOKEN_API}");
+        let mut h = vec![("Content-Type", "application/json")];
+        if token {
+            h.push(("Authorization", auth.as_str()));
+        }
+        orch.request("POST", "/api/environments/staging/deploy", &h, body.as_bytes())
+    };
+    assert_eq!(deploy(&format!(r#"{{"repo":"{REPO}"}}"#), false).status, 401);
+    let bad = deploy(&format!(r#"{{"repo":"{REPO}","sha":"abc"}}"#), true);
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    let unknown = deploy(&format!(r#"{{"repo":"{REPO}","sha":"{}"}}"#, "0".repeat(40)), true);
+    assert_eq!(unknown.status, 404, "{}", unknown.text());
+    assert!(unknown.text().contains("push it"), "{}", unknown.text());
+
+    // The rollback, through the CLI.
+    let out = Command::new(env!("CARGO_BIN_EXE_orch"))
+        .args(["deploy", "staging", "--repo", REPO])
+        .env("ORCH_SERVER", orch.url(""))
+        .env("ORCH_API_TOKEN", TOKEN_API)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("(rollback of {REPO} {a} to staging)")), "{stdout}");
+    let id: i64 = stdout.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("the run's id");
+    let run = orch.wait_run_done(id);
+    assert_eq!(run["run"]["status"], "success", "{run:#}");
+    assert_eq!(
+        (&run["run"]["event"], &run["run"]["sha"], &run["run"]["environment"], &run["run"]["redeploy"]),
+        (&json!("deploy"), &json!(a), &json!("staging"), &json!(true)),
+        "{run:#}"
+    );
+    let log = orch.get(&format!("/api/runs/{id}/logs/{}", "deploy%5Bregion%3Deu%5D")).text();
+    assert!(log.contains("deploying A to eu"), "{log}");
+    let extra = run["skipped"].as_array().and_then(|s| s.iter().find(|s| s["name"] == "extra").cloned());
+    assert_eq!(extra.map(|e| e["reason"].clone()), Some(json!("not needed to deploy to `staging`")), "{run:#}");
+    assert_eq!(step_of(&run, "build").map(|s| &s["status"]), Some(&json!("passed")), "{run:#}");
+
+    let deps = orch.get_json(&format!("/api/deployments?repo={REPO}&environment=staging"))["deployments"].clone();
+    let shas: Vec<(&str, bool)> =
+        deps.as_array().unwrap().iter().map(|d| (d["sha"].as_str().unwrap(), d["rollback"] == true)).collect();
+    assert_eq!(shas, [(a.as_str(), true), (b.as_str(), false), (a.as_str(), false)], "{deps:#}");
+    assert_eq!(deps[0]["event"], "deploy");
+    let envs = orch.get_json(&format!("/api/environments?repo={REPO}"))["environments"].clone();
+    assert_eq!(envs[0]["live"]["sha"], json!(a), "{envs:#}");
+    let github = wait_github_deployments(&gh, 3);
+    assert_eq!(github[2]["ref"], json!(a));
+    gh.assert_no_violations();
+    assert!(orch.leftovers().is_empty(), "{:?}", orch.leftovers());
+}

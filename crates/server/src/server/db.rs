@@ -163,6 +163,10 @@ pub struct NewRun {
     pub event_time: Option<i64>,
     /// The `on.schedule` name of a schedule run.
     pub schedule: Option<String>,
+    /// The environment a `deploy` run deploys to (`POST /api/environments/{env}/deploy`).
+    pub environment: Option<String>,
+    /// An explicit deployment of a commit (a rollback, `orch deploy`), not a pipeline's run.
+    pub redeploy: bool,
 }
 
 /// A repository's `on.schedule` item as the server keeps it (`schedules` table).
@@ -401,6 +405,9 @@ impl Db {
             ("runs", "planning", "INTEGER NOT NULL DEFAULT 0"),
             // The `on.schedule` name of a schedule run.
             ("runs", "schedule", "TEXT"),
+            // A `deploy` run: its environment, and that it is an explicit redeploy.
+            ("runs", "environment", "TEXT"),
+            ("runs", "redeploy", "INTEGER NOT NULL DEFAULT 0"),
         ] {
             let has: bool = w
                 .prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"))?
@@ -1394,6 +1401,48 @@ impl Db {
         .await
     }
 
+    /// What a rollback of `repo`'s `environment` deploys: the last successful deployment
+    /// before the live one of another commit; `None` when there is none.
+    pub async fn rollback_target(&self, repo: String, environment: String) -> Result<Option<DeploymentRow>, DbError> {
+        self.read(move |c| {
+            let live: Option<(i64, String)> = c
+                .query_row(
+                    "SELECT id, sha FROM deployments WHERE repo = ?1 AND environment = ?2 AND status = 'success'
+                     ORDER BY id DESC LIMIT 1",
+                    params![repo, environment],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let Some((live_id, live_sha)) = live else { return Ok(None) };
+            c.query_row(
+                &format!(
+                    "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE repo = ?1 AND environment = ?2
+                     AND status = 'success' AND id < ?3 AND sha <> ?4 ORDER BY id DESC LIMIT 1"
+                ),
+                params![repo, environment, live_id, live_sha],
+                row_to_deployment,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    /// The newest run of `sha` in `repo` that is not a pull request's, if orch has one.
+    pub async fn run_of_commit(&self, repo: String, sha: String) -> Result<Option<Run>, DbError> {
+        self.read(move |c| {
+            c.query_row(
+                &format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE repo = ?1 AND sha = ?2 AND pr IS NULL AND fork = 0
+                     ORDER BY id DESC LIMIT 1"
+                ),
+                params![repo, sha],
+                row_to_run,
+            )
+            .optional()
+        })
+        .await
+    }
+
     /// Every environment deployed to (of `repo`, or of all), with what is live and the last
     /// deployment, by repository and name.
     pub async fn environments(&self, repo: Option<String>) -> Result<Vec<EnvironmentRow>, DbError> {
@@ -1461,8 +1510,10 @@ fn insert_run(t: &Transaction, delivery: Option<&str>, r: &NewRun) -> rusqlite::
     let changed = r.changed.as_ref().map(|c| serde_json::to_string(c).unwrap_or_default());
     t.execute(
         "INSERT INTO runs (delivery_id, repo, clone_url, event, branch, base_branch, tag, sha, pr, fork, changed,
-           installation_id, author, title, status, created_at, concurrency_key, default_branch, event_time, schedule)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'queued', ?15, ?16, ?17, ?18, ?19)",
+           installation_id, author, title, status, created_at, concurrency_key, default_branch, event_time, schedule,
+           environment, redeploy)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'queued', ?15, ?16, ?17, ?18, ?19,
+           ?20, ?21)",
         params![
             delivery,
             r.repo,
@@ -1483,6 +1534,8 @@ fn insert_run(t: &Transaction, delivery: Option<&str>, r: &NewRun) -> rusqlite::
             r.default_branch,
             r.event_time,
             r.schedule,
+            r.environment,
+            r.redeploy,
         ],
     )?;
     Ok(t.last_insert_rowid())
@@ -1537,7 +1590,8 @@ fn runs_by_id(c: &Connection, ids: &[i64]) -> rusqlite::Result<Vec<Run>> {
 
 const RUN_COLUMNS: &str = "id, delivery_id, repo, clone_url, event, branch, base_branch, tag, sha, pr, fork, changed,
     installation_id, author, title, status, reason, created_at, started_at, finished_at, attempts, check_run_id,
-    concurrency_key, default_branch, rerun_of, failed_only, event_time, report_error, agent, labels, lost, dispatched_at, schedule";
+    concurrency_key, default_branch, rerun_of, failed_only, event_time, report_error, agent, labels, lost, dispatched_at, schedule,
+    environment, redeploy";
 
 fn row_to_run(r: &rusqlite::Row) -> rusqlite::Result<Run> {
     let changed: Option<String> = r.get(11)?;
@@ -1562,6 +1616,8 @@ fn row_to_run(r: &rusqlite::Row) -> rusqlite::Result<Run> {
             default_branch: r.get(23)?,
             event_time: r.get(26)?,
             schedule: r.get(32)?,
+            environment: r.get(33)?,
+            redeploy: r.get(34)?,
         },
         status: r.get(15)?,
         reason: r.get(16)?,

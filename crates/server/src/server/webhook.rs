@@ -130,6 +130,8 @@ pub fn classify(event: &str, payload: &Value) -> Action {
                 title: head.and_then(|h| s(h, &["message"])).map(|m| m.lines().next().unwrap_or("").to_string()),
                 event_time: time(payload, &["repository", "pushed_at"]),
                 schedule: None,
+                environment: None,
+                redeploy: false,
             }))
         }
         "pull_request" => {
@@ -166,6 +168,8 @@ pub fn classify(event: &str, payload: &Value) -> Action {
                 title: s(pr, &["title"]),
                 event_time: time(pr, &["updated_at"]),
                 schedule: None,
+                environment: None,
+                redeploy: false,
             }))
         }
         "check_suite" | "check_run" => {
@@ -209,6 +213,8 @@ pub fn classify(event: &str, payload: &Value) -> Action {
                         // A person asked for this re-run now, whatever its commit's age.
                         event_time: None,
                         schedule: None,
+                        environment: None,
+                        redeploy: false,
                     }))
                 }
                 None => {
@@ -234,6 +240,8 @@ pub fn classify(event: &str, payload: &Value) -> Action {
                         // A person asked for this re-run now, whatever its commit's age.
                         event_time: None,
                         schedule: None,
+                        environment: None,
+                        redeploy: false,
                     }))
                 }
             }

@@ -42,6 +42,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/schedules", get(list_schedules))
         .route("/api/deployments", get(list_deployments))
         .route("/api/environments", get(list_environments))
+        .route("/api/environments/{env}/deploy", post(actions::deploy))
         .route("/api/openapi.yaml", get(ops::openapi))
         .route("/metrics", get(ops::metrics))
         .route("/readyz", get(ops::readyz))

@@ -57,9 +57,20 @@ fn env_card(e: &EnvironmentRow, now: i64) -> String {
             time_tag(e.last.created_at, now)
         )
     };
+    let rollback = if e.live.is_some() {
+        format!(
+            "<div class=\"actions\"><button class=\"rollback\" data-repo=\"{}\" data-environment=\"{}\" \
+             title=\"Deploy again the commit that was live here before the live one\">Roll back</button>\
+             <span class=\"msg\" role=\"status\"></span></div>",
+            esc(&e.repo),
+            esc(&e.environment)
+        )
+    } else {
+        String::new()
+    };
     format!(
         "<section class=\"card env\" id=\"env-{anchor}\" data-environment=\"{name}\"><h2>{name} \
-         <span class=\"muted\">{repo}</span></h2><div>live: {live}</div>{last}</section>",
+         <span class=\"muted\">{repo}</span></h2><div>live: {live}</div>{last}{rollback}</section>",
         anchor = url_part(&e.environment),
         name = esc(&e.environment),
         repo = esc(&e.repo),
@@ -97,6 +108,28 @@ pub(super) fn deployments_table(rows: &[DeploymentRow], now: i64) -> String {
     )
 }
 
+/// The rollback buttons: `POST /api/environments/{env}/deploy` with the API token kept in
+/// this browser (the run page's), then to the new run.
+const ENV_JS: &str = r#"
+document.querySelectorAll('button.rollback').forEach((b) => { b.onclick = async () => {
+  const m = b.parentNode.querySelector('.msg');
+  let t = localStorage.getItem('orch.token');
+  if (!t) { t = prompt('API token of this orch server (kept in this browser):', ''); if (!t) return;
+    localStorage.setItem('orch.token', t.trim()); t = t.trim(); }
+  if (!confirm('Roll back ' + b.dataset.environment + ' of ' + b.dataset.repo + '?')) return;
+  m.textContent = 'Rolling back…'; m.className = 'msg ok';
+  try {
+    const r = await fetch('/api/environments/' + encodeURIComponent(b.dataset.environment) + '/deploy', {
+      method: 'POST', headers: { Authorization: 'Bearer ' + t, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ repo: b.dataset.repo }) });
+    let j = {}; try { j = await r.json(); } catch (e) { /* not JSON */ }
+    if (!r.ok) { if (r.status === 401 || r.status === 403) localStorage.removeItem('orch.token');
+      m.textContent = j.error || 'HTTP ' + r.status; m.className = 'msg err'; return; }
+    location.href = '/runs/' + j.run;
+  } catch (e) { m.textContent = 'cannot reach the server: ' + e; m.className = 'msg err'; }
+}; });
+"#;
+
 /// `GET /environments?repo=`
 pub(super) async fn environments_page(
     State(st): State<Arc<AppState>>,
@@ -124,5 +157,5 @@ pub(super) async fn environments_page(
         of = repo.as_deref().map(|r| format!(" <span class=\"muted\">{}</span>", esc(r))).unwrap_or_default(),
         table = deployments_table(&history, now),
     );
-    Html(page("orch · environments", &body, "", st.cfg.api_private)).into_response()
+    Html(page("orch · environments", &body, ENV_JS, st.cfg.api_private)).into_response()
 }
