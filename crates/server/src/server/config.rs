@@ -102,6 +102,10 @@ pub struct ServeArgs {
     /// a time missed by longer is skipped [default: 3600; at least 60].
     #[arg(long, env = "ORCH_SCHEDULE_CATCH_UP", value_name = "SECS")]
     pub schedule_catch_up: Option<u64>,
+    /// The label that makes a GitHub issue an incident (the delivery dashboard's change
+    /// failures and time to restore) [default: incident].
+    #[arg(long, env = "ORCH_INCIDENT_LABEL", value_name = "LABEL")]
+    pub incident_label: Option<String>,
     /// The step caches' size limit (`500M`, `20G`), least recently used evicted first
     /// [default: 5G].
     #[arg(long, env = "ORCH_CACHE_MAX")]
@@ -165,6 +169,8 @@ pub struct Config {
     pub retention_runs: u64,
     /// How late a schedule's time may be noticed and still run (see `schedule`).
     pub schedule_catch_up: Duration,
+    /// The label of the GitHub issues that are incidents.
+    pub incident_label: String,
     pub cache_max: u64,
     pub log_limit: u64,
     /// Bytes a run may fetch, and check out; 0: no limit.
@@ -273,6 +279,7 @@ const KEYS: &[&str] = &[
     "retention-days",
     "retention-runs",
     "schedule-catch-up",
+    "incident-label",
     "cache-max",
     "log-limit",
     "max-repo-size",
@@ -445,6 +452,13 @@ impl ServeArgs {
                 Some(n) => n,
                 None => parse_num("retention-runs", one("retention-runs"))?.map_or(0, |n| n.max(0) as u64),
             },
+            incident_label: self
+                .incident_label
+                .clone()
+                .or_else(|| one("incident-label"))
+                .map(|l| l.trim().to_string())
+                .filter(|l| !l.is_empty())
+                .unwrap_or_else(|| "incident".into()),
             schedule_catch_up: Duration::from_secs(
                 match self.schedule_catch_up {
                     Some(n) => n,

@@ -125,9 +125,20 @@ CREATE TABLE IF NOT EXISTS deployments (
     finished_at INTEGER,
     status TEXT NOT NULL,
     rollback INTEGER NOT NULL DEFAULT 0,
-    github_id INTEGER
+    github_id INTEGER,
+    commit_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS deployments_by_env ON deployments(repo, environment, id);
+CREATE TABLE IF NOT EXISTS incidents (
+    repo TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    title TEXT NOT NULL,
+    url TEXT,
+    opened_at INTEGER NOT NULL,
+    closed_at INTEGER,
+    deployment_id INTEGER,
+    PRIMARY KEY (repo, number)
+);
 CREATE INDEX IF NOT EXISTS deployments_by_run ON deployments(run_id);
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -1324,8 +1335,9 @@ fn insert_deployment(
 ) -> rusqlite::Result<Option<i64>> {
     let n = t.execute(
         "INSERT INTO deployments (run_id, repo, step, environment, url, sha, git_ref, event, triggered_by,
-           created_at, started_at, status, rollback)
-         SELECT id, repo, ?2, ?3, ?4, sha, COALESCE(tag, branch), event, author, ?5, ?5, 'in_progress', ?6
+           created_at, started_at, status, rollback, commit_at)
+         SELECT id, repo, ?2, ?3, ?4, sha, COALESCE(tag, branch), event, author, ?5, ?5, 'in_progress', ?6,
+           (SELECT MIN(COALESCE(o.event_time, o.created_at)) FROM runs o WHERE o.repo = runs.repo AND o.sha = runs.sha)
          FROM runs WHERE id = ?1",
         params![run, step, environment, url, now(), rollback],
     )?;
@@ -1343,7 +1355,166 @@ fn record_deployments_made(t: &Transaction, made: &[(i64, u64)]) -> rusqlite::Re
     Ok(())
 }
 
+/// An incident: a GitHub issue with the incident label.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IncidentRow {
+    pub repo: String,
+    pub number: i64,
+    pub title: String,
+    pub url: Option<String>,
+    pub opened_at: i64,
+    pub closed_at: Option<i64>,
+    /// The deployment its body names as the cause.
+    pub deployment: Option<i64>,
+}
+
+/// A deployment as the delivery measures read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DoraDeployment {
+    pub id: i64,
+    pub environment: String,
+    pub sha: String,
+    pub status: String,
+    pub rollback: bool,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    /// When orch first heard of the commit (see `dora`).
+    pub commit_at: Option<i64>,
+}
+
+/// A run as the pipeline health measures read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthRun {
+    pub id: i64,
+    pub repo: String,
+    pub status: RunState,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub rerun_of: Option<i64>,
+}
+
+/// A step row with its run, for the health measures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthStep {
+    pub run: i64,
+    pub name: String,
+    pub status: StepState,
+    pub attempts: i64,
+    pub duration: Option<f64>,
+}
+
 impl Db {
+    /// Records an issue's state: an incident (kept, with its times and named deployment),
+    /// or not one (forgotten, if it was).
+    pub async fn record_incident(&self, i: super::webhook::Issue, incident: bool) -> Result<(), DbError> {
+        self.write(move |t| {
+            t.execute("DELETE FROM incidents WHERE repo = ?1 AND number = ?2", params![i.repo, i.number as i64])?;
+            if incident {
+                t.execute(
+                    "INSERT INTO incidents (repo, number, title, url, opened_at, closed_at, deployment_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![i.repo, i.number as i64, i.title, i.url, i.opened_at, i.closed_at, i.deployment],
+                )?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// The incidents of `repo` (or of all), oldest first.
+    pub async fn incidents(&self, repo: Option<String>) -> Result<Vec<IncidentRow>, DbError> {
+        self.read(move |c| {
+            let mut q = c.prepare(
+                "SELECT repo, number, title, url, opened_at, closed_at, deployment_id FROM incidents
+                 WHERE (?1 IS NULL OR repo = ?1) ORDER BY opened_at",
+            )?;
+            q.query_map(params![repo], |r| {
+                Ok(IncidentRow {
+                    repo: r.get(0)?,
+                    number: r.get(1)?,
+                    title: r.get(2)?,
+                    url: r.get(3)?,
+                    opened_at: r.get(4)?,
+                    closed_at: r.get(5)?,
+                    deployment: r.get(6)?,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    /// Every deployment of `repo` (or of all) to `environment` (or to any), oldest first.
+    pub async fn dora_deployments(
+        &self,
+        repo: Option<String>,
+        environment: Option<String>,
+    ) -> Result<Vec<DoraDeployment>, DbError> {
+        self.read(move |c| {
+            let mut q = c.prepare(
+                "SELECT id, environment, sha, status, rollback, started_at, finished_at, commit_at FROM deployments
+                 WHERE (?1 IS NULL OR repo = ?1) AND (?2 IS NULL OR environment = ?2) ORDER BY id",
+            )?;
+            q.query_map(params![repo, environment], |r| {
+                Ok(DoraDeployment {
+                    id: r.get(0)?,
+                    environment: r.get(1)?,
+                    sha: r.get(2)?,
+                    status: r.get(3)?,
+                    rollback: r.get(4)?,
+                    started_at: r.get(5)?,
+                    finished_at: r.get(6)?,
+                    commit_at: r.get(7)?,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    /// The runs of `repo` (or of all) created since `since`, oldest first.
+    pub async fn health_runs(&self, repo: Option<String>, since: i64) -> Result<Vec<HealthRun>, DbError> {
+        self.read(move |c| {
+            let mut q = c.prepare(
+                "SELECT id, repo, status, started_at, finished_at, rerun_of FROM runs
+                 WHERE (?1 IS NULL OR repo = ?1) AND created_at >= ?2 ORDER BY id",
+            )?;
+            q.query_map(params![repo, since], |r| {
+                Ok(HealthRun {
+                    id: r.get(0)?,
+                    repo: r.get(1)?,
+                    status: r.get(2)?,
+                    started_at: r.get(3)?,
+                    finished_at: r.get(4)?,
+                    rerun_of: r.get(5)?,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    /// The steps of the runs of `repo` (or of all) created since `since`.
+    pub async fn health_steps(&self, repo: Option<String>, since: i64) -> Result<Vec<HealthStep>, DbError> {
+        self.read(move |c| {
+            let mut q = c.prepare(
+                "SELECT s.run_id, s.name, s.status, s.attempts, s.duration FROM steps s JOIN runs r ON r.id = s.run_id
+                 WHERE (?1 IS NULL OR r.repo = ?1) AND r.created_at >= ?2 ORDER BY s.run_id",
+            )?;
+            q.query_map(params![repo, since], |r| {
+                Ok(HealthStep {
+                    run: r.get(0)?,
+                    name: r.get(1)?,
+                    status: r.get(2)?,
+                    attempts: r.get(3)?,
+                    duration: r.get(4)?,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
     /// Records that `step` of `run` started deploying to `environment`; its id (`None`: no
     /// such run). A commit that was live there before, deployed while another one is, is a
     /// rollback.
