@@ -113,6 +113,7 @@ pub fn read_payload(path: &Path, event: Option<Event>) -> Result<Delivery, Error
             Delivery::NoRun(format!("pull request #{pr} was closed: the server cancels its runs"))
         }
         Action::Ping => Delivery::NoRun("a ping".into()),
+        Action::Issue(i) => Delivery::NoRun(format!("issue #{}: the server may record it as an incident", i.number)),
     })
 }
 

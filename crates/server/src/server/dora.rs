@@ -23,6 +23,55 @@ use super::db::{DoraDeployment, HealthRun, HealthStep, IncidentRow, RunState, St
 
 const WEEK: i64 = 7 * 86_400;
 
+/// The definitions, as the page and the API give them.
+pub const DEFINITIONS: &[(&str, &str)] = &[
+    ("Deployment frequency", "Successful deployments that ended in the window, per week."),
+    (
+        "Lead time for changes",
+        "For each commit whose first successful deployment to the environment ended in the window: that end minus \
+         the commit's time, the median. The commit's time is when orch first heard of it: the push's pushed_at of \
+         its earliest run, else when that run was queued (orch does not read the commit's own date).",
+    ),
+    (
+        "Change failure rate",
+        "Of the deployments that ended in the window (cancelled ones aside), the share that failed, were rolled back \
+         (the live deployment a rollback replaced) or are named as the cause of an incident (a line `Deployment: N` \
+         in the issue).",
+    ),
+    (
+        "Time to restore",
+        "From a failed deployment's end to the next successful deployment to that environment, and from an \
+         incident's opening to its closing: the median of those restored. Incidents are GitHub issues with the \
+         incident label.",
+    ),
+    ("Flaky step", "A step that failed and then passed: on a retry in the same run, or in a re-run of its run."),
+];
+
+/// The measures of the last `days` days up to `now`, read from the database: of `repo`
+/// (or all) and `environment` (or all). An incident counts for an environment when it
+/// names one of its deployments or names none.
+pub async fn load(
+    db: &super::db::Db,
+    repo: Option<String>,
+    environment: Option<String>,
+    days: i64,
+    now: i64,
+) -> Result<(Dora, PipelineHealth), super::db::DbError> {
+    let from = now - days * 86_400;
+    let deps = db.dora_deployments(repo.clone(), environment).await?;
+    let ids: HashSet<i64> = deps.iter().map(|d| d.id).collect();
+    let incidents: Vec<IncidentRow> = db
+        .incidents(repo.clone())
+        .await?
+        .into_iter()
+        .filter(|i| i.deployment.is_none_or(|d| ids.contains(&d)))
+        .collect();
+    let runs = db.health_runs(repo.clone(), from).await?;
+    let steps = db.health_steps(repo, from).await?;
+    // What ended in this very second is in the window.
+    Ok((compute(&deps, &incidents, from, now + 1), pipeline_health(&runs, &steps)))
+}
+
 /// The median of `v` (the mean of the two middle values for an even count).
 pub fn median(v: &[f64]) -> Option<f64> {
     let mut s = v.to_vec();

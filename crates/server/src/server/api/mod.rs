@@ -42,6 +42,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/schedules", get(list_schedules))
         .route("/api/deployments", get(list_deployments))
         .route("/api/environments", get(list_environments))
+        .route("/api/dora", get(dora))
         .route("/api/environments/{env}/deploy", post(actions::deploy))
         .route("/api/openapi.yaml", get(ops::openapi))
         .route("/metrics", get(ops::metrics))
@@ -133,6 +134,34 @@ async fn list_deployments(
     let f = DeploymentFilter { repo: text("repo"), environment: text("environment"), run, limit };
     match st.db.deployments(f).await {
         Ok(rows) => reply(StatusCode::OK, json!({ "deployments": rows })),
+        Err(e) => internal(e),
+    }
+}
+
+/// `GET /api/dora?repo=&environment=&days=`: the four delivery measures and pipeline
+/// health over the last `days` days (default 30).
+async fn dora(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = authorize_read(&st, &headers) {
+        return *r;
+    }
+    let days = match parse_num(&q, "days") {
+        Ok(d) => d.unwrap_or(30),
+        Err(r) => return *r,
+    };
+    if !(1..=366).contains(&days) {
+        return error(StatusCode::BAD_REQUEST, format!("`days` must be from 1 to 366, got {days}"));
+    }
+    let text = |k: &str| q.get(k).filter(|v| !v.is_empty()).cloned();
+    match super::dora::load(&st.db, text("repo"), text("environment"), days, st.clock.now()).await {
+        Ok((dora, health)) => {
+            let definitions: serde_json::Map<String, serde_json::Value> =
+                super::dora::DEFINITIONS.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+            reply(StatusCode::OK, json!({ "dora": dora, "health": health, "definitions": definitions }))
+        }
         Err(e) => internal(e),
     }
 }

@@ -9,6 +9,7 @@
 //!   run is queued or running the page refreshes its parts from `GET /ui/runs/{id}`.
 //!
 //! - `GET /environments`: what is live in each environment, and the deployments.
+//! - `GET /dora`: the delivery measures, their definitions, charts and pipeline health.
 //! - `GET|POST /login`, `POST /logout`: on a private server (`api_private`) the pages need a
 //!   session: the API token, given once in a form, sets an HttpOnly cookie derived from it.
 //!
@@ -20,6 +21,7 @@
 
 mod assets;
 mod deploys;
+mod dora;
 mod render;
 mod session;
 mod view;
@@ -49,6 +51,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/runs/{id}", get(run_page))
         .route("/agents", get(agents_page))
         .route("/environments", get(deploys::environments_page))
+        .route("/dora", get(dora::dora_page))
         .route("/ui/runs/{id}", get(run_parts))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
