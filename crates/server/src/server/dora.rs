@@ -149,7 +149,7 @@ pub fn compute(deps: &[DoraDeployment], incidents: &[IncidentRow], from: i64, to
     // Change failures: failed, rolled back, or named by an incident.
     let mut rolled_back: HashSet<i64> = HashSet::new();
     for r in deps.iter().filter(|d| d.rollback) {
-        if let Some(live) = deps.iter().filter(ok).filter(|d| d.id < r.id && d.environment == r.environment).last() {
+        if let Some(live) = deps.iter().filter(ok).rfind(|d| d.id < r.id && d.environment == r.environment) {
             rolled_back.insert(live.id);
         }
     }
