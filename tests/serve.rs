@@ -205,7 +205,11 @@ fn ping_other_events_deletions_and_foreign_repositories_start_no_run() {
         assert_eq!(j["status"], "ignored", "{event}: {j}");
         assert!(j["reason"].as_str().unwrap().contains(why), "{event}: {j}");
     };
-    ignored("issues", &push_event("main", ZERO_SHA, sha), "not one orch acts on");
+    ignored("watch", &push_event("main", ZERO_SHA, sha), "not one orch acts on");
+    // An `issues` delivery is an incident only with its label (the rest: tests/dashboard.rs).
+    let mut no_issue = push_event("main", ZERO_SHA, sha);
+    no_issue["action"] = json!("opened");
+    ignored("issues", &no_issue, "without an issue");
     ignored("check_run", &retarget(fixture("check_run.completed.payload.json")), "action `completed`");
     ignored("push", &retarget(fixture("push.payload.json")), "deleted");
     let mut foreign = push_event("main", ZERO_SHA, sha);
@@ -217,8 +221,8 @@ fn ping_other_events_deletions_and_foreign_repositories_start_no_run() {
 
     assert!(orch.runs().is_empty(), "{:#?}", orch.runs());
     // Each was recorded as received.
-    assert_eq!(orch.count("SELECT COUNT(*) FROM deliveries"), 7);
-    assert_eq!(orch.count("SELECT COUNT(*) FROM deliveries WHERE outcome LIKE 'ignored:%'"), 5);
+    assert_eq!(orch.count("SELECT COUNT(*) FROM deliveries"), 8);
+    assert_eq!(orch.count("SELECT COUNT(*) FROM deliveries WHERE outcome LIKE 'ignored:%'"), 6);
 }
 
 #[test]
