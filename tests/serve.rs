@@ -1469,6 +1469,9 @@ fn a_deploy_step_with_a_matrix_is_one_deployment_recorded_and_posted_to_github()
     let first = git.on_branch("main", &[(".orch.yml", DEPLOY_PIPELINE), ("ci/deploy.sh", ok)], "deploys");
     let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
     let orch = Orch::start(token_args(&gh, &git));
+    // GitHub cannot make the deployment for a while (past the reporter's six attempts):
+    // its creation stays owed, and its states wait behind it.
+    gh.fail_next(OP_DEPLOY_CREATE, 8, 502);
 
     let id = orch.deliver("push", &push_event("main", ZERO_SHA, &first)).run_id();
     let run = orch.wait_run_done(id);
@@ -1493,6 +1496,8 @@ fn a_deploy_step_with_a_matrix_is_one_deployment_recorded_and_posted_to_github()
     assert_eq!(run["deployments"], deps, "the run's deployments");
 
     let github = wait_github_deployments(&gh, 1);
+    let refused = gh.requests().iter().filter(|r| r.op == OP_DEPLOY_CREATE && r.status == 502).count();
+    assert_eq!(refused, 8);
     let g = &github[0];
     assert_eq!((&g["ref"], &g["environment"], &g["auto_merge"]), (&json!(first), &json!("staging"), &json!(false)));
     assert_eq!((&g["required_contexts"], &g["payload"]["orch_run"]), (&json!([]), &json!(id)), "{g:#}");

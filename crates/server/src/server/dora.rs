@@ -133,7 +133,8 @@ fn is_failed(d: &DoraDeployment) -> bool {
 pub fn compute(deps: &[DoraDeployment], incidents: &[IncidentRow], from: i64, to: i64) -> Dora {
     let ok = |d: &&DoraDeployment| d.status == "success";
     let deployments = deps.iter().filter(ok).filter(|d| ended_in(d, from, to)).count();
-    let days = ((to - from) as f64 / 86_400.0).max(1.0 / 24.0);
+    // Whole days (the window reaches a second past now, see `load`).
+    let days = ((to - from) / 86_400).max(1) as f64;
 
     // Lead time: each (environment, commit)'s first success.
     let mut first: HashMap<(&str, &str), &DoraDeployment> = HashMap::new();
@@ -391,6 +392,79 @@ mod tests {
         let weeks: Vec<(usize, usize)> = d.weekly.iter().map(|w| (w.1, w.2)).collect();
         assert_eq!(weeks, [(2, 1), (2, 0), (1, 0), (0, 1)]);
         assert_eq!(d.weekly[0].0, t0);
+    }
+
+    /// The same measures from rows in a real database, with chosen times: the commit time
+    /// recorded with a deployment comes from its runs.
+    #[tokio::test]
+    async fn the_measures_from_inserted_rows() {
+        use crate::server::db::{Db, NewRun};
+        use crate::server::webhook::Issue;
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("orch.db")).unwrap();
+        let now = 2_000 * DAY;
+        let run = |sha: &str, event_time: Option<i64>, created: i64| {
+            let (db, sha) = (db.clone(), sha.to_string());
+            async move {
+                let spec = NewRun { repo: "o/r".into(), event: "push".into(), sha, ..Default::default() };
+                let id = db.queue_run(spec, false).await.unwrap().0;
+                db.write(move |t| {
+                    t.execute(
+                        "UPDATE runs SET event_time = ?2, created_at = ?3 WHERE id = ?1",
+                        rusqlite::params![id, event_time, created],
+                    )
+                })
+                .await
+                .unwrap();
+                id
+            }
+        };
+        let deploy = |run: i64, status: &'static str, finished: i64| {
+            let db = db.clone();
+            async move {
+                let id = db.start_deployment(run, "deploy".into(), "production".into(), None).await.unwrap().unwrap();
+                db.finish_deployment(id, status).await.unwrap();
+                db.write(move |t| {
+                    t.execute("UPDATE deployments SET finished_at = ?2 WHERE id = ?1", rusqlite::params![id, finished])
+                })
+                .await
+                .unwrap();
+                id
+            }
+        };
+        // `a`: pushed 10 days and 3 hours ago, deployed 10 days ago (lead time 3 h).
+        let a = run("a", Some(now - 10 * DAY - 3 * HOUR), now - 10 * DAY - 2 * HOUR).await;
+        let first = deploy(a, "success", now - 10 * DAY).await;
+        // `b` (no push time: its run's queueing, 5 days and an hour ago): fails 5 days ago,
+        // deployed 2 h later (lead time 3 h, restored in 2 h).
+        let b = run("b", None, now - 5 * DAY - HOUR).await;
+        deploy(b, "failure", now - 5 * DAY).await;
+        deploy(b, "success", now - 5 * DAY + 2 * HOUR).await;
+        // An incident naming `a`'s deployment, open 6 h; an issue without the label.
+        let issue = |number: u64, labelled: bool| Issue {
+            repo: "o/r".into(),
+            number,
+            title: "down".into(),
+            url: None,
+            labels: Vec::new(),
+            opened_at: now - 4 * DAY,
+            closed_at: Some(now - 4 * DAY + 6 * HOUR),
+            deployment: Some(first),
+            deleted: !labelled,
+        };
+        db.record_incident(issue(1, true), true).await.unwrap();
+        db.record_incident(issue(2, false), false).await.unwrap();
+
+        let (d, _) = load(&db, Some("o/r".into()), Some("production".into()), 28, now).await.unwrap();
+        assert_eq!((d.deployments, d.per_week), (2, 0.5));
+        assert_eq!((d.lead_times, d.lead_time_median), (2, Some(3.0 * HOUR as f64)));
+        // Changes 3; failed: `b`'s failure, and `a`'s deployment that the incident names.
+        assert_eq!((d.changes, d.failed_changes), (3, 2));
+        // Restored in 2 h and 6 h: median 4 h.
+        assert_eq!((d.restored, d.unrestored, d.restore_median), (2, 0, Some(4.0 * HOUR as f64)));
+        // Another environment has none of it.
+        let (other, _) = load(&db, Some("o/r".into()), Some("staging".into()), 28, now).await.unwrap();
+        assert_eq!((other.deployments, other.changes), (0, 0));
     }
 
     #[test]
