@@ -1603,6 +1603,13 @@ fn a_rollback_redeploys_the_earlier_commit_and_is_recorded_as_one() {
     assert_eq!(envs[0]["live"]["sha"], json!(a), "{envs:#}");
     let github = wait_github_deployments(&gh, 3);
     assert_eq!(github[2]["ref"], json!(a));
+
+    // Forward again to `b`, named: newer than the live `a`, so not a rollback.
+    let r = deploy(&format!(r#"{{"repo":"{REPO}","sha":"{b}"}}"#), true);
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(orch.wait_run_done(r.json()["run"].as_i64().unwrap())["run"]["status"], "success");
+    let d = orch.get_json(&format!("/api/deployments?repo={REPO}&limit=1"))["deployments"][0].clone();
+    assert_eq!((&d["sha"], &d["rollback"], &d["event"]), (&json!(b), &json!(false), &json!("deploy")), "{d:#}");
     gh.assert_no_violations();
     assert!(orch.leftovers().is_empty(), "{:?}", orch.leftovers());
 }

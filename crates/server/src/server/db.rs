@@ -302,7 +302,7 @@ pub struct DeploymentRow {
     pub finished_at: Option<i64>,
     /// in_progress, success, failure, cancelled or error.
     pub status: String,
-    /// A commit that was live in this environment before, deployed again while another is.
+    /// A commit older than the live one (orch heard of it first).
     pub rollback: bool,
     /// The deployment GitHub made of it, once made.
     pub github_id: Option<i64>,
@@ -1308,7 +1308,7 @@ fn row_to_deployment(r: &rusqlite::Row) -> rusqlite::Result<DeploymentRow> {
     })
 }
 
-/// The sha live in `repo`'s `environment` (its last successful deployment's), if any.
+/// The commit live in `repo`'s `environment` (its last successful deployment's), if any.
 fn live_sha(c: &Connection, repo: &str, environment: &str) -> rusqlite::Result<Option<String>> {
     c.query_row(
         "SELECT sha FROM deployments WHERE repo = ?1 AND environment = ?2 AND status = 'success'
@@ -1319,10 +1319,14 @@ fn live_sha(c: &Connection, repo: &str, environment: &str) -> rusqlite::Result<O
     .optional()
 }
 
-/// Whether `sha` was deployed to `repo`'s `environment` with success before.
-fn was_live(c: &Connection, repo: &str, environment: &str, sha: &str) -> rusqlite::Result<bool> {
-    c.prepare("SELECT 1 FROM deployments WHERE repo = ?1 AND environment = ?2 AND sha = ?3 AND status = 'success'")?
-        .exists(params![repo, environment, sha])
+/// Where `sha` of `repo` stands in the order orch heard of commits: the push time of its
+/// earliest run (else when that run was queued), then that run's id (pushes with one time).
+fn commit_order(c: &Connection, repo: &str, sha: &str) -> rusqlite::Result<Option<(i64, i64)>> {
+    c.query_row(
+        "SELECT MIN(COALESCE(event_time, created_at)), MIN(id) FROM runs WHERE repo = ?1 AND sha = ?2",
+        params![repo, sha],
+        |r| Ok(r.get::<_, Option<i64>>(0)?.zip(r.get::<_, Option<i64>>(1)?)),
+    )
 }
 
 fn insert_deployment(
@@ -1516,8 +1520,7 @@ impl Db {
     }
 
     /// Records that `step` of `run` started deploying to `environment`; its id (`None`: no
-    /// such run). A commit that was live there before, deployed while another one is, is a
-    /// rollback.
+    /// such run). A commit older than the live one (orch heard of it first) is a rollback.
     pub async fn start_deployment(
         &self,
         run: i64,
@@ -1527,8 +1530,13 @@ impl Db {
     ) -> Result<Option<i64>, DbError> {
         self.write(move |t| {
             let Some((repo, sha)) = run_repo_sha(t, run)? else { return Ok(None) };
-            let live = live_sha(t, &repo, &environment)?;
-            let rollback = live.is_some_and(|l| l != sha) && was_live(t, &repo, &environment, &sha)?;
+            let rollback = match live_sha(t, &repo, &environment)? {
+                Some(live) if live != sha => {
+                    let (mine, live) = (commit_order(t, &repo, &sha)?, commit_order(t, &repo, &live)?);
+                    mine.zip(live).is_some_and(|(mine, live)| mine < live)
+                }
+                _ => false,
+            };
             insert_deployment(t, run, &step, &environment, url.as_deref(), rollback)
         })
         .await
