@@ -7,7 +7,9 @@
 //!
 //! Needs `ORCH_DOCKER_TESTS=1` and `/usr/bin/chromium` (`scripts/setup` installs it);
 //! without either it returns at once with a note. Screenshots go to
-//! `target/tmp/dashboard/` (the one in `docs/dashboard.png` is a copy of `run-laptop.png`).
+//! `target/tmp/dashboard/` (the one in `docs/dashboard.png` is a copy of `run-laptop.png`;
+//! `docs/dora.png` and `docs/environments.png` of `dora-laptop.png` and
+//! `environments-laptop.png`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -372,6 +374,10 @@ steps:
     assert!(envs.contains("data-environment=\"production\"") && envs.contains("Roll back"), "{envs}");
     let run_page = chromium(&profile, &["--dump-dom"], &orch.url(&format!("/runs/{}", runs[1])));
     assert!(run_page.contains("id=\"deployments\"") && run_page.contains("href=\"/environments?repo="), "{run_page}");
+    assert!(
+        run_page.contains("class=\"stage env\"") && run_page.contains("→ production"),
+        "the step's link:\n{run_page}"
+    );
 
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
     std::fs::create_dir_all(&dir).unwrap();
