@@ -124,7 +124,7 @@ CREATE TABLE IF NOT EXISTS deployments (
     started_at INTEGER,
     finished_at INTEGER,
     status TEXT NOT NULL,
-    rollback INTEGER NOT NULL DEFAULT 0,
+    is_rollback INTEGER NOT NULL DEFAULT 0,
     github_id INTEGER,
     commit_at INTEGER
 );
@@ -1284,7 +1284,7 @@ impl Db {
 // Deployments. Plain SQL, one query per function: kept portable on purpose.
 
 const DEPLOYMENT_COLUMNS: &str = "id, run_id, repo, step, environment, url, sha, git_ref, event, triggered_by,
-    approved_by, created_at, started_at, finished_at, status, rollback, github_id";
+    approved_by, created_at, started_at, finished_at, status, is_rollback, github_id";
 
 fn row_to_deployment(r: &rusqlite::Row) -> rusqlite::Result<DeploymentRow> {
     Ok(DeploymentRow {
@@ -1339,7 +1339,7 @@ fn insert_deployment(
 ) -> rusqlite::Result<Option<i64>> {
     let n = t.execute(
         "INSERT INTO deployments (run_id, repo, step, environment, url, sha, git_ref, event, triggered_by,
-           created_at, started_at, status, rollback, commit_at)
+           created_at, started_at, status, is_rollback, commit_at)
          SELECT id, repo, ?2, ?3, ?4, sha, COALESCE(tag, branch), event, author, ?5, ?5, 'in_progress', ?6,
            (SELECT MIN(COALESCE(o.event_time, o.created_at)) FROM runs o WHERE o.repo = runs.repo AND o.sha = runs.sha)
          FROM runs WHERE id = ?1",
@@ -1456,7 +1456,7 @@ impl Db {
     ) -> Result<Vec<DoraDeployment>, DbError> {
         self.read(move |c| {
             let mut q = c.prepare(
-                "SELECT id, environment, sha, status, rollback, started_at, finished_at, commit_at FROM deployments
+                "SELECT id, environment, sha, status, is_rollback, started_at, finished_at, commit_at FROM deployments
                  WHERE (?1 IS NULL OR repo = ?1) AND (?2 IS NULL OR environment = ?2) ORDER BY id",
             )?;
             q.query_map(params![repo, environment], |r| {
