@@ -1613,3 +1613,19 @@ fn a_rollback_redeploys_the_earlier_commit_and_is_recorded_as_one() {
     gh.assert_no_violations();
     assert!(orch.leftovers().is_empty(), "{:?}", orch.leftovers());
 }
+
+/// `--github-deployments false`: deployments are recorded, GitHub gets only the statuses.
+#[test]
+fn without_github_deployments_only_the_record_is_kept() {
+    require_docker!();
+    let git = GitServer::start();
+    let sha = git.on_branch("main", &[(".orch.yml", DEPLOY_PIPELINE), ("ci/deploy.sh", "echo ok\n")], "deploys");
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let orch = Orch::start(ServeArgs { github_deployments: Some(false), ..token_args(&gh, &git) });
+    let id = orch.deliver("push", &push_event("main", ZERO_SHA, &sha)).run_id();
+    assert_eq!(orch.wait_run_done(id)["run"]["status"], "success");
+    assert_eq!(statuses_states(&gh.wait_final_status(&sha, "orch (push)", id)), ["pending", "pending", "success"]);
+    assert_eq!(orch.count("SELECT COUNT(*) FROM deployments WHERE status = 'success'"), 1);
+    assert!(gh.requests().iter().all(|r| r.op == OP_STATUS), "{:#?}", gh.requests());
+    gh.assert_no_violations();
+}

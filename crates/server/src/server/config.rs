@@ -76,6 +76,9 @@ pub struct ServeArgs {
     /// Also post one status per step (`orch/<step>`), with a token.
     #[arg(long, env = "ORCH_STEP_STATUSES", num_args = 0..=1, default_missing_value = "true")]
     pub step_statuses: Option<bool>,
+    /// Report deployments to GitHub as deployments with states [default: true].
+    #[arg(long, env = "ORCH_GITHUB_DEPLOYMENTS", num_args = 0..=1, default_missing_value = "true")]
+    pub github_deployments: Option<bool>,
     /// Pipeline secrets (dotenv); pull requests from forks get none.
     #[arg(long, env = "ORCH_SECRETS_FILE")]
     pub secrets_file: Option<PathBuf>,
@@ -160,6 +163,8 @@ pub struct Config {
     /// `clone_rewrite`).
     pub clone_access: crate::checkout::CloneAccess,
     pub step_statuses: bool,
+    /// Deployments are reported to GitHub.
+    pub github_deployments: bool,
     pub secrets_file: Option<PathBuf>,
     pub cancel_superseded: bool,
     pub github_backoff: Duration,
@@ -280,6 +285,7 @@ const KEYS: &[&str] = &[
     "retention-runs",
     "schedule-catch-up",
     "incident-label",
+    "github-deployments",
     "cache-max",
     "log-limit",
     "max-repo-size",
@@ -429,6 +435,10 @@ impl ServeArgs {
             },
             clone_rewrite,
             clone_access,
+            github_deployments: match self.github_deployments {
+                Some(b) => b,
+                None => parse_bool("github-deployments", one("github-deployments"))?.unwrap_or(true),
+            },
             step_statuses: match self.step_statuses {
                 Some(b) => b,
                 None => parse_bool("step-statuses", one("step-statuses"))?.unwrap_or(false),
@@ -557,6 +567,15 @@ mod tests {
         assert!(c.resolve().unwrap_err().to_string().contains("cache-max"));
         let d = ServeArgs { insecure_no_signature: true, ..Default::default() }.resolve().unwrap();
         assert_eq!((d.api_token, d.api_private, d.retention_days, d.retention_runs), (None, false, 30, 0));
+        assert_eq!((d.github_deployments, d.incident_label.as_str()), (true, "incident"));
+        let e = ServeArgs {
+            github_deployments: Some(false),
+            incident_label: Some(" outage ".into()),
+            insecure_no_signature: true,
+            ..Default::default()
+        };
+        let e = e.resolve().unwrap();
+        assert_eq!((e.github_deployments, e.incident_label.as_str()), (false, "outage"));
     }
 
     #[test]

@@ -83,11 +83,12 @@ pub(super) async fn record(
                     match st.db.start_deployment(run_id, step.clone(), environment.clone(), url.clone()).await {
                         Ok(Some(id)) => {
                             deploying.insert(step.clone(), (id, url.clone()));
-                            st.report
-                                .owe(Update::Deployment { run: rr.clone(), deployment: id, step, environment })
-                                .await;
-                            let state = deploy_state(&rr, id, url, DeployState::InProgress, "deploying".into());
-                            st.report.owe(state).await;
+                            if st.cfg.github_deployments {
+                                let made = Update::Deployment { run: rr.clone(), deployment: id, step, environment };
+                                st.report.owe(made).await;
+                                let state = deploy_state(&rr, id, url, DeployState::InProgress, "deploying".into());
+                                st.report.owe(state).await;
+                            }
                         }
                         Ok(None) => {}
                         Err(e) => tracing::warn!(run_id, "cannot record a deployment: {e}"),
@@ -174,5 +175,7 @@ async fn end_deployment(st: &AppState, rr: &RunRef, id: i64, url: Option<String>
     }
     // Only a success has an environment a person can open.
     let url = url.filter(|_| state == DeployState::Success);
-    st.report.owe(deploy_state(rr, id, url, state, description.into())).await;
+    if st.cfg.github_deployments {
+        st.report.owe(deploy_state(rr, id, url, state, description.into())).await;
+    }
 }
