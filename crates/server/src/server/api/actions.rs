@@ -267,7 +267,7 @@ pub(super) async fn deploy(
         event: "deploy".into(),
         environment: Some(env.clone()),
         redeploy: true,
-        title: Some(format!("deploy {} to {env}", &sha[..7])),
+        title: Some(format!("deploy {} to {env}", sha.get(..7).unwrap_or(&sha))),
         author: None,
         changed: None,
         concurrency_key: None,
