@@ -35,7 +35,8 @@ pub enum CacheCommand {
 /// The event a pipeline is planned for. Unset fields come from the git checkout.
 #[derive(Debug, Args, Clone)]
 pub struct EventArgs {
-    /// The event: push, pull_request, tag, manual or schedule [default: push, or tag with --tag].
+    /// The event: push, pull_request, tag, manual, schedule or deploy [default: push, or tag
+    /// with --tag].
     #[arg(long, value_parser = parse_event)]
     pub event: Option<Event>,
     /// The branch pushed (a pull request's head branch) [default: the checkout's branch].
@@ -53,6 +54,10 @@ pub struct EventArgs {
     /// The `on.schedule` name, for a schedule event (`ORCH_SCHEDULE`).
     #[arg(long, value_name = "NAME")]
     pub schedule: Option<String>,
+    /// The environment a deploy event deploys to: only the steps deploying there run, with
+    /// what they need.
+    #[arg(long, value_name = "NAME")]
+    pub environment: Option<String>,
     /// The commit SHA [default: the checkout's HEAD].
     #[arg(long)]
     pub commit: Option<String>,
@@ -62,7 +67,7 @@ pub struct EventArgs {
     /// A GitHub webhook delivery's payload (saved, or copied from the webhook's "Recent
     /// Deliveries"): plan for it as the server would. `--event` then names GitHub's event
     /// (push or pull_request) when the payload's shape does not tell.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["branch", "base_branch", "tag", "pr", "commit", "schedule"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["branch", "base_branch", "tag", "pr", "commit", "schedule", "environment"])]
     pub payload: Option<PathBuf>,
 }
 
@@ -108,6 +113,7 @@ pub fn read_payload(path: &Path, event: Option<Event>) -> Result<Delivery, Error
             Delivery::NoRun(format!("pull request #{pr} was closed: the server cancels its runs"))
         }
         Action::Ping => Delivery::NoRun("a ping".into()),
+        Action::Issue(i) => Delivery::NoRun(format!("issue #{}: the server may record it as an incident", i.number)),
     })
 }
 
@@ -154,7 +160,8 @@ fn short(sha: &str) -> &str {
 }
 
 fn parse_event(s: &str) -> Result<Event, String> {
-    Event::parse(s).ok_or_else(|| format!("unknown event `{s}` (expected push, pull_request, tag, manual or schedule)"))
+    Event::parse(s)
+        .ok_or_else(|| format!("unknown event `{s}` (expected push, pull_request, tag, manual, schedule or deploy)"))
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -275,6 +282,7 @@ pub fn context(ev: &EventArgs, co: &Checkout, run_id: &str) -> Context {
         run_id: run_id.to_string(),
         changed,
         schedule: ev.schedule.clone(),
+        environment: ev.environment.clone(),
     }
 }
 
@@ -412,6 +420,7 @@ pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
         Mode::Progress
     };
     let (tx, rx) = mpsc::channel::<RunEvent>(1024);
+    let (rx, deployments) = collect_deployments(rx);
     let reporter = tokio::spawn(report::run(
         ReportOptions {
             mode,
@@ -440,7 +449,7 @@ pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
                 .await;
             drop(tx);
             let _ = reporter.await;
-            write_result(&run_dir, &run_id, sched::RunStatus::Error, Duration::ZERO, &[]);
+            write_result(&run_dir, &run_id, sched::RunStatus::Error, Duration::ZERO, &[], &[]);
             return Ok(exit::INFRA);
         }
     };
@@ -475,8 +484,32 @@ pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
     let result = sched::execute(backend, &prepared.plan, prepared.options, tx, cancel).await;
     signals.abort();
     let _ = reporter.await;
-    write_result(&run_dir, &run_id, result.status, result.duration, &result.steps);
+    let deployments = deployments.await.unwrap_or_default();
+    write_result(&run_dir, &run_id, result.status, result.duration, &result.steps, &deployments);
     Ok(result.status.exit_code())
+}
+
+/// Passes the run's events on, keeping its deployments (as their `deployment_finished`
+/// events say) for `result.json`.
+fn collect_deployments(
+    mut rx: mpsc::Receiver<RunEvent>,
+) -> (mpsc::Receiver<RunEvent>, tokio::task::JoinHandle<Vec<serde_json::Value>>) {
+    let (tx, out) = mpsc::channel::<RunEvent>(1024);
+    let task = tokio::spawn(async move {
+        let mut deployments = Vec::new();
+        while let Some(ev) = rx.recv().await {
+            if let RunEvent::DeploymentFinished { step, environment, url, status } = &ev {
+                deployments.push(serde_json::json!({
+                    "step": step, "environment": environment, "url": url, "status": status,
+                }));
+            }
+            if tx.send(ev).await.is_err() {
+                break;
+            }
+        }
+        deployments
+    });
+    (out, task)
 }
 
 fn write_result(
@@ -485,12 +518,14 @@ fn write_result(
     status: sched::RunStatus,
     duration: Duration,
     steps: &[sched::StepSummary],
+    deployments: &[serde_json::Value],
 ) {
     let text = serde_json::to_string_pretty(&serde_json::json!({
         "run_id": run_id,
         "status": status,
         "duration": duration.as_secs_f64(),
         "steps": steps,
+        "deployments": deployments,
     }))
     .unwrap_or_default();
     let _ = std::fs::write(run_dir.join("result.json"), text);

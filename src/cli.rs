@@ -126,6 +126,22 @@ pub enum Command {
         #[command(flatten)]
         server: crate::client::ServerArgs,
     },
+    /// Deploy a commit of a repository to an environment on a server: a run of that commit
+    /// with only the steps deploying there and what they need (needs the API token).
+    /// Without --commit: roll back, to the commit deployed there with success before the
+    /// live one.
+    Deploy {
+        /// The environment.
+        environment: String,
+        /// The repository, owner/name.
+        #[arg(long)]
+        repo: String,
+        /// The commit (full 40-digit SHA) [default: roll back].
+        #[arg(long, value_name = "SHA")]
+        commit: Option<String>,
+        #[command(flatten)]
+        server: crate::client::ServerArgs,
+    },
     /// Run a run again on a server (needs the API token).
     Rerun {
         /// The run's id.
@@ -222,6 +238,9 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Logs { run, step, follow, server } => crate::client::logs(&server, run, step, follow).await,
         Command::Cancel { run, server } => crate::client::cancel(&server, run).await,
         Command::Rerun { run, failed, server } => crate::client::rerun(&server, run, failed).await,
+        Command::Deploy { environment, repo, commit, server } => {
+            crate::client::deploy(&server, &environment, &repo, commit.as_deref()).await
+        }
         Command::Trigger { repo, branch, sha, server } => {
             crate::client::trigger(&server, &repo, &branch, sha.as_deref()).await
         }

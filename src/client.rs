@@ -1,4 +1,5 @@
-//! The CLI side of the runs API: `orch runs`, `orch logs`, `orch cancel`, `orch rerun`
+//! The CLI side of the runs API: `orch runs`, `orch logs`, `orch cancel`, `orch rerun`,
+//! `orch trigger`, `orch deploy`
 //! against an `orch serve`, over http:// or https:// (a server behind a TLS-terminating
 //! reverse proxy).
 
@@ -317,6 +318,19 @@ pub async fn trigger(args: &ServerArgs, repo: &str, branch: &str, sha: Option<&s
     }
     let v = Api::new(args)?.json_with(Method::POST, "/api/runs", Some(&body)).await?;
     println!("run {} queued ({repo} {branch}{})", v["run"], sha.map(|s| format!(" at {s}")).unwrap_or_default());
+    Ok(exit::SUCCESS)
+}
+
+/// `orch deploy ENV --repo R [--commit SHA]`: a deploy run (a rollback without a commit).
+pub async fn deploy(args: &ServerArgs, env: &str, repo: &str, commit: Option<&str>) -> Result<u8, Error> {
+    let mut body = serde_json::json!({ "repo": repo });
+    if let Some(sha) = commit {
+        body["sha"] = sha.into();
+    }
+    let v =
+        Api::new(args)?.json_with(Method::POST, &format!("/api/environments/{}/deploy", enc(env)), Some(&body)).await?;
+    let what = if commit.is_some() { "deploy" } else { "rollback" };
+    println!("run {} queued ({what} of {repo} {} to {env})", v["run"], text(&v, "sha"));
     Ok(exit::SUCCESS)
 }
 

@@ -705,3 +705,35 @@ fn runs_no_executor_fits_are_planned_only_so_far_ahead() {
     let checkouts = std::fs::read_dir(orch.data_dir.join("work")).unwrap().count() as i64;
     assert_eq!(checkouts, cap, "one checkout per planned run");
 }
+
+/// A deploy step run on an agent is recorded by the server as one deployment (the matrix's
+/// variants are one), reported to GitHub as a deployment with its states.
+#[test]
+fn a_deployment_on_an_agent_is_recorded_and_reported() {
+    if !docker_enabled() {
+        return;
+    }
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let git = GitServer::start();
+    let orch = server(&gh, &git, 30);
+    let token = create_token(&orch.data_dir, "a");
+    let _agent = Agent::start(&orch, &token, "", 2);
+    let pipeline = "steps:\n  ship:\n    image: busybox:latest\n    matrix: {n: [1, 2]}\n    \
+                    environment: {name: staging, url: https://staging.example.com}\n    commands: [echo shipping $n]\n";
+    let (id, sha) = push(&orch, &git, "main", &[(".orch.yml", pipeline)]);
+    let run = orch.wait_run_done(id);
+    assert_eq!((&run["run"]["status"], &run["run"]["agent"]), (&json!("success"), &json!("a")), "{run:#}");
+    let deps = run["deployments"].as_array().cloned().unwrap_or_default();
+    assert_eq!(deps.len(), 1, "{run:#}");
+    assert_eq!(
+        (&deps[0]["environment"], &deps[0]["status"], &deps[0]["sha"]),
+        (&json!("staging"), &json!("success"), &json!(sha))
+    );
+    wait_for(Duration::from_secs(30), "the GitHub deployment's success", || {
+        let d = gh.deployments();
+        let states: Vec<Value> = d.iter().flat_map(|d| d["statuses"].as_array().cloned().unwrap_or_default()).collect();
+        let states: Vec<&str> = states.iter().filter_map(|s| s["state"].as_str()).collect();
+        if d.len() == 1 && states == ["in_progress", "success"] { Ok(()) } else { Err(format!("{d:#?}")) }
+    });
+    gh.assert_no_violations();
+}

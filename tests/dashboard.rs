@@ -7,7 +7,9 @@
 //!
 //! Needs `ORCH_DOCKER_TESTS=1` and `/usr/bin/chromium` (`scripts/setup` installs it);
 //! without either it returns at once with a note. Screenshots go to
-//! `target/tmp/dashboard/` (the one in `docs/dashboard.png` is a copy of `run-laptop.png`).
+//! `target/tmp/dashboard/` (the one in `docs/dashboard.png` is a copy of `run-laptop.png`;
+//! `docs/dora.png` and `docs/environments.png` of `dora-laptop.png` and
+//! `environments-laptop.png`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -287,4 +289,103 @@ fn pages_answer_for_runs_without_steps_and_unknown_runs() {
     for path in ["/ui/runs", "/ui/runs/1"] {
         assert_eq!(private.get(path).status, 401, "{path}");
     }
+}
+
+/// The delivery page in a real browser: deployments of a real pipeline (one deployed, one
+/// failed, a fix), an incident from an `issues` delivery with the incident label; the page
+/// shows the four measures, the charts as SVG and the definitions; a screenshot.
+#[test]
+fn the_delivery_page_shows_the_measures_and_charts() {
+    require_docker!();
+    if !Path::new(CHROMIUM).exists() {
+        eprintln!("skipped: {CHROMIUM} is missing (scripts/setup installs Debian's chromium)");
+        return;
+    }
+    const DEPLOYS: &str = "\
+defaults:
+  image: busybox:latest
+steps:
+  test:
+    commands:
+      - echo testing
+  deploy:
+    needs: [test]
+    environment: { name: production, url: https://app.example.com }
+    commands:
+      - sh deploy.sh
+";
+    let git = GitServer::start();
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let orch = Orch::start(token_args(&gh, &git));
+    let mut parent: Option<String> = None;
+    let mut runs = Vec::new();
+    for (i, script) in ["echo ok", "exit 1", "echo fixed"].iter().enumerate() {
+        let sha = git.commit(parent.as_deref(), &[(".orch.yml", DEPLOYS), ("deploy.sh", script)], &format!("c{i}"));
+        git.set_ref(&sha, "refs/heads/main");
+        // Pushed ten minutes ago (the fixture's `pushed_at` is from 2019): the lead time.
+        let mut push = push_event("main", parent.as_deref().unwrap_or(ZERO_SHA), &sha);
+        push["repository"]["pushed_at"] = serde_json::json!(orch::clock::now_secs() - 600);
+        let id = orch.deliver("push", &push).run_id();
+        orch.wait_run_done(id);
+        runs.push(id);
+        parent = Some(sha);
+    }
+    let deps = orch.get_json("/api/deployments?environment=production")["deployments"].clone();
+    assert_eq!(deps.as_array().map(Vec::len), Some(3), "{deps:#}");
+    // An incident naming the first deployment, opened and closed an hour apart.
+    let first = deps[2]["id"].as_i64().unwrap();
+    let at = |from_now: i64| orch::clock::format_utc(orch::clock::now_secs() + from_now, "%Y-%m-%dT%H:%M:%SZ");
+    let issue = |labels: serde_json::Value, number: u64| {
+        serde_json::json!({
+            "action": "closed",
+            "issue": {
+                "number": number, "title": "checkout is down", "html_url": "https://github.com/acme/hello/issues/9",
+                "created_at": at(-2 * 3600), "closed_at": at(-3600),
+                "labels": labels, "body": format!("Users cannot pay.\nDeployment: {first}\n"),
+            },
+            "repository": push_event("main", ZERO_SHA, parent.as_deref().unwrap())["repository"].clone(),
+        })
+    };
+    let r = orch.deliver("issues", &issue(serde_json::json!([{"name": "bug"}]), 8)).response;
+    assert_eq!(r.json()["status"], "ignored", "{}", r.text());
+    let r = orch.deliver("issues", &issue(serde_json::json!([{"name": "incident"}]), 9)).response;
+    assert_eq!(r.json()["status"], "incident", "{}", r.text());
+
+    let api = orch.get_json("/api/dora?days=30&environment=production");
+    let d = &api["dora"];
+    // Deployed twice with success, failed once; the failed one and the one the incident
+    // names are change failures.
+    assert_eq!((&d["deployments"], &d["changes"], &d["failed_changes"]), (&json(2), &json(3), &json(2)), "{api:#}");
+    assert_eq!(d["lead_times"], 2, "{api:#}");
+    let lead = d["lead_time_median"].as_f64().unwrap();
+    assert!((600.0..3600.0).contains(&lead), "pushed ten minutes before it deployed: {api:#}");
+    // The incident was open an hour; the failed deployment was restored by the next.
+    assert_eq!((&d["restored"], &d["unrestored"]), (&json(2), &json(0)), "{api:#}");
+    assert!(api["definitions"]["Lead time for changes"].as_str().unwrap().contains("pushed_at"));
+
+    let tmp = temp_dir("orch-dashboard-dora-");
+    let profile = tmp.path().join("profile");
+    let page = chromium(&profile, &["--dump-dom"], &orch.url("/dora?environment=production"));
+    assert!(page.contains("id=\"weekly\"") && page.contains("<rect class=\"ok\""), "the weekly bars:\n{page}");
+    assert!(page.contains("id=\"durations\"") && page.contains("<polyline"), "the durations line:\n{page}");
+    assert!(page.contains("67%") && page.contains("2 of 3 deployments"), "the failure rate:\n{page}");
+    assert!(page.contains("Time to restore") && page.contains("Definitions"), "{page}");
+    let envs = chromium(&profile, &["--dump-dom"], &orch.url("/environments"));
+    assert!(envs.contains("data-environment=\"production\"") && envs.contains("Roll back"), "{envs}");
+    let run_page = chromium(&profile, &["--dump-dom"], &orch.url(&format!("/runs/{}", runs[1])));
+    assert!(run_page.contains("id=\"deployments\"") && run_page.contains("href=\"/environments?repo="), "{run_page}");
+    assert!(
+        run_page.contains("class=\"stage env\"") && run_page.contains("→ production"),
+        "the step's link:\n{run_page}"
+    );
+
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
+    std::fs::create_dir_all(&dir).unwrap();
+    screenshot(&profile, &dir.join("dora-laptop.png"), "1280,1400", &orch.url("/dora?environment=production"));
+    screenshot(&profile, &dir.join("environments-laptop.png"), "1280,900", &orch.url("/environments"));
+    gh.assert_no_violations();
+}
+
+fn json(n: i64) -> serde_json::Value {
+    serde_json::json!(n)
 }

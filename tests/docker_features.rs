@@ -1108,3 +1108,37 @@ steps:
     assert!(last_start < first_end, "the variants did not overlap: {intervals:?}\n{d}");
     assert_no_leftovers(&run.run_id());
 }
+
+// ---------------------------------------------------------------------------------------
+// Deployments
+
+/// A deploy step with a matrix is one deployment in the run's `result.json`, with the
+/// worst status of its variants.
+#[test]
+fn a_run_s_deployments_are_in_its_result_json() {
+    require_docker!();
+    let p = Project::new(
+        r#"
+defaults:
+  image: busybox:latest
+steps:
+  ship:
+    matrix:
+      region: [eu, us]
+    environment: { name: staging, url: "https://staging.example.com" }
+    commands:
+      - test $region = eu
+"#,
+    );
+    let run = ci(&p, &Store::new(), &[]);
+    run.assert_code(1);
+    let id = run.run_id();
+    let result: Value = serde_json::from_str(&p.read(&format!(".orch/runs/{id}/result.json"))).expect("result.json");
+    assert_eq!(
+        result["deployments"],
+        serde_json::json!([{ "step": "ship", "environment": "staging", "url": "https://staging.example.com",
+                             "status": "failure" }]),
+        "{result:#}"
+    );
+    assert_no_leftovers(&id);
+}

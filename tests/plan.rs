@@ -1228,3 +1228,34 @@ fn an_allowed_run_plans_the_deploy_step_with_its_environment() {
         assert!(json.contains(r#""name": "production""#), "{json}");
     }
 }
+
+/// A `deploy` run of an environment runs the steps deploying there and what they need; the
+/// environment's rules still hold; `when.event: deploy` selects it.
+#[test]
+fn a_deploy_event_runs_only_the_steps_deploying_to_its_environment() {
+    let deploy = |env: &str, branch: &str| Context {
+        branch: Some(branch.into()),
+        environment: Some(env.into()),
+        ..ctx(Event::Deploy)
+    };
+    let p = plan_for(DEPLOY, &deploy("production", "main"));
+    assert_eq!(p.not_triggered, None);
+    assert_eq!(names(&p), ["build", "ship[region=eu]", "ship[region=us]"]);
+    assert_eq!(reason(&p, "preview"), "not needed to deploy to `production`");
+    assert_eq!(reason(&p, "announce"), "not needed to deploy to `production`");
+    assert_eq!(step(&p, "build").env.get("ORCH_EVENT").map(String::as_str), Some("deploy"));
+    // The environment's rules: a commit of another branch does not deploy to production.
+    let p = plan_for(DEPLOY, &deploy("production", "feature/x"));
+    assert!(reason(&p, "ship[region=eu]").starts_with("environment `production` deploys only from"), "{p:?}");
+    assert!(p.steps.iter().all(|s| s.environment.is_none()), "{:?}", names(&p));
+    // No step deploys there: nothing runs, and the reason says so.
+    let p = plan_for(DEPLOY, &deploy("qa", "main"));
+    assert!(p.steps.is_empty());
+    assert_eq!(reason(&p, "build"), "no step deploys to environment `qa`");
+    // `when.event: deploy`, and `on` does not hold a deploy back.
+    let src = "on: {push: {branches: [main]}}\nsteps:\n  a: {image: alpine, commands: [x], environment: qa}\n  \
+               b: {image: alpine, commands: [x], when: {event: deploy}}\n";
+    assert_eq!(triggered(src, &deploy("qa", "other")), Ok(()));
+    assert_eq!(names(&plan_for(src, &deploy("qa", "other"))), ["a"]);
+    assert_eq!(names(&plan_for(src, &ctx(Event::Deploy))), ["a", "b"]);
+}

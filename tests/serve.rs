@@ -205,7 +205,11 @@ fn ping_other_events_deletions_and_foreign_repositories_start_no_run() {
         assert_eq!(j["status"], "ignored", "{event}: {j}");
         assert!(j["reason"].as_str().unwrap().contains(why), "{event}: {j}");
     };
-    ignored("issues", &push_event("main", ZERO_SHA, sha), "not one orch acts on");
+    ignored("watch", &push_event("main", ZERO_SHA, sha), "not one orch acts on");
+    // An `issues` delivery is an incident only with its label (the rest: tests/dashboard.rs).
+    let mut no_issue = push_event("main", ZERO_SHA, sha);
+    no_issue["action"] = json!("opened");
+    ignored("issues", &no_issue, "without an issue");
     ignored("check_run", &retarget(fixture("check_run.completed.payload.json")), "action `completed`");
     ignored("push", &retarget(fixture("push.payload.json")), "deleted");
     let mut foreign = push_event("main", ZERO_SHA, sha);
@@ -217,8 +221,8 @@ fn ping_other_events_deletions_and_foreign_repositories_start_no_run() {
 
     assert!(orch.runs().is_empty(), "{:#?}", orch.runs());
     // Each was recorded as received.
-    assert_eq!(orch.count("SELECT COUNT(*) FROM deliveries"), 7);
-    assert_eq!(orch.count("SELECT COUNT(*) FROM deliveries WHERE outcome LIKE 'ignored:%'"), 5);
+    assert_eq!(orch.count("SELECT COUNT(*) FROM deliveries"), 8);
+    assert_eq!(orch.count("SELECT COUNT(*) FROM deliveries WHERE outcome LIKE 'ignored:%'"), 6);
 }
 
 #[test]
@@ -1421,4 +1425,207 @@ steps:
         assert!(text.contains("main-only skipped: when.event: `tag` is not one of push"), "{text}");
         assert!(text.lines().any(|l| l.starts_with("release") && l.ends_with("| v1.0")), "{text}");
     }
+}
+
+const DEPLOY_PIPELINE: &str = "\
+defaults:
+  image: busybox:latest
+  timeout: 2m
+steps:
+  build:
+    commands:
+      - echo built
+  deploy:
+    needs: [build]
+    matrix:
+      region: [eu, us]
+    environment:
+      name: staging
+      url: https://staging.example.com
+    commands:
+      - sh ci/deploy.sh $region
+";
+
+/// The deployments GitHub holds once the last one's last status is final.
+fn wait_github_deployments(gh: &FakeGitHub, n: usize) -> Vec<Value> {
+    wait_for(Duration::from_secs(30), &format!("{n} GitHub deployments with a final status"), || {
+        let d = gh.deployments();
+        let last_final = d
+            .last()
+            .and_then(|d| d["statuses"].as_array()?.last().cloned())
+            .is_some_and(|s| s["state"] != "in_progress" && s["state"] != "queued" && s["state"] != "pending");
+        if d.len() == n && last_final { Ok(d) } else { Err(format!("{d:#?}")) }
+    })
+}
+
+/// A push whose deploy step has a matrix is one deployment: one row in the database and the
+/// API, one GitHub deployment of the commit with `in_progress` then `success`; a failing
+/// deploy is a second one, `failure`, and what is live stays the first.
+#[test]
+fn a_deploy_step_with_a_matrix_is_one_deployment_recorded_and_posted_to_github() {
+    require_docker!();
+    let git = GitServer::start();
+    let ok = "echo deploying to $1\n";
+    let first = git.on_branch("main", &[(".orch.yml", DEPLOY_PIPELINE), ("ci/deploy.sh", ok)], "deploys");
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let orch = Orch::start(token_args(&gh, &git));
+    // GitHub cannot make the deployment for a while (past the reporter's six attempts):
+    // its creation stays owed, and its states wait behind it.
+    gh.fail_next(OP_DEPLOY_CREATE, 8, 502);
+
+    let id = orch.deliver("push", &push_event("main", ZERO_SHA, &first)).run_id();
+    let run = orch.wait_run_done(id);
+    assert_eq!(run["run"]["status"], "success", "{run:#}");
+    assert_eq!(orch.count("SELECT COUNT(*) FROM deployments"), 1);
+    let deps = orch.get_json(&format!("/api/deployments?repo={REPO}"))["deployments"].clone();
+    assert_eq!(deps.as_array().map(Vec::len), Some(1), "{deps:#}");
+    let d = &deps[0];
+    assert_eq!(
+        (&d["run"], &d["step"], &d["environment"], &d["status"], &d["sha"], &d["ref"], &d["rollback"]),
+        (
+            &json!(id),
+            &json!("deploy"),
+            &json!("staging"),
+            &json!("success"),
+            &json!(first),
+            &json!("main"),
+            &json!(false)
+        ),
+        "{d:#}"
+    );
+    assert_eq!(run["deployments"], deps, "the run's deployments");
+
+    let github = wait_github_deployments(&gh, 1);
+    let refused = gh.requests().iter().filter(|r| r.op == OP_DEPLOY_CREATE && r.status == 502).count();
+    assert_eq!(refused, 8);
+    let g = &github[0];
+    assert_eq!((&g["ref"], &g["environment"], &g["auto_merge"]), (&json!(first), &json!("staging"), &json!(false)));
+    assert_eq!((&g["required_contexts"], &g["payload"]["orch_run"]), (&json!([]), &json!(id)), "{g:#}");
+    let states: Vec<&str> = g["statuses"].as_array().unwrap().iter().map(|s| s["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["in_progress", "success"], "{g:#}");
+    let success = &g["statuses"][1];
+    assert_eq!(success["log_url"], json!(orch.url(&format!("/runs/{id}"))));
+    assert_eq!(success["environment_url"], "https://staging.example.com");
+    wait_for(Duration::from_secs(10), "the GitHub id recorded", || {
+        let d = orch.get_json("/api/deployments")["deployments"][0].clone();
+        if d["github_id"] == g["id"] { Ok(()) } else { Err(format!("{d:#}")) }
+    });
+
+    // A deploy that fails in one region: one deployment, failed; the first is still live.
+    let bad = "echo deploying to $1\ntest $1 = eu\n";
+    let second = git.commit(Some(&first), &[(".orch.yml", DEPLOY_PIPELINE), ("ci/deploy.sh", bad)], "breaks us");
+    git.set_ref(&second, "refs/heads/main");
+    let id2 = orch.deliver("push", &push_event("main", &first, &second)).run_id();
+    assert_eq!(orch.wait_run_done(id2)["run"]["status"], "failure");
+    let github = wait_github_deployments(&gh, 2);
+    let states: Vec<&str> =
+        github[1]["statuses"].as_array().unwrap().iter().map(|s| s["state"].as_str().unwrap()).collect();
+    assert_eq!((states, &github[1]["ref"]), (vec!["in_progress", "failure"], &json!(second)), "{github:#?}");
+    let envs = orch.get_json(&format!("/api/environments?repo={REPO}"))["environments"].clone();
+    assert_eq!(envs.as_array().map(Vec::len), Some(1), "{envs:#}");
+    assert_eq!((&envs[0]["live"]["sha"], &envs[0]["last"]["sha"]), (&json!(first), &json!(second)), "{envs:#}");
+    assert_eq!(envs[0]["last"]["status"], "failure");
+    let page = orch.get("/environments");
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("staging") && page.text().contains(&first[..7]), "{}", page.text());
+    gh.assert_no_violations();
+    assert!(orch.leftovers().is_empty(), "{:?}", orch.leftovers());
+}
+
+/// A rollback through the API (`orch deploy ENV` without a commit): the commit live before
+/// the live one is deployed again by a `deploy` run that runs only the deploy step and what
+/// it needs, and is recorded as a rollback; bad requests are refused with the reason.
+#[test]
+fn a_rollback_redeploys_the_earlier_commit_and_is_recorded_as_one() {
+    require_docker!();
+    const TOKEN_API: &str = "api-token-for-rollback";
+    let pipeline = format!("{DEPLOY_PIPELINE}  extra:\n    commands:\n      - echo extra\n");
+    let files = |script: &'static str| [(".orch.yml", pipeline.clone()), ("ci/deploy.sh", script.to_string())];
+    let git = GitServer::start();
+    let a_files = files("echo deploying A to $1\n");
+    let a = git.on_branch("main", &a_files.iter().map(|(p, c)| (*p, c.as_str())).collect::<Vec<_>>(), "A");
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let orch = Orch::start(ServeArgs { api_token: Some(TOKEN_API.into()), ..token_args(&gh, &git) });
+    let first = orch.deliver("push", &push_event("main", ZERO_SHA, &a)).run_id();
+    assert_eq!(orch.wait_run_done(first)["run"]["status"], "success");
+    let b_files = files("echo deploying B to $1\n");
+    let b = git.commit(Some(&a), &b_files.iter().map(|(p, c)| (*p, c.as_str())).collect::<Vec<_>>(), "B");
+    git.set_ref(&b, "refs/heads/main");
+    let second = orch.deliver("push", &push_event("main", &a, &b)).run_id();
+    assert_eq!(orch.wait_run_done(second)["run"]["status"], "success");
+
+    // Refused: no token, a bad commit id, a commit orch never ran.
+    let deploy = |body: &str, token: bool| {
+        let auth = format!("Bearer {TOKEN_API}");
+        let mut h = vec![("Content-Type", "application/json")];
+        if token {
+            h.push(("Authorization", auth.as_str()));
+        }
+        orch.request("POST", "/api/environments/staging/deploy", &h, body.as_bytes())
+    };
+    assert_eq!(deploy(&format!(r#"{{"repo":"{REPO}"}}"#), false).status, 401);
+    let bad = deploy(&format!(r#"{{"repo":"{REPO}","sha":"abc"}}"#), true);
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    let unknown = deploy(&format!(r#"{{"repo":"{REPO}","sha":"{}"}}"#, "0".repeat(40)), true);
+    assert_eq!(unknown.status, 404, "{}", unknown.text());
+    assert!(unknown.text().contains("push it"), "{}", unknown.text());
+
+    // The rollback, through the CLI.
+    let out = Command::new(env!("CARGO_BIN_EXE_orch"))
+        .args(["deploy", "staging", "--repo", REPO])
+        .env("ORCH_SERVER", orch.url(""))
+        .env("ORCH_API_TOKEN", TOKEN_API)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("(rollback of {REPO} {a} to staging)")), "{stdout}");
+    let id: i64 = stdout.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("the run's id");
+    let run = orch.wait_run_done(id);
+    assert_eq!(run["run"]["status"], "success", "{run:#}");
+    assert_eq!(
+        (&run["run"]["event"], &run["run"]["sha"], &run["run"]["environment"], &run["run"]["redeploy"]),
+        (&json!("deploy"), &json!(a), &json!("staging"), &json!(true)),
+        "{run:#}"
+    );
+    let log = orch.get(&format!("/api/runs/{id}/logs/{}", "deploy%5Bregion%3Deu%5D")).text();
+    assert!(log.contains("deploying A to eu"), "{log}");
+    let extra = run["skipped"].as_array().and_then(|s| s.iter().find(|s| s["name"] == "extra").cloned());
+    assert_eq!(extra.map(|e| e["reason"].clone()), Some(json!("not needed to deploy to `staging`")), "{run:#}");
+    assert_eq!(step_of(&run, "build").map(|s| &s["status"]), Some(&json!("passed")), "{run:#}");
+
+    let deps = orch.get_json(&format!("/api/deployments?repo={REPO}&environment=staging"))["deployments"].clone();
+    let shas: Vec<(&str, bool)> =
+        deps.as_array().unwrap().iter().map(|d| (d["sha"].as_str().unwrap(), d["rollback"] == true)).collect();
+    assert_eq!(shas, [(a.as_str(), true), (b.as_str(), false), (a.as_str(), false)], "{deps:#}");
+    assert_eq!(deps[0]["event"], "deploy");
+    let envs = orch.get_json(&format!("/api/environments?repo={REPO}"))["environments"].clone();
+    assert_eq!(envs[0]["live"]["sha"], json!(a), "{envs:#}");
+    let github = wait_github_deployments(&gh, 3);
+    assert_eq!(github[2]["ref"], json!(a));
+
+    // Forward again to `b`, named: newer than the live `a`, so not a rollback.
+    let r = deploy(&format!(r#"{{"repo":"{REPO}","sha":"{b}"}}"#), true);
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(orch.wait_run_done(r.json()["run"].as_i64().unwrap())["run"]["status"], "success");
+    let d = orch.get_json(&format!("/api/deployments?repo={REPO}&limit=1"))["deployments"][0].clone();
+    assert_eq!((&d["sha"], &d["rollback"], &d["event"]), (&json!(b), &json!(false), &json!("deploy")), "{d:#}");
+    gh.assert_no_violations();
+    assert!(orch.leftovers().is_empty(), "{:?}", orch.leftovers());
+}
+
+/// `--github-deployments false`: deployments are recorded, GitHub gets only the statuses.
+#[test]
+fn without_github_deployments_only_the_record_is_kept() {
+    require_docker!();
+    let git = GitServer::start();
+    let sha = git.on_branch("main", &[(".orch.yml", DEPLOY_PIPELINE), ("ci/deploy.sh", "echo ok\n")], "deploys");
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let orch = Orch::start(ServeArgs { github_deployments: Some(false), ..token_args(&gh, &git) });
+    let id = orch.deliver("push", &push_event("main", ZERO_SHA, &sha)).run_id();
+    assert_eq!(orch.wait_run_done(id)["run"]["status"], "success");
+    assert_eq!(statuses_states(&gh.wait_final_status(&sha, "orch (push)", id)), ["pending", "pending", "success"]);
+    assert_eq!(orch.count("SELECT COUNT(*) FROM deployments WHERE status = 'success'"), 1);
+    assert!(gh.requests().iter().all(|r| r.op == OP_STATUS), "{:#?}", gh.requests());
+    gh.assert_no_violations();
 }

@@ -155,7 +155,7 @@ pub fn webhook(data: &[u8]) {
     let _ = format!("{action:?}");
     match event.as_str() {
         "ping" => assert_eq!(action, Action::Ping),
-        "push" | "pull_request" | "check_suite" | "check_run" => {}
+        "push" | "pull_request" | "check_suite" | "check_run" | "issues" => {}
         _ => assert!(matches!(action, Action::Ignore(_)), "event {event:?} gave {action:?}"),
     }
     match &action {
@@ -167,6 +167,10 @@ pub fn webhook(data: &[u8]) {
             assert!(key.starts_with(&format!("{}#", run.repo)), "{run:?}");
         }
         Action::CancelPullRequest { .. } => assert_eq!(event, "pull_request"),
+        Action::Issue(issue) => {
+            assert_eq!(event, "issues");
+            assert!(issue.number > 0 || payload.pointer("/issue/number") == Some(&serde_json::json!(0)), "{issue:?}");
+        }
         Action::Ping | Action::Ignore(_) => {}
     }
 }

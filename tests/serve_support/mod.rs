@@ -899,6 +899,12 @@ pub fn github_rules(op: &str, body: &Value) -> Vec<String> {
     {
         errs.push(format!("description is too long (maximum is 140 characters): {} characters", d.chars().count()));
     }
+    if op == OP_DEPLOY_STATUS
+        && let Some(d) = body.get("description").and_then(Value::as_str)
+        && d.chars().count() > 140
+    {
+        errs.push(format!("description is too long (maximum is 140 characters): {} characters", d.chars().count()));
+    }
     if op == OP_CHECK_CREATE || op == OP_CHECK_UPDATE {
         if body.get("conclusion").and_then(Value::as_str) == Some("stale") {
             errs.push("only GitHub may set the conclusion `stale`".into());
@@ -943,6 +949,8 @@ pub fn github_rules(op: &str, body: &Value) -> Vec<String> {
 pub const OP_STATUS: &str = "POST /repos/{owner}/{repo}/statuses/{sha}";
 pub const OP_CHECK_CREATE: &str = "POST /repos/{owner}/{repo}/check-runs";
 pub const OP_CHECK_UPDATE: &str = "PATCH /repos/{owner}/{repo}/check-runs/{check_run_id}";
+pub const OP_DEPLOY_CREATE: &str = "POST /repos/{owner}/{repo}/deployments";
+pub const OP_DEPLOY_STATUS: &str = "POST /repos/{owner}/{repo}/deployments/{deployment_id}/statuses";
 pub const OP_INSTALLATION: &str = "GET /repos/{owner}/{repo}/installation";
 pub const OP_ACCESS_TOKEN: &str = "POST /app/installations/{installation_id}/access_tokens";
 
@@ -985,6 +993,8 @@ struct GhState {
     next_id: u64,
     tokens: Vec<String>,
     check_runs: HashMap<u64, Value>,
+    /// Deployments as GitHub holds them, by id, each with its `statuses` (oldest first).
+    deployments: std::collections::BTreeMap<u64, Value>,
     /// Git's smart HTTP requests go to this port (a [`GitHttp`]), as github.com serves
     /// repositories beside its API.
     git_port: Option<u16>,
@@ -1201,6 +1211,12 @@ impl Shared {
         if !problems.is_empty() {
             return (422, error(422, "Validation Failed"), Some(problems.join("; ")));
         }
+        if op == OP_DEPLOY_STATUS {
+            let id: u64 = params["deployment_id"].parse().unwrap_or(0);
+            if !st.deployments.contains_key(&id) {
+                return (404, error(404, "Not Found"), Some(format!("no deployment {id}")));
+            }
+        }
         if op == OP_CHECK_UPDATE {
             let id: u64 = params["check_run_id"].parse().unwrap_or(0);
             if !st.check_runs.contains_key(&id) {
@@ -1255,6 +1271,29 @@ impl Shared {
                     run["status"] = json!("completed");
                 }
                 (200, run.clone(), None)
+            }
+            OP_DEPLOY_CREATE => {
+                let mut d = body.clone();
+                d["id"] = json!(id);
+                d["node_id"] = json!(format!("DE_{id}"));
+                d["sha"] = body["ref"].clone();
+                d["created_at"] = json!(now);
+                d["statuses"] = json!([]);
+                st.deployments.insert(id, d.clone());
+                if let Some(o) = d.as_object_mut() {
+                    o.remove("statuses");
+                }
+                (201, d, None)
+            }
+            OP_DEPLOY_STATUS => {
+                let dep: u64 = params["deployment_id"].parse().unwrap_or(0);
+                let mut status = body.clone();
+                status["id"] = json!(id);
+                status["created_at"] = json!(now);
+                if let Some(list) = st.deployments.get_mut(&dep).and_then(|d| d["statuses"].as_array_mut()) {
+                    list.push(status.clone());
+                }
+                (201, status, None)
             }
             OP_ACCESS_TOKEN => {
                 let token = format!("ghs_{}", new_guid().replace('-', ""));
@@ -1440,6 +1479,11 @@ impl FakeGitHub {
                 Err(format!("{mine:#?}\nall requests: {:#?}", self.requests()))
             }
         })
+    }
+
+    /// The deployments as GitHub holds them now, oldest first, each with its `statuses`.
+    pub fn deployments(&self) -> Vec<Value> {
+        self.shared.state.lock().unwrap().deployments.values().cloned().collect()
     }
 
     /// The check runs as GitHub holds them now, by id.

@@ -6,7 +6,7 @@
 pub const BUILTINS: &[(&str, &str)] = &[
     ("CI", "always `true`"),
     ("ORCH", "always `true`"),
-    ("ORCH_EVENT", "push, pull_request, tag, manual or schedule"),
+    ("ORCH_EVENT", "push, pull_request, tag, manual, schedule or deploy"),
     ("ORCH_BRANCH", "the branch (for a pull request: its head branch); empty for a tag"),
     ("ORCH_BASE_BRANCH", "a pull request's base branch; empty otherwise"),
     ("ORCH_TAG", "the tag for a tag event; empty otherwise"),

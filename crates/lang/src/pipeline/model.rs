@@ -154,10 +154,13 @@ pub enum Event {
     Tag,
     Manual,
     Schedule,
+    /// An explicit deployment of a commit to one environment (`orch deploy`, a rollback).
+    Deploy,
 }
 
 impl Event {
-    pub const ALL: [Event; 5] = [Event::Push, Event::PullRequest, Event::Tag, Event::Manual, Event::Schedule];
+    pub const ALL: [Event; 6] =
+        [Event::Push, Event::PullRequest, Event::Tag, Event::Manual, Event::Schedule, Event::Deploy];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -166,6 +169,7 @@ impl Event {
             Event::Tag => "tag",
             Event::Manual => "manual",
             Event::Schedule => "schedule",
+            Event::Deploy => "deploy",
         }
     }
 

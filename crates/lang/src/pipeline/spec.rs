@@ -280,7 +280,7 @@ pub const SERVICE: Obj = Obj {
 const SERVICES: Ty =
     Ty::Def("services", &Ty::Dict { names: Names::Host, value: &Ty::Obj(&SERVICE), min: 0, nullable: true });
 
-pub const EVENTS: &[&str] = &["push", "pull_request", "tag", "manual", "schedule"];
+pub const EVENTS: &[&str] = &["push", "pull_request", "tag", "manual", "schedule", "deploy"];
 pub const STATUSES: &[&str] = &["success", "failure", "always"];
 
 pub const WHEN: Obj = Obj {

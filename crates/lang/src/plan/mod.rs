@@ -37,6 +37,10 @@ pub struct Context {
     /// The name of the `on.schedule` item that started a `schedule` run.
     #[serde(default)]
     pub schedule: Option<String>,
+    /// The environment a `deploy` run deploys to: only the steps deploying there run, with
+    /// what they need.
+    #[serde(default)]
+    pub environment: Option<String>,
 }
 
 impl Context {
@@ -315,7 +319,25 @@ pub fn plan(pipeline: &Pipeline, ctx: &Context, selection: &Selection) -> Result
     let mut memo = vec![None; insts.len()];
     let deps: Vec<Vec<usize>> = (0..insts.len()).map(|i| through_skipped(i, &raw, &skip, &mut memo)).collect();
 
-    // 5. Selection: the named steps and everything they need.
+    // 5. Selection: the named steps and everything they need. A `deploy` run selects the
+    //    steps deploying to its environment.
+    let deploying: Vec<String>;
+    let selection = match (ctx.event(), &ctx.environment) {
+        (Event::Deploy, Some(env)) => {
+            deploying = insts
+                .iter()
+                .filter(|i| i.step.environment.as_ref().is_some_and(|e| e.name == *env))
+                .map(|i| i.base.to_string())
+                .collect();
+            if deploying.is_empty() {
+                for s in skip.iter_mut().filter(|s| s.is_none()) {
+                    *s = Some(format!("no step deploys to environment `{env}`"));
+                }
+            }
+            &Selection { steps: deploying }
+        }
+        _ => selection,
+    };
     if !selection.steps.is_empty() {
         let mut wanted: Vec<usize> = Vec::new();
         for name in &selection.steps {
@@ -338,7 +360,10 @@ pub fn plan(pipeline: &Pipeline, ctx: &Context, selection: &Selection) -> Result
         }
         for (i, s) in skip.iter_mut().enumerate() {
             if s.is_none() && !keep.contains(&i) {
-                *s = Some("not selected (--step)".to_string());
+                *s = Some(match (ctx.event(), &ctx.environment) {
+                    (Event::Deploy, Some(env)) => format!("not needed to deploy to `{env}`"),
+                    _ => "not selected (--step)".to_string(),
+                });
             }
         }
     }
@@ -641,6 +666,8 @@ pub fn check_triggers(p: &Pipeline, ctx: &Context) -> Result<(), String> {
                 Err("`on.manual` is false".into())
             }
         }
+        // Asked for by someone allowed to act (the API token): like a re-run, no `on` rule.
+        Event::Deploy => Ok(()),
         Event::Schedule => {
             if on.schedule.is_empty() {
                 Err("`on` has no `schedule`".into())

@@ -7,7 +7,8 @@
 //! `Github` (here) is the shared core: the credentials' client, retries, request counters,
 //! an App's installation tokens. `report`: the reporter (statuses or check runs), which
 //! the server's outbox feeds in order.
-//! `annotations`: annotations from failed logs.
+//! `annotations`: annotations from failed logs. A step with an `environment` is also a
+//! GitHub deployment of the run's commit, with its states.
 
 mod annotations;
 mod report;
@@ -134,6 +135,47 @@ pub enum Update {
         summary: String,
         annotations: Vec<Annotation>,
     },
+    /// A step started deploying: GitHub makes a deployment of the commit.
+    Deployment {
+        run: RunRef,
+        /// The server's deployment id (its row).
+        deployment: i64,
+        step: String,
+        environment: String,
+    },
+    /// A deployment's state. Its GitHub id is looked up when it is sent: the deployment
+    /// may have been made after this update was stored.
+    DeploymentState {
+        run: RunRef,
+        deployment: i64,
+        github_id: Option<u64>,
+        state: DeployState,
+        environment_url: Option<String>,
+        description: String,
+    },
+}
+
+/// A deployment's state on GitHub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployState {
+    InProgress,
+    Success,
+    Failure,
+    Error,
+    Inactive,
+}
+
+impl DeployState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeployState::InProgress => "in_progress",
+            DeployState::Success => "success",
+            DeployState::Failure => "failure",
+            DeployState::Error => "error",
+            DeployState::Inactive => "inactive",
+        }
+    }
 }
 
 impl Update {
@@ -141,6 +183,7 @@ impl Update {
         match self {
             Update::Queued(run) | Update::Started(run) => run,
             Update::Step { run, .. } | Update::Finished { run, .. } => run,
+            Update::Deployment { run, .. } | Update::DeploymentState { run, .. } => run,
         }
     }
 
@@ -148,8 +191,16 @@ impl Update {
         match self {
             Update::Queued(run) | Update::Started(run) => run,
             Update::Step { run, .. } | Update::Finished { run, .. } => run,
+            Update::Deployment { run, .. } | Update::DeploymentState { run, .. } => run,
         }
     }
+}
+
+/// Whether GitHub should show `environment` as one end users use (`production`, `prod`,
+/// `production-eu`, ...).
+pub fn is_production(environment: &str) -> bool {
+    let e = environment.to_ascii_lowercase();
+    e == "prod" || e.starts_with("production") || e.starts_with("prod-") || e.starts_with("prod_")
 }
 
 /// The GitHub event a run's event comes from: a tag is pushed.

@@ -14,11 +14,14 @@ pub struct Reporter {
     /// Check runs created since [`Reporter::take_created`] last looked: (run, check run).
     /// The caller records them with the run; an update carries its run's check run.
     created: Vec<(i64, u64)>,
+    /// Deployments GitHub made since [`Reporter::take_deployments`] last looked:
+    /// (the server's deployment, GitHub's).
+    deployments: Vec<(i64, u64)>,
 }
 
 impl Reporter {
     pub fn new(cfg: Config, gh: Github) -> Reporter {
-        Reporter { cfg, gh, created: Vec::new() }
+        Reporter { cfg, gh, created: Vec::new(), deployments: Vec::new() }
     }
 
     fn created_check_run(&mut self, run: i64, created: &Value) {
@@ -30,6 +33,11 @@ impl Reporter {
     /// The check runs created since the last call, for the caller to keep across restarts.
     pub fn take_created(&mut self) -> Vec<(i64, u64)> {
         std::mem::take(&mut self.created)
+    }
+
+    /// The deployments GitHub made since the last call, for the caller to keep.
+    pub fn take_deployments(&mut self) -> Vec<(i64, u64)> {
+        std::mem::take(&mut self.deployments)
     }
 
     pub fn enabled(&self) -> bool {
@@ -134,6 +142,52 @@ impl Reporter {
             }
             Update::Finished { run, conclusion, description, .. } => {
                 self.status(run, &ctx, conclusion.status_state(), description).await
+            }
+            Update::Deployment { run, deployment, step, environment } => {
+                let client = self.client_for(run).await?;
+                let body = json!({
+                    "ref": run.sha,
+                    "task": "deploy",
+                    // The commit as it is: no merge of the default branch, no wait for
+                    // statuses (orch's own run is what decided to deploy).
+                    "auto_merge": false,
+                    "required_contexts": [],
+                    "environment": environment,
+                    "description": truncate(&format!("orch run {}, step {step}", run.id), MAX_DESCRIPTION),
+                    "payload": { "orch_run": run.id, "step": step, "deployment": deployment },
+                    "transient_environment": run.event == "pull_request",
+                    "production_environment": is_production(environment),
+                });
+                let route = format!("/repos/{}/deployments", run.repo);
+                let made =
+                    self.with_retry(&format!("POST {route}"), || client._post(route.as_str(), Some(&body))).await?;
+                let id = made.get("id").and_then(Value::as_u64).ok_or_else(|| {
+                    ReportError::new(format!("GitHub made no deployment: {}", truncate(&made.to_string(), 200)))
+                })?;
+                self.deployments.push((*deployment, id));
+                Ok(())
+            }
+            Update::DeploymentState { run, deployment, github_id, state, environment_url, description } => {
+                let made = self.deployments.iter().rev().find(|(d, _)| d == deployment).map(|&(_, id)| id);
+                let Some(id) = github_id.or(made) else {
+                    return Err(ReportError::new(format!(
+                        "no GitHub deployment to set `{}` on: making it was given up",
+                        state.as_str()
+                    )));
+                };
+                let client = self.client_for(run).await?;
+                let mut body = json!({
+                    "state": state.as_str(),
+                    "log_url": self.target_url(run),
+                    "description": truncate(description, MAX_DESCRIPTION),
+                });
+                if let Some(u) = environment_url {
+                    body["environment_url"] = json!(u);
+                }
+                let route = format!("/repos/{}/deployments/{id}/statuses", run.repo);
+                self.with_retry(&format!("POST {route}"), || client._post(route.as_str(), Some(&body)))
+                    .await
+                    .map(|_| ())
             }
         }
     }

@@ -86,6 +86,9 @@ pub struct ServeArgs {
     /// Also post one status per step (`orch/<step>`), with a token.
     #[arg(long, env = "ORCH_STEP_STATUSES", num_args = 0..=1, default_missing_value = "true")]
     pub step_statuses: Option<bool>,
+    /// Report deployments to GitHub as deployments with states [default: true].
+    #[arg(long, env = "ORCH_GITHUB_DEPLOYMENTS", num_args = 0..=1, default_missing_value = "true")]
+    pub github_deployments: Option<bool>,
     /// Pipeline secrets (dotenv); pull requests from forks get none.
     #[arg(long, env = "ORCH_SECRETS_FILE")]
     pub secrets_file: Option<PathBuf>,
@@ -112,6 +115,10 @@ pub struct ServeArgs {
     /// a time missed by longer is skipped [default: 3600; at least 60].
     #[arg(long, env = "ORCH_SCHEDULE_CATCH_UP", value_name = "SECS")]
     pub schedule_catch_up: Option<u64>,
+    /// The label that makes a GitHub issue an incident (the delivery dashboard's change
+    /// failures and time to restore) [default: incident].
+    #[arg(long, env = "ORCH_INCIDENT_LABEL", value_name = "LABEL")]
+    pub incident_label: Option<String>,
     /// The step caches' size limit (`500M`, `20G`), least recently used evicted first
     /// [default: 5G].
     #[arg(long, env = "ORCH_CACHE_MAX")]
@@ -170,6 +177,8 @@ pub struct Config {
     /// `clone_rewrite`).
     pub clone_access: crate::checkout::CloneAccess,
     pub step_statuses: bool,
+    /// Deployments are reported to GitHub.
+    pub github_deployments: bool,
     pub secrets_file: Option<PathBuf>,
     pub cancel_superseded: bool,
     pub github_backoff: Duration,
@@ -179,6 +188,8 @@ pub struct Config {
     pub retention_runs: u64,
     /// How late a schedule's time may be noticed and still run (see `schedule`).
     pub schedule_catch_up: Duration,
+    /// The label of the GitHub issues that are incidents.
+    pub incident_label: String,
     pub cache_max: u64,
     pub log_limit: u64,
     /// Bytes a run may fetch, and check out; 0: no limit.
@@ -289,6 +300,8 @@ const KEYS: &[&str] = &[
     "retention-days",
     "retention-runs",
     "schedule-catch-up",
+    "incident-label",
+    "github-deployments",
     "cache-max",
     "log-limit",
     "max-repo-size",
@@ -453,6 +466,10 @@ impl ServeArgs {
             },
             clone_rewrite,
             clone_access,
+            github_deployments: match self.github_deployments {
+                Some(b) => b,
+                None => parse_bool("github-deployments", one("github-deployments"))?.unwrap_or(true),
+            },
             step_statuses: match self.step_statuses {
                 Some(b) => b,
                 None => parse_bool("step-statuses", one("step-statuses"))?.unwrap_or(false),
@@ -476,6 +493,13 @@ impl ServeArgs {
                 Some(n) => n,
                 None => parse_num("retention-runs", one("retention-runs"))?.map_or(0, |n| n.max(0) as u64),
             },
+            incident_label: self
+                .incident_label
+                .clone()
+                .or_else(|| one("incident-label"))
+                .map(|l| l.trim().to_string())
+                .filter(|l| !l.is_empty())
+                .unwrap_or_else(|| "incident".into()),
             schedule_catch_up: Duration::from_secs(
                 match self.schedule_catch_up {
                     Some(n) => n,
@@ -596,6 +620,15 @@ mod tests {
         assert!(c.resolve().unwrap_err().to_string().contains("cache-max"));
         let d = ServeArgs { insecure_no_signature: true, ..Default::default() }.resolve().unwrap();
         assert_eq!((d.api_token, d.api_private, d.retention_days, d.retention_runs), (None, false, 30, 0));
+        assert_eq!((d.github_deployments, d.incident_label.as_str()), (true, "incident"));
+        let e = ServeArgs {
+            github_deployments: Some(false),
+            incident_label: Some(" outage ".into()),
+            insecure_no_signature: true,
+            ..Default::default()
+        };
+        let e = e.resolve().unwrap();
+        assert_eq!((e.github_deployments, e.incident_label.as_str()), (false, "outage"));
     }
 
     #[test]

@@ -175,6 +175,38 @@ CREATE TABLE IF NOT EXISTS schedules (
     UNIQUE (repo, name)
 );
 CREATE INDEX IF NOT EXISTS schedules_by_next ON schedules(next_at);
+CREATE TABLE IF NOT EXISTS deployments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id INTEGER NOT NULL,
+    repo TEXT NOT NULL,
+    step TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    url TEXT,
+    sha TEXT NOT NULL,
+    git_ref TEXT,
+    event TEXT NOT NULL,
+    triggered_by TEXT,
+    approved_by TEXT,
+    created_at INTEGER NOT NULL,
+    started_at INTEGER,
+    finished_at INTEGER,
+    status TEXT NOT NULL,
+    is_rollback INTEGER NOT NULL DEFAULT 0,
+    github_id INTEGER,
+    commit_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS deployments_by_env ON deployments(repo, environment, id);
+CREATE TABLE IF NOT EXISTS incidents (
+    repo TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    title TEXT NOT NULL,
+    url TEXT,
+    opened_at INTEGER NOT NULL,
+    closed_at INTEGER,
+    deployment_id INTEGER,
+    PRIMARY KEY (repo, number)
+);
+CREATE INDEX IF NOT EXISTS deployments_by_run ON deployments(run_id);
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     body TEXT NOT NULL,
@@ -206,6 +238,9 @@ const COLUMNS: &[(&str, &str, &str)] = &[
     // The server that records its events (writes its logs, runs it or leased it to an
     // agent); NULL: the only one (SQLite), or a run from before.
     ("runs", "server", "TEXT"),
+    // A `deploy` run: its environment, and that it is an explicit redeploy.
+    ("runs", "environment", "TEXT"),
+    ("runs", "redeploy", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 /// Indexes on [`COLUMNS`].
@@ -242,6 +277,10 @@ pub struct NewRun {
     pub event_time: Option<i64>,
     /// The `on.schedule` name of a schedule run.
     pub schedule: Option<String>,
+    /// The environment a `deploy` run deploys to (`POST /api/environments/{env}/deploy`).
+    pub environment: Option<String>,
+    /// An explicit deployment of a commit (a rollback, `orch deploy`), not a pipeline's run.
+    pub redeploy: bool,
 }
 
 /// A repository's `on.schedule` item as the server keeps it (`schedules` table).
@@ -339,6 +378,56 @@ pub struct AgentRow {
     pub running: i64,
     pub last_seen: Option<i64>,
     pub version: Option<String>,
+}
+
+/// One deployment: a step with an `environment` in a run (a matrix step is one).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeploymentRow {
+    pub id: i64,
+    pub run: i64,
+    pub repo: String,
+    /// The step's key in the file (a matrix step's base name).
+    pub step: String,
+    pub environment: String,
+    pub url: Option<String>,
+    pub sha: String,
+    /// The run's tag or branch.
+    #[serde(rename = "ref")]
+    pub git_ref: Option<String>,
+    /// The run's event (push, tag, manual, schedule, deploy, ...).
+    pub event: String,
+    /// Who triggered the run (the pusher, the author).
+    pub triggered_by: Option<String>,
+    /// Who approved it (filled once approval gates exist).
+    pub approved_by: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    /// in_progress, success, failure, cancelled or error.
+    pub status: String,
+    /// A commit older than the live one (orch heard of it first).
+    pub rollback: bool,
+    /// The deployment GitHub made of it, once made.
+    pub github_id: Option<i64>,
+}
+
+/// An environment of a repository: what is live (its last successful deployment) and its
+/// last deployment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EnvironmentRow {
+    pub repo: String,
+    pub environment: String,
+    pub live: Option<DeploymentRow>,
+    pub last: DeploymentRow,
+}
+
+/// What `GET /api/deployments` filters by.
+#[derive(Debug, Clone, Default)]
+pub struct DeploymentFilter {
+    pub repo: Option<String>,
+    pub environment: Option<String>,
+    pub run: Option<i64>,
+    pub limit: i64,
 }
 
 /// What `GET /api/runs` filters by.
@@ -1139,17 +1228,20 @@ impl Db {
     }
 
     /// An owed update is done with (delivered, or given up), in one commit with what its
-    /// sending learnt: the check runs it created (`(run, check run)`), and why it was given
+    /// sending learnt: the check runs it created (`(run, check run)`), the deployments
+    /// GitHub made (`(deployment, GitHub's id)`), and why it was given
     /// up (`(run, reason)`), shown on the run.
     pub async fn paid(
         &self,
         id: i64,
         created: Vec<(i64, u64)>,
+        deployments: Vec<(i64, u64)>,
         given_up: Option<(i64, String)>,
     ) -> Result<(), DbError> {
         self.write(move |t| {
             t.execute("DELETE FROM outbox WHERE id = ?1", params![id])?;
             record_check_runs(t, &created)?;
+            record_deployments_made(t, &deployments)?;
             if let Some((run, why)) = &given_up {
                 t.execute("UPDATE runs SET report_error = ?2 WHERE id = ?1", params![run, why])?;
             }
@@ -1515,6 +1607,387 @@ fn ids(c: &Conn, sql: &str, args: &[&dyn sql::ToValue]) -> sql::Result<Vec<i64>>
     c.query_map(sql, args, |r| r.get(0))
 }
 
+// ---------------------------------------------------------------------------------------
+// Deployments. Plain SQL, one query per function: kept portable on purpose.
+
+const DEPLOYMENT_COLUMNS: &str = "id, run_id, repo, step, environment, url, sha, git_ref, event, triggered_by,
+    approved_by, created_at, started_at, finished_at, status, is_rollback, github_id";
+
+fn row_to_deployment(r: &Row) -> sql::Result<DeploymentRow> {
+    Ok(DeploymentRow {
+        id: r.get(0)?,
+        run: r.get(1)?,
+        repo: r.get(2)?,
+        step: r.get(3)?,
+        environment: r.get(4)?,
+        url: r.get(5)?,
+        sha: r.get(6)?,
+        git_ref: r.get(7)?,
+        event: r.get(8)?,
+        triggered_by: r.get(9)?,
+        approved_by: r.get(10)?,
+        created_at: r.get(11)?,
+        started_at: r.get(12)?,
+        finished_at: r.get(13)?,
+        status: r.get(14)?,
+        rollback: r.get(15)?,
+        github_id: r.get(16)?,
+    })
+}
+
+/// The commit live in `repo`'s `environment` (its last successful deployment's), if any.
+fn live_sha(c: &Conn, repo: &str, environment: &str) -> sql::Result<Option<String>> {
+    c.query_row(
+        "SELECT sha FROM deployments WHERE repo = ?1 AND environment = ?2 AND status = 'success'
+         ORDER BY id DESC LIMIT 1",
+        params![repo, environment],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// Where `sha` of `repo` stands in the order orch heard of commits: the push time of its
+/// earliest run (else when that run was queued), then that run's id (pushes with one time).
+fn commit_order(c: &Conn, repo: &str, sha: &str) -> sql::Result<Option<(i64, i64)>> {
+    c.query_row(
+        "SELECT MIN(COALESCE(event_time, created_at)), MIN(id) FROM runs WHERE repo = ?1 AND sha = ?2",
+        params![repo, sha],
+        |r| Ok(r.get::<Option<i64>>(0)?.zip(r.get::<Option<i64>>(1)?)),
+    )
+}
+
+fn insert_deployment(
+    t: &Conn,
+    run: i64,
+    step: &str,
+    environment: &str,
+    url: Option<&str>,
+    rollback: bool,
+) -> sql::Result<Option<i64>> {
+    // The parameters in the select list say their types: PostgreSQL cannot infer them there.
+    t.query_row(
+        "INSERT INTO deployments (run_id, repo, step, environment, url, sha, git_ref, event, triggered_by,
+           created_at, started_at, status, is_rollback, commit_at)
+         SELECT id, repo, CAST(?2 AS TEXT), CAST(?3 AS TEXT), CAST(?4 AS TEXT), sha, COALESCE(tag, branch), event,
+           author, CAST(?5 AS BIGINT), CAST(?5 AS BIGINT), 'in_progress', CAST(?6 AS BIGINT),
+           (SELECT MIN(COALESCE(o.event_time, o.created_at)) FROM runs o WHERE o.repo = runs.repo AND o.sha = runs.sha)
+         FROM runs WHERE id = ?1
+         RETURNING id",
+        params![run, step, environment, url, now(), rollback],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+fn run_repo_sha(c: &Conn, run: i64) -> sql::Result<Option<(String, String)>> {
+    c.query_row("SELECT repo, sha FROM runs WHERE id = ?1", params![run], |r| Ok((r.get(0)?, r.get(1)?))).optional()
+}
+
+fn record_deployments_made(t: &Conn, made: &[(i64, u64)]) -> sql::Result<()> {
+    for (deployment, github) in made {
+        t.execute("UPDATE deployments SET github_id = ?2 WHERE id = ?1", params![deployment, *github as i64])?;
+    }
+    Ok(())
+}
+
+/// An incident: a GitHub issue with the incident label.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IncidentRow {
+    pub repo: String,
+    pub number: i64,
+    pub title: String,
+    pub url: Option<String>,
+    pub opened_at: i64,
+    pub closed_at: Option<i64>,
+    /// The deployment its body names as the cause.
+    pub deployment: Option<i64>,
+}
+
+/// A deployment as the delivery measures read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DoraDeployment {
+    pub id: i64,
+    pub environment: String,
+    pub sha: String,
+    pub status: String,
+    pub rollback: bool,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    /// When orch first heard of the commit (see `dora`).
+    pub commit_at: Option<i64>,
+}
+
+/// A run as the pipeline health measures read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthRun {
+    pub id: i64,
+    pub repo: String,
+    pub status: RunState,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub rerun_of: Option<i64>,
+}
+
+/// A step row with its run, for the health measures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthStep {
+    pub run: i64,
+    pub name: String,
+    pub status: StepState,
+    pub attempts: i64,
+    pub duration: Option<f64>,
+}
+
+impl Db {
+    /// Records an issue's state: an incident (kept, with its times and named deployment),
+    /// or not one (forgotten, if it was).
+    pub async fn record_incident(&self, i: super::webhook::Issue, incident: bool) -> Result<(), DbError> {
+        self.write(move |t| {
+            t.execute("DELETE FROM incidents WHERE repo = ?1 AND number = ?2", params![i.repo, i.number as i64])?;
+            if incident {
+                t.execute(
+                    "INSERT INTO incidents (repo, number, title, url, opened_at, closed_at, deployment_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![i.repo, i.number as i64, i.title, i.url, i.opened_at, i.closed_at, i.deployment],
+                )?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// The incidents of `repo` (or of all), oldest first.
+    pub async fn incidents(&self, repo: Option<String>) -> Result<Vec<IncidentRow>, DbError> {
+        self.read(move |c| {
+            c.query_map(
+                "SELECT repo, number, title, url, opened_at, closed_at, deployment_id FROM incidents
+                 WHERE (repo = ?1 OR ?1 IS NULL) ORDER BY opened_at",
+                params![repo],
+                |r| {
+                    Ok(IncidentRow {
+                        repo: r.get(0)?,
+                        number: r.get(1)?,
+                        title: r.get(2)?,
+                        url: r.get(3)?,
+                        opened_at: r.get(4)?,
+                        closed_at: r.get(5)?,
+                        deployment: r.get(6)?,
+                    })
+                },
+            )
+        })
+        .await
+    }
+
+    /// Every deployment of `repo` (or of all) to `environment` (or to any), oldest first.
+    pub async fn dora_deployments(
+        &self,
+        repo: Option<String>,
+        environment: Option<String>,
+    ) -> Result<Vec<DoraDeployment>, DbError> {
+        self.read(move |c| {
+            c.query_map(
+                "SELECT id, environment, sha, status, is_rollback, started_at, finished_at, commit_at FROM deployments
+                 WHERE (repo = ?1 OR ?1 IS NULL) AND (environment = ?2 OR ?2 IS NULL) ORDER BY id",
+                params![repo, environment],
+                |r| {
+                    Ok(DoraDeployment {
+                        id: r.get(0)?,
+                        environment: r.get(1)?,
+                        sha: r.get(2)?,
+                        status: r.get(3)?,
+                        rollback: r.get(4)?,
+                        started_at: r.get(5)?,
+                        finished_at: r.get(6)?,
+                        commit_at: r.get(7)?,
+                    })
+                },
+            )
+        })
+        .await
+    }
+
+    /// The runs of `repo` (or of all) created since `since`, oldest first.
+    pub async fn health_runs(&self, repo: Option<String>, since: i64) -> Result<Vec<HealthRun>, DbError> {
+        self.read(move |c| {
+            c.query_map(
+                "SELECT id, repo, status, started_at, finished_at, rerun_of FROM runs
+                 WHERE (repo = ?1 OR ?1 IS NULL) AND created_at >= ?2 ORDER BY id",
+                params![repo, since],
+                |r| {
+                    Ok(HealthRun {
+                        id: r.get(0)?,
+                        repo: r.get(1)?,
+                        status: r.get(2)?,
+                        started_at: r.get(3)?,
+                        finished_at: r.get(4)?,
+                        rerun_of: r.get(5)?,
+                    })
+                },
+            )
+        })
+        .await
+    }
+
+    /// The steps of the runs of `repo` (or of all) created since `since`.
+    pub async fn health_steps(&self, repo: Option<String>, since: i64) -> Result<Vec<HealthStep>, DbError> {
+        self.read(move |c| {
+            c.query_map(
+                "SELECT s.run_id, s.name, s.status, s.attempts, s.duration FROM steps s JOIN runs r ON r.id = s.run_id
+                 WHERE (r.repo = ?1 OR ?1 IS NULL) AND r.created_at >= ?2 ORDER BY s.run_id",
+                params![repo, since],
+                |r| {
+                    Ok(HealthStep {
+                        run: r.get(0)?,
+                        name: r.get(1)?,
+                        status: r.get(2)?,
+                        attempts: r.get(3)?,
+                        duration: r.get(4)?,
+                    })
+                },
+            )
+        })
+        .await
+    }
+
+    /// Records that `step` of `run` started deploying to `environment`; its id (`None`: no
+    /// such run). A commit older than the live one (orch heard of it first) is a rollback.
+    pub async fn start_deployment(
+        &self,
+        run: i64,
+        step: String,
+        environment: String,
+        url: Option<String>,
+    ) -> Result<Option<i64>, DbError> {
+        self.write(move |t| {
+            let Some((repo, sha)) = run_repo_sha(t, run)? else { return Ok(None) };
+            let rollback = match live_sha(t, &repo, &environment)? {
+                Some(live) if live != sha => {
+                    let (mine, live) = (commit_order(t, &repo, &sha)?, commit_order(t, &repo, &live)?);
+                    mine.zip(live).is_some_and(|(mine, live)| mine < live)
+                }
+                _ => false,
+            };
+            insert_deployment(t, run, &step, &environment, url.as_deref(), rollback)
+        })
+        .await
+    }
+
+    /// Records a deployment's end: success, failure, cancelled or error.
+    pub async fn finish_deployment(&self, id: i64, status: &'static str) -> Result<(), DbError> {
+        self.write(move |t| {
+            t.execute("UPDATE deployments SET status = ?2, finished_at = ?3 WHERE id = ?1", params![id, status, now()])
+                .map(|_| ())
+        })
+        .await
+    }
+
+    /// Records the deployments GitHub made (`(deployment, GitHub's id)`) for an update still
+    /// owed.
+    pub async fn deployments_made(&self, made: Vec<(i64, u64)>) -> Result<(), DbError> {
+        self.write(move |t| record_deployments_made(t, &made)).await
+    }
+
+    /// The deployment GitHub made of `id`, if it made one.
+    pub async fn github_deployment_of(&self, id: i64) -> Result<Option<u64>, DbError> {
+        self.read(move |c| {
+            c.query_row("SELECT github_id FROM deployments WHERE id = ?1", params![id], |r| r.get::<Option<i64>>(0))
+                .optional()
+                .map(|o| o.flatten().map(|n| n as u64))
+        })
+        .await
+    }
+
+    /// Deployments, newest first.
+    pub async fn deployments(&self, f: DeploymentFilter) -> Result<Vec<DeploymentRow>, DbError> {
+        self.read(move |c| {
+            c.query_map(
+                &format!(
+                    "SELECT {DEPLOYMENT_COLUMNS} FROM deployments
+                 WHERE (repo = ?1 OR ?1 IS NULL) AND (environment = ?2 OR ?2 IS NULL) AND (run_id = ?3 OR ?3 IS NULL)
+                 ORDER BY id DESC LIMIT ?4"
+                ),
+                params![f.repo, f.environment, f.run, f.limit],
+                row_to_deployment,
+            )
+        })
+        .await
+    }
+
+    /// What a rollback of `repo`'s `environment` deploys: the last successful deployment
+    /// before the live one of another commit; `None` when there is none.
+    pub async fn rollback_target(&self, repo: String, environment: String) -> Result<Option<DeploymentRow>, DbError> {
+        self.read(move |c| {
+            let live: Option<(i64, String)> = c
+                .query_row(
+                    "SELECT id, sha FROM deployments WHERE repo = ?1 AND environment = ?2 AND status = 'success'
+                     ORDER BY id DESC LIMIT 1",
+                    params![repo, environment],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let Some((live_id, live_sha)) = live else { return Ok(None) };
+            c.query_row(
+                &format!(
+                    "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE repo = ?1 AND environment = ?2
+                     AND status = 'success' AND id < ?3 AND sha <> ?4 ORDER BY id DESC LIMIT 1"
+                ),
+                params![repo, environment, live_id, live_sha],
+                row_to_deployment,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    /// The newest run of `sha` in `repo` that is not a pull request's, if orch has one.
+    pub async fn run_of_commit(&self, repo: String, sha: String) -> Result<Option<Run>, DbError> {
+        self.read(move |c| {
+            c.query_row(
+                &format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE repo = ?1 AND sha = ?2 AND pr IS NULL AND fork = 0
+                     ORDER BY id DESC LIMIT 1"
+                ),
+                params![repo, sha],
+                row_to_run,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    /// Every environment deployed to (of `repo`, or of all), with what is live and the last
+    /// deployment, by repository and name.
+    pub async fn environments(&self, repo: Option<String>) -> Result<Vec<EnvironmentRow>, DbError> {
+        self.read(move |c| {
+            let pairs: Vec<(String, String)> = c.query_map(
+                "SELECT DISTINCT repo, environment FROM deployments WHERE (repo = ?1 OR ?1 IS NULL)
+                 ORDER BY repo, environment",
+                params![repo],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let mut out = Vec::new();
+            for (repo, environment) in pairs {
+                let one = |only_success: bool| {
+                    c.query_row(
+                        &format!(
+                            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE repo = ?1 AND environment = ?2
+                             AND (status = 'success' OR ?3 = 0) ORDER BY id DESC LIMIT 1"
+                        ),
+                        params![repo, environment, only_success],
+                        row_to_deployment,
+                    )
+                    .optional()
+                };
+                let Some(last) = one(false)? else { continue };
+                out.push(EnvironmentRow { live: one(true)?, last, repo, environment });
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
 fn record_check_runs(t: &Conn, created: &[(i64, u64)]) -> sql::Result<()> {
     for (run, check_run) in created {
         t.execute("UPDATE runs SET check_run_id = ?2 WHERE id = ?1", params![run, *check_run as i64])?;
@@ -1549,8 +2022,10 @@ fn insert_run(t: &Conn, delivery: Option<&str>, r: &NewRun) -> sql::Result<i64> 
     t.notify("queued");
     t.query_row(
         "INSERT INTO runs (delivery_id, repo, clone_url, event, branch, base_branch, tag, sha, pr, fork, changed,
-           installation_id, author, title, status, created_at, concurrency_key, default_branch, event_time, schedule)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'queued', ?15, ?16, ?17, ?18, ?19)
+           installation_id, author, title, status, created_at, concurrency_key, default_branch, event_time, schedule,
+           environment, redeploy)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'queued', ?15, ?16, ?17, ?18, ?19,
+           ?20, ?21)
          RETURNING id",
         params![
             delivery,
@@ -1572,6 +2047,8 @@ fn insert_run(t: &Conn, delivery: Option<&str>, r: &NewRun) -> sql::Result<i64> 
             r.default_branch,
             r.event_time,
             r.schedule,
+            r.environment,
+            r.redeploy,
         ],
         |r| r.get(0),
     )
@@ -1620,7 +2097,8 @@ fn runs_by_id(c: &Conn, ids: &[i64]) -> sql::Result<Vec<Run>> {
 
 const RUN_COLUMNS: &str = "id, delivery_id, repo, clone_url, event, branch, base_branch, tag, sha, pr, fork, changed,
     installation_id, author, title, status, reason, created_at, started_at, finished_at, attempts, check_run_id,
-    concurrency_key, default_branch, rerun_of, failed_only, event_time, report_error, agent, labels, lost, dispatched_at, schedule";
+    concurrency_key, default_branch, rerun_of, failed_only, event_time, report_error, agent, labels, lost, dispatched_at, schedule,
+    environment, redeploy";
 
 fn row_to_run(r: &Row) -> sql::Result<Run> {
     let changed: Option<String> = r.get(11)?;
@@ -1645,6 +2123,8 @@ fn row_to_run(r: &Row) -> sql::Result<Run> {
             default_branch: r.get(23)?,
             event_time: r.get(26)?,
             schedule: r.get(32)?,
+            environment: r.get(33)?,
+            redeploy: r.get(34)?,
         },
         status: r.get(15)?,
         reason: r.get(16)?,
@@ -2022,7 +2502,7 @@ mod tests {
             assert_eq!(owed.iter().map(|o| o.1.clone()).collect::<Vec<_>>(), [format!("owed {from_delivery}")]);
             db.check_runs_made(vec![(from_delivery, 77)]).await.unwrap();
             assert_eq!(db.check_run_of(from_delivery).await.unwrap(), Some(77));
-            db.paid(owed[0].0, vec![], Some((from_delivery, "gone".into()))).await.unwrap();
+            db.paid(owed[0].0, vec![], vec![], Some((from_delivery, "gone".into()))).await.unwrap();
             assert_eq!(db.count_owed().await.unwrap(), 0);
             assert_eq!(db.run(from_delivery).await.unwrap().unwrap().report_error.as_deref(), Some("gone"));
             // Plan, give back, release, requeue.
@@ -2110,6 +2590,77 @@ mod tests {
             assert_eq!(db.schedules().await.unwrap()[0].last_error.as_deref(), Some("missed"));
             db.ping().await.unwrap();
             db.announce("nothing".into()).await.unwrap();
+        }
+    }
+
+    /// Deployments, rollbacks, incidents and the health measures' reads, on both backends.
+    #[tokio::test]
+    async fn deployments_and_delivery_queries_answer_on_both_backends() {
+        for (db, _guard) in backends("deployments").await {
+            let commit = |sha: &str, t: i64| NewRun { sha: sha.into(), event_time: Some(t), ..spec("main") };
+            let (old, _, _) = db.queue_run(commit("aaa", 100), false).await.unwrap();
+            let (new, _, _) = db.queue_run(commit("bbb", 200), false).await.unwrap();
+            let first = db.start_deployment(old, "deploy".into(), "prod".into(), Some("https://x".into())).await;
+            let first = first.unwrap().expect("recorded");
+            db.finish_deployment(first, "success").await.unwrap();
+            let second = db.start_deployment(new, "deploy".into(), "prod".into(), None).await.unwrap().unwrap();
+            db.finish_deployment(second, "success").await.unwrap();
+            assert_eq!(db.start_deployment(9999, "d".into(), "prod".into(), None).await.unwrap(), None, "no run");
+            db.deployments_made(vec![(second, 77)]).await.unwrap();
+            assert_eq!(db.github_deployment_of(second).await.unwrap(), Some(77));
+            assert_eq!(db.github_deployment_of(first).await.unwrap(), None);
+            let back = db.rollback_target("o/r".into(), "prod".into()).await.unwrap().expect("a target");
+            assert_eq!((back.id, back.sha.as_str()), (first, "aaa"));
+            // The older commit again: a rollback.
+            let (again, _, _) = db.queue_run(commit("aaa", 300), false).await.unwrap();
+            let third = db.start_deployment(again, "deploy".into(), "prod".into(), None).await.unwrap().unwrap();
+            let f =
+                DeploymentFilter { repo: Some("o/r".into()), environment: Some("prod".into()), run: None, limit: 10 };
+            let rows = db.deployments(f).await.unwrap();
+            assert_eq!(
+                rows.iter().map(|d| (d.id, d.rollback)).collect::<Vec<_>>(),
+                [(third, true), (second, false), (first, false)]
+            );
+            assert_eq!(rows[2].url.as_deref(), Some("https://x"));
+            let envs = db.environments(None).await.unwrap();
+            assert_eq!(envs.len(), 1);
+            assert_eq!((envs[0].last.id, envs[0].live.as_ref().map(|d| d.id)), (third, Some(second)));
+            assert_eq!(db.run_of_commit("o/r".into(), "aaa".into()).await.unwrap().map(|r| r.id), Some(again));
+            let dora = db.dora_deployments(Some("o/r".into()), None).await.unwrap();
+            assert_eq!(dora.len(), 3);
+            assert_eq!(dora[0].commit_at, Some(100), "when orch first heard of the commit");
+            let incident = super::super::webhook::Issue {
+                repo: "o/r".into(),
+                number: 5,
+                title: "down".into(),
+                url: None,
+                labels: vec!["incident".into()],
+                opened_at: 400,
+                closed_at: Some(500),
+                deployment: Some(second),
+                deleted: false,
+            };
+            db.record_incident(incident.clone(), true).await.unwrap();
+            db.record_incident(incident, true).await.unwrap();
+            let found = db.incidents(Some("o/r".into())).await.unwrap();
+            assert_eq!((found.len(), found[0].deployment), (1, Some(second)));
+            db.upsert_step(
+                old,
+                StepRow {
+                    name: "deploy".into(),
+                    stage: None,
+                    status: StepState::Passed,
+                    exit_code: Some(0),
+                    attempts: 1,
+                    started: Some(0.0),
+                    duration: Some(1.5),
+                    message: None,
+                },
+            )
+            .await
+            .unwrap();
+            assert_eq!(db.health_runs(Some("o/r".into()), 0).await.unwrap().len(), 3);
+            assert_eq!(db.health_steps(None, 0).await.unwrap().len(), 1);
         }
     }
 

@@ -10,6 +10,7 @@ pub mod api;
 pub mod config;
 pub mod dashboard;
 pub mod db;
+pub mod dora;
 pub mod limit;
 pub mod live;
 pub mod outbox;
@@ -375,6 +376,8 @@ async fn accept(
         Action::Ping => ("ping".to_string(), None),
         Action::Run(r) => ("queued".to_string(), Some((**r).clone())),
         Action::CancelPullRequest { .. } => ("cancel".to_string(), None),
+        Action::Issue(i) if is_incident(&st, i) => ("incident".to_string(), None),
+        Action::Issue(i) => (format!("ignored: issue #{} is not labelled `{}`", i.number, st.cfg.incident_label), None),
         Action::Ignore(why) => (format!("ignored: {why}"), None),
     };
     // The run's first update for GitHub is owed in the commit that queues it.
@@ -432,6 +435,17 @@ async fn accept(
     }
     match action {
         Action::Ping => reply(StatusCode::OK, json!({ "status": "pong", "delivery": delivery })),
+        Action::Issue(i) => {
+            // An issue that lost the label (or was deleted) is no incident any more.
+            let incident = is_incident(&st, &i);
+            let number = i.number;
+            if let Err(e) = st.db.record_incident(*i, incident).await {
+                tracing::error!(%delivery, "cannot record an incident: {e}");
+                return reply(StatusCode::SERVICE_UNAVAILABLE, json!({ "error": "cannot record the incident" }));
+            }
+            let status = if incident { "incident" } else { "ignored" };
+            reply(StatusCode::ACCEPTED, json!({ "status": status, "issue": number, "delivery": delivery }))
+        }
         Action::Ignore(why) => {
             tracing::info!(%delivery, %event, "ignored: {why}");
             reply(StatusCode::ACCEPTED, json!({ "status": "ignored", "reason": why, "delivery": delivery }))
@@ -489,4 +503,9 @@ pub(crate) fn report_cancelled(st: &AppState, runs: &[db::Run]) {
     if !runs.is_empty() {
         st.report.poke();
     }
+}
+
+/// Whether an issue is an incident: it has the incident label and was not deleted.
+fn is_incident(st: &AppState, i: &webhook::Issue) -> bool {
+    !i.deleted && i.labels.iter().any(|l| l.eq_ignore_ascii_case(&st.cfg.incident_label))
 }

@@ -1,5 +1,5 @@
 //! What the server owes GitHub, durably: every update (a run queued, started, a step's
-//! status, the final status or check run) is stored in the database before anything waits
+//! status, the final status or check run, a deployment and its states) is stored in the database before anything waits
 //! on it being sent, and one task sends the stored updates in order, oldest first, each
 //! retried by the reporter until GitHub takes it or it is given up. A kill -9 loses none
 //! (the next start sends what is owed), a busy GitHub drops none (they wait in the table,
@@ -195,13 +195,19 @@ async fn send_batch(outbox: &Outbox, reporter: &mut Reporter, wait: &mut Duratio
                 {
                     tracing::warn!(id, "cannot record a check run: {e}");
                 }
+                let made = reporter.take_deployments();
+                if !made.is_empty()
+                    && let Err(e) = outbox.db.deployments_made(made).await
+                {
+                    tracing::warn!(id, "cannot record a GitHub deployment: {e}");
+                }
                 return true;
             }
         };
         *wait = pause;
         // Done with: delivered, or given up (the reason goes on the run). If this write
         // fails the update is sent again, which GitHub takes as the same state.
-        if let Err(e) = outbox.db.paid(id, reporter.take_created(), given_up).await {
+        if let Err(e) = outbox.db.paid(id, reporter.take_created(), reporter.take_deployments(), given_up).await {
             tracing::warn!(id, "cannot mark a GitHub update sent: {e}");
         }
     }
@@ -232,6 +238,13 @@ async fn send(db: &Db, reporter: &mut Reporter, id: i64, body: &str, stored_at: 
         match db.check_run_of(run).await {
             Ok(c) => u.run_mut().check_run_id = c,
             Err(e) => tracing::warn!(run, "cannot read the run's check run: {e}"),
+        }
+    }
+    // A deployment's state stored before GitHub made the deployment: its id is known now.
+    if let Update::DeploymentState { deployment, github_id: github_id @ None, .. } = &mut u {
+        match db.github_deployment_of(*deployment).await {
+            Ok(g) => *github_id = g,
+            Err(e) => tracing::warn!(run, "cannot read the run's GitHub deployment: {e}"),
         }
     }
     match reporter.send(&u).await {

@@ -1,5 +1,6 @@
 //! The recorder of a server run: the one consumer of its events (log files, the live feed,
-//! step rows, per-step GitHub updates, the running-containers gauge).
+//! step rows, deployment rows, per-step GitHub updates and deployments, the
+//! running-containers gauge).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,7 +10,8 @@ use tokio::sync::mpsc;
 
 use super::AppState;
 use super::db::{StepRow, StepState};
-use crate::github::{Conclusion, RunRef, Update};
+use crate::github::{Conclusion, DeployState, RunRef, Update};
+use crate::sched::events::DeploymentStatus;
 use crate::sched::{RunEvent, StepStatus, StepSummary};
 
 /// Consumes a run's events: the step log files, the live feed of followers, the step rows,
@@ -33,6 +35,8 @@ pub(super) async fn record(
     let t0 = std::time::Instant::now();
     // Steps with a container up, for `orch_containers_running`.
     let mut up = std::collections::HashSet::new();
+    // Deployments started and not ended: by step, (the row, the environment's URL).
+    let mut deploying = std::collections::HashMap::new();
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         let mut items = Vec::new();
@@ -75,6 +79,26 @@ pub(super) async fn record(
                         .await;
                     items.push(Item::StepDone { step: s.step, status });
                 }
+                RunEvent::DeploymentStarted { step, environment, url } => {
+                    match st.db.start_deployment(run_id, step.clone(), environment.clone(), url.clone()).await {
+                        Ok(Some(id)) => {
+                            deploying.insert(step.clone(), (id, url.clone()));
+                            if st.cfg.github_deployments {
+                                let made = Update::Deployment { run: rr.clone(), deployment: id, step, environment };
+                                st.report.owe(made).await;
+                                let state = deploy_state(&rr, id, url, DeployState::InProgress, "deploying".into());
+                                st.report.owe(state).await;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(run_id, "cannot record a deployment: {e}"),
+                    }
+                }
+                RunEvent::DeploymentFinished { step, status, .. } => {
+                    if let Some((id, url)) = deploying.remove(&step) {
+                        end_deployment(&st, &rr, id, url, status).await;
+                    }
+                }
                 _ => {}
             }
             next = if items.len() < 1024 { rx.try_recv().ok() } else { None };
@@ -83,6 +107,10 @@ pub(super) async fn record(
         feed.send(items);
     }
     st.counters.containers_running.fetch_sub(up.len() as i64, Ordering::Relaxed);
+    // The run ended (or its executor was lost) before these deployments did.
+    for (_, (id, url)) in deploying {
+        end_deployment(&st, &rr, id, url, DeploymentStatus::Error).await;
+    }
     files.flush();
     files.lost().map(str::to_string)
 }
@@ -119,5 +147,35 @@ fn step_line(s: &StepSummary) -> String {
         (StepStatus::Skipped, Some(m)) => format!("skipped: {m}"),
         (st, Some(m)) => format!("{}: {m}", st.label()),
         (st, None) => st.label().to_string(),
+    }
+}
+
+fn deploy_state(rr: &RunRef, id: i64, url: Option<String>, state: DeployState, description: String) -> Update {
+    Update::DeploymentState {
+        run: rr.clone(),
+        deployment: id,
+        github_id: None,
+        state,
+        environment_url: url,
+        description,
+    }
+}
+
+/// Records a deployment's end and owes GitHub its state.
+async fn end_deployment(st: &AppState, rr: &RunRef, id: i64, url: Option<String>, status: DeploymentStatus) {
+    let (row, state, description) = match status {
+        DeploymentStatus::Success => ("success", DeployState::Success, "deployed"),
+        DeploymentStatus::Failure => ("failure", DeployState::Failure, "the deploy step failed"),
+        // GitHub has no cancelled state.
+        DeploymentStatus::Cancelled => ("cancelled", DeployState::Error, "cancelled"),
+        DeploymentStatus::Error => ("error", DeployState::Error, "the deploy step could not run to its end"),
+    };
+    if let Err(e) = st.db.finish_deployment(id, row).await {
+        tracing::warn!(run = rr.id, "cannot record a deployment's end: {e}");
+    }
+    // Only a success has an environment a person can open.
+    let url = url.filter(|_| state == DeployState::Success);
+    if st.cfg.github_deployments {
+        st.report.owe(deploy_state(rr, id, url, state, description.into())).await;
     }
 }

@@ -39,8 +39,38 @@ pub enum Action {
         repo: String,
         pr: u64,
     },
+    /// An issue was opened, closed, labelled...: an incident if it has the incident label.
+    Issue(Box<Issue>),
     /// Re-run a check (GitHub's "Re-run" button): a new run of that commit.
     Ignore(String),
+}
+
+/// An issue as an `issues` delivery tells it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Issue {
+    pub repo: String,
+    pub number: u64,
+    pub title: String,
+    pub url: Option<String>,
+    pub labels: Vec<String>,
+    /// Unix seconds.
+    pub opened_at: i64,
+    pub closed_at: Option<i64>,
+    /// The deployment its body names as the cause (a line `Deployment: N`).
+    pub deployment: Option<i64>,
+    pub deleted: bool,
+}
+
+/// The deployment an incident's body names: a line `Deployment: N` (or `deployment #N`).
+pub fn named_deployment(body: &str) -> Option<i64> {
+    body.lines().find_map(|l| {
+        let l = l.trim();
+        let (k, v) = l.split_once(':')?;
+        if !k.trim().eq_ignore_ascii_case("deployment") {
+            return None;
+        }
+        v.trim().trim_start_matches('#').parse().ok()
+    })
 }
 
 fn s(v: &Value, path: &[&str]) -> Option<String> {
@@ -79,6 +109,33 @@ pub fn classify(event: &str, payload: &Value) -> Action {
     let action = s(payload, &["action"]).unwrap_or_default();
     match event {
         "ping" => Action::Ping,
+        "issues" => {
+            let Some(issue) = payload.get("issue") else {
+                return Action::Ignore("an issues event without an issue".into());
+            };
+            let Some(number) = n(issue, &["number"]) else { return Action::Ignore("an issue without a number".into()) };
+            let Some(opened_at) = time(issue, &["created_at"]) else {
+                return Action::Ignore("an issue without its time".into());
+            };
+            let labels = issue
+                .get("labels")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|l| s(l, &["name"]))
+                .collect();
+            Action::Issue(Box::new(Issue {
+                repo,
+                number,
+                title: s(issue, &["title"]).unwrap_or_default(),
+                url: s(issue, &["html_url"]),
+                labels,
+                opened_at,
+                closed_at: time(issue, &["closed_at"]),
+                deployment: s(issue, &["body"]).as_deref().and_then(named_deployment),
+                deleted: action == "deleted",
+            }))
+        }
         "push" => {
             if payload.get("deleted").and_then(Value::as_bool) == Some(true) {
                 return Action::Ignore("a branch or tag was deleted".into());
@@ -130,6 +187,8 @@ pub fn classify(event: &str, payload: &Value) -> Action {
                 title: head.and_then(|h| s(h, &["message"])).map(|m| m.lines().next().unwrap_or("").to_string()),
                 event_time: time(payload, &["repository", "pushed_at"]),
                 schedule: None,
+                environment: None,
+                redeploy: false,
             }))
         }
         "pull_request" => {
@@ -166,6 +225,8 @@ pub fn classify(event: &str, payload: &Value) -> Action {
                 title: s(pr, &["title"]),
                 event_time: time(pr, &["updated_at"]),
                 schedule: None,
+                environment: None,
+                redeploy: false,
             }))
         }
         "check_suite" | "check_run" => {
@@ -209,6 +270,8 @@ pub fn classify(event: &str, payload: &Value) -> Action {
                         // A person asked for this re-run now, whatever its commit's age.
                         event_time: None,
                         schedule: None,
+                        environment: None,
+                        redeploy: false,
                     }))
                 }
                 None => {
@@ -234,6 +297,8 @@ pub fn classify(event: &str, payload: &Value) -> Action {
                         // A person asked for this re-run now, whatever its commit's age.
                         event_time: None,
                         schedule: None,
+                        environment: None,
+                        redeploy: false,
                     }))
                 }
             }

@@ -455,6 +455,7 @@ pub fn context_of(spec: &super::db::NewRun, run_id: &str, changed: Option<Vec<St
         run_id: run_id.to_string(),
         changed,
         schedule: spec.schedule.clone(),
+        environment: spec.environment.clone(),
     })
 }
 

@@ -1,4 +1,5 @@
-//! The actions: cancel, re-run (all steps or the failed ones), manual runs.
+//! The actions: cancel, re-run (all steps or the failed ones), manual runs, deployments of
+//! a commit to an environment (rollbacks).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -195,6 +196,90 @@ pub(super) async fn manual_run(State(st): State<Arc<AppState>>, headers: HeaderM
             tracing::info!(run = id, repo = %spec.repo, sha = %spec.sha, "manual run queued through the API");
             queued(&st, id, &spec).await;
             reply(StatusCode::ACCEPTED, json!({ "status": "queued", "run": id, "sha": spec.sha }))
+        }
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Deploy {
+    repo: String,
+    sha: Option<String>,
+}
+
+/// `POST /api/environments/{env}/deploy` `{"repo", "sha"?}`: a `deploy` run of the commit
+/// (default: the last one deployed to `env` with success before the live one, a rollback)
+/// that runs only the steps deploying to `env` and what they need.
+pub(super) async fn deploy(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(env): Path<String>,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = authorize_write(&st, &headers) {
+        return *r;
+    }
+    let d: Deploy = match serde_json::from_slice(&body) {
+        Ok(d) => d,
+        Err(e) => {
+            return error(StatusCode::BAD_REQUEST, format!("expected {{\"repo\": \"owner/name\", \"sha\"?}}: {e}"));
+        }
+    };
+    let name_ok = env.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && env.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !name_ok {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("`{env}` is not an environment name ([A-Za-z0-9][A-Za-z0-9._-]*)"),
+        );
+    }
+    let sha = match d.sha {
+        Some(sha) if sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit()) => sha.to_lowercase(),
+        Some(sha) => return error(StatusCode::BAD_REQUEST, format!("`sha` is a full 40-digit commit id, got `{sha}`")),
+        None => match st.db.rollback_target(d.repo.clone(), env.clone()).await {
+            Ok(Some(t)) => t.sha,
+            Ok(None) => {
+                return error(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "nothing to roll back to: `{env}` of {} has no successful deployment of another commit \
+                         before the live one; name a commit (`sha`)",
+                        d.repo
+                    ),
+                );
+            }
+            Err(e) => return internal(e),
+        },
+    };
+    // Only a commit orch ran from a push: a pull request's code never deploys.
+    let run = match st.db.run_of_commit(d.repo.clone(), sha.clone()).await {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("orch has no run of commit {sha} of {} from a push: push it to a branch or tag first", d.repo),
+            );
+        }
+        Err(e) => return internal(e),
+    };
+    let spec = NewRun {
+        event: "deploy".into(),
+        environment: Some(env.clone()),
+        redeploy: true,
+        title: Some(format!("deploy {} to {env}", sha.get(..7).unwrap_or(&sha))),
+        author: None,
+        changed: None,
+        concurrency_key: None,
+        event_time: None,
+        schedule: None,
+        ..run.spec
+    };
+    match st.db.queue_run(spec.clone(), false).await {
+        Ok((id, _, _)) => {
+            tracing::info!(run = id, repo = %spec.repo, sha = %spec.sha, env, "deploy run queued through the API");
+            queued(&st, id, &spec).await;
+            reply(StatusCode::ACCEPTED, json!({ "status": "queued", "run": id, "sha": spec.sha, "environment": env }))
         }
         Err(e) => internal(e),
     }

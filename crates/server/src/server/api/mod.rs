@@ -24,7 +24,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use serde_json::json;
 
-use super::db::{Run, RunFilter, RunState};
+use super::db::{DeploymentFilter, Run, RunFilter, RunState};
 use super::{AppState, reply, worker};
 use crate::confined::{Kind, Root};
 
@@ -40,6 +40,10 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/runs/{id}/cancel", post(actions::cancel))
         .route("/api/runs/{id}/rerun", post(actions::rerun))
         .route("/api/schedules", get(list_schedules))
+        .route("/api/deployments", get(list_deployments))
+        .route("/api/environments", get(list_environments))
+        .route("/api/dora", get(dora))
+        .route("/api/environments/{env}/deploy", post(actions::deploy))
         .route("/api/openapi.yaml", get(ops::openapi))
         .route("/metrics", get(ops::metrics))
         .route("/readyz", get(ops::readyz))
@@ -106,6 +110,74 @@ async fn list_schedules(State(st): State<Arc<AppState>>, headers: HeaderMap) -> 
                 .collect();
             reply(StatusCode::OK, json!({ "schedules": list }))
         }
+        Err(e) => internal(e),
+    }
+}
+
+/// `GET /api/deployments?repo=&environment=&run=&limit=`: deployments, newest first.
+async fn list_deployments(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = authorize_read(&st, &headers) {
+        return *r;
+    }
+    let (limit, run) = match (parse_num(&q, "limit"), parse_num(&q, "run")) {
+        (Ok(l), Ok(r)) => (l.unwrap_or(50), r),
+        (Err(r), _) | (_, Err(r)) => return *r,
+    };
+    if !(1..=500).contains(&limit) {
+        return error(StatusCode::BAD_REQUEST, format!("`limit` must be from 1 to 500, got {limit}"));
+    }
+    let text = |k: &str| q.get(k).filter(|v| !v.is_empty()).cloned();
+    let f = DeploymentFilter { repo: text("repo"), environment: text("environment"), run, limit };
+    match st.db.deployments(f).await {
+        Ok(rows) => reply(StatusCode::OK, json!({ "deployments": rows })),
+        Err(e) => internal(e),
+    }
+}
+
+/// `GET /api/dora?repo=&environment=&days=`: the four delivery measures and pipeline
+/// health over the last `days` days (default 30).
+async fn dora(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = authorize_read(&st, &headers) {
+        return *r;
+    }
+    let days = match parse_num(&q, "days") {
+        Ok(d) => d.unwrap_or(30),
+        Err(r) => return *r,
+    };
+    if !(1..=366).contains(&days) {
+        return error(StatusCode::BAD_REQUEST, format!("`days` must be from 1 to 366, got {days}"));
+    }
+    let text = |k: &str| q.get(k).filter(|v| !v.is_empty()).cloned();
+    match super::dora::load(&st.db, text("repo"), text("environment"), days, st.clock.now()).await {
+        Ok((dora, health)) => {
+            let definitions: serde_json::Map<String, serde_json::Value> =
+                super::dora::DEFINITIONS.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+            reply(StatusCode::OK, json!({ "dora": dora, "health": health, "definitions": definitions }))
+        }
+        Err(e) => internal(e),
+    }
+}
+
+/// `GET /api/environments?repo=`: every environment deployed to, what is live there (its
+/// last successful deployment) and its last deployment.
+async fn list_environments(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = authorize_read(&st, &headers) {
+        return *r;
+    }
+    match st.db.environments(q.get("repo").filter(|v| !v.is_empty()).cloned()).await {
+        Ok(rows) => reply(StatusCode::OK, json!({ "environments": rows })),
         Err(e) => internal(e),
     }
 }
@@ -214,6 +286,11 @@ async fn get_run(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): 
         "failed_only": run.failed_only,
     });
     let artifacts = artifacts(&st, run.id);
+    let f = DeploymentFilter { run: Some(run.id), limit: 500, ..Default::default() };
+    let deployments = match st.db.deployments(f).await {
+        Ok(d) => d,
+        Err(e) => return internal(e),
+    };
     reply(
         StatusCode::OK,
         json!({
@@ -222,6 +299,7 @@ async fn get_run(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): 
             "trigger": trigger,
             "skipped": skipped,
             "artifacts": artifacts,
+            "deployments": deployments,
             "error": error,
         }),
     )

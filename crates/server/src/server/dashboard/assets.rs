@@ -112,7 +112,7 @@ pub(super) fn page(title: &str, body: &str, script: &str, signed_in: bool) -> St
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
          <meta name=\"color-scheme\" content=\"light dark\"><title>{}</title><style>{CSS}</style></head>\
-         <body><header class=\"top\"><a class=\"brand\" href=\"/\">{LOGO}orch</a><a href=\"/\">Runs</a><a href=\"/agents\">Agents</a><span class=\"sp\"></span>\
+         <body><header class=\"top\"><a class=\"brand\" href=\"/\">{LOGO}orch</a><a href=\"/\">Runs</a><a href=\"/environments\">Environments</a><a href=\"/dora\">Delivery</a><a href=\"/agents\">Agents</a><span class=\"sp\"></span>\
          <span class=\"live\" id=\"live\"><span class=\"dot\"></span>live</span>{signout}</header><main>{body}</main>\
          <script>{script}</script></body></html>",
         esc(title)

@@ -8,6 +8,8 @@
 //!   followed live over the API's Server-Sent Events with ANSI colours rendered. While the
 //!   run is queued or running the page refreshes its parts from `GET /ui/runs/{id}`.
 //!
+//! - `GET /environments`: what is live in each environment, and the deployments.
+//! - `GET /dora`: the delivery measures, their definitions, charts and pipeline health.
 //! - `GET|POST /login`, `POST /logout`: on a private server (`api_private`) the pages need a
 //!   session: the API token, given once in a form, sets an HttpOnly cookie derived from it.
 //!
@@ -18,6 +20,8 @@
 //! the HTML of statuses, times, the timeline and the artifacts.
 
 mod assets;
+mod deploys;
+mod dora;
 mod render;
 mod session;
 mod view;
@@ -46,6 +50,8 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/ui/runs", get(runs_fragment))
         .route("/runs/{id}", get(run_page))
         .route("/agents", get(agents_page))
+        .route("/environments", get(deploys::environments_page))
+        .route("/dora", get(dora::dora_page))
         .route("/ui/runs/{id}", get(run_parts))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
@@ -331,6 +337,15 @@ async fn run_page(State(st): State<Arc<AppState>>, UrlPath(id): UrlPath<i64>, he
         Ok(None) => return not_found(&format!("No run {id}")),
         Err(e) => return internal(e),
     };
+    let f = super::db::DeploymentFilter { run: Some(id), limit: 500, ..Default::default() };
+    let deployments = match st.db.deployments(f).await {
+        Ok(d) if d.is_empty() => String::new(),
+        Ok(d) => format!(
+            "<section class=\"card\" id=\"deployments\"><h2>Deployments</h2><div class=\"runs\">{}</div></section>",
+            deploys::deployments_table(&d, now())
+        ),
+        Err(e) => return internal(e),
+    };
     let r = &v.run;
     let done = !r.status.is_active();
     let body = format!(
@@ -341,7 +356,7 @@ async fn run_page(State(st): State<Arc<AppState>>, UrlPath(id): UrlPath<i64>, he
          <button id=\"rerun\"{hide_rerun}>Re-run</button><button id=\"rerun-failed\"{hide_failed}>Re-run failed</button>\
          <button id=\"token\" class=\"linkish\" title=\"The API token the buttons use (kept in this browser)\">API token…</button>\
          <span id=\"msg\" role=\"status\"></span></div></section>\
-         <section class=\"card\"><h2>Timeline</h2><div id=\"timeline\">{timeline}</div></section>\
+         <section class=\"card\"><h2>Timeline</h2><div id=\"timeline\">{timeline}</div></section>{deployments}\
          <section class=\"card\" id=\"logs\"><div class=\"loghead\"><h2>Log <span id=\"logstep\" class=\"mono\"></span></h2>\
          <span id=\"logstate\" class=\"muted\"></span><span class=\"sp\"></span>\
          <label><input type=\"checkbox\" id=\"follow\" checked> auto-scroll</label><a id=\"raw\" href=\"#\" target=\"_blank\">raw</a></div>\

@@ -318,10 +318,26 @@ pub(super) fn render_timeline(v: &RunView) -> String {
                 )
             }
         };
+        // A step that deploys links to its environment (a matrix variant: its step's).
+        let base = s.name.split('[').next().unwrap_or(&s.name);
+        let env = v
+            .deploys
+            .iter()
+            .find(|(step, _)| step == base)
+            .map(|(_, e)| {
+                format!(
+                    "<a class=\"stage env\" href=\"/environments?repo={}#env-{}\" title=\"deploys to {}\">→ {}</a>",
+                    url_part(&v.run.spec.repo),
+                    url_part(e),
+                    esc(e),
+                    esc(e)
+                )
+            })
+            .unwrap_or_default();
         let _ = write!(
             rows,
             "<div class=\"g-row k-{k}\" data-step=\"{n}\" data-status=\"{st}\" title=\"{t}\" role=\"button\" tabindex=\"0\">\
-             <div class=\"g-name\">{ic}<span class=\"nm\">{n}</span>{stage}</div><div class=\"g-track\">{track}</div></div>",
+             <div class=\"g-name\">{ic}<span class=\"nm\">{n}</span>{stage}{env}</div><div class=\"g-track\">{track}</div></div>",
             k = kind(s.status),
             n = esc(&s.name),
             st = s.status,

@@ -29,6 +29,8 @@ pub(super) struct RunView {
     pub(super) skipped: Vec<(String, String)>,
     pub(super) error: String,
     pub(super) artifacts: Vec<(String, String, u64)>,
+    /// The run's deployments: (the step's key in the file, the environment).
+    pub(super) deploys: Vec<(String, String)>,
 }
 
 pub(super) async fn load(st: &AppState, id: i64) -> Result<Option<RunView>, crate::server::db::DbError> {
@@ -46,7 +48,9 @@ pub(super) async fn load(st: &AppState, id: i64) -> Result<Option<RunView>, crat
     .unwrap_or_default();
     let now_secs = now();
     let elapsed = run.started_at.map(|s| (now_secs - s) as f64);
-    Ok(Some(merge(run, rows, &plan, error, artifacts, elapsed)))
+    let f = crate::server::db::DeploymentFilter { run: Some(id), limit: 500, ..Default::default() };
+    let deploys = st.db.deployments(f).await?.into_iter().map(|d| (d.step, d.environment)).collect();
+    Ok(Some(RunView { deploys, ..merge(run, rows, &plan, error, artifacts, elapsed) }))
 }
 
 /// What the pages read of a run's `plan.json` (`orch plan --format json`'s schema).
@@ -154,7 +158,7 @@ pub(super) fn merge(
         let kb = (b.started.is_none(), b.started.unwrap_or(0.0), order(&b.name));
         ka.partial_cmp(&kb).unwrap_or(std::cmp::Ordering::Equal)
     });
-    RunView { run, steps, skipped, error, artifacts }
+    RunView { run, steps, skipped, error, artifacts, deploys: Vec::new() }
 }
 
 /// `(step dir, relative path, size)` of every kept artifact.
