@@ -1228,3 +1228,48 @@ fn an_allowed_run_plans_the_deploy_step_with_its_environment() {
         assert!(json.contains(r#""name": "production""#), "{json}");
     }
 }
+
+const GATED: &str = r#"
+environments:
+  production:
+    approval: { approvers: [alice, bob], required: 2, timeout: 2h }
+    wait: 5m
+    secrets: [DEPLOY_KEY]
+    order: fifo
+  staging: {}
+steps:
+  test: { image: busybox, commands: [true], secrets: [DEPLOY_KEY, TOKEN] }
+  ship: { image: busybox, environment: production, commands: [true] }
+  stage: { image: busybox, environment: staging, commands: [true] }
+"#;
+
+#[test]
+fn gates_load_and_the_plan_carries_the_rules_of_the_environments_it_deploys_to() {
+    let p = pipeline(GATED);
+    let rules = &p.environments["production"];
+    let a = rules.approval.as_ref().unwrap();
+    assert_eq!((a.approvers.clone(), a.required, a.timeout.as_secs()), (vec!["alice".into(), "bob".into()], 2, 7200));
+    assert_eq!(rules.wait.map(|w| w.as_secs()), Some(300));
+    assert_eq!(rules.order, orch::pipeline::DeployOrder::Fifo);
+    let defaults = pipeline("environments: {p: {approval: {approvers: [x]}}}\nsteps: {a: {image: i, commands: [x]}}");
+    let a = defaults.environments["p"].approval.clone().unwrap();
+    assert_eq!((a.required, a.timeout.as_secs()), (1, 24 * 3600));
+    assert_eq!(defaults.environments["p"].order, orch::pipeline::DeployOrder::Newest);
+
+    let plan = plan_for(GATED, &push("main"));
+    assert_eq!(plan.environments.keys().collect::<Vec<_>>(), ["production", "staging"]);
+    // An environment's secret never reaches a step that only lists it.
+    assert_eq!(step(&plan, "test").secrets, ["TOKEN"]);
+}
+
+#[test]
+fn a_pull_request_never_deploys_to_an_environment_with_gates_even_without_branch_rules() {
+    let pr = plan_for(GATED, &pull_request("main", "main"));
+    assert_eq!(
+        reason(&pr, "ship"),
+        "environment `production` has rules, and pull requests never deploy to one: this run is a pull request (#42)"
+    );
+    // Rules that say nothing keep the environment open.
+    assert_eq!(names(&pr), ["test", "stage"]);
+    assert_eq!(names(&plan_for(GATED, &push("feature/x"))), ["test", "ship", "stage"]);
+}
