@@ -1108,3 +1108,69 @@ steps:
     assert!(last_start < first_end, "the variants did not overlap: {intervals:?}\n{d}");
     assert_no_leftovers(&run.run_id());
 }
+
+const GATED: &str = r#"
+environments:
+  production:
+    approval: { approvers: [alice, bob] }
+    wait: 1s
+    secrets: [DEPLOY_KEY]
+steps:
+  other:
+    image: busybox:latest
+    secrets: [DEPLOY_KEY]
+    commands: ['echo "other sees ${DEPLOY_KEY:-nothing}"']
+  ship:
+    image: busybox:latest
+    environment: production
+    commands: ['echo "ship sees $DEPLOY_KEY"']
+"#;
+
+/// `orch ci` on the gated pipeline, with the environment's secret in its environment.
+fn gated_ci(p: &Project, args: &[&str]) -> Run {
+    let mut all = vec!["--json", "--no-cache"];
+    all.extend_from_slice(args);
+    let mut cmd = p.ci(&all);
+    cmd.env("DEPLOY_KEY", "s3cret-deploy-key");
+    Running::spawn(cmd).finish(RUN_LIMIT)
+}
+
+#[test]
+fn without_a_terminal_a_gated_deployment_fails_saying_to_pass_approve() {
+    require_docker!();
+    let p = Project::new(GATED);
+    let run = gated_ci(&p, &[]);
+    let d = run.describe();
+    run.assert_code(1);
+    assert_eq!(run.status("ship"), "failed", "{d}");
+    assert!(run.message("ship").contains("pass --approve"), "{d}");
+    assert_eq!(run.status("other"), "passed", "{d}");
+    // A step that lists an environment's secret without deploying there never gets it.
+    assert_line(&run, "other", "other sees nothing");
+    assert!(run.events_of("deployment_started").next().is_none(), "{d}");
+    let waiting: Vec<_> = run.events_of("gate_waiting").collect();
+    assert_eq!(waiting.len(), 1, "{d}");
+    assert_eq!(waiting[0]["approvers"], serde_json::json!(["alice", "bob"]), "{d}");
+    assert_no_leftovers(&run.run_id());
+}
+
+#[test]
+fn approve_lets_a_gated_deployment_run_after_its_wait_timer_with_its_secret_masked() {
+    require_docker!();
+    let p = Project::new(GATED);
+    let run = gated_ci(&p, &["--approve=production"]);
+    let d = run.describe();
+    run.assert_code(0);
+    assert_eq!(run.status("ship"), "passed", "{d}");
+    assert_line(&run, "ship", "ship sees ***");
+    assert!(!d.contains("s3cret-deploy-key"), "{d}");
+    let decided: Vec<_> = run.events_of("gate_decided").collect();
+    assert_eq!(decided.len(), 1, "{d}");
+    assert_eq!(decided[0]["outcome"], "approved", "{d}");
+    assert!(decided[0]["by"][0].as_str().unwrap_or("").contains("--approve"), "{d}");
+    assert!(run.events_of("run_message").any(|e| e["message"].as_str().unwrap_or("").contains("wait timer")), "{d}");
+    assert_no_leftovers(&run.run_id());
+    // `--approve=staging` approves another environment, not this one.
+    let run = gated_ci(&p, &["--approve=staging"]);
+    assert_eq!(run.status("ship"), "failed", "{}", run.describe());
+}
