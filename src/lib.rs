@@ -21,3 +21,4 @@ pub mod gate;
 pub mod import;
 pub mod init;
 pub mod terminal;
+pub mod tokens;

@@ -207,7 +207,7 @@ impl Console {
                 self.line(&l);
                 self.flush();
             }
-            RunEvent::GateWaiting { step, environment, approvers, required, timeout } => {
+            RunEvent::GateWaiting { step, environment, approvers, required, timeout, .. } => {
                 let l = self.paint(
                     YELLOW,
                     &format!(

@@ -81,6 +81,10 @@ pub enum RunEvent {
         /// step of the run that deploys to the environment.
         step: String,
         environment: String,
+        /// Every planned step (by its name: matrix variants one by one) that deploys to
+        /// the environment and waits with it.
+        #[serde(default)]
+        steps: Vec<String>,
         approvers: Vec<String>,
         required: usize,
         /// Seconds the gate waits before it fails.

@@ -170,6 +170,7 @@ impl Gates {
 pub(super) async fn wait(
     gatekeeper: Option<Arc<dyn Gatekeeper>>,
     req: GateRequest,
+    steps: Vec<String>,
     wait: Option<Duration>,
     events: mpsc::Sender<RunEvent>,
     cancel: Cancel,
@@ -180,6 +181,7 @@ pub(super) async fn wait(
             .send(RunEvent::GateWaiting {
                 step: step.clone(),
                 environment: environment.clone(),
+                steps,
                 approvers: req.approvers.clone(),
                 required: req.required,
                 timeout: req.timeout,

@@ -330,7 +330,14 @@ async fn run_steps<B: Backend>(
                         None => {
                             let req = GateRequest::new(plan, &step.step, &env.name, &rules, opts.redeploy);
                             gates.asked(req.clone());
-                            let task = gate::wait(opts.gate.clone(), req, rules.wait, events.clone(), cancel.clone());
+                            let steps = plan
+                                .steps
+                                .iter()
+                                .filter(|s| s.environment.as_ref().is_some_and(|e| e.name == env.name))
+                                .map(|s| s.name.clone())
+                                .collect();
+                            let task =
+                                gate::wait(opts.gate.clone(), req, steps, rules.wait, events.clone(), cancel.clone());
                             let name = env.name.clone();
                             let handle = gate_tasks.spawn(async move { (name, task.await) });
                             gate_index.insert(handle.id(), env.name.clone());

@@ -125,6 +125,11 @@ pub enum Update {
         conclusion: Conclusion,
         description: String,
     },
+    /// The run waits (a deployment for approval): `description` says for what and whom.
+    Waiting {
+        run: RunRef,
+        description: String,
+    },
     Finished {
         run: RunRef,
         conclusion: Conclusion,
@@ -140,14 +145,14 @@ impl Update {
     pub fn run(&self) -> &RunRef {
         match self {
             Update::Queued(run) | Update::Started(run) => run,
-            Update::Step { run, .. } | Update::Finished { run, .. } => run,
+            Update::Step { run, .. } | Update::Waiting { run, .. } | Update::Finished { run, .. } => run,
         }
     }
 
     pub fn run_mut(&mut self) -> &mut RunRef {
         match self {
             Update::Queued(run) | Update::Started(run) => run,
-            Update::Step { run, .. } | Update::Finished { run, .. } => run,
+            Update::Step { run, .. } | Update::Waiting { run, .. } | Update::Finished { run, .. } => run,
         }
     }
 }

@@ -115,6 +115,88 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 ";
 
+/// Named API tokens (people, for approvals), deployment gates and their votes.
+const GATES_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS api_tokens (
+    name TEXT PRIMARY KEY,
+    token_hash TEXT NOT NULL UNIQUE,
+    abilities TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS gates (
+    run_id INTEGER NOT NULL,
+    environment TEXT NOT NULL,
+    step TEXT NOT NULL,
+    approvers TEXT NOT NULL,
+    required INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT,
+    created_at INTEGER NOT NULL,
+    timeout_at INTEGER NOT NULL,
+    decided_at INTEGER,
+    PRIMARY KEY (run_id, environment)
+);
+CREATE TABLE IF NOT EXISTS gate_votes (
+    run_id INTEGER NOT NULL,
+    environment TEXT NOT NULL,
+    who TEXT NOT NULL,
+    vote TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (run_id, environment, who)
+);
+";
+
+/// A named API token, as `orch token list` shows it (never the token).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ApiTokenRow {
+    pub name: String,
+    pub abilities: Vec<String>,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+/// A run's gate for one environment, with its votes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GateRow {
+    pub environment: String,
+    pub step: String,
+    pub approvers: Vec<String>,
+    pub required: i64,
+    /// `waiting`, `approved`, `rejected`, `timed_out`, `cancelled`.
+    pub status: String,
+    pub reason: Option<String>,
+    pub created_at: i64,
+    pub timeout_at: i64,
+    pub decided_at: Option<i64>,
+    pub votes: Vec<GateVote>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GateVote {
+    pub who: String,
+    /// `approve` or `reject`.
+    pub vote: String,
+    pub at: i64,
+}
+
+impl GateRow {
+    pub fn approved_by(&self) -> Vec<String> {
+        self.votes.iter().filter(|v| v.vote == "approve").map(|v| v.who.clone()).collect()
+    }
+}
+
+/// What a vote on a gate did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Voted {
+    /// Counted; the gate's status after it.
+    Counted(GateRow),
+    /// This person voted on this gate before.
+    Again(GateRow),
+    /// The gate is decided already (or there is none).
+    Closed(Option<GateRow>),
+}
+
 /// What a delivery asks to run, as stored.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct NewRun {
@@ -310,6 +392,7 @@ impl Db {
             w.execute_batch("VACUUM")?;
         }
         w.execute_batch(SCHEMA)?;
+        w.execute_batch(GATES_SCHEMA)?;
         // Columns added after the first release: a database from before gets them here.
         for (table, col, def) in [
             ("runs", "rerun_of", "INTEGER"),
@@ -1364,6 +1447,208 @@ fn row_to_schedule(r: &rusqlite::Row) -> rusqlite::Result<ScheduleRow> {
 
 fn get_run(c: &Connection, id: i64) -> rusqlite::Result<Option<Run>> {
     c.query_row(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"), params![id], row_to_run).optional()
+}
+
+fn gate_rows(c: &Connection, run_id: i64) -> rusqlite::Result<Vec<GateRow>> {
+    let mut st = c.prepare(
+        "SELECT environment, step, approvers, required, status, reason, created_at, timeout_at, decided_at
+         FROM gates WHERE run_id = ?1 ORDER BY created_at, environment",
+    )?;
+    let mut gates = st
+        .query_map(params![run_id], |r| {
+            let approvers: String = r.get(2)?;
+            Ok(GateRow {
+                environment: r.get(0)?,
+                step: r.get(1)?,
+                approvers: serde_json::from_str(&approvers).unwrap_or_default(),
+                required: r.get(3)?,
+                status: r.get(4)?,
+                reason: r.get(5)?,
+                created_at: r.get(6)?,
+                timeout_at: r.get(7)?,
+                decided_at: r.get(8)?,
+                votes: Vec::new(),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut st =
+        c.prepare("SELECT who, vote, at FROM gate_votes WHERE run_id = ?1 AND environment = ?2 ORDER BY at, who")?;
+    for g in &mut gates {
+        g.votes = st
+            .query_map(params![run_id, g.environment], |r| {
+                Ok(GateVote { who: r.get(0)?, vote: r.get(1)?, at: r.get(2)? })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+    }
+    Ok(gates)
+}
+
+impl Db {
+    /// Registers a named API token (its hash). False when the name is taken.
+    pub async fn create_api_token(
+        &self,
+        name: String,
+        token_hash: String,
+        abilities: Vec<String>,
+    ) -> Result<bool, DbError> {
+        let abilities = abilities.join(",");
+        self.write(move |t| {
+            let n = t.execute(
+                "INSERT INTO api_tokens (name, token_hash, abilities, created_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (name) DO NOTHING",
+                params![name, token_hash, abilities, now()],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    /// Every named API token, by name.
+    pub async fn api_tokens(&self) -> Result<Vec<ApiTokenRow>, DbError> {
+        self.read(|c| {
+            let mut st = c.prepare("SELECT name, abilities, created_at, revoked_at FROM api_tokens ORDER BY name")?;
+            st.query_map([], |r| {
+                let abilities: String = r.get(1)?;
+                Ok(ApiTokenRow {
+                    name: r.get(0)?,
+                    abilities: abilities.split(',').filter(|a| !a.is_empty()).map(str::to_string).collect(),
+                    created_at: r.get(2)?,
+                    revoked_at: r.get(3)?,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    /// Revokes a named API token. False when there is no such live token.
+    pub async fn revoke_api_token(&self, name: String) -> Result<bool, DbError> {
+        self.write(move |t| {
+            let n = t.execute(
+                "UPDATE api_tokens SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
+                params![name, now()],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    /// The name and abilities of the token that hashes to `token_hash`; `Some((name, None))`
+    /// when it was revoked.
+    pub async fn api_token_by_hash(
+        &self,
+        token_hash: String,
+    ) -> Result<Option<(String, Option<Vec<String>>)>, DbError> {
+        self.read(move |c| {
+            c.query_row(
+                "SELECT name, abilities, revoked_at FROM api_tokens WHERE token_hash = ?1",
+                params![token_hash],
+                |r| {
+                    let abilities: String = r.get(1)?;
+                    let revoked: Option<i64> = r.get(2)?;
+                    let abilities = abilities.split(',').filter(|a| !a.is_empty()).map(str::to_string).collect();
+                    Ok((r.get(0)?, revoked.is_none().then_some(abilities)))
+                },
+            )
+            .optional()
+        })
+        .await
+    }
+
+    /// Opens a run's gate for an environment (kept as it is when the run asks again, on a
+    /// later attempt: the votes stand).
+    pub async fn open_gate(
+        &self,
+        run_id: i64,
+        environment: String,
+        step: String,
+        approvers: Vec<String>,
+        required: i64,
+        timeout_at: i64,
+    ) -> Result<(), DbError> {
+        let approvers = serde_json::to_string(&approvers).unwrap_or_else(|_| "[]".into());
+        self.write(move |t| {
+            t.execute(
+                "INSERT INTO gates (run_id, environment, step, approvers, required, status, created_at, timeout_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'waiting', ?6, ?7)
+                 ON CONFLICT (run_id, environment) DO NOTHING",
+                params![run_id, environment, step, approvers, required, now(), timeout_at],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// A run's gates, with their votes.
+    pub async fn gates(&self, run_id: i64) -> Result<Vec<GateRow>, DbError> {
+        self.read(move |c| gate_rows(c, run_id)).await
+    }
+
+    /// `who` votes on a waiting gate: one rejection rejects it, `required` distinct
+    /// approvals approve it.
+    pub async fn vote_gate(
+        &self,
+        run_id: i64,
+        environment: String,
+        who: String,
+        approve: bool,
+    ) -> Result<Voted, DbError> {
+        self.write(move |t| {
+            let find = |t: &Transaction| -> rusqlite::Result<Option<GateRow>> {
+                Ok(gate_rows(t, run_id)?.into_iter().find(|g| g.environment == environment))
+            };
+            let Some(gate) = find(t)? else { return Ok(Voted::Closed(None)) };
+            if gate.status != "waiting" {
+                return Ok(Voted::Closed(Some(gate)));
+            }
+            let vote = if approve { "approve" } else { "reject" };
+            let n = t.execute(
+                "INSERT INTO gate_votes (run_id, environment, who, vote, at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (run_id, environment, who) DO NOTHING",
+                params![run_id, environment, who, vote, now()],
+            )?;
+            if n == 0 {
+                return Ok(Voted::Again(gate));
+            }
+            let approvals: i64 = t.query_row(
+                "SELECT COUNT(*) FROM gate_votes WHERE run_id = ?1 AND environment = ?2 AND vote = 'approve'",
+                params![run_id, environment],
+                |r| r.get(0),
+            )?;
+            let decided = match approve {
+                false => Some(("rejected", format!("rejected by {who}"))),
+                true if approvals >= gate.required => Some(("approved", String::new())),
+                true => None,
+            };
+            if let Some((status, reason)) = decided {
+                t.execute(
+                    "UPDATE gates SET status = ?3, reason = ?4, decided_at = ?5 WHERE run_id = ?1 AND environment = ?2",
+                    params![run_id, environment, status, (!reason.is_empty()).then_some(reason), now()],
+                )?;
+            }
+            Ok(Voted::Counted(find(t)?.unwrap_or(gate)))
+        })
+        .await
+    }
+
+    /// Closes a gate still waiting (timed out, cancelled with its run).
+    pub async fn close_gate(
+        &self,
+        run_id: i64,
+        environment: String,
+        status: String,
+        reason: String,
+    ) -> Result<(), DbError> {
+        self.write(move |t| {
+            t.execute(
+                "UPDATE gates SET status = ?3, reason = ?4, decided_at = ?5
+                 WHERE run_id = ?1 AND environment = ?2 AND status = 'waiting'",
+                params![run_id, environment, status, reason, now()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
 }
 
 #[cfg(test)]

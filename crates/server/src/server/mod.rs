@@ -10,6 +10,7 @@ pub mod api;
 pub mod config;
 pub mod dashboard;
 pub mod db;
+pub mod gates;
 pub mod limit;
 pub mod live;
 pub mod outbox;
@@ -83,6 +84,8 @@ pub struct AppState {
     pub clock: Arc<dyn schedule::Clock>,
     /// Wakes the schedule task when this server changed the schedules.
     pub schedules: Notify,
+    /// Wakes the deployment gates waiting for votes (see `gates`).
+    pub gates: Notify,
 }
 
 impl AppState {
@@ -164,6 +167,7 @@ pub async fn state_with_clock(cfg: Config, clock: Arc<dyn schedule::Clock>) -> R
         remote: agents::Remotes::default(),
         clock,
         schedules: Notify::new(),
+        gates: Notify::new(),
     }))
 }
 

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use super::AppState;
 use super::db::{StepRow, StepState};
 use crate::github::{Conclusion, RunRef, Update};
-use crate::sched::{RunEvent, StepStatus, StepSummary};
+use crate::sched::{GateOutcome, RunEvent, StepStatus, StepSummary};
 
 /// Consumes a run's events: the step log files, the live feed of followers, the step rows,
 /// the per-step GitHub updates and the running-containers gauge. Lines are flushed to their
@@ -74,6 +74,36 @@ pub(super) async fn record(
                         })
                         .await;
                     items.push(Item::StepDone { step: s.step, status });
+                }
+                RunEvent::GateWaiting { environment, steps, approvers, required, .. } => {
+                    let who = approvers.join(", ");
+                    for name in steps {
+                        let row = StepRow {
+                            name,
+                            stage: None,
+                            status: StepState::Pending,
+                            exit_code: None,
+                            attempts: 0,
+                            started: None,
+                            duration: None,
+                            message: Some(format!("waiting for approval ({required} of {who})")),
+                        };
+                        let _ = st.db.upsert_step(run_id, row).await;
+                    }
+                    let description = format!("{environment} waits for approval: {required} of {who}");
+                    st.report.owe(Update::Waiting { run: rr.clone(), description }).await;
+                }
+                RunEvent::GateDecided { environment, outcome, reason, .. } => {
+                    // A gate that ended without a vote deciding it: closed with its reason.
+                    let status = match outcome {
+                        GateOutcome::Failed => Some("timed_out"),
+                        GateOutcome::Cancelled => Some("cancelled"),
+                        GateOutcome::Approved | GateOutcome::Refused => None,
+                    };
+                    if let Some(status) = status {
+                        let reason = reason.unwrap_or_default();
+                        let _ = st.db.close_gate(run_id, environment, status.into(), reason).await;
+                    }
                 }
                 _ => {}
             }

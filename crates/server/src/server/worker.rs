@@ -364,7 +364,7 @@ async fn execute_job(
     let cache = Arc::new(crate::cache::CacheStore::new(st.cfg.data_dir.join("cache"), st.cfg.cache_max));
     let (j, w, d) = (job.clone(), work.clone(), dir.clone());
     let prepared = tokio::task::spawn_blocking(move || crate::job::prepare(&j, &w, &d, Some(cache))).await;
-    let prepared = match prepared {
+    let mut prepared = match prepared {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => return Err(Outcome::early(RunState::Error, Conclusion::Error, e.to_string())),
         Err(e) => return Err(Outcome::early(RunState::Error, Conclusion::Error, format!("set-up task failed: {e}"))),
@@ -378,6 +378,7 @@ async fn execute_job(
     };
     let (tx, rx) = mpsc::channel::<RunEvent>(1024);
     let recorder = tokio::spawn(super::record::record(st.clone(), run_ref(run), prepared.log_dir.clone(), rx));
+    prepared.options.gate = Some(Arc::new(super::gates::ServerGate { st: st.clone(), run: run.id }));
     let result = sched::execute(backend, &prepared.plan, prepared.options, tx, cancel).await;
     let lost = recorder.await.ok().flatten();
     let offered: Vec<String> = job.reuse.keys().cloned().collect();
@@ -649,7 +650,10 @@ async fn plan(
         return Err(Outcome::early(RunState::Skipped, Conclusion::Skipped, "no step runs for this event".into()));
     }
 
-    let mut secrets: Vec<String> = prepared.plan.steps.iter().flat_map(|s| s.secrets.iter().cloned()).collect();
+    // The steps' secrets and those of the environments they deploy to.
+    let env_secrets = prepared.plan.environments.values().flat_map(|r| r.secrets.iter().cloned());
+    let mut secrets: Vec<String> =
+        prepared.plan.steps.iter().flat_map(|s| s.secrets.iter().cloned()).chain(env_secrets).collect();
     secrets.sort();
     secrets.dedup();
     Ok(Planned {
