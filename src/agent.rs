@@ -311,7 +311,8 @@ impl Agent {
             heartbeat,
         ));
         match self.prepare(&job, &path, &work, &run_dir).await {
-            Ok(prepared) => {
+            Ok(mut prepared) => {
+                prepared.options.gate = Some(Arc::new(AgentGate { server: self.server.clone(), path: path.clone() }));
                 // A second signal to the agent stops its runs.
                 let stop = {
                     let (cancel, kill) = (cancel.clone(), kill.clone());
@@ -508,6 +509,57 @@ async fn upload_artifacts(server: &Server, path: &str, dir: &Path) {
         Err(e) => tracing::warn!("{path}: the artifacts did not go up: {e}"),
     }
     let _ = writer.await;
+}
+
+/// A deployment gate of a run on this agent: the server decides; the agent asks it (a
+/// long poll, answered within half a minute, again until decided).
+struct AgentGate {
+    server: Arc<Server>,
+    /// `/api/agent/runs/{id}/{attempt}`.
+    path: String,
+}
+
+impl sched::Gatekeeper for AgentGate {
+    fn decide(&self, req: sched::GateRequest) -> futures_util::future::BoxFuture<'static, sched::GateDecision> {
+        let (server, path) = (self.server.clone(), format!("{}/gate", self.path));
+        Box::pin(async move {
+            let body = match serde_json::to_value(&req) {
+                Ok(b) => b,
+                Err(e) => return sched::GateDecision::Fail { reason: format!("a gate request: {e}"), by: Vec::new() },
+            };
+            let mut backoff = Duration::from_millis(500);
+            loop {
+                match server.call(Method::POST, &path, Some(&body)).await {
+                    Ok(Answer::Ok(_, bytes)) => {
+                        let v: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                        if let Some(d) = v.get("decision").and_then(|d| serde_json::from_value(d.clone()).ok()) {
+                            return d;
+                        }
+                        backoff = Duration::from_millis(500);
+                    }
+                    Ok(Answer::Fenced) => {
+                        return sched::GateDecision::Fail {
+                            reason: "the run is no longer this agent's".into(),
+                            by: Vec::new(),
+                        };
+                    }
+                    Err(e) => {
+                        tracing::warn!("{path}: {e}; asking again in {backoff:?}");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                }
+            }
+        })
+    }
+
+    fn finished(
+        &self,
+        _req: sched::GateRequest,
+        _status: sched::DeploymentStatus,
+    ) -> futures_util::future::BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// `orch agent-token`: on the server's machine, against its database.
