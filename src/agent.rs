@@ -555,10 +555,17 @@ impl sched::Gatekeeper for AgentGate {
 
     fn finished(
         &self,
-        _req: sched::GateRequest,
-        _status: sched::DeploymentStatus,
+        req: sched::GateRequest,
+        status: sched::DeploymentStatus,
     ) -> futures_util::future::BoxFuture<'static, ()> {
-        Box::pin(async {})
+        let (server, path) = (self.server.clone(), format!("{}/gate/finished", self.path));
+        Box::pin(async move {
+            // Lost, the lock is released when the run ends.
+            let body = json!({ "environment": req.environment, "status": status });
+            if let Err(e) = server.call(Method::POST, &path, Some(&body)).await {
+                tracing::warn!("{path}: {e}");
+            }
+        })
     }
 }
 

@@ -246,3 +246,98 @@ fn a_rejected_gate_fails_its_steps_and_a_gate_no_one_answers_times_out() {
     gh.assert_no_violations();
     assert!(orch.leftovers().is_empty(), "{:?}", orch.leftovers());
 }
+
+const HOLDER: &str = "\
+defaults:
+  image: busybox:latest
+  timeout: 2m
+environments:
+  hold:
+    approval: { approvers: [alice] }
+steps:
+  ship:
+    environment: production
+    commands: [echo shipping]
+  wait:
+    needs: [ship]
+    environment: hold
+    commands: [echo held]
+  finish:
+    needs: [wait]
+    environment: production
+    commands: ['echo \"finished at $(cut -d \" \" -f1 /proc/uptime)\"']
+";
+
+const SHIP: &str = "\
+defaults:
+  image: busybox:latest
+  timeout: 2m
+steps:
+  ship:
+    environment: production
+    commands: ['echo \"shipping at $(cut -d \" \" -f1 /proc/uptime)\"']
+";
+
+/// A push of `branch` whose commit happened at `time` (Unix seconds).
+fn push_at(orch: &Client, git: &GitServer, branch: &str, file: &str, time: i64) -> i64 {
+    let sha = git.on_branch(branch, &[(".orch.yml", file)], &format!("on {branch}"));
+    let mut payload = push_event(branch, ZERO_SHA, &sha);
+    payload["repository"]["pushed_at"] = json!(time);
+    orch.deliver("push", &payload).run_id()
+}
+
+/// The time a step printed after `prefix`: the machine's uptime (containers share the
+/// kernel's clock), in seconds to the hundredth.
+fn printed_time(orch: &Client, run: i64, step: &str, prefix: &str) -> f64 {
+    let log = orch.wait_log(run, step, prefix);
+    let line = log.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("{log}"));
+    line[prefix.len()..].trim().parse().unwrap_or_else(|e| panic!("{line}: {e}"))
+}
+
+#[test]
+fn one_deployment_at_a_time_per_environment_the_newest_waiting_commit_first_and_never_an_older_one() {
+    require_docker!();
+    let git = GitServer::start();
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let orch = Orch::start(ServeArgs { local_capacity: Some(4), ..token_args(&gh, &git) });
+    let alice = token(&orch, "alice", &["approve"]);
+    // A holds `production` from its first deployment to its last, which waits for an
+    // approval elsewhere: B and C line up meanwhile.
+    let a = push_at(&orch, &git, "main", HOLDER, 1_000);
+    wait_gate(&orch, a, "hold");
+    let queued = |n: i64| {
+        wait_for(Duration::from_secs(90), &format!("{n} runs in line for production"), || {
+            let q =
+                orch.count("SELECT COUNT(*) FROM env_queue WHERE environment = 'production' AND status = 'waiting'");
+            if q == n { Ok(()) } else { Err(format!("{q} in line")) }
+        })
+    };
+    let b = push_at(&orch, &git, "b", SHIP, 2_000);
+    queued(1);
+    let c = push_at(&orch, &git, "c", SHIP, 3_000);
+    queued(2);
+    assert_eq!(orch.run(b)["run"]["status"], "running");
+    let r = vote(&orch, a, "approve", &alice, &json!({}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    for id in [a, b, c] {
+        let run = orch.wait_run_done(id);
+        assert_eq!(run["run"]["status"], "success", "{run:#}");
+    }
+    // C, the newer commit, deployed after A's last deployment ended; B was superseded.
+    let a_end = printed_time(&orch, a, "finish", "finished at ");
+    let c_start = printed_time(&orch, c, "ship", "shipping at ");
+    assert!(c_start >= a_end, "C deployed at {c_start}, before A's end at {a_end}");
+    let run_b = orch.run(b);
+    let ship_b = step_of(&run_b, "ship").unwrap();
+    assert_eq!(ship_b["status"], "skipped", "{run_b:#}");
+    assert_eq!(ship_b["message"], json!(format!("superseded by a newer commit (run {c})")), "{run_b:#}");
+    // What is deployed is C's commit: an older one is refused.
+    let d = push_at(&orch, &git, "d", SHIP, 1_500);
+    let run_d = orch.wait_run_done(d);
+    let ship_d = step_of(&run_d, "ship").unwrap();
+    assert_eq!(ship_d["status"], "skipped", "{run_d:#}");
+    assert!(ship_d["message"].as_str().unwrap().contains("runs a newer commit"), "{run_d:#}");
+    assert!(ship_d["message"].as_str().unwrap().contains(&format!("run {c}")), "{run_d:#}");
+    assert_eq!(orch.count("SELECT COUNT(*) FROM env_locks"), 0, "every lock was released");
+    assert!(orch.leftovers().is_empty(), "{:?}", orch.leftovers());
+}

@@ -77,6 +77,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/agent/runs/{id}/{attempt}/events", post(events).layer(DefaultBodyLimit::max(MAX_EVENTS_BODY)))
         .route("/api/agent/runs/{id}/{attempt}/artifacts", put(artifacts).layer(DefaultBodyLimit::disable()))
         .route("/api/agent/runs/{id}/{attempt}/gate", post(gate))
+        .route("/api/agent/runs/{id}/{attempt}/gate/finished", post(gate_finished))
         .route("/api/agents", get(list))
 }
 
@@ -257,10 +258,35 @@ async fn gate(
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("a gate request: {e}")),
     };
-    match super::gates::wait(&st, id, req, Some(GATE_POLL)).await {
+    match super::gates::decide(&st, id, req, Some(GATE_POLL)).await {
         Some(decision) => super::reply(StatusCode::OK, json!({ "decision": decision })),
         None => super::reply(StatusCode::OK, json!({ "pending": true })),
     }
+}
+
+#[derive(Deserialize)]
+struct GateEnded {
+    environment: String,
+    status: crate::sched::DeploymentStatus,
+}
+
+/// `POST /api/agent/runs/{id}/{attempt}/gate/finished`: the run's deployments to an
+/// environment ended (`{environment, status}`): its lock goes to the next in line.
+async fn gate_finished(
+    State(st): State<Arc<AppState>>,
+    Agent(name): Agent,
+    Path((id, attempt)): Path<(i64, i64)>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = fence(&st, &name, id, attempt).await {
+        return r;
+    }
+    let ended: GateEnded = match serde_json::from_slice(&body) {
+        Ok(e) => e,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("expected {{\"environment\", \"status\"}}: {e}")),
+    };
+    super::gates::finished(&st, id, &ended.environment, ended.status).await;
+    super::reply(StatusCode::OK, json!({ "released": ended.environment }))
 }
 
 /// `GET /api/agent/runs/{id}/{attempt}/source`: the run's checkout as a tar stream.

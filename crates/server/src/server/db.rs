@@ -137,6 +137,32 @@ CREATE TABLE IF NOT EXISTS gates (
     decided_at INTEGER,
     PRIMARY KEY (run_id, environment)
 );
+CREATE TABLE IF NOT EXISTS env_locks (
+    repo TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    run_id INTEGER NOT NULL,
+    acquired_at INTEGER NOT NULL,
+    PRIMARY KEY (repo, environment)
+);
+CREATE TABLE IF NOT EXISTS env_queue (
+    repo TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    run_id INTEGER NOT NULL,
+    commit_time INTEGER NOT NULL,
+    enqueued_at INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    superseded_by INTEGER,
+    PRIMARY KEY (repo, environment, run_id)
+);
+CREATE TABLE IF NOT EXISTS env_live (
+    repo TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    run_id INTEGER NOT NULL,
+    sha TEXT NOT NULL,
+    commit_time INTEGER NOT NULL,
+    deployed_at INTEGER NOT NULL,
+    PRIMARY KEY (repo, environment)
+);
 CREATE TABLE IF NOT EXISTS gate_votes (
     run_id INTEGER NOT NULL,
     environment TEXT NOT NULL,
@@ -195,6 +221,25 @@ pub enum Voted {
     Again(GateRow),
     /// The gate is decided already (or there is none).
     Closed(Option<GateRow>),
+}
+
+/// What a run asking for an environment's lock got.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Acquired {
+    /// The lock is this run's.
+    Got,
+    /// Another run holds it, or a waiting run goes first.
+    Wait,
+    /// A newer commit's run took the lock before this one (`order: newest`).
+    Superseded(i64),
+}
+
+/// The commit deployed to an environment last (`env_live`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Live {
+    pub run_id: i64,
+    pub sha: String,
+    pub commit_time: i64,
 }
 
 /// What a delivery asks to run, as stored.
@@ -1627,6 +1672,150 @@ impl Db {
                 )?;
             }
             Ok(Voted::Counted(find(t)?.unwrap_or(gate)))
+        })
+        .await
+    }
+
+    /// When run `run_id`'s commit happened, as far as the server knows (the push's time,
+    /// else when the run was created), and the environment's live commit.
+    pub async fn env_live(
+        &self,
+        repo: String,
+        environment: String,
+        run_id: i64,
+    ) -> Result<(i64, Option<Live>), DbError> {
+        self.read(move |c| {
+            let mine: i64 =
+                c.query_row("SELECT COALESCE(event_time, created_at) FROM runs WHERE id = ?1", params![run_id], |r| {
+                    r.get(0)
+                })?;
+            let live = c
+                .query_row(
+                    "SELECT run_id, sha, commit_time FROM env_live WHERE repo = ?1 AND environment = ?2",
+                    params![repo, environment],
+                    |r| Ok(Live { run_id: r.get(0)?, sha: r.get(1)?, commit_time: r.get(2)? }),
+                )
+                .optional()?;
+            Ok((mine, live))
+        })
+        .await
+    }
+
+    /// Puts run `run_id` in line for the environment (once).
+    pub async fn env_enqueue(&self, repo: String, environment: String, run_id: i64) -> Result<(), DbError> {
+        self.write(move |t| {
+            t.execute(
+                "INSERT INTO env_queue (repo, environment, run_id, commit_time, enqueued_at, status)
+                 SELECT ?1, ?2, id, COALESCE(event_time, created_at), ?4, 'waiting' FROM runs WHERE id = ?3
+                 ON CONFLICT (repo, environment, run_id) DO NOTHING",
+                params![repo, environment, run_id, now()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Takes the environment's lock for run `run_id` if it is free (or held by a run that
+    /// is not running: ended, cancelled, interrupted) and this run goes first of those
+    /// waiting: the newest commit (`newest`: the older waiting ones are superseded) or the
+    /// first in line (`fifo`).
+    pub async fn env_acquire(
+        &self,
+        repo: String,
+        environment: String,
+        run_id: i64,
+        newest: bool,
+    ) -> Result<Acquired, DbError> {
+        self.write(move |t| {
+            let mine = t
+                .query_row(
+                    "SELECT status, superseded_by FROM env_queue WHERE repo = ?1 AND environment = ?2 AND run_id = ?3",
+                    params![repo, environment, run_id],
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?)),
+                )
+                .optional()?;
+            if let Some((status, by)) = &mine
+                && status == "superseded"
+            {
+                return Ok(Acquired::Superseded(by.unwrap_or(0)));
+            }
+            let holder: Option<i64> = t
+                .query_row(
+                    "SELECT l.run_id FROM env_locks l JOIN runs r ON r.id = l.run_id
+                     WHERE l.repo = ?1 AND l.environment = ?2 AND r.status = 'running'",
+                    params![repo, environment],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match holder {
+                Some(h) if h == run_id => return Ok(Acquired::Got),
+                Some(_) => return Ok(Acquired::Wait),
+                None => {}
+            }
+            let order = if newest { "q.commit_time DESC, q.run_id DESC" } else { "q.enqueued_at, q.run_id" };
+            let first: Option<i64> = t
+                .query_row(
+                    &format!(
+                        "SELECT q.run_id FROM env_queue q JOIN runs r ON r.id = q.run_id
+                         WHERE q.repo = ?1 AND q.environment = ?2 AND q.status = 'waiting' AND r.status = 'running'
+                         ORDER BY {order} LIMIT 1"
+                    ),
+                    params![repo, environment],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if first.is_some_and(|f| f != run_id) {
+                return Ok(Acquired::Wait);
+            }
+            t.execute("DELETE FROM env_locks WHERE repo = ?1 AND environment = ?2", params![repo, environment])?;
+            t.execute(
+                "INSERT INTO env_locks (repo, environment, run_id, acquired_at) VALUES (?1, ?2, ?3, ?4)",
+                params![repo, environment, run_id, now()],
+            )?;
+            t.execute(
+                "DELETE FROM env_queue WHERE repo = ?1 AND environment = ?2 AND run_id = ?3",
+                params![repo, environment, run_id],
+            )?;
+            if newest {
+                t.execute(
+                    "UPDATE env_queue SET status = 'superseded', superseded_by = ?3
+                     WHERE repo = ?1 AND environment = ?2 AND status = 'waiting'",
+                    params![repo, environment, run_id],
+                )?;
+            }
+            Ok(Acquired::Got)
+        })
+        .await
+    }
+
+    /// Run `run_id`'s deployment to the environment ended: its lock is released, its queue
+    /// entry dropped, and, when it succeeded, its commit is the live one.
+    pub async fn env_release(
+        &self,
+        repo: String,
+        environment: String,
+        run_id: i64,
+        succeeded: bool,
+    ) -> Result<(), DbError> {
+        self.write(move |t| {
+            t.execute(
+                "DELETE FROM env_locks WHERE repo = ?1 AND environment = ?2 AND run_id = ?3",
+                params![repo, environment, run_id],
+            )?;
+            t.execute(
+                "DELETE FROM env_queue WHERE repo = ?1 AND environment = ?2 AND run_id = ?3",
+                params![repo, environment, run_id],
+            )?;
+            if succeeded {
+                t.execute(
+                    "INSERT INTO env_live (repo, environment, run_id, sha, commit_time, deployed_at)
+                     SELECT ?1, ?2, id, sha, COALESCE(event_time, created_at), ?4 FROM runs WHERE id = ?3
+                     ON CONFLICT (repo, environment) DO UPDATE SET run_id = excluded.run_id, sha = excluded.sha,
+                       commit_time = excluded.commit_time, deployed_at = excluded.deployed_at",
+                    params![repo, environment, run_id, now()],
+                )?;
+            }
+            Ok(())
         })
         .await
     }

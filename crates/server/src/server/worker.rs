@@ -470,6 +470,8 @@ pub(crate) async fn finish(st: &AppState, run: &Run, outcome: Outcome) {
         tracing::error!(run = run.id, "cannot record the run's end: {e}");
     }
     st.live.end(run.id, outcome.status);
+    // Its environment locks are free now: the deployments waiting for them look again.
+    st.gates.notify_waiters();
     if outcome.status == RunState::Error {
         st.janitor.notify_one();
     }
