@@ -169,6 +169,11 @@ fn two_of_three_approvers_let_a_deployment_go_and_only_named_approvers_may_vote(
     assert_eq!(orch.request("POST", &format!("/api/runs/{id}/approve"), &[], b"").status, 401);
     assert_eq!(gates(&orch, id)[0]["votes"], json!([]), "no vote was counted");
 
+    // The run page shows the gate, who approved so far, and the buttons to vote.
+    let page = orch.get(&format!("/runs/{id}")).text();
+    assert!(page.contains("Deployment gates") && page.contains("approved by no one yet"), "{page}");
+    assert!(page.contains("data-vote=\"approve\"") && page.contains("data-vote=\"reject\""), "{page}");
+
     // Alice approves with the CLI: one of two.
     let server_url = orch.url("");
     let (code, out, err) =
@@ -192,6 +197,12 @@ fn two_of_three_approvers_let_a_deployment_go_and_only_named_approvers_may_vote(
     assert_eq!(voters.len(), 2);
     assert!(voters.contains(&"alice") && voters.contains(&"bob"), "{gate:#}");
     assert!(gate["votes"][0]["at"].as_i64().is_some());
+    let page = orch.get(&format!("/runs/{id}")).text();
+    assert!(
+        page.contains("approved · approved by alice, bob") || page.contains("approved · approved by bob, alice"),
+        "{page}"
+    );
+    assert!(!page.contains("data-vote="), "no buttons once decided: {page}");
     // GitHub heard that the run waited, and for whom.
     let statuses = gh.wait_final_status(&sha, "orch (push)", id);
     assert!(

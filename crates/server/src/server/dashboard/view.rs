@@ -29,6 +29,8 @@ pub(super) struct RunView {
     pub(super) skipped: Vec<(String, String)>,
     pub(super) error: String,
     pub(super) artifacts: Vec<(String, String, u64)>,
+    /// Its deployment gates, with their votes.
+    pub(super) gates: Vec<crate::server::db::GateRow>,
 }
 
 pub(super) async fn load(st: &AppState, id: i64) -> Result<Option<RunView>, crate::server::db::DbError> {
@@ -46,7 +48,8 @@ pub(super) async fn load(st: &AppState, id: i64) -> Result<Option<RunView>, crat
     .unwrap_or_default();
     let now_secs = now();
     let elapsed = run.started_at.map(|s| (now_secs - s) as f64);
-    Ok(Some(merge(run, rows, &plan, error, artifacts, elapsed)))
+    let gates = st.db.gates(id).await?;
+    Ok(Some(RunView { gates, ..merge(run, rows, &plan, error, artifacts, elapsed) }))
 }
 
 /// What the pages read of a run's `plan.json` (`orch plan --format json`'s schema).
@@ -154,7 +157,7 @@ pub(super) fn merge(
         let kb = (b.started.is_none(), b.started.unwrap_or(0.0), order(&b.name));
         ka.partial_cmp(&kb).unwrap_or(std::cmp::Ordering::Equal)
     });
-    RunView { run, steps, skipped, error, artifacts }
+    RunView { run, steps, skipped, error, artifacts, gates: Vec::new() }
 }
 
 /// `(step dir, relative path, size)` of every kept artifact.
