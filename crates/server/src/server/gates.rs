@@ -27,16 +27,32 @@ impl Gatekeeper for ServerGate {
     fn decide(&self, req: GateRequest) -> BoxFuture<'static, GateDecision> {
         let (st, run) = (self.st.clone(), self.run);
         Box::pin(async move {
-            match decide(&st, run, req, None).await {
+            // Dropped undecided (the approval timed out, the run was cancelled): its place
+            // in line goes, so it holds up no one.
+            let mut abandoned = Abandoned(Some((st.clone(), run, req.environment.clone())));
+            let d = match decide(&st, run, req, None).await {
                 Some(d) => d,
                 None => std::future::pending().await,
-            }
+            };
+            abandoned.0 = None;
+            d
         })
     }
 
     fn finished(&self, req: GateRequest, status: DeploymentStatus) -> BoxFuture<'static, ()> {
         let (st, run) = (self.st.clone(), self.run);
         Box::pin(async move { finished(&st, run, &req.environment, status).await })
+    }
+}
+
+/// Releases what an undecided gate took, when its wait is dropped.
+struct Abandoned(Option<(Arc<AppState>, i64, String)>);
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if let Some((st, run, env)) = self.0.take() {
+            tokio::spawn(async move { finished(&st, run, &env, DeploymentStatus::Cancelled).await });
+        }
     }
 }
 
