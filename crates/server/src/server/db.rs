@@ -1872,6 +1872,49 @@ mod tests {
         assert_eq!(kept, 1);
     }
 
+    /// Environment locks: one holder at a time; the newest waiting commit goes next and
+    /// supersedes the older waiting ones (or, `fifo`, the first in line goes); a lock of a
+    /// run that is not running (ended, interrupted) is free; the live commit is recorded.
+    #[tokio::test]
+    async fn environment_locks_go_to_one_run_at_a_time_in_order_and_dead_runs_hold_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("orch.db")).unwrap();
+        let mut ids = Vec::new();
+        for (branch, time) in [("a", 100), ("b", 200), ("c", 300), ("d", 400)] {
+            let (id, _, _) = db.queue_run(spec(branch), false).await.unwrap();
+            db.write(move |t| {
+                t.execute("UPDATE runs SET status = 'running', event_time = ?2 WHERE id = ?1", params![id, time])
+            })
+            .await
+            .unwrap();
+            ids.push(id);
+        }
+        let [a, b, c, d] = ids[..] else { unreachable!() };
+        let (repo, env) = ("o/r".to_string(), "prod".to_string());
+        let acquire = |id: i64, newest: bool| db.env_acquire(repo.clone(), env.clone(), id, newest);
+        for id in [a, b, c] {
+            db.env_enqueue(repo.clone(), env.clone(), id).await.unwrap();
+        }
+        // The newest (c) goes first; it supersedes those waiting.
+        assert_eq!(acquire(a, true).await.unwrap(), Acquired::Wait);
+        assert_eq!(acquire(c, true).await.unwrap(), Acquired::Got);
+        assert_eq!(acquire(c, true).await.unwrap(), Acquired::Got, "a holder asking again keeps it");
+        assert_eq!(acquire(b, true).await.unwrap(), Acquired::Superseded(c));
+        db.env_release(repo.clone(), env.clone(), c, true).await.unwrap();
+        let (mine, live) = db.env_live(repo.clone(), env.clone(), a).await.unwrap();
+        assert_eq!((mine, live.map(|l| (l.run_id, l.commit_time))), (100, Some((c, 300))));
+        // In turn (fifo): d came after a was superseded; d is the one in line.
+        db.env_enqueue(repo.clone(), env.clone(), d).await.unwrap();
+        assert_eq!(acquire(d, false).await.unwrap(), Acquired::Got);
+        assert_eq!(acquire(a, false).await.unwrap(), Acquired::Superseded(c));
+        // d dies holding the lock (a restart): a later run takes it.
+        db.write(move |t| t.execute("UPDATE runs SET status = 'queued' WHERE id = ?1", params![d])).await.unwrap();
+        let (e, _, _) = db.queue_run(spec("e"), false).await.unwrap();
+        db.write(move |t| t.execute("UPDATE runs SET status = 'running' WHERE id = ?1", params![e])).await.unwrap();
+        db.env_enqueue(repo.clone(), env.clone(), e).await.unwrap();
+        assert_eq!(acquire(e, false).await.unwrap(), Acquired::Got);
+    }
+
     /// The queue of agents: a run is planned, taken only by an executor its labels fit,
     /// leased, fenced by its attempt, queued again when its lease runs out (a bounded number
     /// of times), then ended; an ended run keeps its end.
