@@ -900,7 +900,17 @@ fn json_render() {
     keys.sort_unstable();
     assert_eq!(
         keys,
-        ["context", "labels", "not_triggered_reason", "skipped", "stages", "steps", "triggered", "version"]
+        [
+            "context",
+            "environments",
+            "labels",
+            "not_triggered_reason",
+            "skipped",
+            "stages",
+            "steps",
+            "triggered",
+            "version"
+        ]
     );
     assert_eq!(v["version"], render::JSON_VERSION);
     assert_eq!(v["triggered"], true);
@@ -1260,6 +1270,13 @@ fn gates_load_and_the_plan_carries_the_rules_of_the_environments_it_deploys_to()
     assert_eq!(plan.environments.keys().collect::<Vec<_>>(), ["production", "staging"]);
     // An environment's secret never reaches a step that only lists it.
     assert_eq!(step(&plan, "test").secrets, ["TOKEN"]);
+    let text = render::text(&plan);
+    assert!(text.contains("deploys to production, once 2 of alice, bob approve"), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&render::json(&plan)).unwrap();
+    let prod = &json["environments"]["production"];
+    assert_eq!(prod["approval"]["timeout"], "2h", "{json:#}");
+    assert_eq!((prod["wait"].as_str(), prod["order"].as_str()), (Some("5m"), Some("fifo")), "{json:#}");
+    assert_eq!(prod["secrets"], serde_json::json!(["DEPLOY_KEY"]));
 }
 
 #[test]
