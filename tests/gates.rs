@@ -352,3 +352,46 @@ fn one_deployment_at_a_time_per_environment_the_newest_waiting_commit_first_and_
     assert_eq!(orch.count("SELECT COUNT(*) FROM env_locks"), 0, "every lock was released");
     assert!(orch.leftovers().is_empty(), "{:?}", orch.leftovers());
 }
+
+#[test]
+fn a_github_app_s_check_run_says_the_run_waits_and_for_whom() {
+    require_docker!();
+    const APP_ID: u64 = 4243;
+    let git = GitServer::start();
+    let sha = git.on_branch("main", &[(".orch.yml", TWO_GATES)], "two gates");
+    let keys = temp_dir("orch-gates-app-");
+    let (key, public) = (keys.path().join("app.pem"), keys.path().join("app.pub.pem"));
+    for args in [
+        vec!["genrsa", "-traditional", "-out", key.to_str().unwrap(), "2048"],
+        vec!["rsa", "-in", key.to_str().unwrap(), "-pubout", "-out", public.to_str().unwrap()],
+    ] {
+        let out = Command::new("openssl").args(&args).output().expect("openssl runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let gh = FakeGitHub::start(GhAuth::App { app_id: APP_ID, public_key: public, installation_id: 1 });
+    let orch = Orch::start(app_args(&gh, APP_ID, &key, git.rewrite()));
+    let bob = token(&orch, "bob", &["approve"]);
+    let id = orch.deliver("push", &push_event("main", ZERO_SHA, &sha)).run_id();
+    wait_gate(&orch, id, "production");
+    let titled = wait_for(Duration::from_secs(30), "the check run's title", || {
+        let runs = gh.check_runs();
+        let c = runs.values().find(|c| c["external_id"] == id.to_string().as_str()).cloned();
+        match c {
+            Some(c) if c["output"]["title"].as_str().is_some_and(|t| t.contains("waits for approval")) => Ok(c),
+            other => Err(format!("{other:#?}\n{:#?}\n{:?}", gh.requests(), gh.violations())),
+        }
+    });
+    assert_eq!(titled["status"], "in_progress", "{titled:#}");
+    let title = titled["output"]["title"].as_str().unwrap();
+    assert!(title.contains("alice"), "{title}");
+    let r = vote(&orch, id, "approve", &bob, &json!({"environment": "production"}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let run = orch.wait_run_done(id);
+    assert_eq!(step_of(&run, "ship").unwrap()["status"], "passed", "{run:#}");
+    wait_for(Duration::from_secs(30), "the completed check run", || {
+        let runs = gh.check_runs();
+        let done = runs.values().any(|c| c["external_id"] == id.to_string().as_str() && c["status"] == "completed");
+        if done { Ok(()) } else { Err(format!("{runs:#?}")) }
+    });
+    gh.assert_no_violations();
+}
