@@ -1600,8 +1600,9 @@ impl Db {
         .await
     }
 
-    /// Opens a run's gate for an environment (kept as it is when the run asks again, on a
-    /// later attempt: the votes stand).
+    /// Opens a run's gate for an environment. When the run asks again, on a later attempt
+    /// (the server restarted), the votes stand, a decision by votes stands, and a gate that
+    /// ended without one (cancelled with the attempt, timed out) waits again.
     pub async fn open_gate(
         &self,
         run_id: i64,
@@ -1616,7 +1617,9 @@ impl Db {
             t.execute(
                 "INSERT INTO gates (run_id, environment, step, approvers, required, status, created_at, timeout_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, 'waiting', ?6, ?7)
-                 ON CONFLICT (run_id, environment) DO NOTHING",
+                 ON CONFLICT (run_id, environment) DO UPDATE SET status = 'waiting', reason = NULL,
+                   decided_at = NULL, timeout_at = excluded.timeout_at
+                 WHERE gates.status IN ('cancelled', 'timed_out')",
                 params![run_id, environment, step, approvers, required, now(), timeout_at],
             )?;
             Ok(())
@@ -1870,6 +1873,37 @@ mod tests {
         assert_eq!(mode, 2, "incremental");
         let kept: i64 = db.read(|c| c.query_row("SELECT x FROM t", [], |r| r.get(0))).await.unwrap();
         assert_eq!(kept, 1);
+    }
+
+    /// Votes: distinct approvers up to `required`, one vote each, one rejection ends it; a
+    /// gate that ended without a decision waits again when the run asks again.
+    #[tokio::test]
+    async fn gate_votes_decide_and_an_undecided_gate_reopens_for_a_later_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("orch.db")).unwrap();
+        let (id, _, _) = db.queue_run(spec("main"), false).await.unwrap();
+        let (env, who) = ("prod".to_string(), |w: &str| w.to_string());
+        let approvers = vec![who("a"), who("b"), who("c")];
+        db.open_gate(id, env.clone(), "ship".into(), approvers.clone(), 2, 0).await.unwrap();
+        let status = |v: Voted| match v {
+            Voted::Counted(g) => format!("counted {}", g.status),
+            Voted::Again(_) => "again".into(),
+            Voted::Closed(g) => format!("closed {:?}", g.map(|g| g.status)),
+        };
+        assert_eq!(status(db.vote_gate(id, env.clone(), who("a"), true).await.unwrap()), "counted waiting");
+        assert_eq!(status(db.vote_gate(id, env.clone(), who("a"), true).await.unwrap()), "again");
+        assert_eq!(status(db.vote_gate(id, env.clone(), who("b"), true).await.unwrap()), "counted approved");
+        assert_eq!(status(db.vote_gate(id, env.clone(), who("c"), false).await.unwrap()), "closed Some(\"approved\")");
+        // Another environment: closed with the attempt, it waits again on the next.
+        let qa = "qa".to_string();
+        db.open_gate(id, qa.clone(), "ship".into(), approvers.clone(), 1, 0).await.unwrap();
+        db.close_gate(id, qa.clone(), "cancelled".into(), "the run was cancelled".into()).await.unwrap();
+        db.open_gate(id, qa.clone(), "ship".into(), approvers.clone(), 1, 0).await.unwrap();
+        db.open_gate(id, env.clone(), "ship".into(), approvers, 2, 0).await.unwrap();
+        let gates = db.gates(id).await.unwrap();
+        let st = |e: &str| gates.iter().find(|g| g.environment == e).map(|g| g.status.clone());
+        assert_eq!((st("prod"), st("qa")), (Some("approved".into()), Some("waiting".into())));
+        assert_eq!(status(db.vote_gate(id, qa, who("c"), false).await.unwrap()), "counted rejected");
     }
 
     /// Environment locks: one holder at a time; the newest waiting commit goes next and
