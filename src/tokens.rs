@@ -38,7 +38,9 @@ pub async fn run(command: ApiTokenCommand, data_dir: Option<PathBuf>) -> Result<
             let token = agents::new_token().map_err(|e| Error::io("cannot read /dev/urandom", e))?;
             let token = token.replacen("orch_agent_", "orch_api_", 1);
             if !db.create_api_token(name.clone(), agents::token_hash(&token), can.clone()).await.map_err(db_err)? {
-                return Err(Error::Usage(format!("there is a token `{name}` already (revoke it, or pick a name)")));
+                return Err(Error::Usage(format!(
+                    "`{name}` has a live token already (revoke it first to give `{name}` a new one)"
+                )));
             }
             let what = if can.is_empty() { "no abilities".to_string() } else { format!("may {}", can.join(", ")) };
             eprintln!("token `{name}` created ({what}); the token (shown once):");

@@ -167,6 +167,15 @@ fn two_of_three_approvers_let_a_deployment_go_and_only_named_approvers_may_vote(
     assert!(r.text().contains("revoked"), "{}", r.text());
     assert_eq!(vote(&orch, id, "approve", "orch_api_nonsense", &none).status, 401);
     assert_eq!(orch.request("POST", &format!("/api/runs/{id}/approve"), &[], b"").status, 401);
+    // A live name is not taken twice; a revoked one gets a new token.
+    let data = orch.data_dir.display().to_string();
+    let (code, _, err) = orch_cmd(&["token", "create", "alice", "--data-dir", &data], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("`alice` has a live token already"), "{err}");
+    let carol = token(&orch, "carol", &[]);
+    assert_ne!(carol, mallory);
+    assert_eq!(vote(&orch, id, "approve", &mallory, &none).status, 401, "the old token stays revoked");
+    assert_eq!(vote(&orch, id, "approve", &carol, &none).status, 403, "the new one has no `approve`");
     assert_eq!(gates(&orch, id)[0]["votes"], json!([]), "no vote was counted");
 
     // The run page shows the gate, who approved so far, and the buttons to vote.

@@ -1529,7 +1529,8 @@ fn gate_rows(c: &Connection, run_id: i64) -> rusqlite::Result<Vec<GateRow>> {
 }
 
 impl Db {
-    /// Registers a named API token (its hash). False when the name is taken.
+    /// Registers a named API token (its hash); a revoked name gets a new token. False when
+    /// the name has a live one.
     pub async fn create_api_token(
         &self,
         name: String,
@@ -1540,7 +1541,9 @@ impl Db {
         self.write(move |t| {
             let n = t.execute(
                 "INSERT INTO api_tokens (name, token_hash, abilities, created_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (name) DO NOTHING",
+                 ON CONFLICT (name) DO UPDATE SET token_hash = excluded.token_hash, abilities = excluded.abilities,
+                   created_at = excluded.created_at, revoked_at = NULL
+                 WHERE api_tokens.revoked_at IS NOT NULL",
                 params![name, token_hash, abilities, now()],
             )?;
             Ok(n == 1)
