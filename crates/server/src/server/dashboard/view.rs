@@ -95,8 +95,12 @@ pub(super) fn merge(
             Step {
                 name: r.name,
                 stage: r.stage,
-                // A step row left running by a run that ended was stopped with it.
-                status: if r.status == StepState::Running && !running { StepState::Cancelled } else { r.status },
+                // A step row left running (or waiting for approval) by a run that ended was
+                // stopped with it.
+                status: match r.status {
+                    StepState::Running | StepState::Pending if !running => StepState::Cancelled,
+                    s => s,
+                },
                 started: r.started,
                 duration,
                 note: r.message,
