@@ -311,7 +311,8 @@ impl Agent {
             heartbeat,
         ));
         match self.prepare(&job, &path, &work, &run_dir).await {
-            Ok(prepared) => {
+            Ok(mut prepared) => {
+                prepared.options.gate = Some(Arc::new(AgentGate { server: self.server.clone(), path: path.clone() }));
                 // A second signal to the agent stops its runs.
                 let stop = {
                     let (cancel, kill) = (cancel.clone(), kill.clone());
@@ -508,6 +509,89 @@ async fn upload_artifacts(server: &Server, path: &str, dir: &Path) {
         Err(e) => tracing::warn!("{path}: the artifacts did not go up: {e}"),
     }
     let _ = writer.await;
+}
+
+/// A deployment gate of a run on this agent: the server decides; the agent asks it (a
+/// long poll, answered within half a minute, again until decided).
+struct AgentGate {
+    server: Arc<Server>,
+    /// `/api/agent/runs/{id}/{attempt}`.
+    path: String,
+}
+
+impl sched::Gatekeeper for AgentGate {
+    fn decide(&self, req: sched::GateRequest) -> futures_util::future::BoxFuture<'static, sched::GateDecision> {
+        let (server, path) = (self.server.clone(), format!("{}/gate", self.path));
+        let abandoned = Abandoned(Some((server.clone(), format!("{path}/finished"), req.environment.clone())));
+        Box::pin(async move {
+            // Dropped undecided (the approval timed out, the run was cancelled): the server
+            // hears it, so this run's place in line holds up no one.
+            let mut abandoned = abandoned;
+            let d = ask(&server, &path, &req).await;
+            abandoned.0 = None;
+            d
+        })
+    }
+
+    fn finished(
+        &self,
+        req: sched::GateRequest,
+        status: sched::DeploymentStatus,
+    ) -> futures_util::future::BoxFuture<'static, ()> {
+        let (server, path) = (self.server.clone(), format!("{}/gate/finished", self.path));
+        Box::pin(async move { gate_finished(&server, &path, &req.environment, status).await })
+    }
+}
+
+/// Tells the server that a gate's deployments ended (or that it was given up).
+async fn gate_finished(server: &Server, path: &str, environment: &str, status: sched::DeploymentStatus) {
+    // Lost, the lock is released when the run ends.
+    let body = json!({ "environment": environment, "status": status });
+    if let Err(e) = server.call(Method::POST, path, Some(&body)).await {
+        tracing::warn!("{path}: {e}");
+    }
+}
+
+/// Releases an undecided gate's place on the server, when its wait is dropped.
+struct Abandoned(Option<(Arc<Server>, String, String)>);
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if let Some((server, path, env)) = self.0.take() {
+            tokio::spawn(async move { gate_finished(&server, &path, &env, sched::DeploymentStatus::Cancelled).await });
+        }
+    }
+}
+
+/// Asks the server for a gate's decision until it gives one.
+async fn ask(server: &Server, path: &str, req: &sched::GateRequest) -> sched::GateDecision {
+    let body = match serde_json::to_value(req) {
+        Ok(b) => b,
+        Err(e) => return sched::GateDecision::Fail { reason: format!("a gate request: {e}"), by: Vec::new() },
+    };
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match server.call(Method::POST, path, Some(&body)).await {
+            Ok(Answer::Ok(_, bytes)) => {
+                let v: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                if let Some(d) = v.get("decision").and_then(|d| serde_json::from_value(d.clone()).ok()) {
+                    return d;
+                }
+                backoff = Duration::from_millis(500);
+            }
+            Ok(Answer::Fenced) => {
+                return sched::GateDecision::Fail {
+                    reason: "the run is no longer this agent's".into(),
+                    by: Vec::new(),
+                };
+            }
+            Err(e) => {
+                tracing::warn!("{path}: {e}; asking again in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
 }
 
 /// `orch agent-token`: on the server's machine, against its database.

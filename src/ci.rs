@@ -250,6 +250,11 @@ pub struct CiArgs {
     /// the workspace as the steps before it left it) instead.
     #[arg(long, value_name = "STEP", conflicts_with_all = ["shell", "json"])]
     pub shell_before: Option<String>,
+    /// Approve deployments that need approval without asking: all of them, or with
+    /// `--approve=ENV` those to ENV (repeat it). Without it, orch ci asks at the terminal,
+    /// and without a terminal such a deployment fails.
+    #[arg(long, value_name = "ENV", num_args = 0..=1, require_equals = true, default_missing_value = "")]
+    pub approve: Vec<String>,
 }
 
 /// The event context: flags first, then what the checkout says.
@@ -407,10 +412,21 @@ pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
         let screen = Arc::new(tokio::sync::Mutex::new(()));
         prepared.options.shell = Some(Arc::new(sched::Shell::new(at, Arc::new(crate::terminal::Tty), screen)));
     }
+    // Deployments that need approval: approved by --approve, else asked at the terminal
+    // (which then shares the screen as a shell does), else they fail saying so.
+    let gate = crate::gate::Local::new(&args.approve, crate::terminal::available(), &prepared.plan);
+    let prompts = gate.may_ask();
+    let screen = match (&prepared.options.shell, prompts) {
+        (Some(s), _) => Some(s.screen.clone()),
+        (None, true) => Some(Arc::new(tokio::sync::Mutex::new(()))),
+        (None, false) => None,
+    };
+    prepared.options.gate = Some(Arc::new(gate.with_screen(screen.clone())));
 
     let mode = if args.json {
         Mode::Json
     } else if prepared.options.shell.is_some()
+        || prompts
         || args.no_progress
         || !std::io::stdout().is_terminal()
         || std::env::var_os("CI").is_some()
@@ -426,8 +442,9 @@ pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
             mode,
             log_dir: Some(relative_to(&log_dir, &cwd)),
             log_files: Some(log_dir.clone()),
-            // Only a run that may open a shell shares the screen: others print without a lock.
-            screen: prepared.options.shell.as_ref().map(|s| s.screen.clone()),
+            // Only a run that may open a shell or ask for approval shares the screen: others
+            // print without a lock.
+            screen,
         },
         rx,
     ));

@@ -106,6 +106,41 @@ pub enum Command {
         #[command(flatten)]
         server: crate::client::ServerArgs,
     },
+    /// Approve a deployment of a run that waits for approval (with your named token:
+    /// `orch token create NAME --can approve` on the server).
+    Approve {
+        /// The run's id.
+        run: i64,
+        /// The step whose deployment waits (needed only when several wait).
+        step: Option<String>,
+        /// The environment that waits (instead of the step).
+        #[arg(long, value_name = "ENV")]
+        environment: Option<String>,
+        #[command(flatten)]
+        server: crate::client::ServerArgs,
+    },
+    /// Reject a deployment of a run that waits for approval: its steps fail.
+    Reject {
+        /// The run's id.
+        run: i64,
+        /// The step whose deployment waits (needed only when several wait).
+        step: Option<String>,
+        /// The environment that waits (instead of the step).
+        #[arg(long, value_name = "ENV")]
+        environment: Option<String>,
+        #[command(flatten)]
+        server: crate::client::ServerArgs,
+    },
+    /// Create, list or revoke named API tokens, one per person (run where the server's
+    /// data is). A named token with `--can approve` votes on deployment gates.
+    Token {
+        #[command(subcommand)]
+        command: crate::tokens::ApiTokenCommand,
+        /// The server's data directory [default: /var/lib/orch as root, else
+        /// ~/.local/share/orch].
+        #[arg(long, env = "ORCH_DATA_DIR", global = true)]
+        data_dir: Option<PathBuf>,
+    },
     /// Cancel a queued or running run on a server (needs the API token).
     Cancel {
         /// The run's id.
@@ -237,6 +272,13 @@ pub async fn run(cli: Cli) -> u8 {
         }
         Command::Logs { run, step, follow, server } => crate::client::logs(&server, run, step, follow).await,
         Command::Cancel { run, server } => crate::client::cancel(&server, run).await,
+        Command::Approve { run, step, environment, server } => {
+            crate::client::vote(&server, run, step, environment, true).await
+        }
+        Command::Reject { run, step, environment, server } => {
+            crate::client::vote(&server, run, step, environment, false).await
+        }
+        Command::Token { command, data_dir } => crate::tokens::run(command, data_dir).await,
         Command::Rerun { run, failed, server } => crate::client::rerun(&server, run, failed).await,
         Command::Deploy { environment, repo, commit, server } => {
             crate::client::deploy(&server, &environment, &repo, commit.as_deref()).await

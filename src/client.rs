@@ -310,6 +310,32 @@ pub async fn cancel(args: &ServerArgs, run: i64) -> Result<u8, Error> {
     Ok(exit::SUCCESS)
 }
 
+/// `orch approve RUN [STEP]`, `orch reject RUN [STEP]`: a vote on a waiting deployment, as
+/// the person the token names.
+pub async fn vote(
+    args: &ServerArgs,
+    run: i64,
+    step: Option<String>,
+    environment: Option<String>,
+    approve: bool,
+) -> Result<u8, Error> {
+    let body = serde_json::json!({ "step": step, "environment": environment });
+    let what = if approve { "approve" } else { "reject" };
+    let v = Api::new(args)?.json_with(Method::POST, &format!("/api/runs/{run}/{what}"), Some(&body)).await?;
+    let gate = &v["gate"];
+    let approved: Vec<&str> = gate["votes"]
+        .as_array()
+        .map(|vs| vs.iter().filter(|x| x["vote"] == "approve").filter_map(|x| x["who"].as_str()).collect())
+        .unwrap_or_default();
+    let state = match text(gate, "status") {
+        "waiting" => format!("waiting: {} of {} approved ({})", approved.len(), gate["required"], approved.join(", ")),
+        "approved" => format!("approved by {}", approved.join(", ")),
+        other => format!("{other}{}", gate["reason"].as_str().map(|r| format!(": {r}")).unwrap_or_default()),
+    };
+    println!("run {run}: {}: {state}", text(gate, "environment"));
+    Ok(exit::SUCCESS)
+}
+
 /// `orch trigger REPO --branch B [--sha S]`: a manual run.
 pub async fn trigger(args: &ServerArgs, repo: &str, branch: &str, sha: Option<&str>) -> Result<u8, Error> {
     let mut body = serde_json::json!({ "repo": repo, "branch": branch });

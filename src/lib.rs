@@ -17,6 +17,8 @@ pub mod cli;
 pub mod client;
 pub mod doctor;
 pub mod error;
+pub mod gate;
 pub mod import;
 pub mod init;
 pub mod terminal;
+pub mod tokens;

@@ -344,6 +344,43 @@ fn a_run_on_an_agent_can_be_cancelled() {
 }
 
 #[test]
+fn a_gated_deployment_on_an_agent_waits_for_the_server_s_approval() {
+    if !docker_enabled() {
+        return;
+    }
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let git = GitServer::start();
+    let orch = server(&gh, &git, 10);
+    let token = create_token(&orch.data_dir, "a");
+    let agent = Agent::start(&orch, &token, "", 1);
+    let out = Command::new(env!("CARGO_BIN_EXE_orch"))
+        .args(["token", "create", "alice", "--can", "approve"])
+        .env("ORCH_DATA_DIR", &orch.data_dir)
+        .output()
+        .expect("orch token runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let alice = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let gated = "environments:\n  production:\n    approval: {approvers: [alice]}\n\
+                 steps:\n  ship:\n    image: busybox:latest\n    environment: production\n    commands: [echo shipped]\n";
+    let (id, _) = push(&orch, &git, "main", &[(".orch.yml", gated)]);
+    let gates = wait_for(Duration::from_secs(60), "the agent's gate to wait", || {
+        let v = orch.get_json(&format!("/api/runs/{id}/gates"));
+        match v["gates"].as_array() {
+            Some(g) if !g.is_empty() => Ok(g.clone()),
+            _ => Err(format!("{v} {}", agent.log_text())),
+        }
+    });
+    assert_eq!(gates[0]["status"], "waiting");
+    assert_eq!(orch.run(id)["run"]["agent"], "a");
+    let r =
+        orch.request("POST", &format!("/api/runs/{id}/approve"), &[("authorization", &format!("Bearer {alice}"))], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let run = orch.wait_run_done(id);
+    assert_eq!(run["run"]["status"], "success", "{run:#}\n{}", agent.log_text());
+    assert!(orch.wait_log(id, "ship", "shipped").contains("shipped"));
+}
+
+#[test]
 fn the_shipped_agent_settings_are_the_agent_s_and_a_bad_server_url_is_refused() {
     let help = Command::new(env!("CARGO_BIN_EXE_orch")).args(["agent", "--help"]).output().unwrap();
     // Whatever the help's wrapping.

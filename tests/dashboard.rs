@@ -389,3 +389,61 @@ steps:
 fn json(n: i64) -> serde_json::Value {
     serde_json::json!(n)
 }
+
+#[test]
+fn the_run_page_shows_a_waiting_gate_who_approved_and_the_buttons_to_vote() {
+    require_docker!();
+    if !Path::new(CHROMIUM).exists() {
+        eprintln!("skipped: {CHROMIUM} is missing (scripts/setup installs Debian's chromium)");
+        return;
+    }
+    const GATED: &str = "\
+environments:
+  production:
+    approval: { approvers: [alice, bob], required: 2 }
+steps:
+  ship:
+    image: busybox:latest
+    environment: production
+    commands: [echo shipped]
+";
+    let git = GitServer::start();
+    let sha = git.commit(None, &[(".orch.yml", GATED)], "gated");
+    git.set_ref(&sha, "refs/heads/main");
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let orch = Orch::start(token_args(&gh, &git));
+    let mut tokens = Vec::new();
+    for name in ["alice", "bob"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_orch"))
+            .args(["token", "create", name, "--can", "approve"])
+            .env("ORCH_DATA_DIR", &orch.data_dir)
+            .output()
+            .expect("orch token runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        tokens.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
+    }
+    let id = orch.deliver("push", &push_event("main", ZERO_SHA, &sha)).run_id();
+    let approve = |token: &str| {
+        let auth = format!("Bearer {token}");
+        let r = orch.request("POST", &format!("/api/runs/{id}/approve"), &[("Authorization", &auth)], b"");
+        assert_eq!(r.status, 200, "{}", r.text());
+    };
+    wait_for(Duration::from_secs(60), "the gate to wait", || {
+        let v = orch.get_json(&format!("/api/runs/{id}/gates"));
+        if v["gates"][0]["status"] == "waiting" { Ok(()) } else { Err(v.to_string()) }
+    });
+    approve(&tokens[0]);
+    let tmp = temp_dir("orch-dashboard-gate-");
+    let dom = chromium(&tmp.path().join("profile"), &["--dump-dom"], &orch.url(&format!("/runs/{id}")));
+    assert!(has(&dom, "id=\"gates-card\">"), "the gates are shown:\n{dom}");
+    let gates = dom.split("id=\"gates\"").nth(1).unwrap_or("");
+    assert!(gates.contains("waiting · approved by alice · 2 of alice, bob needed"), "{gates}");
+    assert!(gates.contains("data-vote=\"approve\"") && gates.contains("data-vote=\"reject\""), "{gates}");
+    approve(&tokens[1]);
+    let run = orch.wait_run_done(id);
+    assert_eq!(run["run"]["status"], "success", "{run:#}");
+    let dom = chromium(&tmp.path().join("profile"), &["--dump-dom"], &orch.url(&format!("/runs/{id}")));
+    let gates = dom.split("id=\"gates\"").nth(1).unwrap_or("");
+    assert!(gates.contains("approved · approved by alice, bob"), "{gates}");
+    assert!(!gates.contains("data-vote="), "no buttons once decided: {gates}");
+}

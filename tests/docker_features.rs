@@ -1142,3 +1142,130 @@ steps:
     );
     assert_no_leftovers(&id);
 }
+
+const GATED: &str = r#"
+environments:
+  production:
+    approval: { approvers: [alice, bob] }
+    wait: 1s
+    secrets: [DEPLOY_KEY]
+steps:
+  other:
+    image: busybox:latest
+    secrets: [DEPLOY_KEY]
+    commands: ['echo "other sees ${DEPLOY_KEY:-nothing}"']
+  ship:
+    image: busybox:latest
+    environment: production
+    commands: ['echo "ship sees $DEPLOY_KEY"']
+"#;
+
+/// `orch ci` on the gated pipeline, with the environment's secret in its environment.
+fn gated_ci(p: &Project, args: &[&str]) -> Run {
+    let mut all = vec!["--json", "--no-cache"];
+    all.extend_from_slice(args);
+    let mut cmd = p.ci(&all);
+    cmd.env("DEPLOY_KEY", "s3cret-deploy-key");
+    Running::spawn(cmd).finish(RUN_LIMIT)
+}
+
+#[test]
+fn without_a_terminal_a_gated_deployment_fails_saying_to_pass_approve() {
+    require_docker!();
+    let p = Project::new(GATED);
+    let run = gated_ci(&p, &[]);
+    let d = run.describe();
+    run.assert_code(1);
+    assert_eq!(run.status("ship"), "failed", "{d}");
+    assert!(run.message("ship").contains("pass --approve"), "{d}");
+    assert_eq!(run.status("other"), "passed", "{d}");
+    // A step that lists an environment's secret without deploying there never gets it.
+    assert_line(&run, "other", "other sees nothing");
+    assert!(run.events_of("deployment_started").next().is_none(), "{d}");
+    let waiting: Vec<_> = run.events_of("gate_waiting").collect();
+    assert_eq!(waiting.len(), 1, "{d}");
+    assert_eq!(waiting[0]["approvers"], serde_json::json!(["alice", "bob"]), "{d}");
+    assert_no_leftovers(&run.run_id());
+}
+
+#[test]
+fn approve_lets_a_gated_deployment_run_after_its_wait_timer_with_its_secret_masked() {
+    require_docker!();
+    let p = Project::new(GATED);
+    let run = gated_ci(&p, &["--approve=production"]);
+    let d = run.describe();
+    run.assert_code(0);
+    assert_eq!(run.status("ship"), "passed", "{d}");
+    assert_line(&run, "ship", "ship sees ***");
+    assert!(!d.contains("s3cret-deploy-key"), "{d}");
+    let decided: Vec<_> = run.events_of("gate_decided").collect();
+    assert_eq!(decided.len(), 1, "{d}");
+    assert_eq!(decided[0]["outcome"], "approved", "{d}");
+    assert!(decided[0]["by"][0].as_str().unwrap_or("").contains("--approve"), "{d}");
+    assert!(run.events_of("run_message").any(|e| e["message"].as_str().unwrap_or("").contains("wait timer")), "{d}");
+    assert_no_leftovers(&run.run_id());
+    // `--approve=staging` approves another environment, not this one.
+    let run = gated_ci(&p, &["--approve=staging"]);
+    assert_eq!(run.status("ship"), "failed", "{}", run.describe());
+}
+
+/// `orch ci` on the gated pipeline at a terminal (`script` lends it a pseudo-terminal),
+/// answering `answer` to its question; (exit code, everything it showed).
+fn gated_ci_at_a_terminal(p: &Project, answer: &str) -> (Option<i32>, String) {
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+    let line = format!("{ORCH} ci -C '{}' --no-cache --no-progress", p.path().display());
+    let mut child = Command::new("script")
+        .args(["-qfec", &line, "/dev/null"])
+        .env("DEPLOY_KEY", "s3cret-deploy-key")
+        .env("USER", "tester")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("script runs");
+    let shown = Arc::new(Mutex::new(String::new()));
+    let mut out = child.stdout.take().unwrap();
+    let reader = {
+        let shown = shown.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                shown.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    poll("the question", RUN_LIMIT, || shown.lock().unwrap().contains("[y/N]").then_some(()));
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(format!("{answer}\n").as_bytes()).unwrap();
+    let started = std::time::Instant::now();
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code();
+        }
+        assert!(started.elapsed() < RUN_LIMIT, "orch ci did not end:\n{}", shown.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(stdin);
+    let _ = reader.join();
+    let text = shown.lock().unwrap().clone();
+    (code, text)
+}
+
+#[test]
+fn at_a_terminal_orch_ci_asks_and_the_answer_decides() {
+    require_docker!();
+    let p = Project::new(GATED);
+    let (code, text) = gated_ci_at_a_terminal(&p, "y");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("Deploy step `ship` to `production`"), "{text}");
+    assert!(text.contains("approved by tester"), "{text}");
+    assert!(text.contains("waiting 1s (its wait timer)"), "{text}");
+    assert!(text.contains("ship sees ***") && !text.contains("s3cret"), "{text}");
+    let (code, text) = gated_ci_at_a_terminal(&p, "n");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("rejected at the terminal by tester"), "{text}");
+}

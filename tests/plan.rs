@@ -900,7 +900,17 @@ fn json_render() {
     keys.sort_unstable();
     assert_eq!(
         keys,
-        ["context", "labels", "not_triggered_reason", "skipped", "stages", "steps", "triggered", "version"]
+        [
+            "context",
+            "environments",
+            "labels",
+            "not_triggered_reason",
+            "skipped",
+            "stages",
+            "steps",
+            "triggered",
+            "version"
+        ]
     );
     assert_eq!(v["version"], render::JSON_VERSION);
     assert_eq!(v["triggered"], true);
@@ -1258,4 +1268,56 @@ fn a_deploy_event_runs_only_the_steps_deploying_to_its_environment() {
     assert_eq!(triggered(src, &deploy("qa", "other")), Ok(()));
     assert_eq!(names(&plan_for(src, &deploy("qa", "other"))), ["a"]);
     assert_eq!(names(&plan_for(src, &ctx(Event::Deploy))), ["a", "b"]);
+}
+
+const GATED: &str = r#"
+environments:
+  production:
+    approval: { approvers: [alice, bob], required: 2, timeout: 2h }
+    wait: 5m
+    secrets: [DEPLOY_KEY]
+    order: fifo
+  staging: {}
+steps:
+  test: { image: busybox, commands: [true], secrets: [DEPLOY_KEY, TOKEN] }
+  ship: { image: busybox, environment: production, commands: [true] }
+  stage: { image: busybox, environment: staging, commands: [true] }
+"#;
+
+#[test]
+fn gates_load_and_the_plan_carries_the_rules_of_the_environments_it_deploys_to() {
+    let p = pipeline(GATED);
+    let rules = &p.environments["production"];
+    let a = rules.approval.as_ref().unwrap();
+    assert_eq!((a.approvers.clone(), a.required, a.timeout.as_secs()), (vec!["alice".into(), "bob".into()], 2, 7200));
+    assert_eq!(rules.wait.map(|w| w.as_secs()), Some(300));
+    assert_eq!(rules.order, orch::pipeline::DeployOrder::Fifo);
+    let defaults = pipeline("environments: {p: {approval: {approvers: [x]}}}\nsteps: {a: {image: i, commands: [x]}}");
+    let a = defaults.environments["p"].approval.clone().unwrap();
+    assert_eq!((a.required, a.timeout.as_secs()), (1, 24 * 3600));
+    assert_eq!(defaults.environments["p"].order, orch::pipeline::DeployOrder::Newest);
+
+    let plan = plan_for(GATED, &push("main"));
+    assert_eq!(plan.environments.keys().collect::<Vec<_>>(), ["production", "staging"]);
+    // An environment's secret never reaches a step that only lists it.
+    assert_eq!(step(&plan, "test").secrets, ["TOKEN"]);
+    let text = render::text(&plan);
+    assert!(text.contains("deploys to production, once 2 of alice, bob approve"), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&render::json(&plan)).unwrap();
+    let prod = &json["environments"]["production"];
+    assert_eq!(prod["approval"]["timeout"], "2h", "{json:#}");
+    assert_eq!((prod["wait"].as_str(), prod["order"].as_str()), (Some("5m"), Some("fifo")), "{json:#}");
+    assert_eq!(prod["secrets"], serde_json::json!(["DEPLOY_KEY"]));
+}
+
+#[test]
+fn a_pull_request_never_deploys_to_an_environment_with_gates_even_without_branch_rules() {
+    let pr = plan_for(GATED, &pull_request("main", "main"));
+    assert_eq!(
+        reason(&pr, "ship"),
+        "environment `production` has rules, and pull requests never deploy to one: this run is a pull request (#42)"
+    );
+    // Rules that say nothing keep the environment open.
+    assert_eq!(names(&pr), ["test", "stage"]);
+    assert_eq!(names(&plan_for(GATED, &push("feature/x"))), ["test", "ship", "stage"]);
 }

@@ -44,6 +44,8 @@ fn options() -> RunOptions {
         isolation: Default::default(),
         log_limit: 0,
         shell: None,
+        gate: None,
+        redeploy: false,
     }
 }
 
@@ -620,4 +622,233 @@ steps:
         o.events.iter().rposition(|e| matches!(e, RunEvent::StepFinished(s) if s.step.starts_with("ship"))).unwrap();
     assert!(pos(&|e| matches!(e, RunEvent::DeploymentStarted { .. })) < first_variant, "{:?}", o.events);
     assert!(pos(&|e| matches!(e, RunEvent::DeploymentFinished { .. })) > last_end, "{:?}", o.events);
+}
+
+/// A gatekeeper for tests: decides as told once `after` (a backend call) happened, and
+/// records what it was asked and told.
+struct TestGate {
+    backend: Arc<FakeBackend>,
+    after: Option<String>,
+    /// `None`: never decides.
+    decision: Option<orch::sched::GateDecision>,
+    asked: std::sync::Mutex<Vec<orch::sched::GateRequest>>,
+    finished: std::sync::Mutex<Vec<(String, orch::sched::DeploymentStatus)>>,
+}
+
+impl TestGate {
+    fn new(backend: &Arc<FakeBackend>, after: Option<&str>, decision: Option<orch::sched::GateDecision>) -> Arc<Self> {
+        Arc::new(TestGate {
+            backend: backend.clone(),
+            after: after.map(str::to_string),
+            decision,
+            asked: Default::default(),
+            finished: Default::default(),
+        })
+    }
+}
+
+impl orch::sched::Gatekeeper for TestGate {
+    fn decide(
+        &self,
+        req: orch::sched::GateRequest,
+    ) -> futures_util::future::BoxFuture<'static, orch::sched::GateDecision> {
+        self.asked.lock().unwrap().push(req);
+        let (backend, after, decision) = (self.backend.clone(), self.after.clone(), self.decision.clone());
+        Box::pin(async move {
+            if let Some(call) = after {
+                while !backend.calls().contains(&call) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            match decision {
+                Some(d) => d,
+                None => std::future::pending().await,
+            }
+        })
+    }
+
+    fn finished(
+        &self,
+        req: orch::sched::GateRequest,
+        status: orch::sched::DeploymentStatus,
+    ) -> futures_util::future::BoxFuture<'static, ()> {
+        self.finished.lock().unwrap().push((req.environment, status));
+        Box::pin(async {})
+    }
+}
+
+const GATED: &str = "
+defaults: { image: img }
+environments:
+  production:
+    branches: [main]
+    approval: { approvers: [alice, bob, carol], required: 2, timeout: 1h }
+    secrets: [DEPLOY_KEY]
+steps:
+  other: { commands: [x] }
+  sneaky: { commands: [x], needs: [other], secrets: [DEPLOY_KEY, TOKEN] }
+  ship: { commands: [x], environment: production, secrets: [TOKEN] }
+  after: { commands: [x], needs: [ship] }
+";
+
+fn gated_options(gate: Arc<TestGate>) -> RunOptions {
+    let mut opts = RunOptions { jobs: 1, gate: Some(gate), ..options() };
+    opts.secrets.insert("DEPLOY_KEY".into(), "s3cret-deploy-key".into());
+    opts
+}
+
+#[tokio::test]
+async fn a_gate_waits_while_other_steps_run_and_approval_lets_the_deployment_run_with_its_secrets() {
+    use orch::sched::{DeploymentStatus, GateDecision, GateOutcome};
+    let backend = Arc::new(
+        FakeBackend::new()
+            .script("other", vec![FakeAttempt::exit(0).delay(Duration::from_millis(50))])
+            .script("ship", vec![FakeAttempt::exit(0).out("key s3cret-deploy-key\n")]),
+    );
+    let by = vec!["alice".to_string(), "carol".to_string()];
+    // The gate decides only once `other` is over: with one job at a time, the run went on
+    // while it waited.
+    let gate = TestGate::new(&backend, Some("remove other#1"), Some(GateDecision::Go { by: by.clone() }));
+    let o = execute_plan(GATED, backend.clone(), gated_options(gate.clone()), Cancel::default()).await;
+    assert_eq!(o.status, RunStatus::Success, "{:?}", o.events);
+    let pos = |c: &str| o.calls.iter().position(|x| x == c).unwrap_or_else(|| panic!("no {c}: {:?}", o.calls));
+    assert!(pos("remove other#1") < pos("start ship#1"), "{:?}", o.calls);
+    let asked = gate.asked.lock().unwrap().clone();
+    assert_eq!(asked.len(), 1);
+    assert_eq!((asked[0].environment.as_str(), asked[0].step.as_str()), ("production", "ship"));
+    assert_eq!((asked[0].required, asked[0].approvers.len()), (2, 3));
+    assert_eq!(asked[0].branch.as_deref(), Some("main"));
+    assert!(!asked[0].redeploy);
+    // The events: waiting, then approved by whom, then the deployment.
+    let ev = |pred: &dyn Fn(&RunEvent) -> bool| o.events.iter().position(pred).unwrap_or(usize::MAX);
+    let waiting =
+        ev(&|e| matches!(e, RunEvent::GateWaiting { environment, required: 2, .. } if environment == "production"));
+    let decided = ev(&|e| matches!(e, RunEvent::GateDecided { outcome: GateOutcome::Approved, by: b, .. } if *b == by));
+    let deploying = ev(&|e| matches!(e, RunEvent::DeploymentStarted { .. }));
+    assert!(waiting < decided && decided < deploying && deploying < usize::MAX, "{:?}", o.events);
+    // The environment's secret reached its step only, masked; a step that lists it without
+    // deploying there does not get it (but gets its other secrets).
+    let envs = backend.envs.lock().unwrap();
+    assert!(envs["ship#1"].contains(&("DEPLOY_KEY".to_string(), "s3cret-deploy-key".to_string())));
+    assert!(envs["ship#1"].contains(&("TOKEN".to_string(), "hunter2".to_string())));
+    assert!(!envs["sneaky#1"].iter().any(|(k, _)| k == "DEPLOY_KEY"), "{:?}", envs["sneaky#1"]);
+    assert!(envs["sneaky#1"].iter().any(|(k, _)| k == "TOKEN"));
+    assert!(!envs["other#1"].iter().any(|(k, _)| k == "DEPLOY_KEY"));
+    assert_eq!(output_lines(&o.events), ["key ***"]);
+    assert_eq!(*gate.finished.lock().unwrap(), [("production".to_string(), DeploymentStatus::Success)]);
+}
+
+#[tokio::test]
+async fn a_rejected_gate_fails_its_steps_and_skips_their_dependents_without_deploying() {
+    use orch::sched::{GateDecision, GateOutcome};
+    let backend = Arc::new(FakeBackend::new());
+    let reason = "rejected by bob".to_string();
+    let gate =
+        TestGate::new(&backend, None, Some(GateDecision::Fail { reason: reason.clone(), by: vec!["bob".into()] }));
+    let o = execute_plan(GATED, backend.clone(), gated_options(gate.clone()), Cancel::default()).await;
+    assert_eq!(o.status, RunStatus::Failure);
+    assert_eq!(o.step("ship").status, StepStatus::Failed);
+    assert_eq!(o.step("ship").message.as_deref(), Some(reason.as_str()));
+    assert_eq!(o.step("after").status, StepStatus::Skipped);
+    assert_eq!(o.step("other").status, StepStatus::Passed);
+    assert!(!o.calls.iter().any(|c| c.starts_with("start ship")), "{:?}", o.calls);
+    assert!(!o.events.iter().any(|e| matches!(e, RunEvent::DeploymentStarted { .. })));
+    assert!(o.events.iter().any(|e| matches!(e, RunEvent::GateDecided { outcome: GateOutcome::Failed, .. })));
+    assert!(gate.finished.lock().unwrap().is_empty(), "nothing deployed, nothing to release");
+}
+
+#[tokio::test]
+async fn a_refused_gate_skips_its_steps_with_the_reason() {
+    use orch::sched::GateDecision;
+    let backend = Arc::new(FakeBackend::new());
+    let reason = "superseded by a newer commit".to_string();
+    let gate = TestGate::new(&backend, None, Some(GateDecision::Refuse { reason: reason.clone() }));
+    let o = execute_plan(GATED, backend.clone(), gated_options(gate), Cancel::default()).await;
+    assert_eq!(o.step("ship").status, StepStatus::Skipped);
+    assert_eq!(o.step("ship").message.as_deref(), Some(reason.as_str()));
+    assert_eq!(o.status, RunStatus::Success, "a refusal is not a failure");
+}
+
+#[tokio::test]
+async fn without_a_gatekeeper_a_deployment_that_needs_approval_fails_and_one_that_does_not_runs() {
+    let yaml = "
+defaults: { image: img }
+environments:
+  production: { approval: { approvers: [alice] } }
+  staging: { secrets: [DEPLOY_KEY] }
+steps:
+  prod: { commands: [x], environment: production }
+  stage: { commands: [x], environment: staging }
+";
+    let backend = Arc::new(FakeBackend::new());
+    let mut opts = options();
+    opts.secrets.insert("DEPLOY_KEY".into(), "s3cret-deploy-key".into());
+    let o = execute_plan(yaml, backend.clone(), opts, Cancel::default()).await;
+    assert_eq!(o.step("prod").status, StepStatus::Failed);
+    assert!(o.step("prod").message.as_deref().unwrap().contains("needs approval"), "{:?}", o.step("prod"));
+    assert_eq!(o.step("stage").status, StepStatus::Passed);
+    assert!(backend.envs.lock().unwrap()["stage#1"].iter().any(|(k, _)| k == "DEPLOY_KEY"));
+}
+
+#[tokio::test]
+async fn a_gate_without_a_decision_fails_at_its_timeout() {
+    let yaml = GATED.replace("timeout: 1h", "timeout: 1s");
+    let backend = Arc::new(FakeBackend::new());
+    let gate = TestGate::new(&backend, None, None);
+    let o = execute_plan(&yaml, backend.clone(), gated_options(gate), Cancel::default()).await;
+    assert_eq!(o.step("ship").status, StepStatus::Failed);
+    assert!(o.step("ship").message.as_deref().unwrap().contains("no approval within 1s"), "{:?}", o.step("ship"));
+    assert_eq!(o.step("after").status, StepStatus::Skipped);
+}
+
+#[tokio::test]
+async fn cancelling_the_run_ends_a_waiting_gate() {
+    use orch::sched::GateOutcome;
+    let backend = Arc::new(FakeBackend::new());
+    let gate = TestGate::new(&backend, None, None);
+    let cancel = Cancel::default();
+    let c = cancel.clone();
+    let b = backend.clone();
+    tokio::spawn(async move {
+        while !b.calls().contains(&"remove sneaky#1".to_string()) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        c.graceful.cancel();
+    });
+    let o = tokio::time::timeout(
+        Duration::from_secs(30),
+        execute_plan(GATED, backend.clone(), gated_options(gate), cancel),
+    )
+    .await
+    .expect("a waiting gate does not hold a cancelled run");
+    assert_eq!(o.status, RunStatus::Cancelled);
+    assert_eq!(o.step("ship").status, StepStatus::Skipped);
+    assert!(o.events.iter().any(|e| matches!(e, RunEvent::GateDecided { outcome: GateOutcome::Cancelled, .. })));
+    assert!(o.calls.iter().any(|c| c == "destroy r1"));
+}
+
+#[tokio::test]
+async fn one_approval_covers_every_variant_and_step_deploying_to_the_environment() {
+    use orch::sched::{DeploymentStatus, GateDecision};
+    let yaml = "
+defaults: { image: img }
+environments:
+  production: { approval: { approvers: [alice] }, wait: 100ms }
+steps:
+  ship: { commands: [x], environment: production, matrix: { region: [eu, us] } }
+  migrate: { commands: [x], environment: production, needs: [ship] }
+";
+    let backend = Arc::new(FakeBackend::new());
+    let gate = TestGate::new(&backend, None, Some(GateDecision::Go { by: vec!["alice".into()] }));
+    let opts = RunOptions { gate: Some(gate.clone()), redeploy: true, ..options() };
+    let o = execute_plan(yaml, backend.clone(), opts, Cancel::default()).await;
+    assert_eq!(o.status, RunStatus::Success);
+    let asked = gate.asked.lock().unwrap().clone();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert!(asked[0].redeploy);
+    assert!(
+        o.events.iter().any(|e| matches!(e, RunEvent::RunMessage { message, .. } if message.contains("wait timer")))
+    );
+    // Told once, when the last of them ended.
+    assert_eq!(*gate.finished.lock().unwrap(), [("production".to_string(), DeploymentStatus::Success)]);
 }

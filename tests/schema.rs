@@ -215,6 +215,8 @@ fn sample(ty: &Ty, key: &str) -> Value {
         // Strings the loader reads further (the schema says only "a string").
         ("cron", _) => json!("0 3 * * *"),
         ("timezone", _) => json!("Europe/Berlin"),
+        // `required` is checked against how many approvers there are: as many as it may be.
+        ("approvers", _) => json!((0..100).map(|i| format!("p{i}")).collect::<Vec<_>>()),
         (_, Ty::Str) => json!("x"),
         (_, Ty::Bool) => json!(true),
         (_, Ty::Scalar) => json!("1"),

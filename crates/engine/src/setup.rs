@@ -129,6 +129,8 @@ pub fn prepare(s: Setup) -> Result<Prepared, SetupError> {
         artifact_dir: Some(s.run_dir.join("artifacts")),
         reuse: s.reuse,
         shell: None,
+        gate: None,
+        redeploy: false,
         isolation: s.settings.isolation,
         log_limit: s.settings.log_limit,
     };
@@ -155,8 +157,13 @@ fn collect_secrets(plan: &Plan, source: &Secrets) -> Result<HashMap<String, Stri
     };
     let mut secrets = HashMap::new();
     let mut missing = Vec::new();
-    for step in &plan.steps {
-        for name in &step.secrets {
+    let env_secrets = plan.steps.iter().flat_map(|step| {
+        let rules = step.environment.as_ref().and_then(|e| plan.environments.get(&e.name));
+        rules.into_iter().flat_map(|r| &r.secrets).map(move |name| (name, step))
+    });
+    let named = plan.steps.iter().flat_map(|step| step.secrets.iter().map(move |name| (name, step)));
+    for (name, step) in named.chain(env_secrets) {
+        {
             let value =
                 from_file.get(name).cloned().or_else(|| environment.then(|| std::env::var(name).ok()).flatten());
             match value {

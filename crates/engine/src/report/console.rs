@@ -207,6 +207,35 @@ impl Console {
                 self.line(&l);
                 self.flush();
             }
+            RunEvent::GateWaiting { step, environment, approvers, required, timeout, .. } => {
+                let l = self.paint(
+                    YELLOW,
+                    &format!(
+                        "⏸ {step}: {environment} waits for approval ({required} of {}; fails after {})",
+                        approvers.join(", "),
+                        crate::pipeline::format_duration(*timeout)
+                    ),
+                );
+                self.line(&l);
+                self.flush();
+            }
+            RunEvent::GateDecided { step, environment, outcome, by, reason } => {
+                use crate::sched::events::GateOutcome;
+                let why = reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+                let l = match outcome {
+                    GateOutcome::Approved if by.is_empty() => {
+                        self.paint(GREEN, &format!("⏵ {step}: {environment} may deploy"))
+                    }
+                    GateOutcome::Approved => {
+                        self.paint(GREEN, &format!("⏵ {step}: {environment} approved by {}", by.join(", ")))
+                    }
+                    GateOutcome::Refused => self.paint(DIM, &format!("⏵ {step}: {environment} refused{why}")),
+                    GateOutcome::Failed => self.paint(RED, &format!("⏹ {step}: {environment} not approved{why}")),
+                    GateOutcome::Cancelled => self.paint(DIM, &format!("⏹ {step}: {environment} gate cancelled")),
+                };
+                self.line(&l);
+                self.flush();
+            }
             RunEvent::CacheSaved { step, key, size } => {
                 let l = self.paint(DIM, &format!("⇡ {step}: cache `{key}` saved ({})", crate::fmt::size(*size)));
                 self.line(&l);

@@ -75,6 +75,31 @@ pub enum RunEvent {
         url: Option<String>,
         status: DeploymentStatus,
     },
+    /// A deployment waits for approval before it starts (the rest of the run goes on).
+    GateWaiting {
+        /// The step (its key in the file) that asked first; one approval covers every
+        /// step of the run that deploys to the environment.
+        step: String,
+        environment: String,
+        /// Every planned step (by its name: matrix variants one by one) that deploys to
+        /// the environment and waits with it.
+        #[serde(default)]
+        steps: Vec<String>,
+        approvers: Vec<String>,
+        required: usize,
+        /// Seconds the gate waits before it fails.
+        #[serde(serialize_with = "secs", deserialize_with = "from_secs")]
+        timeout: Duration,
+    },
+    /// A gate was decided: approved (by whom), refused (the steps are skipped), failed
+    /// (rejected, timed out: the steps fail) or cancelled with the run.
+    GateDecided {
+        step: String,
+        environment: String,
+        outcome: GateOutcome,
+        by: Vec<String>,
+        reason: Option<String>,
+    },
     /// Something that concerns the whole run (e.g. a cleanup problem).
     RunMessage {
         level: Level,
@@ -97,6 +122,16 @@ pub enum DeploymentStatus {
     Failure,
     Cancelled,
     Error,
+}
+
+/// How a deployment gate was decided.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum GateOutcome {
+    Approved,
+    Refused,
+    Failed,
+    Cancelled,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

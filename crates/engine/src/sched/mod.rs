@@ -8,6 +8,7 @@
 
 mod deploy;
 pub mod events;
+pub mod gate;
 pub mod logs;
 
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ use crate::exec::{
 };
 use crate::plan::{Plan, PlannedStep};
 pub use events::*;
+pub use gate::{GateDecision, GateRequest, Gatekeeper};
 use logs::{Masker, StepLines};
 
 /// The output of one step kept by default (log file and events).
@@ -78,6 +80,11 @@ pub struct RunOptions {
     pub reuse: HashMap<String, StepSummary>,
     /// `orch ci --shell`: the one interactive shell the run may open.
     pub shell: Option<Arc<Shell>>,
+    /// Who decides whether a deployment may start (approvals, one at a time). `None`: every
+    /// deployment that needs no approval goes, one that does fails.
+    pub gate: Option<Arc<dyn Gatekeeper>>,
+    /// An explicit redeploy or rollback run: a gatekeeper lets an older commit deploy.
+    pub redeploy: bool,
 }
 
 #[derive(Clone)]
@@ -243,6 +250,9 @@ async fn run_steps<B: Backend>(
     let mut task_index: HashMap<tokio::task::Id, usize> = HashMap::new();
     let mut running = 0;
     let mut deployments = deploy::Deployments::new(plan);
+    let mut gates = gate::Gates::new(plan);
+    let mut gate_tasks: JoinSet<(String, GateDecision)> = JoinSet::new();
+    let mut gate_index: HashMap<tokio::task::Id, String> = HashMap::new();
     let jobs = opts.jobs.max(1);
     loop {
         // Start or skip every step whose needs are done, in plan order.
@@ -287,7 +297,7 @@ async fn run_steps<B: Backend>(
                         ..StepSummary::new(&step.name, StepStatus::Skipped, Some(reason))
                     };
                     let _ = events.send(RunEvent::StepFinished(summary.clone())).await;
-                    deployments.ended(&step.step, &summary, events).await;
+                    ended(&mut deployments, &mut gates, opts, step, &summary, events).await;
                     state[i] = State::Done(summary);
                     progressed = true;
                     continue;
@@ -307,10 +317,52 @@ async fn run_steps<B: Backend>(
                         ..kept.clone()
                     };
                     let _ = events.send(RunEvent::StepFinished(summary.clone())).await;
-                    deployments.ended(&step.step, &summary, events).await;
+                    ended(&mut deployments, &mut gates, opts, step, &summary, events).await;
                     state[i] = State::Done(summary);
                     progressed = true;
                     continue;
+                }
+                // A deployment waits for its environment's gate, off this loop.
+                let mut env_secrets: &[String] = &[];
+                if let Some(env) = &step.environment {
+                    let rules = plan.environments.get(&env.name).cloned().unwrap_or_default();
+                    let refused = match gates.get(&env.name) {
+                        None => {
+                            let req = GateRequest::new(plan, &step.step, &env.name, &rules, opts.redeploy);
+                            gates.asked(req.clone());
+                            let steps = plan
+                                .steps
+                                .iter()
+                                .filter(|s| s.environment.as_ref().is_some_and(|e| e.name == env.name))
+                                .map(|s| s.name.clone())
+                                .collect();
+                            let task =
+                                gate::wait(opts.gate.clone(), req, steps, rules.wait, events.clone(), cancel.clone());
+                            let name = env.name.clone();
+                            let handle = gate_tasks.spawn(async move { (name, task.await) });
+                            gate_index.insert(handle.id(), env.name.clone());
+                            continue;
+                        }
+                        Some(gate::Gate::Waiting) => continue,
+                        Some(gate::Gate::Go) => None,
+                        Some(gate::Gate::Refused(why)) => Some((StepStatus::Skipped, why.clone())),
+                        Some(gate::Gate::Failed(why)) => Some((StepStatus::Failed, why.clone())),
+                    };
+                    if let Some((status, why)) = refused {
+                        let summary = StepSummary {
+                            started: run_start.elapsed(),
+                            blocks_dependents: status != StepStatus::Skipped,
+                            ..StepSummary::new(&step.name, status, Some(why))
+                        };
+                        let _ = events.send(RunEvent::StepFinished(summary.clone())).await;
+                        ended(&mut deployments, &mut gates, opts, step, &summary, events).await;
+                        state[i] = State::Done(summary);
+                        progressed = true;
+                        continue;
+                    }
+                    if let Some(r) = plan.environments.get(&env.name) {
+                        env_secrets = &r.secrets;
+                    }
                 }
                 if running >= jobs {
                     continue;
@@ -320,9 +372,11 @@ async fn run_steps<B: Backend>(
                     backend: backend.clone(),
                     step: step.clone(),
                     run_id: opts.run_id.clone(),
+                    // An environment's secrets only once its gate let the deployment go.
                     secrets: step
                         .secrets
                         .iter()
+                        .chain(env_secrets.iter().filter(|k| !step.secrets.contains(k)))
                         .filter_map(|k| opts.secrets.get(k).map(|v| (k.clone(), v.clone())))
                         .collect(),
                     all_secrets: all_secrets.clone(),
@@ -350,10 +404,25 @@ async fn run_steps<B: Backend>(
                 progressed = true;
             }
         }
-        if running == 0 {
+        if running == 0 && gate_tasks.is_empty() {
             break;
         }
-        let Some(joined) = tasks.join_next_with_id().await else { break };
+        let joined = tokio::select! {
+            Some(g) = gate_tasks.join_next_with_id(), if !gate_tasks.is_empty() => {
+                match g {
+                    Ok((_, (env, decision))) => gates.decided(&env, decision),
+                    Err(e) => {
+                        if let Some(env) = gate_index.get(&e.id()) {
+                            let reason = format!("internal error: the gate's task failed: {e}");
+                            gates.decided(env, GateDecision::Fail { reason, by: Vec::new() });
+                        }
+                    }
+                }
+                continue;
+            }
+            j = tasks.join_next_with_id(), if running > 0 => j,
+        };
+        let Some(joined) = joined else { break };
         let (i, summary) = match joined {
             Ok((_, (i, s))) => (i, s),
             Err(e) => {
@@ -366,7 +435,7 @@ async fn run_steps<B: Backend>(
                 (i, s)
             }
         };
-        deployments.ended(&plan.steps[i].step, &summary, events).await;
+        ended(&mut deployments, &mut gates, opts, &plan.steps[i], &summary, events).await;
         state[i] = State::Done(summary);
         running -= 1;
     }
@@ -379,6 +448,22 @@ async fn run_steps<B: Backend>(
             _ => StepSummary::new(&step.name, StepStatus::Skipped, Some("never became ready".into())),
         })
         .collect()
+}
+
+/// A step ended (ran, was skipped, kept, or its gate stopped it): its deployment and its
+/// environment's gate learn it.
+async fn ended(
+    deployments: &mut deploy::Deployments,
+    gates: &mut gate::Gates,
+    opts: &RunOptions,
+    step: &PlannedStep,
+    summary: &StepSummary,
+    events: &mpsc::Sender<RunEvent>,
+) {
+    deployments.ended(&step.step, summary, events).await;
+    if let Some(env) = &step.environment {
+        gates.ended(&env.name, summary, opts.gate.as_ref()).await;
+    }
 }
 
 /// Every step's transitive needs, in plan order.

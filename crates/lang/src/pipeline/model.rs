@@ -23,12 +23,64 @@ pub struct Pipeline {
     pub steps: IndexMap<String, Step>,
 }
 
-/// Which runs may deploy to an environment. A run may when its branch matches `branches`
-/// or its tag matches `tags`; with neither set, every run may.
+/// Which runs may deploy to an environment, and the gates a deployment passes first. A run
+/// may when its branch matches `branches` or its tag matches `tags`; with neither set,
+/// every run may (but a pull request never deploys to an environment with any rules).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct EnvironmentRules {
     pub branches: Option<Patterns>,
     pub tags: Option<Patterns>,
+    /// People who must approve a deployment before it starts.
+    pub approval: Option<Approval>,
+    /// The wait timer: after approval, before the deployment starts.
+    #[serde(serialize_with = "ser_opt_duration")]
+    pub wait: Option<Duration>,
+    /// Secrets only this environment's steps get, once its gates passed.
+    pub secrets: Vec<String>,
+    /// Which waiting deployment goes next when the environment frees.
+    pub order: DeployOrder,
+}
+
+impl EnvironmentRules {
+    /// Whether anything is ruled: a pull request never deploys to such an environment.
+    pub fn any(&self) -> bool {
+        self.branches.is_some()
+            || self.tags.is_some()
+            || self.approval.is_some()
+            || self.wait.is_some()
+            || !self.secrets.is_empty()
+    }
+}
+
+/// `approval`: `required` of `approvers` must approve, within `timeout`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Approval {
+    pub approvers: Vec<String>,
+    pub required: usize,
+    #[serde(serialize_with = "ser_duration")]
+    pub timeout: Duration,
+}
+
+/// How long an approval may take by default.
+pub const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// `order`: one deployment at a time per environment; when it frees, the `newest` waiting
+/// commit deploys (older waiting ones are superseded), or they go in turn (`fifo`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployOrder {
+    #[default]
+    Newest,
+    Fifo,
+}
+
+impl DeployOrder {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeployOrder::Newest => "newest",
+            DeployOrder::Fifo => "fifo",
+        }
+    }
 }
 
 /// A step's `environment`: the name, and the URL (with `${VAR}`s until planned).

@@ -348,10 +348,38 @@ pub const ENVIRONMENT: Obj = Obj {
     extensions: false,
 };
 
+pub const APPROVAL: Obj = Obj {
+    fields: &[
+        required(
+            "approvers",
+            &Ty::Strings { min: 1, names: None },
+            "Who may approve: names of the server's named API tokens.",
+        ),
+        field("required", &Ty::Int { min: 1, max: 100 }, "How many of them must approve (default 1)."),
+        field("timeout", &DURATION, "How long a deployment waits for approval before it fails (default 24h)."),
+    ],
+    nullable: false,
+    extra: None,
+    needs_one: &[],
+    extensions: false,
+};
+
 pub const ENVIRONMENT_RULES: Obj = Obj {
     fields: &[
         field("branches", &PATTERNS, "Branches that may deploy to the environment (globs)."),
         field("tags", &PATTERNS, "Tags that may deploy to the environment (globs)."),
+        field("approval", &Ty::Obj(&APPROVAL), "People who must approve a deployment before it starts."),
+        field("wait", &DURATION, "The wait timer: how long to wait after approval before deploying."),
+        field(
+            "secrets",
+            &Ty::Strings { min: 0, names: Some(Names::Identifier) },
+            "Secrets only this environment's steps get, once its gates passed; other steps never do.",
+        ),
+        field(
+            "order",
+            &Ty::Enum(&["newest", "fifo"]),
+            "One deployment at a time: when the environment frees, the `newest` waiting commit deploys (older ones are superseded), or they go in turn (`fifo`).",
+        ),
     ],
     nullable: true,
     extra: None,

@@ -97,6 +97,10 @@ pub struct Plan {
     /// Steps that run, in dependency order (a step comes after everything it needs).
     pub steps: Vec<PlannedStep>,
     pub skipped: Vec<SkippedStep>,
+    /// The rules of the environments the planned steps deploy to (their gates, their
+    /// secrets), by name.
+    #[serde(skip_serializing_if = "IndexMap::is_empty")]
+    pub environments: IndexMap<String, EnvironmentRules>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -410,7 +414,13 @@ pub fn plan(pipeline: &Pipeline, ctx: &Context, selection: &Selection) -> Result
             })
         })
         .collect();
-    Ok(Plan { context: ctx.clone(), stages: pipeline.stages.clone(), not_triggered, steps, skipped })
+    let environments = pipeline
+        .environments
+        .iter()
+        .filter(|(name, _)| steps.iter().any(|s| s.environment.as_ref().is_some_and(|e| &e.name == *name)))
+        .map(|(name, rules)| (name.clone(), rules.clone()))
+        .collect();
+    Ok(Plan { context: ctx.clone(), stages: pipeline.stages.clone(), not_triggered, steps, skipped, environments })
 }
 
 /// Fills in defaults and interpolates the fields that take `${VAR}`.
@@ -498,7 +508,14 @@ fn resolve(
             .or_else(|| p.defaults.retry.clone())
             .unwrap_or(Retry { count: 0, on_exit_codes: Vec::new() }),
         allow_failure: step.allow_failure,
-        secrets: step.secrets.clone(),
+        // An environment's secrets reach only its steps, and only once its gates passed
+        // (the scheduler adds them then): listing one elsewhere gets nothing.
+        secrets: step
+            .secrets
+            .iter()
+            .filter(|s| !p.environments.values().any(|r| r.secrets.contains(s)))
+            .cloned()
+            .collect(),
         services,
         cache,
         artifacts: step.artifacts.clone(),
@@ -613,11 +630,14 @@ pub fn check_when(w: &When, ctx: &Context) -> Result<(), String> {
 /// deploys to one with rules: its branch is whatever its author named it.
 pub fn check_environment(p: &Pipeline, name: &str, ctx: &Context) -> Result<(), String> {
     let Some(rules) = p.environments.get(name) else { return Ok(()) };
-    let EnvironmentRules { branches, tags } = rules;
-    if branches.is_none() && tags.is_none() {
+    let EnvironmentRules { branches, tags, .. } = rules;
+    if !rules.any() {
         return Ok(());
     }
     let ev = ctx.event();
+    if ev != Event::PullRequest && branches.is_none() && tags.is_none() {
+        return Ok(());
+    }
     let this = match (ev, ctx.tag.as_deref(), ctx.branch.as_deref()) {
         (Event::PullRequest, _, _) => {
             format!("this run is a pull request{}", ctx.pr.map(|n| format!(" (#{n})")).unwrap_or_default())
@@ -642,6 +662,9 @@ pub fn check_environment(p: &Pipeline, name: &str, ctx: &Context) -> Result<(), 
     }
     if let Some(t) = tags {
         allowed.push(format!("tags {}", plain(t)));
+    }
+    if allowed.is_empty() {
+        return Err(format!("environment `{name}` has rules, and pull requests never deploy to one: {this}"));
     }
     Err(format!("environment `{name}` deploys only from {}: {this}", allowed.join(", ")))
 }

@@ -60,6 +60,9 @@ pub fn text(plan: &Plan) -> String {
                     Some(url) => extra.push(format!("deploys to {} ({url})", env.name)),
                     None => extra.push(format!("deploys to {}", env.name)),
                 }
+                if let Some(a) = plan.environments.get(&env.name).and_then(|r| r.approval.as_ref()) {
+                    extra.push(format!("once {} of {} approve", a.required, a.approvers.join(", ")));
+                }
             }
             if mixed && !s.runs_on.is_empty() {
                 extra.push(format!("labels {}", s.runs_on.join(" ")));
@@ -98,6 +101,7 @@ pub fn json(plan: &Plan) -> String {
         "not_triggered_reason": plan.not_triggered,
         "steps": plan.steps,
         "skipped": plan.skipped,
+        "environments": plan.environments,
     });
     // Serializing plain data to a String cannot fail.
     serde_json::to_string_pretty(&v).unwrap_or_default()

@@ -126,6 +126,11 @@ pub enum Update {
         conclusion: Conclusion,
         description: String,
     },
+    /// The run waits (a deployment for approval): `description` says for what and whom.
+    Waiting {
+        run: RunRef,
+        description: String,
+    },
     Finished {
         run: RunRef,
         conclusion: Conclusion,
@@ -182,7 +187,7 @@ impl Update {
     pub fn run(&self) -> &RunRef {
         match self {
             Update::Queued(run) | Update::Started(run) => run,
-            Update::Step { run, .. } | Update::Finished { run, .. } => run,
+            Update::Step { run, .. } | Update::Waiting { run, .. } | Update::Finished { run, .. } => run,
             Update::Deployment { run, .. } | Update::DeploymentState { run, .. } => run,
         }
     }
@@ -190,7 +195,7 @@ impl Update {
     pub fn run_mut(&mut self) -> &mut RunRef {
         match self {
             Update::Queued(run) | Update::Started(run) => run,
-            Update::Step { run, .. } | Update::Finished { run, .. } => run,
+            Update::Step { run, .. } | Update::Waiting { run, .. } | Update::Finished { run, .. } => run,
             Update::Deployment { run, .. } | Update::DeploymentState { run, .. } => run,
         }
     }

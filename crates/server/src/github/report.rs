@@ -114,6 +114,12 @@ impl Reporter {
                 self.patch_check_run(run, body).await
             }
             Update::Started(run) => self.status(run, &ctx, "pending", "Running").await,
+            Update::Waiting { run, description } if self.is_app() => {
+                let title = truncate(description, 255);
+                let body = json!({ "status": "in_progress", "output": { "title": title, "summary": description } });
+                self.patch_check_run(run, body).await
+            }
+            Update::Waiting { run, description } => self.status(run, &ctx, "pending", description).await,
             Update::Step { run, step, conclusion, description } => {
                 if self.is_app() || !self.cfg.step_statuses {
                     return Ok(());

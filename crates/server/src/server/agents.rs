@@ -76,6 +76,8 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/agent/runs/{id}/{attempt}/source", get(source))
         .route("/api/agent/runs/{id}/{attempt}/events", post(events).layer(DefaultBodyLimit::max(MAX_EVENTS_BODY)))
         .route("/api/agent/runs/{id}/{attempt}/artifacts", put(artifacts).layer(DefaultBodyLimit::disable()))
+        .route("/api/agent/runs/{id}/{attempt}/gate", post(gate))
+        .route("/api/agent/runs/{id}/{attempt}/gate/finished", post(gate_finished))
         .route("/api/agents", get(list))
 }
 
@@ -235,6 +237,56 @@ async fn fence(st: &AppState, agent: &str, id: i64, attempt: i64) -> Result<(), 
         Ok(false) => Err(error(StatusCode::CONFLICT, format!("attempt {attempt} of run {id} is not yours (any more)"))),
         Err(e) => Err(error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
     }
+}
+
+/// How long a gate request of an agent waits before it answers `pending` (the agent asks
+/// again): well under what a plain reverse proxy lets a request take.
+const GATE_POLL: std::time::Duration = std::time::Duration::from_secs(25);
+
+/// `POST /api/agent/runs/{id}/{attempt}/gate`: the decision of a deployment gate (a
+/// `GateRequest` in the body), or `{"pending": true}` after a while without one.
+async fn gate(
+    State(st): State<Arc<AppState>>,
+    Agent(name): Agent,
+    Path((id, attempt)): Path<(i64, i64)>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = fence(&st, &name, id, attempt).await {
+        return r;
+    }
+    let req: crate::sched::GateRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("a gate request: {e}")),
+    };
+    match super::gates::decide(&st, id, req, Some(GATE_POLL)).await {
+        Some(decision) => super::reply(StatusCode::OK, json!({ "decision": decision })),
+        None => super::reply(StatusCode::OK, json!({ "pending": true })),
+    }
+}
+
+#[derive(Deserialize)]
+struct GateEnded {
+    environment: String,
+    status: crate::sched::DeploymentStatus,
+}
+
+/// `POST /api/agent/runs/{id}/{attempt}/gate/finished`: the run's deployments to an
+/// environment ended (`{environment, status}`): its lock goes to the next in line.
+async fn gate_finished(
+    State(st): State<Arc<AppState>>,
+    Agent(name): Agent,
+    Path((id, attempt)): Path<(i64, i64)>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = fence(&st, &name, id, attempt).await {
+        return r;
+    }
+    let ended: GateEnded = match serde_json::from_slice(&body) {
+        Ok(e) => e,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("expected {{\"environment\", \"status\"}}: {e}")),
+    };
+    super::gates::finished(&st, id, &ended.environment, ended.status).await;
+    super::reply(StatusCode::OK, json!({ "released": ended.environment }))
 }
 
 /// `GET /api/agent/runs/{id}/{attempt}/source`: the run's checkout as a tar stream.

@@ -250,6 +250,133 @@ CREATE INDEX IF NOT EXISTS deliveries_by_time ON deliveries(received_at);
 CREATE UNIQUE INDEX IF NOT EXISTS deliveries_by_digest ON deliveries(digest);
 ";
 
+/// Named API tokens (people, for approvals), deployment gates and their votes.
+const GATES_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS api_tokens (
+    name TEXT PRIMARY KEY,
+    token_hash TEXT NOT NULL UNIQUE,
+    abilities TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS gates (
+    run_id INTEGER NOT NULL,
+    environment TEXT NOT NULL,
+    step TEXT NOT NULL,
+    approvers TEXT NOT NULL,
+    required INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT,
+    created_at INTEGER NOT NULL,
+    timeout_at INTEGER NOT NULL,
+    decided_at INTEGER,
+    PRIMARY KEY (run_id, environment)
+);
+CREATE TABLE IF NOT EXISTS env_locks (
+    repo TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    run_id INTEGER NOT NULL,
+    acquired_at INTEGER NOT NULL,
+    PRIMARY KEY (repo, environment)
+);
+CREATE TABLE IF NOT EXISTS env_queue (
+    repo TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    run_id INTEGER NOT NULL,
+    commit_time INTEGER NOT NULL,
+    enqueued_at INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    superseded_by INTEGER,
+    PRIMARY KEY (repo, environment, run_id)
+);
+CREATE TABLE IF NOT EXISTS env_live (
+    repo TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    run_id INTEGER NOT NULL,
+    sha TEXT NOT NULL,
+    commit_time INTEGER NOT NULL,
+    deployed_at INTEGER NOT NULL,
+    PRIMARY KEY (repo, environment)
+);
+CREATE TABLE IF NOT EXISTS gate_votes (
+    run_id INTEGER NOT NULL,
+    environment TEXT NOT NULL,
+    who TEXT NOT NULL,
+    vote TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (run_id, environment, who)
+);
+";
+
+/// A named API token, as `orch token list` shows it (never the token).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ApiTokenRow {
+    pub name: String,
+    pub abilities: Vec<String>,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+/// A run's gate for one environment, with its votes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GateRow {
+    pub environment: String,
+    pub step: String,
+    pub approvers: Vec<String>,
+    pub required: i64,
+    /// `waiting`, `approved`, `rejected`, `timed_out`, `cancelled`.
+    pub status: String,
+    pub reason: Option<String>,
+    pub created_at: i64,
+    pub timeout_at: i64,
+    pub decided_at: Option<i64>,
+    pub votes: Vec<GateVote>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GateVote {
+    pub who: String,
+    /// `approve` or `reject`.
+    pub vote: String,
+    pub at: i64,
+}
+
+impl GateRow {
+    pub fn approved_by(&self) -> Vec<String> {
+        self.votes.iter().filter(|v| v.vote == "approve").map(|v| v.who.clone()).collect()
+    }
+}
+
+/// What a vote on a gate did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Voted {
+    /// Counted; the gate's status after it.
+    Counted(GateRow),
+    /// This person voted on this gate before.
+    Again(GateRow),
+    /// The gate is decided already (or there is none).
+    Closed(Option<GateRow>),
+}
+
+/// What a run asking for an environment's lock got.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Acquired {
+    /// The lock is this run's.
+    Got,
+    /// Another run holds it, or a waiting run goes first.
+    Wait,
+    /// A newer commit's run took the lock before this one (`order: newest`).
+    Superseded(i64),
+}
+
+/// The commit deployed to an environment last (`env_live`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Live {
+    pub run_id: i64,
+    pub sha: String,
+    pub commit_time: i64,
+}
+
 /// What a delivery asks to run, as stored.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct NewRun {
@@ -535,6 +662,7 @@ fn migrate(c: &Conn) -> Result<(), SqlError> {
             c.execute_batch("SELECT pg_advisory_xact_lock(8028075640)")?;
         }
         c.execute_batch(&sql::ddl(SCHEMA, backend))?;
+        c.execute_batch(&sql::ddl(GATES_SCHEMA, backend))?;
         c.execute_batch(&sql::ddl("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)", backend))?;
         let version: Option<i64> = c.query_row("SELECT MAX(version) FROM schema_version", params![], |r| r.get(0))?;
         if let Some(v) = version
@@ -1663,17 +1791,18 @@ fn insert_deployment(
     environment: &str,
     url: Option<&str>,
     rollback: bool,
+    approved_by: Option<&str>,
 ) -> sql::Result<Option<i64>> {
     // The parameters in the select list say their types: PostgreSQL cannot infer them there.
     t.query_row(
         "INSERT INTO deployments (run_id, repo, step, environment, url, sha, git_ref, event, triggered_by,
-           created_at, started_at, status, is_rollback, commit_at)
+           created_at, started_at, status, is_rollback, approved_by, commit_at)
          SELECT id, repo, CAST(?2 AS TEXT), CAST(?3 AS TEXT), CAST(?4 AS TEXT), sha, COALESCE(tag, branch), event,
-           author, CAST(?5 AS BIGINT), CAST(?5 AS BIGINT), 'in_progress', CAST(?6 AS BIGINT),
+           author, CAST(?5 AS BIGINT), CAST(?5 AS BIGINT), 'in_progress', CAST(?6 AS BIGINT), CAST(?7 AS TEXT),
            (SELECT MIN(COALESCE(o.event_time, o.created_at)) FROM runs o WHERE o.repo = runs.repo AND o.sha = runs.sha)
          FROM runs WHERE id = ?1
          RETURNING id",
-        params![run, step, environment, url, now(), rollback],
+        params![run, step, environment, url, now(), rollback, approved_by],
         |r| r.get(0),
     )
     .optional()
@@ -1852,12 +1981,14 @@ impl Db {
 
     /// Records that `step` of `run` started deploying to `environment`; its id (`None`: no
     /// such run). A commit older than the live one (orch heard of it first) is a rollback.
+    /// `approved_by`: who approved the environment's gate in this run.
     pub async fn start_deployment(
         &self,
         run: i64,
         step: String,
         environment: String,
         url: Option<String>,
+        approved_by: Option<String>,
     ) -> Result<Option<i64>, DbError> {
         self.write(move |t| {
             let Some((repo, sha)) = run_repo_sha(t, run)? else { return Ok(None) };
@@ -1868,7 +1999,7 @@ impl Db {
                 }
                 _ => false,
             };
-            insert_deployment(t, run, &step, &environment, url.as_deref(), rollback)
+            insert_deployment(t, run, &step, &environment, url.as_deref(), rollback, approved_by.as_deref())
         })
         .await
     }
@@ -2287,6 +2418,372 @@ fn listen(url: &str, wakes: &broadcast::Sender<String>, alive: &std::sync::Weak<
     }
 }
 
+fn gate_rows(c: &Conn, run_id: i64) -> sql::Result<Vec<GateRow>> {
+    let mut gates = c.query_map(
+        "SELECT environment, step, approvers, required, status, reason, created_at, timeout_at, decided_at
+         FROM gates WHERE run_id = ?1 ORDER BY created_at, environment",
+        params![run_id],
+        |r| {
+            let approvers: String = r.get(2)?;
+            Ok(GateRow {
+                environment: r.get(0)?,
+                step: r.get(1)?,
+                approvers: serde_json::from_str(&approvers).unwrap_or_default(),
+                required: r.get(3)?,
+                status: r.get(4)?,
+                reason: r.get(5)?,
+                created_at: r.get(6)?,
+                timeout_at: r.get(7)?,
+                decided_at: r.get(8)?,
+                votes: Vec::new(),
+            })
+        },
+    )?;
+    for g in &mut gates {
+        g.votes = c.query_map(
+            "SELECT who, vote, at FROM gate_votes WHERE run_id = ?1 AND environment = ?2 ORDER BY at, who",
+            params![run_id, g.environment],
+            |r| Ok(GateVote { who: r.get(0)?, vote: r.get(1)?, at: r.get(2)? }),
+        )?;
+    }
+    Ok(gates)
+}
+
+impl Db {
+    /// Registers a named API token (its hash); a revoked name gets a new token. False when
+    /// the name has a live one.
+    pub async fn create_api_token(
+        &self,
+        name: String,
+        token_hash: String,
+        abilities: Vec<String>,
+    ) -> Result<bool, DbError> {
+        let abilities = abilities.join(",");
+        self.write(move |t| {
+            let n = t.execute(
+                "INSERT INTO api_tokens (name, token_hash, abilities, created_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (name) DO UPDATE SET token_hash = excluded.token_hash, abilities = excluded.abilities,
+                   created_at = excluded.created_at, revoked_at = NULL
+                 WHERE api_tokens.revoked_at IS NOT NULL",
+                params![name, token_hash, abilities, now()],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    /// Every named API token, by name.
+    pub async fn api_tokens(&self) -> Result<Vec<ApiTokenRow>, DbError> {
+        self.read(|c| {
+            c.query_map(
+                "SELECT name, abilities, created_at, revoked_at FROM api_tokens ORDER BY name",
+                params![],
+                |r| {
+                    let abilities: String = r.get(1)?;
+                    Ok(ApiTokenRow {
+                        name: r.get(0)?,
+                        abilities: abilities.split(',').filter(|a| !a.is_empty()).map(str::to_string).collect(),
+                        created_at: r.get(2)?,
+                        revoked_at: r.get(3)?,
+                    })
+                },
+            )
+        })
+        .await
+    }
+
+    /// Revokes a named API token. False when there is no such live token.
+    pub async fn revoke_api_token(&self, name: String) -> Result<bool, DbError> {
+        self.write(move |t| {
+            let n = t.execute(
+                "UPDATE api_tokens SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
+                params![name, now()],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    /// The name and abilities of the token that hashes to `token_hash`; `Some((name, None))`
+    /// when it was revoked.
+    pub async fn api_token_by_hash(
+        &self,
+        token_hash: String,
+    ) -> Result<Option<(String, Option<Vec<String>>)>, DbError> {
+        self.read(move |c| {
+            c.query_row(
+                "SELECT name, abilities, revoked_at FROM api_tokens WHERE token_hash = ?1",
+                params![token_hash],
+                |r| {
+                    let abilities: String = r.get(1)?;
+                    let revoked: Option<i64> = r.get(2)?;
+                    let abilities = abilities.split(',').filter(|a| !a.is_empty()).map(str::to_string).collect();
+                    Ok((r.get(0)?, revoked.is_none().then_some(abilities)))
+                },
+            )
+            .optional()
+        })
+        .await
+    }
+
+    /// Opens a run's gate for an environment. When the run asks again, on a later attempt
+    /// (the server restarted), the votes stand, a decision by votes stands, and a gate that
+    /// ended without one (cancelled with the attempt, timed out) waits again.
+    pub async fn open_gate(
+        &self,
+        run_id: i64,
+        environment: String,
+        step: String,
+        approvers: Vec<String>,
+        required: i64,
+        timeout_at: i64,
+    ) -> Result<(), DbError> {
+        let approvers = serde_json::to_string(&approvers).unwrap_or_else(|_| "[]".into());
+        self.write(move |t| {
+            t.execute(
+                "INSERT INTO gates (run_id, environment, step, approvers, required, status, created_at, timeout_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'waiting', ?6, ?7)
+                 ON CONFLICT (run_id, environment) DO UPDATE SET status = 'waiting', reason = NULL,
+                   decided_at = NULL, timeout_at = excluded.timeout_at
+                 WHERE gates.status IN ('cancelled', 'timed_out')",
+                params![run_id, environment, step, approvers, required, now(), timeout_at],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// A run's gates, with their votes.
+    pub async fn gates(&self, run_id: i64) -> Result<Vec<GateRow>, DbError> {
+        self.read(move |c| gate_rows(c, run_id)).await
+    }
+
+    /// `who` votes on a waiting gate: one rejection rejects it, `required` distinct
+    /// approvals approve it.
+    pub async fn vote_gate(
+        &self,
+        run_id: i64,
+        environment: String,
+        who: String,
+        approve: bool,
+    ) -> Result<Voted, DbError> {
+        self.write(move |t| {
+            let find = |t: &Conn| -> sql::Result<Option<GateRow>> {
+                Ok(gate_rows(t, run_id)?.into_iter().find(|g| g.environment == environment))
+            };
+            let Some(gate) = find(t)? else { return Ok(Voted::Closed(None)) };
+            if gate.status != "waiting" {
+                return Ok(Voted::Closed(Some(gate)));
+            }
+            let vote = if approve { "approve" } else { "reject" };
+            let n = t.execute(
+                "INSERT INTO gate_votes (run_id, environment, who, vote, at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (run_id, environment, who) DO NOTHING",
+                params![run_id, environment, who, vote, now()],
+            )?;
+            if n == 0 {
+                return Ok(Voted::Again(gate));
+            }
+            let approvals: i64 = t.query_row(
+                "SELECT COUNT(*) FROM gate_votes WHERE run_id = ?1 AND environment = ?2 AND vote = 'approve'",
+                params![run_id, environment],
+                |r| r.get(0),
+            )?;
+            let decided = match approve {
+                false => Some(("rejected", format!("rejected by {who}"))),
+                true if approvals >= gate.required => Some(("approved", String::new())),
+                true => None,
+            };
+            // A gate waiting on another server hears of the vote.
+            t.notify("gates");
+            if let Some((status, reason)) = decided {
+                t.execute(
+                    "UPDATE gates SET status = ?3, reason = ?4, decided_at = ?5 WHERE run_id = ?1 AND environment = ?2",
+                    params![run_id, environment, status, (!reason.is_empty()).then_some(reason), now()],
+                )?;
+            }
+            Ok(Voted::Counted(find(t)?.unwrap_or(gate)))
+        })
+        .await
+    }
+
+    /// When run `run_id`'s commit happened, as far as the server knows (the push's time,
+    /// else when the run was created), and the environment's live commit.
+    pub async fn env_live(
+        &self,
+        repo: String,
+        environment: String,
+        run_id: i64,
+    ) -> Result<(i64, Option<Live>), DbError> {
+        self.read(move |c| {
+            let mine: i64 =
+                c.query_row("SELECT COALESCE(event_time, created_at) FROM runs WHERE id = ?1", params![run_id], |r| {
+                    r.get(0)
+                })?;
+            let live = c
+                .query_row(
+                    "SELECT run_id, sha, commit_time FROM env_live WHERE repo = ?1 AND environment = ?2",
+                    params![repo, environment],
+                    |r| Ok(Live { run_id: r.get(0)?, sha: r.get(1)?, commit_time: r.get(2)? }),
+                )
+                .optional()?;
+            Ok((mine, live))
+        })
+        .await
+    }
+
+    /// Puts run `run_id` in line for the environment (once).
+    pub async fn env_enqueue(&self, repo: String, environment: String, run_id: i64) -> Result<(), DbError> {
+        self.write(move |t| {
+            t.execute(
+                "INSERT INTO env_queue (repo, environment, run_id, commit_time, enqueued_at, status)
+                 SELECT CAST(?1 AS TEXT), CAST(?2 AS TEXT), id, COALESCE(event_time, created_at), CAST(?4 AS BIGINT), 'waiting'
+                 FROM runs WHERE id = ?3
+                 ON CONFLICT (repo, environment, run_id) DO NOTHING",
+                params![repo, environment, run_id, now()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Takes the environment's lock for run `run_id` if it is free (or held by a run that
+    /// is not running: ended, cancelled, interrupted) and this run goes first of those
+    /// waiting: the newest commit (`newest`: the older waiting ones are superseded) or the
+    /// first in line (`fifo`).
+    pub async fn env_acquire(
+        &self,
+        repo: String,
+        environment: String,
+        run_id: i64,
+        newest: bool,
+    ) -> Result<Acquired, DbError> {
+        self.write(move |t| {
+            // Several servers: one decides for an environment at a time (SQLite's one writer
+            // does already).
+            if t.is_postgres() {
+                t.query_row(
+                    "SELECT pg_advisory_xact_lock(hashtext(?1))",
+                    params![format!("{repo}/{environment}")],
+                    |_| Ok(()),
+                )?;
+            }
+            let mine = t
+                .query_row(
+                    "SELECT status, superseded_by FROM env_queue WHERE repo = ?1 AND environment = ?2 AND run_id = ?3",
+                    params![repo, environment, run_id],
+                    |r| Ok((r.get::<String>(0)?, r.get::<Option<i64>>(1)?)),
+                )
+                .optional()?;
+            if let Some((status, by)) = &mine
+                && status == "superseded"
+            {
+                return Ok(Acquired::Superseded(by.unwrap_or(0)));
+            }
+            let holder: Option<i64> = t
+                .query_row(
+                    "SELECT l.run_id FROM env_locks l JOIN runs r ON r.id = l.run_id
+                     WHERE l.repo = ?1 AND l.environment = ?2 AND r.status = 'running'",
+                    params![repo, environment],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match holder {
+                Some(h) if h == run_id => return Ok(Acquired::Got),
+                Some(_) => return Ok(Acquired::Wait),
+                None => {}
+            }
+            let order = if newest { "q.commit_time DESC, q.run_id DESC" } else { "q.enqueued_at, q.run_id" };
+            let first: Option<i64> = t
+                .query_row(
+                    &format!(
+                        "SELECT q.run_id FROM env_queue q JOIN runs r ON r.id = q.run_id
+                         WHERE q.repo = ?1 AND q.environment = ?2 AND q.status = 'waiting' AND r.status = 'running'
+                         ORDER BY {order} LIMIT 1"
+                    ),
+                    params![repo, environment],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if first.is_some_and(|f| f != run_id) {
+                return Ok(Acquired::Wait);
+            }
+            t.execute("DELETE FROM env_locks WHERE repo = ?1 AND environment = ?2", params![repo, environment])?;
+            t.execute(
+                "INSERT INTO env_locks (repo, environment, run_id, acquired_at) VALUES (?1, ?2, ?3, ?4)",
+                params![repo, environment, run_id, now()],
+            )?;
+            t.execute(
+                "DELETE FROM env_queue WHERE repo = ?1 AND environment = ?2 AND run_id = ?3",
+                params![repo, environment, run_id],
+            )?;
+            if newest {
+                t.execute(
+                    "UPDATE env_queue SET status = 'superseded', superseded_by = ?3
+                     WHERE repo = ?1 AND environment = ?2 AND status = 'waiting'",
+                    params![repo, environment, run_id],
+                )?;
+            }
+            Ok(Acquired::Got)
+        })
+        .await
+    }
+
+    /// Run `run_id`'s deployment to the environment ended: its lock is released, its queue
+    /// entry dropped, and, when it succeeded, its commit is the live one.
+    pub async fn env_release(
+        &self,
+        repo: String,
+        environment: String,
+        run_id: i64,
+        succeeded: bool,
+    ) -> Result<(), DbError> {
+        self.write(move |t| {
+            t.execute(
+                "DELETE FROM env_locks WHERE repo = ?1 AND environment = ?2 AND run_id = ?3",
+                params![repo, environment, run_id],
+            )?;
+            t.execute(
+                "DELETE FROM env_queue WHERE repo = ?1 AND environment = ?2 AND run_id = ?3",
+                params![repo, environment, run_id],
+            )?;
+            // Runs waiting for the environment on another server try again.
+            t.notify("gates");
+            if succeeded {
+                t.execute(
+                    "INSERT INTO env_live (repo, environment, run_id, sha, commit_time, deployed_at)
+                     SELECT CAST(?1 AS TEXT), CAST(?2 AS TEXT), id, sha, COALESCE(event_time, created_at), CAST(?4 AS BIGINT)
+                     FROM runs WHERE id = ?3
+                     ON CONFLICT (repo, environment) DO UPDATE SET run_id = excluded.run_id, sha = excluded.sha,
+                       commit_time = excluded.commit_time, deployed_at = excluded.deployed_at",
+                    params![repo, environment, run_id, now()],
+                )?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Closes a gate still waiting (timed out, cancelled with its run).
+    pub async fn close_gate(
+        &self,
+        run_id: i64,
+        environment: String,
+        status: String,
+        reason: String,
+    ) -> Result<(), DbError> {
+        self.write(move |t| {
+            t.execute(
+                "UPDATE gates SET status = ?3, reason = ?4, decided_at = ?5
+                 WHERE run_id = ?1 AND environment = ?2 AND status = 'waiting'",
+                params![run_id, environment, status, reason, now()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2600,12 +3097,16 @@ mod tests {
             let commit = |sha: &str, t: i64| NewRun { sha: sha.into(), event_time: Some(t), ..spec("main") };
             let (old, _, _) = db.queue_run(commit("aaa", 100), false).await.unwrap();
             let (new, _, _) = db.queue_run(commit("bbb", 200), false).await.unwrap();
-            let first = db.start_deployment(old, "deploy".into(), "prod".into(), Some("https://x".into())).await;
+            let first = db.start_deployment(old, "deploy".into(), "prod".into(), Some("https://x".into()), None).await;
             let first = first.unwrap().expect("recorded");
             db.finish_deployment(first, "success").await.unwrap();
-            let second = db.start_deployment(new, "deploy".into(), "prod".into(), None).await.unwrap().unwrap();
+            let second = db
+                .start_deployment(new, "deploy".into(), "prod".into(), None, Some("alice, bob".into()))
+                .await
+                .unwrap()
+                .unwrap();
             db.finish_deployment(second, "success").await.unwrap();
-            assert_eq!(db.start_deployment(9999, "d".into(), "prod".into(), None).await.unwrap(), None, "no run");
+            assert_eq!(db.start_deployment(9999, "d".into(), "prod".into(), None, None).await.unwrap(), None, "no run");
             db.deployments_made(vec![(second, 77)]).await.unwrap();
             assert_eq!(db.github_deployment_of(second).await.unwrap(), Some(77));
             assert_eq!(db.github_deployment_of(first).await.unwrap(), None);
@@ -2613,7 +3114,7 @@ mod tests {
             assert_eq!((back.id, back.sha.as_str()), (first, "aaa"));
             // The older commit again: a rollback.
             let (again, _, _) = db.queue_run(commit("aaa", 300), false).await.unwrap();
-            let third = db.start_deployment(again, "deploy".into(), "prod".into(), None).await.unwrap().unwrap();
+            let third = db.start_deployment(again, "deploy".into(), "prod".into(), None, None).await.unwrap().unwrap();
             let f =
                 DeploymentFilter { repo: Some("o/r".into()), environment: Some("prod".into()), run: None, limit: 10 };
             let rows = db.deployments(f).await.unwrap();
@@ -2622,6 +3123,7 @@ mod tests {
                 [(third, true), (second, false), (first, false)]
             );
             assert_eq!(rows[2].url.as_deref(), Some("https://x"));
+            assert_eq!(rows[1].approved_by.as_deref(), Some("alice, bob"));
             let envs = db.environments(None).await.unwrap();
             assert_eq!(envs.len(), 1);
             assert_eq!((envs[0].last.id, envs[0].live.as_ref().map(|d| d.id)), (third, Some(second)));
@@ -2661,6 +3163,83 @@ mod tests {
             .unwrap();
             assert_eq!(db.health_runs(Some("o/r".into()), 0).await.unwrap().len(), 3);
             assert_eq!(db.health_steps(None, 0).await.unwrap().len(), 1);
+        }
+    }
+
+    /// Votes: distinct approvers up to `required`, one vote each, one rejection ends it; a
+    /// gate that ended without a decision waits again when the run asks again.
+    #[tokio::test]
+    async fn gate_votes_decide_and_an_undecided_gate_reopens_for_a_later_attempt() {
+        for (db, _guard) in backends("gates").await {
+            let (id, _, _) = db.queue_run(spec("main"), false).await.unwrap();
+            let (env, who) = ("prod".to_string(), |w: &str| w.to_string());
+            let approvers = vec![who("a"), who("b"), who("c")];
+            db.open_gate(id, env.clone(), "ship".into(), approvers.clone(), 2, 0).await.unwrap();
+            let status = |v: Voted| match v {
+                Voted::Counted(g) => format!("counted {}", g.status),
+                Voted::Again(_) => "again".into(),
+                Voted::Closed(g) => format!("closed {:?}", g.map(|g| g.status)),
+            };
+            assert_eq!(status(db.vote_gate(id, env.clone(), who("a"), true).await.unwrap()), "counted waiting");
+            assert_eq!(status(db.vote_gate(id, env.clone(), who("a"), true).await.unwrap()), "again");
+            assert_eq!(status(db.vote_gate(id, env.clone(), who("b"), true).await.unwrap()), "counted approved");
+            assert_eq!(
+                status(db.vote_gate(id, env.clone(), who("c"), false).await.unwrap()),
+                "closed Some(\"approved\")"
+            );
+            // Another environment: closed with the attempt, it waits again on the next.
+            let qa = "qa".to_string();
+            db.open_gate(id, qa.clone(), "ship".into(), approvers.clone(), 1, 0).await.unwrap();
+            db.close_gate(id, qa.clone(), "cancelled".into(), "the run was cancelled".into()).await.unwrap();
+            db.open_gate(id, qa.clone(), "ship".into(), approvers.clone(), 1, 0).await.unwrap();
+            db.open_gate(id, env.clone(), "ship".into(), approvers, 2, 0).await.unwrap();
+            let gates = db.gates(id).await.unwrap();
+            let st = |e: &str| gates.iter().find(|g| g.environment == e).map(|g| g.status.clone());
+            assert_eq!((st("prod"), st("qa")), (Some("approved".into()), Some("waiting".into())));
+            assert_eq!(status(db.vote_gate(id, qa, who("c"), false).await.unwrap()), "counted rejected");
+        }
+    }
+
+    /// Environment locks: one holder at a time; the newest waiting commit goes next and
+    /// supersedes the older waiting ones (or, `fifo`, the first in line goes); a lock of a
+    /// run that is not running (ended, interrupted) is free; the live commit is recorded.
+    #[tokio::test]
+    async fn environment_locks_go_to_one_run_at_a_time_in_order_and_dead_runs_hold_none() {
+        for (db, _guard) in backends("locks").await {
+            let mut ids = Vec::new();
+            for (branch, time) in [("a", 100), ("b", 200), ("c", 300), ("d", 400)] {
+                let (id, _, _) = db.queue_run(spec(branch), false).await.unwrap();
+                db.write(move |t| {
+                    t.execute("UPDATE runs SET status = 'running', event_time = ?2 WHERE id = ?1", params![id, time])
+                })
+                .await
+                .unwrap();
+                ids.push(id);
+            }
+            let [a, b, c, d] = ids[..] else { unreachable!() };
+            let (repo, env) = ("o/r".to_string(), "prod".to_string());
+            let acquire = |id: i64, newest: bool| db.env_acquire(repo.clone(), env.clone(), id, newest);
+            for id in [a, b, c] {
+                db.env_enqueue(repo.clone(), env.clone(), id).await.unwrap();
+            }
+            // The newest (c) goes first; it supersedes those waiting.
+            assert_eq!(acquire(a, true).await.unwrap(), Acquired::Wait);
+            assert_eq!(acquire(c, true).await.unwrap(), Acquired::Got);
+            assert_eq!(acquire(c, true).await.unwrap(), Acquired::Got, "a holder asking again keeps it");
+            assert_eq!(acquire(b, true).await.unwrap(), Acquired::Superseded(c));
+            db.env_release(repo.clone(), env.clone(), c, true).await.unwrap();
+            let (mine, live) = db.env_live(repo.clone(), env.clone(), a).await.unwrap();
+            assert_eq!((mine, live.map(|l| (l.run_id, l.commit_time))), (100, Some((c, 300))));
+            // In turn (fifo): d came after a was superseded; d is the one in line.
+            db.env_enqueue(repo.clone(), env.clone(), d).await.unwrap();
+            assert_eq!(acquire(d, false).await.unwrap(), Acquired::Got);
+            assert_eq!(acquire(a, false).await.unwrap(), Acquired::Superseded(c));
+            // d dies holding the lock (a restart): a later run takes it.
+            db.write(move |t| t.execute("UPDATE runs SET status = 'queued' WHERE id = ?1", params![d])).await.unwrap();
+            let (e, _, _) = db.queue_run(spec("e"), false).await.unwrap();
+            db.write(move |t| t.execute("UPDATE runs SET status = 'running' WHERE id = ?1", params![e])).await.unwrap();
+            db.env_enqueue(repo.clone(), env.clone(), e).await.unwrap();
+            assert_eq!(acquire(e, false).await.unwrap(), Acquired::Got);
         }
     }
 

@@ -422,7 +422,8 @@ mod tests {
         let deploy = |run: i64, status: &'static str, finished: i64| {
             let db = db.clone();
             async move {
-                let id = db.start_deployment(run, "deploy".into(), "production".into(), None).await.unwrap().unwrap();
+                let id =
+                    db.start_deployment(run, "deploy".into(), "production".into(), None, None).await.unwrap().unwrap();
                 db.finish_deployment(id, status).await.unwrap();
                 db.write(move |t| {
                     t.execute(

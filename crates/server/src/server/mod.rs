@@ -11,6 +11,7 @@ pub mod config;
 pub mod dashboard;
 pub mod db;
 pub mod dora;
+pub mod gates;
 pub mod limit;
 pub mod live;
 pub mod outbox;
@@ -84,6 +85,8 @@ pub struct AppState {
     pub clock: Arc<dyn schedule::Clock>,
     /// Wakes the schedule task when this server changed the schedules.
     pub schedules: Notify,
+    /// Wakes the deployment gates waiting for votes (see `gates`).
+    pub gates: Notify,
 }
 
 impl AppState {
@@ -142,11 +145,13 @@ fn follow_other_servers(st: &Arc<AppState>) {
                 }
                 "owed" => st.report.poke(),
                 "schedules" => st.schedules.notify_one(),
+                "gates" => st.gates.notify_waiters(),
                 _ => {
                     st.wake.notify_one();
                     st.ready.send_modify(|n| *n += 1);
                     st.report.poke();
                     st.schedules.notify_one();
+                    st.gates.notify_waiters();
                 }
             }
         }
@@ -221,6 +226,7 @@ pub async fn state_with_clock(cfg: Config, clock: Arc<dyn schedule::Clock>) -> R
         remote: agents::Remotes::default(),
         clock,
         schedules: Notify::new(),
+        gates: Notify::new(),
     });
     follow_other_servers(&st);
     Ok(st)

@@ -12,7 +12,7 @@ use super::AppState;
 use super::db::{StepRow, StepState};
 use crate::github::{Conclusion, DeployState, RunRef, Update};
 use crate::sched::events::DeploymentStatus;
-use crate::sched::{RunEvent, StepStatus, StepSummary};
+use crate::sched::{GateOutcome, RunEvent, StepStatus, StepSummary};
 
 /// Consumes a run's events: the step log files, the live feed of followers, the step rows,
 /// the per-step GitHub updates and the running-containers gauge. Lines are flushed to their
@@ -37,6 +37,8 @@ pub(super) async fn record(
     let mut up = std::collections::HashSet::new();
     // Deployments started and not ended: by step, (the row, the environment's URL).
     let mut deploying = std::collections::HashMap::new();
+    // Who approved each environment's gate in this run: its deployments record them.
+    let mut approved: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         let mut items = Vec::new();
@@ -80,7 +82,8 @@ pub(super) async fn record(
                     items.push(Item::StepDone { step: s.step, status });
                 }
                 RunEvent::DeploymentStarted { step, environment, url } => {
-                    match st.db.start_deployment(run_id, step.clone(), environment.clone(), url.clone()).await {
+                    let by = approved.get(&environment).cloned();
+                    match st.db.start_deployment(run_id, step.clone(), environment.clone(), url.clone(), by).await {
                         Ok(Some(id)) => {
                             deploying.insert(step.clone(), (id, url.clone()));
                             if st.cfg.github_deployments {
@@ -97,6 +100,39 @@ pub(super) async fn record(
                 RunEvent::DeploymentFinished { step, status, .. } => {
                     if let Some((id, url)) = deploying.remove(&step) {
                         end_deployment(&st, &rr, id, url, status).await;
+                    }
+                }
+                RunEvent::GateWaiting { environment, steps, approvers, required, .. } => {
+                    let who = approvers.join(", ");
+                    for name in steps {
+                        let row = StepRow {
+                            name,
+                            stage: None,
+                            status: StepState::Pending,
+                            exit_code: None,
+                            attempts: 0,
+                            started: None,
+                            duration: None,
+                            message: Some(format!("waiting for approval ({required} of {who})")),
+                        };
+                        let _ = st.db.upsert_step(run_id, row).await;
+                    }
+                    let description = format!("{environment} waits for approval: {required} of {who}");
+                    st.report.owe(Update::Waiting { run: rr.clone(), description }).await;
+                }
+                RunEvent::GateDecided { environment, outcome, reason, by, .. } => {
+                    if outcome == GateOutcome::Approved && !by.is_empty() {
+                        approved.insert(environment.clone(), by.join(", "));
+                    }
+                    // A gate that ended without a vote deciding it: closed with its reason.
+                    let status = match outcome {
+                        GateOutcome::Failed => Some("timed_out"),
+                        GateOutcome::Cancelled => Some("cancelled"),
+                        GateOutcome::Approved | GateOutcome::Refused => None,
+                    };
+                    if let Some(status) = status {
+                        let reason = reason.unwrap_or_default();
+                        let _ = st.db.close_gate(run_id, environment, status.into(), reason).await;
                     }
                 }
                 _ => {}

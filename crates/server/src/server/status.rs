@@ -24,7 +24,8 @@ pub enum RunState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepState {
-    /// Planned, not started yet (only in views: never stored).
+    /// Planned, not started yet: in views, and stored only for a step whose deployment
+    /// waits for approval (its message says for whom).
     Pending,
     Running,
     Passed,

@@ -382,7 +382,7 @@ async fn execute_job(
     let cache = Arc::new(crate::cache::CacheStore::new(st.cfg.data_dir.join("cache"), st.cfg.cache_max));
     let (j, w, d) = (job.clone(), work.clone(), dir.clone());
     let prepared = tokio::task::spawn_blocking(move || crate::job::prepare(&j, &w, &d, Some(cache))).await;
-    let prepared = match prepared {
+    let mut prepared = match prepared {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => return Err(Outcome::early(RunState::Error, Conclusion::Error, e.to_string())),
         Err(e) => return Err(Outcome::early(RunState::Error, Conclusion::Error, format!("set-up task failed: {e}"))),
@@ -396,6 +396,8 @@ async fn execute_job(
     };
     let (tx, rx) = mpsc::channel::<RunEvent>(1024);
     let recorder = tokio::spawn(super::record::record(st.clone(), run_ref(run), prepared.log_dir.clone(), rx));
+    prepared.options.gate = Some(Arc::new(super::gates::ServerGate { st: st.clone(), run: run.id }));
+    prepared.options.redeploy = run.spec.redeploy;
     let result = sched::execute(backend, &prepared.plan, prepared.options, tx, cancel).await;
     let lost = recorder.await.ok().flatten();
     let offered: Vec<String> = job.reuse.keys().cloned().collect();
@@ -488,6 +490,8 @@ pub(crate) async fn finish(st: &AppState, run: &Run, outcome: Outcome) {
         tracing::error!(run = run.id, "cannot record the run's end: {e}");
     }
     st.live.end(run.id, outcome.status);
+    // Its environment locks are free now: the deployments waiting for them look again.
+    st.gates.notify_waiters();
     if outcome.status == RunState::Error {
         st.janitor.notify_one();
     }
@@ -668,7 +672,10 @@ async fn plan(
         return Err(Outcome::early(RunState::Skipped, Conclusion::Skipped, "no step runs for this event".into()));
     }
 
-    let mut secrets: Vec<String> = prepared.plan.steps.iter().flat_map(|s| s.secrets.iter().cloned()).collect();
+    // The steps' secrets and those of the environments they deploy to.
+    let env_secrets = prepared.plan.environments.values().flat_map(|r| r.secrets.iter().cloned());
+    let mut secrets: Vec<String> =
+        prepared.plan.steps.iter().flat_map(|s| s.secrets.iter().cloned()).chain(env_secrets).collect();
     secrets.sort();
     secrets.dedup();
     Ok(Planned {

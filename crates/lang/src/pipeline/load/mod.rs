@@ -808,19 +808,7 @@ impl Loader {
                 "timeout" => s.timeout = self.duration(v, &p),
                 "retry" => s.retry = self.retry(v, &p),
                 "allow_failure" => s.allow_failure = self.boolean(v, &p).unwrap_or(false),
-                "secrets" => {
-                    s.secrets = self.strings(v, &p).unwrap_or_default();
-                    for (i, name) in s.secrets.iter().enumerate() {
-                        if !interp::is_identifier(name) {
-                            let ip = if matches!(v, Node::Seq(_)) { index(&p, i) } else { p.clone() };
-                            self.err_help(
-                                &ip,
-                                format!("secret name `{name}` is not a valid identifier"),
-                                "a secret becomes an environment variable: use letters, digits and `_`, not starting with a digit",
-                            );
-                        }
-                    }
-                }
+                "secrets" => s.secrets = self.secret_names(v, &p),
                 "services" => s.services = self.services(v, &p),
                 "cache" => {
                     if matches!(v, Node::Seq(_))
@@ -857,12 +845,119 @@ impl Loader {
                 match k.as_str() {
                     "branches" => rules.branches = self.patterns(rv, &rp),
                     "tags" => rules.tags = self.patterns(rv, &rp),
+                    "approval" => rules.approval = self.approval(rv, &rp),
+                    "wait" => rules.wait = self.duration(rv, &rp),
+                    "secrets" => rules.secrets = self.secret_names(rv, &rp),
+                    "order" => match rv {
+                        Node::Str(w) if w == "newest" => rules.order = DeployOrder::Newest,
+                        Node::Str(w) if w == "fifo" => rules.order = DeployOrder::Fifo,
+                        Node::Str(w) => self.err_help(
+                            &rp,
+                            format!("`order` must be `newest` or `fifo`, found `{w}`"),
+                            "`newest`: the newest waiting commit deploys next; `fifo`: they deploy in turn",
+                        ),
+                        other => self.wrong_type(&rp, other, "`newest` or `fifo`"),
+                    },
                     _ => {}
                 }
             }
             out.insert(name.clone(), rules);
         }
         out
+    }
+
+    /// Secret names (a step's or an environment's `secrets`): each an identifier.
+    fn secret_names(&mut self, node: &Node, path: &[Seg]) -> Vec<String> {
+        let names = self.strings(node, path).unwrap_or_default();
+        for (i, name) in names.iter().enumerate() {
+            if !interp::is_identifier(name) {
+                let ip = if matches!(node, Node::Seq(_)) { index(path, i) } else { path.to_vec() };
+                self.err_help(
+                    &ip,
+                    format!("secret name `{name}` is not a valid identifier"),
+                    "a secret becomes an environment variable: use letters, digits and `_`, not starting with a digit",
+                );
+            }
+        }
+        names
+    }
+
+    /// An environment's `approval`: who, how many of them, how long.
+    fn approval(&mut self, node: &Node, path: &[Seg]) -> Option<Approval> {
+        let entries = self.map(node, path, Some(&spec::APPROVAL), "`approval`")?;
+        let (mut approvers, mut required, mut timeout) = (None, None, None);
+        let mut ok = true;
+        for (k, v) in entries {
+            let p = child(path, k);
+            match k.as_str() {
+                "approvers" => {
+                    approvers = self.strings(v, &p);
+                    ok &= approvers.is_some();
+                    for (i, who) in approvers.iter().flatten().enumerate() {
+                        let ip = if matches!(v, Node::Seq(_)) { index(&p, i) } else { p.clone() };
+                        if !Names::Step.check(who) {
+                            ok = false;
+                            self.err_help(
+                                &ip,
+                                format!("approver `{who}` is not a valid name"),
+                                "approvers are names of the server's API tokens: letters, digits, `-`, `_` and `.`",
+                            );
+                        }
+                    }
+                }
+                "required" => match v {
+                    Node::Int(n) if *n >= 1 => required = Some((*n as usize, p)),
+                    Node::Int(n) => {
+                        ok = false;
+                        self.err(&p, format!("`required` must be at least 1, found {n}"));
+                    }
+                    other => {
+                        ok = false;
+                        self.wrong_type(&p, other, "a number of approvers");
+                    }
+                },
+                "timeout" => {
+                    timeout = self.duration(v, &p);
+                    ok &= timeout.is_some();
+                }
+                _ => {}
+            }
+        }
+        let Some(approvers) = approvers else {
+            if !has_key(entries, "approvers", &spec::APPROVAL) {
+                self.diags.push(
+                    Diagnostic::new(path, "`approval` needs `approvers`")
+                        .at_key()
+                        .help("e.g. `approval: {approvers: [alice, bob], required: 1}`"),
+                );
+            }
+            return None;
+        };
+        if approvers.is_empty() {
+            self.err_help(&child(path, "approvers"), "`approvers` is empty", "name at least one approver");
+            return None;
+        }
+        let mut seen = HashSet::new();
+        if let Some(i) = approvers.iter().position(|a| !seen.insert(a.as_str())) {
+            ok = false;
+            self.err(&index(&child(path, "approvers"), i), format!("approver `{}` is listed twice", approvers[i]));
+        }
+        let required = match required {
+            Some((n, p)) if n > approvers.len() => {
+                self.err_help(
+                    &p,
+                    match approvers.len() {
+                        1 => format!("`required` is {n}, but only 1 approver is listed"),
+                        m => format!("`required` is {n}, but only {m} approvers are listed"),
+                    },
+                    "`required` says how many of `approvers` must approve",
+                );
+                return None;
+            }
+            Some((n, _)) => n,
+            None => 1,
+        };
+        ok.then(|| Approval { approvers, required, timeout: timeout.unwrap_or(DEFAULT_APPROVAL_TIMEOUT) })
     }
 
     /// A step's `environment`: a name, or `{name, url}`.

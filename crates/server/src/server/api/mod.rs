@@ -10,6 +10,7 @@
 
 mod actions;
 mod auth;
+mod gates;
 mod logs;
 mod ops;
 
@@ -39,6 +40,9 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/runs/{id}/artifacts/{step}/{*path}", get(logs::get_artifact))
         .route("/api/runs/{id}/cancel", post(actions::cancel))
         .route("/api/runs/{id}/rerun", post(actions::rerun))
+        .route("/api/runs/{id}/gates", get(gates::list))
+        .route("/api/runs/{id}/approve", post(gates::approve))
+        .route("/api/runs/{id}/reject", post(gates::reject))
         .route("/api/schedules", get(list_schedules))
         .route("/api/deployments", get(list_deployments))
         .route("/api/environments", get(list_environments))

@@ -122,6 +122,8 @@
     $('head').innerHTML = j.head;
     $('timeline').innerHTML = j.timeline;
     $('artifacts').innerHTML = j.artifacts;
+    $('gates').innerHTML = j.gates;
+    $('gates-card').hidden = !j.gates;
     status = j.status; done = j.done;
     runEl.dataset.status = status; runEl.dataset.done = String(done);
     document.title = document.title.replace(/^#(\d+) \S+/, '#$1 ' + status.replace('_', ' '));
@@ -184,6 +186,27 @@
   $('rerun').onclick = () => act('/api/runs/' + id + '/rerun', 'Re-run');
   $('rerun-failed').onclick = () => act('/api/runs/' + id + '/rerun?failed=true', 'Re-run failed');
   $('token').onclick = () => { if (token(true) !== null) msg('Token saved in this browser'); };
+  // A vote on a deployment gate: with the token kept in this browser, a person's named one.
+  $('gates').addEventListener('click', async (ev) => {
+    const b = ev.target.closest('.gate-vote');
+    if (!b) return;
+    const t = token(false);
+    if (t === null) return;
+    const what = b.dataset.vote === 'approve' ? 'Approve' : 'Reject';
+    msg(what + '…');
+    try {
+      const r = await fetch('/api/runs/' + id + '/' + b.dataset.vote, {
+        method: 'POST',
+        headers: Object.assign({ 'Content-Type': 'application/json' }, t ? { Authorization: 'Bearer ' + t } : {}),
+        body: JSON.stringify({ environment: b.dataset.env }),
+      });
+      let j = {};
+      try { j = await r.json(); } catch (e) { /* not JSON */ }
+      if (!r.ok) { msg(j.error || 'HTTP ' + r.status, true); return; }
+      msg(what === 'Approve' ? 'Approved' : 'Rejected');
+      poll();
+    } catch (e) { msg('cannot reach the server: ' + e, true); }
+  });
 
   // --- start ---------------------------------------------------------------------------
   document.querySelectorAll('.g-row').forEach((r) => { seen[r.dataset.step] = r.dataset.status; });

@@ -283,11 +283,48 @@ fn url_path(s: &str) -> String {
     s.split('/').map(url_part).collect::<Vec<_>>().join("/")
 }
 
+/// The run's deployment gates: who approved so far, and, while one waits, the buttons to
+/// vote (with the token kept in the browser: a person's named token).
+fn render_gates(v: &RunView) -> String {
+    let mut out = String::new();
+    for g in &v.gates {
+        let approved = g.approved_by();
+        let by = if approved.is_empty() { "no one yet".to_string() } else { esc(&approved.join(", ")) };
+        let rejected: Vec<&str> = g.votes.iter().filter(|x| x.vote == "reject").map(|x| x.who.as_str()).collect();
+        let _ = write!(
+            out,
+            "<div class=\"gate\" data-env=\"{env}\" data-status=\"{status}\"><b>{env}</b> <span class=\"muted\">(step              <code class=\"mono\">{step}</code>)</span>: {status_text} · approved by {by} · {req} of {approvers} needed",
+            env = esc(&g.environment),
+            step = esc(&g.step),
+            status = esc(&g.status),
+            status_text = esc(&g.status.replace('_', " ")),
+            req = g.required,
+            approvers = esc(&g.approvers.join(", ")),
+        );
+        if !rejected.is_empty() {
+            let _ = write!(out, " · rejected by {}", esc(&rejected.join(", ")));
+        }
+        if let Some(r) = &g.reason {
+            let _ = write!(out, " <span class=\"muted\">({})</span>", esc(r));
+        }
+        if g.status == "waiting" {
+            let _ = write!(
+                out,
+                " <button class=\"gate-vote\" data-env=\"{e}\" data-vote=\"approve\">Approve</button>                  <button class=\"gate-vote danger\" data-env=\"{e}\" data-vote=\"reject\">Reject</button>",
+                e = esc(&g.environment)
+            );
+        }
+        out.push_str("</div>");
+    }
+    out
+}
+
 fn parts(v: &RunView) -> Value {
     let done = !v.run.status.is_active();
     json!({
         "status": v.run.status,
         "done": done,
+        "gates": render_gates(v),
         "head": render_head(v),
         "timeline": render_timeline(v),
         "artifacts": render_artifacts(v),
@@ -356,6 +393,7 @@ async fn run_page(State(st): State<Arc<AppState>>, UrlPath(id): UrlPath<i64>, he
          <button id=\"rerun\"{hide_rerun}>Re-run</button><button id=\"rerun-failed\"{hide_failed}>Re-run failed</button>\
          <button id=\"token\" class=\"linkish\" title=\"The API token the buttons use (kept in this browser)\">API token…</button>\
          <span id=\"msg\" role=\"status\"></span></div></section>\
+         <section class=\"card\" id=\"gates-card\"{hide_gates}><h2>Deployment gates</h2><div id=\"gates\">{gates}</div></section>\
          <section class=\"card\"><h2>Timeline</h2><div id=\"timeline\">{timeline}</div></section>{deployments}\
          <section class=\"card\" id=\"logs\"><div class=\"loghead\"><h2>Log <span id=\"logstep\" class=\"mono\"></span></h2>\
          <span id=\"logstate\" class=\"muted\"></span><span class=\"sp\"></span>\
@@ -368,6 +406,8 @@ async fn run_page(State(st): State<Arc<AppState>>, UrlPath(id): UrlPath<i64>, he
         def = esc(default_step(&v).unwrap_or("")),
         head = render_head(&v),
         timeline = render_timeline(&v),
+        gates = render_gates(&v),
+        hide_gates = if v.gates.is_empty() { " hidden" } else { "" },
         artifacts = render_artifacts(&v),
         hide_cancel = if done { " hidden" } else { "" },
         hide_rerun = if done { "" } else { " hidden" },

@@ -31,6 +31,8 @@ pub(super) struct RunView {
     pub(super) artifacts: Vec<(String, String, u64)>,
     /// The run's deployments: (the step's key in the file, the environment).
     pub(super) deploys: Vec<(String, String)>,
+    /// Its deployment gates, with their votes.
+    pub(super) gates: Vec<crate::server::db::GateRow>,
 }
 
 pub(super) async fn load(st: &AppState, id: i64) -> Result<Option<RunView>, crate::server::db::DbError> {
@@ -50,7 +52,8 @@ pub(super) async fn load(st: &AppState, id: i64) -> Result<Option<RunView>, crat
     let elapsed = run.started_at.map(|s| (now_secs - s) as f64);
     let f = crate::server::db::DeploymentFilter { run: Some(id), limit: 500, ..Default::default() };
     let deploys = st.db.deployments(f).await?.into_iter().map(|d| (d.step, d.environment)).collect();
-    Ok(Some(RunView { deploys, ..merge(run, rows, &plan, error, artifacts, elapsed) }))
+    let gates = st.db.gates(id).await?;
+    Ok(Some(RunView { deploys, gates, ..merge(run, rows, &plan, error, artifacts, elapsed) }))
 }
 
 /// What the pages read of a run's `plan.json` (`orch plan --format json`'s schema).
@@ -96,8 +99,12 @@ pub(super) fn merge(
             Step {
                 name: r.name,
                 stage: r.stage,
-                // A step row left running by a run that ended was stopped with it.
-                status: if r.status == StepState::Running && !running { StepState::Cancelled } else { r.status },
+                // A step row left running (or waiting for approval) by a run that ended was
+                // stopped with it.
+                status: match r.status {
+                    StepState::Running | StepState::Pending if !running => StepState::Cancelled,
+                    s => s,
+                },
                 started: r.started,
                 duration,
                 note: r.message,
@@ -158,7 +165,7 @@ pub(super) fn merge(
         let kb = (b.started.is_none(), b.started.unwrap_or(0.0), order(&b.name));
         ka.partial_cmp(&kb).unwrap_or(std::cmp::Ordering::Equal)
     });
-    RunView { run, steps, skipped, error, artifacts, deploys: Vec::new() }
+    RunView { run, steps, skipped, error, artifacts, deploys: Vec::new(), gates: Vec::new() }
 }
 
 /// `(step dir, relative path, size)` of every kept artifact.
