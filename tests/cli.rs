@@ -383,6 +383,46 @@ fn local_image_templates_run_end_to_end_after_init() {
     }
 }
 
+/// The staged-deploy template after `orch init`: staging deploys, production waits for its
+/// approval (given with `--approve`), its wait timer, and gets its environment secret,
+/// masked; approving only staging leaves production failed, saying how to approve it.
+#[test]
+fn the_staged_deploy_template_deploys_to_production_only_when_approved() {
+    if std::env::var("ORCH_DOCKER_TESTS").as_deref() != Ok("1") {
+        eprintln!("skipped: Docker tests run only with ORCH_DOCKER_TESTS=1 (scripts/test sets it)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = init_in(tmp.path(), &["--template", "staged-deploy"]);
+    assert!(out.status.success(), "{out:?}");
+    // The template waits a minute after approval; a test need not.
+    let file = tmp.path().join(".orch.yml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("wait: 1m"), "{text}");
+    std::fs::write(&file, text.replace("wait: 1m", "wait: 1s")).unwrap();
+    let run = |approve: &str| {
+        let out = Command::new(ORCH)
+            .args(["ci", "--branch", "main", "--no-progress", approve])
+            .env("PRODUCTION_TOKEN", "prod-secret-4711")
+            .current_dir(tmp.path())
+            .output()
+            .expect("orch ci runs");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code(), text)
+    };
+    let (code, text) = run("--approve");
+    assert_eq!(code, Some(0), "{text}");
+    for s in ["build", "test", "deploy-staging", "deploy-production"] {
+        assert!(text.contains(&format!("{s} passed")), "{s} did not pass:\n{text}");
+    }
+    assert!(text.contains("with token ***") && !text.contains("prod-secret-4711"), "the secret is masked:\n{text}");
+    assert!(text.contains("wait timer"), "{text}");
+    let (code, text) = run("--approve=staging");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("deploy-staging passed") && text.contains("pass --approve"), "{text}");
+    assert!(!text.contains("prod-secret-4711"), "{text}");
+}
+
 #[test]
 fn plan_for_a_schedule_event() {
     let tmp = tempfile::tempdir().unwrap();

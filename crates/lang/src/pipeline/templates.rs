@@ -49,6 +49,11 @@ pub const TEMPLATES: &[Template] = &[
         text: include_str!("../../../../pipelines/deploy-ssh.yml"),
     },
     Template {
+        name: "staged-deploy",
+        about: "staging on every push to main, production after 2 of 3 approvals",
+        text: include_str!("../../../../pipelines/staged-deploy.yml"),
+    },
+    Template {
         name: "services-cache-artifacts",
         about: "a tour of caches, artifacts and services (busybox only)",
         text: include_str!("../../../../pipelines/services-cache-artifacts.yml"),
