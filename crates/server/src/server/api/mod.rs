@@ -83,6 +83,11 @@ fn parse_num(q: &HashMap<String, String>, key: &str) -> Result<Option<i64>, Box<
         .transpose()
 }
 
+/// A query parameter's text; empty counts as absent.
+fn text(q: &HashMap<String, String>, key: &str) -> Option<String> {
+    q.get(key).filter(|v| !v.is_empty()).cloned()
+}
+
 fn truthy(q: &HashMap<String, String>, key: &str) -> bool {
     q.get(key).is_some_and(|v| matches!(v.as_str(), "" | "1" | "true" | "yes"))
 }
@@ -134,8 +139,7 @@ async fn list_deployments(
     if !(1..=500).contains(&limit) {
         return error(StatusCode::BAD_REQUEST, format!("`limit` must be from 1 to 500, got {limit}"));
     }
-    let text = |k: &str| q.get(k).filter(|v| !v.is_empty()).cloned();
-    let f = DeploymentFilter { repo: text("repo"), environment: text("environment"), run, limit };
+    let f = DeploymentFilter { repo: text(&q, "repo"), environment: text(&q, "environment"), run, limit };
     match st.db.deployments(f).await {
         Ok(rows) => reply(StatusCode::OK, json!({ "deployments": rows })),
         Err(e) => internal(e),
@@ -159,8 +163,7 @@ async fn dora(
     if !(1..=366).contains(&days) {
         return error(StatusCode::BAD_REQUEST, format!("`days` must be from 1 to 366, got {days}"));
     }
-    let text = |k: &str| q.get(k).filter(|v| !v.is_empty()).cloned();
-    match super::dora::load(&st.db, text("repo"), text("environment"), days, st.clock.now()).await {
+    match super::dora::load(&st.db, text(&q, "repo"), text(&q, "environment"), days, st.clock.now()).await {
         Ok((dora, health)) => {
             let definitions: serde_json::Map<String, serde_json::Value> =
                 super::dora::DEFINITIONS.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
@@ -180,7 +183,7 @@ async fn list_environments(
     if let Err(r) = authorize_read(&st, &headers) {
         return *r;
     }
-    match st.db.environments(q.get("repo").filter(|v| !v.is_empty()).cloned()).await {
+    match st.db.environments(text(&q, "repo")).await {
         Ok(rows) => reply(StatusCode::OK, json!({ "environments": rows })),
         Err(e) => internal(e),
     }
@@ -205,8 +208,7 @@ async fn list_runs(
         Ok(b) => b,
         Err(r) => return *r,
     };
-    let text = |k: &str| q.get(k).filter(|v| !v.is_empty()).cloned();
-    let status = match text("status").map(|s| RunState::parse(&s).ok_or(s)) {
+    let status = match text(&q, "status").map(|s| RunState::parse(&s).ok_or(s)) {
         None => None,
         Some(Ok(s)) => Some(s),
         Some(Err(s)) => {
@@ -214,7 +216,7 @@ async fn list_runs(
             return error(StatusCode::BAD_REQUEST, format!("`status` must be one of {}, got `{s}`", all.join(", ")));
         }
     };
-    let f = RunFilter { repo: text("repo"), branch: text("branch"), status, limit, before };
+    let f = RunFilter { repo: text(&q, "repo"), branch: text(&q, "branch"), status, limit, before };
     match st.db.runs_where(f).await {
         Ok(runs) => {
             let next = if runs.len() as i64 == limit { runs.last().map(|r| r.id) } else { None };
