@@ -737,8 +737,8 @@ async fn default_branch_environments(run: &Run, spec: &FetchSpec, work: &std::pa
     let (w, s, b, t) = (work.to_path_buf(), spec.clone(), branch.clone(), target.clone());
     let loaded = tokio::task::spawn_blocking(move || {
         let _ = std::fs::remove_dir_all(&t);
-        let found =
-            checkout::checkout_branch_into(&w, &s, &b, &t).map_err(|e| format!("could not be fetched ({e})"))?;
+        let found = checkout::checkout_branch_into(&w, &s, &b, &t)
+            .map_err(|e| format!("could not be fetched ({})", e.message))?;
         let file = t.join(".orch.yml");
         if !found || !file.is_file() {
             return Ok(None);
@@ -763,7 +763,7 @@ async fn default_branch_environments(run: &Run, spec: &FetchSpec, work: &std::pa
     tracing::warn!(run = run.id, repo = %run.spec.repo, "the default branch's .orch.yml {why}: deployments refused");
     TrustedEnvironments::Unknown(format!(
         "its rules come from the default branch `{branch}`, whose .orch.yml {why}; \
-         no deployment from another branch until it can be read"
+         no deployment off the default branch until it can be read"
     ))
 }
 
