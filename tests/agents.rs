@@ -378,6 +378,24 @@ fn a_gated_deployment_on_an_agent_waits_for_the_server_s_approval() {
     let run = orch.wait_run_done(id);
     assert_eq!(run["run"]["status"], "success", "{run:#}\n{}", agent.log_text());
     assert!(orch.wait_log(id, "ship", "shipped").contains("shipped"));
+
+    // A branch whose own file drops the approval: the agent plans with the default
+    // branch's rules the job carries, so its deployment waits for alice too.
+    let loose = gated.replace("approval: {approvers: [alice]}", "branches: [loose]");
+    let (id, _) = push(&orch, &git, "loose", &[(".orch.yml", &loose)]);
+    let gates = wait_for(Duration::from_secs(60), "the branch's gate to wait", || {
+        let v = orch.get_json(&format!("/api/runs/{id}/gates"));
+        match v["gates"].as_array() {
+            Some(g) if !g.is_empty() => Ok(g.clone()),
+            _ => Err(format!("{v} {:#}\n{}", orch.run(id), agent.log_text())),
+        }
+    });
+    assert_eq!((&gates[0]["status"], &gates[0]["approvers"]), (&json!("waiting"), &json!(["alice"])));
+    assert_eq!(orch.run(id)["run"]["agent"], "a");
+    let r =
+        orch.request("POST", &format!("/api/runs/{id}/approve"), &[("authorization", &format!("Bearer {alice}"))], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(orch.wait_run_done(id)["run"]["status"], "success");
 }
 
 #[test]

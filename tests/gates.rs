@@ -404,3 +404,115 @@ fn a_github_app_s_check_run_says_the_run_waits_and_for_whom() {
     });
     gh.assert_no_violations();
 }
+
+const TRUSTED: &str = "\
+defaults:
+  image: busybox:latest
+  timeout: 2m
+environments:
+  production:
+    branches: [main]
+    approval: { approvers: [alice], timeout: 10m }
+    secrets: [PRODUCTION_TOKEN]
+steps:
+  ship:
+    environment: production
+    commands: ['echo \"shipping with $PRODUCTION_TOKEN\"']
+";
+
+/// A branch rewrites production's rules to deploy itself, unapproved, with its secret.
+const REWRITTEN: &str = "\
+defaults:
+  image: busybox:latest
+  timeout: 2m
+environments:
+  production: { branches: [evil] }
+steps:
+  build:
+    commands: ['echo built']
+  ship:
+    environment: production
+    commands: ['echo \"shipping with $PRODUCTION_TOKEN\"']
+  peek:
+    secrets: [PRODUCTION_TOKEN]
+    commands: ['echo \"peeking at ${PRODUCTION_TOKEN:-nothing}\"']
+";
+
+const TOKEN_VALUE: &str = "pr0duction-t0ken-value";
+
+/// Every log of run `id`, one after the other.
+fn all_logs(orch: &Client, id: i64) -> String {
+    let run = orch.run(id);
+    let steps = run["steps"].as_array().cloned().unwrap_or_default();
+    steps
+        .iter()
+        .map(|s| orch.get(&format!("/api/runs/{id}/logs/{}", s["name"].as_str().unwrap_or(""))).text())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Why the planner refused step `name` of `run`.
+fn refusal(run: &Value, name: &str) -> String {
+    let skipped = run["skipped"].as_array().cloned().unwrap_or_default();
+    let s = skipped.iter().find(|s| s["name"] == name).unwrap_or_else(|| panic!("`{name}` not refused: {run:#}"));
+    s["reason"].as_str().unwrap_or("").to_string()
+}
+
+/// On a server, a branch's `.orch.yml` cannot loosen the rules of an environment the
+/// default branch's declares: those rules govern the run (its step is refused, no gate,
+/// the secret reaches no step); with the default branch's file invalid, no deployment
+/// from a branch goes; the same file on the default branch follows its own rules.
+#[test]
+fn a_branch_cannot_rewrite_the_rules_of_an_environment_the_default_branch_declares() {
+    require_docker!();
+    let git = GitServer::start();
+    let main = git.on_branch("main", &[(".orch.yml", TRUSTED)], "trusted rules");
+    let evil = git.on_branch("evil", &[(".orch.yml", REWRITTEN)], "rewritten rules");
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let dir = temp_dir("orch-gates-secrets-");
+    let secrets = dir.path().join("secrets.env");
+    std::fs::write(&secrets, format!("PRODUCTION_TOKEN={TOKEN_VALUE}\n")).unwrap();
+    let orch = server(&gh, &git, Some(secrets));
+    let evil_push = |sha: &str| {
+        let id = orch.deliver("push", &push_event("evil", ZERO_SHA, sha)).run_id();
+        let run = orch.wait_run_done(id);
+        assert_eq!(run["run"]["status"], "success", "the rest of the run goes on: {run:#}");
+        assert_eq!(step_of(&run, "build").unwrap()["status"], "passed", "{run:#}");
+        assert!(step_of(&run, "ship").is_none(), "refused, not run: {run:#}");
+        assert!(gates(&orch, id).is_empty(), "no gate: the step was refused");
+        let logs = all_logs(&orch, id);
+        assert!(logs.contains("peeking at nothing"), "{logs}");
+        assert!(!logs.contains(TOKEN_VALUE) && !logs.contains("shipping"), "{logs}");
+        (id, refusal(&run, "ship"))
+    };
+
+    // The default branch's rules: only `main` deploys to production.
+    let (_, why) = evil_push(&evil);
+    assert_eq!(why, "environment `production` deploys only from branches main: this run is on branch evil");
+
+    // The default branch's file is invalid: deployments from branches are refused.
+    let broken = git.commit(Some(&main), &[(".orch.yml", "steps: [not, a, map]\n")], "broken");
+    git.set_ref(&broken, "refs/heads/main");
+    let again = git.commit(Some(&evil), &[("README.md", "again")], "again");
+    git.set_ref(&again, "refs/heads/evil");
+    let (_, why) = evil_push(&again);
+    assert!(
+        why.starts_with(
+            "environment `production`: its rules come from the default branch `main`, whose .orch.yml is invalid"
+        ),
+        "{why}"
+    );
+
+    // The same file on the default branch: its own rules, which do not let `main` deploy.
+    let same = git.commit(Some(&broken), &[(".orch.yml", REWRITTEN)], "rewritten on main");
+    git.set_ref(&same, "refs/heads/main");
+    let id = orch.deliver("push", &push_event("main", &broken, &same)).run_id();
+    let run = orch.wait_run_done(id);
+    assert_eq!(
+        refusal(&run, "ship"),
+        "environment `production` deploys only from branches evil: this run is on branch main"
+    );
+    assert!(!all_logs(&orch, id).contains(TOKEN_VALUE));
+    gh.assert_no_violations();
+    assert!(orch.leftovers().is_empty(), "{:?}", orch.leftovers());
+}

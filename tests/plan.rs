@@ -1321,3 +1321,51 @@ fn a_pull_request_never_deploys_to_an_environment_with_gates_even_without_branch
     assert_eq!(names(&pr), ["test", "stage"]);
     assert_eq!(names(&plan_for(GATED, &push("feature/x"))), ["test", "ship", "stage"]);
 }
+
+/// A server's trusted rules (the default branch's) govern a branch's file: they replace its
+/// rules for the environments they name (declared there or not), its other environments
+/// keep their own rules less the trusted environments' secrets; unknown rules refuse every
+/// deployment and withhold every secret. The rules survive the job's JSON.
+#[test]
+fn trusted_environment_rules_replace_a_branch_s_own_and_unknown_ones_refuse_deploying() {
+    use orch::pipeline::model::TrustedEnvironments;
+    let trusted = pipeline(GATED).environments;
+    let trusted = TrustedEnvironments::Rules(trusted);
+    let json = serde_json::to_string(&trusted).unwrap();
+    assert_eq!(serde_json::from_str::<TrustedEnvironments>(&json).unwrap(), trusted, "{json}");
+
+    // The branch opens production to itself, without approval or secrets, and hands
+    // production's secret to an environment of its own.
+    let branch = r#"
+environments:
+  production: { branches: [evil] }
+  sandbox: { branches: [evil], secrets: [DEPLOY_KEY, SANDBOX_KEY] }
+steps:
+  ship: { image: busybox, environment: production, commands: [true] }
+  play: { image: busybox, environment: sandbox, commands: [true] }
+  test: { image: busybox, commands: [true], secrets: [DEPLOY_KEY, TOKEN] }
+"#;
+    let own = plan(&pipeline(branch), &push("evil"), &Selection::default()).unwrap();
+    assert!(own.environments["production"].approval.is_none(), "its own rules let it deploy unapproved");
+    let mut p = pipeline(branch);
+    p.govern_environments(&trusted);
+    let governed = plan(&p, &push("evil"), &Selection::default()).unwrap();
+    assert_eq!(names(&governed), ["ship", "play", "test"]);
+    let prod = &governed.environments["production"];
+    assert_eq!(prod.approval.as_ref().map(|a| a.required), Some(2));
+    assert_eq!((prod.branches.is_none(), prod.secrets.clone()), (true, vec!["DEPLOY_KEY".to_string()]));
+    assert_eq!(governed.environments["sandbox"].secrets, ["SANDBOX_KEY"]);
+    assert_eq!(step(&governed, "test").secrets, ["TOKEN"]);
+    // Dropping production from the file drops nothing.
+    let mut dropped = pipeline(&branch.replace("  production: { branches: [evil] }\n", ""));
+    dropped.govern_environments(&trusted);
+    assert_eq!(dropped.environments["production"], pipeline(GATED).environments["production"]);
+
+    let mut unknown = pipeline(branch);
+    unknown.govern_environments(&TrustedEnvironments::Unknown("the default branch's file is invalid".into()));
+    let refused = plan(&unknown, &push("evil"), &Selection::default()).unwrap();
+    assert_eq!(names(&refused), ["test"]);
+    assert_eq!(reason(&refused, "ship"), "environment `production`: the default branch's file is invalid");
+    assert_eq!(reason(&refused, "play"), "environment `sandbox`: the default branch's file is invalid");
+    assert!(step(&refused, "test").secrets.is_empty(), "any secret may be an environment's");
+}

@@ -527,7 +527,9 @@ steps:
       - echo "deploying with $TOKEN (${#TOKEN} characters)"
 "#;
     let git = GitServer::start();
-    let base = git.on_branch("main", &[(".orch.yml", "steps: {}\n")], "base");
+    // A valid file on the default branch: were it invalid, no run off it would get a secret.
+    let base =
+        git.on_branch("main", &[(".orch.yml", "steps: {a: {image: busybox:latest, commands: [\"true\"]}}\n")], "base");
     let head = git.commit(Some(&base), &[(".orch.yml", SECRETS_PIPELINE)], "deploy step");
     git.set_ref(&head, "refs/pull/7/head");
     git.set_ref(&head, "refs/pull/8/head");

@@ -1577,6 +1577,10 @@ pub fn retarget(mut v: Value) -> Value {
         replace_strings(&mut v, &old, REPO);
     }
     set_repository(&mut v["repository"], REPO);
+    // The examples' repository defaults to `master`; the test repository's is `main`.
+    if v["repository"].get("default_branch").is_some() {
+        v["repository"]["default_branch"] = json!("main");
+    }
     v
 }
 

@@ -44,6 +44,10 @@ pub struct Job {
     /// How often an agent reports at least, events or not (its lease's heartbeat).
     #[serde(default = "default_heartbeat")]
     pub heartbeat_ms: u64,
+    /// The environment rules the server trusts in place of the checkout's own (a run not
+    /// on the default branch): every executor plans with them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environments: Option<crate::pipeline::model::TrustedEnvironments>,
 }
 
 fn default_heartbeat() -> u64 {
@@ -69,7 +73,10 @@ pub fn prepare(job: &Job, source: &Path, run_dir: &Path, cache: Option<Arc<Cache
     if !file.is_file() {
         return Err(JobError::NoPipeline);
     }
-    let pipeline = crate::pipeline::load_file(&file)?;
+    let mut pipeline = crate::pipeline::load_file(&file)?;
+    if let Some(trusted) = &job.environments {
+        pipeline.govern_environments(trusted);
+    }
     let files = crate::git::workspace_files(source)?;
     Ok(setup::prepare(Setup {
         pipeline: &pipeline,

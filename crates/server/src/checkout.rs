@@ -363,6 +363,34 @@ pub fn pull_request_changes(dir: &Path, spec: &FetchSpec, base_branch: &str) -> 
     crate::git::changes_since(&repo, base).map_err(g)
 }
 
+/// Checks out the tip of `branch` (fetched from `spec`'s remote into the repository at
+/// `dir`, which [`fetch`] made) into `target`, leaving `dir`'s own checkout and index alone:
+/// the default branch's files, whose `.orch.yml` a server trusts for the rules of its
+/// environments. `Ok(false)`: the server has no such branch.
+pub fn checkout_branch_into(dir: &Path, spec: &FetchSpec, branch: &str, target: &Path) -> Result<bool, CheckoutError> {
+    let err = |message: String| CheckoutError { what: format!("refs/heads/{branch} from {}", spec.url), message };
+    let g = |e: git2::Error| err(e.message().to_string());
+    let repo = Repository::open(dir).map_err(g)?;
+    if let Ok(mut stale) = repo.find_reference("refs/orch/default") {
+        stale.delete().map_err(g)?;
+    }
+    let too_big = std::cell::Cell::new(false);
+    let limit = || format!("larger than the limit of {} (max-repo-size)", crate::fmt::size(spec.max_size));
+    fetch_refspec(&repo, spec, &format!("+refs/heads/{branch}:refs/orch/default"), &too_big)
+        .map_err(|e| if too_big.get() { err(limit()) } else { g(e) })?;
+    // A ref the server does not have fetches nothing, without an error.
+    let Ok(tip) = repo.refname_to_id("refs/orch/default") else { return Ok(false) };
+    let tree = repo.find_commit(tip).and_then(|c| c.tree()).map_err(g)?;
+    if spec.max_size > 0 && tree_size(&repo, &tree, spec.max_size).map_err(g)? > spec.max_size {
+        return Err(err(limit()));
+    }
+    std::fs::create_dir_all(target).map_err(|e| err(e.to_string()))?;
+    let mut co = CheckoutBuilder::new();
+    co.force().target_dir(target).update_index(false);
+    repo.checkout_tree(tree.as_object(), Some(&mut co)).map_err(g)?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

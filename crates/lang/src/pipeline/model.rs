@@ -26,19 +26,24 @@ pub struct Pipeline {
 /// Which runs may deploy to an environment, and the gates a deployment passes first. A run
 /// may when its branch matches `branches` or its tag matches `tags`; with neither set,
 /// every run may (but a pull request never deploys to an environment with any rules).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+/// (Deserialize: a server sends the rules it trusts to its executors in the job.)
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct EnvironmentRules {
     pub branches: Option<Patterns>,
     pub tags: Option<Patterns>,
     /// People who must approve a deployment before it starts.
     pub approval: Option<Approval>,
     /// The wait timer: after approval, before the deployment starts.
-    #[serde(serialize_with = "ser_opt_duration")]
+    #[serde(serialize_with = "ser_opt_duration", deserialize_with = "de_opt_duration")]
     pub wait: Option<Duration>,
     /// Secrets only this environment's steps get, once its gates passed.
     pub secrets: Vec<String>,
     /// Which waiting deployment goes next when the environment frees.
     pub order: DeployOrder,
+    /// Never written in a file: set when the rules that govern the run are unknown (see
+    /// [`Pipeline::govern_environments`]); every deployment is refused, for this reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 impl EnvironmentRules {
@@ -49,15 +54,67 @@ impl EnvironmentRules {
             || self.approval.is_some()
             || self.wait.is_some()
             || !self.secrets.is_empty()
+            || self.refused.is_some()
+    }
+}
+
+/// The environment rules a server trusts for a run whose own `.orch.yml` it does not (a
+/// run that is not on the repository's default branch): those of the default branch's
+/// file, or, when that cannot be read, the reason no deployment may go.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrustedEnvironments {
+    Rules(IndexMap<String, EnvironmentRules>),
+    Unknown(String),
+}
+
+impl Pipeline {
+    /// Whether the environment rules matter to this file: it declares environments, a step
+    /// deploys to one, or a step names secrets (one may be an environment's).
+    pub fn touches_environments(&self) -> bool {
+        !self.environments.is_empty() || self.steps.values().any(|s| s.environment.is_some() || !s.secrets.is_empty())
+    }
+
+    /// Puts the `trusted` rules in place of this file's, before planning. Known rules
+    /// replace this file's for their environments (declared here or not, loosened or
+    /// dropped); an environment they do not name keeps this file's rules, less the secrets
+    /// a trusted environment keeps for itself. Unknown rules refuse every deployment:
+    /// each environment declared or deployed to gets only `refused`, and no step gets a
+    /// secret it lists (any may be an environment's in the rules not known).
+    pub fn govern_environments(&mut self, trusted: &TrustedEnvironments) {
+        match trusted {
+            TrustedEnvironments::Rules(rules) => {
+                let reserved: Vec<&String> = rules.values().flat_map(|r| &r.secrets).collect();
+                for r in self.environments.values_mut() {
+                    r.secrets.retain(|s| !reserved.contains(&s));
+                }
+                for (name, r) in rules {
+                    self.environments.insert(name.clone(), r.clone());
+                }
+            }
+            TrustedEnvironments::Unknown(why) => {
+                let used: Vec<String> =
+                    self.steps.values().filter_map(|s| s.environment.as_ref().map(|e| e.name.clone())).collect();
+                for name in used {
+                    self.environments.entry(name).or_default();
+                }
+                for r in self.environments.values_mut() {
+                    *r = EnvironmentRules { refused: Some(why.clone()), ..Default::default() };
+                }
+                for s in self.steps.values_mut() {
+                    s.secrets.clear();
+                }
+            }
+        }
     }
 }
 
 /// `approval`: `required` of `approvers` must approve, within `timeout`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Approval {
     pub approvers: Vec<String>,
     pub required: usize,
-    #[serde(serialize_with = "ser_duration")]
+    #[serde(serialize_with = "ser_duration", deserialize_with = "de_duration")]
     pub timeout: Duration,
 }
 
@@ -142,7 +199,7 @@ pub struct PullRequestTrigger {
 
 /// Glob patterns with optional exclusions: `[main, "release/*"]` or
 /// `{include: [...], exclude: [...]}`. Checked to compile when loaded.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Patterns {
     pub include: Vec<String>,
     pub exclude: Vec<String>,
@@ -376,6 +433,20 @@ fn ser_opt_duration<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<
     match d {
         Some(d) => ser_duration(d, s),
         None => s.serialize_none(),
+    }
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = <String as serde::Deserialize>::deserialize(d)?;
+    parse_duration(&s).ok_or_else(|| serde::de::Error::custom(format!("`{s}` is not a duration")))
+}
+
+fn de_opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    match <Option<String> as serde::Deserialize>::deserialize(d)? {
+        Some(s) => {
+            parse_duration(&s).map(Some).ok_or_else(|| serde::de::Error::custom(format!("`{s}` is not a duration")))
+        }
+        None => Ok(None),
     }
 }
 

@@ -630,6 +630,9 @@ pub fn check_when(w: &When, ctx: &Context) -> Result<(), String> {
 /// deploys to one with rules: its branch is whatever its author named it.
 pub fn check_environment(p: &Pipeline, name: &str, ctx: &Context) -> Result<(), String> {
     let Some(rules) = p.environments.get(name) else { return Ok(()) };
+    if let Some(why) = &rules.refused {
+        return Err(format!("environment `{name}`: {why}"));
+    }
     let EnvironmentRules { branches, tags, .. } = rules;
     if !rules.any() {
         return Ok(());

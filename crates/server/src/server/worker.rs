@@ -11,12 +11,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::AppState;
 use super::config::Config;
-use super::db::{Run, RunState, StepState};
+use super::db::{NewRun, Run, RunState, StepState};
 use crate::checkout::{self, FetchSpec};
 use crate::exec::Workspace;
 use crate::exec::docker::DockerBackend;
 use crate::github::{Annotation, Conclusion, RunRef, Update, annotations_from_log};
 use crate::job::Job;
+use crate::pipeline::model::TrustedEnvironments;
 use crate::pipeline::{self, Event};
 use crate::plan::{Context, Selection};
 use crate::sched::{self, Cancel, RunEvent, RunStatus, StepStatus, StepSummary};
@@ -604,6 +605,16 @@ async fn plan(
             });
         }
     };
+    // Who can push a branch must not rewrite the rules of the environments it deploys to:
+    // they come from the default branch's file unless this run is on it.
+    let mut pipeline = pipeline;
+    let environments = if runs_trusted_file(&run.spec) || !pipeline.touches_environments() {
+        None
+    } else {
+        let trusted = default_branch_environments(run, &spec, work).await;
+        pipeline.govern_environments(&trusted);
+        Some(trusted)
+    };
     // A pull request delivery lists no files: they come from the base branch, as `orch ci`
     // finds them locally. Unknown (every `paths` condition holds) if that fails.
     let mut changed = run.spec.changed.clone();
@@ -693,10 +704,67 @@ async fn plan(
             cache_scopes,
             labels: prepared.plan.labels(),
             heartbeat_ms: 0,
+            environments,
         },
         secrets,
         withheld: run.spec.fork,
     })
+}
+
+/// Whether a run's own `.orch.yml` sets the rules of its environments: a push, a schedule
+/// or a deploy run (a push's commit again) on the repository's default branch. Every other
+/// run (another branch, a tag, a pull request, a manual run, which may name any commit)
+/// gets the default branch's rules ([`default_branch_environments`]).
+fn runs_trusted_file(spec: &NewRun) -> bool {
+    matches!(spec.event.as_str(), "push" | "schedule" | "deploy")
+        && spec.tag.is_none()
+        && spec.default_branch.is_some()
+        && spec.branch == spec.default_branch
+}
+
+/// The environment rules of the default branch's `.orch.yml` at its tip, fetched into the
+/// run's repository at `work`; `Unknown` (no deployment goes) when it cannot be read.
+async fn default_branch_environments(run: &Run, spec: &FetchSpec, work: &std::path::Path) -> TrustedEnvironments {
+    let Some(branch) = run.spec.default_branch.clone() else {
+        return TrustedEnvironments::Unknown(
+            "its rules come from the repository's default branch, which this run does not name; \
+             only runs on the default branch deploy"
+                .into(),
+        );
+    };
+    // Inside `.git`: never part of the workspace, and removed with the checkout.
+    let target = work.join(".git").join("orch-default-branch");
+    let (w, s, b, t) = (work.to_path_buf(), spec.clone(), branch.clone(), target.clone());
+    let loaded = tokio::task::spawn_blocking(move || {
+        let _ = std::fs::remove_dir_all(&t);
+        let found = checkout::checkout_branch_into(&w, &s, &b, &t)
+            .map_err(|e| format!("could not be fetched ({})", e.message))?;
+        let file = t.join(".orch.yml");
+        if !found || !file.is_file() {
+            return Ok(None);
+        }
+        let p = pipeline::load_file(&file).map_err(|e| {
+            let n = match &e {
+                pipeline::ConfigError::Invalid { diagnostics, .. } => diagnostics.len(),
+                _ => 1,
+            };
+            format!("is invalid ({n} problem{})", if n == 1 { "" } else { "s" })
+        })?;
+        Ok(Some(p.environments))
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(&target);
+    let why = match loaded {
+        // No file (or no branch) there: no environment has trusted rules.
+        Ok(Ok(rules)) => return TrustedEnvironments::Rules(rules.unwrap_or_default()),
+        Ok(Err(why)) => why,
+        Err(e) => format!("could not be read ({e})"),
+    };
+    tracing::warn!(run = run.id, repo = %run.spec.repo, "the default branch's .orch.yml {why}: deployments refused");
+    TrustedEnvironments::Unknown(format!(
+        "its rules come from the default branch `{branch}`, whose .orch.yml {why}; \
+         no deployment off the default branch until it can be read"
+    ))
 }
 
 /// How a run ended, from what its executor reports: the steps' verdicts, and whether its
