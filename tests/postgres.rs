@@ -4,8 +4,7 @@
 //! agents and a server run queued jobs, none twice. Needs `ORCH_DOCKER_TESTS=1`; without
 //! PostgreSQL installed it skips, saying so, unless `CI` is set.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 mod serve_support;
@@ -108,48 +107,6 @@ fn two_servers_on_one_postgres_run_a_delivery_that_reached_both_once() {
     }
 }
 
-/// An `orch agent` process; killed when dropped.
-struct Agent {
-    child: Child,
-    _dir: tempfile::TempDir,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn start(server: &Orch, token: &str) -> Agent {
-        let dir = temp_dir("orch-agent-");
-        let log = dir.path().join("agent.log");
-        let f = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_orch"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("ORCH_") {
-                cmd.env_remove(k);
-            }
-        }
-        let child = cmd
-            .arg("agent")
-            .env("ORCH_SERVER", format!("http://{}", server.addr))
-            .env("ORCH_AGENT_TOKEN", token)
-            .env("ORCH_LABELS", "linux")
-            .env("ORCH_CAPACITY", "1")
-            .env("ORCH_AGENT_DIR", dir.path().join("data"))
-            .env("ORCH_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
-            .expect("orch agent starts");
-        Agent { child, _dir: dir, log }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn three_agents_and_a_server_on_postgres_run_queued_jobs_once_each() {
     require_docker!();
@@ -182,7 +139,7 @@ fn three_agents_and_a_server_on_postgres_run_queued_jobs_once_each() {
             String::from_utf8_lossy(&out.stdout).trim().to_string()
         })
         .collect();
-    let agents: Vec<Agent> = tokens.iter().map(|t| Agent::start(&orch, t)).collect();
+    let agents: Vec<Agent> = tokens.iter().map(|t| Agent::start(&orch, t, "linux", 1)).collect();
     let mut by = std::collections::HashMap::<String, usize>::new();
     for id in &ids {
         let r = wait_for(Duration::from_secs(300), "the run to end", || {

@@ -2136,3 +2136,70 @@ impl Drop for OrchProcess {
         remove_docker_objects(&self.client.docker_prefix());
     }
 }
+
+/// An `orch agent` process; killed (-9) when dropped.
+pub struct Agent {
+    pub child: Child,
+    _dir: tempfile::TempDir,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    pub fn start(server: &Orch, token: &str, labels: &str, capacity: usize) -> Agent {
+        Agent::start_at(&format!("http://{}", server.addr), token, labels, capacity, &[])
+    }
+
+    pub fn start_at(url: &str, token: &str, labels: &str, capacity: usize, env: &[(&str, &str)]) -> Agent {
+        let dir = temp_dir("orch-agent-");
+        let log = dir.path().join("agent.log");
+        let f = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_orch"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("ORCH_") {
+                cmd.env_remove(k);
+            }
+        }
+        let child = cmd
+            .arg("agent")
+            .env("ORCH_SERVER", url)
+            .envs(env.iter().copied())
+            .env("ORCH_AGENT_TOKEN", token)
+            .env("ORCH_LABELS", labels)
+            .env("ORCH_CAPACITY", capacity.to_string())
+            .env("ORCH_AGENT_DIR", dir.path().join("data"))
+            .env("ORCH_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .expect("orch agent starts");
+        Agent { child, _dir: dir, log }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the agent to exit; its code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

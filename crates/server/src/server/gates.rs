@@ -68,14 +68,15 @@ pub async fn decide(
 ) -> Option<GateDecision> {
     let deadline = limit.map(|l| tokio::time::Instant::now() + l);
     let (env, newest) = (req.environment.clone(), req.order == DeployOrder::Newest);
-    // Whether the run is an explicit redeploy (a rollback): the server's record says, not
-    // the request (an agent's).
-    let redeploy = match st.db.run(run).await {
-        Ok(r) => r.is_some_and(|r| r.spec.redeploy),
+    // The run's repository, and whether it is an explicit redeploy (a rollback): the
+    // server's record says, not the request (an agent's).
+    let spec = match st.db.run(run).await {
+        Ok(Some(r)) => r.spec,
+        Ok(None) => return fail(format!("run {run} is gone from the database")),
         Err(e) => return fail(format!("cannot read the run: {e}")),
     };
     match approval(st, run, req, deadline).await? {
-        GateDecision::Go { by } => match turn(st, run, &env, redeploy, newest, deadline).await? {
+        GateDecision::Go { by } => match turn(st, run, &spec.repo, &env, spec.redeploy, newest, deadline).await? {
             GateDecision::Go { .. } => Some(GateDecision::Go { by }),
             other => Some(other),
         },
@@ -142,16 +143,13 @@ async fn approval(st: &AppState, run: i64, req: GateRequest, deadline: Option<In
 async fn turn(
     st: &AppState,
     run: i64,
+    repo: &str,
     env: &str,
     redeploy: bool,
     newest: bool,
     deadline: Option<Instant>,
 ) -> Option<GateDecision> {
-    let repo = match st.db.run(run).await {
-        Ok(Some(r)) => r.spec.repo,
-        Ok(None) => return fail(format!("run {run} is gone from the database")),
-        Err(e) => return fail(format!("cannot read the run: {e}")),
-    };
+    let repo = repo.to_string();
     if let Err(e) = st.db.env_enqueue(repo.clone(), env.to_string(), run).await {
         return fail(format!("cannot queue the deployment: {e}"));
     }
