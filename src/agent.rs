@@ -595,13 +595,9 @@ async fn ask(server: &Server, path: &str, req: &sched::GateRequest) -> sched::Ga
 }
 
 /// `orch agent-token`: on the server's machine, against its database.
-pub async fn token(command: TokenCommand, data_dir: Option<PathBuf>, database: Option<String>) -> Result<u8, Error> {
-    use crate::server::{agents, db};
-    let at = match database.filter(|d| !d.trim().is_empty()) {
-        Some(url) => db::Location::parse(url.trim()),
-        None => db::Location::Sqlite(data_dir.unwrap_or_else(crate::server::config::default_data_dir).join("orch.db")),
-    };
-    let db = db::Db::open_at(&at).map_err(|e| Error::Remote(e.to_string()))?;
+pub async fn token(command: TokenCommand, data: crate::tokens::ServerData) -> Result<u8, Error> {
+    use crate::server::agents;
+    let db = data.open()?;
     let db_err = |e: crate::server::db::DbError| Error::Remote(e.to_string());
     match command {
         TokenCommand::Create { name } => {

@@ -57,14 +57,8 @@ pub enum Command {
     AgentToken {
         #[command(subcommand)]
         command: crate::agent::TokenCommand,
-        /// The server's data directory [default: /var/lib/orch as root, else
-        /// ~/.local/share/orch].
-        #[arg(long, env = "ORCH_DATA_DIR", global = true)]
-        data_dir: Option<PathBuf>,
-        /// The server's database when it is PostgreSQL (`postgres://...`, as `orch serve
-        /// --database`) [default: the SQLite file in the data directory].
-        #[arg(long, env = "ORCH_DATABASE", global = true, hide_env_values = true)]
-        database: Option<String>,
+        #[command(flatten)]
+        data: crate::tokens::ServerData,
     },
     /// List or clear the step caches kept on this machine.
     Cache {
@@ -136,10 +130,8 @@ pub enum Command {
     Token {
         #[command(subcommand)]
         command: crate::tokens::ApiTokenCommand,
-        /// The server's data directory [default: /var/lib/orch as root, else
-        /// ~/.local/share/orch].
-        #[arg(long, env = "ORCH_DATA_DIR", global = true)]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        data: crate::tokens::ServerData,
     },
     /// Cancel a queued or running run on a server (needs the API token).
     Cancel {
@@ -265,7 +257,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Gc { all } => crate::ci::gc_command(all).await,
         Command::Serve(args) => serve(args).await,
         Command::Agent(args) => crate::agent::run(args).await,
-        Command::AgentToken { command, data_dir, database } => crate::agent::token(command, data_dir, database).await,
+        Command::AgentToken { command, data } => crate::agent::token(command, data).await,
         Command::Cache { command, cache_dir } => crate::ci::cache_command(command, cache_dir),
         Command::Runs { repo, branch, status, limit, json, server } => {
             crate::client::runs(&server, repo, branch, status, limit, json).await
@@ -278,7 +270,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Reject { run, step, environment, server } => {
             crate::client::vote(&server, run, step, environment, false).await
         }
-        Command::Token { command, data_dir } => crate::tokens::run(command, data_dir).await,
+        Command::Token { command, data } => crate::tokens::run(command, data).await,
         Command::Rerun { run, failed, server } => crate::client::rerun(&server, run, failed).await,
         Command::Deploy { environment, repo, commit, server } => {
             crate::client::deploy(&server, &environment, &repo, commit.as_deref()).await

@@ -5,6 +5,34 @@ use std::path::PathBuf;
 
 use crate::error::{Error, exit};
 
+/// Where a server keeps its records, for the commands run on its machine against them
+/// (`orch token`, `orch agent-token`).
+#[derive(Debug, clap::Args)]
+pub struct ServerData {
+    /// The server's data directory [default: /var/lib/orch as root, else
+    /// ~/.local/share/orch].
+    #[arg(long, env = "ORCH_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// The server's database when it is PostgreSQL (`postgres://...`, as `orch serve
+    /// --database`) [default: the SQLite file in the data directory].
+    #[arg(long, env = "ORCH_DATABASE", global = true, hide_env_values = true)]
+    pub database: Option<String>,
+}
+
+impl ServerData {
+    /// Opens the server's database: PostgreSQL when given, else the data directory's file.
+    pub fn open(self) -> Result<crate::server::db::Db, Error> {
+        use crate::server::db;
+        let at = match self.database.filter(|d| !d.trim().is_empty()) {
+            Some(url) => db::Location::parse(url.trim()),
+            None => db::Location::Sqlite(
+                self.data_dir.unwrap_or_else(crate::server::config::default_data_dir).join("orch.db"),
+            ),
+        };
+        db::Db::open_at(&at).map_err(|e| Error::Remote(e.to_string()))
+    }
+}
+
 #[derive(Debug, clap::Subcommand)]
 pub enum ApiTokenCommand {
     /// Create a named token and print it (shown once; only its hash is stored).
@@ -21,10 +49,9 @@ pub enum ApiTokenCommand {
     Revoke { name: String },
 }
 
-pub async fn run(command: ApiTokenCommand, data_dir: Option<PathBuf>) -> Result<u8, Error> {
-    use crate::server::{agents, db::Db};
-    let dir = data_dir.unwrap_or_else(crate::server::config::default_data_dir);
-    let db = Db::open(&dir.join("orch.db")).map_err(|e| Error::Remote(e.to_string()))?;
+pub async fn run(command: ApiTokenCommand, data: ServerData) -> Result<u8, Error> {
+    use crate::server::agents;
+    let db = data.open()?;
     let db_err = |e: crate::server::db::DbError| Error::Remote(e.to_string());
     match command {
         ApiTokenCommand::Create { name, mut can } => {

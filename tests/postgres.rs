@@ -140,6 +140,20 @@ fn three_agents_and_a_server_on_postgres_run_queued_jobs_once_each() {
         })
         .collect();
     let agents: Vec<Agent> = tokens.iter().map(|t| Agent::start(&orch, t, "linux", 1)).collect();
+    // So do the named tokens of `orch token`: one made with ORCH_DATABASE is known to the
+    // server (its vote passes the token checks and finds no gate: 409, not 401).
+    let out = Command::new(env!("CARGO_BIN_EXE_orch"))
+        .args(["token", "create", "alice", "--can", "approve"])
+        .env("ORCH_DATABASE", &url)
+        .env("ORCH_DATA_DIR", &orch.data_dir)
+        .output()
+        .expect("orch token runs");
+    assert!(out.status.success(), "token create: {}", String::from_utf8_lossy(&out.stderr));
+    let alice = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let auth = format!("Bearer {alice}");
+    let vote = orch.request("POST", &format!("/api/runs/{}/approve", ids[0]), &[("Authorization", &auth)], b"");
+    assert_eq!(vote.status, 409, "a known named token: {}", vote.text());
+    assert!(vote.text().contains("waits for approval"), "{}", vote.text());
     let mut by = std::collections::HashMap::<String, usize>::new();
     for id in &ids {
         let r = wait_for(Duration::from_secs(300), "the run to end", || {
