@@ -408,8 +408,8 @@ pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
                 prepared.plan.steps.iter().map(|s| format!("`{}`", s.name)).collect::<Vec<_>>().join(", ")
             )));
         }
-        // The reporter prints holding the screen lock; an open shell holds it.
-        let screen = Arc::new(tokio::sync::Mutex::new(()));
+        // The reporter and an open shell share the terminal.
+        let screen = report::Screen::new();
         prepared.options.shell = Some(Arc::new(sched::Shell::new(at, Arc::new(crate::terminal::Tty), screen)));
     }
     // Deployments that need approval: approved by --approve, else asked at the terminal
@@ -418,7 +418,7 @@ pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
     let prompts = gate.may_ask();
     let screen = match (&prepared.options.shell, prompts) {
         (Some(s), _) => Some(s.screen.clone()),
-        (None, true) => Some(Arc::new(tokio::sync::Mutex::new(()))),
+        (None, true) => Some(report::Screen::new()),
         (None, false) => None,
     };
     prepared.options.gate = Some(Arc::new(gate.with_screen(screen.clone())));
@@ -436,7 +436,6 @@ pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
         Mode::Progress
     };
     let (tx, rx) = mpsc::channel::<RunEvent>(1024);
-    let (rx, deployments) = collect_deployments(rx);
     let reporter = tokio::spawn(report::run(
         ReportOptions {
             mode,
@@ -500,33 +499,9 @@ pub async fn ci_command(args: CiArgs) -> Result<u8, Error> {
     let signals = tokio::spawn(watch_signals(cancel.clone(), tx.clone()));
     let result = sched::execute(backend, &prepared.plan, prepared.options, tx, cancel).await;
     signals.abort();
-    let _ = reporter.await;
-    let deployments = deployments.await.unwrap_or_default();
+    let deployments = reporter.await.unwrap_or_default();
     write_result(&run_dir, &run_id, result.status, result.duration, &result.steps, &deployments);
     Ok(result.status.exit_code())
-}
-
-/// Passes the run's events on, keeping its deployments (as their `deployment_finished`
-/// events say) for `result.json`.
-fn collect_deployments(
-    mut rx: mpsc::Receiver<RunEvent>,
-) -> (mpsc::Receiver<RunEvent>, tokio::task::JoinHandle<Vec<serde_json::Value>>) {
-    let (tx, out) = mpsc::channel::<RunEvent>(1024);
-    let task = tokio::spawn(async move {
-        let mut deployments = Vec::new();
-        while let Some(ev) = rx.recv().await {
-            if let RunEvent::DeploymentFinished { step, environment, url, status } = &ev {
-                deployments.push(serde_json::json!({
-                    "step": step, "environment": environment, "url": url, "status": status,
-                }));
-            }
-            if tx.send(ev).await.is_err() {
-                break;
-            }
-        }
-        deployments
-    });
-    (out, task)
 }
 
 fn write_result(
@@ -535,8 +510,17 @@ fn write_result(
     status: sched::RunStatus,
     duration: Duration,
     steps: &[sched::StepSummary],
-    deployments: &[serde_json::Value],
+    deployments: &[RunEvent],
 ) {
+    let deployments: Vec<_> = deployments
+        .iter()
+        .filter_map(|ev| match ev {
+            RunEvent::DeploymentFinished { step, environment, url, status } => Some(serde_json::json!({
+                "step": step, "environment": environment, "url": url, "status": status,
+            })),
+            _ => None,
+        })
+        .collect();
     let text = serde_json::to_string_pretty(&serde_json::json!({
         "run_id": run_id,
         "status": status,

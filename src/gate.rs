@@ -7,9 +7,9 @@ use std::io::{BufRead, Write};
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
-use tokio::sync::Mutex;
 
 use crate::plan::Plan;
+use crate::report::Screen;
 use crate::sched::{DeploymentStatus, GateDecision, GateRequest, Gatekeeper};
 
 pub struct Local {
@@ -21,7 +21,7 @@ pub struct Local {
     /// Environments of the plan that need approval.
     gated: Vec<String>,
     /// Held while asking, so the reporter does not print over the question.
-    screen: Option<Arc<Mutex<()>>>,
+    screen: Option<Arc<Screen>>,
 }
 
 impl Local {
@@ -36,7 +36,7 @@ impl Local {
         }
     }
 
-    pub fn with_screen(self, screen: Option<Arc<Mutex<()>>>) -> Local {
+    pub fn with_screen(self, screen: Option<Arc<Screen>>) -> Local {
         Local { screen, ..self }
     }
 
@@ -78,7 +78,7 @@ impl Gatekeeper for Local {
         let screen = self.screen.clone();
         Box::pin(async move {
             let _held = match &screen {
-                Some(s) => Some(s.clone().lock_owned().await),
+                Some(s) => Some(s.borrow().await),
                 None => None,
             };
             let question = format!(

@@ -543,7 +543,7 @@ steps:
         .script("third", vec![FakeAttempt::exit(5)]);
     let screen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let terminal = Arc::new(FakeTerminal { typed: "echo typed\n", screen: screen.clone() });
-    let shell = Arc::new(Shell::new(ShellAt::Failure, terminal, Arc::new(tokio::sync::Mutex::new(()))));
+    let shell = Arc::new(Shell::new(ShellAt::Failure, terminal, orch::report::Screen::new()));
     let opts = RunOptions { shell: Some(shell.clone()), ..options() };
     let o = execute_plan(yaml, Arc::new(b), opts, Cancel::default()).await;
     // The run's result is the steps': the shell's exit code changes nothing.
@@ -579,7 +579,7 @@ steps:
     let b = FakeBackend::new();
     let terminal = Arc::new(FakeTerminal { typed: "", screen: Default::default() });
     let at = ShellAt::Before("deploy".into());
-    let shell = Arc::new(Shell::new(at, terminal, Arc::new(tokio::sync::Mutex::new(()))));
+    let shell = Arc::new(Shell::new(at, terminal, orch::report::Screen::new()));
     let o = execute_plan(yaml, Arc::new(b), RunOptions { shell: Some(shell), ..options() }, Cancel::default()).await;
     assert_eq!(o.status, RunStatus::Success);
     let pos = |call: &str| o.calls.iter().position(|c| c == call).unwrap_or_else(|| panic!("no {call}: {:?}", o.calls));

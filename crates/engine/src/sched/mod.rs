@@ -518,13 +518,13 @@ enum Moment {
 pub struct Shell {
     pub at: ShellAt,
     pub terminal: Arc<dyn Terminal>,
-    /// The reporter prints holding this; the shell holds it while it is open.
-    pub screen: Arc<tokio::sync::Mutex<()>>,
+    /// Shared with the reporter; the shell borrows it while it is open.
+    pub screen: Arc<crate::report::Screen>,
     opened: std::sync::atomic::AtomicBool,
 }
 
 impl Shell {
-    pub fn new(at: ShellAt, terminal: Arc<dyn Terminal>, screen: Arc<tokio::sync::Mutex<()>>) -> Shell {
+    pub fn new(at: ShellAt, terminal: Arc<dyn Terminal>, screen: Arc<crate::report::Screen>) -> Shell {
         Shell { at, terminal, screen, opened: Default::default() }
     }
 
@@ -919,13 +919,8 @@ impl<B: Backend> Unit<B> {
                 ),
             })
             .await;
-        // Everything sent so far is shown before the shell takes the terminal: the reporter
-        // has taken it all off the channel (bounded wait), and prints under `screen`.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.events.capacity() < self.events.max_capacity() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let screen = shell.screen.lock().await;
+        // Everything sent so far (this message too) is shown before the shell takes the terminal.
+        let screen = shell.screen.borrow().await;
         let result = match shell.terminal.open() {
             Ok(mut io) => {
                 io.output = Box::new(MaskedWriter { inner: io.output, masker: masker.clone() });
