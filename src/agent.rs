@@ -520,14 +520,18 @@ struct AgentGate {
 }
 
 impl sched::Gatekeeper for AgentGate {
-    fn decide(&self, req: sched::GateRequest) -> futures_util::future::BoxFuture<'static, sched::GateDecision> {
+    fn decide(
+        &self,
+        req: sched::GateRequest,
+        notes: sched::GateNotes,
+    ) -> futures_util::future::BoxFuture<'static, sched::GateDecision> {
         let (server, path) = (self.server.clone(), format!("{}/gate", self.path));
         let abandoned = Abandoned(Some((server.clone(), format!("{path}/finished"), req.environment.clone())));
         Box::pin(async move {
             // Dropped undecided (the approval timed out, the run was cancelled): the server
             // hears it, so this run's place in line holds up no one.
             let mut abandoned = abandoned;
-            let d = ask(&server, &path, &req).await;
+            let d = ask(&server, &path, &req, &notes).await;
             abandoned.0 = None;
             d
         })
@@ -563,8 +567,8 @@ impl Drop for Abandoned {
     }
 }
 
-/// Asks the server for a gate's decision until it gives one.
-async fn ask(server: &Server, path: &str, req: &sched::GateRequest) -> sched::GateDecision {
+/// Asks the server for a gate's decision until it gives one, saying what it waits for.
+async fn ask(server: &Server, path: &str, req: &sched::GateRequest, notes: &sched::GateNotes) -> sched::GateDecision {
     let body = match serde_json::to_value(req) {
         Ok(b) => b,
         Err(e) => return sched::GateDecision::Fail { reason: format!("a gate request: {e}"), by: Vec::new() },
@@ -574,6 +578,9 @@ async fn ask(server: &Server, path: &str, req: &sched::GateRequest) -> sched::Ga
         match server.call(Method::POST, path, Some(&body)).await {
             Ok(Answer::Ok(_, bytes)) => {
                 let v: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                if let Some(text) = v.get("waiting").and_then(Value::as_str) {
+                    notes.say(text);
+                }
                 if let Some(d) = v.get("decision").and_then(|d| serde_json::from_value(d.clone()).ok()) {
                     return d;
                 }

@@ -10,7 +10,7 @@ use futures_util::future::BoxFuture;
 
 use crate::plan::Plan;
 use crate::report::Screen;
-use crate::sched::{DeploymentStatus, GateDecision, GateRequest, Gatekeeper};
+use crate::sched::{DeploymentStatus, GateDecision, GateNotes, GateRequest, Gatekeeper};
 
 pub struct Local {
     /// `--approve` with no value: every environment.
@@ -56,7 +56,7 @@ fn user() -> String {
 }
 
 impl Gatekeeper for Local {
-    fn decide(&self, req: GateRequest) -> BoxFuture<'static, GateDecision> {
+    fn decide(&self, req: GateRequest, _notes: GateNotes) -> BoxFuture<'static, GateDecision> {
         let env = req.environment.clone();
         if !req.needs_approval() {
             return Box::pin(async { GateDecision::Go { by: Vec::new() } });

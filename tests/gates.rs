@@ -334,6 +334,13 @@ fn one_deployment_at_a_time_per_environment_the_newest_waiting_commit_first_and_
     };
     let b = push_at(&orch, &git, "b", SHIP, 2_000);
     queued(1);
+    // B's deploying step says what it waits for: A's deployment.
+    let said = format!("waiting for its turn: run {a} (commit ");
+    wait_for(Duration::from_secs(30), "B to say what it waits for", || {
+        let run = orch.run(b);
+        let message = step_of(&run, "ship").and_then(|s| s["message"].as_str()).unwrap_or_default().to_string();
+        if message.starts_with(&said) { Ok(()) } else { Err(format!("ship's message: {message:?}")) }
+    });
     let c = push_at(&orch, &git, "c", SHIP, 3_000);
     queued(2);
     assert_eq!(orch.run(b)["run"]["status"], "running");

@@ -651,10 +651,14 @@ impl orch::sched::Gatekeeper for TestGate {
     fn decide(
         &self,
         req: orch::sched::GateRequest,
+        notes: orch::sched::GateNotes,
     ) -> futures_util::future::BoxFuture<'static, orch::sched::GateDecision> {
         self.asked.lock().unwrap().push(req);
         let (backend, after, decision) = (self.backend.clone(), self.after.clone(), self.decision.clone());
         Box::pin(async move {
+            // Said twice, shown once.
+            notes.say("held by the test");
+            notes.say("held by the test");
             if let Some(call) = after {
                 while !backend.calls().contains(&call) {
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -726,6 +730,15 @@ async fn a_gate_waits_while_other_steps_run_and_approval_lets_the_deployment_run
     let decided = ev(&|e| matches!(e, RunEvent::GateDecided { outcome: GateOutcome::Approved, by: b, .. } if *b == by));
     let deploying = ev(&|e| matches!(e, RunEvent::DeploymentStarted { .. }));
     assert!(waiting < decided && decided < deploying && deploying < usize::MAX, "{:?}", o.events);
+    // What the gatekeeper said while it waited, about the environment, once.
+    let said: Vec<_> = o.events.iter().filter(|e| matches!(e, RunEvent::GateNote { .. })).collect();
+    assert_eq!(said.len(), 1, "{:?}", o.events);
+    assert!(
+        matches!(said[0], RunEvent::GateNote { environment, steps, note, .. }
+            if environment == "production" && *steps == ["ship"] && note == "held by the test"),
+        "{:?}",
+        said[0]
+    );
     // The environment's secret reached its step only, masked; a step that lists it without
     // deploying there does not get it (but gets its other secrets).
     let envs = backend.envs.lock().unwrap();

@@ -219,6 +219,11 @@ impl Console {
                 self.line(&l);
                 self.flush();
             }
+            RunEvent::GateNote { step, environment, note, .. } => {
+                let l = self.paint(YELLOW, &format!("⏸ {step}: {environment}: {note}"));
+                self.line(&l);
+                self.flush();
+            }
             RunEvent::GateDecided { step, environment, outcome, by, reason } => {
                 use crate::sched::events::GateOutcome;
                 let why = reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();

@@ -91,6 +91,16 @@ pub enum RunEvent {
         #[serde(serialize_with = "secs", deserialize_with = "from_secs")]
         timeout: Duration,
     },
+    /// What a deployment's gate waits for, as its gatekeeper says (e.g. its turn: another
+    /// run deploys to the environment); said again only when it changes.
+    GateNote {
+        step: String,
+        environment: String,
+        /// The steps that wait with it, as in `GateWaiting`.
+        #[serde(default)]
+        steps: Vec<String>,
+        note: String,
+    },
     /// A gate was decided: approved (by whom), refused (the steps are skipped), failed
     /// (rejected, timed out: the steps fail) or cancelled with the run.
     GateDecided {

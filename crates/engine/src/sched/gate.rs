@@ -91,12 +91,68 @@ pub enum GateDecision {
 
 /// Decides a run's deployments. Lent by the face through `RunOptions::gate`.
 pub trait Gatekeeper: Send + Sync {
-    /// May the deployment start? May wait (for approvals, for the environment to free).
-    /// The future is dropped when the run is cancelled or the approval times out.
-    fn decide(&self, req: GateRequest) -> BoxFuture<'static, GateDecision>;
+    /// May the deployment start? May wait (for approvals, for the environment to free),
+    /// saying why through `notes`. The future is dropped when the run is cancelled or the
+    /// approval times out.
+    fn decide(&self, req: GateRequest, notes: GateNotes) -> BoxFuture<'static, GateDecision>;
     /// The run's deployments to the environment ended (after a `Go`), with the worst
     /// status: a lock can be released, the live commit recorded.
     fn finished(&self, req: GateRequest, status: DeploymentStatus) -> BoxFuture<'static, ()>;
+}
+
+/// What a gatekeeper says while a deployment waits ("waiting for its turn: run 12 deploys
+/// there"): sent as `GateNote` events, each new text once.
+#[derive(Clone)]
+pub struct GateNotes {
+    events: Option<mpsc::Sender<RunEvent>>,
+    step: String,
+    environment: String,
+    steps: Vec<String>,
+    last: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl GateNotes {
+    /// Notes of the gate `step` asked for `environment`, which `steps` wait for.
+    pub fn new(events: mpsc::Sender<RunEvent>, step: &str, environment: &str, steps: Vec<String>) -> GateNotes {
+        GateNotes {
+            events: Some(events),
+            step: step.to_string(),
+            environment: environment.to_string(),
+            steps,
+            last: Arc::default(),
+        }
+    }
+
+    /// Notes that go nowhere (a gatekeeper asked outside a run).
+    pub fn none() -> GateNotes {
+        GateNotes {
+            events: None,
+            step: String::new(),
+            environment: String::new(),
+            steps: Vec::new(),
+            last: Arc::default(),
+        }
+    }
+
+    /// Says `text` unless it was the last thing said. Does not wait: a full event channel
+    /// loses the note (it is said when the wait changes again).
+    pub fn say(&self, text: &str) {
+        let Some(events) = &self.events else { return };
+        // A poisoned lock only means a panic elsewhere while saying; the value is whole.
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.as_deref() == Some(text) {
+            return;
+        }
+        let note = RunEvent::GateNote {
+            step: self.step.clone(),
+            environment: self.environment.clone(),
+            steps: self.steps.clone(),
+            note: text.to_string(),
+        };
+        if events.try_send(note).is_ok() {
+            *last = Some(text.to_string());
+        }
+    }
 }
 
 /// Where a run's gate for one environment stands.
@@ -176,6 +232,7 @@ pub(super) async fn wait(
     cancel: Cancel,
 ) -> GateDecision {
     let (step, environment) = (req.step.clone(), req.environment.clone());
+    let notes = GateNotes::new(events.clone(), &step, &environment, steps.clone());
     if req.needs_approval() {
         let _ = events
             .send(RunEvent::GateWaiting {
@@ -192,7 +249,7 @@ pub(super) async fn wait(
     let timeout = req.timeout;
     let decide = async {
         match &gatekeeper {
-            Some(g) if asked => match tokio::time::timeout(timeout, g.decide(req)).await {
+            Some(g) if asked => match tokio::time::timeout(timeout, g.decide(req, notes)).await {
                 Ok(d) => d,
                 Err(_) => GateDecision::Fail {
                     reason: format!(
@@ -202,7 +259,7 @@ pub(super) async fn wait(
                     by: Vec::new(),
                 },
             },
-            Some(g) => g.decide(req).await,
+            Some(g) => g.decide(req, notes).await,
             None if asked => GateDecision::Fail {
                 reason: format!("environment `{environment}` needs approval, and this runner has no one to ask"),
                 by: Vec::new(),

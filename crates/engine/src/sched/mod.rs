@@ -26,7 +26,7 @@ use crate::exec::{
 };
 use crate::plan::{Plan, PlannedStep};
 pub use events::*;
-pub use gate::{GateDecision, GateRequest, Gatekeeper};
+pub use gate::{GateDecision, GateNotes, GateRequest, Gatekeeper};
 use logs::{Masker, StepLines};
 
 /// The output of one step kept by default (log file and events).

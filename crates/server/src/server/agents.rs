@@ -244,7 +244,8 @@ async fn fence(st: &AppState, agent: &str, id: i64, attempt: i64) -> Result<(), 
 const GATE_POLL: std::time::Duration = std::time::Duration::from_secs(25);
 
 /// `POST /api/agent/runs/{id}/{attempt}/gate`: the decision of a deployment gate (a
-/// `GateRequest` in the body), or `{"pending": true}` after a while without one.
+/// `GateRequest` in the body), or `{"pending": true}` after a while without one; with
+/// `waiting`, what it last waited for (or null).
 async fn gate(
     State(st): State<Arc<AppState>>,
     Agent(name): Agent,
@@ -258,9 +259,14 @@ async fn gate(
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("a gate request: {e}")),
     };
-    match super::gates::decide(&st, id, req, Some(GATE_POLL)).await {
-        Some(decision) => super::reply(StatusCode::OK, json!({ "decision": decision })),
-        None => super::reply(StatusCode::OK, json!({ "pending": true })),
+    // What the gate waits for goes back with the answer; the agent shows it in the run.
+    let waiting = std::sync::Mutex::new(None::<String>);
+    let say = |text: &str| *waiting.lock().unwrap_or_else(|e| e.into_inner()) = Some(text.to_string());
+    let decided = super::gates::decide(&st, id, req, Some(GATE_POLL), &say).await;
+    let waiting = waiting.into_inner().unwrap_or_else(|e| e.into_inner());
+    match decided {
+        Some(decision) => super::reply(StatusCode::OK, json!({ "decision": decision, "waiting": waiting })),
+        None => super::reply(StatusCode::OK, json!({ "pending": true, "waiting": waiting })),
     }
 }
 

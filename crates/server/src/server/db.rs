@@ -1774,6 +1774,25 @@ fn live_sha(c: &Conn, repo: &str, environment: &str) -> sql::Result<Option<Strin
     .optional()
 }
 
+/// When the commit of the `runs` row in scope happened, as far as orch knows: when orch
+/// first heard of it (the push time of its earliest run, else when that run was queued).
+/// The one definition for deployments, `/dora`, and the environments' order and live commit:
+/// a rollback's run (made now, of an old commit) keeps its commit's old time.
+macro_rules! commit_time_of_run {
+    () => {
+        "(SELECT MIN(COALESCE(o.event_time, o.created_at)) FROM runs o WHERE o.repo = runs.repo AND o.sha = runs.sha)"
+    };
+}
+
+/// Where the `runs` row in scope stands in an environment's newest-first line: its
+/// commit's time; an explicit redeploy (a rollback) when it was asked for, the newest wish.
+/// Kept in `env_queue.commit_time`.
+macro_rules! queue_time_of_run {
+    () => {
+        concat!("(CASE WHEN runs.redeploy <> 0 THEN runs.created_at ELSE ", commit_time_of_run!(), " END)")
+    };
+}
+
 /// Where `sha` of `repo` stands in the order orch heard of commits: the push time of its
 /// earliest run (else when that run was queued), then that run's id (pushes with one time).
 fn commit_order(c: &Conn, repo: &str, sha: &str) -> sql::Result<Option<(i64, i64)>> {
@@ -1795,13 +1814,15 @@ fn insert_deployment(
 ) -> sql::Result<Option<i64>> {
     // The parameters in the select list say their types: PostgreSQL cannot infer them there.
     t.query_row(
-        "INSERT INTO deployments (run_id, repo, step, environment, url, sha, git_ref, event, triggered_by,
+        concat!(
+            "INSERT INTO deployments (run_id, repo, step, environment, url, sha, git_ref, event, triggered_by,
            created_at, started_at, status, is_rollback, approved_by, commit_at)
          SELECT id, repo, CAST(?2 AS TEXT), CAST(?3 AS TEXT), CAST(?4 AS TEXT), sha, COALESCE(tag, branch), event,
-           author, CAST(?5 AS BIGINT), CAST(?5 AS BIGINT), 'in_progress', CAST(?6 AS BIGINT), CAST(?7 AS TEXT),
-           (SELECT MIN(COALESCE(o.event_time, o.created_at)) FROM runs o WHERE o.repo = runs.repo AND o.sha = runs.sha)
-         FROM runs WHERE id = ?1
-         RETURNING id",
+           author, CAST(?5 AS BIGINT), CAST(?5 AS BIGINT), 'in_progress', CAST(?6 AS BIGINT), CAST(?7 AS TEXT), ",
+            commit_time_of_run!(),
+            " FROM runs WHERE id = ?1
+         RETURNING id"
+        ),
         params![run, step, environment, url, now(), rollback, approved_by],
         |r| r.get(0),
     )
@@ -2616,10 +2637,11 @@ impl Db {
         run_id: i64,
     ) -> Result<(i64, Option<Live>), DbError> {
         self.read(move |c| {
-            let mine: i64 =
-                c.query_row("SELECT COALESCE(event_time, created_at) FROM runs WHERE id = ?1", params![run_id], |r| {
-                    r.get(0)
-                })?;
+            let mine: i64 = c.query_row(
+                concat!("SELECT ", commit_time_of_run!(), " FROM runs WHERE id = ?1"),
+                params![run_id],
+                |r| r.get(0),
+            )?;
             let live = c
                 .query_row(
                     "SELECT run_id, sha, commit_time FROM env_live WHERE repo = ?1 AND environment = ?2",
@@ -2632,14 +2654,31 @@ impl Db {
         .await
     }
 
+    /// The run that holds the environment's lock while running, with its commit.
+    pub async fn env_holder(&self, repo: String, environment: String) -> Result<Option<(i64, String)>, DbError> {
+        self.read(move |c| {
+            c.query_row(
+                "SELECT r.id, r.sha FROM env_locks l JOIN runs r ON r.id = l.run_id
+                 WHERE l.repo = ?1 AND l.environment = ?2 AND r.status = 'running'",
+                params![repo, environment],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+        })
+        .await
+    }
+
     /// Puts run `run_id` in line for the environment (once).
     pub async fn env_enqueue(&self, repo: String, environment: String, run_id: i64) -> Result<(), DbError> {
         self.write(move |t| {
             t.execute(
-                "INSERT INTO env_queue (repo, environment, run_id, commit_time, enqueued_at, status)
-                 SELECT CAST(?1 AS TEXT), CAST(?2 AS TEXT), id, COALESCE(event_time, created_at), CAST(?4 AS BIGINT), 'waiting'
-                 FROM runs WHERE id = ?3
-                 ON CONFLICT (repo, environment, run_id) DO NOTHING",
+                concat!(
+                    "INSERT INTO env_queue (repo, environment, run_id, commit_time, enqueued_at, status)
+                     SELECT CAST(?1 AS TEXT), CAST(?2 AS TEXT), id, ",
+                    queue_time_of_run!(),
+                    ", CAST(?4 AS BIGINT), 'waiting' FROM runs WHERE id = ?3
+                     ON CONFLICT (repo, environment, run_id) DO NOTHING"
+                ),
                 params![repo, environment, run_id, now()],
             )?;
             Ok(())
@@ -2751,11 +2790,14 @@ impl Db {
             t.notify("gates");
             if succeeded {
                 t.execute(
-                    "INSERT INTO env_live (repo, environment, run_id, sha, commit_time, deployed_at)
-                     SELECT CAST(?1 AS TEXT), CAST(?2 AS TEXT), id, sha, COALESCE(event_time, created_at), CAST(?4 AS BIGINT)
-                     FROM runs WHERE id = ?3
-                     ON CONFLICT (repo, environment) DO UPDATE SET run_id = excluded.run_id, sha = excluded.sha,
-                       commit_time = excluded.commit_time, deployed_at = excluded.deployed_at",
+                    concat!(
+                        "INSERT INTO env_live (repo, environment, run_id, sha, commit_time, deployed_at)
+                         SELECT CAST(?1 AS TEXT), CAST(?2 AS TEXT), id, sha, ",
+                        commit_time_of_run!(),
+                        ", CAST(?4 AS BIGINT) FROM runs WHERE id = ?3
+                         ON CONFLICT (repo, environment) DO UPDATE SET run_id = excluded.run_id, sha = excluded.sha,
+                           commit_time = excluded.commit_time, deployed_at = excluded.deployed_at"
+                    ),
                     params![repo, environment, run_id, now()],
                 )?;
             }
@@ -3208,7 +3250,7 @@ mod tests {
         for (db, _guard) in backends("locks").await {
             let mut ids = Vec::new();
             for (branch, time) in [("a", 100), ("b", 200), ("c", 300), ("d", 400)] {
-                let (id, _, _) = db.queue_run(spec(branch), false).await.unwrap();
+                let (id, _, _) = db.queue_run(NewRun { sha: branch.into(), ..spec(branch) }, false).await.unwrap();
                 db.write(move |t| {
                     t.execute("UPDATE runs SET status = 'running', event_time = ?2 WHERE id = ?1", params![id, time])
                 })
@@ -3226,6 +3268,7 @@ mod tests {
             assert_eq!(acquire(a, true).await.unwrap(), Acquired::Wait);
             assert_eq!(acquire(c, true).await.unwrap(), Acquired::Got);
             assert_eq!(acquire(c, true).await.unwrap(), Acquired::Got, "a holder asking again keeps it");
+            assert_eq!(db.env_holder(repo.clone(), env.clone()).await.unwrap(), Some((c, "c".to_string())));
             assert_eq!(acquire(b, true).await.unwrap(), Acquired::Superseded(c));
             db.env_release(repo.clone(), env.clone(), c, true).await.unwrap();
             let (mine, live) = db.env_live(repo.clone(), env.clone(), a).await.unwrap();
@@ -3240,6 +3283,61 @@ mod tests {
             db.write(move |t| t.execute("UPDATE runs SET status = 'running' WHERE id = ?1", params![e])).await.unwrap();
             db.env_enqueue(repo.clone(), env.clone(), e).await.unwrap();
             assert_eq!(acquire(e, false).await.unwrap(), Acquired::Got);
+        }
+    }
+
+    /// A rollback's run is made now but deploys an old commit: the live commit's time is the
+    /// commit's (when orch first heard of it), so commits heard of before the rollback and
+    /// after the rolled-back-to one are not refused as older; in a newest-first line the
+    /// rollback, asked for last, goes before pushes waiting since before it.
+    #[tokio::test]
+    async fn after_a_rollback_the_live_commit_keeps_its_own_time() {
+        for (db, _guard) in backends("rollback-time").await {
+            let run = |sha: &'static str, time: Option<i64>, redeploy: bool| {
+                let db = &db;
+                async move {
+                    let (id, _, _) = db.queue_run(NewRun { sha: sha.into(), ..spec("main") }, false).await.unwrap();
+                    db.write(move |t| {
+                        t.execute(
+                            "UPDATE runs SET status = 'running', event_time = ?2, redeploy = ?3 WHERE id = ?1",
+                            params![id, time, redeploy],
+                        )
+                    })
+                    .await
+                    .unwrap();
+                    id
+                }
+            };
+            let (repo, env) = ("o/r".to_string(), "prod".to_string());
+            let deploy = |id: i64| {
+                let (db, repo, env) = (&db, repo.clone(), env.clone());
+                async move {
+                    db.env_enqueue(repo.clone(), env.clone(), id).await.unwrap();
+                    assert_eq!(db.env_acquire(repo.clone(), env.clone(), id, true).await.unwrap(), Acquired::Got);
+                    db.env_release(repo, env, id, true).await.unwrap();
+                }
+            };
+            let a = run("aaa", Some(100), false).await;
+            deploy(a).await;
+            let c = run("ccc", Some(300), false).await;
+            deploy(c).await;
+            // Back to aaa: a redeploy run made now, with no push time of its own.
+            let back = run("aaa", None, true).await;
+            // bbb was pushed (200) before the rollback; ddd (400) too, and waits in line.
+            let b = run("bbb", Some(200), false).await;
+            let d = run("ddd", Some(400), false).await;
+            for id in [d, back] {
+                db.env_enqueue(repo.clone(), env.clone(), id).await.unwrap();
+            }
+            assert_eq!(db.env_acquire(repo.clone(), env.clone(), d, true).await.unwrap(), Acquired::Wait);
+            assert_eq!(db.env_acquire(repo.clone(), env.clone(), back, true).await.unwrap(), Acquired::Got);
+            db.env_release(repo.clone(), env.clone(), back, true).await.unwrap();
+            let (mine, live) = db.env_live(repo.clone(), env.clone(), b).await.unwrap();
+            let live = live.expect("a live commit");
+            assert_eq!((live.run_id, live.sha.as_str(), live.commit_time), (back, "aaa", 100));
+            assert!(mine >= live.commit_time, "bbb ({mine}) counts as older than the rolled-back-to aaa");
+            let (older, _) = db.env_live(repo.clone(), env.clone(), a).await.unwrap();
+            assert_eq!(older, 100, "a commit's time is its first run's");
         }
     }
 

@@ -14,9 +14,9 @@ use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
 use super::AppState;
-use super::db::Acquired;
+use super::db::{Acquired, NewRun};
 use crate::pipeline::DeployOrder;
-use crate::sched::{DeploymentStatus, GateDecision, GateRequest, Gatekeeper};
+use crate::sched::{DeploymentStatus, GateDecision, GateNotes, GateRequest, Gatekeeper};
 
 pub struct ServerGate {
     pub st: Arc<AppState>,
@@ -24,13 +24,13 @@ pub struct ServerGate {
 }
 
 impl Gatekeeper for ServerGate {
-    fn decide(&self, req: GateRequest) -> BoxFuture<'static, GateDecision> {
+    fn decide(&self, req: GateRequest, notes: GateNotes) -> BoxFuture<'static, GateDecision> {
         let (st, run) = (self.st.clone(), self.run);
         Box::pin(async move {
             // Dropped undecided (the approval timed out, the run was cancelled): its place
             // in line goes, so it holds up no one.
             let mut abandoned = Abandoned(Some((st.clone(), run, req.environment.clone())));
-            let d = match decide(&st, run, req, None).await {
+            let d = match decide(&st, run, req, None, &|text| notes.say(text)).await {
                 Some(d) => d,
                 None => std::future::pending().await,
             };
@@ -59,12 +59,13 @@ impl Drop for Abandoned {
 /// Decides run `run`'s deployment `req`: its approval, then its turn in the environment;
 /// at most `limit` (`None`: as long as it takes; the scheduler applies the timeout).
 /// `None` when `limit` passed first (an agent asks again: both phases are kept in the
-/// database, so asking again goes on where it was).
+/// database, so asking again goes on where it was). What it waits for is told to `say`.
 pub async fn decide(
     st: &AppState,
     run: i64,
     req: GateRequest,
     limit: Option<std::time::Duration>,
+    say: &(dyn Fn(&str) + Send + Sync),
 ) -> Option<GateDecision> {
     let deadline = limit.map(|l| tokio::time::Instant::now() + l);
     let (env, newest) = (req.environment.clone(), req.order == DeployOrder::Newest);
@@ -76,7 +77,7 @@ pub async fn decide(
         Err(e) => return fail(format!("cannot read the run: {e}")),
     };
     match approval(st, run, req, deadline).await? {
-        GateDecision::Go { by } => match turn(st, run, &spec.repo, &env, spec.redeploy, newest, deadline).await? {
+        GateDecision::Go { by } => match turn(st, run, &spec, &env, newest, deadline, say).await? {
             GateDecision::Go { .. } => Some(GateDecision::Go { by }),
             other => Some(other),
         },
@@ -143,13 +144,13 @@ async fn approval(st: &AppState, run: i64, req: GateRequest, deadline: Option<In
 async fn turn(
     st: &AppState,
     run: i64,
-    repo: &str,
+    spec: &NewRun,
     env: &str,
-    redeploy: bool,
     newest: bool,
     deadline: Option<Instant>,
+    say: &(dyn Fn(&str) + Send + Sync),
 ) -> Option<GateDecision> {
-    let repo = repo.to_string();
+    let (repo, redeploy) = (spec.repo.clone(), spec.redeploy);
     if let Err(e) = st.db.env_enqueue(repo.clone(), env.to_string(), run).await {
         return fail(format!("cannot queue the deployment: {e}"));
     }
@@ -182,6 +183,13 @@ async fn turn(
                 return Some(GateDecision::Refuse { reason: format!("superseded by a newer commit (run {by})") });
             }
             Ok(Acquired::Wait) => {
+                match st.db.env_holder(repo.clone(), env.to_string()).await {
+                    Ok(Some((holder, sha))) => {
+                        let short: String = sha.chars().take(8).collect();
+                        say(&format!("waiting for its turn: run {holder} (commit {short}) deploys there"));
+                    }
+                    _ => say("waiting for its turn: another run goes first"),
+                }
                 if !sleep_until_woken(woken, deadline).await {
                     return None;
                 }

@@ -105,19 +105,17 @@ pub(super) async fn record(
                 RunEvent::GateWaiting { environment, steps, approvers, required, .. } => {
                     let who = approvers.join(", ");
                     for name in steps {
-                        let row = StepRow {
-                            name,
-                            stage: None,
-                            status: StepState::Pending,
-                            exit_code: None,
-                            attempts: 0,
-                            started: None,
-                            duration: None,
-                            message: Some(format!("waiting for approval ({required} of {who})")),
-                        };
+                        let row = waiting_step(name, format!("waiting for approval ({required} of {who})"));
                         let _ = st.db.upsert_step(run_id, row).await;
                     }
                     let description = format!("{environment} waits for approval: {required} of {who}");
+                    st.report.owe(Update::Waiting { run: rr.clone(), description }).await;
+                }
+                RunEvent::GateNote { environment, steps, note, .. } => {
+                    for name in steps {
+                        let _ = st.db.upsert_step(run_id, waiting_step(name, note.clone())).await;
+                    }
+                    let description = format!("{environment}: {note}");
                     st.report.owe(Update::Waiting { run: rr.clone(), description }).await;
                 }
                 RunEvent::GateDecided { environment, outcome, reason, by, .. } => {
@@ -149,6 +147,20 @@ pub(super) async fn record(
     }
     files.flush();
     files.lost().map(str::to_string)
+}
+
+/// A step that waits for its deployment's gate, and what for.
+fn waiting_step(name: String, message: String) -> StepRow {
+    StepRow {
+        name,
+        stage: None,
+        status: StepState::Pending,
+        exit_code: None,
+        attempts: 0,
+        started: None,
+        duration: None,
+        message: Some(message),
+    }
 }
 
 fn step_row(s: &StepSummary) -> StepRow {
