@@ -203,6 +203,152 @@ fn a_run_executing_on_one_server_is_cancelled_through_the_other() {
     drop((a, b));
 }
 
+/// A server killed outright: once it has been silent for `server_silence`, another
+/// server ends its run as an error and runs it again as a new run; nothing of the killed
+/// run stays in Docker once the killed server is back under its name.
+#[test]
+fn a_silent_server_s_run_is_ended_and_run_again_by_another() {
+    require_docker!();
+    let Some((_pg, url)) = postgres("silent") else { return };
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let git = GitServer::start();
+    let (dir, data) = data_dir("orch-pg-");
+    let env = token_env(
+        &gh,
+        &git,
+        &[
+            ("ORCH_DATABASE", url.clone()),
+            ("ORCH_SERVER_NAME", "a".into()),
+            ("ORCH_SERVER_SILENCE", "4".into()),
+            ("ORCH_LOCAL_CAPACITY", "1".into()),
+        ],
+    );
+    let mut a = OrchProcess::spawn(&data, &env, &dir.path().join("a.log"));
+    let pipeline = "steps:\n  slow:\n    image: busybox:latest\n    commands: [echo started, sleep 5, echo done]\n";
+    let sha = git.on_branch("main", &[(".orch.yml", pipeline)], "a slow pipeline");
+    let id = a.deliver("push", &push_event("main", ZERO_SHA, &sha)).run_id();
+    a.wait_step_running(id, "slow");
+    // `b` starts only now, so `a` runs it; then `a` dies mid-step.
+    let b = Orch::start(ServeArgs {
+        database: Some(url.clone()),
+        server_name: Some("b".into()),
+        data_dir: Some(data.clone()),
+        local_capacity: Some(1),
+        server_silence: Some(4),
+        ..token_args(&gh, &git)
+    });
+    a.kill9();
+    let old = b.wait_run_done(id);
+    assert_eq!(old["run"]["status"], "error", "{old:#}");
+    let reason = old["run"]["reason"].as_str().unwrap_or_default().to_string();
+    let again: i64 = reason
+        .strip_prefix("its server `a` stopped answering; run ")
+        .and_then(|r| r.strip_suffix(" runs it again"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{old:#}"));
+    let new = b.wait_run_done(again);
+    assert_eq!(new["run"]["status"], "success", "{new:#}");
+    assert!(b.wait_log(again, "slow", "done").contains("done"));
+    // GitHub heard the old run end and the new one pass, each once.
+    gh.wait_final_status(&sha, "orch (push)", again);
+    let statuses = gh.statuses_of(&sha, "orch (push)");
+    let count = |run: i64, state: &str| {
+        let url = format!("/runs/{run}");
+        statuses
+            .iter()
+            .filter(|s| s["state"] == state && s["target_url"].as_str().is_some_and(|u| u.ends_with(&url)))
+            .count()
+    };
+    assert_eq!((count(id, "error"), count(again, "success")), (1, 1), "{statuses:#?}");
+    // Back under its name, nothing of `a`'s killed run is left in Docker.
+    let tag = {
+        let args = ServeArgs {
+            database: Some(url.clone()),
+            server_name: Some("a".into()),
+            data_dir: Some(data.clone()),
+            ..token_args(&gh, &git)
+        };
+        format!("s{}-", orch::server::worker::server_tag(&args.resolve().unwrap()))
+    };
+    // (On one Docker daemon, as here, `b`'s janitor may have removed it already.)
+    let mut a = OrchProcess::spawn(&data, &env, &dir.path().join("a.log"));
+    wait_for(Duration::from_secs(60), "the restarted server to clean up", || {
+        let left = docker_objects(&tag);
+        if left.is_empty() { Ok(()) } else { Err(format!("left in Docker: {left:?}")) }
+    });
+    assert_eq!(b.run(id)["run"]["status"], "error", "the restart does not queue the taken-over run again");
+    a.terminate();
+    gh.assert_no_violations();
+}
+
+/// A server cut off from the database stops the runs it executes (after half of
+/// `server_silence`), so that when another takes them over (after all of it) they never
+/// run on both; back on the database, it leaves the taken-over run as the other ended it.
+#[test]
+fn a_server_cut_off_from_the_database_stops_its_runs_before_another_takes_them_over() {
+    require_docker!();
+    let Some((pg, url)) = postgres("cutoff") else { return };
+    // `a` connects as its own role, which is then locked out.
+    pg.sql("postgres", "CREATE ROLE cut LOGIN SUPERUSER").expect("a role for a");
+    let cut_url = url.replacen("orch@", "cut@", 1);
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let git = GitServer::start();
+    let (dir, data) = data_dir("orch-pg-");
+    let env = token_env(
+        &gh,
+        &git,
+        &[
+            ("ORCH_DATABASE", cut_url),
+            ("ORCH_SERVER_NAME", "a".into()),
+            ("ORCH_SERVER_SILENCE", "4".into()),
+            ("ORCH_LOCAL_CAPACITY", "1".into()),
+        ],
+    );
+    let mut a = OrchProcess::spawn(&data, &env, &dir.path().join("a.log"));
+    let pipeline = "steps:\n  slow:\n    image: busybox:latest\n    commands: [echo started, sleep 15, echo done]\n";
+    let sha = git.on_branch("main", &[(".orch.yml", pipeline)], "a slow pipeline");
+    let id = a.deliver("push", &push_event("main", ZERO_SHA, &sha)).run_id();
+    a.wait_step_running(id, "slow");
+    let b = Orch::start(ServeArgs {
+        database: Some(url.clone()),
+        server_name: Some("b".into()),
+        data_dir: Some(data.clone()),
+        local_capacity: Some(1),
+        server_silence: Some(4),
+        ..token_args(&gh, &git)
+    });
+    pg.sql(
+        "postgres",
+        "ALTER ROLE cut NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'cut'",
+    )
+    .expect("a cut off");
+    // `b` takes the run over as a new run; by the time its step runs, `a` has stopped its
+    // own (the step sleeps longer than that): never on both at once.
+    let again = wait_for(Duration::from_secs(60), "b to take the run over", || {
+        b.runs().iter().filter_map(|r| r["id"].as_i64()).find(|r| *r != id).ok_or_else(|| a.log_text())
+    });
+    b.wait_step_running(again, "slow");
+    let both = running_step_containers(a.pid(), "slow");
+    assert!(both.is_empty(), "the step runs on both servers: {both:?}\n{}", a.log_text());
+    let old = b.wait_run_done(id);
+    assert_eq!(old["run"]["status"], "error", "{old:#}");
+    assert_eq!(old["run"]["reason"], format!("its server `a` stopped answering; run {again} runs it again"), "{old:#}");
+    assert_eq!(b.wait_run_done(again)["run"]["status"], "success");
+    assert!(a.log_text().contains("could not reach the database"), "{}", a.log_text());
+    // Back on the database: what `a` still had to say of its stopped run changes nothing.
+    pg.sql("postgres", "ALTER ROLE cut LOGIN").expect("a back");
+    wait_for(Duration::from_secs(30), "a to read the database again", || {
+        let r = a.get("/api/runs");
+        if r.status == 200 { Ok(()) } else { Err(format!("{} {}", r.status, r.text())) }
+    });
+    // A few heartbeats.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(b.run(id)["run"]["status"], "error");
+    assert_eq!(b.runs().len(), 2, "{:#?}", b.runs());
+    a.terminate();
+    gh.assert_no_violations();
+}
+
 /// `orch doctor` with a server config on PostgreSQL says whether it answers, changing
 /// nothing; one that does not answer fails with a hint.
 #[test]

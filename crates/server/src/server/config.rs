@@ -37,6 +37,10 @@ pub struct ServeArgs {
     /// the host name and the listening port].
     #[arg(long, env = "ORCH_SERVER_NAME")]
     pub server_name: Option<String>,
+    /// Seconds a server on a shared PostgreSQL database may go unheard before the others
+    /// take over the runs it executes (it stops them itself after half of it) [default: 60].
+    #[arg(long, env = "ORCH_SERVER_SILENCE", value_name = "SECS")]
+    pub server_silence: Option<u64>,
     /// GitHub's API [default: https://api.github.com; Enterprise: https://HOST/api/v3].
     #[arg(long, env = "ORCH_GITHUB_URL")]
     pub github_url: Option<String>,
@@ -156,6 +160,9 @@ pub struct Config {
     pub database: crate::server::db::Location,
     /// This server's name among several (used with PostgreSQL).
     pub server_name: String,
+    /// How long a server on a shared database may go unheard before the others take over
+    /// its runs.
+    pub server_silence: Duration,
     pub github_url: String,
     pub github_token: Option<String>,
     pub github_app: Option<(u64, Vec<u8>)>,
@@ -278,6 +285,7 @@ const KEYS: &[&str] = &[
     "data-dir",
     "database",
     "server-name",
+    "server-silence",
     "github-url",
     "github-token",
     "github-app-id",
@@ -425,6 +433,10 @@ impl ServeArgs {
             data_dir,
             database,
             server_name,
+            server_silence: Duration::from_secs(match self.server_silence {
+                Some(n) => n.max(2),
+                None => parse_num("server-silence", one("server-silence"))?.map_or(60, |n| n.max(2) as u64),
+            }),
             listen,
             webhook_secret,
             github_url,

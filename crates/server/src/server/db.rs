@@ -289,6 +289,10 @@ CREATE TABLE IF NOT EXISTS env_queue (
     superseded_by INTEGER,
     PRIMARY KEY (repo, environment, run_id)
 );
+CREATE TABLE IF NOT EXISTS servers (
+    name TEXT PRIMARY KEY,
+    seen_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS env_live (
     repo TEXT NOT NULL,
     environment TEXT NOT NULL,
@@ -1094,6 +1098,80 @@ impl Db {
         .await
     }
 
+    /// Tells the other servers this one is alive: its row in `servers`, timed by the
+    /// database's clock (the servers' clocks may differ). Several servers on PostgreSQL
+    /// only; nothing for the only server.
+    pub async fn heartbeat(&self) -> Result<(), DbError> {
+        let Some(name) = self.server.clone().filter(|_| self.backend == Backend::Postgres) else { return Ok(()) };
+        self.write(move |t| {
+            t.execute(
+                &format!(
+                    "INSERT INTO servers (name, seen_at) VALUES (?1, {PG_NOW_MS})
+                     ON CONFLICT (name) DO UPDATE SET seen_at = excluded.seen_at"
+                ),
+                params![name],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Takes over the runs of servers not heard from for `silence_ms` (by the database's
+    /// clock): each run such a server was executing itself ends as an error and is queued
+    /// again as a new run (`rerun_of` it), so whatever the silent server still writes goes
+    /// to the old run, which stays ended; their environment locks are free once they do not
+    /// run. Runs it was planning are planned again. Agents' runs are left to their leases.
+    /// A silent server stops its own runs well before (see `peers`). Returns (the ended
+    /// run, its new run's id).
+    pub async fn take_over_silent(
+        &self,
+        silence_ms: i64,
+        owe_ended: Option<OweEnded>,
+    ) -> Result<Vec<(Run, i64)>, DbError> {
+        let Some(me) = self.server.clone().filter(|_| self.backend == Backend::Postgres) else {
+            return Ok(Vec::new());
+        };
+        self.write(move |t| {
+            let silent =
+                format!("server IN (SELECT name FROM servers WHERE seen_at < {PG_NOW_MS} - ?1 AND name <> ?2)");
+            t.execute(
+                &format!("UPDATE runs SET planning = 0 WHERE planning = 1 AND status = 'queued' AND {silent}"),
+                params![silence_ms, me],
+            )?;
+            // Another server taking over at the same time skips what this one locked.
+            let abandoned = t.query_map(
+                &format!(
+                    "SELECT id, server FROM runs WHERE status = 'running' AND agent IS NULL AND {silent}
+                     FOR UPDATE SKIP LOCKED"
+                ),
+                params![silence_ms, me],
+                |r| Ok((r.get::<i64>(0)?, r.get::<String>(1)?)),
+            )?;
+            let (mut ended, mut taken) = (Vec::new(), Vec::new());
+            for (id, server) in abandoned {
+                let Some(old) = get_run(t, id)? else { continue };
+                let again = insert_run(t, None, &old.spec)?;
+                t.execute("UPDATE runs SET rerun_of = ?2 WHERE id = ?1", params![again, id])?;
+                t.execute(
+                    "UPDATE runs SET status = 'error', reason = ?2, finished_at = ?3, planning = 0
+                     WHERE id = ?1 AND status = 'running'",
+                    params![id, format!("its server `{server}` stopped answering; run {again} runs it again"), now()],
+                )?;
+                if let Some(run) = get_run(t, id)? {
+                    ended.push(run.clone());
+                    taken.push((run, again));
+                }
+            }
+            owe_for(t, owe_ended, &ended)?;
+            if !taken.is_empty() {
+                t.notify("queued");
+                t.notify("gates");
+            }
+            Ok(taken)
+        })
+        .await
+    }
+
     /// Runs whose agent's lease ran out before `now_ms`: queued again (planned, for
     /// another executor) while lost fewer than `max_lost` times, else ended as errors
     /// (with what that owes GitHub, in the same commit). Returns (the queued again, the
@@ -1249,13 +1327,14 @@ impl Db {
         .await
     }
 
-    /// Queues a run again (the server stopped while it ran).
+    /// Queues a run again (the server stopped while it ran), unless it ended meanwhile
+    /// (another server took it over).
     pub async fn requeue(&self, id: i64, reason: String) -> Result<(), DbError> {
         self.write(move |t| {
             // Planned again at the next start (its checkout may be gone by then).
             t.execute(
                 "UPDATE runs SET status = 'queued', reason = ?2, job = NULL, labels = NULL, agent = NULL,
-                    lease_until = NULL WHERE id = ?1",
+                    lease_until = NULL WHERE id = ?1 AND status IN ('queued', 'running')",
                 params![id, reason],
             )?;
             t.notify("queued");
@@ -1773,6 +1852,9 @@ fn live_sha(c: &Conn, repo: &str, environment: &str) -> sql::Result<Option<Strin
     )
     .optional()
 }
+
+/// PostgreSQL's clock, in Unix milliseconds: one clock for every server's heartbeat.
+const PG_NOW_MS: &str = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)";
 
 /// When the commit of the `runs` row in scope happened, as far as orch knows: when orch
 /// first heard of it (the push time of its earliest run, else when that run was queued).
@@ -2968,6 +3050,46 @@ mod tests {
         // Each server's runs are its own: a restart of `a` queues only a's again.
         let again = a.requeue_interrupted().await.unwrap();
         assert_eq!(again.len(), ta.len());
+        // A server that stops answering: another ends the runs it executed itself and
+        // queues them again as new runs; not its agents' (their leases say), not its own,
+        // not those of a server never heard of.
+        let mut running = Vec::new();
+        for (server, agent) in [("a", None), ("a", Some("x")), ("b", None), ("old", None)] {
+            let (id, _, _) = a.queue_run(spec("main"), false).await.unwrap();
+            a.write(move |t| {
+                t.execute(
+                    "UPDATE runs SET status = 'running', server = ?2, agent = ?3 WHERE id = ?1",
+                    params![id, server, agent],
+                )
+            })
+            .await
+            .unwrap();
+            running.push(id);
+        }
+        a.heartbeat().await.unwrap();
+        b.heartbeat().await.unwrap();
+        assert!(b.take_over_silent(60_000, None).await.unwrap().is_empty(), "a was heard just now");
+        b.write(|t| t.execute("UPDATE servers SET seen_at = seen_at - 120000 WHERE name = 'a'", params![]))
+            .await
+            .unwrap();
+        let taken = b.take_over_silent(60_000, None).await.unwrap();
+        assert_eq!(taken.iter().map(|(r, _)| r.id).collect::<Vec<_>>(), [running[0]]);
+        let (old, new) = (&taken[0].0, taken[0].1);
+        assert_eq!(old.status, RunState::Error);
+        assert_eq!(
+            old.reason.as_deref(),
+            Some(format!("its server `a` stopped answering; run {new} runs it again").as_str())
+        );
+        let new_run = b.run(new).await.unwrap().unwrap();
+        assert_eq!((new_run.status, new_run.spec.sha.as_str()), (RunState::Queued, "s"));
+        assert!(b.take_over_silent(60_000, None).await.unwrap().is_empty(), "taken once");
+        for id in &running[1..] {
+            assert_eq!(a.run(*id).await.unwrap().unwrap().status, RunState::Running);
+        }
+        // What the silent server still writes for the old run changes nothing.
+        a.finish(old.id, RunState::Cancelled, None, None).await.unwrap();
+        a.requeue(old.id, "the server stopped".into()).await.unwrap();
+        assert_eq!(a.run(old.id).await.unwrap().unwrap().status, RunState::Error);
         // One delivery through both: one run.
         let d = |id: &str| Delivery {
             id: id.into(),

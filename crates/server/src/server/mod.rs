@@ -15,6 +15,7 @@ pub mod gates;
 pub mod limit;
 pub mod live;
 pub mod outbox;
+pub mod peers;
 mod record;
 pub mod retention;
 pub mod schedule;
@@ -72,6 +73,9 @@ pub struct AppState {
     pub running: std::sync::Mutex<HashMap<i64, (Cancel, String)>>,
     pub counters: Counters,
     pub shutting_down: AtomicBool,
+    /// Runs this server stopped because it lost the database (see `peers`): queued again
+    /// when they end, not ended.
+    pub given_back: std::sync::Mutex<std::collections::HashSet<i64>>,
     /// Failed sign-ins and API tokens per client address.
     pub limiter: limit::AuthLimiter,
     /// The live log feeds of the runs executing now.
@@ -194,6 +198,8 @@ pub async fn state_with_clock(cfg: Config, clock: Arc<dyn schedule::Clock>) -> R
     let db = Db::open_at(&cfg.database)?;
     let db = if db.backend() == db::Backend::Postgres { db.for_server(cfg.server_name.clone()) } else { db };
     let requeued = db.requeue_interrupted().await?;
+    // Heard from at once, so the others do not count it silent while it starts.
+    db.heartbeat().await?;
     if !requeued.is_empty() {
         tracing::warn!(runs = ?requeued, "queued again: runs the previous server left running");
     }
@@ -220,6 +226,7 @@ pub async fn state_with_clock(cfg: Config, clock: Arc<dyn schedule::Clock>) -> R
         running: std::sync::Mutex::new(HashMap::new()),
         counters,
         shutting_down: AtomicBool::new(false),
+        given_back: Default::default(),
         limiter: limit::AuthLimiter::default(),
         live: live::Live::default(),
         ready: tokio::sync::watch::Sender::new(0),
@@ -265,6 +272,7 @@ pub async fn serve_on(
     let worker = tokio::spawn(worker::run(st.clone(), stop.clone()));
     let retention = tokio::spawn(retention::retention(st.clone(), stop.clone()));
     let schedules = tokio::spawn(schedule::run(st.clone(), stop.clone()));
+    let peers = tokio::spawn(peers::run(st.clone(), stop.clone()));
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(%addr, data_dir = %st.cfg.data_dir.display(), database = %st.cfg.database.display(), "orch serve listening");
     let st2 = st.clone();
@@ -286,6 +294,7 @@ pub async fn serve_on(
     let _ = worker.await;
     let _ = retention.await;
     let _ = schedules.await;
+    let _ = peers.await;
     // The updates still owed to GitHub (the final statuses of runs that just ended among
     // them) go out before the server ends, within a bound; the rest stay stored.
     if !st.report.drain(REPORT_DRAIN).await {

@@ -463,7 +463,8 @@ pub fn context_of(spec: &super::db::NewRun, run_id: &str, changed: Option<Vec<St
 }
 
 /// Records a run's end (and what it owes GitHub), unless the server is stopping and the
-/// run stopped with it: then it is queued again for the next start.
+/// run stopped with it, or the server stopped it because it lost the database: then it is
+/// queued again.
 pub(crate) async fn finish(st: &AppState, run: &Run, outcome: Outcome) {
     let reason_override = st.running.lock().ok().and_then(|mut m| m.remove(&run.id)).map(|(_, r)| r);
     if outcome.status == RunState::Queued {
@@ -471,9 +472,13 @@ pub(crate) async fn finish(st: &AppState, run: &Run, outcome: Outcome) {
         st.wake.notify_one();
         return;
     }
-    if outcome.status == RunState::Cancelled && st.shutting_down.load(Ordering::SeqCst) {
-        let _ = st.db.requeue(run.id, "queued again: the server stopped while it ran".into()).await;
-        tracing::info!(run = run.id, "run stopped with the server; it is queued again");
+    let given_back = st.given_back.lock().map(|mut g| g.remove(&run.id)).unwrap_or(false);
+    if outcome.status == RunState::Cancelled && (st.shutting_down.load(Ordering::SeqCst) || given_back) {
+        let why =
+            if given_back { "this server lost the database while it ran" } else { "the server stopped while it ran" };
+        // Unless another server took it over meanwhile (then it stays as that one ended it).
+        let _ = st.db.requeue(run.id, format!("queued again: {why}")).await;
+        tracing::info!(run = run.id, "run stopped ({why}); it is queued again");
         st.live.end(run.id, RunState::Queued);
         return;
     }

@@ -97,6 +97,18 @@ impl TestPostgres {
         Ok(self.url(name))
     }
 
+    /// Runs `statements` in database `db` as the cluster's administrator.
+    pub fn sql(&self, db: &str, statements: &str) -> Result<(), String> {
+        let (url, statements) = (self.url(db), statements.to_string());
+        // The client runs its own runtime: not on an async thread.
+        std::thread::spawn(move || -> Result<(), String> {
+            let mut c = postgres::Client::connect(&url, postgres::NoTls).map_err(|e| e.to_string())?;
+            c.batch_execute(&statements).map_err(|e| e.to_string())
+        })
+        .join()
+        .map_err(|_| "the thread running SQL panicked".to_string())?
+    }
+
     pub fn url(&self, db: &str) -> String {
         format!("postgres://orch@127.0.0.1:{}/{db}", self.port)
     }
