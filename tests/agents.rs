@@ -331,6 +331,65 @@ fn a_gated_deployment_on_an_agent_waits_for_the_server_s_approval() {
     assert_eq!(orch.wait_run_done(id)["run"]["status"], "success");
 }
 
+/// A deployment on an agent that waits for its environment's turn says for whom it waits:
+/// the server's answer to the agent's long poll carries it, and the agent puts it in the
+/// run as the step's note.
+#[test]
+fn a_deployment_on_an_agent_says_which_run_holds_its_environment() {
+    if !docker_enabled() {
+        return;
+    }
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let git = GitServer::start();
+    let orch = server(&gh, &git, 10);
+    let token = create_token(&orch.data_dir, "a");
+    let agent = Agent::start(&orch, &token, "", 2);
+    let out = Command::new(env!("CARGO_BIN_EXE_orch"))
+        .args(["token", "create", "alice", "--can", "approve"])
+        .env("ORCH_DATA_DIR", &orch.data_dir)
+        .output()
+        .expect("orch token runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let alice = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // The first run holds `production` from its first deployment to its last, which
+    // waits for alice's approval of another environment meanwhile.
+    let holder = "environments:\n  hold:\n    approval: {approvers: [alice]}\n\
+                  defaults: {image: busybox:latest}\n\
+                  steps:\n  ship:\n    environment: production\n    commands: [echo shipping]\n\
+                  \x20 wait:\n    needs: [ship]\n    environment: hold\n    commands: [echo held]\n\
+                  \x20 finish:\n    needs: [wait]\n    environment: production\n    commands: [echo finished]\n";
+    let (first, _) = push(&orch, &git, "main", &[(".orch.yml", holder)]);
+    wait_for(Duration::from_secs(60), "the first run's approval gate", || {
+        let v = orch.get_json(&format!("/api/runs/{first}/gates"));
+        match v["gates"].as_array() {
+            Some(g) if !g.is_empty() => Ok(()),
+            _ => Err(format!("{v} {}", agent.log_text())),
+        }
+    });
+    let ship =
+        "steps:\n  ship:\n    image: busybox:latest\n    environment: production\n    commands: [echo shipped]\n";
+    let (second, _) = push(&orch, &git, "b", &[(".orch.yml", ship)]);
+    let said = format!("waiting for its turn: run {first} (commit ");
+    wait_for(Duration::from_secs(60), "the second run to say what it waits for", || {
+        let run = orch.run(second);
+        let message = step_of(&run, "ship").and_then(|s| s["message"].as_str()).unwrap_or_default().to_string();
+        if message.starts_with(&said) { Ok(()) } else { Err(format!("ship: {message:?}\n{}", agent.log_text())) }
+    });
+    assert_eq!(orch.run(second)["run"]["agent"], "a");
+    let r = orch.request(
+        "POST",
+        &format!("/api/runs/{first}/approve"),
+        &[("authorization", &format!("Bearer {alice}"))],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    for id in [first, second] {
+        let run = orch.wait_run_done(id);
+        assert_eq!(run["run"]["status"], "success", "{run:#}\n{}", agent.log_text());
+    }
+    assert!(orch.wait_log(second, "ship", "shipped").contains("shipped"));
+}
+
 #[test]
 fn the_shipped_agent_settings_are_the_agent_s_and_a_bad_server_url_is_refused() {
     let help = Command::new(env!("CARGO_BIN_EXE_orch")).args(["agent", "--help"]).output().unwrap();
