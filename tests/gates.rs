@@ -523,3 +523,43 @@ fn a_branch_cannot_rewrite_the_rules_of_an_environment_the_default_branch_declar
     gh.assert_no_violations();
     assert!(orch.leftovers().is_empty(), "{:?}", orch.leftovers());
 }
+
+/// A rollback deploys an older commit under today's rules: those of the default branch's
+/// tip, not of the old commit's file, which predates the approval.
+#[test]
+fn a_rollback_to_a_commit_from_before_the_approval_still_needs_it() {
+    require_docker!();
+    let git = GitServer::start();
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let orch = server(&gh, &git, None);
+    let alice = token(&orch, "alice", &["approve"]);
+    let a = git.on_branch("main", &[(".orch.yml", SHIP)], "A: production takes any run");
+    let first = orch.deliver("push", &push_event("main", ZERO_SHA, &a)).run_id();
+    assert_eq!(orch.wait_run_done(first)["run"]["status"], "success");
+    let gated = format!("environments:\n  production:\n    approval: {{ approvers: [alice] }}\n{SHIP}");
+    let b = git.commit(Some(&a), &[(".orch.yml", &gated)], "B: production needs alice");
+    git.set_ref(&b, "refs/heads/main");
+    let second = orch.deliver("push", &push_event("main", &a, &b)).run_id();
+    wait_gate(&orch, second, "production");
+    assert_eq!(vote(&orch, second, "approve", &alice, &json!({})).status, 200);
+    assert_eq!(orch.wait_run_done(second)["run"]["status"], "success");
+    // Back to A, whose own file asks for no approval.
+    let auth = format!("Bearer {ADMIN}");
+    let r = orch.request(
+        "POST",
+        "/api/environments/production/deploy",
+        &[("Authorization", &auth), ("Content-Type", "application/json")],
+        json!({ "repo": REPO, "sha": a }).to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let back = r.json()["run"].as_i64().expect("the rollback's run");
+    let gate = wait_gate(&orch, back, "production");
+    assert_eq!(gate["approvers"], json!(["alice"]), "{gate:#}");
+    assert_eq!(vote(&orch, back, "approve", &alice, &json!({})).status, 200);
+    let run = orch.wait_run_done(back);
+    assert_eq!((&run["run"]["status"], &run["run"]["sha"]), (&json!("success"), &json!(a)), "{run:#}");
+    let d = orch.get_json(&format!("/api/deployments?repo={REPO}&limit=1"))["deployments"][0].clone();
+    assert_eq!((&d["sha"], &d["rollback"], &d["approved_by"]), (&json!(a), &json!(true), &json!("alice")), "{d:#}");
+    gh.assert_no_violations();
+    assert!(orch.leftovers().is_empty(), "{:?}", orch.leftovers());
+}

@@ -716,12 +716,13 @@ async fn plan(
     })
 }
 
-/// Whether a run's own `.orch.yml` sets the rules of its environments: a push, a schedule
-/// or a deploy run (a push's commit again) on the repository's default branch. Every other
-/// run (another branch, a tag, a pull request, a manual run, which may name any commit)
-/// gets the default branch's rules ([`default_branch_environments`]).
+/// Whether a run's own `.orch.yml` sets the rules of its environments: a push or a
+/// schedule on the repository's default branch. Every other run (another branch, a tag, a
+/// pull request, a manual run, which may name any commit, and a deploy run or rollback,
+/// whose older commit's file may predate today's rules) gets the default branch's rules
+/// ([`default_branch_environments`]).
 fn runs_trusted_file(spec: &NewRun) -> bool {
-    matches!(spec.event.as_str(), "push" | "schedule" | "deploy")
+    matches!(spec.event.as_str(), "push" | "schedule")
         && spec.tag.is_none()
         && spec.default_branch.is_some()
         && spec.branch == spec.default_branch
