@@ -249,6 +249,7 @@ impl Agent {
                 "capacity": self.capacity,
                 "running": self.running.load(Ordering::Relaxed),
                 "version": env!("CARGO_PKG_VERSION"),
+                "protocol": crate::job::PROTOCOL,
             });
             let answer = tokio::select! {
                 a = self.server.call(Method::POST, "/api/agent/claim", Some(&claim)) => a,
@@ -279,6 +280,7 @@ impl Agent {
                 Err(e) if e.contains("(401)") => {
                     return Err(Error::Usage(format!("the server refused this agent's token: {e}")));
                 }
+                Err(e) if e.contains("(426)") => return Err(Error::Usage(e)),
                 Err(e) => {
                     tracing::warn!("cannot get work: {e}; again in {backoff:?}");
                     tokio::select! {

@@ -226,7 +226,7 @@ fn labels_decide_which_agent_runs_and_bad_or_revoked_tokens_get_401() {
     assert_eq!((r["run"]["status"].as_str(), r["run"]["agent"].as_str()), (Some("success"), Some("big")), "{r:#}");
 
     // Tokens: none, unknown, revoked: 401, and no work.
-    let claim = json!({ "labels": [], "capacity": 1, "wait_ms": 0 });
+    let claim = json!({ "labels": [], "capacity": 1, "wait_ms": 0, "protocol": orch::job::PROTOCOL });
     let none = orch.request("POST", "/api/agent/claim", &[("content-type", "application/json")], b"{}");
     assert_eq!(none.status, 401);
     assert_eq!(agent_post(&orch, "orch_agent_nope", "/api/agent/claim", &claim).status, 401);
@@ -446,7 +446,11 @@ fn an_agent_writes_only_inside_its_own_run_and_reads_only_its_own_checkout() {
     let (mine, other) = (create_token(&orch.data_dir, "mine"), create_token(&orch.data_dir, "other"));
     let pipeline = "steps:\n  a:\n    image: busybox:latest\n    commands: [true]\n";
     let (id, _) = push(&orch, &git, "main", &[(".orch.yml", pipeline), ("src/lib.txt", "hello")]);
-    let claim = json!({ "labels": [], "capacity": 1, "wait_ms": 20000 });
+    // An agent from before the job protocol (it does not say one) gets no job, and why.
+    let old = agent_post(&orch, &mine, "/api/agent/claim", &json!({ "labels": [], "capacity": 1, "wait_ms": 0 }));
+    assert_eq!(old.status, 426, "{}", old.text());
+    assert!(old.text().contains("job protocol 0") && old.text().contains("orch version"), "{}", old.text());
+    let claim = json!({ "labels": [], "capacity": 1, "wait_ms": 20000, "protocol": orch::job::PROTOCOL });
     let job = agent_post(&orch, &mine, "/api/agent/claim", &claim);
     assert_eq!(job.status, 200, "{}", job.text());
     let job = job.json();

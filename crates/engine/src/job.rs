@@ -16,6 +16,11 @@ use crate::plan::{Context, Selection};
 use crate::sched::{CacheSettings, StepSummary};
 use crate::setup::{self, Prepared, Secrets, Settings, Setup, SetupError};
 
+/// What an agent and the server agree a job means. Bumped when an older agent would run a
+/// newer job wrongly; the server gives no job to an agent that says less (2: a job carries
+/// the trusted rules of its environments, which an agent must plan with).
+pub const PROTOCOL: u32 = 2;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Job {
     /// The server's run id.

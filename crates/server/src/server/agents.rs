@@ -6,8 +6,9 @@
 //! two writers.
 //!
 //! Protocol (bearer token of the agent, JSON unless said):
-//! - `POST /api/agent/claim` `{labels, capacity, running, version}`: 200 with a [`Job`],
-//!   or 204 after [`MAX_WAIT`] without one.
+//! - `POST /api/agent/claim` `{labels, capacity, running, version, protocol}`: 200 with a [`Job`],
+//!   or 204 after [`MAX_WAIT`] without one; 426 to an agent whose `protocol` is older than
+//!   [`crate::job::PROTOCOL`].
 //! - `GET /api/agent/runs/{id}/{attempt}/source`: the checkout, a tar stream.
 //! - `POST /api/agent/runs/{id}/{attempt}/events` `{events: [RunEvent], failed, give_back}`:
 //!   the run's events in order (at least every few seconds: it is the lease's heartbeat);
@@ -142,6 +143,10 @@ struct ClaimBody {
     running: i64,
     #[serde(default)]
     version: String,
+    /// What the agent understands a job to be ([`crate::job::PROTOCOL`]); 0: an agent from
+    /// before it said.
+    #[serde(default)]
+    protocol: u32,
     /// Milliseconds to wait for work, at most [`MAX_WAIT`].
     wait_ms: Option<u64>,
 }
@@ -155,6 +160,18 @@ async fn claim(State(st): State<Arc<AppState>>, Agent(name): Agent, body: axum::
     let labels = crate::job::parse_labels(&body.labels);
     if let Err(e) = st.db.agent_seen(name.clone(), labels.clone(), body.capacity, body.running, body.version).await {
         return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+    }
+    // An older agent would run today's jobs wrongly (e.g. plan a branch's deployment with
+    // the branch's own rules): it gets none, and says why.
+    if body.protocol < crate::job::PROTOCOL {
+        return error(
+            StatusCode::UPGRADE_REQUIRED,
+            format!(
+                "this agent speaks job protocol {}, the server {}: install the server's orch version on the agent",
+                body.protocol,
+                crate::job::PROTOCOL
+            ),
+        );
     }
     // Its room may let the planner plan more.
     st.wake.notify_one();
