@@ -286,13 +286,7 @@ fn a_gated_deployment_on_an_agent_waits_for_the_server_s_approval() {
     let orch = server(&gh, &git, 10);
     let token = create_token(&orch.data_dir, "a");
     let agent = Agent::start(&orch, &token, "", 1);
-    let out = Command::new(env!("CARGO_BIN_EXE_orch"))
-        .args(["token", "create", "alice", "--can", "approve"])
-        .env("ORCH_DATA_DIR", &orch.data_dir)
-        .output()
-        .expect("orch token runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let alice = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let alice = approver(&orch, "alice");
     let gated = "environments:\n  production:\n    approval: {approvers: [alice]}\n\
                  steps:\n  ship:\n    image: busybox:latest\n    environment: production\n    commands: [echo shipped]\n";
     let (id, _) = push(&orch, &git, "main", &[(".orch.yml", gated)]);
@@ -344,13 +338,7 @@ fn a_deployment_on_an_agent_says_which_run_holds_its_environment() {
     let orch = server(&gh, &git, 10);
     let token = create_token(&orch.data_dir, "a");
     let agent = Agent::start(&orch, &token, "", 2);
-    let out = Command::new(env!("CARGO_BIN_EXE_orch"))
-        .args(["token", "create", "alice", "--can", "approve"])
-        .env("ORCH_DATA_DIR", &orch.data_dir)
-        .output()
-        .expect("orch token runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let alice = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let alice = approver(&orch, "alice");
     // The first run holds `production` from its first deployment to its last, which
     // waits for alice's approval of another environment meanwhile.
     let holder = "environments:\n  hold:\n    approval: {approvers: [alice]}\n\

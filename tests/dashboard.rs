@@ -412,16 +412,7 @@ steps:
     git.set_ref(&sha, "refs/heads/main");
     let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
     let orch = Orch::start(token_args(&gh, &git));
-    let mut tokens = Vec::new();
-    for name in ["alice", "bob"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_orch"))
-            .args(["token", "create", name, "--can", "approve"])
-            .env("ORCH_DATA_DIR", &orch.data_dir)
-            .output()
-            .expect("orch token runs");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        tokens.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
-    }
+    let tokens = [approver(&orch, "alice"), approver(&orch, "bob")];
     let id = orch.deliver("push", &push_event("main", ZERO_SHA, &sha)).run_id();
     let approve = |token: &str| {
         let auth = format!("Bearer {token}");

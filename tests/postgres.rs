@@ -203,6 +203,54 @@ fn a_run_executing_on_one_server_is_cancelled_through_the_other() {
     drop((a, b));
 }
 
+/// Two servers on one database with a 4 s `server_silence`: `a` (reaching it at `a_url`)
+/// runs a step that sleeps `seconds`, and `b` (at `url`) starts only once that step runs,
+/// so that `a` runs it.
+struct Pair {
+    gh: FakeGitHub,
+    _git: GitServer,
+    dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    a_env: Vec<(&'static str, String)>,
+    a: OrchProcess,
+    b: Orch,
+    /// The run `a` runs.
+    id: i64,
+    sha: String,
+}
+
+fn a_running_then_b(a_url: String, url: &str, seconds: u32) -> Pair {
+    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
+    let git = GitServer::start();
+    let (dir, data) = data_dir("orch-pg-");
+    let a_env = token_env(
+        &gh,
+        &git,
+        &[
+            ("ORCH_DATABASE", a_url),
+            ("ORCH_SERVER_NAME", "a".into()),
+            ("ORCH_SERVER_SILENCE", "4".into()),
+            ("ORCH_LOCAL_CAPACITY", "1".into()),
+        ],
+    );
+    let a = OrchProcess::spawn(&data, &a_env, &dir.path().join("a.log"));
+    let pipeline = format!(
+        "steps:\n  slow:\n    image: busybox:latest\n    commands: [echo started, sleep {seconds}, echo done]\n"
+    );
+    let sha = git.on_branch("main", &[(".orch.yml", &pipeline)], "a slow pipeline");
+    let id = a.deliver("push", &push_event("main", ZERO_SHA, &sha)).run_id();
+    a.wait_step_running(id, "slow");
+    let b = Orch::start(ServeArgs {
+        database: Some(url.to_string()),
+        server_name: Some("b".into()),
+        data_dir: Some(data.clone()),
+        local_capacity: Some(1),
+        server_silence: Some(4),
+        ..token_args(&gh, &git)
+    });
+    Pair { gh, _git: git, dir, data, a_env, a, b, id, sha }
+}
+
 /// A server killed outright: once it has been silent for `server_silence`, another
 /// server ends its run as an error and runs it again as a new run; nothing of the killed
 /// run stays in Docker once the killed server is back under its name.
@@ -210,33 +258,9 @@ fn a_run_executing_on_one_server_is_cancelled_through_the_other() {
 fn a_silent_server_s_run_is_ended_and_run_again_by_another() {
     require_docker!();
     let Some((_pg, url)) = postgres("silent") else { return };
-    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
-    let git = GitServer::start();
-    let (dir, data) = data_dir("orch-pg-");
-    let env = token_env(
-        &gh,
-        &git,
-        &[
-            ("ORCH_DATABASE", url.clone()),
-            ("ORCH_SERVER_NAME", "a".into()),
-            ("ORCH_SERVER_SILENCE", "4".into()),
-            ("ORCH_LOCAL_CAPACITY", "1".into()),
-        ],
-    );
-    let mut a = OrchProcess::spawn(&data, &env, &dir.path().join("a.log"));
-    let pipeline = "steps:\n  slow:\n    image: busybox:latest\n    commands: [echo started, sleep 5, echo done]\n";
-    let sha = git.on_branch("main", &[(".orch.yml", pipeline)], "a slow pipeline");
-    let id = a.deliver("push", &push_event("main", ZERO_SHA, &sha)).run_id();
-    a.wait_step_running(id, "slow");
-    // `b` starts only now, so `a` runs it; then `a` dies mid-step.
-    let b = Orch::start(ServeArgs {
-        database: Some(url.clone()),
-        server_name: Some("b".into()),
-        data_dir: Some(data.clone()),
-        local_capacity: Some(1),
-        server_silence: Some(4),
-        ..token_args(&gh, &git)
-    });
+    // Every part bound: what a pattern leaves out is dropped at once (the git server too).
+    let Pair { gh, _git, dir, data, a_env, mut a, b, id, sha } = a_running_then_b(url.clone(), &url, 5);
+    // `a` dies mid-step.
     a.kill9();
     let old = b.wait_run_done(id);
     assert_eq!(old["run"]["status"], "error", "{old:#}");
@@ -266,12 +290,13 @@ fn a_silent_server_s_run_is_ended_and_run_again_by_another() {
             database: Some(url.clone()),
             server_name: Some("a".into()),
             data_dir: Some(data.clone()),
-            ..token_args(&gh, &git)
+            webhook_secret: Some(SECRET.into()),
+            ..ServeArgs::default()
         };
         format!("s{}-", orch::server::worker::server_tag(&args.resolve().unwrap()))
     };
     // (On one Docker daemon, as here, `b`'s janitor may have removed it already.)
-    let mut a = OrchProcess::spawn(&data, &env, &dir.path().join("a.log"));
+    let mut a = OrchProcess::spawn(&data, &a_env, &dir.path().join("a.log"));
     wait_for(Duration::from_secs(60), "the restarted server to clean up", || {
         let left = docker_objects(&tag);
         if left.is_empty() { Ok(()) } else { Err(format!("left in Docker: {left:?}")) }
@@ -290,33 +315,8 @@ fn a_server_cut_off_from_the_database_stops_its_runs_before_another_takes_them_o
     let Some((pg, url)) = postgres("cutoff") else { return };
     // `a` connects as its own role, which is then locked out.
     pg.sql("postgres", "CREATE ROLE cut LOGIN SUPERUSER").expect("a role for a");
-    let cut_url = url.replacen("orch@", "cut@", 1);
-    let gh = FakeGitHub::start(GhAuth::Token(TOKEN.into()));
-    let git = GitServer::start();
-    let (dir, data) = data_dir("orch-pg-");
-    let env = token_env(
-        &gh,
-        &git,
-        &[
-            ("ORCH_DATABASE", cut_url),
-            ("ORCH_SERVER_NAME", "a".into()),
-            ("ORCH_SERVER_SILENCE", "4".into()),
-            ("ORCH_LOCAL_CAPACITY", "1".into()),
-        ],
-    );
-    let mut a = OrchProcess::spawn(&data, &env, &dir.path().join("a.log"));
-    let pipeline = "steps:\n  slow:\n    image: busybox:latest\n    commands: [echo started, sleep 15, echo done]\n";
-    let sha = git.on_branch("main", &[(".orch.yml", pipeline)], "a slow pipeline");
-    let id = a.deliver("push", &push_event("main", ZERO_SHA, &sha)).run_id();
-    a.wait_step_running(id, "slow");
-    let b = Orch::start(ServeArgs {
-        database: Some(url.clone()),
-        server_name: Some("b".into()),
-        data_dir: Some(data.clone()),
-        local_capacity: Some(1),
-        server_silence: Some(4),
-        ..token_args(&gh, &git)
-    });
+    let Pair { gh, _git, dir: _dir, data: _, a_env: _, mut a, b, id, sha: _ } =
+        a_running_then_b(url.replacen("orch@", "cut@", 1), &url, 15);
     pg.sql(
         "postgres",
         "ALTER ROLE cut NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'cut'",

@@ -2203,3 +2203,14 @@ impl Drop for Agent {
         self.kill9();
     }
 }
+
+/// `orch token create NAME --can approve` against `orch`'s data directory: the token.
+pub fn approver(orch: &Client, name: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_orch"))
+        .args(["token", "create", name, "--can", "approve"])
+        .env("ORCH_DATA_DIR", &orch.data_dir)
+        .output()
+        .expect("orch token runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
