@@ -1605,6 +1605,21 @@ fn a_rollback_redeploys_the_earlier_commit_and_is_recorded_as_one() {
     assert_eq!(envs[0]["live"]["sha"], json!(a), "{envs:#}");
     let github = wait_github_deployments(&gh, 3);
     assert_eq!(github[2]["ref"], json!(a));
+    // Each success ended the one live before it on GitHub: A's first deployment when B
+    // went live, B's when the rollback did.
+    let github = wait_for(Duration::from_secs(30), "the earlier deployments marked inactive", || {
+        let d = gh.deployments();
+        let last = |i: usize| d[i]["statuses"].as_array().and_then(|s| s.last()).map(|s| s["state"].clone());
+        if last(0) == Some(json!("inactive")) && last(1) == Some(json!("inactive")) {
+            Ok(d)
+        } else {
+            Err(format!("{d:#?}"))
+        }
+    });
+    let inactive = github[1]["statuses"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(inactive["description"], json!(format!("superseded by run {id}")), "{inactive:#}");
+    assert_eq!(inactive["log_url"], json!(orch.url(&format!("/runs/{second}"))), "{inactive:#}");
+    assert_eq!(github[2]["statuses"].as_array().unwrap().last().unwrap()["state"], "success");
 
     // Forward again to `b`, named: newer than the live `a`, so not a rollback.
     let r = deploy(&format!(r#"{{"repo":"{REPO}","sha":"{b}"}}"#), true);

@@ -85,7 +85,7 @@ pub(super) async fn record(
                     let by = approved.get(&environment).cloned();
                     match st.db.start_deployment(run_id, step.clone(), environment.clone(), url.clone(), by).await {
                         Ok(Some(id)) => {
-                            deploying.insert(step.clone(), (id, url.clone()));
+                            deploying.insert(step.clone(), (id, url.clone(), environment.clone()));
                             if st.cfg.github_deployments {
                                 let made = Update::Deployment { run: rr.clone(), deployment: id, step, environment };
                                 st.report.owe(made).await;
@@ -98,8 +98,8 @@ pub(super) async fn record(
                     }
                 }
                 RunEvent::DeploymentFinished { step, status, .. } => {
-                    if let Some((id, url)) = deploying.remove(&step) {
-                        end_deployment(&st, &rr, id, url, status).await;
+                    if let Some((id, url, environment)) = deploying.remove(&step) {
+                        end_deployment(&st, &rr, id, url, &environment, status).await;
                     }
                 }
                 RunEvent::GateWaiting { environment, steps, approvers, required, .. } => {
@@ -142,8 +142,8 @@ pub(super) async fn record(
     }
     st.counters.containers_running.fetch_sub(up.len() as i64, Ordering::Relaxed);
     // The run ended (or its executor was lost) before these deployments did.
-    for (_, (id, url)) in deploying {
-        end_deployment(&st, &rr, id, url, DeploymentStatus::Error).await;
+    for (_, (id, url, environment)) in deploying {
+        end_deployment(&st, &rr, id, url, &environment, DeploymentStatus::Error).await;
     }
     files.flush();
     files.lost().map(str::to_string)
@@ -209,8 +209,16 @@ fn deploy_state(rr: &RunRef, id: i64, url: Option<String>, state: DeployState, d
     }
 }
 
-/// Records a deployment's end and owes GitHub its state.
-async fn end_deployment(st: &AppState, rr: &RunRef, id: i64, url: Option<String>, status: DeploymentStatus) {
+/// Records a deployment's end and owes GitHub its state (and, for a success, the previous
+/// live deployment's end: `inactive`).
+async fn end_deployment(
+    st: &AppState,
+    rr: &RunRef,
+    id: i64,
+    url: Option<String>,
+    environment: &str,
+    status: DeploymentStatus,
+) {
     let (row, state, description) = match status {
         DeploymentStatus::Success => ("success", DeployState::Success, "deployed"),
         DeploymentStatus::Failure => ("failure", DeployState::Failure, "the deploy step failed"),
@@ -225,5 +233,38 @@ async fn end_deployment(st: &AppState, rr: &RunRef, id: i64, url: Option<String>
     let url = url.filter(|_| state == DeployState::Success);
     if st.cfg.github_deployments {
         st.report.owe(deploy_state(rr, id, url, state, description.into())).await;
+        if state == DeployState::Success {
+            inactivate_previous(st, rr, environment, id).await;
+        }
     }
+}
+
+/// The deployment live in `environment` before `id` succeeded there is no longer: GitHub
+/// hears `inactive` for it (it does so by itself only outside production environments).
+async fn inactivate_previous(st: &AppState, rr: &RunRef, environment: &str, id: i64) {
+    let f = super::db::DeploymentFilter {
+        repo: Some(rr.repo.clone()),
+        environment: Some(environment.to_string()),
+        run: None,
+        limit: 50,
+    };
+    let previous = match st.db.deployments(f).await {
+        Ok(rows) => rows.into_iter().find(|d| d.id < id && d.status == "success"),
+        Err(e) => {
+            tracing::warn!(deployment = id, "cannot read the previous deployment: {e}");
+            return;
+        }
+    };
+    // Without its GitHub id (never made on GitHub) there is nothing to mark.
+    let Some((prev, github_id)) = previous.and_then(|d| d.github_id.map(|g| (d, g))) else { return };
+    let Ok(Some(run)) = st.db.run(prev.run).await else { return };
+    let update = Update::DeploymentState {
+        run: super::worker::run_ref(&run),
+        deployment: prev.id,
+        github_id: Some(github_id as u64),
+        state: DeployState::Inactive,
+        environment_url: None,
+        description: format!("superseded by run {}", rr.id),
+    };
+    st.report.owe(update).await;
 }
