@@ -83,6 +83,21 @@ fn parse_num(q: &HashMap<String, String>, key: &str) -> Result<Option<i64>, Box<
         .transpose()
 }
 
+/// A whole-number query parameter within `range`, `default` when absent.
+fn parse_in(
+    q: &HashMap<String, String>,
+    key: &str,
+    default: i64,
+    range: std::ops::RangeInclusive<i64>,
+) -> Result<i64, Box<Response>> {
+    let n = parse_num(q, key)?.unwrap_or(default);
+    if !range.contains(&n) {
+        let (lo, hi) = range.into_inner();
+        return Err(Box::new(error(StatusCode::BAD_REQUEST, format!("`{key}` must be from {lo} to {hi}, got {n}"))));
+    }
+    Ok(n)
+}
+
 /// A query parameter's text; empty counts as absent.
 fn text(q: &HashMap<String, String>, key: &str) -> Option<String> {
     q.get(key).filter(|v| !v.is_empty()).cloned()
@@ -132,13 +147,10 @@ async fn list_deployments(
     if let Err(r) = authorize_read(&st, &headers) {
         return *r;
     }
-    let (limit, run) = match (parse_num(&q, "limit"), parse_num(&q, "run")) {
-        (Ok(l), Ok(r)) => (l.unwrap_or(50), r),
+    let (limit, run) = match (parse_in(&q, "limit", 50, 1..=500), parse_num(&q, "run")) {
+        (Ok(l), Ok(r)) => (l, r),
         (Err(r), _) | (_, Err(r)) => return *r,
     };
-    if !(1..=500).contains(&limit) {
-        return error(StatusCode::BAD_REQUEST, format!("`limit` must be from 1 to 500, got {limit}"));
-    }
     let f = DeploymentFilter { repo: text(&q, "repo"), environment: text(&q, "environment"), run, limit };
     match st.db.deployments(f).await {
         Ok(rows) => reply(StatusCode::OK, json!({ "deployments": rows })),
@@ -156,13 +168,10 @@ async fn dora(
     if let Err(r) = authorize_read(&st, &headers) {
         return *r;
     }
-    let days = match parse_num(&q, "days") {
-        Ok(d) => d.unwrap_or(30),
+    let days = match parse_in(&q, "days", 30, 1..=366) {
+        Ok(d) => d,
         Err(r) => return *r,
     };
-    if !(1..=366).contains(&days) {
-        return error(StatusCode::BAD_REQUEST, format!("`days` must be from 1 to 366, got {days}"));
-    }
     match super::dora::load(&st.db, text(&q, "repo"), text(&q, "environment"), days, st.clock.now()).await {
         Ok((dora, health)) => {
             let definitions: serde_json::Map<String, serde_json::Value> =
@@ -197,13 +206,10 @@ async fn list_runs(
     if let Err(r) = authorize_read(&st, &headers) {
         return *r;
     }
-    let limit = match parse_num(&q, "limit") {
-        Ok(l) => l.unwrap_or(50),
+    let limit = match parse_in(&q, "limit", 50, 1..=500) {
+        Ok(l) => l,
         Err(r) => return *r,
     };
-    if !(1..=500).contains(&limit) {
-        return error(StatusCode::BAD_REQUEST, format!("`limit` must be from 1 to 500, got {limit}"));
-    }
     let before = match parse_num(&q, "before") {
         Ok(b) => b,
         Err(r) => return *r,
