@@ -1120,13 +1120,14 @@ impl Db {
     /// clock): each run such a server was executing itself ends as an error and is queued
     /// again as a new run (`rerun_of` it), so whatever the silent server still writes goes
     /// to the old run, which stays ended; their environment locks are free once they do not
-    /// run. Runs it was planning are planned again. Agents' runs are left to their leases.
-    /// A silent server stops its own runs well before (see `peers`). Returns (the ended
-    /// run, its new run's id).
+    /// run; what they owe GitHub is stored in the same commit. Runs it was planning are
+    /// planned again. Agents' runs are left to their leases. A silent server stops its own
+    /// runs well before (see `peers`). Returns (the ended run, its new run's id).
     pub async fn take_over_silent(
         &self,
         silence_ms: i64,
         owe_ended: Option<OweEnded>,
+        owe_queued: Option<OweEnded>,
     ) -> Result<Vec<(Run, i64)>, DbError> {
         let Some(me) = self.server.clone().filter(|_| self.backend == Backend::Postgres) else {
             return Ok(Vec::new());
@@ -1147,7 +1148,7 @@ impl Db {
                 params![silence_ms, me],
                 |r| Ok((r.get::<i64>(0)?, r.get::<String>(1)?)),
             )?;
-            let (mut ended, mut taken) = (Vec::new(), Vec::new());
+            let (mut ended, mut queued, mut taken) = (Vec::new(), Vec::new(), Vec::new());
             for (id, server) in abandoned {
                 let Some(old) = get_run(t, id)? else { continue };
                 let again = insert_run(t, None, &old.spec)?;
@@ -1157,12 +1158,15 @@ impl Db {
                      WHERE id = ?1 AND status = 'running'",
                     params![id, format!("its server `{server}` stopped answering; run {again} runs it again"), now()],
                 )?;
+                queued.extend(get_run(t, again)?);
                 if let Some(run) = get_run(t, id)? {
                     ended.push(run.clone());
                     taken.push((run, again));
                 }
             }
+            // The old run's end, then the new run's queueing, in this commit.
             owe_for(t, owe_ended, &ended)?;
+            owe_for(t, owe_queued, &queued)?;
             if !taken.is_empty() {
                 t.notify("queued");
                 t.notify("gates");
@@ -2230,7 +2234,8 @@ fn record_check_runs(t: &Conn, created: &[(i64, u64)]) -> sql::Result<()> {
 }
 
 /// What a run that ended without an executor's verdict (cancelled before it started, its
-/// agent lost too often) owes GitHub (an outbox body).
+/// agent lost too often) owes GitHub (an outbox body); also what a run the database queued
+/// itself owes ([`Db::take_over_silent`]).
 pub type OweEnded = fn(&Run) -> String;
 
 fn owe_for(t: &Conn, owe: Option<OweEnded>, runs: &[Run]) -> sql::Result<()> {
@@ -3068,13 +3073,25 @@ mod tests {
         }
         a.heartbeat().await.unwrap();
         b.heartbeat().await.unwrap();
-        assert!(b.take_over_silent(60_000, None).await.unwrap().is_empty(), "a was heard just now");
+        assert!(b.take_over_silent(60_000, None, None).await.unwrap().is_empty(), "a was heard just now");
         b.write(|t| t.execute("UPDATE servers SET seen_at = seen_at - 120000 WHERE name = 'a'", params![]))
             .await
             .unwrap();
-        let taken = b.take_over_silent(60_000, None).await.unwrap();
+        let owed_before: i64 =
+            b.read(|c| c.query_row("SELECT COALESCE(MAX(id), 0) FROM outbox", params![], |r| r.get(0))).await.unwrap();
+        let ended: OweEnded = |r| format!("ended {} {}", r.id, r.status.as_str());
+        let queued: OweEnded = |r| format!("queued {} {}", r.id, r.status.as_str());
+        let taken = b.take_over_silent(60_000, Some(ended), Some(queued)).await.unwrap();
         assert_eq!(taken.iter().map(|(r, _)| r.id).collect::<Vec<_>>(), [running[0]]);
         let (old, new) = (&taken[0].0, taken[0].1);
+        // What both owe GitHub, stored with the change, the end first.
+        let owed: Vec<String> = b
+            .read(move |c| {
+                c.query_map("SELECT body FROM outbox WHERE id > ?1 ORDER BY id", params![owed_before], |r| r.get(0))
+            })
+            .await
+            .unwrap();
+        assert_eq!(owed, [format!("ended {} error", running[0]), format!("queued {new} queued")]);
         assert_eq!(old.status, RunState::Error);
         assert_eq!(
             old.reason.as_deref(),
@@ -3082,7 +3099,7 @@ mod tests {
         );
         let new_run = b.run(new).await.unwrap().unwrap();
         assert_eq!((new_run.status, new_run.spec.sha.as_str()), (RunState::Queued, "s"));
-        assert!(b.take_over_silent(60_000, None).await.unwrap().is_empty(), "taken once");
+        assert!(b.take_over_silent(60_000, None, None).await.unwrap().is_empty(), "taken once");
         for id in &running[1..] {
             assert_eq!(a.run(*id).await.unwrap().unwrap().status, RunState::Running);
         }

@@ -65,6 +65,12 @@ impl Outbox {
         self.enabled.then_some(ended_body as super::db::OweEnded)
     }
 
+    /// What a run queued by the database itself (taken over from a silent server) owes
+    /// GitHub, stored with it; `None` when nothing is sent.
+    pub fn owe_queued(&self) -> Option<super::db::OweEnded> {
+        self.enabled.then_some(queued_body as super::db::OweEnded)
+    }
+
     /// Whether updates are stored and sent (there are GitHub credentials).
     pub fn enabled(&self) -> bool {
         self.enabled
@@ -103,6 +109,10 @@ pub fn body(u: &Update) -> String {
 
 /// The final update of a run that ended without an executor's verdict: its commit would
 /// show "Queued" (or "Running") for ever otherwise.
+fn queued_body(run: &super::db::Run) -> String {
+    body(&Update::Queued(super::worker::run_ref(run)))
+}
+
 fn ended_body(run: &super::db::Run) -> String {
     let reason = run.reason.clone().unwrap_or_else(|| run.status.as_str().into());
     let conclusion = match run.status {

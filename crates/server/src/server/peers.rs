@@ -11,9 +11,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::AppState;
 use super::db::{self, RunState};
-use super::{AppState, worker};
-use crate::github::Update;
 
 /// Until `stop`; nothing without a shared database.
 pub async fn run(st: Arc<AppState>, stop: CancellationToken) {
@@ -56,12 +55,11 @@ pub async fn run(st: Arc<AppState>, stop: CancellationToken) {
             }
         }
         let silence_ms = silence.as_millis() as i64;
-        match st.db.take_over_silent(silence_ms, st.report.owe_ended()).await {
+        match st.db.take_over_silent(silence_ms, st.report.owe_ended(), st.report.owe_queued()).await {
             Ok(taken) => {
                 for (old, again) in &taken {
                     tracing::warn!(run = old.id, again, "{}", old.reason.as_deref().unwrap_or("taken over"));
                     st.live.end(old.id, RunState::Error);
-                    st.report.owe(Update::Queued(worker::new_run_ref(*again, &old.spec))).await;
                 }
                 if !taken.is_empty() {
                     st.report.poke();
