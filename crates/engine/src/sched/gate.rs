@@ -104,7 +104,7 @@ pub trait Gatekeeper: Send + Sync {
 /// there"): sent as `GateNote` events, each new text once.
 #[derive(Clone)]
 pub struct GateNotes {
-    events: Option<mpsc::Sender<RunEvent>>,
+    events: mpsc::Sender<RunEvent>,
     step: String,
     environment: String,
     steps: Vec<String>,
@@ -114,30 +114,12 @@ pub struct GateNotes {
 impl GateNotes {
     /// Notes of the gate `step` asked for `environment`, which `steps` wait for.
     pub fn new(events: mpsc::Sender<RunEvent>, step: &str, environment: &str, steps: Vec<String>) -> GateNotes {
-        GateNotes {
-            events: Some(events),
-            step: step.to_string(),
-            environment: environment.to_string(),
-            steps,
-            last: Arc::default(),
-        }
-    }
-
-    /// Notes that go nowhere (a gatekeeper asked outside a run).
-    pub fn none() -> GateNotes {
-        GateNotes {
-            events: None,
-            step: String::new(),
-            environment: String::new(),
-            steps: Vec::new(),
-            last: Arc::default(),
-        }
+        GateNotes { events, step: step.to_string(), environment: environment.to_string(), steps, last: Arc::default() }
     }
 
     /// Says `text` unless it was the last thing said. Does not wait: a full event channel
     /// loses the note (it is said when the wait changes again).
     pub fn say(&self, text: &str) {
-        let Some(events) = &self.events else { return };
         // A poisoned lock only means a panic elsewhere while saying; the value is whole.
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         if last.as_deref() == Some(text) {
@@ -149,7 +131,7 @@ impl GateNotes {
             steps: self.steps.clone(),
             note: text.to_string(),
         };
-        if events.try_send(note).is_ok() {
+        if self.events.try_send(note).is_ok() {
             *last = Some(text.to_string());
         }
     }

@@ -1889,6 +1889,18 @@ fn commit_order(c: &Conn, repo: &str, sha: &str) -> sql::Result<Option<(i64, i64
     )
 }
 
+/// The run holding `environment`'s lock while running (a lock of a run that is not running
+/// is free), with its commit.
+fn env_holder(c: &Conn, repo: &str, environment: &str) -> sql::Result<Option<(i64, String)>> {
+    c.query_row(
+        "SELECT r.id, r.sha FROM env_locks l JOIN runs r ON r.id = l.run_id
+         WHERE l.repo = ?1 AND l.environment = ?2 AND r.status = 'running'",
+        params![repo, environment],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()
+}
+
 fn insert_deployment(
     t: &Conn,
     run: i64,
@@ -2743,16 +2755,7 @@ impl Db {
 
     /// The run that holds the environment's lock while running, with its commit.
     pub async fn env_holder(&self, repo: String, environment: String) -> Result<Option<(i64, String)>, DbError> {
-        self.read(move |c| {
-            c.query_row(
-                "SELECT r.id, r.sha FROM env_locks l JOIN runs r ON r.id = l.run_id
-                 WHERE l.repo = ?1 AND l.environment = ?2 AND r.status = 'running'",
-                params![repo, environment],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-        })
-        .await
+        self.read(move |c| env_holder(c, &repo, &environment)).await
     }
 
     /// Puts run `run_id` in line for the environment (once).
@@ -2806,15 +2809,7 @@ impl Db {
             {
                 return Ok(Acquired::Superseded(by.unwrap_or(0)));
             }
-            let holder: Option<i64> = t
-                .query_row(
-                    "SELECT l.run_id FROM env_locks l JOIN runs r ON r.id = l.run_id
-                     WHERE l.repo = ?1 AND l.environment = ?2 AND r.status = 'running'",
-                    params![repo, environment],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            match holder {
+            match env_holder(t, &repo, &environment)?.map(|(id, _)| id) {
                 Some(h) if h == run_id => return Ok(Acquired::Got),
                 Some(_) => return Ok(Acquired::Wait),
                 None => {}
