@@ -108,9 +108,15 @@ pub async fn run(opts: ReportOptions, mut rx: mpsc::Receiver<RunEvent>) -> Vec<R
             Some(s) => Some(s.lock.lock().await),
             None => None,
         };
-        let mut next = first.or_else(|| rx.try_recv().ok());
         // Everything there is, then the files are flushed: batches when output is fast,
-        // each line at once when it is slow.
+        // each line at once when it is slow. For a borrower, only what was sent before it
+        // asked: a step that keeps printing does not keep the terminal from it.
+        let mut budget = if flushed.is_some() { rx.len() } else { usize::MAX };
+        let mut take = |rx: &mut mpsc::Receiver<RunEvent>| {
+            budget = budget.checked_sub(1)?;
+            rx.try_recv().ok()
+        };
+        let mut next = first.or_else(|| take(&mut rx));
         while let Some(ev) = next.take() {
             if let Some(f) = files.as_mut() {
                 f.event(&ev);
@@ -122,7 +128,7 @@ pub async fn run(opts: ReportOptions, mut rx: mpsc::Receiver<RunEvent>) -> Vec<R
             if matches!(ev, RunEvent::DeploymentFinished { .. }) {
                 deployments.push(ev);
             }
-            next = rx.try_recv().ok();
+            next = take(&mut rx);
         }
         if let Some(f) = files.as_mut() {
             f.flush();
